@@ -1,0 +1,227 @@
+"""bookstream's one configuration module.
+
+Every setting has a default for the embedded stack (one machine, services under one state
+directory). Values are read in this order, later wins:
+
+1. the defaults below;
+2. a TOML file: ``$BOOKSTREAM_CONFIG`` or ``bookstream.toml`` in the working directory, with one
+   table per section (``[kafka]``, ``[topics]``, ``[flink]``, ``[features]``);
+3. environment variables ``BOOKSTREAM_<SECTION>_<FIELD>`` (e.g. ``BOOKSTREAM_KAFKA_PORT=29092``)
+   and ``BOOKSTREAM_STATE_DIR``.
+
+Unknown sections or fields are an error, so a typo never silently falls back to a default.
+``python -m udfs.config shell`` prints the values the ``infra/`` scripts need as shell exports,
+so shell and Python read one source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PROJECT_ROOT",
+    "Config",
+    "FeatureConfig",
+    "FlinkConfig",
+    "KafkaConfig",
+    "TopicSpec",
+    "TopicsConfig",
+    "load_config",
+]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaConfig:
+    host: str = "127.0.0.1"
+    """Address the broker listens on and clients connect to (loopback by default)."""
+    port: int = 19092
+    """Client listener port (not 9092, so a user's own broker is never touched)."""
+    controller_port: int = 19093
+    """KRaft controller listener port."""
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    retention_ms: int
+    """-1 keeps records forever (Kafka's convention)."""
+
+
+_WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopicsConfig:
+    """Every topic bookstream reads or writes; no topic name appears anywhere else."""
+
+    events: str = "bookstream.l2.events.v1"
+    """Normalised L2 events, key = instrument, record timestamp = exchange time (ms)."""
+    features: str = "bookstream.features.v1"
+    """One feature row per applied event batch, key = instrument."""
+    dead_letter: str = "bookstream.deadletter.v1"
+    """Malformed or late records with source, offset and reason."""
+    partitions: int = 3
+    retention_ms: int = _WEEK_MS
+
+    def specs(self) -> list[TopicSpec]:
+        return [
+            TopicSpec(name=self.events, partitions=self.partitions, retention_ms=self.retention_ms),
+            TopicSpec(name=self.features, partitions=self.partitions,
+                      retention_ms=self.retention_ms),
+            # dead letters are evidence: keep them until someone looks
+            TopicSpec(name=self.dead_letter, partitions=1, retention_ms=-1),
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlinkConfig:
+    flink_version: str = "2.2.1"
+    """The apache-flink wheel this project pins; the connector below must match it."""
+    kafka_connector_version: str = "5.0.0-2.2"
+    """org.apache.flink:flink-sql-connector-kafka version (suffix = Flink minor)."""
+    parallelism: int = 1
+    out_of_orderness_ms: int = 2000
+    """Bound on exchange-time disorder per instrument; an event older than the instrument's
+    newest exchange time minus this bound is late and dead-lettered."""
+    idle_timeout_ms: int = 5000
+    """A source partition silent this long stops holding the watermark back."""
+    checkpoint_interval_ms: int = 2000
+    execution_mode: str = "thread"
+    """Python worker mode: ``thread`` (PEMJA, in the TaskManager) or ``process`` (Beam workers)."""
+    bundle_size: int = 1000
+    """python.fn-execution.bundle.size: records per Python bundle."""
+    bundle_time_ms: int = 100
+    """python.fn-execution.bundle.time: longest a bundle waits before it is flushed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureConfig:
+    depth_levels: int = 5
+    """N for depth imbalance over the top 1..N levels and depth per side."""
+    window_ms: int = 1000
+    """Event-time window for realised volatility and trade flow."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    state_dir: Path = field(default_factory=lambda: PROJECT_ROOT / ".state")
+    """Every service's data, logs and pids live under here; delete it for a clean slate."""
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    flink: FlinkConfig = field(default_factory=FlinkConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+
+    @property
+    def jars_dir(self) -> Path:
+        return self.state_dir / "jars"
+
+    @property
+    def kafka_connector_jar(self) -> Path:
+        return (self.jars_dir / "flink"
+                / f"flink-sql-connector-kafka-{self.flink.kafka_connector_version}.jar")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.state_dir / "flink" / "checkpoints"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+
+_SECTIONS: dict[str, type] = {
+    "kafka": KafkaConfig,
+    "topics": TopicsConfig,
+    "flink": FlinkConfig,
+    "features": FeatureConfig,
+}
+
+
+def _coerce(value: Any, target: Any, where: str) -> Any:
+    kind = target if isinstance(target, type) else type(target)
+    if isinstance(value, kind):
+        return value
+    try:
+        if kind is int:
+            return int(value)
+        if kind is str:
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from exc
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def _build(cls: type, overrides: dict[str, Any], where: str) -> Any:
+    defaults = cls()
+    known = {f.name for f in fields(cls)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    values = {k: _coerce(v, getattr(defaults, k), f"{where}.{k}") for k, v in overrides.items()}
+    return dataclasses.replace(defaults, **values)
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file (if any), then ``BOOKSTREAM_*`` environment variables."""
+    env = dict(os.environ if env is None else env)
+    file_path = Path(path) if path else Path(env.get("BOOKSTREAM_CONFIG", "bookstream.toml"))
+    from_file: dict[str, Any] = {}
+    if file_path.is_file():
+        with file_path.open("rb") as fh:
+            from_file = tomllib.load(fh)
+    elif path is not None:
+        raise ConfigError(f"config file {file_path} does not exist")
+
+    state_dir = from_file.pop("state_dir", None)
+    unknown_sections = set(from_file) - set(_SECTIONS)
+    if unknown_sections:
+        raise ConfigError(f"{file_path}: unknown section(s) {sorted(unknown_sections)}")
+
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        overrides = dict(from_file.get(name, {}))
+        prefix = f"BOOKSTREAM_{name.upper()}_"
+        for key, value in env.items():
+            if key.startswith(prefix):
+                overrides[key[len(prefix):].lower()] = value
+        sections[name] = _build(cls, overrides, name)
+
+    state_dir = env.get("BOOKSTREAM_STATE_DIR", state_dir)
+    extra = {"state_dir": Path(state_dir).resolve()} if state_dir else {}
+    return Config(**sections, **extra)
+
+
+def shell_exports(cfg: Config) -> str:
+    """The values infra/*.sh need, as ``export NAME=value`` lines."""
+    values = {
+        "BOOKSTREAM_STATE_DIR": cfg.state_dir,
+        "KAFKA_HOST": cfg.kafka.host,
+        "KAFKA_PORT": cfg.kafka.port,
+        "KAFKA_CONTROLLER_PORT": cfg.kafka.controller_port,
+        "FLINK_KAFKA_CONNECTOR_VERSION": cfg.flink.kafka_connector_version,
+    }
+    return "\n".join(f"export {k}='{v}'" for k, v in values.items())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["shell"]:
+        print(shell_exports(load_config()))
+    else:
+        print(load_config())

@@ -1,0 +1,236 @@
+"""The one L2 event schema of bookstream, versioned, with its validation and serialisation.
+
+Every source (LOBSTER, Binance, ...) is normalised to a flat stream of :class:`L2Event` records,
+one price level or trade per record, so that the same record fits a Kafka message, an Iceberg
+row and a ClickHouse row. A source message that changes several levels at once (a Binance depth
+diff, a snapshot) becomes several records sharing ``seq``; the last one carries ``F_LAST`` and
+only after it is the book consistent again (features are computed there, never mid-batch), the
+convention of market-by-price feeds such as Databento's MBP.
+
+Field semantics
+---------------
+``v``           schema version (:data:`SCHEMA_VERSION`), written in every record.
+``instrument``  ``SYMBOL.VENUE``, unique across venues; it is the Kafka key.
+``venue``       where the data came from (``XNAS`` for LOBSTER/NASDAQ, ``BINANCE_USDM`` ...).
+``kind``        see :class:`Kind`.
+``side``        ``B``/``A`` for the book side a record changes. For trades (``execute``,
+                ``hidden_trade``, ``cross_trade``, ``trade``) it is the side of the *resting*
+                order, LOBSTER's convention: the aggressor is the other side.
+``price``       integer ticks of ``10**price_exp`` currency units (exact; never a float).
+``size``        integer lots of ``10**size_exp`` units. For ``add``/``cancel``/``delete``/
+                ``execute`` it is the size *change* of the message (always >= 0); for
+                ``level``/``snapshot`` the level's new total size (0 removes the level).
+``order_id``    LOBSTER order id, Binance trade id, else 0.
+``seq``         exchange sequence id of the batch (Binance ``u``, LOBSTER message number).
+``seq_first``   first sequence id the batch covers (Binance ``U``), else ``seq``.
+``seq_prev``    the ``seq`` of the batch this one follows in the adapter's synced chain
+                (Binance ``pu`` / ``U-1``; for the first diff after a snapshot, the snapshot's
+                id; LOBSTER ``k-1``); 0 when the record is not chained (trades, quotes).
+``ts_event``    exchange time, ns since the Unix epoch (UTC).
+``ts_recv``     time the capture received it, ns (LOBSTER has none: equal to ``ts_event``).
+``ts_proc``     time the stream job processed it, ns (0 until then). Carried for latency
+                accounting only: no result depends on it.
+``flags``       bit set, see ``F_*``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "BOOK_KINDS",
+    "F_LAST",
+    "F_SNAPSHOT",
+    "SCHEMA_VERSION",
+    "SUPPORTED_VERSIONS",
+    "TRADE_KINDS",
+    "Kind",
+    "L2Event",
+    "SchemaError",
+    "Side",
+    "decode_event",
+    "encode_event",
+]
+
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+
+F_LAST = 1
+"""Last record of an atomic batch: the book is consistent after it."""
+F_SNAPSHOT = 2
+"""Record belongs to a snapshot (``clear`` + ``snapshot`` levels)."""
+
+
+class Kind(StrEnum):
+    CLEAR = "clear"
+    """Empty the book (start of a snapshot or a re-sync)."""
+    SNAPSHOT = "snapshot"
+    """One level of a snapshot: set its total size."""
+    LEVEL = "level"
+    """Set a level's total size (Binance diff; LOBSTER level revealed from deeper in the book)."""
+    ADD = "add"
+    """LOBSTER 1: new limit order, level size += size."""
+    CANCEL = "cancel"
+    """LOBSTER 2: partial cancellation, level size -= size."""
+    DELETE = "delete"
+    """LOBSTER 3: full deletion, level size -= size."""
+    EXECUTE = "execute"
+    """LOBSTER 4: visible execution, level size -= size, and a trade."""
+    HIDDEN_TRADE = "hidden_trade"
+    """LOBSTER 5: execution of a hidden order: a trade that leaves the visible book alone."""
+    CROSS_TRADE = "cross_trade"
+    """LOBSTER 6: auction cross: a trade that leaves the visible book alone."""
+    HALT = "halt"
+    """LOBSTER 7: trading halt (price -1), quote resumption (0) or trade resumption (1)."""
+    TRADE = "trade"
+    """A venue trade print (Binance ``@trade``); the book changes through the diffs."""
+    BBO = "bbo"
+    """Best bid/offer quote (Binance ``@bookTicker``): a check on the book, never applied."""
+
+
+class Side(StrEnum):
+    BID = "B"
+    ASK = "A"
+    NONE = "N"
+
+
+BOOK_KINDS = frozenset({Kind.SNAPSHOT, Kind.LEVEL, Kind.ADD, Kind.CANCEL, Kind.DELETE,
+                        Kind.EXECUTE})
+"""Kinds that change one price level and so need a side and a positive price."""
+TRADE_KINDS = frozenset({Kind.EXECUTE, Kind.HIDDEN_TRADE, Kind.CROSS_TRADE, Kind.TRADE})
+
+
+class SchemaError(ValueError):
+    """A record that does not satisfy the schema; ``field`` and ``reason`` say why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class L2Event:
+    instrument: str
+    venue: str
+    kind: Kind
+    side: Side
+    price: int
+    size: int
+    ts_event: int
+    ts_recv: int
+    price_exp: int = 0
+    size_exp: int = 0
+    order_id: int = 0
+    seq: int = 0
+    seq_first: int = 0
+    seq_prev: int = 0
+    ts_proc: int = 0
+    flags: int = F_LAST
+    v: int = SCHEMA_VERSION
+
+    @property
+    def is_last(self) -> bool:
+        return bool(self.flags & F_LAST)
+
+    def price_decimal_str(self) -> str:
+        """Exact decimal rendering of the price, for people (never parsed back as float)."""
+        return _scaled_str(self.price, self.price_exp)
+
+
+def _scaled_str(value: int, exp: int) -> str:
+    if exp >= 0:
+        return str(value * 10**exp)
+    sign = "-" if value < 0 else ""
+    digits = str(abs(value)).rjust(-exp + 1, "0")
+    return f"{sign}{digits[:exp]}.{digits[exp:]}"
+
+
+# field -> required python type; the order is the serialised order
+_FIELDS: tuple[tuple[str, type], ...] = (
+    ("v", int), ("instrument", str), ("venue", str), ("kind", str), ("side", str),
+    ("price", int), ("size", int), ("price_exp", int), ("size_exp", int), ("order_id", int),
+    ("seq", int), ("seq_first", int), ("seq_prev", int), ("ts_event", int), ("ts_recv", int),
+    ("ts_proc", int), ("flags", int),
+)
+_KINDS = {k.value: k for k in Kind}
+_SIDES = {s.value: s for s in Side}
+
+
+def encode_event(event: L2Event) -> bytes:
+    """Compact JSON with the schema version first; field order is fixed (stable bytes)."""
+    d = asdict(event)
+    return json.dumps({name: d[name] for name, _ in _FIELDS}, separators=(",", ":")).encode()
+
+
+def _check_int(name: str, value: Any) -> int:
+    # bool is an int subclass in Python; a JSON true is not a number here
+    if type(value) is int:
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise SchemaError(name, "NaN is not a valid integer")
+        if math.isinf(value):
+            raise SchemaError(name, "infinity is not a valid integer")
+        raise SchemaError(name, f"expected integer ticks/lots, got float {value!r}")
+    raise SchemaError(name, f"expected integer, got {type(value).__name__} {value!r}")
+
+
+def validate_fields(d: dict[str, Any]) -> L2Event:
+    """Turn a decoded dict into an :class:`L2Event`, or raise :class:`SchemaError` naming the
+    first offending field and the reason."""
+    if not isinstance(d, dict):
+        raise SchemaError("record", f"expected a JSON object, got {type(d).__name__}")
+    if "v" not in d:
+        raise SchemaError("v", "missing schema version")
+    version = d["v"]
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        raise SchemaError("v", f"unknown schema version {version!r} "
+                               f"(supported: {sorted(SUPPORTED_VERSIONS)})")
+    unknown = set(d) - {name for name, _ in _FIELDS}
+    if unknown:
+        raise SchemaError(sorted(unknown)[0], "unknown field")
+    values: dict[str, Any] = {}
+    for name, typ in _FIELDS:
+        if name not in d:
+            raise SchemaError(name, "missing")
+        value = d[name]
+        if typ is int:
+            values[name] = _check_int(name, value)
+        elif not isinstance(value, str):
+            raise SchemaError(name, f"expected string, got {type(value).__name__} {value!r}")
+        else:
+            values[name] = value
+    if not values["instrument"]:
+        raise SchemaError("instrument", "empty")
+    kind = _KINDS.get(values["kind"])
+    if kind is None:
+        raise SchemaError("kind", f"unknown kind {values['kind']!r}")
+    side = _SIDES.get(values["side"])
+    if side is None:
+        raise SchemaError("side", f"unknown side {values['side']!r}")
+    values["kind"], values["side"] = kind, side
+    if values["size"] < 0:
+        raise SchemaError("size", f"negative size {values['size']}")
+    if kind in BOOK_KINDS or kind in TRADE_KINDS:
+        if side is Side.NONE:
+            raise SchemaError("side", f"{kind.value} needs side B or A")
+        if values["price"] <= 0:
+            raise SchemaError("price", f"{kind.value} needs a positive price, got "
+                                       f"{values['price']}")
+    if values["ts_event"] <= 0:
+        raise SchemaError("ts_event", f"not a valid exchange time: {values['ts_event']}")
+    return L2Event(**values)
+
+
+def decode_event(raw: bytes | str) -> L2Event:
+    """Parse one serialised record; :class:`SchemaError` names the field and reason."""
+    try:
+        d = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SchemaError("record", f"malformed JSON: {exc}") from exc
+    return validate_fields(d)
