@@ -62,9 +62,8 @@ class TopicSpec:
     partitions: int
     retention_ms: int
     """-1 keeps records forever (Kafka's convention)."""
-
-
-_WEEK_MS = 7 * 24 * 3600 * 1000
+    retention_bytes: int = -1
+    """Per-partition size limit; -1 means none."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,16 +76,25 @@ class TopicsConfig:
     """One feature row per applied event batch, key = instrument."""
     dead_letter: str = "bookstream.deadletter.v1"
     """Malformed or late records with source, offset and reason."""
+    stats: str = "bookstream.stats.v1"
+    """Per-instrument counters of the stream job (events in / processed / dead-lettered)."""
     partitions: int = 3
-    retention_ms: int = _WEEK_MS
+    retention_ms: int = -1
+    """Time retention. Kafka ages a segment by its records' timestamps, which here are exchange
+    times (years old for LOBSTER 2012): a time limit would delete replayed history at once, so
+    the default keeps records by size only (``retention_bytes`` per partition)."""
+    retention_bytes: int = 2 * 1024**3
 
     def specs(self) -> list[TopicSpec]:
         return [
-            TopicSpec(name=self.events, partitions=self.partitions, retention_ms=self.retention_ms),
+            TopicSpec(name=self.events, partitions=self.partitions, retention_ms=self.retention_ms,
+                      retention_bytes=self.retention_bytes),
             TopicSpec(name=self.features, partitions=self.partitions,
-                      retention_ms=self.retention_ms),
+                      retention_ms=self.retention_ms, retention_bytes=self.retention_bytes),
             # dead letters are evidence: keep them until someone looks
             TopicSpec(name=self.dead_letter, partitions=1, retention_ms=-1),
+            TopicSpec(name=self.stats, partitions=1, retention_ms=self.retention_ms,
+                      retention_bytes=self.retention_bytes),
         ]
 
 
@@ -105,6 +113,8 @@ class FlinkConfig:
     checkpoint_interval_ms: int = 2000
     execution_mode: str = "thread"
     """Python worker mode: ``thread`` (PEMJA, in the TaskManager) or ``process`` (Beam workers)."""
+    restart_attempts: int = 2
+    """Task restarts (from the last checkpoint) before the job fails."""
     bundle_size: int = 1000
     """python.fn-execution.bundle.size: records per Python bundle."""
     bundle_time_ms: int = 100

@@ -48,10 +48,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUPPORTED_VERSIONS",
     "TRADE_KINDS",
+    "DeadLetter",
     "Kind",
     "L2Event",
+    "Reason",
     "SchemaError",
     "Side",
+    "decode_dead_letter",
     "decode_event",
     "encode_event",
 ]
@@ -234,3 +237,58 @@ def decode_event(raw: bytes | str) -> L2Event:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SchemaError("record", f"malformed JSON: {exc}") from exc
     return validate_fields(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# dead letters
+
+
+class Reason(StrEnum):
+    """Why a record was dead-lettered (``reason_code``); ``reason`` adds the detail."""
+
+    MALFORMED = "malformed"
+    """Not parseable at all (bad JSON, bad source line)."""
+    SCHEMA = "schema"
+    """Parseable, but a field is missing or invalid (names the field)."""
+    UNKNOWN_VERSION = "unknown_version"
+    LATE = "late"
+    """Exchange time behind the instrument's watermark (newest exchange time minus the bound)."""
+    SEQUENCE_GAP = "sequence_gap"
+    CROSSED_BOOK = "crossed_book"
+    NEGATIVE_LEVEL = "negative_level"
+    KEY_MISMATCH = "key_mismatch"
+    """Kafka key differs from the record's instrument (it would land on the wrong book)."""
+
+
+DEAD_LETTER_VERSION = 1
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record the pipeline refused, with where it came from and why. ``source`` is
+    ``kafka:<topic>`` (``partition``/``offset`` set) or ``file:<path>`` (``offset`` = line)."""
+
+    source: str
+    partition: int
+    offset: int
+    key: str
+    reason_code: Reason
+    reason: str
+    raw: str
+    stage: str
+    """Which stage refused it: ``ingest`` or ``features``."""
+    ts_event: int = 0
+    ts_dead: int = 0
+    """Processing time of the decision, ns (information only)."""
+    v: int = DEAD_LETTER_VERSION
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["reason_code"] = self.reason_code.value
+        return json.dumps(d, separators=(",", ":"))
+
+
+def decode_dead_letter(raw: bytes | str) -> DeadLetter:
+    d = json.loads(raw)
+    d["reason_code"] = Reason(d["reason_code"])
+    return DeadLetter(**d)

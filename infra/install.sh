@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything bookstream needs, idempotently, from the registries this project may use:
+#   * uv (PyPI), then the locked Python environment (uv.lock) into .venv
+#   * the JVM jars (infra/pom.xml, Maven Central) into $STATE/jars/{kafka,flink}
+# Java 17 and Maven are expected on the machine (`bookstream doctor` checks).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+UV_VERSION=0.13.9
+
+if ! command -v uv >/dev/null 2>&1 && [ ! -x "$ROOT/.tools/bin/uv" ]; then
+  echo "[install] uv $UV_VERSION -> .tools/" >&2
+  python3 -m venv "$ROOT/.tools"
+  "$ROOT/.tools/bin/pip" install -q "uv==$UV_VERSION"
+fi
+UV="$(command -v uv || echo "$ROOT/.tools/bin/uv")"
+
+# the lock is authoritative: --frozen fails instead of re-resolving
+if [ ! -f .venv/.bookstream-synced ] || [ uv.lock -nt .venv/.bookstream-synced ] \
+   || [ pyproject.toml -nt .venv/.bookstream-synced ]; then
+  echo "[install] python environment from uv.lock -> .venv" >&2
+  "$UV" sync --frozen --extra dev --python python3.11
+  touch .venv/.bookstream-synced
+fi
+
+source "$ROOT/infra/lib.sh"
+load_config
+for profile in kafka flink; do
+  dest="$STATE/jars/$profile"
+  stamp="$dest/.complete"
+  if [ ! -f "$stamp" ] || [ infra/pom.xml -nt "$stamp" ]; then
+    log "jars ($profile) from Maven Central -> $dest"
+    rm -rf "$dest"; mkdir -p "$dest"
+    mvn -q -B -f infra/pom.xml -P"$profile" dependency:copy-dependencies \
+      -DoutputDirectory="$dest" -DincludeScope=runtime
+    touch "$stamp"
+  fi
+done
+log "install complete"

@@ -1,0 +1,65 @@
+# Shared helpers for infra/*.sh: sourced, never run. Resolves the project's config once
+# (udfs/config.py is the single source of ports and the state dir) and gives each service
+# the same pid/log/readiness conventions:
+#   $STATE/run/<service>.pid   pid of the process the project started
+#   $STATE/logs/<service>.log  its stdout+stderr
+set -euo pipefail
+
+PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${BOOKSTREAM_VENV:-$PROJECT_ROOT/.venv}"
+PY="$VENV/bin/python"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+load_config() {
+  [ -x "$PY" ] || die "no Python venv at $VENV: run infra/install.sh (or make install) first"
+  eval "$(cd "$PROJECT_ROOT" && "$PY" -m udfs.config shell)"
+  STATE="$BOOKSTREAM_STATE_DIR"
+  mkdir -p "$STATE/run" "$STATE/logs"
+}
+
+pidfile() { echo "$STATE/run/$1.pid"; }
+logfile() { echo "$STATE/logs/$1.log"; }
+
+# is_running SERVICE: the pid we recorded is alive
+is_running() {
+  local pf; pf="$(pidfile "$1")"
+  [ -f "$pf" ] && kill -0 "$(cat "$pf")" 2>/dev/null
+}
+
+# port_open HOST PORT
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# wait_ready SERVICE TIMEOUT_S CHECK_CMD...: poll until CHECK_CMD succeeds
+wait_ready() {
+  local svc="$1" timeout="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ! is_running "$svc"; then
+      log "$svc exited during start-up; last lines of $(logfile "$svc"):"
+      tail -n 30 "$(logfile "$svc")" >&2 || true
+      die "$svc failed to start (log: $(logfile "$svc"))"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      tail -n 30 "$(logfile "$svc")" >&2 || true
+      die "$svc not ready after ${timeout}s (log: $(logfile "$svc"))"
+    fi
+    sleep 0.5
+  done
+}
+
+# stop_service SERVICE: stop exactly the pid we started (TERM, then KILL after 20 s)
+stop_service() {
+  local svc="$1" pf pid
+  pf="$(pidfile "$svc")"
+  if [ ! -f "$pf" ]; then log "$svc: not started by this project"; return 0; fi
+  pid="$(cat "$pf")"
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $svc (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then log "$svc did not stop in 20 s: KILL"; kill -KILL "$pid"; fi
+  fi
+  rm -f "$pf"
+}

@@ -1,0 +1,240 @@
+"""Flink job: L2 events (Kafka) -> book in keyed state -> features (Kafka), bad input to the
+dead-letter topic, per-instrument counters to the stats topic.
+
+    events topic --(Kafka source, key=instrument, event time = record timestamp = exchange
+    time, bounded out-of-orderness watermarks, idle partitions released)--> key_by instrument
+    --> BookFeaturesFunction (udfs.pipeline.process_record on keyed state)
+        --> features topic          (main output)
+        --> dead-letter topic       (side output: malformed, late, gap, crossed ... + reason)
+        --> stats topic             (event-time timer: counters per instrument and minute)
+
+The Kafka source and sinks are declared with Flink SQL DDL because only the SQL connector exposes
+the record's partition and offset (which a dead letter must name) and writes a message key; the
+processing itself is DataStream API: a KeyedProcessFunction with ValueState and timers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from pyflink.common import Configuration, Row, Types
+from pyflink.datastream import (
+    CheckpointingMode,
+    KeyedProcessFunction,
+    OutputTag,
+    RuntimeContext,
+    StreamExecutionEnvironment,
+)
+from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.table import StreamTableEnvironment
+
+from udfs.config import PROJECT_ROOT, Config, load_config
+from udfs.pipeline import InstrumentState, RecordSource, process_record
+
+__all__ = ["build_job", "latest_checkpoint", "main"]
+
+logger = logging.getLogger(__name__)
+
+KV_TYPE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
+DEAD_LETTER_TAG = OutputTag("dead-letters", KV_TYPE)
+STATS_TAG = OutputTag("stats", KV_TYPE)
+STATS_INTERVAL_MS = 60_000
+"""Event-time period of the per-instrument counters on the stats topic."""
+
+
+class BookFeaturesFunction(KeyedProcessFunction):
+    """Keeps one :class:`InstrumentState` (book + feature windows + counters) per instrument."""
+
+    def __init__(self, cfg: Config, topic: str) -> None:
+        self.feature_cfg = cfg.features
+        self.out_of_orderness_ms = cfg.flink.out_of_orderness_ms
+        self.topic = topic
+        self.state = None
+        self.next_stats = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(
+            ValueStateDescriptor("instrument_state", Types.PICKLED_BYTE_ARRAY()))
+        self.next_stats = runtime_context.get_state(
+            ValueStateDescriptor("next_stats_timer", Types.LONG()))
+
+    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context):
+        key = ctx.get_current_key()
+        src = RecordSource(self.topic, value["partition"], value["offset"])
+        before = self.state.value()
+        state, result = process_record(before, key, value["value"], src, self.feature_cfg,
+                                       self.out_of_orderness_ms)
+        if state is not None:
+            self.state.update(state)
+            ts = ctx.timestamp()
+            if ts is not None and self.next_stats.value() is None:
+                fire_at = (ts // STATS_INTERVAL_MS + 1) * STATS_INTERVAL_MS
+                ctx.timer_service().register_event_time_timer(fire_at)
+                self.next_stats.update(fire_at)
+        for row in result.features:
+            yield Row(key, json.dumps(row, separators=(",", ":")))
+        for dead in result.dead_letters:
+            yield DEAD_LETTER_TAG, Row(key, dead.to_json())
+        if state is None and result.dead_letters:
+            # a refused record of a key that has no book yet: still count it
+            yield STATS_TAG, Row(key, json.dumps({"instrument": key, "unkeyed_dead": 1}))
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        state: InstrumentState | None = self.state.value()
+        self.next_stats.clear()
+        if state is None:
+            return
+        yield STATS_TAG, Row(ctx.get_current_key(), json.dumps({
+            "instrument": state.instrument, "watermark_ms": timestamp,
+            "events_in": state.events_in, "events_processed": state.events_processed,
+            "dead_lettered": state.dead_lettered, "book_levels": len(state.book.bids)
+            + len(state.book.asks), "ts_proc": time.time_ns()}, separators=(",", ":")))
+
+
+def _kafka_table_ddl(name: str, columns: str, topic: str, cfg: Config, extra: dict) -> str:
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+        **extra,
+    }
+    opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
+    return f"CREATE TEMPORARY TABLE {name} (\n  {columns}\n) WITH (\n  {opts}\n)"
+
+
+def _export_python_path() -> None:
+    """Thread mode runs Python inside the JVM through PEMJA, whose interpreter starts from the
+    base installation and does not see a venv's site-packages: hand them over explicitly
+    (before the JVM gateway is launched, which inherits the environment)."""
+    import site
+
+    paths = [*site.getsitepackages(), str(PROJECT_ROOT)]
+    current = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([current] if current else [])])
+
+
+def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-features",
+              restore_from: Path | None = None, events_topic: str | None = None,
+              features_topic: str | None = None, dead_letter_topic: str | None = None,
+              stats_topic: str | None = None):
+    """The whole pipeline as a statement set (not yet executed).
+
+    ``bounded``: stop at the events topic's end offsets as of the start (demo, tests, replay);
+    otherwise run until cancelled. The job starts from the group's committed offsets (committed
+    on checkpoints), or the earliest when the group has none.
+    """
+    events_topic = events_topic or cfg.topics.events
+    features_topic = features_topic or cfg.topics.features
+    dead_letter_topic = dead_letter_topic or cfg.topics.dead_letter
+    stats_topic = stats_topic or cfg.topics.stats
+
+    _export_python_path()
+    conf = Configuration()
+    # the workers must run this venv's interpreter (pemja, udfs, numpy live there)
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("python.execution-mode", cfg.flink.execution_mode)
+    conf.set_string("python.fn-execution.bundle.size", str(cfg.flink.bundle_size))
+    conf.set_string("python.fn-execution.bundle.time", str(cfg.flink.bundle_time_ms))
+    conf.set_string("pipeline.jars", cfg.kafka_connector_jar.as_uri())
+    conf.set_string("execution.checkpointing.dir", cfg.checkpoint_dir.as_uri())
+    conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
+                    "RETAIN_ON_CANCELLATION")
+    conf.set_string("execution.checkpointing.num-retained", "3")
+    conf.set_string("taskmanager.memory.managed.size", "256m")
+    # fail fast instead of Flink's endless restarts under checkpointing
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.flink.restart_attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    if restore_from is not None:
+        conf.set_string("execution.state-recovery.path", restore_from.as_uri())
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(cfg.flink.parallelism)
+    env.enable_checkpointing(cfg.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
+    t_env = StreamTableEnvironment.create(env)
+
+    # source
+    bound_s = cfg.flink.out_of_orderness_ms / 1000
+    source_opts = {
+        "properties.group.id": group_id,
+        "scan.startup.mode": "group-offsets",
+        "properties.auto.offset.reset": "earliest",
+        "scan.watermark.idle-timeout": f"{cfg.flink.idle_timeout_ms} ms",
+        "properties.commit.offsets.on.checkpoint": "true",
+    }
+    if bounded:
+        source_opts["scan.bounded.mode"] = "latest-offset"
+    t_env.execute_sql(_kafka_table_ddl(
+        "events_source",
+        "`k` STRING, `value` BYTES, `partition` INT METADATA VIRTUAL, "
+        "`offset` BIGINT METADATA VIRTUAL, "
+        "`ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL, "
+        f"WATERMARK FOR `ts` AS `ts` - INTERVAL '{bound_s:.3f}' SECOND",
+        events_topic, cfg, source_opts))
+    sink_opts = {"sink.delivery-guarantee": "at-least-once"}
+    for name, topic in (("features_sink", features_topic),
+                        ("dead_letter_sink", dead_letter_topic),
+                        ("stats_sink", stats_topic)):
+        t_env.execute_sql(_kafka_table_ddl(name, "`k` STRING, `v` STRING", topic, cfg,
+                                           sink_opts))
+
+    # transformations
+    ds = t_env.to_data_stream(t_env.from_path("events_source"))
+    features = (
+        ds.key_by(lambda row: row["k"] or "", key_type=Types.STRING())
+        .process(BookFeaturesFunction(cfg, events_topic), output_type=KV_TYPE)
+        .name("book-features")
+        .uid("book-features")
+    )
+    dead_letters = features.get_side_output(DEAD_LETTER_TAG)
+    stats = features.get_side_output(STATS_TAG)
+
+    # sinks
+    statements = t_env.create_statement_set()
+    statements.add_insert("features_sink", t_env.from_data_stream(features))
+    statements.add_insert("dead_letter_sink", t_env.from_data_stream(dead_letters))
+    statements.add_insert("stats_sink", t_env.from_data_stream(stats))
+    return statements
+
+
+def latest_checkpoint(cfg: Config) -> Path | None:
+    """The newest completed checkpoint (a ``chk-N`` directory with ``_metadata``) of any job."""
+    done = [p.parent for p in cfg.checkpoint_dir.glob("*/chk-*/_metadata")]
+    return max(done, key=lambda p: p.stat().st_mtime) if done else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bookstream run-job", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bounded", action="store_true",
+                        help="stop at the events topic's current end (default: run until killed)")
+    parser.add_argument("--group-id", default="bookstream-features",
+                        help="Kafka consumer group; offsets are committed on checkpoints")
+    parser.add_argument("--restore", metavar="CHECKPOINT", type=Path,
+                        help="start from this checkpoint directory (chk-N)")
+    parser.add_argument("--restore-latest", action="store_true",
+                        help="start from the newest retained checkpoint, if any")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = load_config()
+    restore = args.restore or (latest_checkpoint(cfg) if args.restore_latest else None)
+    if restore is not None:
+        logger.info("restoring from %s", restore)
+    statements = build_job(cfg, bounded=args.bounded, group_id=args.group_id,
+                           restore_from=restore)
+    # execute
+    statements.execute().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Per-instrument order-book features, computed event by event in event time.
+
+Pure Python (no Flink import): :func:`on_event` runs inside the stream job's
+``KeyedProcessFunction`` with a :class:`FeatureState` per instrument held in Flink keyed state
+(pickled), and equally in a plain loop for tests, backfills and benchmarks.
+
+Call order per record: ``book.apply(ev)`` (or nothing for a trade / no-op record), then
+``on_event(state, book, ev, cfg)``. A :class:`FeatureRow` comes back only after the last record
+of a batch (``ev.flags & F_LAST``) and only when both sides of the book are non-empty; such a
+call is a *feature event*. Every other call still updates the trade-flow window.
+
+Notation (all at the current feature event; primes denote the previous feature event):
+
+* ``Pb, qb`` / ``Pa, qa``: best bid / ask price (int ticks) and size (int lots);
+* ``B_k`` / ``A_k``: sum of the sizes of the best ``k`` bid / ask levels (fewer if the side
+  has fewer levels);
+* ``N = cfg.depth_levels``, ``W = cfg.window_ms * 1_000_000`` ns.
+
+Formulas (each repeated next to its code):
+
+* ``spread = Pa - Pb`` (ticks), ``mid = (Pb + Pa) / 2`` (ticks);
+* ``microprice = (Pb * qa + Pa * qb) / (qb + qa)`` (ticks; size-weighted towards the thin side);
+* ``imbalance_k = (B_k - A_k) / (B_k + A_k)`` for ``k = 1..N`` (0 if both are 0);
+* ``bid_depth = B_N``, ``ask_depth = A_N``;
+* ``ofi = 1{Pb >= Pb'} qb - 1{Pb <= Pb'} qb' - 1{Pa <= Pa'} qa + 1{Pa >= Pa'} qa'``
+  (Cont, Kukanov & Stoikov 2014, "The price impact of order book events", eq. 10; 0 at the first
+  feature event of the state);
+* ``r = ln(mid / mid')``, ``rv = sqrt(sum of r^2 over the feature events in the window)``;
+* ``ofi_window = sum of ofi over the feature events in the window``;
+* trade flow over the trade records (``schema.TRADE_KINDS``) in the window: the record's side is
+  the *resting* side, so the aggressor is the other one: resting ``A`` => buyer-initiated
+  => ``+size``, resting ``B`` => seller-initiated => ``-size`` (a side ``N`` counts 0);
+  ``trade_volume = sum size``, ``trade_signed_volume = sum signed size``, ``trade_count``.
+
+Windows are in event time: the window of a feature event at ``ts`` is ``(ts - W, ts]``; a value
+enters with its record's ``ts_event`` and is evicted once ``value_ts <= ts - W``. Eviction is
+first-in-first-out against the current record's ``ts_event``, so the windows are exact when
+``ts_event`` is non-decreasing per instrument (exchange feeds, LOBSTER). Under the bounded
+disorder the stream job lets through, the result stays deterministic but approximate: a value
+that arrived after a newer one leaves only once it reaches the front of the FIFO. Nothing here
+reads a clock: the output depends only on the records and their order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from udfs.book import OrderBook
+from udfs.config import FeatureConfig
+from udfs.schema import F_LAST, TRADE_KINDS, L2Event, Side
+
+__all__ = ["FeatureRow", "FeatureState", "feature_keys", "on_event"]
+
+_NS_PER_MS = 1_000_000
+
+
+@dataclass(slots=True)
+class FeatureState:
+    """Everything the features of one instrument carry from one event to the next.
+
+    Small and picklable (ints, floats and three deques of tuples), so it can live in Flink
+    keyed state. Windows hold only non-zero contributions (a zero changes no sum).
+    """
+
+    prev_bid_px: int = 0
+    """Best bid price ``Pb'`` at the previous feature event (0: none yet)."""
+    prev_bid_sz: int = 0
+    """Best bid size ``qb'`` at the previous feature event (0: none yet)."""
+    prev_ask_px: int = 0
+    """Best ask price ``Pa'`` at the previous feature event (0: none yet)."""
+    prev_ask_sz: int = 0
+    """Best ask size ``qa'`` at the previous feature event (0: none yet).
+    The previous mid is ``(prev_bid_px + prev_ask_px) / 2``, kept exact as these two ints."""
+    ofi_win: deque[tuple[int, int]] = field(default_factory=deque)
+    """(ts_event, ofi) of the feature events in the window, ofi != 0."""
+    ofi_sum: int = 0
+    """Sum of ``ofi_win`` (exact: OFI is an integer number of lots)."""
+    rv_win: deque[tuple[int, float]] = field(default_factory=deque)
+    """(ts_event, r^2) of the feature events in the window, r != 0."""
+    rv_sum: float = 0.0
+    """Running sum of ``rv_win``'s r^2 (Neumaier-compensated, with ``rv_comp``)."""
+    rv_comp: float = 0.0
+    """Compensation term of ``rv_sum``: the sum is ``rv_sum + rv_comp``."""
+    trade_win: deque[tuple[int, int, int]] = field(default_factory=deque)
+    """(ts_event, size, signed size) of the trade records in the window."""
+    trade_volume: int = 0
+    """Sum of the sizes in ``trade_win``."""
+    trade_signed: int = 0
+    """Sum of the signed sizes in ``trade_win`` (buyer-initiated positive)."""
+    events: int = 0
+    """Records seen by :func:`on_event`."""
+    trades: int = 0
+    """Trade records seen."""
+    rows: int = 0
+    """Feature rows emitted."""
+
+
+@dataclass(slots=True)
+class FeatureRow:
+    """Features after one consistent book state (one per feature event). Prices are int ticks
+    of ``10**price_exp``, sizes int lots of ``10**size_exp``; see the module docstring for
+    every formula and :meth:`to_dict` for the serialised form."""
+
+    instrument: str
+    ts_event: int
+    ts_recv: int
+    seq: int
+    price_exp: int
+    size_exp: int
+    best_bid: int
+    best_ask: int
+    bid_size: int
+    ask_size: int
+    spread: int
+    mid: float
+    microprice: float
+    imbalance: tuple[float, ...]
+    """``imbalance[k-1]`` is imbalance_k, k = 1..N."""
+    bid_depth: int
+    ask_depth: int
+    ofi: float
+    ofi_window: float
+    rv: float
+    trade_volume: int
+    trade_signed_volume: int
+    trade_count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable values (str, int, float) in the order of
+        :func:`feature_keys` ``(len(self.imbalance))``: the fields in declaration order with
+        ``imbalance`` flattened to ``imbalance_1..imbalance_N``, then real units:
+        ``best_bid_px, best_ask_px, spread_px, mid_px, microprice_px`` (``x * 10**price_exp``)
+        and ``bid_size_qty, ask_size_qty, bid_depth_qty, ask_depth_qty, trade_volume_qty,
+        trade_signed_volume_qty`` (``x * 10**size_exp``)."""
+        pe, se = self.price_exp, self.size_exp
+        d: dict[str, Any] = {
+            "instrument": self.instrument,
+            "ts_event": self.ts_event,
+            "ts_recv": self.ts_recv,
+            "seq": self.seq,
+            "price_exp": pe,
+            "size_exp": se,
+            "best_bid": self.best_bid,
+            "best_ask": self.best_ask,
+            "bid_size": self.bid_size,
+            "ask_size": self.ask_size,
+            "spread": self.spread,
+            "mid": self.mid,
+            "microprice": self.microprice,
+        }
+        for k, value in enumerate(self.imbalance, 1):
+            d[f"imbalance_{k}"] = value
+        d.update(
+            bid_depth=self.bid_depth,
+            ask_depth=self.ask_depth,
+            ofi=self.ofi,
+            ofi_window=self.ofi_window,
+            rv=self.rv,
+            trade_volume=self.trade_volume,
+            trade_signed_volume=self.trade_signed_volume,
+            trade_count=self.trade_count,
+            best_bid_px=_scale(self.best_bid, pe),
+            best_ask_px=_scale(self.best_ask, pe),
+            spread_px=_scale(self.spread, pe),
+            mid_px=_scale(self.mid, pe),
+            microprice_px=_scale(self.microprice, pe),
+            bid_size_qty=_scale(self.bid_size, se),
+            ask_size_qty=_scale(self.ask_size, se),
+            bid_depth_qty=_scale(self.bid_depth, se),
+            ask_depth_qty=_scale(self.ask_depth, se),
+            trade_volume_qty=_scale(self.trade_volume, se),
+            trade_signed_volume_qty=_scale(self.trade_signed_volume, se),
+        )
+        return d
+
+
+_HEAD_KEYS = ("instrument", "ts_event", "ts_recv", "seq", "price_exp", "size_exp", "best_bid",
+              "best_ask", "bid_size", "ask_size", "spread", "mid", "microprice")
+_TAIL_KEYS = ("bid_depth", "ask_depth", "ofi", "ofi_window", "rv", "trade_volume",
+              "trade_signed_volume", "trade_count", "best_bid_px", "best_ask_px", "spread_px",
+              "mid_px", "microprice_px", "bid_size_qty", "ask_size_qty", "bid_depth_qty",
+              "ask_depth_qty", "trade_volume_qty", "trade_signed_volume_qty")
+
+
+def feature_keys(depth_levels: int) -> tuple[str, ...]:
+    """The keys of :meth:`FeatureRow.to_dict`, in order, for ``N = depth_levels``."""
+    return (*_HEAD_KEYS, *(f"imbalance_{k}" for k in range(1, depth_levels + 1)), *_TAIL_KEYS)
+
+
+def _scale(value: float, exp: int) -> float:
+    """``value * 10**exp`` as a float; a negative exponent divides by the exact integer
+    ``10**-exp`` so e.g. 5853300 ticks of 1e-4 give the float nearest 585.33."""
+    return float(value * 10**exp) if exp >= 0 else value / 10**-exp
+
+
+def on_event(state: FeatureState, book: OrderBook, ev: L2Event,
+             cfg: FeatureConfig) -> FeatureRow | None:
+    """Update ``state`` with ``ev`` (already applied to ``book``) and return the features when
+    ``ev`` ends a batch and both book sides are non-empty, else None."""
+    ts = ev.ts_event
+    cutoff = ts - cfg.window_ms * _NS_PER_MS  # window is (cutoff, ts]; ts <= cutoff leaves
+    state.events += 1
+
+    # --- trade flow: resting side A => buyer-initiated => +size; resting B => -size ---
+    trade_win = state.trade_win
+    if ev.kind in TRADE_KINDS:
+        size = ev.size
+        side = ev.side
+        signed = size if side is Side.ASK else -size if side is Side.BID else 0
+        trade_win.append((ts, size, signed))
+        state.trade_volume += size
+        state.trade_signed += signed
+        state.trades += 1
+    while trade_win and trade_win[0][0] <= cutoff:
+        _, size, signed = trade_win.popleft()
+        state.trade_volume -= size
+        state.trade_signed -= signed
+
+    if not ev.flags & F_LAST:
+        return None
+    bids, asks = book.bids, book.asks
+    bpx, apx = bids.prices, asks.prices  # ascending: best bid last, best ask first
+    if not bpx or not apx:
+        return None
+    bsz, asz = bids.sizes, asks.sizes
+    pb = bpx[-1]
+    pa = apx[0]
+    qb = bsz[pb]
+    qa = asz[pa]
+
+    # --- depth imbalance: imbalance_k = (B_k - A_k) / (B_k + A_k), 0 if both 0;
+    #     bid_depth = B_N, ask_depth = A_N (a side with fewer than k levels sums what it has)
+    n = cfg.depth_levels
+    nb, na = len(bpx), len(apx)
+    cb = ca = 0
+    imbalance = []
+    for k in range(n):
+        if k < nb:
+            cb += bsz[bpx[-1 - k]]
+        if k < na:
+            ca += asz[apx[k]]
+        tot = cb + ca
+        imbalance.append((cb - ca) / tot if tot else 0.0)
+
+    # --- OFI (Cont-Kukanov-Stoikov 2014), primes = previous feature event:
+    #     e = 1{Pb >= Pb'} qb - 1{Pb <= Pb'} qb' - 1{Pa <= Pa'} qa + 1{Pa >= Pa'} qa'
+    pb0, pa0 = state.prev_bid_px, state.prev_ask_px
+    ofi = 0
+    mid2 = pb + pa  # 2 * mid, exact
+    if state.prev_bid_sz:  # there is a previous feature event
+        qb0, qa0 = state.prev_bid_sz, state.prev_ask_sz
+        if pb >= pb0:
+            ofi += qb
+        if pb <= pb0:
+            ofi -= qb0
+        if pa <= pa0:
+            ofi -= qa
+        if pa >= pa0:
+            ofi += qa0
+        # --- log return of mid: r = ln(mid / mid') = log1p((mid - mid') / mid'), evaluated
+        #     on 2*mid (exact ints) so the difference is exact and the log well conditioned
+        mid2_0 = pb0 + pa0
+        if mid2 != mid2_0:
+            r = math.log1p((mid2 - mid2_0) / mid2_0)
+            _rv_add(state, r * r)
+            state.rv_win.append((ts, r * r))
+        if ofi:
+            state.ofi_win.append((ts, ofi))
+            state.ofi_sum += ofi
+    state.prev_bid_px, state.prev_bid_sz, state.prev_ask_px, state.prev_ask_sz = pb, qb, pa, qa
+
+    # --- event-time windows (cutoff, ts]: evict ts_value <= ts - W
+    ofi_win = state.ofi_win
+    while ofi_win and ofi_win[0][0] <= cutoff:
+        state.ofi_sum -= ofi_win.popleft()[1]
+    rv_win = state.rv_win
+    if rv_win and rv_win[0][0] <= cutoff:
+        while rv_win and rv_win[0][0] <= cutoff:
+            _rv_add(state, -rv_win.popleft()[1])
+        if not rv_win:  # no rounding residue once the window is empty
+            state.rv_sum = state.rv_comp = 0.0
+    # rv = sqrt(sum over the window of r^2); max() guards a -0.0/-tiny rounding residue
+    rv = math.sqrt(max(state.rv_sum + state.rv_comp, 0.0))
+
+    state.rows += 1
+    return FeatureRow(
+        ev.instrument, ts, ev.ts_recv, ev.seq, ev.price_exp, ev.size_exp,
+        pb, pa, qb, qa,
+        pa - pb,  # spread = Pa - Pb
+        mid2 / 2,  # mid = (Pb + Pa) / 2
+        (pb * qa + pa * qb) / (qb + qa),  # microprice = (Pb qa + Pa qb) / (qb + qa)
+        tuple(imbalance),
+        cb, ca,  # bid_depth = B_N, ask_depth = A_N
+        float(ofi), float(state.ofi_sum), rv,
+        state.trade_volume, state.trade_signed, len(trade_win),
+    )
+
+
+def _rv_add(state: FeatureState, x: float) -> None:
+    """Neumaier-compensated ``rv_sum += x`` (keeps the windowed sum accurate to a few ulps
+    however many values have entered and left it)."""
+    s = state.rv_sum
+    t = s + x
+    if abs(s) >= abs(x):
+        state.rv_comp += (s - t) + x
+    else:
+        state.rv_comp += (x - t) + s
+    state.rv_sum = t
