@@ -31,7 +31,7 @@ from pyflink.datastream import (
     RuntimeContext,
     StreamExecutionEnvironment,
 )
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
 from udfs.config import PROJECT_ROOT, Config, load_config
@@ -49,34 +49,83 @@ STATS_INTERVAL_MS = 60_000
 
 
 class BookFeaturesFunction(KeyedProcessFunction):
-    """Keeps one :class:`InstrumentState` (book + feature windows + counters) per instrument."""
+    """Keeps one :class:`InstrumentState` (book + feature windows + counters) per instrument.
 
-    def __init__(self, cfg: Config, topic: str) -> None:
+    Keyed state is event-sourced, because PyFlink (thread mode) pickles a ValueState on every
+    read and write, and a book of a few thousand levels costs ~1 ms to pickle:
+
+    * ``snapshot`` (ValueState): the pickled :class:`InstrumentState` as of some record;
+    * ``log`` (ListState): every raw record of the key since that snapshot (one cheap append
+      per record); every ``snapshot_every`` records the state is pickled and the log cleared.
+
+    The live state is a per-key cache in this function instance. After a restore from a
+    checkpoint (a new instance, empty cache) a key's state is rebuilt on first touch: unpickle
+    the snapshot and replay its log through the same pure :func:`process_record`, which is
+    deterministic, so the rebuilt state is exactly the one the checkpoint stood for.
+    """
+
+    def __init__(self, cfg: Config, topic: str, snapshot_every: int = 20_000) -> None:
         self.feature_cfg = cfg.features
         self.out_of_orderness_ms = cfg.flink.out_of_orderness_ms
         self.topic = topic
-        self.state = None
-        self.next_stats = None
+        self.snapshot_every = snapshot_every
+        self.snapshot = None
+        self.log = None
+        self.cache: dict[str, InstrumentState | None] = {}
+        self.log_len: dict[str, int] = {}
+        self.stats_timer: dict[str, int] = {}
+        self.restored_keys = 0
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.state = runtime_context.get_state(
-            ValueStateDescriptor("instrument_state", Types.PICKLED_BYTE_ARRAY()))
-        self.next_stats = runtime_context.get_state(
-            ValueStateDescriptor("next_stats_timer", Types.LONG()))
+        self.snapshot = runtime_context.get_state(
+            ValueStateDescriptor("instrument_snapshot", Types.PICKLED_BYTE_ARRAY()))
+        self.log = runtime_context.get_list_state(
+            ListStateDescriptor("records_since_snapshot", Types.PICKLED_BYTE_ARRAY()))
+        self.cache.clear()
+        self.log_len.clear()
+        self.stats_timer.clear()
+
+    def _state_of(self, key: str) -> InstrumentState | None:
+        if key in self.cache:
+            return self.cache[key]
+        state = self.snapshot.value()
+        replayed = 0
+        src = RecordSource(self.topic, -1, -1)
+        for raw in self.log.get() or []:
+            state, _ = process_record(state, key, bytes(raw), src, self.feature_cfg,
+                                      self.out_of_orderness_ms)
+            replayed += 1
+        if state is not None or replayed:
+            self.restored_keys += 1
+            logger.info("restored %s from keyed state: snapshot + %d logged records",
+                        key, replayed)
+        self.cache[key] = state
+        self.log_len[key] = replayed
+        return state
 
     def process_element(self, value: Row, ctx: KeyedProcessFunction.Context):
         key = ctx.get_current_key()
+        raw = value["value"]
         src = RecordSource(self.topic, value["partition"], value["offset"])
-        before = self.state.value()
-        state, result = process_record(before, key, value["value"], src, self.feature_cfg,
+        state, result = process_record(self._state_of(key), key, raw, src, self.feature_cfg,
                                        self.out_of_orderness_ms)
-        if state is not None:
-            self.state.update(state)
-            ts = ctx.timestamp()
-            if ts is not None and self.next_stats.value() is None:
-                fire_at = (ts // STATS_INTERVAL_MS + 1) * STATS_INTERVAL_MS
+        self.cache[key] = state
+        # persist: append the record, or fold everything into a new snapshot
+        n = self.log_len[key] + 1
+        if n >= self.snapshot_every and state is not None:
+            self.snapshot.update(state)
+            self.log.clear()
+            n = 0
+        else:
+            self.log.add(raw)
+        self.log_len[key] = n
+        # counters to the stats topic at the next event-time minute
+        ts = ctx.timestamp()
+        if state is not None and ts is not None:
+            fire_at = (ts // STATS_INTERVAL_MS + 1) * STATS_INTERVAL_MS
+            if self.stats_timer.get(key, -1) < fire_at:
                 ctx.timer_service().register_event_time_timer(fire_at)
-                self.next_stats.update(fire_at)
+                self.stats_timer[key] = fire_at
         for row in result.features:
             yield Row(key, json.dumps(row, separators=(",", ":")))
         for dead in result.dead_letters:
@@ -86,11 +135,13 @@ class BookFeaturesFunction(KeyedProcessFunction):
             yield STATS_TAG, Row(key, json.dumps({"instrument": key, "unkeyed_dead": 1}))
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
-        state: InstrumentState | None = self.state.value()
-        self.next_stats.clear()
+        key = ctx.get_current_key()
+        state = self._state_of(key)
+        if self.stats_timer.get(key) == timestamp:
+            del self.stats_timer[key]
         if state is None:
             return
-        yield STATS_TAG, Row(ctx.get_current_key(), json.dumps({
+        yield STATS_TAG, Row(key, json.dumps({
             "instrument": state.instrument, "watermark_ms": timestamp,
             "events_in": state.events_in, "events_processed": state.events_processed,
             "dead_lettered": state.dead_lettered, "book_levels": len(state.book.bids)
@@ -124,14 +175,16 @@ def _export_python_path() -> None:
 
 
 def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-features",
-              restore_from: Path | None = None, events_topic: str | None = None,
+              restore_from: Path | None = None, start_offsets: dict[int, int] | None = None,
+              events_topic: str | None = None,
               features_topic: str | None = None, dead_letter_topic: str | None = None,
               stats_topic: str | None = None):
     """The whole pipeline as a statement set (not yet executed).
 
     ``bounded``: stop at the events topic's end offsets as of the start (demo, tests, replay);
     otherwise run until cancelled. The job starts from the group's committed offsets (committed
-    on checkpoints), or the earliest when the group has none.
+    on checkpoints), or the earliest when the group has none; ``start_offsets`` (partition ->
+    offset) overrides that. A job restored from a checkpoint resumes at the checkpoint's offsets.
     """
     events_topic = events_topic or cfg.topics.events
     features_topic = features_topic or cfg.topics.features
@@ -172,6 +225,10 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
         "scan.watermark.idle-timeout": f"{cfg.flink.idle_timeout_ms} ms",
         "properties.commit.offsets.on.checkpoint": "true",
     }
+    if start_offsets:
+        source_opts["scan.startup.mode"] = "specific-offsets"
+        source_opts["scan.startup.specific-offsets"] = ";".join(
+            f"partition:{p},offset:{o}" for p, o in sorted(start_offsets.items()))
     if bounded:
         source_opts["scan.bounded.mode"] = "latest-offset"
     t_env.execute_sql(_kafka_table_ddl(

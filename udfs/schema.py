@@ -41,6 +41,19 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+try:  # orjson parses ~4x faster; the stdlib parser gives the same values
+    from orjson import loads as _orjson_loads
+
+    def _loads(raw: bytes | str) -> Any:
+        try:
+            return _orjson_loads(raw)
+        except ValueError:
+            # orjson rejects NaN/Infinity literals; the stdlib accepts them, so a NaN price
+            # is reported as "price: NaN", not as malformed JSON
+            return json.loads(raw)
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+
 __all__ = [
     "BOOK_KINDS",
     "F_LAST",
@@ -164,10 +177,24 @@ _KINDS = {k.value: k for k in Kind}
 _SIDES = {s.value: s for s in Side}
 
 
-def encode_event(event: L2Event) -> bytes:
-    """Compact JSON with the schema version first; field order is fixed (stable bytes)."""
-    d = asdict(event)
-    return json.dumps({name: d[name] for name, _ in _FIELDS}, separators=(",", ":")).encode()
+_json_str = json.JSONEncoder(ensure_ascii=True).encode
+
+
+def encode_event(e: L2Event) -> bytes:
+    """Compact JSON with the schema version first; field order is fixed (stable bytes).
+
+    Written out field by field rather than ``json.dumps(asdict(e))``: this runs once per event
+    on the ingest hot path, and the literal is ~4x faster. ``kind``/``side`` are enum values
+    (no escaping needed); free text (instrument, venue) goes through the JSON encoder.
+    """
+    return (
+        f'{{"v":{e.v},"instrument":{_json_str(e.instrument)},"venue":{_json_str(e.venue)},'
+        f'"kind":"{e.kind.value}","side":"{e.side.value}","price":{e.price},"size":{e.size},'
+        f'"price_exp":{e.price_exp},"size_exp":{e.size_exp},"order_id":{e.order_id},'
+        f'"seq":{e.seq},"seq_first":{e.seq_first},"seq_prev":{e.seq_prev},'
+        f'"ts_event":{e.ts_event},"ts_recv":{e.ts_recv},"ts_proc":{e.ts_proc},'
+        f'"flags":{e.flags}}}'
+    ).encode()
 
 
 def _check_int(name: str, value: Any) -> int:
@@ -230,13 +257,40 @@ def validate_fields(d: dict[str, Any]) -> L2Event:
     return L2Event(**values)
 
 
+_FIELD_NAMES = frozenset(name for name, _ in _FIELDS)
+_INT_FIELDS = tuple(name for name, typ in _FIELDS if typ is int)
+
+
+def _fast_event(d: Any) -> L2Event | None:
+    """The common case -- a well-formed current-version record -- checked in one pass; None
+    sends the record through :func:`validate_fields` for the precise error (or the rare
+    valid record this shortcut does not cover)."""
+    if type(d) is not dict or d.keys() != _FIELD_NAMES or d["v"] != SCHEMA_VERSION:
+        return None
+    for name in _INT_FIELDS:
+        if type(d[name]) is not int:
+            return None
+    kind = _KINDS.get(d["kind"])
+    side = _SIDES.get(d["side"])
+    instrument = d["instrument"]
+    if (kind is None or side is None or type(instrument) is not str or not instrument
+            or type(d["venue"]) is not str or d["size"] < 0 or d["ts_event"] <= 0):
+        return None
+    if (kind in BOOK_KINDS or kind in TRADE_KINDS) and (side is Side.NONE or d["price"] <= 0):
+        return None
+    return L2Event(instrument, d["venue"], kind, side, d["price"], d["size"], d["ts_event"],
+                   d["ts_recv"], d["price_exp"], d["size_exp"], d["order_id"], d["seq"],
+                   d["seq_first"], d["seq_prev"], d["ts_proc"], d["flags"], d["v"])
+
+
 def decode_event(raw: bytes | str) -> L2Event:
     """Parse one serialised record; :class:`SchemaError` names the field and reason."""
     try:
-        d = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        d = _loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:  # orjson and json errors are ValueErrors
         raise SchemaError("record", f"malformed JSON: {exc}") from exc
-    return validate_fields(d)
+    event = _fast_event(d)
+    return event if event is not None else validate_fields(d)
 
 
 # ---------------------------------------------------------------------------------------------

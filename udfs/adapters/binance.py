@@ -62,7 +62,7 @@ import gzip
 import io
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -279,6 +279,9 @@ class BinanceAdapter:
         self.state = _UNSYNCED
         self._buffer: deque[tuple[int, dict[str, Any]]] = deque()
         self._where = ""
+        self.on_bad_line: Callable[[str, int, bytes, str], None] | None = None
+        """Called with (file, line number, raw line, reason) for every line that cannot be
+        read, so the publisher can dead-letter it instead of losing it."""
 
     @property
     def synced(self) -> bool:
@@ -473,7 +476,10 @@ class BinanceAdapter:
                         recv, obj = _split_line(line)
                         out = dispatch(recv, obj)
                     except errors as exc:
-                        self._bad(lineno, f"{type(exc).__name__}: {exc}")
+                        reason = f"{type(exc).__name__}: {exc}"
+                        self._bad(lineno, reason)
+                        if self.on_bad_line is not None:
+                            self.on_bad_line(str(path), lineno, line, reason)
                         continue
                     if out:
                         st.events += len(out)

@@ -1,0 +1,189 @@
+"""``bookstream``: the command line of the platform.
+
+    bookstream doctor                       what a run needs, and what is wrong
+    bookstream topics                       create the configured topics (idempotent), list them
+    bookstream publish --lobster M O        send a source to Kafka (--speed N for N x recorded)
+    bookstream run-job [--bounded]          run the Flink features job
+    bookstream verify-book --binance F...   rebuild the book from files, compare with ground truth
+    bookstream demo                         the whole pipeline on the shipped sample (or --lobster /
+                                            --binance files), summary as the last JSON line
+
+Commands that produce a result print it as one JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from udfs.config import load_config
+
+__all__ = ["main"]
+
+logger = logging.getLogger("bookstream")
+
+
+def _add_source_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_argument_group("source (any number of each; default: the shipped sample)"
+                                      if not required else "source")
+    group.add_argument("--lobster", nargs=2, action="append", metavar=("MESSAGE_FILE",
+                       "ORDERBOOK_FILE"), type=Path, default=[],
+                       help="a LOBSTER message file and its orderbook file")
+    group.add_argument("--binance", nargs="+", action="append", metavar="FILE", type=Path,
+                       default=[], help="a Binance raw capture: files of one stream, in order")
+
+
+def _source(args: argparse.Namespace):
+    from jobs.sources import Source
+
+    if not args.lobster and not args.binance:
+        return Source.sample()
+    return Source(lobster=[tuple(p) for p in args.lobster], binance=list(args.binance))
+
+
+def _emit(result: dict[str, Any]) -> None:
+    print(json.dumps(result, separators=(",", ":"), default=str), flush=True)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from jobs.doctor import run_doctor
+
+    ok, report = run_doctor(load_config(), need_broker=not args.offline)
+    _emit(report)
+    return 0 if ok else 1
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from jobs.kafka_io import create_topics, existing_topics
+
+    cfg = load_config()
+    created = create_topics(cfg)
+    have = existing_topics(cfg)
+    _emit({"created": created,
+           "topics": {s.name: have.get(s.name) for s in cfg.topics.specs()}})
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from jobs.kafka_io import create_topics
+    from jobs.publish import publish
+
+    cfg = load_config()
+    create_topics(cfg)
+    res = publish(cfg, _source(args), speed=args.speed,
+                  progress=False if args.no_progress else None)
+    _emit({"events_in": res.events_in, "published": res.published,
+           "dead_lettered": res.dead_lettered, "wall_s": round(res.wall_s, 3),
+           "events_per_s": round(res.rate, 1)})
+    return 0
+
+
+def cmd_run_job(args: argparse.Namespace) -> int:
+    from jobs.features_job import main as job_main
+
+    argv = ["--group-id", args.group_id]
+    if args.bounded:
+        argv.append("--bounded")
+    if args.restore_latest:
+        argv.append("--restore-latest")
+    if args.restore:
+        argv += ["--restore", str(args.restore)]
+    job_main(argv)
+    return 0
+
+
+def cmd_verify_book(args: argparse.Namespace) -> int:
+    if bool(args.lobster) == bool(args.binance):
+        print("verify-book: give exactly one of --lobster MESSAGE_FILE ORDERBOOK_FILE or "
+              "--binance FILE [FILE...]", file=sys.stderr)
+        return 2
+    if args.lobster:
+        from udfs.adapters.lobster import verify_lobster
+
+        message_file, orderbook_file = args.lobster[0]
+        result = dict(verify_lobster(message_file, orderbook_file))
+    else:
+        from udfs.adapters.binance import verify_binance
+
+        result = dict(verify_binance(args.binance[0]))
+    mismatches = result.pop("mismatches", [])
+    for m in mismatches:
+        print(f"mismatch: {json.dumps(m, default=str)}", file=sys.stderr)
+    result.pop("book_error_samples", None)
+    _emit(result)
+    return 0 if result["matched"] == result["checked"] else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.demo import run_demo
+
+    summary = run_demo(load_config(), _source(args), speed=args.speed,
+                       progress=False if args.no_progress else None)
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        print(f"  {key:<{width}}  {value}", file=sys.stderr)
+    _emit(summary)
+    return 0 if summary["reconciled"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bookstream", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("doctor", help="check Java, jars, Flink/connector versions, broker, topics")
+    p.add_argument("--offline", action="store_true", help="skip the broker and topic checks")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("topics", help="create the configured topics (idempotent) and list them")
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("publish", help="publish a source's L2 events to the events topic")
+    _add_source_args(p)
+    p.add_argument("--speed", type=float, default=None,
+                   help="replay at N x the recorded pace (default: as fast as possible)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("run-job", help="run the Flink features job (Kafka -> Kafka)")
+    p.add_argument("--bounded", action="store_true",
+                   help="stop at the events topic's current end (default: run until killed)")
+    p.add_argument("--group-id", default="bookstream-features")
+    p.add_argument("--restore", type=Path, metavar="CHECKPOINT", help="a chk-N directory")
+    p.add_argument("--restore-latest", action="store_true",
+                   help="resume from the newest retained checkpoint, if any")
+    p.set_defaults(func=cmd_run_job)
+
+    p = sub.add_parser("verify-book", help="rebuild the book from files and compare it with "
+                                           "the ground truth they carry")
+    _add_source_args(p, required=True)
+    p.set_defaults(func=cmd_verify_book)
+
+    p = sub.add_parser("demo", help="publish -> Flink job -> summary, on the shipped sample "
+                                    "or your files")
+    _add_source_args(p)
+    p.add_argument("--speed", type=float, default=None,
+                   help="publish at N x the recorded pace (default: as fast as possible)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    # PyFlink's Beam layer logs chatter at INFO
+    for noisy in ("apache_beam", "py4j", "root"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

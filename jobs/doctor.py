@@ -1,0 +1,86 @@
+"""``bookstream doctor``: checks what a run needs and says exactly what is wrong and how to fix
+it. Each check is (name, ok, detail); the report is one JSON object."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from udfs.config import Config
+
+__all__ = ["run_doctor"]
+
+
+def _java() -> tuple[bool, str]:
+    java = shutil.which("java")
+    if java is None:
+        return False, "java not on PATH: install OpenJDK 17 (apt-get install openjdk-17-jdk)"
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    m = re.search(r'version "(\d+)', out)
+    major = int(m.group(1)) if m else 0
+    if major < 17:
+        return False, f"Java {major} found at {java}; Kafka 4 and Flink 2 need Java 17+"
+    return True, f"Java {major} ({java})"
+
+
+def _flink_connector(cfg: Config) -> list[tuple[str, bool, str]]:
+    checks = []
+    try:
+        flink = version("apache-flink")
+    except PackageNotFoundError:
+        return [("pyflink", False, "apache-flink is not installed: run `make install`")]
+    checks.append(("pyflink", flink == cfg.flink.flink_version,
+                   f"apache-flink {flink} (config expects {cfg.flink.flink_version})"))
+    flink_minor = ".".join(flink.split(".")[:2])
+    suffix = cfg.flink.kafka_connector_version.rsplit("-", 1)[-1]
+    checks.append(("connector-version", suffix == flink_minor,
+                   f"flink-sql-connector-kafka {cfg.flink.kafka_connector_version} is built for "
+                   f"Flink {suffix}; PyFlink is {flink_minor}"
+                   + ("" if suffix == flink_minor else
+                      ": set flink.kafka.connector.version in infra/pom.xml and config")))
+    jar = cfg.kafka_connector_jar
+    checks.append(("connector-jar", jar.is_file(),
+                   str(jar) if jar.is_file() else f"{jar} missing: run `make install`"))
+    return checks
+
+
+def _kafka_jars(cfg: Config) -> tuple[bool, str]:
+    jars = sorted((cfg.jars_dir / "kafka").glob("kafka_2.13-*.jar"))
+    if not jars:
+        return False, f"no Kafka broker jar in {cfg.jars_dir / 'kafka'}: run `make install`"
+    return True, jars[-1].name
+
+
+def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
+    checks: list[tuple[str, bool, str]] = []
+    checks.append(("python", sys.version_info[:2] == (3, 11),
+                   f"Python {sys.version.split()[0]} ({sys.executable})"))
+    checks.append(("java", *_java()))
+    checks.extend(_flink_connector(cfg))
+    checks.append(("kafka-jars", *_kafka_jars(cfg)))
+    checks.append(("state-dir", cfg.state_dir.is_dir(), str(cfg.state_dir)))
+    if need_broker:
+        from jobs.kafka_io import BrokerUnavailableError, check_broker, existing_topics
+
+        try:
+            n = check_broker(cfg)
+            checks.append(("broker", True, f"{n} broker(s) at {cfg.kafka.bootstrap_servers}"))
+            have = existing_topics(cfg)
+            for spec in cfg.topics.specs():
+                got = have.get(spec.name)
+                if got is None:
+                    checks.append((f"topic:{spec.name}", False,
+                                   "missing: run `bookstream topics` (make demo creates it)"))
+                else:
+                    checks.append((f"topic:{spec.name}", got == spec.partitions,
+                                   f"{got} partition(s), config {spec.partitions}"))
+        except BrokerUnavailableError as exc:
+            checks.append(("broker", False, str(exc)))
+    for name, ok, detail in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} {name:<34} {detail}", file=sys.stderr)
+    ok = all(c[1] for c in checks)
+    return ok, {"ok": ok, "checks": {name: {"ok": good, "detail": detail}
+                                     for name, good, detail in checks}}

@@ -1,0 +1,71 @@
+"""Opening a user's source files as one stream of L2 events, whatever the format.
+
+A :class:`Source` yields :class:`~udfs.schema.L2Event` records in feed order and collects the
+lines it could not read (with file, line and reason) so the caller can dead-letter them:
+``events_in`` counts both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from udfs.adapters.binance import BinanceAdapter
+from udfs.adapters.lobster import LobsterStats, iter_lobster_events
+from udfs.config import PROJECT_ROOT
+from udfs.schema import L2Event
+
+__all__ = ["SAMPLE_BINANCE", "SAMPLE_LOBSTER", "BadLine", "Source"]
+
+SAMPLE_LOBSTER = (
+    PROJECT_ROOT / "data/lobster/AAPL_2012-06-21_34200000_57600000_message_10.csv",
+    PROJECT_ROOT / "data/lobster/AAPL_2012-06-21_34200000_57600000_orderbook_10.csv",
+)
+SAMPLE_BINANCE = (PROJECT_ROOT / "data/binance/usdm/btcusdt_20240718.gz",)
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    file: str
+    line: int
+    raw: bytes
+    reason: str
+
+
+@dataclass
+class Source:
+    """``lobster``: (message file, orderbook file) pairs; ``binance``: captures, each a list of
+    files read in order as one stream."""
+
+    lobster: list[tuple[Path, Path]] = field(default_factory=list)
+    binance: list[list[Path]] = field(default_factory=list)
+    bad_lines: list[BadLine] = field(default_factory=list)
+
+    @classmethod
+    def sample(cls) -> Source:
+        return cls(lobster=[SAMPLE_LOBSTER], binance=[list(SAMPLE_BINANCE)])
+
+    def describe(self) -> str:
+        parts = [f"lobster {m.name}" for m, _ in self.lobster]
+        parts += [f"binance {', '.join(p.name for p in files)}" for files in self.binance]
+        return "; ".join(parts)
+
+    def check_files(self) -> None:
+        for path in [p for pair in self.lobster for p in pair] + [
+                p for files in self.binance for p in files]:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"source file not found: {path}")
+
+    def events(self) -> Iterator[L2Event]:
+        """Every event of every input, one input after the other (each keeps its own order;
+        inputs are distinct instruments, so their relative order does not matter)."""
+        for message_file, orderbook_file in self.lobster:
+            yield from iter_lobster_events(message_file, orderbook_file, stats=LobsterStats())
+        for files in self.binance:
+            adapter = BinanceAdapter(files)
+            adapter.on_bad_line = self._bad_line
+            yield from adapter
+
+    def _bad_line(self, file: str, line: int, raw: bytes, reason: str) -> None:
+        self.bad_lines.append(BadLine(file, line, raw, reason))
