@@ -19,7 +19,7 @@ UV="$(command -v uv || echo "$ROOT/.tools/bin/uv")"
 if [ ! -f .venv/.bookstream-synced ] || [ uv.lock -nt .venv/.bookstream-synced ] \
    || [ pyproject.toml -nt .venv/.bookstream-synced ]; then
   echo "[install] python environment from uv.lock -> .venv" >&2
-  "$UV" sync --frozen --extra dev --python python3.11
+  "$UV" sync --frozen --extra dev --python "$(command -v python3)"
   touch .venv/.bookstream-synced
 fi
 

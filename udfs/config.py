@@ -113,6 +113,8 @@ class FlinkConfig:
     checkpoint_interval_ms: int = 2000
     execution_mode: str = "thread"
     """Python worker mode: ``thread`` (PEMJA, in the TaskManager) or ``process`` (Beam workers)."""
+    checkpoint_dir: str = ""
+    """Where checkpoints go; empty: ``<state_dir>/flink/checkpoints``."""
     restart_attempts: int = 2
     """Task restarts (from the last checkpoint) before the job fails."""
     bundle_size: int = 1000
@@ -149,6 +151,8 @@ class Config:
 
     @property
     def checkpoint_dir(self) -> Path:
+        if self.flink.checkpoint_dir:
+            return Path(self.flink.checkpoint_dir).resolve()
         return self.state_dir / "flink" / "checkpoints"
 
     @property
