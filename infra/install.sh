@@ -31,9 +31,23 @@ for profile in kafka flink; do
   if [ ! -f "$stamp" ] || [ infra/pom.xml -nt "$stamp" ]; then
     log "jars ($profile) from Maven Central -> $dest"
     rm -rf "$dest"; mkdir -p "$dest"
-    mvn -q -B -f infra/pom.xml -P"$profile" dependency:copy-dependencies \
+    mvn -q -B -Dstyle.color=never -f infra/pom.xml -P"$profile" dependency:copy-dependencies \
       -DoutputDirectory="$dest" -DincludeScope=runtime
     touch "$stamp"
   fi
 done
+# Java glue for the features job (Kafka provenance deserialiser, keyed string serialiser):
+# compiled against the jars above, no extra downloads
+glue_src="$PROJECT_ROOT/jobs/java"
+glue_jar="$STATE/jars/flink/bookstream-flink-glue.jar"
+if [ ! -f "$glue_jar" ] || [ -n "$(find "$glue_src" -newer "$glue_jar" -name '*.java')" ]; then
+  log "compiling Flink glue -> $glue_jar"
+  flink_dist="$("$PY" -c 'import pyflink, glob, os; print(glob.glob(os.path.join(os.path.dirname(pyflink.__file__), "lib", "flink-dist-*.jar"))[0])')"
+  build="$(mktemp -d)"
+  javac -nowarn --release 17 -d "$build" \
+    -cp "$flink_dist:$STATE/jars/flink/flink-sql-connector-kafka-$FLINK_KAFKA_CONNECTOR_VERSION.jar" \
+    $(find "$glue_src" -name '*.java')
+  jar cf "$glue_jar" -C "$build" .
+  rm -rf "$build"
+fi
 log "install complete"

@@ -50,9 +50,9 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
 
     # stream job over exactly this run's events
     t_job = time.perf_counter()
-    statements = build_job(cfg, bounded=True, group_id=f"bookstream-demo-{uuid.uuid4().hex[:8]}",
-                           start_offsets=before[topics.events])
-    statements.execute().wait()
+    env = build_job(cfg, bounded=True, group_id=f"bookstream-demo-{uuid.uuid4().hex[:8]}",
+                    start_offsets=before[topics.events])
+    env.execute("bookstream-demo")
     job_s = time.perf_counter() - t_job
 
     # what came out

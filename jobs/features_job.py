@@ -8,9 +8,11 @@ dead-letter topic, per-instrument counters to the stats topic.
         --> dead-letter topic       (side output: malformed, late, gap, crossed ... + reason)
         --> stats topic             (event-time timer: counters per instrument and minute)
 
-The Kafka source and sinks are declared with Flink SQL DDL because only the SQL connector exposes
-the record's partition and offset (which a dead letter must name) and writes a message key; the
-processing itself is DataStream API: a KeyedProcessFunction with ValueState and timers.
+Records cross the JVM/Python boundary as plain strings, the cheapest crossing PyFlink has: two
+small Java classes (``jobs/java``, compiled by ``infra/install.sh``) prefix each record with its
+partition, offset and key on the way in (a dead letter must name them; PyFlink's KafkaSource has
+only value-only deserialisers) and write ``key \x1f value`` strings as keyed records on the way
+out. Measured: the SQL connector's metadata rows cost twice the whole per-record budget.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from pyflink.common import Configuration, Row, Types
+from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.datastream import (
     CheckpointingMode,
     KeyedProcessFunction,
@@ -31,8 +33,16 @@ from pyflink.datastream import (
     RuntimeContext,
     StreamExecutionEnvironment,
 )
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetResetStrategy,
+    KafkaOffsetsInitializer,
+    KafkaSink,
+    KafkaSource,
+    KafkaTopicPartition,
+)
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
-from pyflink.table import StreamTableEnvironment
+from pyflink.java_gateway import get_gateway
 
 from udfs.config import PROJECT_ROOT, Config, load_config
 from udfs.pipeline import InstrumentState, RecordSource, process_record
@@ -41,9 +51,8 @@ __all__ = ["build_job", "latest_checkpoint", "main"]
 
 logger = logging.getLogger(__name__)
 
-KV_TYPE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
-DEAD_LETTER_TAG = OutputTag("dead-letters", KV_TYPE)
-STATS_TAG = OutputTag("stats", KV_TYPE)
+DEAD_LETTER_TAG = OutputTag("dead-letters", Types.STRING())
+STATS_TAG = OutputTag("stats", Types.STRING())
 STATS_INTERVAL_MS = 60_000
 """Event-time period of the per-instrument counters on the stats topic."""
 
@@ -80,7 +89,7 @@ class BookFeaturesFunction(KeyedProcessFunction):
         self.snapshot = runtime_context.get_state(
             ValueStateDescriptor("instrument_snapshot", Types.PICKLED_BYTE_ARRAY()))
         self.log = runtime_context.get_list_state(
-            ListStateDescriptor("records_since_snapshot", Types.PICKLED_BYTE_ARRAY()))
+            ListStateDescriptor("records_since_snapshot", Types.STRING()))
         self.cache.clear()
         self.log_len.clear()
         self.stats_timer.clear()
@@ -92,7 +101,7 @@ class BookFeaturesFunction(KeyedProcessFunction):
         replayed = 0
         src = RecordSource(self.topic, -1, -1)
         for raw in self.log.get() or []:
-            state, _ = process_record(state, key, bytes(raw), src, self.feature_cfg,
+            state, _ = process_record(state, key, raw, src, self.feature_cfg,
                                       self.out_of_orderness_ms)
             replayed += 1
         if state is not None or replayed:
@@ -103,10 +112,9 @@ class BookFeaturesFunction(KeyedProcessFunction):
         self.log_len[key] = replayed
         return state
 
-    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context):
-        key = ctx.get_current_key()
-        raw = value["value"]
-        src = RecordSource(self.topic, value["partition"], value["offset"])
+    def process_element(self, value: str, ctx: KeyedProcessFunction.Context):
+        partition, offset, key, raw = split_provenance(value)
+        src = RecordSource(self.topic, partition, offset)
         state, result = process_record(self._state_of(key), key, raw, src, self.feature_cfg,
                                        self.out_of_orderness_ms)
         self.cache[key] = state
@@ -127,12 +135,12 @@ class BookFeaturesFunction(KeyedProcessFunction):
                 ctx.timer_service().register_event_time_timer(fire_at)
                 self.stats_timer[key] = fire_at
         for row in result.features:
-            yield Row(key, json.dumps(row, separators=(",", ":")))
+            yield key + SEP + json.dumps(row, separators=(",", ":"))
         for dead in result.dead_letters:
-            yield DEAD_LETTER_TAG, Row(key, dead.to_json())
+            yield DEAD_LETTER_TAG, key + SEP + dead.to_json()
         if state is None and result.dead_letters:
             # a refused record of a key that has no book yet: still count it
-            yield STATS_TAG, Row(key, json.dumps({"instrument": key, "unkeyed_dead": 1}))
+            yield STATS_TAG, key + SEP + json.dumps({"instrument": key, "unkeyed_dead": 1})
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         key = ctx.get_current_key()
@@ -141,26 +149,67 @@ class BookFeaturesFunction(KeyedProcessFunction):
             del self.stats_timer[key]
         if state is None:
             return
-        yield STATS_TAG, Row(key, json.dumps({
+        yield STATS_TAG, key + SEP + json.dumps({
             "instrument": state.instrument, "watermark_ms": timestamp,
             "events_in": state.events_in, "events_processed": state.events_processed,
             "dead_lettered": state.dead_lettered, "book_levels": len(state.book.bids)
-            + len(state.book.asks), "ts_proc": time.time_ns()}, separators=(",", ":")))
+            + len(state.book.asks), "ts_proc": time.time_ns()}, separators=(",", ":"))
 
 
-def _kafka_table_ddl(name: str, columns: str, topic: str, cfg: Config, extra: dict) -> str:
-    options = {
-        "connector": "kafka",
-        "topic": topic,
-        "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
-        "key.format": "raw",
-        "key.fields": "k",
-        "value.format": "raw",
-        "value.fields-include": "EXCEPT_KEY",
-        **extra,
-    }
-    opts = ",\n  ".join(f"'{k}' = '{v}'" for k, v in options.items())
-    return f"CREATE TEMPORARY TABLE {name} (\n  {columns}\n) WITH (\n  {opts}\n)"
+SEP = "\x1f"
+"""Key/value separator of the strings the Java serialiser writes as keyed records."""
+
+
+def split_provenance(record: str) -> tuple[int, int, str, str]:
+    """``"<partition>:<offset>:<key length>:<key><value>"`` (ProvenanceDeserializer.java) ->
+    (partition, offset, key, value)."""
+    a = record.index(":")
+    b = record.index(":", a + 1)
+    c = record.index(":", b + 1)
+    key_end = c + 1 + int(record[b + 1:c])
+    return int(record[:a]), int(record[a + 1:b]), record[c + 1:key_end], record[key_end:]
+
+
+def _key_of(record: str) -> str:
+    return split_provenance(record)[2]
+
+
+def _kafka_source(cfg: Config, topic: str, group_id: str, *, bounded: bool,
+                  start_offsets: dict[int, int] | None) -> KafkaSource:
+    gateway = get_gateway()
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(cfg.kafka.bootstrap_servers)
+        .set_topics(topic)
+        .set_group_id(group_id)
+        .set_property("commit.offsets.on.checkpoint", "true")
+        .set_property("partition.discovery.interval.ms", "10000")
+    )
+    if start_offsets:
+        builder.set_starting_offsets(KafkaOffsetsInitializer.offsets(
+            {KafkaTopicPartition(topic, p): o for p, o in start_offsets.items()}))
+    else:
+        builder.set_starting_offsets(
+            KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+    if bounded:
+        builder.set_bounded(KafkaOffsetsInitializer.latest())
+    # PyFlink only wraps value-only deserialisers: set ours on the Java builder
+    builder._j_builder.setDeserializer(gateway.jvm.io.bookstream.flink.ProvenanceDeserializer())
+    return builder.build()
+
+
+def _kafka_sink(cfg: Config, topic: str) -> KafkaSink:
+    gateway = get_gateway()
+    builder = (
+        KafkaSink.builder()
+        .set_bootstrap_servers(cfg.kafka.bootstrap_servers)
+        .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+        .set_property("linger.ms", "20")
+        .set_property("compression.type", "lz4")
+    )
+    builder._j_builder.setRecordSerializer(
+        gateway.jvm.io.bookstream.flink.KeyedStringSerializer(topic))
+    return builder.build()
 
 
 def _export_python_path() -> None:
@@ -176,10 +225,10 @@ def _export_python_path() -> None:
 
 def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-features",
               restore_from: Path | None = None, start_offsets: dict[int, int] | None = None,
-              events_topic: str | None = None,
-              features_topic: str | None = None, dead_letter_topic: str | None = None,
-              stats_topic: str | None = None):
-    """The whole pipeline as a statement set (not yet executed).
+              events_topic: str | None = None, features_topic: str | None = None,
+              dead_letter_topic: str | None = None,
+              stats_topic: str | None = None) -> StreamExecutionEnvironment:
+    """The whole pipeline on a StreamExecutionEnvironment (not yet executed: ``env.execute``).
 
     ``bounded``: stop at the events topic's end offsets as of the start (demo, tests, replay);
     otherwise run until cancelled. The job starts from the group's committed offsets (committed
@@ -199,7 +248,8 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     conf.set_string("python.execution-mode", cfg.flink.execution_mode)
     conf.set_string("python.fn-execution.bundle.size", str(cfg.flink.bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(cfg.flink.bundle_time_ms))
-    conf.set_string("pipeline.jars", cfg.kafka_connector_jar.as_uri())
+    conf.set_string("pipeline.jars", ";".join(
+        jar.as_uri() for jar in (cfg.kafka_connector_jar, cfg.glue_jar)))
     conf.set_string("execution.checkpointing.dir", cfg.checkpoint_dir.as_uri())
     conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
                     "RETAIN_ON_CANCELLATION")
@@ -214,54 +264,31 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.flink.parallelism)
     env.enable_checkpointing(cfg.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
-    t_env = StreamTableEnvironment.create(env)
 
-    # source
-    bound_s = cfg.flink.out_of_orderness_ms / 1000
-    source_opts = {
-        "properties.group.id": group_id,
-        "scan.startup.mode": "group-offsets",
-        "properties.auto.offset.reset": "earliest",
-        "scan.watermark.idle-timeout": f"{cfg.flink.idle_timeout_ms} ms",
-        "properties.commit.offsets.on.checkpoint": "true",
-    }
-    if start_offsets:
-        source_opts["scan.startup.mode"] = "specific-offsets"
-        source_opts["scan.startup.specific-offsets"] = ";".join(
-            f"partition:{p},offset:{o}" for p, o in sorted(start_offsets.items()))
-    if bounded:
-        source_opts["scan.bounded.mode"] = "latest-offset"
-    t_env.execute_sql(_kafka_table_ddl(
-        "events_source",
-        "`k` STRING, `value` BYTES, `partition` INT METADATA VIRTUAL, "
-        "`offset` BIGINT METADATA VIRTUAL, "
-        "`ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL, "
-        f"WATERMARK FOR `ts` AS `ts` - INTERVAL '{bound_s:.3f}' SECOND",
-        events_topic, cfg, source_opts))
-    sink_opts = {"sink.delivery-guarantee": "at-least-once"}
-    for name, topic in (("features_sink", features_topic),
-                        ("dead_letter_sink", dead_letter_topic),
-                        ("stats_sink", stats_topic)):
-        t_env.execute_sql(_kafka_table_ddl(name, "`k` STRING, `v` STRING", topic, cfg,
-                                           sink_opts))
+    # source: event time = Kafka record timestamp = exchange time (set by the publisher)
+    watermark_strategy = (
+        WatermarkStrategy
+        .for_bounded_out_of_orderness(Duration.of_millis(cfg.flink.out_of_orderness_ms))
+        .with_idleness(Duration.of_millis(cfg.flink.idle_timeout_ms))
+    )
+    kafka_source = _kafka_source(cfg, events_topic, group_id, bounded=bounded,
+                                 start_offsets=start_offsets)
+    ds = env.from_source(kafka_source, watermark_strategy, "events").uid("events-source")
 
     # transformations
-    ds = t_env.to_data_stream(t_env.from_path("events_source"))
     features = (
-        ds.key_by(lambda row: row["k"] or "", key_type=Types.STRING())
-        .process(BookFeaturesFunction(cfg, events_topic), output_type=KV_TYPE)
+        ds.key_by(_key_of, key_type=Types.STRING())
+        .process(BookFeaturesFunction(cfg, events_topic), output_type=Types.STRING())
         .name("book-features")
         .uid("book-features")
     )
-    dead_letters = features.get_side_output(DEAD_LETTER_TAG)
-    stats = features.get_side_output(STATS_TAG)
 
     # sinks
-    statements = t_env.create_statement_set()
-    statements.add_insert("features_sink", t_env.from_data_stream(features))
-    statements.add_insert("dead_letter_sink", t_env.from_data_stream(dead_letters))
-    statements.add_insert("stats_sink", t_env.from_data_stream(stats))
-    return statements
+    features.sink_to(_kafka_sink(cfg, features_topic)).name("features-sink")
+    features.get_side_output(DEAD_LETTER_TAG).sink_to(
+        _kafka_sink(cfg, dead_letter_topic)).name("dead-letter-sink")
+    features.get_side_output(STATS_TAG).sink_to(_kafka_sink(cfg, stats_topic)).name("stats-sink")
+    return env
 
 
 def latest_checkpoint(cfg: Config) -> Path | None:
@@ -287,10 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     restore = args.restore or (latest_checkpoint(cfg) if args.restore_latest else None)
     if restore is not None:
         logger.info("restoring from %s", restore)
-    statements = build_job(cfg, bounded=args.bounded, group_id=args.group_id,
-                           restore_from=restore)
+    env = build_job(cfg, bounded=args.bounded, group_id=args.group_id, restore_from=restore)
     # execute
-    statements.execute().wait()
+    env.execute("bookstream-features")
 
 
 if __name__ == "__main__":

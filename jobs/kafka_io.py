@@ -131,10 +131,29 @@ def topic_end_offsets(cfg: Config, topic: str) -> dict[int, tuple[int, int]]:
         md = consumer.list_topics(topic, timeout=10)
         if topic not in md.topics or md.topics[topic].error is not None:
             return {}
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        return {p: _watermarks(consumer, TopicPartition(topic, p))
                 for p in md.topics[topic].partitions}
     finally:
         consumer.close()
+
+
+_NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                            KafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0
+                ) -> tuple[int, int]:
+    """(low, high) of one partition. A partition just created has no leader for a moment
+    (NOT_LEADER_FOR_PARTITION / LEADER_NOT_AVAILABLE): retry those until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException as exc:
+            if (exc.args[0].code() not in _NO_LEADER_YET
+                    or time.monotonic() > deadline):
+                raise
+            time.sleep(0.1)
 
 
 def count_records(cfg: Config, topic: str) -> int:

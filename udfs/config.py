@@ -150,6 +150,11 @@ class Config:
                 / f"flink-sql-connector-kafka-{self.flink.kafka_connector_version}.jar")
 
     @property
+    def glue_jar(self) -> Path:
+        """jobs/java compiled by infra/install.sh."""
+        return self.jars_dir / "flink" / "bookstream-flink-glue.jar"
+
+    @property
     def checkpoint_dir(self) -> Path:
         if self.flink.checkpoint_dir:
             return Path(self.flink.checkpoint_dir).resolve()

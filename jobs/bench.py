@@ -1,0 +1,281 @@
+"""``make bench``: throughput and peak memory of each stage, measured in one run on the same
+events, with the ratios that say where the time goes. Not a test: it prints figures.
+
+    (a) core     the pure-Python book + features over decoded events, one process
+    (a') record  the same plus decoding and validation of each serialised record
+                 (udfs.pipeline.process_record: exactly what the Flink function runs per record)
+    (b) broker   Kafka -> Kafka copy of the same records with librdkafka (consume + produce):
+                 the ceiling for any Kafka -> Kafka job on this machine
+    (c) job      the Flink features job, Kafka -> Flink -> Kafka, end to end (bounded run;
+                 "steady" excludes JVM/job start-up: first to last output record)
+
+Each stage runs in a subprocess of its own, so its peak RSS is its own (ru_maxrss of the child;
+for (c) the JVM and its embedded Python are included). Targets from the issue are printed next
+to the figures; a missed target is reported, never hidden.
+
+Data: by default the sample (LOBSTER AAPL + Binance USD-M) plus, where ../shared/data exists, the
+Binance USD-M 2024-08-08 capture (~600k events), so the job runs long enough to measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from udfs.config import PROJECT_ROOT, load_config
+
+__all__ = ["main"]
+
+SHARED_USDM = PROJECT_ROOT.parent / "shared/data/binance/usdm/btcusdt_20240808.gz"
+TARGETS = {"core": 300_000, "job": 50_000, "job/broker": 0.5}
+
+
+def _source_args(args: argparse.Namespace) -> list[str]:
+    if args.binance or args.lobster:
+        out = []
+        for m, o in args.lobster or []:
+            out += ["--lobster", m, o]
+        for files in args.binance or []:
+            out += ["--binance", *files]
+        return out
+    out = ["--sample"]
+    if SHARED_USDM.is_file() and not args.sample_only:
+        out += ["--binance", str(SHARED_USDM)]
+    return out
+
+
+def _source_from(argv: list[str]):
+    from jobs.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
+
+    src = Source()
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--sample":
+            src.lobster.append(SAMPLE_LOBSTER)
+            src.binance.append(list(SAMPLE_BINANCE))
+            i += 1
+        elif argv[i] == "--lobster":
+            src.lobster.append((Path(argv[i + 1]), Path(argv[i + 2])))
+            i += 3
+        elif argv[i] == "--binance":
+            j = i + 1
+            files = []
+            while j < len(argv) and not argv[j].startswith("--"):
+                files.append(Path(argv[j]))
+                j += 1
+            src.binance.append(files)
+            i = j
+        else:
+            raise SystemExit(f"bench: unknown source argument {argv[i]}")
+    return src
+
+
+# ---------------------------------------------------------------------------------------------
+# stages (each run as `python -m jobs.bench --stage NAME ...` in a child process)
+
+
+def stage_core(source_argv: list[str]) -> dict:
+    from udfs.book import BookError, OrderBook
+    from udfs.features import FeatureState, on_event
+    from udfs.schema import Kind
+
+    cfg = load_config()
+    events = list(_source_from(source_argv).events())
+    best = 0.0
+    for _ in range(3):
+        books: dict[str, OrderBook] = {}
+        feats: dict[str, FeatureState] = {}
+        rows = 0
+        t = time.perf_counter()
+        for ev in events:
+            book = books.get(ev.instrument)
+            if book is None:
+                book = books[ev.instrument] = OrderBook(ev.instrument)
+                feats[ev.instrument] = FeatureState()
+            try:
+                book.apply(ev)
+            except BookError:
+                continue
+            if ev.kind is not Kind.BBO and on_event(feats[ev.instrument], book, ev,
+                                                   cfg.features) is not None:
+                rows += 1
+        best = max(best, len(events) / (time.perf_counter() - t))
+    return {"events": len(events), "features": rows, "events_per_s": best}
+
+
+def stage_record(source_argv: list[str]) -> dict:
+    from udfs.pipeline import RecordSource, process_record
+    from udfs.schema import encode_event
+
+    cfg = load_config()
+    records = [(ev.instrument, encode_event(ev).decode())
+               for ev in _source_from(source_argv).events()]
+    src = RecordSource("bench", 0, 0)
+    best = 0.0
+    for _ in range(3):
+        states: dict = {}
+        t = time.perf_counter()
+        for key, raw in records:
+            states[key], _ = process_record(states.get(key), key, raw, src, cfg.features,
+                                            cfg.flink.out_of_orderness_ms)
+        best = max(best, len(records) / (time.perf_counter() - t))
+    return {"events": len(records), "events_per_s": best}
+
+
+def stage_broker(topic: str, copy_topic: str) -> dict:
+    from confluent_kafka import Consumer
+
+    from jobs.kafka_io import make_producer, topic_end_offsets
+
+    cfg = load_config()
+    ends = topic_end_offsets(cfg, topic)
+    total = sum(hi - lo for lo, hi in ends.values())
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
+                         "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.max.bytes": 52428800})
+    consumer.subscribe([topic])
+    producer = make_producer(cfg)
+    n = 0
+    t = time.perf_counter()
+    while n < total:
+        for m in consumer.consume(num_messages=10000, timeout=1.0):
+            if m.error():
+                continue
+            while True:
+                try:
+                    producer.produce(copy_topic, value=m.value(), key=m.key(),
+                                     timestamp=m.timestamp()[1])
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            n += 1
+        producer.poll(0)
+    producer.flush(60)
+    dt = time.perf_counter() - t
+    consumer.close()
+    return {"events": n, "events_per_s": n / dt, "wall_s": dt}
+
+
+def stage_job(topic: str, out_prefix: str) -> dict:
+    from jobs.features_job import build_job
+    from jobs.kafka_io import count_records, topic_end_offsets
+
+    cfg = load_config()
+    total = count_records(cfg, topic)
+
+    def run(events_topic: str) -> float:
+        start = {p: lo for p, (lo, _hi) in topic_end_offsets(cfg, events_topic).items()}
+        t = time.perf_counter()
+        env = build_job(cfg, bounded=True, group_id=f"bench-{uuid.uuid4().hex[:6]}",
+                        start_offsets=start, events_topic=events_topic,
+                        features_topic=f"{out_prefix}.features",
+                        dead_letter_topic=f"{out_prefix}.deadletter",
+                        stats_topic=f"{out_prefix}.stats")
+        env.execute("bookstream-bench")
+        return time.perf_counter() - t
+
+    # the same job over an empty topic: what start-up and shutdown cost alone
+    startup = run(f"{out_prefix}.empty")
+    wall = run(topic)
+    return {"events": total, "features": count_records(cfg, f"{out_prefix}.features"),
+            "events_per_s": total / wall, "wall_s": wall, "startup_s": startup,
+            "steady_events_per_s": total / max(wall - startup, 1e-9)}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_stage(argv: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "jobs.bench", "--stage", *argv],
+                          capture_output=True, text=True, cwd=PROJECT_ROOT)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"bench stage {argv[0]} failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--lobster", nargs=2, action="append", metavar=("MSG", "OB"))
+    parser.add_argument("--binance", nargs="+", action="append", metavar="FILE")
+    parser.add_argument("--sample-only", action="store_true",
+                        help="only the shipped sample (faster, less steady figures)")
+    args = parser.parse_args(argv)
+
+    if args.stage:
+        name, rest = args.stage[0], args.stage[1:]
+        fn = {"core": stage_core, "record": stage_record, "broker": stage_broker,
+              "job": stage_job}[name]
+        result = fn(rest) if name in ("core", "record") else fn(*rest)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return 0
+
+    from jobs.kafka_io import create_topics, delete_topics
+    from jobs.publish import publish
+    from udfs.config import TopicSpec
+
+    cfg = load_config()
+    run = f"bench.{uuid.uuid4().hex[:6]}"
+    topic, copy_topic = f"{run}.events", f"{run}.copy"
+    outputs = [f"{run}.features", f"{run}.deadletter", f"{run}.stats", f"{run}.empty"]
+    source_argv = _source_args(args)
+    print(f"bookstream bench  {time.strftime('%Y-%m-%d %H:%M:%S')}  cores={os.cpu_count()}  "
+          f"source: {' '.join(source_argv)}", flush=True)
+    create_topics(cfg, [TopicSpec(name=t, partitions=cfg.topics.partitions, retention_ms=-1)
+                        for t in (topic, copy_topic, *outputs)])
+    try:
+        results = {}
+        results["core"] = _run_stage(["core", *source_argv])
+        results["record"] = _run_stage(["record", *source_argv])
+        pub = publish(cfg, _source_from(source_argv), progress=False, topic=topic)
+        results["publish"] = {"events": pub.published, "events_per_s": pub.rate}
+        results["broker"] = _run_stage(["broker", topic, copy_topic])
+        results["job"] = _run_stage(["job", topic, run])
+    finally:
+        delete_topics(cfg, [topic, copy_topic, *outputs])
+
+    rows = [
+        ("(a)  core: book + features, 1 process", "core"),
+        ("(a') record: decode + validate + (a)", "record"),
+        ("     publish: adapter + encode + produce", "publish"),
+        ("(b)  broker: Kafka -> Kafka copy", "broker"),
+        ("(c)  job: Kafka -> Flink -> Kafka", "job"),
+    ]
+    print(f"\n{'stage':<44}{'events':>10}{'events/s':>12}{'peak RSS MB':>13}")
+    for label, key in rows:
+        r = results[key]
+        rss = r.get("peak_rss_mb")
+        print(f"{label:<44}{r['events']:>10}{r['events_per_s']:>12,.0f}"
+              f"{(f'{rss:,.0f}' if rss else '-'):>13}")
+    a, b, c = (results[k]["events_per_s"] for k in ("core", "broker", "job"))
+    ratios = {"c/b": c / b, "c/a": c / a, "a'/a": results["record"]["events_per_s"] / a}
+    print("\nratios: " + "  ".join(f"{k} = {v:.3f}" for k, v in ratios.items()))
+    job = results["job"]
+    print(f"job wall {job['wall_s']:.1f}s, of which start-up/shutdown ~{job['startup_s']:.1f}s "
+          f"(same job on an empty topic); steady {job['steady_events_per_s']:,.0f} ev/s, "
+          f"steady c/b = {job['steady_events_per_s'] / b:.3f}")
+    verdicts = {
+        "core >= 300k ev/s": a >= TARGETS["core"],
+        "job >= 50k ev/s": c >= TARGETS["job"],
+        "job/broker >= 0.5": ratios["c/b"] >= TARGETS["job/broker"],
+    }
+    print("targets: " + "  ".join(f"{k}: {'met' if v else 'MISSED'}"
+                                  for k, v in verdicts.items()))
+    print(json.dumps({"results": results, "ratios": ratios, "targets_met": verdicts},
+                     default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Fixtures of the integration tests (real broker, real Flink); helpers are in it_helpers.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from it_helpers import config_for, topic_env, topic_names
+
+from jobs.kafka_io import BrokerUnavailableError, check_broker, create_topics, delete_topics
+from udfs.config import Config, load_config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _broker() -> None:
+    try:
+        check_broker(load_config())
+    except BrokerUnavailableError as exc:  # a missing broker is a failure, never a skip
+        pytest.fail(f"integration tests need the broker: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def kafka_topics() -> Iterator[Callable[..., tuple[Config, dict[str, str]]]]:
+    """Factory ``(tag, create=True, **extra_env) -> (cfg, env)``; deletes every topic it
+    handed out at teardown."""
+    made: list[Config] = []
+
+    def make(tag: str, create: bool = True, **extra: str) -> tuple[Config, dict[str, str]]:
+        env = topic_env(tag, **extra)
+        cfg = config_for(env)
+        if create:
+            create_topics(cfg)
+        made.append(cfg)
+        return cfg, env
+
+    yield make
+    for cfg in made:
+        delete_topics(cfg, topic_names(cfg))
+
+

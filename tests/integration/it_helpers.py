@@ -1,0 +1,139 @@
+"""Helpers of the integration tests: a real Kafka broker (``make up``) and real Flink.
+
+Every test works on its own topics (``it.<hex>.<role>``) so that it never reads or disturbs
+what another test -- or the lead's own jobs on the same broker -- wrote, and deletes them at the
+end. Job runs cost ~10-15 s of JVM start-up each, so the suite keeps them few.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from jobs.kafka_io import KafkaRecord, drain_topic, topic_end_offsets
+from udfs.config import PROJECT_ROOT, Config, load_config
+
+VENV_BIN = Path(sys.executable).parent
+BOOKSTREAM = VENV_BIN / "bookstream"
+
+
+def topic_env(tag: str, **extra: str) -> dict[str, str]:
+    """``BOOKSTREAM_*`` overrides giving a run its own four topics (plus ``extra``)."""
+    base = f"it.{uuid.uuid4().hex[:8]}.{tag}"
+    env = {
+        "BOOKSTREAM_TOPICS_EVENTS": f"{base}.events",
+        "BOOKSTREAM_TOPICS_FEATURES": f"{base}.features",
+        "BOOKSTREAM_TOPICS_DEAD_LETTER": f"{base}.deadletter",
+        "BOOKSTREAM_TOPICS_STATS": f"{base}.stats",
+    }
+    env.update(extra)
+    return env
+
+
+def config_for(env: dict[str, str]) -> Config:
+    """The configuration a subprocess started with ``os.environ | env`` would load."""
+    return load_config(env={**os.environ, **env})
+
+
+def topic_names(cfg: Config) -> list[str]:
+    return [s.name for s in cfg.topics.specs()]
+
+
+def end_offsets(cfg: Config, topic: str) -> dict[int, int]:
+    return {p: high for p, (_low, high) in topic_end_offsets(cfg, topic).items()}
+
+
+def read_topic(cfg: Config, topic: str,
+               from_offsets: dict[int, int] | None = None) -> list[KafkaRecord]:
+    """Every record of ``topic`` (from ``from_offsets``) up to its current end."""
+    return list(drain_topic(cfg, topic, from_offsets=from_offsets, idle_timeout_s=15))
+
+
+def read_json(cfg: Config, topic: str, from_offsets: dict[int, int] | None = None) -> list[dict]:
+    return [json.loads(r.value) for r in read_topic(cfg, topic, from_offsets)]
+
+
+def read_at(cfg: Config, topic: str, partition: int, offset: int) -> bytes | None:
+    """The value of the one record at ``topic``/``partition``/``offset``."""
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
+                         "group.id": f"it-read-at-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            assert (msg.partition(), msg.offset()) == (partition, offset)
+            return msg.value()
+        raise TimeoutError(f"{topic}[{partition}]@{offset}: nothing read in 15 s")
+    finally:
+        consumer.close()
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str,
+             proc: subprocess.Popen | None = None, log: Path | None = None) -> object:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s`` or when
+    ``proc`` (a job that should keep running) has exited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-4000:] if log else ""
+            pytest.fail(f"waiting for {what}: job exited with {proc.returncode}\n{tail}")
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-4000:] if log else ""
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{tail}")
+        time.sleep(1.0)
+
+
+def start_job(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``python -m jobs.cli <args>`` in its own session (so the JVM it spawns can be killed
+    with it), output to ``log``."""
+    fh = log.open("ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=PROJECT_ROOT,
+                                env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        fh.close()
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL the job's whole process group (Python client + Flink JVM): a crash."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    # the group may outlive its leader (the JVM is a child): make sure it is gone too
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 300
+            ) -> tuple[dict, subprocess.CompletedProcess, float]:
+    """Run ``bookstream <args>``; return the JSON of its last stdout line, the process and the
+    wall time."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(BOOKSTREAM), *args], cwd=PROJECT_ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout_s)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, (f"bookstream {' '.join(args)} exited {proc.returncode}\n"
+                                  f"{proc.stderr[-4000:]}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert lines, f"bookstream {' '.join(args)} printed nothing\n{proc.stderr[-4000:]}"
+    return json.loads(lines[-1]), proc, elapsed

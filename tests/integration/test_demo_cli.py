@@ -1,0 +1,91 @@
+"""The ``bookstream`` command line end to end: ``demo`` (twice, same topics), ``publish`` with
+bad input lines (ingest dead letters) and ``publish --speed`` pacing."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from it_helpers import read_topic, run_cli
+
+from jobs.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
+from udfs.adapters.lobster import iter_lobster_events
+from udfs.schema import Reason, decode_dead_letter
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+COUNTS = ("events_in", "events_processed", "dead_lettered", "features_out")
+
+
+def test_demo_twice_processes_only_its_own_events(kafka_topics) -> None:
+    # the demo creates the topics itself (create=False); the fixture still deletes them
+    _cfg, env = kafka_topics("demo", create=False)
+    summaries = []
+    for _ in range(2):
+        summary, _proc, _elapsed = run_cli(["demo", "--no-progress"], env)
+        for key in (*COUNTS, "wall_s"):
+            assert key in summary, (key, summary)
+        assert summary["events_in"] == summary["events_processed"] + summary["dead_lettered"]
+        assert summary["reconciled"] is True
+        assert summary["events_in"] > 0 and summary["features_out"] > 0
+        assert summary["wall_s"] > 0
+        summaries.append(summary)
+    first, second = summaries
+    # the second run reads only what it published itself, not the first run's events as well
+    assert {k: second[k] for k in COUNTS} == {k: first[k] for k in COUNTS}
+    assert second["instruments"] == first["instruments"]
+    assert len(first["instruments"]) == 2  # AAPL.XNAS and BTCUSDT.BINANCE_USDM
+
+
+GARBAGE = (b"this is not a capture line\n", b"1721347020984480942 {\"stream\": truncated\n")
+
+
+def test_publish_dead_letters_bad_lines(kafka_topics, tmp_path: Path) -> None:
+    cfg, env = kafka_topics("ingest")
+    with gzip.open(SAMPLE_BINANCE[0], "rb") as fh:
+        lines = fh.readlines()
+    # garbage after line 100 and after line 5000 of the original: new lines 101 and 5002
+    bad_at = (101, 5002)
+    patched = [*lines[:100], GARBAGE[0], *lines[100:5000], GARBAGE[1], *lines[5000:]]
+    assert [patched[n - 1] for n in bad_at] == list(GARBAGE)
+    capture = tmp_path / "btcusdt_garbage.gz"
+    with gzip.open(capture, "wb") as fh:
+        fh.writelines(patched)
+    clean_events = sum(1 for _ in Source(binance=[[SAMPLE_BINANCE[0]]]).events())
+
+    summary, _proc, _elapsed = run_cli(["publish", "--binance", str(capture), "--no-progress"],
+                                       env)
+    assert summary["dead_lettered"] == 2
+    assert summary["events_in"] == summary["published"] + summary["dead_lettered"]
+    # the bad lines are skipped, nothing else is lost
+    assert summary["published"] == clean_events
+
+    dead = [decode_dead_letter(r.value) for r in read_topic(cfg, cfg.topics.dead_letter)]
+    assert len(dead) == 2
+    for d, line_no, raw in zip(dead, bad_at, GARBAGE, strict=True):
+        assert d.stage == "ingest"
+        assert d.source == f"file:{capture}"
+        assert d.offset == line_no
+        assert d.reason_code is Reason.MALFORMED
+        assert d.raw == raw.decode().rstrip("\n")
+    events = read_topic(cfg, cfg.topics.events)
+    assert len(events) == summary["published"]
+
+
+def test_publish_speed_paces_by_exchange_time(kafka_topics) -> None:
+    _cfg, env = kafka_topics("speed")
+    speed = 10.0
+    events = list(iter_lobster_events(*SAMPLE_LOBSTER))
+    span_s = (events[-1].ts_event - events[0].ts_event) / 1e9
+    assert 40 < span_s < 60
+    message_file, orderbook_file = SAMPLE_LOBSTER
+    summary, _proc, elapsed = run_cli(["publish", "--lobster", str(message_file),
+                                       str(orderbook_file), "--speed", str(speed),
+                                       "--no-progress"], env)
+    assert summary["published"] == len(events)
+    floor = 0.9 * span_s / speed
+    assert summary["wall_s"] >= floor, (summary["wall_s"], floor)
+    assert elapsed >= floor
+    # paced by the recording, not stalled: well under the 1x replay time
+    assert summary["wall_s"] < 3 * span_s / speed
