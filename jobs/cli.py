@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     # PyFlink's Beam layer logs chatter at INFO
-    for noisy in ("apache_beam", "py4j", "root"):
+    for noisy in ("apache_beam", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return int(args.func(args) or 0)
 
