@@ -288,13 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"job wall {job['wall_s']:.1f}s, of which start-up/shutdown ~{job['startup_s']:.1f}s "
           f"(same job on an empty topic); steady {job['steady_events_per_s']:,.0f} ev/s, "
           f"steady c/b = {job['steady_events_per_s'] / b:.3f}")
+    steady = job["steady_events_per_s"]
     verdicts = {
         "core >= 300k ev/s": a >= TARGETS["core"],
-        "job >= 50k ev/s": c >= TARGETS["job"],
-        "job/broker >= 0.5": ratios["c/b"] >= TARGETS["job/broker"],
+        "job >= 50k ev/s (end to end)": c >= TARGETS["job"],
+        "job/broker >= 0.5 (end to end)": ratios["c/b"] >= TARGETS["job/broker"],
+        "job >= 50k ev/s (steady)": steady >= TARGETS["job"],
+        "job/broker >= 0.5 (steady)": steady / b >= TARGETS["job/broker"],
     }
-    print("targets: " + "  ".join(f"{k}: {'met' if v else 'MISSED'}"
-                                  for k, v in verdicts.items()))
+    print("targets:")
+    for k, v in verdicts.items():
+        print(f"  {k:<34} {'met' if v else 'MISSED'}")
     print(json.dumps({"results": results, "ratios": ratios, "targets_met": verdicts},
                      default=float))
     return 0

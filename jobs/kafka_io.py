@@ -118,6 +118,9 @@ def make_producer(cfg: Config, **overrides: str | int) -> Producer:
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
         "compression.type": "lz4",
+        # the Java client's key hashing, so a key lands on the same partition number whether
+        # Python (publisher) or Flink's Java sink wrote it: co-partitioned topics join locally
+        "partitioner": "murmur2_random",
     }
     conf.update(overrides)
     return Producer(conf)
