@@ -30,8 +30,12 @@ __all__ = [
     "FeatureConfig",
     "FlinkConfig",
     "KafkaConfig",
+    "RiskConfig",
+    "SizingConfig",
+    "StrategyConfig",
     "TopicSpec",
     "TopicsConfig",
+    "VenueConfig",
     "load_config",
 ]
 
@@ -132,6 +136,70 @@ class FeatureConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StrategyConfig:
+    imbalance_level: int = 3
+    """The rule strategy reads ``imbalance_<k>`` (top-k depth imbalance)."""
+    enter_threshold: float = 0.6
+    """|imbalance| above this (and microprice on the same side of mid) enters a direction."""
+    exit_threshold: float = 0.2
+    """|imbalance| below this goes flat: the gap to ``enter_threshold`` is the hysteresis."""
+    model_path: str = "models/book_lr_v1.onnx"
+    """Traded ONNX model (relative to the project root); its ``.json`` metadata sits beside."""
+    shadow_model_path: str = "models/book_lr_v2.onnx"
+    """Scored side by side on the same rows, recorded, never traded; empty: none."""
+    model_share: float = 0.5
+    """A/B split: instruments whose stable hash falls below this share are traded by the model,
+    the others by the rule strategy."""
+    model_threshold: float = 0.55
+    """Model probability of an up move above this goes long, below 1 - this goes short."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SizingConfig:
+    target_vol: float = 0.0005
+    """Volatility target: the position's expected P&L std over the window, as a fraction of
+    ``capital``."""
+    capital: float = 100_000.0
+    """Quote-currency capital the strategy sizes against."""
+    kelly_fraction: float = 0.25
+    """Fraction of the Kelly-optimal size allowed (fractional Kelly cap)."""
+    max_position_notional: float = 50_000.0
+    """Hard cap on |target position| x price, quote currency."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RiskConfig:
+    max_order_notional: float = 25_000.0
+    """Largest single order, quote currency."""
+    max_position_notional: float = 60_000.0
+    """Largest |position| x mark per instrument, quote currency."""
+    price_band_bps: float = 50.0
+    """A limit price further than this from the current mid is refused."""
+    max_orders_per_window: int = 20
+    """Order-rate throttle per instrument..."""
+    throttle_window_ms: int = 1000
+    """...per this much event time."""
+    max_drawdown: float = 2_000.0
+    """Realised + unrealised P&L this far below its peak trips the kill switch."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VenueConfig:
+    feed_latency_ms: int = 1
+    """exchange -> decision"""
+    entry_latency_ms: int = 2
+    """decision -> venue"""
+    ack_latency_ms: int = 1
+    """venue -> acknowledgement back"""
+    latency_seed: int = 7
+    """Seed for latencies drawn from a recorded distribution (runs repeat exactly)."""
+    latency_samples_path: str = ""
+    """Recorded latencies (one ms value per line); empty: the constants above."""
+    maker_fee_bps: float = 1.0
+    taker_fee_bps: float = 4.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     state_dir: Path = field(default_factory=lambda: PROJECT_ROOT / ".state")
     """Every service's data, logs and pids live under here; delete it for a clean slate."""
@@ -139,6 +207,10 @@ class Config:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     flink: FlinkConfig = field(default_factory=FlinkConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    sizing: SizingConfig = field(default_factory=SizingConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    venue: VenueConfig = field(default_factory=VenueConfig)
 
     @property
     def jars_dir(self) -> Path:
@@ -170,6 +242,10 @@ _SECTIONS: dict[str, type] = {
     "topics": TopicsConfig,
     "flink": FlinkConfig,
     "features": FeatureConfig,
+    "strategy": StrategyConfig,
+    "sizing": SizingConfig,
+    "risk": RiskConfig,
+    "venue": VenueConfig,
 }
 
 
@@ -182,6 +258,8 @@ def _coerce(value: Any, target: Any, where: str) -> Any:
             return int(value)
         if kind is str:
             return str(value)
+        if kind is float:
+            return float(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from exc
     raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")

@@ -61,15 +61,26 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUPPORTED_VERSIONS",
     "TRADE_KINDS",
+    "Control",
+    "ControlCommand",
     "DeadLetter",
+    "ExecKind",
+    "ExecReport",
     "Kind",
     "L2Event",
+    "Order",
+    "OrderAction",
+    "OrderSide",
+    "OrderType",
     "Reason",
     "SchemaError",
     "Side",
+    "Signal",
     "decode_dead_letter",
     "decode_event",
+    "decode_record",
     "encode_event",
+    "encode_record",
 ]
 
 SCHEMA_VERSION = 1
@@ -346,3 +357,171 @@ def decode_dead_letter(raw: bytes | str) -> DeadLetter:
     d = json.loads(raw)
     d["reason_code"] = Reason(d["reason_code"])
     return DeadLetter(**d)
+
+
+# ---------------------------------------------------------------------------------------------
+# trading records: signals, orders, execution reports, control commands
+#
+# Prices stay integer ticks of 10**price_exp and quantities integer lots of 10**size_exp, as in
+# the L2 events of the same instrument. Every id is derived from the inputs (see udfs/orders.py),
+# so a replay or a restart re-creates the same ids and downstream dedupe works.
+
+TRADING_VERSION = 1
+
+
+class OrderSide(StrEnum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is OrderSide.BUY else -1
+
+
+class OrderType(StrEnum):
+    LIMIT = "LIMIT"
+    MARKET = "MARKET"
+
+
+class OrderAction(StrEnum):
+    NEW = "new"
+    CANCEL = "cancel"
+
+
+class ExecKind(StrEnum):
+    ACK = "ack"
+    """Accepted by risk and resting (or about to trade) at the venue."""
+    REJECT = "reject"
+    """Refused by pre-trade risk or the venue; ``reason`` says why."""
+    CANCELED = "canceled"
+    FILL = "fill"
+    """A (partial) execution; ``leaves_qty`` 0 means the order is done."""
+
+
+class ControlCommand(StrEnum):
+    KILL = "kill"
+    """Trading halted: no new order accepted from the next event on (cancels still pass)."""
+    RESUME = "resume"
+    CANCEL_ALL = "cancel_all"
+    KILL_TRIPPED = "kill_tripped"
+    """Emitted by the sink itself when a guard (drawdown) trips the kill switch."""
+
+
+@dataclass(slots=True)
+class Signal:
+    """A strategy's or model's view after a feature row. ``traded`` is False for shadow models:
+    recorded, never turned into orders."""
+
+    instrument: str
+    strategy: str
+    ts_event: int
+    """exchange time of the feature row (= of the event) that produced the signal"""
+    seq: int
+    """``seq`` of that event"""
+    score: float
+    """strategy's raw score (e.g. model probability of an up move, or an imbalance)"""
+    direction: int
+    """-1, 0, +1: the side the strategy wants to be on"""
+    traded: bool = True
+    model_version: str = ""
+    v: int = TRADING_VERSION
+
+
+@dataclass(slots=True)
+class Order:
+    order_id: str
+    instrument: str
+    strategy: str
+    action: OrderAction
+    side: OrderSide
+    order_type: OrderType
+    price: int
+    """limit price in ticks (0 for market orders)"""
+    quantity: int
+    """lots"""
+    price_exp: int
+    size_exp: int
+    ts_event: int
+    """decision time (exchange time of the triggering event)"""
+    source_seq: int
+    """``seq`` of the triggering event"""
+    parent_id: str = ""
+    """set on child slices (TWAP/POV) of a parent order"""
+    reduce_only: bool = False
+    tif: str = "GTC"
+    v: int = TRADING_VERSION
+
+
+@dataclass(slots=True)
+class ExecReport:
+    report_id: str
+    order_id: str
+    instrument: str
+    kind: ExecKind
+    ts_event: int
+    """venue time of the report (exchange time + latencies)"""
+    reason: str = ""
+    side: str = ""
+    fill_price: int = 0
+    fill_qty: int = 0
+    leaves_qty: int = 0
+    fee: float = 0.0
+    """in quote currency units (price units x size units), positive = paid"""
+    liquidity: str = ""
+    """``maker`` / ``taker`` on fills"""
+    book_bid: int = 0
+    book_ask: int = 0
+    book_bid_size: int = 0
+    book_ask_size: int = 0
+    """the book the venue decided on (audit of fill realism)"""
+    queue_ahead: int = 0
+    """size ahead of the order at its price when the fill was decided (resting orders)"""
+    position: int = 0
+    """position in lots after this report"""
+    price_exp: int = 0
+    size_exp: int = 0
+    v: int = TRADING_VERSION
+
+
+@dataclass(slots=True)
+class Control:
+    command: ControlCommand
+    instrument: str = ""
+    """empty: every instrument"""
+    reason: str = ""
+    ts_event: int = 0
+    v: int = TRADING_VERSION
+
+
+def encode_record(record: Signal | Order | ExecReport | Control) -> bytes:
+    """Stable JSON (fields in declaration order) for the trading records."""
+    return json.dumps(asdict(record), separators=(",", ":")).encode()
+
+
+_TRADING_ENUMS: dict[type, dict[str, type]] = {
+    Order: {"action": OrderAction, "side": OrderSide, "order_type": OrderType},
+    ExecReport: {"kind": ExecKind},
+    Control: {"command": ControlCommand},
+    Signal: {},
+}
+
+
+def decode_record(cls: type, raw: bytes | str):
+    """Inverse of :func:`encode_record`; raises :class:`SchemaError` naming the field."""
+    try:
+        d = _loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError("record", f"malformed JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise SchemaError("record", "expected a JSON object")
+    if d.get("v") != TRADING_VERSION:
+        raise SchemaError("v", f"unknown schema version {d.get('v')!r}")
+    for name, enum in _TRADING_ENUMS[cls].items():
+        try:
+            d[name] = enum(d[name])
+        except (KeyError, ValueError) as exc:
+            raise SchemaError(name, f"invalid {name} {d.get(name)!r}") from exc
+    try:
+        return cls(**d)
+    except TypeError as exc:
+        raise SchemaError("record", str(exc)) from exc
