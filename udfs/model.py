@@ -1,0 +1,252 @@
+"""ONNX models scored on the book features, with their metadata, and the model's signals.
+
+A model is two files side by side: ``<name>.onnx`` (float32 input ``features`` of shape
+``[N, F]``, output ``probabilities`` of shape ``[N, 2]``, column 1 = P(up move)) and
+``<name>.json`` (written by ``models/train_model.py``): the input features *in order*, the model
+version, the training window and sources, the label definition, the threshold it was evaluated
+with and its metrics.
+
+The input vector is built from a feature dict (:meth:`udfs.features.FeatureRow.to_dict`) by
+:func:`feature_vector`, the *same* function the training script uses, so training and serving
+cannot drift apart. A feature name is either a key of the feature dict (``imbalance_3``) or one
+of the derived features of :data:`DERIVED`:
+
+* ``microprice_dev = (microprice - mid) / spread`` (in [-0.5, 0.5]; 0 if ``spread`` is 0);
+* ``ofi_norm = clip(ofi / (bid_depth + ask_depth), -1, 1)`` (0 if the depth is 0);
+* ``ofi_window_norm = tanh(ofi_window / (bid_depth + ask_depth))`` (0 if the depth is 0);
+* ``trade_sign = sign(trade_signed_volume)`` (-1, 0, +1).
+
+:class:`OnnxModel` is shipped to Flink workers by pickling: it carries the model *bytes* (a few
+KB), creates its onnxruntime session lazily on first use and drops it when pickled.
+
+Model direction (:func:`model_signal`): with ``p`` = P(up) and ``T = cfg.model_threshold``,
+``p > T`` -> +1, ``p < 1 - T`` -> -1, otherwise 0 (no edge either way: flat). The direction is a
+function of the current row only; a :class:`~udfs.schema.Signal` is emitted only when it changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from udfs.config import PROJECT_ROOT, StrategyConfig
+from udfs.schema import Signal
+
+__all__ = [
+    "DERIVED",
+    "MissingFeatureError",
+    "ModelState",
+    "OnnxModel",
+    "feature_vector",
+    "model_direction",
+    "model_signal",
+]
+
+
+class MissingFeatureError(KeyError):
+    """A feature row lacks a value the model needs; ``feature`` names the missing key."""
+
+    def __init__(self, feature: str, needed_by: str, model: str = "") -> None:
+        super().__init__(feature)
+        self.feature = feature
+        self.needed_by = needed_by
+        self.model = model
+
+    def __str__(self) -> str:
+        via = "" if self.needed_by == self.feature else f" (needed by {self.needed_by!r})"
+        where = f"model {self.model!r}: " if self.model else ""
+        return f"{where}feature row has no {self.feature!r}{via}"
+
+
+def _microprice_dev(r: dict[str, Any]) -> float:
+    spread = float(r["spread"])
+    return (float(r["microprice"]) - float(r["mid"])) / spread if spread else 0.0
+
+
+def _ofi_norm(r: dict[str, Any]) -> float:
+    depth = float(r["bid_depth"]) + float(r["ask_depth"])
+    return min(1.0, max(-1.0, float(r["ofi"]) / depth)) if depth else 0.0
+
+
+def _ofi_window_norm(r: dict[str, Any]) -> float:
+    depth = float(r["bid_depth"]) + float(r["ask_depth"])
+    return math.tanh(float(r["ofi_window"]) / depth) if depth else 0.0
+
+
+def _trade_sign(r: dict[str, Any]) -> float:
+    v = r["trade_signed_volume"]
+    return 1.0 if v > 0 else -1.0 if v < 0 else 0.0
+
+
+DERIVED: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], float]]] = {
+    "microprice_dev": (("microprice", "mid", "spread"), _microprice_dev),
+    "ofi_norm": (("ofi", "bid_depth", "ask_depth"), _ofi_norm),
+    "ofi_window_norm": (("ofi_window", "bid_depth", "ask_depth"), _ofi_window_norm),
+    "trade_sign": (("trade_signed_volume",), _trade_sign),
+}
+"""Derived feature name -> (feature-dict keys it reads, function of the row)."""
+
+
+def feature_vector(row: dict[str, Any], names: Sequence[str], model: str = "") -> list[float]:
+    """The model input for one feature dict: one float per name, in ``names``' order. Raises
+    :class:`MissingFeatureError` naming the first missing key."""
+    out: list[float] = []
+    for name in names:
+        derived = DERIVED.get(name)
+        if derived is None:
+            if name not in row:
+                raise MissingFeatureError(name, name, model)
+            out.append(float(row[name]))
+        else:
+            keys, fn = derived
+            for key in keys:
+                if key not in row:
+                    raise MissingFeatureError(key, name, model)
+            out.append(fn(row))
+    return out
+
+
+class OnnxModel:
+    """An ONNX binary classifier and its metadata. ``score`` returns P(up) per row."""
+
+    def __init__(self, onnx_bytes: bytes, metadata: dict[str, Any]) -> None:
+        for key in ("name", "version", "features"):
+            if key not in metadata:
+                raise ValueError(f"model metadata has no {key!r}")
+        self._bytes = onnx_bytes
+        self.metadata = metadata
+        self.name: str = metadata["name"]
+        self.version: str = str(metadata["version"])
+        self.features: tuple[str, ...] = tuple(metadata["features"])
+        self.input_name: str = metadata.get("input_name", "features")
+        self._session: Any = None
+        self._output: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> OnnxModel:
+        """Load ``<path>`` (.onnx; relative paths from the project root) and the ``.json`` beside
+        it."""
+        p = Path(path)
+        if not p.is_absolute() and not p.exists():
+            p = PROJECT_ROOT / p
+        meta_path = p.with_suffix(".json")
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"model metadata not found: {meta_path}")
+        return cls(p.read_bytes(), json.loads(meta_path.read_text()))
+
+    # --- lazy session, dropped when pickled -------------------------------------------------
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1  # one stream task = one thread; no pool per worker
+            opts.inter_op_num_threads = 1
+            sess = ort.InferenceSession(self._bytes, sess_options=opts,
+                                        providers=["CPUExecutionProvider"])
+            inputs = [i.name for i in sess.get_inputs()]
+            if inputs != [self.input_name]:
+                raise ValueError(f"model {self.name!r}: ONNX inputs {inputs}, metadata says "
+                                 f"[{self.input_name!r}]")
+            width = sess.get_inputs()[0].shape[-1]
+            if isinstance(width, int) and width != len(self.features):
+                raise ValueError(f"model {self.name!r}: ONNX input width {width}, metadata "
+                                 f"lists {len(self.features)} features")
+            outputs = [o.name for o in sess.get_outputs()]
+            self._output = "probabilities" if "probabilities" in outputs else outputs[-1]
+            self._session = sess
+        return self._session
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        state["_output"] = ""
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # --- scoring ----------------------------------------------------------------------------
+
+    def vector(self, row: dict[str, Any]) -> np.ndarray:
+        """float32 input vector (shape ``[F]``) for one feature dict, in the metadata's order."""
+        return np.asarray(feature_vector(row, self.features, self.name), dtype=np.float32)
+
+    def matrix(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+        """float32 input matrix (shape ``[N, F]``)."""
+        if not rows:
+            return np.zeros((0, len(self.features)), dtype=np.float32)
+        return np.asarray([feature_vector(r, self.features, self.name) for r in rows],
+                          dtype=np.float32)
+
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        """P(up) (float64, shape ``[N]``) for a prepared ``[N, F]`` input."""
+        if x.shape[0] == 0:
+            return np.zeros(0)
+        sess = self.session
+        (proba,) = sess.run([self._output], {self.input_name: np.ascontiguousarray(
+            x, dtype=np.float32)})
+        return np.asarray(proba, dtype=np.float64)[:, 1]
+
+    def score(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+        """P(up) per row, one onnxruntime call for the batch."""
+        return self.score_matrix(self.matrix(rows))
+
+    def score_one(self, row: dict[str, Any]) -> float:
+        """P(up) for one row (the stream path)."""
+        return float(self.score_matrix(self.vector(row)[None, :])[0])
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({self.name!r}, version={self.version!r}, features={self.features})"
+
+
+@dataclass(slots=True)
+class ModelState:
+    """Per-(instrument, model) state (Flink keyed state: small and picklable)."""
+
+    direction: int = 0
+    rows: int = 0
+    changes: int = 0
+    last_score: float = math.nan
+
+
+def model_direction(p: float, threshold: float) -> int:
+    """``p > T`` -> +1, ``p < 1 - T`` -> -1, else 0."""
+    if p > threshold:
+        return 1
+    if p < 1.0 - threshold:
+        return -1
+    return 0
+
+
+def model_signal(model: OnnxModel, state: ModelState, row: dict[str, Any], cfg: StrategyConfig,
+                 traded: bool) -> Signal | None:
+    """Score one feature row and update ``state``; a :class:`Signal` (strategy
+    ``onnx:<name>``, score = P(up), ``model_version`` from the metadata, ``traded`` as given:
+    False for a shadow model) when the direction changed, else None."""
+    p = model.score_one(row)
+    new = model_direction(p, cfg.model_threshold)
+    state.rows += 1
+    state.last_score = p
+    if new == state.direction:
+        return None
+    state.direction = new
+    state.changes += 1
+    return Signal(
+        instrument=row["instrument"],
+        strategy=f"onnx:{model.name}",
+        ts_event=row["ts_event"],
+        seq=row["seq"],
+        score=p,
+        direction=new,
+        traded=traded,
+        model_version=model.version,
+    )
