@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -73,6 +73,7 @@ __all__ = [
     "OrderSide",
     "OrderType",
     "Reason",
+    "RiskReport",
     "SchemaError",
     "Side",
     "Signal",
@@ -493,7 +494,29 @@ class Control:
     v: int = TRADING_VERSION
 
 
-def encode_record(record: Signal | Order | ExecReport | Control) -> bytes:
+@dataclass(slots=True)
+class RiskReport:
+    """Risk figures of the current positions, published every ``risk_interval_ms`` of event
+    time by the execution sink (historical simulation; money in quote currency)."""
+
+    ts_event: int
+    var_99: float
+    """one-interval 99% value at risk (positive = loss)"""
+    es_99: float
+    """expected shortfall beyond it"""
+    drawdown: float
+    equity: float
+    realised_pnl: float
+    unrealised_pnl: float
+    fees: float
+    positions: dict[str, int] = field(default_factory=dict)
+    """instrument -> lots"""
+    scenarios: int = 0
+    """how many historical intervals the VaR/ES were computed over"""
+    v: int = TRADING_VERSION
+
+
+def encode_record(record: Signal | Order | ExecReport | Control | RiskReport) -> bytes:
     """Stable JSON (fields in declaration order) for the trading records."""
     return json.dumps(asdict(record), separators=(",", ":")).encode()
 
@@ -503,6 +526,7 @@ _TRADING_ENUMS: dict[type, dict[str, type]] = {
     ExecReport: {"kind": ExecKind},
     Control: {"command": ControlCommand},
     Signal: {},
+    RiskReport: {},
 }
 
 
