@@ -179,7 +179,7 @@ def stage_job(topic: str, out_prefix: str) -> dict:
                         start_offsets=start, events_topic=events_topic,
                         features_topic=f"{out_prefix}.features",
                         dead_letter_topic=f"{out_prefix}.deadletter",
-                        stats_topic=f"{out_prefix}.stats")
+                        stats_topic=f"{out_prefix}.stats", trading=False)
         env.execute("bookstream-bench")
         return time.perf_counter() - t
 

@@ -3,7 +3,8 @@
     bookstream doctor                       what a run needs, and what is wrong
     bookstream topics                       create the configured topics (idempotent), list them
     bookstream publish --lobster M O        send a source to Kafka (--speed N for N x recorded)
-    bookstream run-job [--bounded]          run the Flink features job
+    bookstream run-job [--bounded]          run the Flink features + trading job
+    bookstream exec-sink [--bounded]        run the execution sink (risk, paper venue)
     bookstream verify-book --binance F...   rebuild the book from files, compare with ground truth
     bookstream demo                         the whole pipeline on the shipped sample (or --lobster /
                                             --binance files), summary as the last JSON line
@@ -96,6 +97,13 @@ def cmd_run_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exec_sink(args: argparse.Namespace) -> int:
+    from jobs.execution_sink import main as sink_main
+
+    argv = ["--group-id", args.group_id] + (["--bounded"] if args.bounded else [])
+    return sink_main(argv)
+
+
 def cmd_verify_book(args: argparse.Namespace) -> int:
     if bool(args.lobster) == bool(args.binance):
         print("verify-book: give exactly one of --lobster MESSAGE_FILE ORDERBOOK_FILE or "
@@ -158,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore-latest", action="store_true",
                    help="resume from the newest retained checkpoint, if any")
     p.set_defaults(func=cmd_run_job)
+
+    p = sub.add_parser("exec-sink", help="run the execution sink (orders -> risk -> paper "
+                                         "venue -> executions)")
+    p.add_argument("--bounded", action="store_true",
+                   help="stop at the inputs' current end (default: run until killed)")
+    p.add_argument("--group-id", default="bookstream-exec-sink")
+    p.set_defaults(func=cmd_exec_sink)
 
     p = sub.add_parser("verify-book", help="rebuild the book from files and compare it with "
                                            "the ground truth they carry")

@@ -8,6 +8,10 @@ were before this run published, so a second demo in a row processes exactly its 
 * ``dead_lettered``    records on the dead-letter topic from this run (ingest + job)
 * ``events_processed`` the job's own per-instrument counters (stats topic, event-time timers)
 * ``features_out``     records on the features topic from this run
+* ``signals_out``      signals (rule, traded model, shadow model) on the signals topic
+* ``orders_sent``      new orders on the orders topic (cancels and heartbeats not counted)
+* ``orders_rejected``, ``fills``, ``pnl`` (equity: realised + unrealised - fees, quote
+  currency) from the execution sink, which runs after the job over the same run's records
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import time
 import uuid
 
+from jobs.execution_sink import run_sink
 from jobs.features_job import build_job
 from jobs.kafka_io import create_topics, drain_topic, topic_end_offsets
 from jobs.publish import publish
@@ -40,7 +45,8 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
     create_topics(cfg)
     topics = cfg.topics
     before = {t: _ends(cfg, t) for t in (topics.events, topics.features, topics.dead_letter,
-                                         topics.stats)}
+                                         topics.stats, topics.signals, topics.orders,
+                                         topics.control, topics.executions)}
 
     # ingest
     logger.info("publishing %s to %s", source.describe(), topics.events)
@@ -54,6 +60,18 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
                     start_offsets=before[topics.events])
     env.execute("bookstream-demo")
     job_s = time.perf_counter() - t_job
+
+    # execution sink over this run's orders and market data
+    t_sink = time.perf_counter()
+    sink = run_sink(cfg, group=f"bookstream-demo-sink-{uuid.uuid4().hex[:8]}", bounded=True,
+                    start_offsets={t: before[t] for t in (topics.events, topics.orders,
+                                                           topics.control)})
+    sink_s = time.perf_counter() - t_sink
+    signals_out = sum(1 for _ in drain_topic(cfg, topics.signals,
+                                             from_offsets=before[topics.signals]))
+    orders_sent = sum(1 for r in drain_topic(cfg, topics.orders,
+                                             from_offsets=before[topics.orders])
+                      if b'"action":"new"' in (r.value or b""))
 
     # what came out
     features_out = sum(1 for _ in drain_topic(cfg, topics.features,
@@ -79,10 +97,18 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
         "events_processed": processed,
         "dead_lettered": len(dead),
         "features_out": features_out,
+        "signals_out": signals_out,
+        "orders_sent": orders_sent,
+        "orders_rejected": sink.stats.get("rejected", 0),
+        "fills": sink.stats.get("fills", 0),
+        "pnl": round(sink.pnl.get("equity", 0.0), 6),
         "wall_s": round(time.perf_counter() - t0, 3),
         "published": pub.published,
         "job_events_in": job_in,
         "job_s": round(job_s, 3),
+        "sink_s": round(sink_s, 3),
+        "positions": sink.positions,
+        "pnl_detail": {k: round(v, 6) for k, v in sink.pnl.items()},
         "job_events_per_s": round(pub.published / job_s, 1) if job_s else None,
         "dead_letter_reasons": reasons,
         "instruments": sorted(last_stats),

@@ -48,6 +48,8 @@ from pyflink.java_gateway import get_gateway
 
 from udfs.config import PROJECT_ROOT, Config, load_config
 from udfs.pipeline import InstrumentState, RecordSource, process_record
+from udfs.schema import encode_record
+from udfs.trading import Trader, heartbeat
 
 __all__ = ["build_job", "latest_checkpoint", "main"]
 
@@ -55,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 DEAD_LETTER_TAG = OutputTag("dead-letters", Types.STRING())
 STATS_TAG = OutputTag("stats", Types.STRING())
+SIGNALS_TAG = OutputTag("signals", Types.STRING())
+ORDERS_TAG = OutputTag("orders", Types.STRING())
 STATS_INTERVAL_MS = 60_000
 """Event-time period of the per-instrument counters on the stats topic."""
 
@@ -75,7 +79,9 @@ class BookFeaturesFunction(KeyedProcessFunction):
     deterministic, so the rebuilt state is exactly the one the checkpoint stood for.
     """
 
-    def __init__(self, cfg: Config, topic: str, snapshot_every: int = 20_000) -> None:
+    def __init__(self, cfg: Config, topic: str, trader: Trader | None = None,
+                 snapshot_every: int = 20_000) -> None:
+        self.trader = trader
         self.feature_cfg = cfg.features
         self.out_of_orderness_ms = cfg.flink.out_of_orderness_ms
         self.topic = topic
@@ -104,7 +110,7 @@ class BookFeaturesFunction(KeyedProcessFunction):
         src = RecordSource(self.topic, -1, -1)
         for raw in self.log.get() or []:
             state, _ = process_record(state, key, raw, src, self.feature_cfg,
-                                      self.out_of_orderness_ms)
+                                      self.out_of_orderness_ms, self.trader)
             replayed += 1
         if state is not None or replayed:
             self.restored_keys += 1
@@ -119,7 +125,7 @@ class BookFeaturesFunction(KeyedProcessFunction):
         partition, offset, raw = split_provenance(value)
         src = RecordSource(self.topic, partition, offset)
         state, result = process_record(self._state_of(key), key, raw, src, self.feature_cfg,
-                                       self.out_of_orderness_ms)
+                                       self.out_of_orderness_ms, self.trader)
         self.cache[key] = state
         # persist: append the record, or fold everything into a new snapshot
         n = self.log_len[key] + 1
@@ -139,6 +145,10 @@ class BookFeaturesFunction(KeyedProcessFunction):
                 self.stats_timer[key] = fire_at
         for row in result.features:
             yield key + SEP + json.dumps(row, separators=(",", ":"))
+        for signal in result.signals:
+            yield SIGNALS_TAG, key + SEP + encode_record(signal).decode()
+        for order in result.orders:
+            yield ORDERS_TAG, key + SEP + encode_record(order).decode()
         for dead in result.dead_letters:
             yield DEAD_LETTER_TAG, key + SEP + dead.to_json()
         if state is None and result.dead_letters:
@@ -152,10 +162,16 @@ class BookFeaturesFunction(KeyedProcessFunction):
             del self.stats_timer[key]
         if state is None:
             return
+        if self.trader is not None and state.max_ts_event:
+            # every order of this key up to its newest event is out: tell the execution sink
+            beat = heartbeat(key, state.max_ts_event + self.trader.feed_latency_ns,
+                             state.book.last_seq)
+            yield ORDERS_TAG, key + SEP + encode_record(beat).decode()
         yield STATS_TAG, key + SEP + json.dumps({
             "instrument": state.instrument, "watermark_ms": timestamp,
             "events_in": state.events_in, "events_processed": state.events_processed,
-            "dead_lettered": state.dead_lettered, "book_levels": len(state.book.bids)
+            "dead_lettered": state.dead_lettered, "signals": state.trading.signals,
+            "orders": state.trading.orders, "book_levels": len(state.book.bids)
             + len(state.book.asks), "ts_proc": time.time_ns()}, separators=(",", ":"))
 
 
@@ -236,14 +252,16 @@ def _export_python_path() -> None:
 def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-features",
               restore_from: Path | None = None, start_offsets: dict[int, int] | None = None,
               events_topic: str | None = None, features_topic: str | None = None,
-              dead_letter_topic: str | None = None,
-              stats_topic: str | None = None) -> StreamExecutionEnvironment:
+              dead_letter_topic: str | None = None, stats_topic: str | None = None,
+              trading: bool = True) -> StreamExecutionEnvironment:
     """The whole pipeline on a StreamExecutionEnvironment (not yet executed: ``env.execute``).
 
     ``bounded``: stop at the events topic's end offsets as of the start (demo, tests, replay);
-    otherwise run until cancelled. The job starts from the group's committed offsets (committed
-    on checkpoints), or the earliest when the group has none; ``start_offsets`` (partition ->
-    offset) overrides that. A job restored from a checkpoint resumes at the checkpoint's offsets.
+    otherwise run until cancelled. ``trading``: also run the signal/order stage (signals and
+    orders topics); without it the job computes features only. The job starts from the group's
+    committed offsets (committed on checkpoints), or the earliest when the group has none;
+    ``start_offsets`` (partition -> offset) overrides that. A job restored from a checkpoint
+    resumes at the checkpoint's offsets.
     """
     events_topic = events_topic or cfg.topics.events
     features_topic = features_topic or cfg.topics.features
@@ -255,7 +273,10 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     # the workers must run this venv's interpreter (pemja, udfs, numpy live there)
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
-    conf.set_string("python.execution-mode", cfg.flink.execution_mode)
+    mode = cfg.flink.execution_mode
+    if mode == "auto":
+        mode = "process" if trading else "thread"
+    conf.set_string("python.execution-mode", mode)
     conf.set_string("python.fn-execution.bundle.size", str(cfg.flink.bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(cfg.flink.bundle_time_ms))
     conf.set_string("pipeline.jars", ";".join(
@@ -286,9 +307,10 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     ds = env.from_source(kafka_source, watermark_strategy, "events").uid("events-source")
 
     # transformations
+    trader = Trader.load(cfg) if trading else None
     features = (
         _key_by_field0(ds)
-        .process(BookFeaturesFunction(cfg, events_topic), output_type=Types.STRING())
+        .process(BookFeaturesFunction(cfg, events_topic, trader), output_type=Types.STRING())
         .name("book-features")
         .uid("book-features")
     )
@@ -298,6 +320,11 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     features.get_side_output(DEAD_LETTER_TAG).sink_to(
         _kafka_sink(cfg, dead_letter_topic)).name("dead-letter-sink")
     features.get_side_output(STATS_TAG).sink_to(_kafka_sink(cfg, stats_topic)).name("stats-sink")
+    if trading:
+        features.get_side_output(SIGNALS_TAG).sink_to(
+            _kafka_sink(cfg, cfg.topics.signals)).name("signals-sink")
+        features.get_side_output(ORDERS_TAG).sink_to(
+            _kafka_sink(cfg, cfg.topics.orders)).name("orders-sink")
     return env
 
 

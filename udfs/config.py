@@ -82,6 +82,16 @@ class TopicsConfig:
     """Malformed or late records with source, offset and reason."""
     stats: str = "bookstream.stats.v1"
     """Per-instrument counters of the stream job (events in / processed / dead-lettered)."""
+    signals: str = "bookstream.signals.v1"
+    """Strategy and model signals (shadow model's too, marked not traded), key = instrument."""
+    orders: str = "bookstream.orders.v1"
+    """Orders (and event-time heartbeats) of the trading stage, key = instrument."""
+    executions: str = "bookstream.executions.v1"
+    """Acks, rejects, cancels and fills of the execution sink, key = instrument."""
+    control: str = "bookstream.control.v1"
+    """Kill switch, resume, cancel-all, and the sink's own kill trips."""
+    risk: str = "bookstream.risk.v1"
+    """VaR / ES / drawdown of the current positions at an event-time interval."""
     partitions: int = 3
     retention_ms: int = -1
     """Time retention. Kafka ages a segment by its records' timestamps, which here are exchange
@@ -99,6 +109,13 @@ class TopicsConfig:
             TopicSpec(name=self.dead_letter, partitions=1, retention_ms=-1),
             TopicSpec(name=self.stats, partitions=1, retention_ms=self.retention_ms,
                       retention_bytes=self.retention_bytes),
+            *(TopicSpec(name=name, partitions=self.partitions, retention_ms=self.retention_ms,
+                        retention_bytes=self.retention_bytes)
+              for name in (self.signals, self.orders, self.executions)),
+            # one partition: commands and trips keep one total order
+            TopicSpec(name=self.control, partitions=1, retention_ms=-1),
+            TopicSpec(name=self.risk, partitions=1, retention_ms=self.retention_ms,
+                      retention_bytes=self.retention_bytes),
         ]
 
 
@@ -115,8 +132,11 @@ class FlinkConfig:
     idle_timeout_ms: int = 5000
     """A source partition silent this long stops holding the watermark back."""
     checkpoint_interval_ms: int = 2000
-    execution_mode: str = "thread"
-    """Python worker mode: ``thread`` (PEMJA, in the TaskManager) or ``process`` (Beam workers)."""
+    execution_mode: str = "auto"
+    """Python worker mode: ``thread`` (PEMJA, inside the TaskManager), ``process`` (Beam
+    worker processes) or ``auto``: thread for the features-only job (fastest, measured), process
+    when the job scores ONNX models -- onnxruntime inside PEMJA's embedded interpreter hung the
+    job at its first record here (seen with Flink 2.2.1, onnxruntime 1.32)."""
     checkpoint_dir: str = ""
     """Where checkpoints go; empty: ``<state_dir>/flink/checkpoints``."""
     restart_attempts: int = 2
@@ -163,13 +183,13 @@ class SizingConfig:
     """Quote-currency capital the strategy sizes against."""
     kelly_fraction: float = 0.25
     """Fraction of the Kelly-optimal size allowed (fractional Kelly cap)."""
-    max_position_notional: float = 50_000.0
+    max_position_notional: float = 20_000.0
     """Hard cap on |target position| x price, quote currency."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class RiskConfig:
-    max_order_notional: float = 25_000.0
+    max_order_notional: float = 50_000.0
     """Largest single order, quote currency."""
     max_position_notional: float = 60_000.0
     """Largest |position| x mark per instrument, quote currency."""

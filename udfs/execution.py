@@ -211,8 +211,11 @@ class ExecutionEngine:
                 out += self._guard(order.ts_event)
             return out
         self.stats["new_orders"] += 1
+        # exposure already working on the order's side counts towards the position limit
+        working = 0 if venue is None else sum(
+            w.leaves_qty for w in venue.open_orders() if w.order.side is order.side)
         decision = self.risk.check(order, venue.book if venue is not None else None,
-                                   self.portfolio, order.ts_event)
+                                   self.portfolio, order.ts_event, working)
         if decision.duplicate:  # decided earlier and forgotten by our own window: drop it
             self.stats["duplicates"] += 1
             return []

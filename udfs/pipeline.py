@@ -29,7 +29,17 @@ from dataclasses import dataclass, field
 from udfs.book import BookError, OrderBook
 from udfs.config import FeatureConfig
 from udfs.features import FeatureState, on_event
-from udfs.schema import DeadLetter, Kind, L2Event, Reason, SchemaError, decode_event
+from udfs.schema import (
+    DeadLetter,
+    Kind,
+    L2Event,
+    Order,
+    Reason,
+    SchemaError,
+    Signal,
+    decode_event,
+)
+from udfs.trading import Trader, TradingState
 
 __all__ = ["InstrumentState", "ProcessResult", "process_event", "process_record"]
 
@@ -47,6 +57,7 @@ class InstrumentState:
     instrument: str
     book: OrderBook
     features: FeatureState = field(default_factory=FeatureState)
+    trading: TradingState = field(default_factory=TradingState)
     max_ts_event: int = 0
     events_in: int = 0
     events_processed: int = 0
@@ -61,6 +72,9 @@ class InstrumentState:
 class ProcessResult:
     features: list[dict] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+    """orders and heartbeats for the orders topic"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +118,11 @@ def process_event(state: InstrumentState, ev: L2Event, cfg: FeatureConfig,
 
 
 def process_record(state: InstrumentState | None, key: str, raw: bytes | str,
-                   src: RecordSource, cfg: FeatureConfig,
-                   out_of_orderness_ms: int) -> tuple[InstrumentState | None, ProcessResult]:
-    """Steps 1-5 for one Kafka record. ``state`` is None for a key seen for the first time.
-    Returns the (possibly new) state and what to emit."""
+                   src: RecordSource, cfg: FeatureConfig, out_of_orderness_ms: int,
+                   trader: Trader | None = None) -> tuple[InstrumentState | None, ProcessResult]:
+    """Steps 1-5 for one Kafka record, then the trading stage (``udfs.trading``) on each
+    feature row when a ``trader`` is given. ``state`` is None for a key seen for the first
+    time. Returns the (possibly new) state and what to emit."""
     result = ProcessResult()
     try:
         ev = decode_event(raw)
@@ -142,6 +157,8 @@ def process_record(state: InstrumentState | None, key: str, raw: bytes | str,
         return state, result
     state.events_processed += 1
     if row is not None:
+        if trader is not None:
+            result.signals, result.orders = trader.on_features(state.trading, row)
         row["ts_proc"] = time.time_ns()
         result.features.append(row)
     return state, result

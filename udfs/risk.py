@@ -287,24 +287,27 @@ class RiskEngine:
     # -- the checks ----------------------------------------------------------------------------
 
     def check(self, order: Order, book: OrderBook | None, portfolio: Portfolio | None,
-              now_ts: int) -> RiskDecision:
+              now_ts: int, working_lots: int = 0) -> RiskDecision:
         """Decide on ``order`` at event time ``now_ts`` (ns). See the module notes for the rules
-        and their order. ``portfolio`` gives the filled position (None: flat). A new order's
-        decision is recorded (for :meth:`seen`); an accepted one counts towards the throttle."""
+        and their order. ``portfolio`` gives the filled position (None: flat);
+        ``working_lots`` is the quantity of the instrument's open orders on the order's own side
+        (>= 0): the position limit holds for the position they and this order would make if all
+        filled. A new order's decision is recorded (for :meth:`seen`); an accepted one counts
+        towards the throttle."""
         self.clock = max(self.clock, now_ts)
         if order.action is OrderAction.CANCEL:
             return RiskDecision(True, "accepted: cancel")
         earlier = self._seen.get(order.order_id)
         if earlier is not None:
             return _deny(Rule.DUPLICATE, f"order {order.order_id} already decided ({earlier})")
-        decision = self._decide(order, book, portfolio)
+        decision = self._decide(order, book, portfolio, working_lots)
         self._seen.add(order.order_id, decision.reason if not decision.accepted else "accepted")
         if decision.accepted:
             self._accepted.setdefault(order.instrument, deque()).append(self.clock)
         return decision
 
-    def _decide(self, order: Order, book: OrderBook | None,
-                portfolio: Portfolio | None) -> RiskDecision:
+    def _decide(self, order: Order, book: OrderBook | None, portfolio: Portfolio | None,
+                working_lots: int = 0) -> RiskDecision:
         cfg = self.cfg
         inst = order.instrument
         side = order.side.value
@@ -358,7 +361,7 @@ class RiskEngine:
                 return _deny(Rule.MAX_ORDER_NOTIONAL,
                              f"{side} {order.quantity} @ {px_text} = {fmt_money(notional)} > "
                              f"limit {fmt_money(self._max_order)}")
-            after = position + order.side.sign * order.quantity
+            after = position + order.side.sign * (working_lots + order.quantity)
             pos_notional = abs(after) * mid * scale
             if pos_notional > self._max_position:
                 return _deny(Rule.MAX_POSITION_NOTIONAL,

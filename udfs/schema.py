@@ -387,6 +387,11 @@ class OrderType(StrEnum):
 class OrderAction(StrEnum):
     NEW = "new"
     CANCEL = "cancel"
+    HEARTBEAT = "heartbeat"
+    """Not an order: the trading stage has published every order of this instrument decided up
+    to ``ts_event``. The execution sink advances its market clock to it (the orders topic's
+    event-time frontier), so market data and orders meet in the same order live and in a
+    replay."""
 
 
 class ExecKind(StrEnum):

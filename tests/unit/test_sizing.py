@@ -194,7 +194,8 @@ def test_on_a_feature_row_dict() -> None:
         mid=5853300.0, microprice=5853300.0, imbalance=(0.0,), bid_depth=100, ask_depth=100,
         ofi=0.0, ofi_window=0.0, rv=0.002, trade_volume=0, trade_signed_volume=0,
         trade_count=0)
-    cfg = SizingConfig()  # tv 0.0005, C 100_000, k 0.25, N_max 50_000
+    cfg = SizingConfig(target_vol=0.0005, capital=100_000.0, kelly_fraction=0.25,
+                       max_position_notional=50_000.0)
     # q_vol = 50 / (585.33 * 0.002) = 42.71; q_max = 50_000 / 585.33 = 85.42 -> 42
     assert target_position_lots(1, fr.to_dict(), cfg) == 42
     # Kelly: f = 0.25 * 2e-6 / 4e-6 = 0.125 -> 12_500 ccy / 585.33 = 21.36 -> 21

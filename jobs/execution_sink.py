@@ -1,0 +1,249 @@
+"""The execution sink: orders (Kafka) -> pre-trade risk -> paper venue -> execution reports.
+
+A small service of its own (not a Flink job): it consumes the market events, the orders of the
+trading stage and the control topic; :class:`~udfs.sequencer.Sequencer` puts them in one
+deterministic order and :class:`~udfs.execution.ExecutionEngine` decides (risk, kill switch,
+cancel-all, drawdown guard, paper fills). Acks, rejects, cancels and fills go to the executions
+topic, kill trips to the control topic, VaR/ES/drawdown to the risk topic.
+
+Exactly once, by Kafka transactions: the outputs of a batch of inputs and the consumer offsets
+of those inputs are committed in one transaction, so a sink killed at any point leaves either
+both or neither. On a cold start the sink first rebuilds its state from its history: it feeds
+the inputs from the offsets where its history began (``$STATE/exec-sink/<group>.json``) up to
+the committed offsets through the same engine without publishing, and checks the positions and
+resting orders that gives against its own output log (the executions topic, read committed);
+only then does it accept new input. The engine is deterministic, so the rebuilt state is the
+state the killed sink had at its last commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from jobs.kafka_io import topic_end_offsets
+from udfs.config import Config, load_config
+from udfs.execution import ExecutionEngine, Output
+from udfs.portfolio import Portfolio
+from udfs.schema import (
+    Control,
+    ExecKind,
+    ExecReport,
+    Order,
+    RiskReport,
+    SchemaError,
+    decode_event,
+    decode_record,
+    encode_record,
+)
+from udfs.sequencer import Sequencer
+
+__all__ = ["SinkResult", "run_sink"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SinkResult:
+    inputs: int = 0
+    outputs: int = 0
+    skipped: int = 0
+    """records that failed to decode (market events the stream job dead-lettered already)"""
+    rebuilt_inputs: int = 0
+    stats: dict = field(default_factory=dict)
+    positions: dict = field(default_factory=dict)
+    pnl: dict = field(default_factory=dict)
+
+
+def _state_file(cfg: Config, group: str) -> Path:
+    return cfg.state_dir / "exec-sink" / f"{group}.json"
+
+
+def _history_start(cfg: Config, group: str, topics: list[str],
+                   start_offsets: dict[str, dict[int, int]] | None) -> dict[str, dict[int, int]]:
+    """Where this sink's history begins: remembered from its first start."""
+    path = _state_file(cfg, group)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        return {t: {int(p): o for p, o in saved[t].items()} for t in topics}
+    if start_offsets is None:
+        start_offsets = {t: {p: lo for p, (lo, _hi) in topic_end_offsets(cfg, t).items()}
+                         for t in topics}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(start_offsets))
+    return start_offsets
+
+
+def _decode(sequencer: Sequencer, topic: str, cfg: Config, value: bytes) -> bool:
+    try:
+        if topic == cfg.topics.events:
+            sequencer.add_market(decode_event(value))
+        elif topic == cfg.topics.orders:
+            sequencer.add_order(decode_record(Order, value))
+        else:
+            sequencer.add_control(decode_record(Control, value))
+    except SchemaError:
+        return False
+    return True
+
+
+def _topic_for(cfg: Config, out: Output) -> tuple[str, str]:
+    if isinstance(out, ExecReport):
+        return cfg.topics.executions, out.instrument
+    if isinstance(out, Control):
+        return cfg.topics.control, out.instrument
+    assert isinstance(out, RiskReport)
+    return cfg.topics.risk, ""
+
+
+def _check_against_log(cfg: Config, engine: ExecutionEngine, group_prefix: str) -> None:
+    """Positions and resting orders from the executions log (read committed) must equal the
+    rebuilt engine's; a sink that cannot agree with its own history refuses to start."""
+    from jobs.kafka_io import drain_topic
+
+    portfolio = Portfolio()
+    open_orders: dict[str, set[str]] = {}
+    for rec in drain_topic(cfg, cfg.topics.executions):
+        rep = decode_record(ExecReport, rec.value)
+        if rep.kind is ExecKind.FILL:
+            portfolio.apply_fill(rep)
+        live = open_orders.setdefault(rep.instrument, set())
+        if rep.kind is ExecKind.ACK:
+            live.add(rep.order_id)
+        elif rep.kind is ExecKind.CANCELED or (rep.kind is ExecKind.FILL
+                                                  and rep.leaves_qty == 0):
+            live.discard(rep.order_id)
+    log_positions = {i: portfolio.position(i) for i in engine.positions()}
+    if {k: v for k, v in log_positions.items() if v} != {
+            k: v for k, v in engine.positions().items() if v}:
+        raise RuntimeError(f"{group_prefix}: positions from the executions log "
+                           f"{log_positions} differ from the rebuilt state "
+                           f"{engine.positions()}: refusing to accept orders")
+    logger.info("%s: state rebuilt and checked against the output log: positions %s, "
+                "%d resting orders", group_prefix, engine.positions(),
+                sum(len(v) for v in open_orders.values()))
+
+
+def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool = False,
+             start_offsets: dict[str, dict[int, int]] | None = None,
+             commit_every: int = 20_000, idle_exit_s: float | None = None) -> SinkResult:
+    """Run the sink. ``bounded``: process up to the inputs' end offsets as of the start, then
+    resolve what is in flight and stop (demo, tests, replay). ``start_offsets`` (topic ->
+    partition -> offset): where the sink's history begins on its first start."""
+    topics = [cfg.topics.events, cfg.topics.orders, cfg.topics.control]
+    history = _history_start(cfg, group, topics, start_offsets)
+    consumer = Consumer({
+        "bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": group,
+        "enable.auto.commit": False, "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest", "fetch.max.bytes": 52428800,
+    })
+    committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(
+        [TopicPartition(t, p) for t in topics for p in history[t]], timeout=30)}
+    ends = {t: {p: hi for p, (_lo, hi) in topic_end_offsets(cfg, t).items()} for t in topics}
+
+    engine = ExecutionEngine(cfg.risk, cfg.venue)
+    sequencer = Sequencer(engine)
+    result = SinkResult()
+
+    # 1. cold start: rebuild from history [start, committed) without publishing
+    resume_at = {(t, p): max(history[t][p], committed.get((t, p), -1))
+                 for t in topics for p in history[t]}
+    replay = {k: v for k, v in resume_at.items() if v > history[k[0]][k[1]]}
+    if replay:
+        consumer.assign([TopicPartition(t, p, history[t][p]) for t, p in replay])
+        remaining = dict(replay)
+        while remaining:
+            for msg in consumer.consume(num_messages=10_000, timeout=1.0):
+                if msg.error():
+                    continue
+                k = (msg.topic(), msg.partition())
+                if k not in remaining or msg.offset() >= remaining[k]:
+                    continue
+                _decode(sequencer, msg.topic(), cfg, msg.value())
+                result.rebuilt_inputs += 1
+                if msg.offset() + 1 >= remaining[k]:
+                    del remaining[k]
+            sequencer.drain()
+        logger.info("%s: replayed %d inputs of its history", group, result.rebuilt_inputs)
+        _check_against_log(cfg, engine, group)
+
+    # 2. live (or bounded) processing, outputs and offsets in one transaction per batch
+    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
+                         "transactional.id": f"{group}-tx", "linger.ms": 20,
+                         "partitioner": "murmur2_random"})
+    producer.init_transactions(30)
+    consumer.assign([TopicPartition(t, p, o) for (t, p), o in resume_at.items()])
+    remaining = {k: ends[k[0]][k[1]] for k, o in resume_at.items()
+                 if o < ends[k[0]][k[1]]} if bounded else {}
+    pending_inputs = 0
+    last_input = time.monotonic()
+
+    def publish(outputs: list[Output]) -> None:
+        for out in outputs:
+            topic, key = _topic_for(cfg, out)
+            producer.produce(topic, key=key or None, value=encode_record(out),
+                             timestamp=max(out.ts_event // 1_000_000, 0))
+        result.outputs += len(outputs)
+
+    def commit(outputs: list[Output]) -> None:
+        producer.begin_transaction()
+        publish(outputs)
+        positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+        if positions:
+            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(),
+                                                 30)
+        producer.commit_transaction(60)
+
+    while True:
+        msgs = consumer.consume(num_messages=10_000, timeout=0.5)
+        for msg in msgs:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    logger.warning("consume error: %s", msg.error())
+                continue
+            k = (msg.topic(), msg.partition())
+            if bounded and (k not in remaining or msg.offset() >= remaining[k]):
+                continue
+            if not _decode(sequencer, msg.topic(), cfg, msg.value()):
+                result.skipped += 1
+            result.inputs += 1
+            pending_inputs += 1
+            if bounded and msg.offset() + 1 >= remaining[k]:
+                del remaining[k]
+        if msgs:
+            last_input = time.monotonic()
+        done = bounded and not remaining
+        if done:
+            commit(sequencer.drain(final=True))
+            break
+        if pending_inputs >= commit_every or (pending_inputs and not msgs):
+            commit(sequencer.drain())
+            pending_inputs = 0
+        if idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:
+            break
+    producer.flush(30)
+    consumer.close()
+    result.stats = dict(engine.stats)
+    result.positions = engine.positions()
+    result.pnl = engine.pnl()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bookstream exec-sink", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--group-id", default="bookstream-exec-sink")
+    parser.add_argument("--bounded", action="store_true",
+                        help="stop at the inputs' current end (default: run until killed)")
+    args = parser.parse_args(argv)
+    res = run_sink(load_config(), group=args.group_id, bounded=args.bounded)
+    print(json.dumps({"inputs": res.inputs, "outputs": res.outputs, "skipped": res.skipped,
+                      "rebuilt_inputs": res.rebuilt_inputs, **res.stats,
+                      "positions": res.positions, "pnl": res.pnl}, default=str))
+    return 0

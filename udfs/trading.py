@@ -1,0 +1,145 @@
+"""The trading stage of the stream job: feature row -> signals -> target position -> orders.
+
+Per instrument, after each feature row (``udfs.pipeline``):
+
+1. the rule strategy (``udfs.signals``) and, when models are configured, the traded ONNX model
+   and the shadow model (``udfs.model``) each update their direction; a :class:`Signal` is
+   emitted whenever one changes (shadow signals carry ``traded=False``: recorded, never traded);
+2. A/B split: :func:`udfs.signals.model_traded` (stable hash of the instrument) decides whether
+   the model or the rule trades this instrument;
+3. the traded strategy's new direction is sized (``udfs.sizing``: volatility target, capped by
+   fractional Kelly for the model, whose edge is ``(2p - 1) * rv``, and by the notional limit)
+   into a target position in lots;
+4. ``udfs.orders.orders_for_target`` turns the difference to the position already ordered into
+   one order with a deterministic id (strategy, instrument, seq, exchange time); its
+   ``ts_event`` is the decision time, exchange time plus the configured feed latency. The
+   previous order of the strategy is cancelled first (a CANCEL with its id): a new decision
+   replaces the old one, so stale passive orders do not keep filling against the new view.
+
+The stage tracks the position it has *ordered* (not filled: fills come back from the execution
+sink, a separate job); that is the standard open-loop design of a signal stage, and it keeps the
+stage a pure function of the event stream, so a replay re-creates the same orders.
+
+Every ``heartbeat_ms`` of event time it also emits a heartbeat on the orders topic (see
+``OrderAction.HEARTBEAT``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+
+from udfs.config import PROJECT_ROOT, Config
+from udfs.model import ModelState, OnnxModel, model_signal
+from udfs.orders import orders_for_target
+from udfs.schema import Order, OrderAction, OrderSide, OrderType, Signal
+from udfs.signals import RULE_STRATEGY, RuleState, model_traded, rule_signal
+from udfs.sizing import target_position_lots
+
+__all__ = ["Trader", "TradingState", "heartbeat"]
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_MS = 100
+"""Event-time spacing of heartbeats on the orders topic."""
+
+
+@dataclass(slots=True)
+class TradingState:
+    """Per-instrument trading state (part of the Flink keyed state)."""
+
+    rule: RuleState = field(default_factory=RuleState)
+    model: ModelState = field(default_factory=ModelState)
+    shadow: ModelState = field(default_factory=ModelState)
+    position: int = 0
+    """lots ordered so far by the traded strategy (open loop)"""
+    signals: int = 0
+    orders: int = 0
+    last_heartbeat_ts: int = 0
+    working_order: Order | None = None
+    """the traded strategy's last order: replaced (cancelled) by the next decision"""
+
+
+def heartbeat(instrument: str, ts_event: int, seq: int) -> Order:
+    return Order(order_id="", instrument=instrument, strategy="", action=OrderAction.HEARTBEAT,
+                 side=OrderSide.BUY, order_type=OrderType.LIMIT, price=0, quantity=0,
+                 price_exp=0, size_exp=0, ts_event=ts_event, source_seq=seq)
+
+
+class Trader:
+    """Stateless between calls (state lives in :class:`TradingState`); picklable, so the Flink
+    function can carry it to its workers. Models travel as bytes inside :class:`OnnxModel`."""
+
+    def __init__(self, cfg: Config, model: OnnxModel | None = None,
+                 shadow: OnnxModel | None = None) -> None:
+        self.strategy = cfg.strategy
+        self.sizing = cfg.sizing
+        self.feed_latency_ns = cfg.venue.feed_latency_ms * 1_000_000
+        self.model = model
+        self.shadow = shadow
+
+    @staticmethod
+    def load(cfg: Config) -> Trader:
+        """The configured traded and shadow models (paths relative to the project root)."""
+
+        def _load(path: str) -> OnnxModel | None:
+            if not path:
+                return None
+            full = PROJECT_ROOT / path
+            if not full.is_file():
+                raise FileNotFoundError(f"model file {full} not found (strategy.model_path / "
+                                        "strategy.shadow_model_path; `python "
+                                        "models/train_model.py` writes them)")
+            return OnnxModel.load(full)
+
+        return Trader(cfg, _load(cfg.strategy.model_path), _load(cfg.strategy.shadow_model_path))
+
+    def on_features(self, state: TradingState, row: dict) -> tuple[list[Signal], list[Order]]:
+        instrument = row["instrument"]
+        model_arm = self.model is not None and model_traded(instrument, self.strategy.model_share)
+        signals: list[Signal] = []
+
+        rule = rule_signal(state.rule, row, self.strategy)
+        if rule is not None:
+            rule.traded = not model_arm
+            signals.append(rule)
+        model = None
+        if self.model is not None:
+            model = model_signal(self.model, state.model, row, self.strategy, traded=model_arm)
+            if model is not None:
+                signals.append(model)
+        if self.shadow is not None:
+            shadow = model_signal(self.shadow, state.shadow, row, self.strategy, traded=False)
+            if shadow is not None:
+                signals.append(shadow)
+        state.signals += len(signals)
+
+        orders: list[Order] = []
+        traded = model if model_arm else rule
+        if traded is not None:
+            edge = None
+            if model_arm:
+                p = state.model.last_score
+                edge = (2 * p - 1) * float(row["rv"]) if math.isfinite(p) else None
+            target = target_position_lots(traded.direction, row, self.sizing, edge)
+            strategy = traded.strategy if model_arm else RULE_STRATEGY
+            decision_ts = row["ts_event"] + self.feed_latency_ns
+            new = [replace(order, ts_event=decision_ts)
+                   for order in orders_for_target(state.position, target, row, strategy)]
+            if new and state.working_order is not None:
+                # a new decision replaces the previous one: a resting order of a stale view
+                # must not keep filling (the venue ignores the cancel of a finished order)
+                orders.append(replace(state.working_order, action=OrderAction.CANCEL,
+                                      ts_event=decision_ts, source_seq=row["seq"]))
+            orders += new
+            if new:
+                state.working_order = new[-1]
+            state.position = target
+            state.orders += len(new)
+
+        ts = row["ts_event"]
+        if ts - state.last_heartbeat_ts >= HEARTBEAT_MS * 1_000_000 or orders:
+            orders.append(heartbeat(instrument, ts + self.feed_latency_ns, row["seq"]))
+            state.last_heartbeat_ts = ts
+        return signals, orders
