@@ -455,6 +455,9 @@ class Order:
     """set on child slices (TWAP/POV) of a parent order"""
     reduce_only: bool = False
     tif: str = "GTC"
+    trigger_ts_recv: int = 0
+    """receive time of the triggering event (its ``ts_recv``): tick-to-order latency is measured
+    from here to the order's publish time"""
     v: int = TRADING_VERSION
 
 

@@ -9,10 +9,11 @@ feeds the :class:`~udfs.execution.ExecutionEngine` in an order that depends on t
   rank = control 0, market 1, order 2: an order is fed after every market event stamped at or
   before its decision time, so after the event that triggered it (decision time = trigger time
   plus the feed latency);
-* an input is released only when nothing earlier can still arrive: the *safe time* is the
-  smallest heartbeat time over the instruments that trade (a heartbeat says every order decided
-  up to its time is published), or unbounded once the inputs are known to be complete
-  (``drain(final=True)``: a bounded run, a replay).
+* an input is released only when nothing earlier can still arrive: the *safe time* is, over
+  the instruments that trade, the smallest of their heartbeat time (a heartbeat says every order
+  decided up to its time is published) and the newest market time received for them (the
+  events topic is read separately and may lag), or unbounded once the inputs are known to be
+  complete (``drain(final=True)``: a bounded run, a replay).
 
 So a live run, a replay and a run restarted from its inputs feed the engine identically.
 """
@@ -38,10 +39,14 @@ class Sequencer:
     controls: deque[Control] = field(default_factory=deque)
     frontier: dict[str, int] = field(default_factory=dict)
     """instrument -> newest heartbeat time (every order decided up to it is here)"""
+    market_seen: dict[str, int] = field(default_factory=dict)
+    """instrument -> newest market ``ts_event`` received"""
     fed: int = 0
 
     def add_market(self, ev: L2Event) -> None:
         self.market.setdefault(ev.instrument, deque()).append(ev)
+        if ev.ts_event > self.market_seen.get(ev.instrument, 0):
+            self.market_seen[ev.instrument] = ev.ts_event
 
     def add_order(self, order: Order) -> None:
         if order.action is OrderAction.HEARTBEAT:
@@ -54,7 +59,10 @@ class Sequencer:
         self.controls.append(ctrl)
 
     def safe_time(self) -> float:
-        return min(self.frontier.values()) if self.frontier else float("-inf")
+        if not self.frontier:
+            return float("-inf")
+        return min(min(beat, self.market_seen.get(inst, 0))
+                   for inst, beat in self.frontier.items())
 
     def pending(self) -> int:
         return (sum(len(q) for q in self.market.values())

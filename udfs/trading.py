@@ -125,7 +125,7 @@ class Trader:
             target = target_position_lots(traded.direction, row, self.sizing, edge)
             strategy = traded.strategy if model_arm else RULE_STRATEGY
             decision_ts = row["ts_event"] + self.feed_latency_ns
-            new = [replace(order, ts_event=decision_ts)
+            new = [replace(order, ts_event=decision_ts, trigger_ts_recv=row["ts_recv"])
                    for order in orders_for_target(state.position, target, row, strategy)]
             if new and state.working_order is not None:
                 # a new decision replaces the previous one: a resting order of a stale view
