@@ -208,9 +208,15 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
     from dataclasses import replace
 
     import numpy as np
-    from confluent_kafka import Consumer
+    from confluent_kafka import Consumer, TopicPartition
 
-    from jobs.kafka_io import count_records, create_topics, delete_topics, make_producer
+    from jobs.kafka_io import (
+        count_records,
+        create_topics,
+        delete_topics,
+        make_producer,
+        topic_end_offsets,
+    )
     from udfs.schema import Order, OrderAction, decode_record, encode_event
 
     rate = float(rate_s)
@@ -225,11 +231,12 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
     latencies: list[int] = []
     stop = threading.Event()
 
+    # assigned, not subscribed: no group join may delay the first orders' reading
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
+                         "group.id": f"bench-lat-{uuid.uuid4().hex[:6]}",
+                         "fetch.wait.max.ms": 5})
+
     def consume() -> None:
-        consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                             "group.id": f"bench-lat-{uuid.uuid4().hex[:6]}",
-                             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 5})
-        consumer.subscribe([cfg.topics.orders])
         while not stop.is_set():
             for m in consumer.consume(num_messages=1000, timeout=0.05):
                 if m.error():
@@ -252,6 +259,10 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
                 raise RuntimeError("the trading job did not start (run `bookstream run-job` "
                                    "to see why)")
             time.sleep(0.5)
+        ends = topic_end_offsets(cfg, cfg.topics.orders)
+        consumer.assign([TopicPartition(cfg.topics.orders, p, hi)
+                         for p, (_lo, hi) in ends.items()])
+        consumer.consume(num_messages=1, timeout=1.0)  # connect before the clock starts
         t_start = time.time_ns()
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()

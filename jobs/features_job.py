@@ -279,6 +279,7 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     conf.set_string("python.execution-mode", mode)
     conf.set_string("python.fn-execution.bundle.size", str(cfg.flink.bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(cfg.flink.bundle_time_ms))
+    conf.set_string("execution.buffer-timeout.interval", f"{cfg.flink.buffer_timeout_ms} ms")
     conf.set_string("pipeline.jars", ";".join(
         jar.as_uri() for jar in (cfg.kafka_connector_jar, cfg.glue_jar)))
     conf.set_string("execution.checkpointing.dir", cfg.checkpoint_dir.as_uri())

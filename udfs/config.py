@@ -145,6 +145,9 @@ class FlinkConfig:
     """python.fn-execution.bundle.size: records per Python bundle."""
     bundle_time_ms: int = 100
     """python.fn-execution.bundle.time: longest a bundle waits before it is flushed."""
+    buffer_timeout_ms: int = 100
+    """execution.buffer-timeout.interval: longest a network buffer waits before it is sent
+    (lower: less latency, less throughput)."""
 
 
 @dataclass(frozen=True, kw_only=True)

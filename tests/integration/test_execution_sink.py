@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections import Counter
 from functools import cache
 from pathlib import Path
 
 import pytest
-from it_helpers import read_topic
+from confluent_kafka import Consumer, TopicPartition
+from it_helpers import kill_job, read_topic
 
 from jobs.execution_sink import SinkResult, run_sink
-from jobs.kafka_io import make_producer
+from jobs.kafka_io import make_producer, topic_end_offsets
 from jobs.publish import publish
 from jobs.sources import SAMPLE_LOBSTER, Source
 from udfs.adapters.lobster import iter_lobster_events
 from udfs.book import BookError, OrderBook
-from udfs.config import Config
+from udfs.config import PROJECT_ROOT, Config
 from udfs.orders import order_id
 from udfs.schema import (
     F_LAST,
@@ -236,3 +242,93 @@ def test_restart_continues_as_one_uninterrupted_run(kafka_topics, tmp_path: Path
     assert raw_executions(cfg) == expected
     assert resumed.positions == ref_res.positions
     assert resumed.stats == ref_res.stats
+
+
+def test_sigkill_mid_stream_then_restart_gives_the_same_executions(kafka_topics,
+                                                                  tmp_path: Path) -> None:
+    """A live sink in a subprocess is SIGKILLed between two of its transactions; a bounded one
+    with the same group finishes: the committed executions equal one uninterrupted run's."""
+    # many heartbeats after every order, so that the live sink consumes (and commits) in many
+    # batches of at most 10 000 inputs: the kill lands between two commits, not after the last
+    beats = 8_000
+    inputs = [rec for o in orders() for rec in (o, *[heartbeat(o.ts_event)] * beats)]
+    total = len(events()) + len(inputs)
+
+    def committed_executions(cfg: Config) -> list[bytes]:
+        consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
+                             "group.id": f"it-rc-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                             "isolation.level": "read_committed",
+                             "auto.offset.reset": "earliest"})
+        try:
+            ends = {p: hi for p, (_lo, hi) in topic_end_offsets(cfg, cfg.topics.executions).items()}
+            left = {p: hi for p, hi in ends.items() if hi > 0}
+            consumer.assign([TopicPartition(cfg.topics.executions, p, 0) for p in left])
+            got: list[tuple[int, int, bytes]] = []
+            deadline = time.monotonic() + 60
+            while left and time.monotonic() < deadline:
+                for m in consumer.consume(num_messages=10_000, timeout=0.5):
+                    if not m.error():
+                        got.append((m.partition(), m.offset(), m.value()))
+                for tp in consumer.position([TopicPartition(cfg.topics.executions, p)
+                                             for p in left]):
+                    if tp.offset >= left[tp.partition]:
+                        del left[tp.partition]
+            assert not left, f"executions not read to their end: {left}"
+            return [v for _p, _o, v in sorted(got)]
+        finally:
+            consumer.close()
+
+    def committed_inputs(consumer: Consumer, cfg: Config) -> int:
+        """Inputs the consumer's group has committed (summed over every input partition)."""
+        tps = [TopicPartition(t, p) for t in (cfg.topics.events, cfg.topics.orders)
+               for p in range(cfg.topics.partitions)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
+
+    # reference: the same inputs, one uninterrupted bounded run
+    ref, _ = kafka_topics("kref", **env_for(tmp_path / "ref"))
+    publish_market(ref)
+    produce(ref, ref.topics.orders, inputs)
+    ref_res = run(ref)
+    expected = committed_executions(ref)
+    assert ref_res.stats["acks"] >= N_ORDERS // 2 and ref_res.stats["fills"] > 0
+
+    # killed: a live sink in its own process group, SIGKILLed between two commits
+    cfg, env = kafka_topics("killed", **env_for(tmp_path / "killed"))
+    group = f"it-sink-{uuid.uuid4().hex[:8]}"
+    publish_market(cfg)
+    produce(cfg, cfg.topics.orders, inputs)
+    code = ("from jobs.execution_sink import run_sink; from udfs.config import load_config; "
+            f"run_sink(load_config(), group={group!r}, bounded=False, commit_every=200, "
+            "idle_exit_s=None)")
+    with (tmp_path / "live.log").open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT,
+                                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    watcher = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": group,
+                        "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + 120
+        seen = 0
+        while time.monotonic() < deadline and proc.poll() is None and seen == 0:
+            seen = committed_inputs(watcher, cfg)
+        kill_job(proc)
+        killed_at = committed_inputs(watcher, cfg)
+    finally:
+        kill_job(proc)
+        watcher.close()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "live.log").read_text()[-3000:]
+    assert 0 < seen <= killed_at < total, (seen, killed_at, total)  # killed mid-stream
+    before = committed_executions(cfg)
+    print("DBG", seen, killed_at, total, len(before), len(expected))
+    assert before == expected[:len(before)] and len(before) < len(expected)
+
+    resumed = run(cfg, group)
+
+    assert resumed.rebuilt_inputs == killed_at > 0  # state rebuilt from the committed history
+    assert resumed.inputs == total - killed_at
+    after = committed_executions(cfg)
+    ids = [decode_record(ExecReport, v).report_id for v in after]
+    assert not [i for i, c in Counter(ids).items() if c > 1]
+    print("DBG2", resumed.rebuilt_inputs, resumed.inputs)
+    assert after == expected  # byte for byte, in the same order
+    assert resumed.positions == ref_res.positions
