@@ -109,7 +109,7 @@ def _check_against_log(cfg: Config, engine: ExecutionEngine, group_prefix: str) 
 
     portfolio = Portfolio()
     open_orders: dict[str, set[str]] = {}
-    for rec in drain_topic(cfg, cfg.topics.executions):
+    for rec in drain_topic(cfg, cfg.topics.executions, read_committed=True):
         rep = decode_record(ExecReport, rec.value)
         if rep.kind is ExecKind.FILL:
             portfolio.apply_fill(rep)
@@ -143,13 +143,19 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
         "enable.auto.commit": False, "isolation.level": "read_committed",
         "auto.offset.reset": "earliest", "fetch.max.bytes": 52428800,
     })
-    committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(
-        [TopicPartition(t, p) for t in topics for p in history[t]], timeout=30)}
     ends = {t: {p: hi for p, (_lo, hi) in topic_end_offsets(cfg, t).items()} for t in topics}
 
     engine = ExecutionEngine(cfg.risk, cfg.venue)
     sequencer = Sequencer(engine)
     result = SinkResult()
+    # first of all, fence a killed predecessor: init_transactions aborts its open transaction,
+    # so the log we check below and the offsets we resume from are final
+    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
+                         "transactional.id": f"{group}-tx", "linger.ms": 20,
+                         "partitioner": "murmur2_random"})
+    producer.init_transactions(30)
+    committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(
+        [TopicPartition(t, p) for t in topics for p in history[t]], timeout=30)}
 
     # 1. cold start: rebuild from history [start, committed) without publishing
     resume_at = {(t, p): max(history[t][p], committed.get((t, p), -1))
@@ -174,10 +180,6 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
         _check_against_log(cfg, engine, group)
 
     # 2. live (or bounded) processing, outputs and offsets in one transaction per batch
-    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                         "transactional.id": f"{group}-tx", "linger.ms": 20,
-                         "partitioner": "murmur2_random"})
-    producer.init_transactions(30)
     consumer.assign([TopicPartition(t, p, o) for (t, p), o in resume_at.items()])
     remaining = {k: ends[k[0]][k[1]] for k, o in resume_at.items()
                  if o < ends[k[0]][k[1]]} if bounded else {}

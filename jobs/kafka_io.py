@@ -164,14 +164,17 @@ def count_records(cfg: Config, topic: str) -> int:
 
 
 def drain_topic(cfg: Config, topic: str, *, from_offsets: dict[int, int] | None = None,
-                idle_timeout_s: float = 5.0,
+                idle_timeout_s: float = 5.0, read_committed: bool = False,
                 on_record: Callable[[KafkaRecord], None] | None = None) -> Iterator[KafkaRecord]:
     """Read ``topic`` from the start (or ``from_offsets``) up to its end offsets as of the call,
-    in partition order. No consumer group offsets are committed."""
+    in partition order. No consumer group offsets are committed. ``read_committed``: skip
+    records of aborted transactions (the execution sink's output log)."""
     ends = topic_end_offsets(cfg, topic)
     consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
                          "group.id": f"bookstream-drain-{time.time_ns()}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "isolation.level": "read_committed" if read_committed
+                         else "read_uncommitted"})
     try:
         assignments = []
         remaining = {}
