@@ -10,6 +10,7 @@ in-process and the executions topic (transactional, read committed) is read back
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import signal
@@ -333,3 +334,28 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(kafka_topics,
     assert not [i for i, c in Counter(ids).items() if c > 1]
     assert after == expected  # byte for byte, in the same order
     assert resumed.positions == ref_res.positions
+
+
+def test_burst_above_the_throttle_is_cut_to_the_limit(kafka_topics, tmp_path: Path) -> None:
+    """max_orders_per_window + 5 orders decided at the same event time: exactly the limit is
+    accepted, the rest are rejected with a throttle reason."""
+    limit = 4
+    cfg, _ = kafka_topics("throttle", **env_for(
+        tmp_path, BOOKSTREAM_RISK_MAX_ORDERS_PER_WINDOW=str(limit),
+        BOOKSTREAM_RISK_THROTTLE_WINDOW_MS="1000"))
+    publish_market(cfg)
+    base = orders()[3]
+    burst = [dataclasses.replace(base, order_id=order_id("it-burst", base.instrument,
+                                                         base.source_seq, base.ts_event, i),
+                                 quantity=1)
+             for i in range(limit + 5)]
+    produce(cfg, cfg.topics.orders, burst)
+
+    res = run(cfg)
+
+    per_order = by_order(executions(cfg))
+    first = [per_order[o.order_id][0] for o in burst]
+    assert [r.kind for r in first[:limit]] == [ExecKind.ACK] * limit
+    assert [r.kind for r in first[limit:]] == [ExecKind.REJECT] * 5
+    assert all(r.reason.startswith("throttle") for r in first[limit:]), first[limit].reason
+    assert res.stats["accepted"] == limit and res.stats["rejected"] == 5
