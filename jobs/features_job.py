@@ -232,6 +232,9 @@ def _kafka_sink(cfg: Config, topic: str) -> KafkaSink:
         .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
         .set_property("linger.ms", "20")
         .set_property("compression.type", "lz4")
+        # idempotent producer: a retried send never writes a record twice
+        .set_property("enable.idempotence", "true")
+        .set_property("acks", "all")
     )
     builder._j_builder.setRecordSerializer(
         gateway.jvm.io.bookstream.flink.KeyedStringSerializer(topic))

@@ -175,6 +175,13 @@ class StrategyConfig:
     the others by the rule strategy."""
     model_threshold: float = 0.55
     """Model probability of an up move above this goes long, below 1 - this goes short."""
+    execution: str = "direct"
+    """How a decision's order is executed: ``direct`` (one order), ``twap`` or ``pov``."""
+    twap_slices: int = 4
+    twap_horizon_ms: int = 2000
+    """TWAP: child slices spread evenly over this much event time after the decision."""
+    pov_participation: float = 0.1
+    """POV: children never exceed this share of the market volume traded since the decision."""
 
 
 @dataclass(frozen=True, kw_only=True)

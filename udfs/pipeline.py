@@ -158,7 +158,7 @@ def process_record(state: InstrumentState | None, key: str, raw: bytes | str,
     state.events_processed += 1
     if row is not None:
         if trader is not None:
-            result.signals, result.orders = trader.on_features(state.trading, row)
+            result.signals, result.orders = trader.on_features(state.trading, row, ev)
         row["ts_proc"] = time.time_ns()
         result.features.append(row)
     return state, result

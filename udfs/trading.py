@@ -14,7 +14,10 @@ Per instrument, after each feature row (``udfs.pipeline``):
    one order with a deterministic id (strategy, instrument, seq, exchange time); its
    ``ts_event`` is the decision time, exchange time plus the configured feed latency. The
    previous order of the strategy is cancelled first (a CANCEL with its id): a new decision
-   replaces the old one, so stale passive orders do not keep filling against the new view.
+   replaces the old one, so stale passive orders do not keep filling against the new view;
+5. ``strategy.execution`` sends that order as it is (``direct``), as TWAP child slices spread
+   over ``twap_horizon_ms`` of event time, or as POV children released as the instrument's
+   trades print (``pov_participation`` of the traded volume), all with deterministic ids.
 
 The stage tracks the position it has *ordered* (not filled: fills come back from the execution
 sink, a separate job); that is the standard open-loop design of a signal stage, and it keeps the
@@ -32,8 +35,8 @@ from dataclasses import dataclass, field, replace
 
 from udfs.config import PROJECT_ROOT, Config
 from udfs.model import ModelState, OnnxModel, model_signal
-from udfs.orders import orders_for_target
-from udfs.schema import Order, OrderAction, OrderSide, OrderType, Signal
+from udfs.orders import PovSlicer, orders_for_target, twap_children
+from udfs.schema import TRADE_KINDS, L2Event, Order, OrderAction, OrderSide, OrderType, Signal
 from udfs.signals import RULE_STRATEGY, RuleState, model_traded, rule_signal
 from udfs.sizing import target_position_lots
 
@@ -57,8 +60,11 @@ class TradingState:
     signals: int = 0
     orders: int = 0
     last_heartbeat_ts: int = 0
-    working_order: Order | None = None
-    """the traded strategy's last order: replaced (cancelled) by the next decision"""
+    working: list[Order] = field(default_factory=list)
+    """orders of the traded strategy's last decision (the order, or its TWAP/POV children):
+    cancelled when the next decision replaces it"""
+    pov: PovSlicer | None = None
+    """the POV parent being worked, released against the instrument's trades"""
 
 
 def heartbeat(instrument: str, ts_event: int, seq: int) -> Order:
@@ -95,7 +101,24 @@ class Trader:
 
         return Trader(cfg, _load(cfg.strategy.model_path), _load(cfg.strategy.shadow_model_path))
 
-    def on_features(self, state: TradingState, row: dict) -> tuple[list[Signal], list[Order]]:
+    def _execute(self, state: TradingState, parent: Order, decision_ts: int) -> list[Order]:
+        """How a decision's order goes out (``strategy.execution``): at once (``direct``),
+        as TWAP slices over ``twap_horizon_ms`` of event time, or as POV children released
+        against the market's trades (none at once)."""
+        algo = self.strategy.execution
+        if algo == "twap":
+            return twap_children(parent, decision_ts,
+                                 decision_ts + self.strategy.twap_horizon_ms * 1_000_000,
+                                 self.strategy.twap_slices)
+        if algo == "pov":
+            state.pov = PovSlicer(parent, self.strategy.pov_participation)
+            return []
+        return [parent]
+
+    def on_features(self, state: TradingState, row: dict,
+                    ev: L2Event | None = None) -> tuple[list[Signal], list[Order]]:
+        """Signals and orders after feature ``row``; ``ev`` is the event that produced it
+        (its trades feed a POV parent)."""
         instrument = row["instrument"]
         model_arm = self.model is not None and model_traded(instrument, self.strategy.model_share)
         signals: list[Signal] = []
@@ -117,6 +140,7 @@ class Trader:
 
         orders: list[Order] = []
         traded = model if model_arm else rule
+        decision_ts = row["ts_event"] + self.feed_latency_ns
         if traded is not None:
             edge = None
             if model_arm:
@@ -124,19 +148,26 @@ class Trader:
                 edge = (2 * p - 1) * float(row["rv"]) if math.isfinite(p) else None
             target = target_position_lots(traded.direction, row, self.sizing, edge)
             strategy = traded.strategy if model_arm else RULE_STRATEGY
-            decision_ts = row["ts_event"] + self.feed_latency_ns
-            new = [replace(order, ts_event=decision_ts, trigger_ts_recv=row["ts_recv"])
-                   for order in orders_for_target(state.position, target, row, strategy)]
-            if new and state.working_order is not None:
-                # a new decision replaces the previous one: a resting order of a stale view
+            parents = [replace(order, ts_event=decision_ts, trigger_ts_recv=row["ts_recv"])
+                       for order in orders_for_target(state.position, target, row, strategy)]
+            if parents:
+                # a new decision replaces the previous one: what still rests of a stale view
                 # must not keep filling (the venue ignores the cancel of a finished order)
-                orders.append(replace(state.working_order, action=OrderAction.CANCEL,
-                                      ts_event=decision_ts, source_seq=row["seq"]))
-            orders += new
-            if new:
-                state.working_order = new[-1]
+                orders += [replace(w, action=OrderAction.CANCEL, ts_event=decision_ts,
+                                   source_seq=row["seq"]) for w in state.working]
+                state.pov = None
+                state.working = self._execute(state, parents[0], decision_ts)
+                orders += state.working
+                state.orders += len(state.working)
             state.position = target
-            state.orders += len(new)
+        if state.pov is not None and ev is not None and ev.kind in TRADE_KINDS:
+            children = [replace(c, ts_event=c.ts_event + self.feed_latency_ns,
+                                trigger_ts_recv=ev.ts_recv) for c in state.pov.on_trade(ev)]
+            orders += children
+            state.working += children
+            state.orders += len(children)
+            if state.pov.done:
+                state.pov = None
 
         ts = row["ts_event"]
         if ts - state.last_heartbeat_ts >= HEARTBEAT_MS * 1_000_000 or orders:

@@ -1,0 +1,96 @@
+"""The trading stage (udfs/trading.py) over the real LOBSTER sample: orders, replacement by
+cancel, heartbeats, and the TWAP / POV execution of each decision."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from fractions import Fraction
+
+import pytest
+
+from jobs.sources import SAMPLE_LOBSTER
+from udfs.adapters.lobster import iter_lobster_events
+from udfs.config import load_config
+from udfs.pipeline import RecordSource, process_record
+from udfs.schema import TRADE_KINDS, Order, OrderAction, encode_event
+from udfs.trading import Trader
+
+
+def _run(execution: str) -> tuple[list[Order], list, object]:
+    cfg = load_config(env={"BOOKSTREAM_STRATEGY_EXECUTION": execution})
+    trader = Trader.load(cfg)
+    events = list(iter_lobster_events(*SAMPLE_LOBSTER))
+    state, orders = None, []
+    for ev in events:
+        state, res = process_record(state, ev.instrument, encode_event(ev).decode(),
+                                    RecordSource("t", 0, 0), cfg.features,
+                                    cfg.flink.out_of_orderness_ms, trader)
+        orders += res.orders
+    return orders, events, cfg
+
+
+@pytest.fixture(scope="module")
+def direct():
+    return _run("direct")
+
+
+def test_direct_orders_replace_the_previous_decision(direct) -> None:
+    orders, _, cfg = direct
+    new = [o for o in orders if o.action is OrderAction.NEW]
+    assert len(new) > 5
+    assert len({o.order_id for o in new}) == len(new)
+    # before every NEW after the first, the previous NEW is cancelled at the same decision time
+    last_new = None
+    for i, o in enumerate(orders):
+        if o.action is not OrderAction.NEW:
+            continue
+        if last_new is not None:
+            between = orders[last_new + 1:i]
+            cancels = [c for c in between if c.action is OrderAction.CANCEL]
+            assert [c.order_id for c in cancels] == [orders[last_new].order_id], o
+            assert all(c.ts_event == o.ts_event for c in cancels)
+        last_new = i
+    beats = [o.ts_event for o in orders if o.action is OrderAction.HEARTBEAT]
+    assert beats == sorted(beats) and len(beats) > 10
+    feed = cfg.venue.feed_latency_ms * 1_000_000
+    assert all(o.trigger_ts_recv == o.ts_event - feed for o in new)  # LOBSTER: recv = event
+
+
+def test_twap_children_sum_to_each_decision_and_spread_over_the_horizon(direct) -> None:
+    parents = [o for o in direct[0] if o.action is OrderAction.NEW]
+    orders, _, cfg = _run("twap")
+    children = defaultdict(list)
+    for o in orders:
+        if o.action is OrderAction.NEW:
+            children[o.parent_id].append(o)
+    assert set(children) == {p.order_id for p in parents}
+    horizon = cfg.strategy.twap_horizon_ms * 1_000_000
+    for p in parents:
+        kids = children[p.order_id]
+        assert sum(k.quantity for k in kids) == p.quantity
+        assert len(kids) == min(cfg.strategy.twap_slices, p.quantity)
+        assert kids[0].ts_event == p.ts_event
+        assert all(p.ts_event <= k.ts_event < p.ts_event + horizon for k in kids)
+        assert all(k.side is p.side and k.price == p.price for k in kids)
+
+
+def test_pov_children_never_exceed_the_participation_of_traded_volume(direct) -> None:
+    parents = {o.order_id: o for o in direct[0] if o.action is OrderAction.NEW}
+    orders, events, cfg = _run("pov")
+    rho = Fraction(repr(cfg.strategy.pov_participation))
+    feed = cfg.venue.feed_latency_ms * 1_000_000
+    trades = [e for e in events if e.kind in TRADE_KINDS]
+    released = defaultdict(int)
+    n_children = 0
+    for o in orders:
+        if o.action is not OrderAction.NEW:
+            continue
+        parent = parents[o.parent_id]  # every child belongs to a decision of the direct run
+        released[o.parent_id] += o.quantity
+        n_children += 1
+        # market volume between the decision and the trade that released this child
+        volume = sum(t.size for t in trades
+                     if parent.ts_event <= t.ts_event <= o.ts_event - feed)
+        assert released[o.parent_id] <= rho * volume, (o, volume)
+        assert released[o.parent_id] <= parent.quantity
+    assert n_children > 0
