@@ -164,7 +164,7 @@ class BookFeaturesFunction(KeyedProcessFunction):
             return
         if self.trader is not None and state.max_ts_event:
             # every order of this key up to its newest event is out: tell the execution sink
-            beat = heartbeat(key, state.max_ts_event + self.trader.feed_latency_ns,
+            beat = heartbeat(key, state.max_ts_event + self.trader.min_feed_latency_ns,
                              state.book.last_seq)
             yield ORDERS_TAG, key + SEP + encode_record(beat).decode()
         yield STATS_TAG, key + SEP + json.dumps({

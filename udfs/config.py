@@ -224,7 +224,11 @@ class VenueConfig:
     latency_seed: int = 7
     """Seed for latencies drawn from a recorded distribution (runs repeat exactly)."""
     latency_samples_path: str = ""
-    """Recorded latencies (one ms value per line); empty: the constants above."""
+    """Recorded order-entry latencies (one ms value per line); empty: ``entry_latency_ms``."""
+    feed_latency_samples_path: str = ""
+    """Recorded feed latencies (exchange -> decision, ms per line); empty: the constant."""
+    ack_latency_samples_path: str = ""
+    """Recorded acknowledgement latencies (ms per line); empty: the constant."""
     maker_fee_bps: float = 1.0
     taker_fee_bps: float = 4.0
 

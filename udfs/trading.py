@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import dataclass, field, replace
 
 from udfs.config import PROJECT_ROOT, Config
@@ -39,6 +40,7 @@ from udfs.orders import PovSlicer, orders_for_target, twap_children
 from udfs.schema import TRADE_KINDS, L2Event, Order, OrderAction, OrderSide, OrderType, Signal
 from udfs.signals import RULE_STRATEGY, RuleState, model_traded, rule_signal
 from udfs.sizing import target_position_lots
+from udfs.venue import load_latency_samples
 
 __all__ = ["Trader", "TradingState", "heartbeat"]
 
@@ -65,6 +67,8 @@ class TradingState:
     cancelled when the next decision replaces it"""
     pov: PovSlicer | None = None
     """the POV parent being worked, released against the instrument's trades"""
+    feed_rng: random.Random | None = None
+    """seeded stream of feed-latency draws (when a recorded distribution is configured)"""
 
 
 def heartbeat(instrument: str, ts_event: int, seq: int) -> Order:
@@ -82,6 +86,13 @@ class Trader:
         self.strategy = cfg.strategy
         self.sizing = cfg.sizing
         self.feed_latency_ns = cfg.venue.feed_latency_ms * 1_000_000
+        self.feed_samples = (load_latency_samples(cfg.venue.feed_latency_samples_path)
+                             if cfg.venue.feed_latency_samples_path else None)
+        self.latency_seed = cfg.venue.latency_seed
+        self.min_feed_latency_ns = min(self.feed_samples) if self.feed_samples \
+            else self.feed_latency_ns
+        """heartbeats use the smallest possible feed latency: no later decision can be
+        stamped before a heartbeat already sent"""
         self.model = model
         self.shadow = shadow
 
@@ -100,6 +111,16 @@ class Trader:
             return OnnxModel.load(full)
 
         return Trader(cfg, _load(cfg.strategy.model_path), _load(cfg.strategy.shadow_model_path))
+
+    def feed_latency(self, state: TradingState, instrument: str) -> int:
+        """Exchange -> decision latency, ns: the constant, or a draw from the recorded
+        distribution with a per-instrument seeded stream kept in the keyed state (so a replay
+        and a restored job draw the same sequence)."""
+        if self.feed_samples is None:
+            return self.feed_latency_ns
+        if state.feed_rng is None:
+            state.feed_rng = random.Random(f"feed:{self.latency_seed}:{instrument}")
+        return state.feed_rng.choice(self.feed_samples)
 
     def _execute(self, state: TradingState, parent: Order, decision_ts: int) -> list[Order]:
         """How a decision's order goes out (``strategy.execution``): at once (``direct``),
@@ -140,8 +161,8 @@ class Trader:
 
         orders: list[Order] = []
         traded = model if model_arm else rule
-        decision_ts = row["ts_event"] + self.feed_latency_ns
         if traded is not None:
+            decision_ts = row["ts_event"] + self.feed_latency(state, instrument)
             edge = None
             if model_arm:
                 p = state.model.last_score
@@ -161,7 +182,7 @@ class Trader:
                 state.orders += len(state.working)
             state.position = target
         if state.pov is not None and ev is not None and ev.kind in TRADE_KINDS:
-            children = [replace(c, ts_event=c.ts_event + self.feed_latency_ns,
+            children = [replace(c, ts_event=c.ts_event + self.feed_latency(state, instrument),
                                 trigger_ts_recv=ev.ts_recv) for c in state.pov.on_trade(ev)]
             orders += children
             state.working += children
@@ -171,6 +192,6 @@ class Trader:
 
         ts = row["ts_event"]
         if ts - state.last_heartbeat_ts >= HEARTBEAT_MS * 1_000_000 or orders:
-            orders.append(heartbeat(instrument, ts + self.feed_latency_ns, row["seq"]))
+            orders.append(heartbeat(instrument, ts + self.min_feed_latency_ns, row["seq"]))
             state.last_heartbeat_ts = ts
         return signals, orders

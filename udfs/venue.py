@@ -23,8 +23,11 @@ Time and latency
   value drawn per request from that recorded distribution (one ms value per line, decimals
   allowed, ``#`` comments) with ``random.Random(cfg.latency_seed)`` -- the same inputs and seed
   give the same draws. Only the entry leg (the one that decides which book an order meets) is
-  drawn; feed and ack latencies stay the constants.
-* Report times: acks carry ``arrival + ack latency``; rejects, cancels and fills carry the venue
+  drawn here; the ack latency has a recorded distribution of its own, and the feed latency
+  is drawn by the trading stage (``udfs.trading``).
+* Report times: acks carry ``arrival + ack latency`` (the constant, or drawn from
+  ``cfg.ack_latency_samples_path`` with its own seeded stream); rejects, cancels and fills
+  carry the venue
   time at which they happen (the arrival, or the ``ts_event`` of the market record that
   triggered them).
 
@@ -198,6 +201,11 @@ class PaperVenue:
             load_latency_samples(cfg.latency_samples_path) if cfg.latency_samples_path
             else None)
         self._rng = random.Random(cfg.latency_seed)
+        self._ack_samples: list[int] | None = (
+            load_latency_samples(cfg.ack_latency_samples_path)
+            if cfg.ack_latency_samples_path else None)
+        # a stream of its own, so adding ack samples leaves the entry draws as they were
+        self._ack_rng = random.Random(f"ack:{cfg.latency_seed}")
         self._pending: list[tuple[int, int, _Request]] = []  # heap (arrival, seq, request)
         self._seq = 0
         self._priority = 0
@@ -221,7 +229,14 @@ class PaperVenue:
 
     @property
     def ack_latency_ns(self) -> int:
+        """The configured constant ack latency, ns (see :meth:`draw_ack_latency_ns`)."""
         return self.cfg.ack_latency_ms * _NS_PER_MS
+
+    def draw_ack_latency_ns(self) -> int:
+        """Draw (or return the constant) venue -> acknowledgement latency, ns."""
+        if self._ack_samples is not None:
+            return self._ack_rng.choice(self._ack_samples)
+        return self.ack_latency_ns
 
     # ------------------------------------------------------------------------- public API
 
@@ -393,7 +408,7 @@ class PaperVenue:
         rests = left > 0 and limit is not None and o.tif != "IOC"
         if rests:
             w.queue_ahead = own.get(limit)
-        ack = self._report(o, ExecKind.ACK, ts + self.ack_latency_ns, leaves_qty=o.quantity,
+        ack = self._report(o, ExecKind.ACK, ts + self.draw_ack_latency_ns(), leaves_qty=o.quantity,
                            queue_ahead=w.queue_ahead, **book)
         reports = [ack]
         for price, qty in fills:

@@ -94,3 +94,36 @@ def test_pov_children_never_exceed_the_participation_of_traded_volume(direct) ->
         assert released[o.parent_id] <= rho * volume, (o, volume)
         assert released[o.parent_id] <= parent.quantity
     assert n_children > 0
+
+
+def _run_with(env: dict[str, str]) -> list[Order]:
+    cfg = load_config(env=env)
+    trader = Trader.load(cfg)
+    state, orders = None, []
+    for ev in iter_lobster_events(*SAMPLE_LOBSTER):
+        state, res = process_record(state, ev.instrument, encode_event(ev).decode(),
+                                    RecordSource("t", 0, 0), cfg.features,
+                                    cfg.flink.out_of_orderness_ms, trader)
+        orders += res.orders
+    return orders
+
+
+def test_feed_latency_drawn_from_a_recorded_distribution_repeats_exactly(tmp_path) -> None:
+    samples = tmp_path / "feed_ms.txt"
+    samples.write_text("# recorded feed latencies\n0.5\n3\n12.25\n")
+    env = {"BOOKSTREAM_VENUE_FEED_LATENCY_SAMPLES_PATH": str(samples)}
+    first, again = _run_with(env), _run_with(env)
+    other = _run_with({**env, "BOOKSTREAM_VENUE_LATENCY_SEED": "99"})
+    new = [o for o in first if o.action is OrderAction.NEW]
+    drawn = {o.ts_event - o.trigger_ts_recv for o in new}  # LOBSTER: recv == exchange time
+    assert drawn <= {500_000, 3_000_000, 12_250_000} and len(drawn) > 1
+    assert first == again
+    assert [o.ts_event for o in other if o.action is OrderAction.NEW] != \
+        [o.ts_event for o in new]
+    # a heartbeat never runs ahead of a decision sent after it
+    latest_beat = 0
+    for o in first:
+        if o.action is OrderAction.HEARTBEAT:
+            latest_beat = max(latest_beat, o.ts_event)
+        elif o.action is OrderAction.NEW:
+            assert o.ts_event >= latest_beat, o

@@ -562,3 +562,29 @@ def test_late_submit_meets_the_current_book_at_the_current_time() -> None:
     assert v.decision_time(t) == t + 1 * MS  # + feed latency (default 1 ms)
     ack, fill = v.submit(order("late", BUY, MARKET, 0, 1, instrument=INSTR, price_exp=-2), t)
     assert (fill.fill_price, fill.ts_event, ack.ts_event) == (10010, t + 10 * MS, t + 11 * MS)
+
+
+def test_ack_latency_drawn_from_its_own_recorded_distribution(tmp_path) -> None:
+    samples = tmp_path / "ack_ms.txt"
+    samples.write_text("1\n7\n")
+
+    def acks(cfg: VenueConfig) -> list[int]:
+        evs = list(iter_lobster_events(MSG, OB))
+        venue = PaperVenue(evs[0].instrument, cfg)
+        out: list[ExecReport] = []
+        for i, ev in enumerate(evs):
+            if 100 <= i < 400 and i % 20 == 0 and venue.book.best_bid():
+                o = Order(f"ack-{i}", ev.instrument, "t", OrderAction.NEW, OrderSide.BUY,
+                          OrderType.LIMIT, venue.book.best_bid(), 1, ev.price_exp,
+                          ev.size_exp, ev.ts_event, ev.seq)
+                out += venue.submit(o, ev.ts_event)
+            out += venue.on_market_event(ev)
+        return [r.ts_event for r in out if r.kind is ExecKind.ACK]
+
+    base = VenueConfig(entry_latency_ms=2, ack_latency_ms=1)
+    drawn = replace(base, ack_latency_samples_path=str(samples))
+    const_acks, drawn_acks = acks(base), acks(drawn)
+    # each ack is 1 ms (as the constant) or 7 ms after its arrival; both occur
+    deltas = {d - c for d, c in zip(drawn_acks, const_acks, strict=True)}
+    assert deltas == {0, 6_000_000}
+    assert acks(drawn) == drawn_acks
