@@ -135,11 +135,10 @@ def stage_record(source_argv: list[str]) -> dict:
 def stage_broker(topic: str, copy_topic: str) -> dict:
     from confluent_kafka import Consumer
 
-    from jobs.kafka_io import make_producer, topic_end_offsets
+    from jobs.kafka_io import count_records, make_producer
 
     cfg = load_config()
-    ends = topic_end_offsets(cfg, topic)
-    total = sum(hi - lo for lo, hi in ends.values())
+    total = count_records(cfg, topic)
     consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
                          "group.id": f"bench-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
@@ -169,13 +168,13 @@ def stage_broker(topic: str, copy_topic: str) -> dict:
 
 def stage_job(topic: str, out_prefix: str) -> dict:
     from jobs.features_job import build_job
-    from jobs.kafka_io import count_records, topic_end_offsets
+    from jobs.kafka_io import count_records, first_offsets
 
     cfg = load_config()
     total = count_records(cfg, topic)
 
     def run(events_topic: str) -> float:
-        start = {p: lo for p, (lo, _hi) in topic_end_offsets(cfg, events_topic).items()}
+        start = first_offsets(cfg, events_topic)
         t = time.perf_counter()
         env = build_job(cfg, bounded=True, group_id=f"bench-{uuid.uuid4().hex[:6]}",
                         start_offsets=start, events_topic=events_topic,
@@ -214,8 +213,8 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
         count_records,
         create_topics,
         delete_topics,
+        end_offsets,
         make_producer,
-        topic_end_offsets,
     )
     from udfs.schema import Order, OrderAction, decode_record, encode_event
 
@@ -259,9 +258,8 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
                 raise RuntimeError("the trading job did not start (run `bookstream run-job` "
                                    "to see why)")
             time.sleep(0.5)
-        ends = topic_end_offsets(cfg, cfg.topics.orders)
         consumer.assign([TopicPartition(cfg.topics.orders, p, hi)
-                         for p, (_lo, hi) in ends.items()])
+                         for p, hi in end_offsets(cfg, cfg.topics.orders).items()])
         consumer.consume(num_messages=1, timeout=1.0)  # connect before the clock starts
         t_start = time.time_ns()
         reader = threading.Thread(target=consume, daemon=True)

@@ -23,7 +23,7 @@ import uuid
 
 from jobs.execution_sink import run_sink
 from jobs.features_job import build_job
-from jobs.kafka_io import create_topics, drain_topic, topic_end_offsets
+from jobs.kafka_io import create_topics, drain_topic, end_offsets
 from jobs.publish import publish
 from jobs.sources import Source
 from udfs.config import Config
@@ -34,17 +34,13 @@ __all__ = ["run_demo"]
 logger = logging.getLogger(__name__)
 
 
-def _ends(cfg: Config, topic: str) -> dict[int, int]:
-    return {p: high for p, (_low, high) in topic_end_offsets(cfg, topic).items()}
-
-
 def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
              progress: bool | None = None) -> dict:
     t0 = time.perf_counter()
     source.check_files()
     create_topics(cfg)
     topics = cfg.topics
-    before = {t: _ends(cfg, t) for t in (topics.events, topics.features, topics.dead_letter,
+    before = {t: end_offsets(cfg, t) for t in (topics.events, topics.features, topics.dead_letter,
                                          topics.stats, topics.signals, topics.orders,
                                          topics.control, topics.executions)}
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from jobs.kafka_io import topic_end_offsets
+from jobs.kafka_io import drain_topic, end_offsets, first_offsets
 from udfs.config import Config, load_config
 from udfs.execution import ExecutionEngine, Output
 from udfs.portfolio import Portfolio
@@ -73,8 +73,7 @@ def _history_start(cfg: Config, group: str, topics: list[str],
         saved = json.loads(path.read_text())
         return {t: {int(p): o for p, o in saved[t].items()} for t in topics}
     if start_offsets is None:
-        start_offsets = {t: {p: lo for p, (lo, _hi) in topic_end_offsets(cfg, t).items()}
-                         for t in topics}
+        start_offsets = {t: first_offsets(cfg, t) for t in topics}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(start_offsets))
     return start_offsets
@@ -105,8 +104,6 @@ def _topic_for(cfg: Config, out: Output) -> tuple[str, str]:
 def _check_against_log(cfg: Config, engine: ExecutionEngine, group_prefix: str) -> None:
     """Positions and resting orders from the executions log (read committed) must equal the
     rebuilt engine's; a sink that cannot agree with its own history refuses to start."""
-    from jobs.kafka_io import drain_topic
-
     portfolio = Portfolio()
     open_orders: dict[str, set[str]] = {}
     for rec in drain_topic(cfg, cfg.topics.executions, read_committed=True):
@@ -143,7 +140,7 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
         "enable.auto.commit": False, "isolation.level": "read_committed",
         "auto.offset.reset": "earliest", "fetch.max.bytes": 52428800,
     })
-    ends = {t: {p: hi for p, (_lo, hi) in topic_end_offsets(cfg, t).items()} for t in topics}
+    ends = {t: end_offsets(cfg, t) for t in topics}
 
     engine = ExecutionEngine(cfg.risk, cfg.venue)
     sequencer = Sequencer(engine)

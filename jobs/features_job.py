@@ -91,7 +91,6 @@ class BookFeaturesFunction(KeyedProcessFunction):
         self.cache: dict[str, InstrumentState | None] = {}
         self.log_len: dict[str, int] = {}
         self.stats_timer: dict[str, int] = {}
-        self.restored_keys = 0
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.snapshot = runtime_context.get_state(
@@ -113,7 +112,6 @@ class BookFeaturesFunction(KeyedProcessFunction):
                                       self.out_of_orderness_ms, self.trader)
             replayed += 1
         if state is not None or replayed:
-            self.restored_keys += 1
             logger.info("restored %s from keyed state: snapshot + %d logged records",
                         key, replayed)
         self.cache[key] = state

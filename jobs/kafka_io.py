@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -22,6 +22,8 @@ __all__ = [
     "KafkaRecord",
     "create_topics",
     "drain_topic",
+    "end_offsets",
+    "first_offsets",
     "make_producer",
     "topic_end_offsets",
 ]
@@ -159,13 +161,23 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0
             time.sleep(0.1)
 
 
+def first_offsets(cfg: Config, topic: str) -> dict[int, int]:
+    """partition -> first (low watermark) offset."""
+    return {p: low for p, (low, _high) in topic_end_offsets(cfg, topic).items()}
+
+
+def end_offsets(cfg: Config, topic: str) -> dict[int, int]:
+    """partition -> end (high watermark) offset: where the next record will land."""
+    return {p: high for p, (_low, high) in topic_end_offsets(cfg, topic).items()}
+
+
 def count_records(cfg: Config, topic: str) -> int:
     return sum(high - low for low, high in topic_end_offsets(cfg, topic).values())
 
 
 def drain_topic(cfg: Config, topic: str, *, from_offsets: dict[int, int] | None = None,
-                idle_timeout_s: float = 5.0, read_committed: bool = False,
-                on_record: Callable[[KafkaRecord], None] | None = None) -> Iterator[KafkaRecord]:
+                idle_timeout_s: float = 5.0,
+                read_committed: bool = False) -> Iterator[KafkaRecord]:
     """Read ``topic`` from the start (or ``from_offsets``) up to its end offsets as of the call,
     in partition order. No consumer group offsets are committed. ``read_committed``: skip
     records of aborted transactions (the execution sink's output log)."""
@@ -211,8 +223,6 @@ def drain_topic(cfg: Config, topic: str, *, from_offsets: dict[int, int] | None 
                 if p not in remaining:
                     continue
                 rec = KafkaRecord(topic, p, m.offset(), m.key(), m.value(), m.timestamp()[1])
-                if on_record is not None:
-                    on_record(rec)
                 yield rec
                 if m.offset() + 1 >= remaining[p]:
                     del remaining[p]

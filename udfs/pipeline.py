@@ -124,37 +124,33 @@ def process_record(state: InstrumentState | None, key: str, raw: bytes | str,
     feature row when a ``trader`` is given. ``state`` is None for a key seen for the first
     time. Returns the (possibly new) state and what to emit."""
     result = ProcessResult()
+
+    def refuse(code: Reason, reason: str, ts_event: int = 0) -> None:
+        # a record refused before a book exists for its key has no state to count it in
+        result.dead_letters.append(_dead(src, key, code, reason, raw, ts_event))
+        if state is not None:
+            state.events_in += 1
+            state.dead_lettered += 1
+
     try:
         ev = decode_event(raw)
     except SchemaError as exc:
-        if exc.field == "record":
-            code = Reason.MALFORMED
-        elif exc.field == "v":
-            code = Reason.UNKNOWN_VERSION
-        else:
-            code = Reason.SCHEMA
-        result.dead_letters.append(_dead(src, key, code, str(exc), raw))
-        if state is not None:
-            state.events_in += 1
-            state.dead_lettered += 1
+        code = {"record": Reason.MALFORMED, "v": Reason.UNKNOWN_VERSION}.get(exc.field,
+                                                                          Reason.SCHEMA)
+        refuse(code, str(exc))
         return state, result
     if ev.instrument != key:
-        result.dead_letters.append(_dead(
-            src, key, Reason.KEY_MISMATCH,
-            f"instrument: {ev.instrument!r} does not match the Kafka key {key!r}", raw,
-            ev.ts_event))
-        if state is not None:
-            state.events_in += 1
-            state.dead_lettered += 1
+        refuse(Reason.KEY_MISMATCH,
+               f"instrument: {ev.instrument!r} does not match the Kafka key {key!r}",
+               ev.ts_event)
         return state, result
     if state is None:
         state = InstrumentState.new(ev.instrument)
-    state.events_in += 1
     row, refusal = process_event(state, ev, cfg, out_of_orderness_ms)
     if refusal is not None:
-        state.dead_lettered += 1
-        result.dead_letters.append(_dead(src, key, refusal[0], refusal[1], raw, ev.ts_event))
+        refuse(*refusal, ev.ts_event)
         return state, result
+    state.events_in += 1
     state.events_processed += 1
     if row is not None:
         if trader is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from jobs.kafka_io import KafkaRecord, drain_topic, topic_end_offsets
+from jobs.kafka_io import KafkaRecord, drain_topic
 from udfs.config import PROJECT_ROOT, Config, load_config
 
 VENV_BIN = Path(sys.executable).parent
@@ -53,10 +53,6 @@ def config_for(env: dict[str, str]) -> Config:
 
 def topic_names(cfg: Config) -> list[str]:
     return [s.name for s in cfg.topics.specs()]
-
-
-def end_offsets(cfg: Config, topic: str) -> dict[int, int]:
-    return {p: high for p, (_low, high) in topic_end_offsets(cfg, topic).items()}
 
 
 def read_topic(cfg: Config, topic: str,

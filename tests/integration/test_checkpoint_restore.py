@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from it_helpers import end_offsets, kill_job, read_json, read_topic, start_job, wait_for
+from it_helpers import kill_job, read_json, read_topic, start_job, wait_for
 
-from jobs.kafka_io import make_producer
+from jobs.kafka_io import end_offsets, make_producer
 from jobs.sources import SAMPLE_LOBSTER, Source
 from udfs.config import Config
 from udfs.pipeline import RecordSource, process_record

@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 from it_helpers import kill_job, read_topic
 
 from jobs.execution_sink import SinkResult, run_sink
-from jobs.kafka_io import make_producer, topic_end_offsets
+from jobs.kafka_io import end_offsets, make_producer
 from jobs.publish import publish
 from jobs.sources import SAMPLE_LOBSTER, Source
 from udfs.adapters.lobster import iter_lobster_events
@@ -261,7 +261,7 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(kafka_topics,
                              "isolation.level": "read_committed",
                              "auto.offset.reset": "earliest"})
         try:
-            ends = {p: hi for p, (_lo, hi) in topic_end_offsets(cfg, cfg.topics.executions).items()}
+            ends = end_offsets(cfg, cfg.topics.executions)
             left = {p: hi for p, hi in ends.items() if hi > 0}
             consumer.assign([TopicPartition(cfg.topics.executions, p, 0) for p in left])
             got: list[tuple[int, int, bytes]] = []

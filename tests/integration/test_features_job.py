@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
-from it_helpers import config_for, end_offsets, read_at, read_json, read_topic, topic_env
+from it_helpers import config_for, read_at, read_json, read_topic, topic_env
 
 from jobs.features_job import build_job
-from jobs.kafka_io import create_topics, delete_topics, make_producer
+from jobs.kafka_io import create_topics, delete_topics, end_offsets, make_producer
 from jobs.publish import publish
 from jobs.sources import SAMPLE_LOBSTER, Source
 from udfs.config import Config
