@@ -5,6 +5,7 @@
     bookstream publish --lobster M O        send a source to Kafka (--speed N for N x recorded)
     bookstream run-job [--bounded]          run the Flink features + trading job
     bookstream exec-sink [--bounded]        run the execution sink (risk, paper venue)
+    bookstream history-sink [--bounded]     store every topic in its Iceberg table, exactly once
     bookstream verify-book --binance F...   rebuild the book from files, compare with ground truth
     bookstream demo                         the whole pipeline on the shipped sample (or --lobster /
                                             --binance files), summary as the last JSON line
@@ -104,6 +105,13 @@ def cmd_exec_sink(args: argparse.Namespace) -> int:
     return sink_main(argv)
 
 
+def cmd_history_sink(args: argparse.Namespace) -> int:
+    from jobs.history_sink import main as history_main
+
+    return history_main((["--bounded"] if args.bounded else [])
+                        + (["--only", *args.only] if args.only else []))
+
+
 def cmd_verify_book(args: argparse.Namespace) -> int:
     if bool(args.lobster) == bool(args.binance):
         print("verify-book: give exactly one of --lobster MESSAGE_FILE ORDERBOOK_FILE or "
@@ -173,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop at the inputs' current end (default: run until killed)")
     p.add_argument("--group-id", default="bookstream-exec-sink")
     p.set_defaults(func=cmd_exec_sink)
+
+    p = sub.add_parser("history-sink", help="store every topic in its Iceberg table "
+                                            "(offsets in the snapshot: exactly once)")
+    p.add_argument("--bounded", action="store_true",
+                   help="stop once every topic is stored up to its current end")
+    p.add_argument("--only", nargs="+", metavar="TABLE", help="only these tables")
+    p.set_defaults(func=cmd_history_sink)
 
     p = sub.add_parser("verify-book", help="rebuild the book from files and compare it with "
                                            "the ground truth they carry")

@@ -12,6 +12,10 @@ were before this run published, so a second demo in a row processes exactly its 
 * ``orders_sent``      new orders on the orders topic (cancels and heartbeats not counted)
 * ``orders_rejected``, ``fills``, ``pnl`` (equity: realised + unrealised - fees, quote
   currency) from the execution sink, which runs after the job over the same run's records
+* ``history_rows``     rows the history sink stored in Iceberg (every topic, up to its end)
+
+The run's offset ranges of every topic are written to ``<state>/runs/<run_id>.json`` (and the
+newest to ``latest.json``): ``bookstream replay --run latest`` replays exactly this run.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import json
 import logging
 import time
 import uuid
+from pathlib import Path
 
 from jobs.execution_sink import run_sink
 from jobs.features_job import build_job
+from jobs.history_sink import run_history_sink
 from jobs.kafka_io import create_topics, drain_topic, end_offsets
 from jobs.publish import publish
 from jobs.sources import Source
@@ -40,9 +46,9 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
     source.check_files()
     create_topics(cfg)
     topics = cfg.topics
-    before = {t: end_offsets(cfg, t) for t in (topics.events, topics.features, topics.dead_letter,
-                                         topics.stats, topics.signals, topics.orders,
-                                         topics.control, topics.executions)}
+    run_id = f"demo-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    all_topics = [spec.name for spec in topics.specs()]
+    before = {t: end_offsets(cfg, t) for t in all_topics}
 
     # ingest
     logger.info("publishing %s to %s", source.describe(), topics.events)
@@ -88,6 +94,12 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
     for d in dead:
         reasons[d.reason_code.value] = reasons.get(d.reason_code.value, 0) + 1
 
+    after = {t: end_offsets(cfg, t) for t in all_topics}
+    record_run(cfg, run_id, before, after)
+    t_hist = time.perf_counter()
+    history = run_history_sink(cfg, bounded=True)
+    history_s = time.perf_counter() - t_hist
+
     summary = {
         "events_in": pub.events_in,
         "events_processed": processed,
@@ -98,11 +110,14 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
         "orders_rejected": sink.stats.get("rejected", 0),
         "fills": sink.stats.get("fills", 0),
         "pnl": round(sink.pnl.get("equity", 0.0), 6),
+        "history_rows": history.total_rows,
         "wall_s": round(time.perf_counter() - t0, 3),
+        "run_id": run_id,
         "published": pub.published,
         "job_events_in": job_in,
         "job_s": round(job_s, 3),
         "sink_s": round(sink_s, 3),
+        "history_s": round(history_s, 3),
         "positions": sink.positions,
         "pnl_detail": {k: round(v, 6) for k, v in sink.pnl.items()},
         "job_events_per_s": round(pub.published / job_s, 1) if job_s else None,
@@ -111,3 +126,27 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
         "reconciled": pub.events_in == processed + len(dead) and job_in == pub.published,
     }
     return summary
+
+
+def record_run(cfg: Config, run_id: str, before: dict[str, dict[int, int]],
+               after: dict[str, dict[int, int]]) -> Path:
+    """Remember which offsets of every topic one run wrote (``[before, after)``)."""
+    runs = cfg.state_dir / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    doc = json.dumps({"run_id": run_id, "from": before, "to": after}, sort_keys=True)
+    path = runs / f"{run_id}.json"
+    path.write_text(doc)
+    (runs / "latest.json").write_text(doc)
+    return path
+
+
+def load_run(cfg: Config, run_id: str = "latest") -> dict:
+    """A recorded run: ``{"run_id", "from": {topic: {partition: offset}}, "to": ...}``."""
+    path = cfg.state_dir / "runs" / f"{run_id}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no recorded run {run_id!r} ({path}); `bookstream demo` "
+                                "records one")
+    doc = json.loads(path.read_text())
+    for side in ("from", "to"):
+        doc[side] = {t: {int(p): o for p, o in parts.items()} for t, parts in doc[side].items()}
+    return doc

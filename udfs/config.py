@@ -30,6 +30,8 @@ __all__ = [
     "FeatureConfig",
     "FlinkConfig",
     "KafkaConfig",
+    "LakeConfig",
+    "QualityConfig",
     "RiskConfig",
     "SizingConfig",
     "StrategyConfig",
@@ -92,6 +94,9 @@ class TopicsConfig:
     """Kill switch, resume, cancel-all, and the sink's own kill trips."""
     risk: str = "bookstream.risk.v1"
     """VaR / ES / drawdown of the current positions at an event-time interval."""
+    quality: str = "bookstream.quality.v1"
+    """Data-quality counters per instrument and exchange-time minute (gaps, re-syncs, crossed or
+    locked books, stale feed, out-of-order, late and duplicate events)."""
     partitions: int = 3
     retention_ms: int = -1
     """Time retention. Kafka ages a segment by its records' timestamps, which here are exchange
@@ -115,6 +120,8 @@ class TopicsConfig:
             # one partition: commands and trips keep one total order
             TopicSpec(name=self.control, partitions=1, retention_ms=-1),
             TopicSpec(name=self.risk, partitions=1, retention_ms=self.retention_ms,
+                      retention_bytes=self.retention_bytes),
+            TopicSpec(name=self.quality, partitions=1, retention_ms=self.retention_ms,
                       retention_bytes=self.retention_bytes),
         ]
 
@@ -156,6 +163,39 @@ class FeatureConfig:
     """N for depth imbalance over the top 1..N levels and depth per side."""
     window_ms: int = 1000
     """Event-time window for realised volatility and trade flow."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class QualityConfig:
+    stale_after_ms: int = 5000
+    """An instrument with no event for longer than this much exchange time has a stale feed;
+    the gap is counted in the minute the feed resumes."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LakeConfig:
+    """The history: Apache Iceberg tables (pyiceberg) and ClickHouse SQL over them (chDB)."""
+
+    catalog: str = "sql"
+    """``sql`` (pyiceberg's SQL catalog; SQLite file by default, or ``catalog_uri``), ``postgres``
+    (the project's PostgreSQL server, for more than one writer) or ``rest`` (``rest_uri``)."""
+    catalog_uri: str = ""
+    """SQLAlchemy URI of the SQL catalog; empty: ``sqlite:///<state>/lake/catalog.db`` for
+    ``sql``, the project's PostgreSQL for ``postgres``."""
+    rest_uri: str = ""
+    """REST catalog endpoint when ``catalog = "rest"`` (a real deployment)."""
+    warehouse: str = ""
+    """Where data and metadata files go; empty: ``<state>/lake/warehouse``."""
+    namespace: str = "bookstream"
+    commit_rows: int = 200_000
+    """The history sink commits a table's pending rows when this many are buffered..."""
+    commit_interval_ms: int = 5000
+    """...or when its oldest pending row waited this long (wall clock)."""
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 15432
+    """The project's own PostgreSQL (not 5432, so a user's server is never touched)."""
+    postgres_db: str = "bookstream"
+    postgres_user: str = "bookstream"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -245,6 +285,8 @@ class Config:
     sizing: SizingConfig = field(default_factory=SizingConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
     venue: VenueConfig = field(default_factory=VenueConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
 
     @property
     def jars_dir(self) -> Path:
@@ -270,6 +312,28 @@ class Config:
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
 
+    @property
+    def lake_dir(self) -> Path:
+        """The lake's root: warehouse, SQLite catalog and chDB's own data live under it (chDB
+        reads only files under its working directory)."""
+        return self.state_dir / "lake"
+
+    @property
+    def warehouse_dir(self) -> Path:
+        if self.lake.warehouse:
+            return Path(self.lake.warehouse).resolve()
+        return self.lake_dir / "warehouse"
+
+    @property
+    def catalog_uri(self) -> str:
+        if self.lake.catalog_uri:
+            return self.lake.catalog_uri
+        if self.lake.catalog == "postgres":
+            lk = self.lake
+            return (f"postgresql+psycopg2://{lk.postgres_user}@{lk.postgres_host}:"
+                    f"{lk.postgres_port}/{lk.postgres_db}")
+        return f"sqlite:///{self.lake_dir / 'catalog.db'}"
+
 
 _SECTIONS: dict[str, type] = {
     "kafka": KafkaConfig,
@@ -280,6 +344,8 @@ _SECTIONS: dict[str, type] = {
     "sizing": SizingConfig,
     "risk": RiskConfig,
     "venue": VenueConfig,
+    "quality": QualityConfig,
+    "lake": LakeConfig,
 }
 
 
@@ -347,6 +413,11 @@ def shell_exports(cfg: Config) -> str:
         "KAFKA_PORT": cfg.kafka.port,
         "KAFKA_CONTROLLER_PORT": cfg.kafka.controller_port,
         "FLINK_KAFKA_CONNECTOR_VERSION": cfg.flink.kafka_connector_version,
+        "POSTGRES_HOST": cfg.lake.postgres_host,
+        "POSTGRES_PORT": cfg.lake.postgres_port,
+        "POSTGRES_DB": cfg.lake.postgres_db,
+        "POSTGRES_USER": cfg.lake.postgres_user,
+        "LAKE_CATALOG": cfg.lake.catalog,
     }
     return "\n".join(f"export {k}='{v}'" for k, v in values.items())
 

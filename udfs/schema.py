@@ -342,7 +342,7 @@ class DeadLetter:
     reason: str
     raw: str
     stage: str
-    """Which stage refused it: ``ingest`` or ``features``."""
+    """Which stage refused it: ``ingest``, ``features`` or ``history``."""
     ts_event: int = 0
     ts_dead: int = 0
     """Processing time of the decision, ns (information only)."""

@@ -41,6 +41,7 @@ def topic_env(tag: str, **extra: str) -> dict[str, str]:
         "BOOKSTREAM_TOPICS_EXECUTIONS": f"{base}.executions",
         "BOOKSTREAM_TOPICS_CONTROL": f"{base}.control",
         "BOOKSTREAM_TOPICS_RISK": f"{base}.risk",
+        "BOOKSTREAM_TOPICS_QUALITY": f"{base}.quality",
     }
     env.update(extra)
     return env

@@ -1,0 +1,229 @@
+"""The history sink: every topic -> its Apache Iceberg table, exactly once.
+
+A small service (confluent-kafka consumer + pyiceberg), not a Flink job: it is I/O bound and a
+commit per table every few seconds is all it does. For each stream of ``udfs/history.py``:
+
+1. on start, read the offsets the table's newest snapshot recorded (``jobs/lake.py``) and seek
+   there (a table never written starts at the topic's first offset);
+2. buffer records; every ``lake.commit_rows`` rows or ``lake.commit_interval_ms`` (and at the
+   end of a bounded run) decode them, sort them for time-range reads and append them to the
+   table with the offsets they reach in the same snapshot.
+
+A sink killed at any point therefore restarts exactly after the last committed row: nothing is
+lost (the uncommitted rows are read again) and nothing is duplicated (the committed ones are
+not). Consumer-group offsets are not used at all; the table is the only truth.
+
+Records are read ``read_committed``, so the execution sink's aborted transactions never reach
+history. A record that does not decode is not stored in its table: it is published to the
+dead-letter topic with stage ``history`` and its reason (a malformed record of the dead-letter
+topic itself is stored in ``dead_letters`` as such, so it cannot loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from jobs.kafka_io import create_topics, make_producer, topic_end_offsets
+from jobs.lake import (
+    append_with_offsets,
+    committed_offsets,
+    ensure_table,
+    history_streams,
+    open_catalog,
+)
+from udfs.config import Config, load_config
+from udfs.history import Stream, rows_to_table
+from udfs.schema import DeadLetter, Reason, SchemaError
+
+__all__ = ["HistoryResult", "run_history_sink"]
+
+logger = logging.getLogger(__name__)
+
+_DECODE_ERRORS = (SchemaError, ValueError, TypeError, KeyError, UnicodeDecodeError)
+
+
+@dataclass
+class HistoryResult:
+    rows: dict[str, int] = field(default_factory=dict)
+    """rows appended per table by this run"""
+    dead_lettered: int = 0
+    commits: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+
+@dataclass
+class _Pending:
+    values: list[bytes] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    since: float = 0.0
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        logger.info("signal %d: committing what is buffered and stopping", signum)
+        self.stop = True
+
+
+def run_history_sink(cfg: Config, *, bounded: bool = False, only: list[str] | None = None,
+                     idle_exit_s: float | None = None,
+                     stop_after_commits: int | None = None) -> HistoryResult:
+    """Run the sink over every stream (or the tables named in ``only``). ``bounded``: stop once
+    every topic is stored up to its end as of the start. ``stop_after_commits``: stop (without
+    committing the rest) after that many commits -- for tests that interrupt the sink."""
+    t0 = time.perf_counter()
+    create_topics(cfg)
+    catalog = open_catalog(cfg)
+    chosen = [s for s in history_streams(cfg) if only is None or s.name in only]
+    if only is not None and len(chosen) != len(set(only)):
+        known = [s.name for s in history_streams(cfg)]
+        raise ValueError(f"unknown table(s) in {only}; known: {known}")
+    by_topic: dict[str, Stream] = {getattr(cfg.topics, s.topic_field): s for s in chosen}
+    tables = {s.name: ensure_table(catalog, cfg, s) for s in chosen}
+
+    assignments: list[TopicPartition] = []
+    remaining: dict[tuple[str, int], int] = {}
+    for topic, stream in by_topic.items():
+        stored = committed_offsets(tables[stream.name]).get(topic, {})
+        for p, (low, high) in topic_end_offsets(cfg, topic).items():
+            start = max(low, stored.get(p, low))
+            assignments.append(TopicPartition(topic, p, start))
+            if bounded and start < high:
+                remaining[(topic, p)] = high
+        logger.info("%s <- %s from %s", stream.name, topic, stored or "the first offset")
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
+                         "group.id": "bookstream-history", "enable.auto.commit": False,
+                         "isolation.level": "read_committed",
+                         "fetch.max.bytes": 52428800})
+    consumer.assign(assignments)
+    producer = make_producer(cfg)
+    pending = {topic: _Pending() for topic in by_topic}
+    result = HistoryResult(rows={s.name: 0 for s in chosen})
+    stop = _StopFlag()
+    previous = [signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)]
+    interval_s = cfg.lake.commit_interval_ms / 1000
+
+    def flush(topic: str) -> None:
+        buf = pending[topic]
+        if not buf.next_offsets:
+            return
+        stream = by_topic[topic]
+        rows, parts, offs = [], [], []
+        for value, p, o in zip(buf.values, buf.partitions, buf.offsets, strict=True):
+            try:
+                rows.append(stream.decode(value))
+            except _DECODE_ERRORS as exc:
+                rows_or_none = _refuse(cfg, producer, stream, topic, p, o, value, exc)
+                result.dead_lettered += 1
+                if rows_or_none is None:
+                    continue
+                rows.append(rows_or_none)
+            parts.append(p)
+            offs.append(o)
+        producer.flush(30)  # the refusals are on the dead-letter topic before the commit
+        table = tables[stream.name]
+        tables[stream.name] = append_with_offsets(
+            table, rows_to_table(stream, rows, parts, offs), topic, buf.next_offsets)
+        result.rows[stream.name] += len(rows)
+        result.commits += 1
+        pending[topic] = _Pending()
+
+    try:
+        while not stop.stop:
+            msgs = consumer.consume(num_messages=20_000, timeout=0.5)
+            now = time.monotonic()
+            for msg in msgs:
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        logger.warning("consume error: %s", msg.error())
+                    continue
+                topic, p, o = msg.topic(), msg.partition(), msg.offset()
+                key = (topic, p)
+                if bounded and (key not in remaining or o >= remaining[key]):
+                    continue
+                buf = pending[topic]
+                if not buf.next_offsets:
+                    buf.since = now
+                buf.values.append(msg.value() or b"")
+                buf.partitions.append(p)
+                buf.offsets.append(o)
+                buf.next_offsets[p] = o + 1
+                if bounded and o + 1 >= remaining[key]:
+                    del remaining[key]
+            if bounded and not msgs and remaining:
+                # transactional topics end in commit markers that are never delivered
+                for tp in consumer.position([TopicPartition(t, p) for t, p in remaining]):
+                    if tp.offset >= remaining[(tp.topic, tp.partition)]:
+                        del remaining[(tp.topic, tp.partition)]
+            done = bounded and not remaining
+            for topic, buf in pending.items():
+                if buf.next_offsets and (done or len(buf.values) >= cfg.lake.commit_rows
+                                         or now - buf.since >= interval_s or not msgs):
+                    flush(topic)
+                    if stop_after_commits is not None and result.commits >= stop_after_commits:
+                        return result
+            if done:
+                break
+            if idle_exit_s is not None and not msgs and not any(
+                    b.next_offsets for b in pending.values()):
+                idle_exit_s -= 0.5
+                if idle_exit_s <= 0:
+                    break
+        for topic in pending:
+            flush(topic)
+    finally:
+        consumer.close()
+        producer.flush(30)
+        for sig, handler in zip((signal.SIGTERM, signal.SIGINT), previous, strict=True):
+            signal.signal(sig, handler)
+        result.wall_s = time.perf_counter() - t0
+    return result
+
+
+def _refuse(cfg: Config, producer, stream: Stream, topic: str, partition: int, offset: int,
+            value: bytes, exc: Exception) -> dict | None:
+    """A record that does not decode: dead-lettered with its reason (``history`` stage). For
+    the dead-letter topic itself, the row to store instead (publishing it again would loop)."""
+    text = value.decode("utf-8", "replace")
+    reason = f"{stream.name}: {exc}"
+    logger.warning("%s partition %d offset %d not stored: %s", topic, partition, offset, reason)
+    dead = DeadLetter(source=f"kafka:{topic}", partition=partition, offset=offset, key="",
+                      reason_code=Reason.MALFORMED, reason=reason, raw=text, stage="history",
+                      ts_dead=time.time_ns())
+    if stream.name == "dead_letters":
+        return {"source": dead.source, "partition": partition, "offset": offset, "key": "",
+                "reason_code": dead.reason_code.value, "reason": reason, "raw": text,
+                "stage": "history", "ts_event": 0, "ts_dead": dead.ts_dead, "v": dead.v}
+    producer.produce(cfg.topics.dead_letter, key=None, value=dead.to_json().encode())
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bookstream history-sink", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bounded", action="store_true",
+                        help="stop once every topic is stored up to its current end")
+    parser.add_argument("--only", nargs="+", metavar="TABLE",
+                        help="only these tables (default: every stream)")
+    args = parser.parse_args(argv)
+    res = run_history_sink(load_config(), bounded=args.bounded, only=args.only)
+    print(json.dumps({"rows": res.rows, "total_rows": res.total_rows,
+                      "dead_lettered": res.dead_lettered, "commits": res.commits,
+                      "wall_s": round(res.wall_s, 3),
+                      "rows_per_s": round(res.total_rows / res.wall_s, 1) if res.wall_s else None}))
+    return 0

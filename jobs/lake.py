@@ -1,0 +1,186 @@
+"""The Iceberg lake: catalog, tables and exactly-once appends (pyiceberg).
+
+Catalogs (``[lake] catalog``):
+
+* ``sql`` -- pyiceberg's SQL catalog on a SQLite file under the state directory: the embedded
+  default, one writer at a time;
+* ``postgres`` -- the same SQL catalog on the project's PostgreSQL server
+  (``infra/postgres/start.sh``): several writers commit concurrently, the catalog's row lock
+  decides who wins and the loser retries on the new metadata;
+* ``rest`` -- any Iceberg REST catalog (``rest_uri``) for a real deployment.
+
+Exactly once: every append carries, in the same snapshot's summary, the Kafka offsets its rows
+run up to (``bookstream.kafka.offsets``: topic -> partition -> next offset). The snapshot and
+its offsets become visible in one atomic catalog commit, so a writer killed at any point either
+committed rows and offsets together or neither, and :func:`committed_offsets` tells a restarted
+writer where to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.table.sorting import SortField, SortOrder
+from pyiceberg.transforms import DayTransform, IdentityTransform
+from pyiceberg.types import (
+    BooleanType,
+    DoubleType,
+    IcebergType,
+    IntegerType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestampType,
+)
+
+from udfs.config import Config
+from udfs.history import Stream, streams
+
+__all__ = [
+    "OFFSETS_PROPERTY",
+    "append_with_offsets",
+    "committed_offsets",
+    "ensure_table",
+    "history_streams",
+    "open_catalog",
+    "table_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+OFFSETS_PROPERTY = "bookstream.kafka.offsets"
+"""Snapshot-summary key: JSON ``{topic: {partition: next offset}}`` of what the table holds."""
+
+_ICEBERG: dict[pa.DataType, IcebergType] = {
+    pa.string(): StringType(), pa.int64(): LongType(), pa.int32(): IntegerType(),
+    pa.float64(): DoubleType(), pa.bool_(): BooleanType(), pa.timestamp("us"): TimestampType(),
+}
+
+
+def history_streams(cfg: Config) -> tuple[Stream, ...]:
+    return streams(cfg.features.depth_levels)
+
+
+def open_catalog(cfg: Config) -> Catalog:
+    """The configured catalog, with the lake's namespace present."""
+    cfg.lake_dir.mkdir(parents=True, exist_ok=True)
+    warehouse = cfg.warehouse_dir
+    kind = cfg.lake.catalog
+    if kind in ("sql", "postgres"):
+        if kind == "sql":
+            warehouse.mkdir(parents=True, exist_ok=True)
+        catalog: Catalog = SqlCatalog("bookstream", uri=cfg.catalog_uri,
+                                      warehouse=warehouse.as_uri())
+    elif kind == "rest":
+        if not cfg.lake.rest_uri:
+            raise ValueError("lake.catalog = 'rest' needs lake.rest_uri "
+                             "(BOOKSTREAM_LAKE_REST_URI)")
+        catalog = load_catalog("bookstream", type="rest", uri=cfg.lake.rest_uri,
+                               warehouse=cfg.lake.warehouse or warehouse.as_uri())
+    else:
+        raise ValueError(f"lake.catalog: unknown catalog {kind!r} (sql, postgres or rest)")
+    catalog.create_namespace_if_not_exists(cfg.lake.namespace)
+    return catalog
+
+
+def iceberg_schema(stream: Stream) -> Schema:
+    """The stream's columns as an Iceberg schema (field ids 1..n in column order; every column
+    optional, so a later version may add columns and old rows read them as null)."""
+    return Schema(*(NestedField(i, f.name, _ICEBERG[f.type], required=False)
+                    for i, f in enumerate(stream.arrow_schema, 1)))
+
+
+def _partition_spec(stream: Stream, schema: Schema) -> PartitionSpec:
+    fields = [PartitionField(schema.find_field("event_time").field_id, 1000, DayTransform(),
+                             "event_day")]
+    if stream.partition_by_instrument:
+        fields.append(PartitionField(schema.find_field("instrument").field_id, 1001,
+                                     IdentityTransform(), "instrument"))
+    return PartitionSpec(*fields)
+
+
+def ensure_table(catalog: Catalog, cfg: Config, stream: Stream) -> Table:
+    """Load the stream's table, creating it if absent; a column the schema module added since
+    the table was created is added to the table (additive evolution: old snapshots keep
+    reading, their rows have null in the new column)."""
+    ident = f"{cfg.lake.namespace}.{stream.name}"
+    try:
+        table = catalog.load_table(ident)
+    except NoSuchTableError:
+        schema = iceberg_schema(stream)
+        sort = SortOrder(*(SortField(source_id=schema.find_field(c).field_id,
+                                     transform=IdentityTransform()) for c in stream.sort_by))
+        try:
+            table = catalog.create_table(
+                ident, schema=schema, partition_spec=_partition_spec(stream, schema),
+                sort_order=sort,
+                properties={"write.parquet.compression-codec": "zstd",
+                            "bookstream.stream": stream.name})
+        except Exception:  # another writer created it first
+            table = catalog.load_table(ident)
+        return table
+    have = set(table.schema().column_names)
+    missing = [f for f in stream.arrow_schema if f.name not in have]
+    if missing:
+        logger.info("%s: adding column(s) %s", ident, [f.name for f in missing])
+        with table.update_schema() as update:
+            for f in missing:
+                update.add_column(f.name, _ICEBERG[f.type])
+        table = catalog.load_table(ident)
+    return table
+
+
+def committed_offsets(table: Table) -> dict[str, dict[int, int]]:
+    """topic -> partition -> next offset, from the newest snapshot that recorded offsets
+    (snapshots of other writers, e.g. a maintenance job, are skipped by walking parents)."""
+    snap = table.current_snapshot()
+    while snap is not None:
+        props = snap.summary.additional_properties if snap.summary else {}
+        if OFFSETS_PROPERTY in props:
+            raw = json.loads(props[OFFSETS_PROPERTY])
+            return {t: {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
+        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
+    return {}
+
+
+def append_with_offsets(table: Table, rows: pa.Table, topic: str,
+                        offsets: dict[int, int], attempts: int = 5) -> Table:
+    """Append ``rows`` and record that the table now holds ``topic`` up to ``offsets`` (next
+    offset per partition), in one snapshot. On a commit conflict (another writer committed
+    first) the table is refreshed and the append retried, unless the other commit already
+    covered these offsets -- then the rows are there and appending again would duplicate."""
+    for attempt in range(attempts):
+        known = committed_offsets(table)
+        have = known.get(topic, {})
+        if have and all(have.get(p, -1) >= o for p, o in offsets.items()):
+            logger.warning("%s: offsets %s already committed, skipping", table.name(), offsets)
+            return table
+        merged = {t: {str(p): o for p, o in parts.items()} for t, parts in known.items()}
+        merged.setdefault(topic, {}).update({str(p): o for p, o in offsets.items()})
+        try:
+            table.append(rows, snapshot_properties={OFFSETS_PROPERTY: json.dumps(
+                merged, sort_keys=True, separators=(",", ":"))})
+            return table
+        except CommitFailedException:
+            if attempt == attempts - 1:
+                raise
+            table = table.refresh()
+    return table
+
+
+def table_dir(table: Table) -> Path:
+    """The table's directory on the local file system (for chDB's ``icebergLocal``)."""
+    loc = urlparse(table.location())
+    if loc.scheme not in ("", "file"):
+        raise ValueError(f"{table.name()} lives at {table.location()}, not on a local disk")
+    return Path(loc.path)

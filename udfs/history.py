@@ -1,0 +1,246 @@
+"""The history's tables: one per stream, their columns derived from the one schema module.
+
+Pure (pyarrow, no Iceberg or Kafka import): which topic feeds which table, the columns of each
+table and how one Kafka record becomes one row. ``jobs/lake.py`` turns these definitions into
+Iceberg tables and ``jobs/history_sink.py`` moves the records.
+
+Every table has, besides the record's own fields (same names, same order as on the wire):
+
+* ``event_time`` -- the record's exchange time as an Iceberg ``timestamp`` (microseconds, UTC):
+  the day partition and what analysts filter on. The exact nanoseconds stay in ``ts_event``
+  (or the record's own time field);
+* ``_partition``, ``_offset`` -- where the record sits in its Kafka topic: the replay reads
+  events back in exactly this order, and a divergence names a record by them.
+
+Prices and sizes stay integer ticks/lots with their exponents, as on the wire; money figures
+of the trading records are floats as on the wire.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import pyarrow as pa
+
+from udfs.features import feature_keys
+from udfs.schema import (
+    Control,
+    DeadLetter,
+    ExecReport,
+    L2Event,
+    Order,
+    RiskReport,
+    SchemaError,
+    Signal,
+    decode_dead_letter,
+    decode_event,
+    decode_record,
+)
+
+__all__ = [
+    "PROVENANCE_COLUMNS",
+    "Stream",
+    "rows_to_table",
+    "streams",
+]
+
+PROVENANCE_COLUMNS = ("event_time", "_partition", "_offset")
+
+_ARROW: dict[type, pa.DataType] = {
+    str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),
+}
+
+
+def _arrow_type(tp: Any) -> pa.DataType:
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return pa.string()
+    if isinstance(tp, type) and tp in _ARROW:
+        return _ARROW[tp]
+    origin = typing.get_origin(tp)
+    if origin in (dict, list) or tp in (dict, list):
+        return pa.string()  # nested values are stored as their JSON text
+    if isinstance(tp, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _arrow_type(args[0])
+    raise TypeError(f"no column type for {tp!r}")
+
+
+def _dataclass_fields(cls: type) -> list[tuple[str, pa.DataType]]:
+    hints = typing.get_type_hints(cls)
+    return [(f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(cls)]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return value
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One stream's history table."""
+
+    name: str
+    """the table's name inside the lake's namespace (``bookstream.<name>``)"""
+    topic_field: str
+    """which ``TopicsConfig`` field feeds it"""
+    fields: tuple[tuple[str, pa.DataType], ...]
+    """the record's own columns, in wire order"""
+    decode: Callable[[bytes], dict[str, Any]]
+    """one Kafka value -> {column: value}; raises :class:`SchemaError` naming the field"""
+    time_ns: Callable[[dict[str, Any]], int]
+    """the row's exchange time in ns (-> ``event_time``)"""
+    partition_by_instrument: bool = False
+    """also partition by ``instrument`` (the big per-instrument streams)"""
+    sort_by: tuple[str, ...] = ("event_time",)
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([*self.fields, ("event_time", pa.timestamp("us")),
+                          ("_partition", pa.int32()), ("_offset", pa.int64())])
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.fields)
+
+
+def _record_decoder(cls: type, decode: Callable[[bytes], Any]) -> Callable[[bytes], dict]:
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    def to_row(raw: bytes) -> dict[str, Any]:
+        rec = decode(raw)
+        return {n: _plain(getattr(rec, n)) for n in names}
+    return to_row
+
+
+def _json_decoder(fields: Iterable[tuple[str, pa.DataType]],
+                  required: Iterable[str]) -> Callable[[bytes], dict]:
+    """Rows the job writes as plain JSON objects (features, stats, quality): the columns are
+    known; a missing required key or a value of the wrong kind is a :class:`SchemaError`."""
+    fields = tuple(fields)
+    required = frozenset(required)
+    numeric = {n for n, t in fields if pa.types.is_integer(t) or pa.types.is_floating(t)}
+    strings = {n for n, t in fields if pa.types.is_string(t)}
+
+    def to_row(raw: bytes) -> dict[str, Any]:
+        try:
+            d = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SchemaError("record", f"malformed JSON: {exc}") from exc
+        if not isinstance(d, dict):
+            raise SchemaError("record", "expected a JSON object")
+        missing = required - d.keys()
+        if missing:
+            raise SchemaError(sorted(missing)[0], "missing")
+        row = {}
+        for name, _t in fields:
+            value = d.get(name)
+            if value is not None:
+                if name in numeric and (isinstance(value, bool)
+                                        or not isinstance(value, int | float)):
+                    raise SchemaError(name, f"expected a number, got {value!r}")
+                if name in strings and not isinstance(value, str):
+                    raise SchemaError(name, f"expected a string, got {value!r}")
+            row[name] = value
+        return row
+    return to_row
+
+
+def _feature_fields(depth_levels: int) -> tuple[tuple[str, pa.DataType], ...]:
+    ints = {"ts_event", "ts_recv", "seq", "price_exp", "size_exp", "best_bid", "best_ask",
+            "bid_size", "ask_size", "spread", "bid_depth", "ask_depth", "trade_volume",
+            "trade_signed_volume", "trade_count"}
+    out: list[tuple[str, pa.DataType]] = []
+    for key in feature_keys(depth_levels):
+        if key == "instrument":
+            out.append((key, pa.string()))
+        else:
+            out.append((key, pa.int64() if key in ints else pa.float64()))
+    # when the row became available to the live path (wall clock of the job, ns): a training
+    # set "as known at" a decision joins on this, not on ts_event
+    out.append(("ts_proc", pa.int64()))
+    return tuple(out)
+
+
+STATS_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("instrument", pa.string()), ("watermark_ms", pa.int64()), ("events_in", pa.int64()),
+    ("events_processed", pa.int64()), ("dead_lettered", pa.int64()), ("signals", pa.int64()),
+    ("orders", pa.int64()), ("book_levels", pa.int64()), ("unkeyed_dead", pa.int64()),
+    ("ts_proc", pa.int64()),
+)
+"""The job's per-instrument counters (``jobs/features_job.py`` writes them)."""
+
+QUALITY_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("instrument", pa.string()), ("minute_start", pa.int64()), ("events", pa.int64()),
+    ("sequence_gaps", pa.int64()), ("resyncs", pa.int64()), ("crossed", pa.int64()),
+    ("locked", pa.int64()), ("stale_gaps", pa.int64()), ("max_gap_ms", pa.float64()),
+    ("out_of_order", pa.int64()), ("late", pa.int64()), ("duplicates", pa.int64()),
+    ("v", pa.int64()),
+)
+"""Data-quality counters per instrument and exchange-time minute (``udfs/quality.py``)."""
+
+
+def streams(depth_levels: int) -> tuple[Stream, ...]:
+    """Every history table, for a job computing ``depth_levels`` of imbalance."""
+    feature_fields = _feature_fields(depth_levels)
+    return (
+        Stream("events", "events", tuple(_dataclass_fields(L2Event)),
+               _record_decoder(L2Event, decode_event), lambda r: r["ts_event"],
+               partition_by_instrument=True, sort_by=("instrument", "ts_event")),
+        Stream("features", "features", feature_fields,
+               _json_decoder(feature_fields, ("instrument", "ts_event", "seq")),
+               lambda r: r["ts_event"], partition_by_instrument=True,
+               sort_by=("instrument", "ts_event")),
+        Stream("dead_letters", "dead_letter", tuple(_dataclass_fields(DeadLetter)),
+               _record_decoder(DeadLetter, decode_dead_letter),
+               lambda r: r["ts_event"] or r["ts_dead"]),
+        Stream("stats", "stats", STATS_FIELDS,
+               _json_decoder(STATS_FIELDS, ()),
+               lambda r: (r["watermark_ms"] or 0) * 1_000_000 or (r["ts_proc"] or 0)),
+        Stream("signals", "signals", tuple(_dataclass_fields(Signal)),
+               _record_decoder(Signal, lambda raw: decode_record(Signal, raw)),
+               lambda r: r["ts_event"]),
+        Stream("orders", "orders", tuple(_dataclass_fields(Order)),
+               _record_decoder(Order, lambda raw: decode_record(Order, raw)),
+               lambda r: r["ts_event"]),
+        Stream("executions", "executions", tuple(_dataclass_fields(ExecReport)),
+               _record_decoder(ExecReport, lambda raw: decode_record(ExecReport, raw)),
+               lambda r: r["ts_event"]),
+        Stream("control", "control", tuple(_dataclass_fields(Control)),
+               _record_decoder(Control, lambda raw: decode_record(Control, raw)),
+               lambda r: r["ts_event"]),
+        Stream("risk", "risk", tuple(_dataclass_fields(RiskReport)),
+               _record_decoder(RiskReport, lambda raw: decode_record(RiskReport, raw)),
+               lambda r: r["ts_event"]),
+        Stream("quality", "quality", QUALITY_FIELDS,
+               _json_decoder(QUALITY_FIELDS, ("instrument", "minute_start")),
+               lambda r: r["minute_start"]),
+    )
+
+
+def rows_to_table(stream: Stream, rows: list[dict[str, Any]], partitions: list[int],
+                  offsets: list[int]) -> pa.Table:
+    """Decoded rows (+ their Kafka positions) as an Arrow table of ``stream.arrow_schema``,
+    column by column, sorted by ``stream.sort_by`` so a time-range read touches few pages."""
+    schema = stream.arrow_schema
+    cols: list[pa.Array] = []
+    for name, typ in stream.fields:
+        cols.append(pa.array([r[name] for r in rows], type=typ))
+    event_us = [max(stream.time_ns(r), 0) // 1000 for r in rows]
+    cols.append(pa.array(event_us, type=pa.timestamp("us")))
+    cols.append(pa.array(partitions, type=pa.int32()))
+    cols.append(pa.array(offsets, type=pa.int64()))
+    table = pa.Table.from_arrays(cols, schema=schema)
+    keys = [(c, "ascending") for c in (*stream.sort_by, "_partition", "_offset")]
+    return table.sort_by(keys)
+
