@@ -14,7 +14,7 @@ were before this run published, so a second demo in a row processes exactly its 
   currency) from the execution sink, which runs after the job over the same run's records
 * ``history_rows``     rows the history sink stored in Iceberg (every topic, up to its end)
 
-The run's offset ranges of every topic are written to ``<state>/runs/<run_id>.json`` (and the
+The run's offset ranges of every topic are written to ``<lake root>/runs/<run_id>.json`` (and the
 newest to ``latest.json``): ``bookstream replay --run latest`` replays exactly this run.
 """
 
@@ -131,7 +131,7 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
 def record_run(cfg: Config, run_id: str, before: dict[str, dict[int, int]],
                after: dict[str, dict[int, int]]) -> Path:
     """Remember which offsets of every topic one run wrote (``[before, after)``)."""
-    runs = cfg.state_dir / "runs"
+    runs = cfg.lake_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     doc = json.dumps({"run_id": run_id, "from": before, "to": after}, sort_keys=True)
     path = runs / f"{run_id}.json"
@@ -142,7 +142,7 @@ def record_run(cfg: Config, run_id: str, before: dict[str, dict[int, int]],
 
 def load_run(cfg: Config, run_id: str = "latest") -> dict:
     """A recorded run: ``{"run_id", "from": {topic: {partition: offset}}, "to": ...}``."""
-    path = cfg.state_dir / "runs" / f"{run_id}.json"
+    path = cfg.lake_dir / "runs" / f"{run_id}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no recorded run {run_id!r} ({path}); `bookstream demo` "
                                 "records one")

@@ -176,6 +176,9 @@ class QualityConfig:
 class LakeConfig:
     """The history: Apache Iceberg tables (pyiceberg) and ClickHouse SQL over them (chDB)."""
 
+    root: str = ""
+    """The lake's root directory (warehouse, SQLite catalog, chDB session files, the record of
+    runs); empty: ``<state>/lake``."""
     catalog: str = "sql"
     """``sql`` (pyiceberg's SQL catalog; SQLite file by default, or ``catalog_uri``), ``postgres``
     (the project's PostgreSQL server, for more than one writer) or ``rest`` (``rest_uri``)."""
@@ -316,6 +319,8 @@ class Config:
     def lake_dir(self) -> Path:
         """The lake's root: warehouse, SQLite catalog and chDB's own data live under it (chDB
         reads only files under its working directory)."""
+        if self.lake.root:
+            return Path(self.lake.root).resolve()
         return self.state_dir / "lake"
 
     @property
