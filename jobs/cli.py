@@ -6,6 +6,7 @@
     bookstream run-job [--bounded]          run the Flink features + trading job
     bookstream exec-sink [--bounded]        run the execution sink (risk, paper venue)
     bookstream history-sink [--bounded]     store every topic in its Iceberg table, exactly once
+    bookstream replay [--run ID] [--verify] replay recorded history through the same jobs
     bookstream verify-book --binance F...   rebuild the book from files, compare with ground truth
     bookstream demo                         the whole pipeline on the shipped sample (or --lobster /
                                             --binance files), summary as the last JSON line
@@ -112,6 +113,14 @@ def cmd_history_sink(args: argparse.Namespace) -> int:
                         + (["--only", *args.only] if args.only else []))
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from jobs.replay import run_from_args
+
+    summary = run_from_args(args)
+    _emit(summary)
+    return 1 if summary.get("identical") is False else 0
+
+
 def cmd_verify_book(args: argparse.Namespace) -> int:
     if bool(args.lobster) == bool(args.binance):
         print("verify-book: give exactly one of --lobster MESSAGE_FILE ORDERBOOK_FILE or "
@@ -188,6 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop once every topic is stored up to its current end")
     p.add_argument("--only", nargs="+", metavar="TABLE", help="only these tables")
     p.set_defaults(func=cmd_history_sink)
+
+    p = sub.add_parser("replay", help="replay recorded events from Iceberg through the same job "
+                                      "and execution sink; --verify compares with the live run "
+                                      "(JSON: orders_live, orders_replayed, orders_identical, "
+                                      "fills_live, fills_identical, first_divergence)")
+    p.add_argument("--run", default=None,
+                   help="a recorded run id, or 'latest' (default, unless --from/--to)")
+    p.add_argument("--from", dest="time_from", help="exchange time, ISO-8601 (UTC) or ns")
+    p.add_argument("--to", dest="time_to", help="exchange time (exclusive)")
+    p.add_argument("--speed", type=float, default=None,
+                   help="N x the recorded pace (default: as fast as possible)")
+    p.add_argument("--verify", action="store_true",
+                   help="compare the replay's orders and fills with the recorded live run")
+    p.add_argument("--keep-topics", action="store_true",
+                   help="keep the replay's topics (default: deleted after the run)")
+    p.add_argument("--no-history-sink", action="store_true",
+                   help="do not bring history up to date before replaying")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("verify-book", help="rebuild the book from files and compare it with "
                                            "the ground truth they carry")

@@ -98,14 +98,16 @@ def run_history_sink(cfg: Config, *, bounded: bool = False, only: list[str] | No
 
     assignments: list[TopicPartition] = []
     remaining: dict[tuple[str, int], int] = {}
+    stored: dict[str, dict[int, int]] = {}
     for topic, stream in by_topic.items():
-        stored = committed_offsets(tables[stream.name]).get(topic, {})
+        stored[topic] = committed_offsets(tables[stream.name]).get(topic, {})
         for p, (low, high) in topic_end_offsets(cfg, topic).items():
-            start = max(low, stored.get(p, low))
+            start = max(low, stored[topic].get(p, low))
             assignments.append(TopicPartition(topic, p, start))
             if bounded and start < high:
                 remaining[(topic, p)] = high
-        logger.info("%s <- %s from %s", stream.name, topic, stored or "the first offset")
+        logger.info("%s <- %s from %s", stream.name, topic,
+                    stored[topic] or "the first offset")
     consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
                          "group.id": "bookstream-history", "enable.auto.commit": False,
                          "isolation.level": "read_committed",
@@ -139,6 +141,7 @@ def run_history_sink(cfg: Config, *, bounded: bool = False, only: list[str] | No
         table = tables[stream.name]
         tables[stream.name] = append_with_offsets(
             table, rows_to_table(stream, rows, parts, offs), topic, buf.next_offsets)
+        stored[topic].update(buf.next_offsets)
         result.rows[stream.name] += len(rows)
         result.commits += 1
         pending[topic] = _Pending()
@@ -166,10 +169,18 @@ def run_history_sink(cfg: Config, *, bounded: bool = False, only: list[str] | No
                 if bounded and o + 1 >= remaining[key]:
                     del remaining[key]
             if bounded and not msgs and remaining:
-                # transactional topics end in commit markers that are never delivered
+                # transactional topics end in commit markers that are never delivered: the
+                # position says the partition is read to its end, and the table records that
+                # it holds everything up to there (so "stored up to the end" is checkable)
                 for tp in consumer.position([TopicPartition(t, p) for t, p in remaining]):
                     if tp.offset >= remaining[(tp.topic, tp.partition)]:
                         del remaining[(tp.topic, tp.partition)]
+                        if tp.offset > stored[tp.topic].get(tp.partition, -1):
+                            buf = pending[tp.topic]
+                            if not buf.next_offsets:
+                                buf.since = now
+                            buf.next_offsets[tp.partition] = max(
+                                tp.offset, buf.next_offsets.get(tp.partition, -1))
             done = bounded and not remaining
             for topic, buf in pending.items():
                 if buf.next_offsets and (done or len(buf.values) >= cfg.lake.commit_rows

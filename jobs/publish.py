@@ -12,17 +12,18 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from tqdm import tqdm
 
 from jobs.kafka_io import make_producer
 from jobs.sources import Source
 from udfs.config import Config
-from udfs.schema import DeadLetter, Reason, encode_event
+from udfs.schema import DeadLetter, L2Event, Reason, encode_event
 
-__all__ = ["PublishResult", "publish"]
+__all__ = ["PublishResult", "produce_events", "publish"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ class PublishResult:
 
 def publish(cfg: Config, source: Source, *, speed: float | None = None,
             progress: bool | None = None, topic: str | None = None) -> PublishResult:
-    topic = topic or cfg.topics.events
     source.check_files()
     producer = make_producer(cfg)
     errors: list[str] = []
@@ -50,14 +50,46 @@ def publish(cfg: Config, source: Source, *, speed: float | None = None,
         if err is not None:
             errors.append(str(err))
 
+    start = time.perf_counter()
+    published = produce_events(producer, topic or cfg.topics.events, source.events(),
+                               on_delivery, speed=speed, progress=progress)
+    dead = _dead_letter_bad_lines(cfg, producer, source, on_delivery)
+    remaining = producer.flush(60)
+    wall = time.perf_counter() - start
+    if remaining or errors:
+        raise KafkaException(f"{remaining} records undelivered, {len(errors)} delivery errors "
+                             f"(first: {errors[:1]}) to {cfg.kafka.bootstrap_servers}")
+    return PublishResult(events_in=published + dead, published=published, dead_lettered=dead,
+                         wall_s=wall)
+
+
+def _dead_letter_bad_lines(cfg: Config, producer, source: Source, on_delivery) -> int:
+    for bad in source.bad_lines:
+        dead = DeadLetter(source=f"file:{bad.file}", partition=-1, offset=bad.line, key="",
+                          reason_code=Reason.MALFORMED, reason=bad.reason,
+                          raw=bad.raw.decode("utf-8", "replace").rstrip("\n"), stage="ingest",
+                          ts_dead=time.time_ns())
+        producer.produce(cfg.topics.dead_letter, value=dead.to_json().encode(),
+                         on_delivery=on_delivery)
+        logger.warning("dead-lettered %s:%d: %s", bad.file, bad.line, bad.reason)
+    return len(source.bad_lines)
+
+
+def produce_events(producer: Producer, topic: str, events: Iterable[L2Event],
+                   on_delivery: Callable[..., None], *, speed: float | None = None,
+                   progress: bool | None = None, desc: str = "publish") -> int:
+    """Send ``events`` in order, key = instrument, record timestamp = exchange time (ms);
+    ``speed``: N x the recorded pace (exchange-time gaps / N), ``None``: as fast as possible.
+    A progress bar on a terminal (or when ``progress``). Returns how many were sent (call
+    ``producer.flush`` afterwards)."""
     show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(desc="publish", unit=" ev", unit_scale=True, disable=not show, file=sys.stderr,
+    bar = tqdm(desc=desc, unit=" ev", unit_scale=True, disable=not show, file=sys.stderr,
                mininterval=0.5)
     start = time.perf_counter()
     first_ts: int | None = None
     published = 0
     produce = producer.produce
-    for ev in source.events():
+    for ev in events:
         if speed is not None:
             if first_ts is None:
                 first_ts = ev.ts_event
@@ -79,24 +111,5 @@ def publish(cfg: Config, source: Source, *, speed: float | None = None,
             producer.poll(0)
             bar.update(10_000)
     bar.update(published % 10_000)
-    dead = _dead_letter_bad_lines(cfg, producer, source, on_delivery)
-    remaining = producer.flush(60)
     bar.close()
-    wall = time.perf_counter() - start
-    if remaining or errors:
-        raise KafkaException(f"{remaining} records undelivered, {len(errors)} delivery errors "
-                             f"(first: {errors[:1]}) to {cfg.kafka.bootstrap_servers}")
-    return PublishResult(events_in=published + dead, published=published, dead_lettered=dead,
-                         wall_s=wall)
-
-
-def _dead_letter_bad_lines(cfg: Config, producer, source: Source, on_delivery) -> int:
-    for bad in source.bad_lines:
-        dead = DeadLetter(source=f"file:{bad.file}", partition=-1, offset=bad.line, key="",
-                          reason_code=Reason.MALFORMED, reason=bad.reason,
-                          raw=bad.raw.decode("utf-8", "replace").rstrip("\n"), stage="ingest",
-                          ts_dead=time.time_ns())
-        producer.produce(cfg.topics.dead_letter, value=dead.to_json().encode(),
-                         on_delivery=on_delivery)
-        logger.warning("dead-lettered %s:%d: %s", bad.file, bad.line, bad.reason)
-    return len(source.bad_lines)
+    return published
