@@ -12,6 +12,7 @@ install:            ## Python env (uv.lock) + JVM jars (infra/pom.xml); idempote
 
 up: install         ## start the services that are not running; create topics
 	bash infra/kafka/start.sh
+	bash infra/postgres/start.sh
 	$(BS) topics >/dev/null
 
 demo: up            ## the whole pipeline on the shipped sample; JSON summary on the last line
@@ -37,6 +38,7 @@ lint: install
 
 stop:               ## stop exactly what this project started
 	bash infra/kafka/stop.sh
+	bash infra/postgres/stop.sh
 
 clean: stop
 	rm -rf .state

@@ -50,4 +50,38 @@ if [ ! -f "$glue_jar" ] || [ -n "$(find "$glue_src" -newer "$glue_jar" -name '*.
   jar cf "$glue_jar" -C "$build" .
   rm -rf "$build"
 fi
+# PostgreSQL server binaries for the Iceberg SQL catalog: infra/postgres/start.sh runs the
+# project's own cluster under $STATE/postgres, so Debian's "main" cluster is neither created
+# nor started (a createcluster.d drop-in turns it off before the package's postinst runs).
+if [ -z "$(pg_bindir)" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=()
+    if [ "$(id -u)" -ne 0 ]; then
+      command -v sudo >/dev/null 2>&1 || die "PostgreSQL missing and not root without sudo: \
+install it yourself (apt-get install --no-install-recommends postgresql)"
+      SUDO=(sudo)
+    fi
+    apt_log="$STATE/logs/apt-postgresql.log"
+    log "PostgreSQL server: apt-get install postgresql (log: $apt_log)"
+    "${SUDO[@]}" mkdir -p /etc/postgresql-common/createcluster.d
+    printf '%s\n' "# bookstream (infra/install.sh): no Debian main cluster on 5432; the project runs" \
+      "# its own under its state dir (infra/postgres/start.sh)" "create_main_cluster = false" \
+      | "${SUDO[@]}" tee /etc/postgresql-common/createcluster.d/bookstream.conf >/dev/null
+    apt_install() {
+      "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends postgresql >>"$apt_log" 2>&1
+    }
+    # a fresh machine has no package lists: update only when the first attempt fails
+    if ! apt_install; then
+      if ! { "${SUDO[@]}" apt-get update -q >>"$apt_log" 2>&1 && apt_install; }; then
+        tail -n 20 "$apt_log" >&2
+        die "apt-get install postgresql failed (log: $apt_log)"
+      fi
+    fi
+    [ -n "$(pg_bindir)" ] || die "postgresql installed but no initdb under /usr/lib/postgresql/*/bin"
+  else
+    log "WARNING: no PostgreSQL server (initdb) and no apt-get: install PostgreSQL 15+ for the" \
+        "Iceberg catalog server (infra/postgres/start.sh)"
+  fi
+fi
 log "install complete"

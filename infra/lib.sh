@@ -63,3 +63,20 @@ stop_service() {
   fi
   rm -f "$pf"
 }
+
+# pg_bindir: directory of the PostgreSQL server binaries (initdb, postgres, pg_ctl, psql,
+# pg_isready): Debian's /usr/lib/postgresql/<major>/bin of the newest major, else pg_config's
+# bindir or initdb on PATH. Prints nothing when there is none (infra/install.sh installs it).
+pg_bindir() {
+  local d
+  d="$(printf '%s\n' /usr/lib/postgresql/*/bin/initdb | sort -V \
+       | while read -r f; do if [ -x "$f" ]; then dirname "$f"; fi; done | tail -n 1)"
+  if [ -z "$d" ] && command -v pg_config >/dev/null 2>&1; then
+    d="$(pg_config --bindir 2>/dev/null || true)"
+    [ -x "$d/initdb" ] || d=""
+  fi
+  if [ -z "$d" ] && command -v initdb >/dev/null 2>&1; then
+    d="$(dirname "$(command -v initdb)")"
+  fi
+  if [ -n "$d" ]; then echo "$d"; fi
+}

@@ -3,11 +3,13 @@ it. Each check is (name, ok, detail); the report is one JSON object."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from udfs.config import Config
 
@@ -54,6 +56,54 @@ def _kafka_jars(cfg: Config) -> tuple[bool, str]:
     return True, jars[-1].name
 
 
+def _pid_alive(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _postgres(cfg: Config) -> list[tuple[str, bool, str]]:
+    """The Iceberg catalog's PostgreSQL, checked when the catalog is configured to use one or
+    when the project's own server (infra/postgres/start.sh) is running."""
+    uri = cfg.catalog_uri
+    configured = uri.startswith("postgresql")
+    if not configured and not _pid_alive(cfg.state_dir / "run" / "postgres.pid"):
+        return []
+    lk = cfg.lake
+    own = f"postgresql://{lk.postgres_user}@{lk.postgres_host}:{lk.postgres_port}/{lk.postgres_db}"
+    # psycopg2 takes a libpq URI: drop SQLAlchemy's driver suffix (postgresql+psycopg2://)
+    dsn = re.sub(r"^postgresql\+\w+://", "postgresql://", uri) if configured else own
+    try:
+        import psycopg2
+    except ImportError:
+        return [("postgres", False, "psycopg2 is not installed: run `make install`")]
+    try:
+        params = psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.Error as exc:
+        return [("postgres", False, f"lake.catalog_uri is not a valid PostgreSQL URI: {exc}")]
+    where = (f"{params.get('user', '?')}@{params.get('host', '?')}:{params.get('port', 5432)}"
+             f"/{params.get('dbname', '?')}")
+    if dsn == own:
+        fix = (f"run `bash infra/postgres/start.sh` (or `make up`); its log: "
+               f"{cfg.logs_dir / 'postgres.log'}")
+    else:
+        fix = "check lake.catalog_uri and that server"
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=3)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("select current_setting('server_version')")
+                server_version = cur.fetchone()[0]
+        finally:
+            conn.close()
+    except psycopg2.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return [("postgres", False, f"catalog server {where} unreachable ({reason}): {fix}")]
+    return [("postgres", True, f"PostgreSQL {server_version} at {where} (catalog: {lk.catalog})")]
+
+
 def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
     checks: list[tuple[str, bool, str]] = []
     checks.append(("python", sys.version_info[:2] == (3, 11),
@@ -62,6 +112,7 @@ def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
     checks.extend(_flink_connector(cfg))
     checks.append(("kafka-jars", *_kafka_jars(cfg)))
     checks.append(("state-dir", cfg.state_dir.is_dir(), str(cfg.state_dir)))
+    checks.extend(_postgres(cfg))
     if need_broker:
         from jobs.kafka_io import BrokerUnavailableError, check_broker, existing_topics
 
