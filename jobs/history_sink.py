@@ -119,6 +119,7 @@ def run_history_sink(cfg: Config, *, bounded: bool = False, only: list[str] | No
     stop = _StopFlag()
     previous = [signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)]
     interval_s = cfg.lake.commit_interval_ms / 1000
+    batch = max(1, min(20_000, cfg.lake.commit_rows))
 
     def flush(topic: str) -> None:
         buf = pending[topic]
@@ -148,7 +149,7 @@ def run_history_sink(cfg: Config, *, bounded: bool = False, only: list[str] | No
 
     try:
         while not stop.stop:
-            msgs = consumer.consume(num_messages=20_000, timeout=0.5)
+            msgs = consumer.consume(num_messages=batch, timeout=0.5)
             now = time.monotonic()
             for msg in msgs:
                 if msg.error():

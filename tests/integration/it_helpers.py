@@ -86,7 +86,8 @@ def read_at(cfg: Config, topic: str, partition: int, offset: int) -> bytes | Non
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str,
-             proc: subprocess.Popen | None = None, log: Path | None = None) -> object:
+             proc: subprocess.Popen | None = None, log: Path | None = None,
+             poll_s: float = 1.0) -> object:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s`` or when
     ``proc`` (a job that should keep running) has exited."""
     deadline = time.monotonic() + timeout_s
@@ -100,7 +101,7 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str,
         if time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-4000:] if log else ""
             pytest.fail(f"timed out after {timeout_s}s waiting for {what}\n{tail}")
-        time.sleep(1.0)
+        time.sleep(poll_s)
 
 
 def start_job(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
