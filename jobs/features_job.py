@@ -1,5 +1,6 @@
 """Flink job: L2 events (Kafka) -> book in keyed state -> features (Kafka), bad input to the
-dead-letter topic, per-instrument counters to the stats topic.
+dead-letter topic, per-instrument counters to the stats topic, data-quality rows to the quality
+topic.
 
     events topic --(Kafka source, key=instrument, event time = record timestamp = exchange
     time, bounded out-of-orderness watermarks, idle partitions released)--> key_by instrument
@@ -7,6 +8,9 @@ dead-letter topic, per-instrument counters to the stats topic.
         --> features topic          (main output)
         --> dead-letter topic       (side output: malformed, late, gap, crossed ... + reason)
         --> stats topic             (event-time timer: counters per instrument and minute)
+        --> quality topic           (side output: gaps, re-syncs, crossed/locked books, stale
+                                     feed, out-of-order, late, duplicates per instrument and
+                                     exchange-time minute; udfs.quality)
 
 Records cross the JVM/Python boundary as plain strings, the cheapest crossing PyFlink has: two
 small Java classes (``jobs/java``, compiled by ``infra/install.sh``) prefix each record with its
@@ -48,6 +52,7 @@ from pyflink.java_gateway import get_gateway
 
 from udfs.config import PROJECT_ROOT, Config, load_config
 from udfs.pipeline import InstrumentState, RecordSource, process_record
+from udfs.quality import QualityState, flush
 from udfs.schema import encode_record
 from udfs.trading import Trader, heartbeat
 
@@ -59,8 +64,14 @@ DEAD_LETTER_TAG = OutputTag("dead-letters", Types.STRING())
 STATS_TAG = OutputTag("stats", Types.STRING())
 SIGNALS_TAG = OutputTag("signals", Types.STRING())
 ORDERS_TAG = OutputTag("orders", Types.STRING())
+QUALITY_TAG = OutputTag("quality", Types.STRING())
 STATS_INTERVAL_MS = 60_000
 """Event-time period of the per-instrument counters on the stats topic."""
+END_OF_INPUT_MS = 2**63 - 1
+"""Flink's final watermark (Long.MAX_VALUE), sent when a bounded input ends (or a job is
+stopped with drain). An event-time timer at this time fires exactly then, for every key that
+registered one, whatever the watermark did before: the per-minute stats timers of a key can all
+have fired long before the end (another instrument's newer exchange times move the watermark)."""
 
 
 class BookFeaturesFunction(KeyedProcessFunction):
@@ -91,6 +102,8 @@ class BookFeaturesFunction(KeyedProcessFunction):
         self.cache: dict[str, InstrumentState | None] = {}
         self.log_len: dict[str, int] = {}
         self.stats_timer: dict[str, int] = {}
+        self.quality_cfg = cfg.quality
+        self.end_timer: set[str] = set()
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.snapshot = runtime_context.get_state(
@@ -100,16 +113,20 @@ class BookFeaturesFunction(KeyedProcessFunction):
         self.cache.clear()
         self.log_len.clear()
         self.stats_timer.clear()
+        self.end_timer.clear()
 
     def _state_of(self, key: str) -> InstrumentState | None:
         if key in self.cache:
             return self.cache[key]
         state = self.snapshot.value()
+        if state is not None and not hasattr(state, "quality"):
+            # a snapshot pickled before the quality stage existed: start its counters afresh
+            state.quality = QualityState(state.instrument)
         replayed = 0
         src = RecordSource(self.topic, -1, -1)
         for raw in self.log.get() or []:
             state, _ = process_record(state, key, raw, src, self.feature_cfg,
-                                      self.out_of_orderness_ms, self.trader)
+                                      self.out_of_orderness_ms, self.trader, self.quality_cfg)
             replayed += 1
         if state is not None or replayed:
             logger.info("restored %s from keyed state: snapshot + %d logged records",
@@ -123,7 +140,7 @@ class BookFeaturesFunction(KeyedProcessFunction):
         partition, offset, raw = split_provenance(value)
         src = RecordSource(self.topic, partition, offset)
         state, result = process_record(self._state_of(key), key, raw, src, self.feature_cfg,
-                                       self.out_of_orderness_ms, self.trader)
+                                       self.out_of_orderness_ms, self.trader, self.quality_cfg)
         self.cache[key] = state
         # persist: append the record, or fold everything into a new snapshot
         n = self.log_len[key] + 1
@@ -141,6 +158,11 @@ class BookFeaturesFunction(KeyedProcessFunction):
             if self.stats_timer.get(key, -1) < fire_at:
                 ctx.timer_service().register_event_time_timer(fire_at)
                 self.stats_timer[key] = fire_at
+        if state is not None and key not in self.end_timer:
+            # the quality minutes still open at the end of input are flushed by this timer
+            # (registering it again after a restore is a no-op for Flink)
+            ctx.timer_service().register_event_time_timer(END_OF_INPUT_MS)
+            self.end_timer.add(key)
         for row in result.features:
             yield key + SEP + json.dumps(row, separators=(",", ":"))
         for signal in result.signals:
@@ -149,6 +171,8 @@ class BookFeaturesFunction(KeyedProcessFunction):
             yield ORDERS_TAG, key + SEP + encode_record(order).decode()
         for dead in result.dead_letters:
             yield DEAD_LETTER_TAG, key + SEP + dead.to_json()
+        for row in result.quality:
+            yield QUALITY_TAG, key + SEP + json.dumps(row, separators=(",", ":"))
         if state is None and result.dead_letters:
             # a refused record of a key that has no book yet: still count it
             yield STATS_TAG, key + SEP + json.dumps({"instrument": key, "unkeyed_dead": 1})
@@ -156,6 +180,13 @@ class BookFeaturesFunction(KeyedProcessFunction):
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         key = ctx.get_current_key()
         state = self._state_of(key)
+        if timestamp == END_OF_INPUT_MS:
+            # end of input: the key's last stats timer has fired already (timers fire in time
+            # order, this one last); emit the quality minutes no later record will close
+            if state is not None:
+                for row in flush(state.quality):
+                    yield QUALITY_TAG, key + SEP + json.dumps(row, separators=(",", ":"))
+            return
         if self.stats_timer.get(key) == timestamp:
             del self.stats_timer[key]
         if state is None:
@@ -254,6 +285,7 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
               restore_from: Path | None = None, start_offsets: dict[int, int] | None = None,
               events_topic: str | None = None, features_topic: str | None = None,
               dead_letter_topic: str | None = None, stats_topic: str | None = None,
+              quality_topic: str | None = None,
               trading: bool = True) -> StreamExecutionEnvironment:
     """The whole pipeline on a StreamExecutionEnvironment (not yet executed: ``env.execute``).
 
@@ -268,6 +300,7 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     features_topic = features_topic or cfg.topics.features
     dead_letter_topic = dead_letter_topic or cfg.topics.dead_letter
     stats_topic = stats_topic or cfg.topics.stats
+    quality_topic = quality_topic or cfg.topics.quality
 
     _export_python_path()
     conf = Configuration()
@@ -322,6 +355,8 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     features.get_side_output(DEAD_LETTER_TAG).sink_to(
         _kafka_sink(cfg, dead_letter_topic)).name("dead-letter-sink")
     features.get_side_output(STATS_TAG).sink_to(_kafka_sink(cfg, stats_topic)).name("stats-sink")
+    features.get_side_output(QUALITY_TAG).sink_to(
+        _kafka_sink(cfg, quality_topic)).name("quality-sink")
     if trading:
         features.get_side_output(SIGNALS_TAG).sink_to(
             _kafka_sink(cfg, cfg.topics.signals)).name("signals-sink")

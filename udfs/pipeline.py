@@ -15,7 +15,13 @@ Per record, in this order:
    dead-letters exactly the same events as the live run;
 4. apply to the book (``sequence_gap`` / ``crossed_book`` / ``negative_level`` leave the book
    untouched);
-5. features after the last record of a batch.
+5. features after the last record of a batch;
+6. data quality (``udfs.quality``): every record of an instrument with its outcome is counted
+   per exchange-time minute (gaps, re-syncs, crossed/locked books, stale feed, out-of-order,
+   late and duplicate events). A minute's row is emitted in :attr:`ProcessResult.quality` once
+   the instrument's watermark (step 3) has passed its end, so no record that is not late can
+   still land in it and a replay emits the same rows; the job flushes the open minutes at the
+   end of input (:func:`udfs.quality.flush`).
 
 Every record read ends up either processed or dead-lettered, never both and never neither:
 ``events_in == events_processed + dead_lettered`` holds per instrument.
@@ -27,8 +33,9 @@ import time
 from dataclasses import dataclass, field
 
 from udfs.book import BookError, OrderBook
-from udfs.config import FeatureConfig
+from udfs.config import FeatureConfig, QualityConfig
 from udfs.features import FeatureState, on_event
+from udfs.quality import MINUTE_NS, QualityState, close_before, observe
 from udfs.schema import (
     DeadLetter,
     Kind,
@@ -42,6 +49,8 @@ from udfs.schema import (
 from udfs.trading import Trader, TradingState
 
 __all__ = ["InstrumentState", "ProcessResult", "process_event", "process_record"]
+
+_STALE_AFTER_MS = QualityConfig().stale_after_ms
 
 _BOOK_REASONS = {
     "sequence gap": Reason.SEQUENCE_GAP,
@@ -58,10 +67,15 @@ class InstrumentState:
     book: OrderBook
     features: FeatureState = field(default_factory=FeatureState)
     trading: TradingState = field(default_factory=TradingState)
+    quality: QualityState = field(default_factory=QualityState)
     max_ts_event: int = 0
     events_in: int = 0
     events_processed: int = 0
     dead_lettered: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.quality.instrument:
+            self.quality.instrument = self.instrument
 
     @classmethod
     def new(cls, instrument: str) -> InstrumentState:
@@ -75,6 +89,8 @@ class ProcessResult:
     signals: list[Signal] = field(default_factory=list)
     orders: list[Order] = field(default_factory=list)
     """orders and heartbeats for the orders topic"""
+    quality: list[dict] = field(default_factory=list)
+    """rows of the instrument's minutes closed by this record (``udfs.quality``)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +109,15 @@ def _dead(src: RecordSource, key: str, code: Reason, reason: str, raw: bytes | s
 
 
 def process_event(state: InstrumentState, ev: L2Event, cfg: FeatureConfig,
-                  out_of_orderness_ms: int) -> tuple[dict | None, tuple[Reason, str] | None]:
-    """Steps 3-5 for an already decoded event: (feature row or None, refusal or None)."""
+                  out_of_orderness_ms: int, stale_after_ms: int = _STALE_AFTER_MS,
+                  ) -> tuple[dict | None, tuple[Reason, str] | None]:
+    """Steps 3-6 for an already decoded event: (feature row or None, refusal or None). The
+    event and its outcome are counted in ``state.quality`` (closing minutes is the caller's:
+    :func:`process_record`)."""
+    stale_ns = stale_after_ms * 1_000_000
     bound_ns = out_of_orderness_ms * 1_000_000
     if ev.ts_event < state.max_ts_event - bound_ns:
+        observe(state.quality, ev, Reason.LATE, state.book, stale_ns)
         behind_ms = (state.max_ts_event - ev.ts_event) / 1e6
         return None, (Reason.LATE, f"exchange time {ev.ts_event} is {behind_ms:.3f} ms behind "
                                    f"the newest {state.max_ts_event} (bound "
@@ -108,7 +129,10 @@ def process_event(state: InstrumentState, ev: L2Event, cfg: FeatureConfig,
         if ev.is_last and book.batch_open and ev.seq == book.last_seq:
             # the batch's closing record was refused: close the batch so the chain goes on
             book.batch_open = False
-        return None, (_BOOK_REASONS.get(exc.reason, Reason.SCHEMA), str(exc))
+        code = _BOOK_REASONS.get(exc.reason, Reason.SCHEMA)
+        observe(state.quality, ev, code, book, stale_ns)
+        return None, (code, str(exc))
+    observe(state.quality, ev, None, book, stale_ns)
     if ev.ts_event > state.max_ts_event:
         state.max_ts_event = ev.ts_event
     if ev.kind is Kind.BBO:
@@ -119,14 +143,17 @@ def process_event(state: InstrumentState, ev: L2Event, cfg: FeatureConfig,
 
 def process_record(state: InstrumentState | None, key: str, raw: bytes | str,
                    src: RecordSource, cfg: FeatureConfig, out_of_orderness_ms: int,
-                   trader: Trader | None = None) -> tuple[InstrumentState | None, ProcessResult]:
-    """Steps 1-5 for one Kafka record, then the trading stage (``udfs.trading``) on each
+                   trader: Trader | None = None, quality_cfg: QualityConfig | None = None,
+                   ) -> tuple[InstrumentState | None, ProcessResult]:
+    """Steps 1-6 for one Kafka record, then the trading stage (``udfs.trading``) on each
     feature row when a ``trader`` is given. ``state`` is None for a key seen for the first
     time. Returns the (possibly new) state and what to emit."""
     result = ProcessResult()
+    stale_after_ms = quality_cfg.stale_after_ms if quality_cfg is not None else _STALE_AFTER_MS
 
     def refuse(code: Reason, reason: str, ts_event: int = 0) -> None:
-        # a record refused before a book exists for its key has no state to count it in
+        # a record refused before a book exists for its key has no state to count it in (nor
+        # an instrument-minute: it is left out of the quality counters too)
         result.dead_letters.append(_dead(src, key, code, reason, raw, ts_event))
         if state is not None:
             state.events_in += 1
@@ -138,15 +165,28 @@ def process_record(state: InstrumentState | None, key: str, raw: bytes | str,
         code = {"record": Reason.MALFORMED, "v": Reason.UNKNOWN_VERSION}.get(exc.field,
                                                                           Reason.SCHEMA)
         refuse(code, str(exc))
+        if state is not None:  # no trustworthy exchange time: the instrument's current minute
+            observe(state.quality, None, code, None, 0)
         return state, result
     if ev.instrument != key:
         refuse(Reason.KEY_MISMATCH,
                f"instrument: {ev.instrument!r} does not match the Kafka key {key!r}",
                ev.ts_event)
+        if state is not None:  # another instrument's record: not this one's exchange time
+            observe(state.quality, None, Reason.KEY_MISMATCH, None, 0)
         return state, result
     if state is None:
         state = InstrumentState.new(ev.instrument)
-    row, refusal = process_event(state, ev, cfg, out_of_orderness_ms)
+    row, refusal = process_event(state, ev, cfg, out_of_orderness_ms, stale_after_ms)
+    quality = state.quality
+    if state.max_ts_event >= quality.close_at:
+        # the instrument's watermark entered a new minute: the minutes wholly before it are
+        # final (no record that is not late can land there any more), emit their rows
+        bound_ns = out_of_orderness_ms * 1_000_000
+        watermark = state.max_ts_event - bound_ns
+        watermark_minute = watermark - watermark % MINUTE_NS
+        result.quality = close_before(quality, watermark_minute)
+        quality.close_at = watermark_minute + MINUTE_NS + bound_ns
     if refusal is not None:
         refuse(*refusal, ev.ts_event)
         return state, result
