@@ -7,6 +7,7 @@
     bookstream exec-sink [--bounded]        run the execution sink (risk, paper venue)
     bookstream history-sink [--bounded]     store every topic in its Iceberg table, exactly once
     bookstream replay [--run ID] [--verify] replay recorded history through the same jobs
+    bookstream sql FILE_OR_QUERY            ClickHouse SQL (chDB) over the Iceberg history
     bookstream verify-book --binance F...   rebuild the book from files, compare with ground truth
     bookstream demo                         the whole pipeline on the shipped sample (or --lobster /
                                             --binance files), summary as the last JSON line
@@ -121,6 +122,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if summary.get("identical") is False else 0
 
 
+def cmd_sql(args: argparse.Namespace) -> int:
+    from jobs.sql import sql_command
+
+    return sql_command(load_config(), args.query, fmt=args.format, list_files=args.list,
+                       engine="mergetree" if args.mergetree else "lake", ddl=args.ddl,
+                       write=args.write_ddl)
+
+
 def cmd_verify_book(args: argparse.Namespace) -> int:
     if bool(args.lobster) == bool(args.binance):
         print("verify-book: give exactly one of --lobster MESSAGE_FILE ORDERBOOK_FILE or "
@@ -216,6 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not bring history up to date before replaying")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("sql", help="ClickHouse SQL (chDB) over the Iceberg history: a file of "
+                                   "sql/, a path or a query; --list shows the library")
+    p.add_argument("query", nargs="?", metavar="FILE_OR_QUERY",
+                   help="a file of sql/ (ohlcv_1m or ohlcv_1m.sql), a path, or a query")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table (ClickHouse PrettyCompact), csv (with header), json (one line)")
+    p.add_argument("--list", action="store_true", help="list sql/*.sql and what each answers")
+    p.add_argument("--mergetree", action="store_true",
+                   help="run on MergeTree copies made by the sql/clickhouse DDL (as on a "
+                        "server) instead of reading Iceberg in place")
+    p.add_argument("--ddl", action="store_true", help="print the MergeTree DDL of every table")
+    p.add_argument("--write-ddl", action="store_true",
+                   help="regenerate sql/clickhouse/*.sql from udfs/history.py")
+    p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("verify-book", help="rebuild the book from files and compare it with "
                                            "the ground truth they carry")

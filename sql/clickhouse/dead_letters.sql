@@ -1,0 +1,26 @@
+-- bookstream.dead_letters: the history table of the topics.dead_letter topic as a MergeTree table
+-- of a ClickHouse server. Generated from udfs/history.py by jobs/sql.py (`bookstream sql --write-
+-- ddl`); tests/unit/test_sql_runner.py keeps this file equal to the generated text. Columns: the
+-- record's own fields in wire order (source, partition, offset, key, reason_code, reason, raw,
+-- stage, ts_event, ts_dead, v), then event_time (exchange time, UTC), _partition and _offset (its
+-- Kafka position). Key columns are not Nullable; every other column is, as in Iceberg.
+CREATE TABLE IF NOT EXISTS bookstream.dead_letters
+(
+    `source`      LowCardinality(Nullable(String)),
+    `partition`   Nullable(Int64),
+    `offset`      Nullable(Int64),
+    `key`         Nullable(String),
+    `reason_code` LowCardinality(Nullable(String)),
+    `reason`      Nullable(String),
+    `raw`         Nullable(String),
+    `stage`       LowCardinality(Nullable(String)),
+    `ts_event`    Nullable(Int64),
+    `ts_dead`     Nullable(Int64),
+    `v`           Nullable(Int64),
+    `event_time`  DateTime64(6, 'UTC'),
+    `_partition`  Int32,
+    `_offset`     Int64
+)
+ENGINE = MergeTree
+PARTITION BY toDate(event_time)
+ORDER BY (event_time, _partition, _offset)
