@@ -10,6 +10,10 @@ events, with the ratios that say where the time goes. Not a test: it prints figu
                  "steady" excludes JVM/job start-up, measured as the same job on an empty topic)
     latency      tick-to-order p50/p95/p99 of the trading job running live, at a stated input
                  rate (the shipped sample, paced; ``--latency-rate``)
+    lake         a full LOBSTER day (AAPL, AMZN level 1 + GOOG level 10, 2012-06-21) through the
+                 whole live path into Iceberg: rows/s of the history sink; replay events/s
+                 from Iceberg through the same job compared with the live job's; the query
+                 time of every ``sql/`` file on that history (``--no-lake`` skips it)
 
 Each stage runs in a subprocess of its own, so its peak RSS is its own (ru_maxrss of the child
 plus, for (c), the VmHWM of the Flink JVM it started, whose embedded Python runs the function).
@@ -37,6 +41,13 @@ from udfs.config import PROJECT_ROOT, load_config
 __all__ = ["main"]
 
 SHARED_USDM = PROJECT_ROOT.parent / "shared/data/binance/usdm/btcusdt_20240808.gz"
+SHARED_LOBSTER = PROJECT_ROOT.parent / "shared/data/lobster"
+LOBSTER_DAY = tuple(
+    (SHARED_LOBSTER / f"LOBSTER_SampleFile_{sym}_2012-06-21_{lvl}"
+     / f"{sym}_2012-06-21_34200000_57600000_message_{lvl}.csv",
+     SHARED_LOBSTER / f"LOBSTER_SampleFile_{sym}_2012-06-21_{lvl}"
+     / f"{sym}_2012-06-21_34200000_57600000_orderbook_{lvl}.csv")
+    for sym, lvl in (("AAPL", 1), ("AMZN", 1), ("GOOG", 10)))
 TARGETS = {"core": 300_000, "job": 50_000, "job/broker": 0.5}
 
 
@@ -290,6 +301,39 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
             "rate_target": rate, **pct}
 
 
+def stage_lake() -> dict:
+    """Live path on a full LOBSTER day -> Iceberg; then replay and every sql/ file on it."""
+    import statistics
+
+    from jobs.demo import load_run, run_demo
+    from jobs.replay import ReplayRange, replay
+    from jobs.sources import Source
+    from jobs.sql import SQL_DIR, run_sql
+
+    cfg = load_config()
+    live = run_demo(cfg, Source(lobster=list(LOBSTER_DAY)), progress=False)
+    run = load_run(cfg, live["run_id"])
+    rep = replay(cfg, ReplayRange(run_id=run["run_id"], offsets_from=run["from"],
+                                  offsets_to=run["to"]), progress=False, verify=True)
+    queries = {}
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            run_sql(cfg, str(path), fmt="csv")
+            times.append(time.perf_counter() - t)
+        queries[path.name] = statistics.median(times)
+    return {"events": live["published"], "events_per_s": live["job_events_per_s"],
+            "history_rows": live["history_rows"],
+            "history_rows_per_s": live["history_rows"] / live["history_s"],
+            "live_job_events_per_s": live["job_events_per_s"],
+            "replay_events_per_s": rep["events_per_s"],
+            "replay_job_events_per_s": rep["events_replayed"] / rep["job_s"],
+            "replay_identical": rep["identical"], "orders_live": rep["orders_live"],
+            "orders_identical": rep["orders_identical"], "fills_live": rep["fills_live"],
+            "fills_identical": rep["fills_identical"], "query_s": queries}
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -324,8 +368,10 @@ def _children_peak_rss_mb() -> float:
 def _run_stage_here(argv: list[str]) -> int:
     name, rest = argv[0], argv[1:]
     fn = {"core": stage_core, "record": stage_record, "broker": stage_broker,
-          "job": stage_job, "latency": stage_latency}[name]
-    if name in ("core", "record"):
+          "job": stage_job, "latency": stage_latency, "lake": stage_lake}[name]
+    if name == "lake":
+        result = fn()
+    elif name in ("core", "record"):
         result = fn(rest)
     elif name == "latency":
         result = fn(rest[0], rest[1:])
@@ -349,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the shipped sample (faster, less steady figures)")
     parser.add_argument("--latency-rate", type=float, default=2000.0,
                         help="input rate (events/s) of the tick-to-order latency run")
+    parser.add_argument("--no-lake", action="store_true",
+                        help="skip the history / replay / SQL figures on a full LOBSTER day")
+    parser.add_argument("--only-lake", action="store_true",
+                        help="only the history / replay / SQL figures")
     args = parser.parse_args(argv)
 
     from jobs.kafka_io import create_topics, delete_topics
@@ -357,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config()
     run = f"bench.{uuid.uuid4().hex[:6]}"
+    have_day = all(p.is_file() for pair in LOBSTER_DAY for p in pair)
+    if args.only_lake:
+        if not have_day:
+            raise SystemExit(f"the full LOBSTER day is not there: {LOBSTER_DAY}")
+        _lake_bench(cfg, run)
+        return 0
     topic, copy_topic = f"{run}.events", f"{run}.copy"
     outputs = [f"{run}.features", f"{run}.deadletter", f"{run}.stats", f"{run}.empty"]
     source_argv = _source_args(args)
@@ -418,8 +474,48 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in verdicts.items():
         print(f"  {k:<34} {'met' if v else 'MISSED'}")
     print(json.dumps({"results": results, "ratios": ratios, "targets_met": verdicts},
-                     default=float))
+                     default=float), flush=True)
+    if not args.no_lake:
+        if have_day:
+            _lake_bench(cfg, run)
+        else:
+            print(f"lake: skipped, the full LOBSTER day is not there ({SHARED_LOBSTER})")
     return 0
+
+
+def _lake_bench(cfg, run: str) -> dict:
+    """The lake stage on topics and a lake of its own, printed; both deleted afterwards."""
+    import shutil
+
+    from jobs.kafka_io import delete_topics
+    from udfs.config import load_config as load
+
+    root = cfg.state_dir / "bench" / run
+    env = {f"BOOKSTREAM_TOPICS_{f.upper()}": f"{run}.lake.{f}"
+           for f in ("events", "features", "dead_letter", "stats", "signals", "orders",
+                     "executions", "control", "risk", "quality")}
+    env["BOOKSTREAM_LAKE_ROOT"] = str(root / "lake")
+    try:
+        r = _run_stage(["lake"], env=env)
+    finally:
+        lcfg = load(env={**os.environ, **env})
+        delete_topics(lcfg, [spec.name for spec in lcfg.topics.specs()])
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"\nlake: a full LOBSTER day ({r['events']:,} events, 3 instruments) live -> Iceberg")
+    print(f"  history sink        {r['history_rows']:>10,} rows  {r['history_rows_per_s']:>10,.0f}"
+          " rows/s")
+    print(f"  live job            {r['events']:>10,} ev    {r['live_job_events_per_s']:>10,.0f}"
+          " ev/s (Kafka -> Flink trading job -> Kafka, incl. start-up)")
+    print(f"  replay from Iceberg {r['events']:>10,} ev    {r['replay_events_per_s']:>10,.0f}"
+          " ev/s (read + publish + the same job), job alone "
+          f"{r['replay_job_events_per_s']:,.0f} ev/s; replay/live = "
+          f"{r['replay_events_per_s'] / r['live_job_events_per_s']:.2f}")
+    print(f"  replay identical: {r['replay_identical']} (orders {r['orders_identical']}/"
+          f"{r['orders_live']}, fills {r['fills_identical']}/{r['fills_live']})")
+    for name, secs in r["query_s"].items():
+        print(f"  sql/{name:<32} {secs * 1000:>8.0f} ms (median of 3)")
+    print(json.dumps({"lake": r}, default=float), flush=True)
+    return r
 
 
 if __name__ == "__main__":

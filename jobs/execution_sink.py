@@ -27,7 +27,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from jobs.kafka_io import drain_topic, end_offsets, first_offsets
+from jobs.kafka_io import drain_topic, end_offsets, first_offsets, wait_stable
 from udfs.config import Config, load_config
 from udfs.execution import ExecutionEngine, Output
 from udfs.portfolio import Portfolio
@@ -79,17 +79,27 @@ def _history_start(cfg: Config, group: str, topics: list[str],
     return start_offsets
 
 
-def _decode(sequencer: Sequencer, topic: str, cfg: Config, value: bytes) -> bool:
+def _decode(sequencer: Sequencer, topic: str, partition: int, cfg: Config,
+            value: bytes) -> bool:
     try:
         if topic == cfg.topics.events:
-            sequencer.add_market(decode_event(value))
+            sequencer.add_market(decode_event(value), partition)
         elif topic == cfg.topics.orders:
-            sequencer.add_order(decode_record(Order, value))
+            sequencer.add_order(decode_record(Order, value), partition)
         else:
             sequencer.add_control(decode_record(Control, value))
     except SchemaError:
         return False
     return True
+
+
+def _complete(sequencer: Sequencer, cfg: Config, key: tuple[str, int]) -> None:
+    """A bounded run has read ``(topic, partition)`` to its end."""
+    topic, partition = key
+    if topic == cfg.topics.events:
+        sequencer.market_complete(partition)
+    elif topic == cfg.topics.orders:
+        sequencer.orders_complete(partition)
 
 
 def _topic_for(cfg: Config, out: Output) -> tuple[str, str]:
@@ -143,7 +153,14 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
     ends = {t: end_offsets(cfg, t) for t in topics}
 
     engine = ExecutionEngine(cfg.risk, cfg.venue)
-    sequencer = Sequencer(engine)
+    # the partitions with data in this sink's history, as of its start: each must deliver
+    # before the sequencer releases anything, so a partition read faster never overtakes them
+    sequencer = Sequencer(
+        engine, lateness_ns=cfg.flink.out_of_orderness_ms * 1_000_000,
+        expected_partitions={p for p, end in ends[cfg.topics.events].items()
+                             if end > history[cfg.topics.events].get(p, 0)},
+        expected_order_partitions={p for p, end in ends[cfg.topics.orders].items()
+                                   if end > history[cfg.topics.orders].get(p, 0)})
     result = SinkResult()
     # first of all, fence a killed predecessor: init_transactions aborts its open transaction,
     # so the log we check below and the offsets we resume from are final
@@ -168,7 +185,7 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
                 k = (msg.topic(), msg.partition())
                 if k not in remaining or msg.offset() >= remaining[k]:
                     continue
-                _decode(sequencer, msg.topic(), cfg, msg.value())
+                _decode(sequencer, msg.topic(), msg.partition(), cfg, msg.value())
                 result.rebuilt_inputs += 1
                 if msg.offset() + 1 >= remaining[k]:
                     del remaining[k]
@@ -180,6 +197,10 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
     consumer.assign([TopicPartition(t, p, o) for (t, p), o in resume_at.items()])
     remaining = {k: ends[k[0]][k[1]] for k, o in resume_at.items()
                  if o < ends[k[0]][k[1]]} if bounded else {}
+    if bounded:
+        for k in resume_at:
+            if k not in remaining:  # nothing (more) to read there
+                _complete(sequencer, cfg, k)
     pending_inputs = 0
     last_input = time.monotonic()
 
@@ -209,14 +230,21 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
             k = (msg.topic(), msg.partition())
             if bounded and (k not in remaining or msg.offset() >= remaining[k]):
                 continue
-            if not _decode(sequencer, msg.topic(), cfg, msg.value()):
+            if not _decode(sequencer, msg.topic(), msg.partition(), cfg, msg.value()):
                 result.skipped += 1
             result.inputs += 1
             pending_inputs += 1
             if bounded and msg.offset() + 1 >= remaining[k]:
                 del remaining[k]
+                _complete(sequencer, cfg, k)
         if msgs:
             last_input = time.monotonic()
+        elif bounded and remaining:
+            # a partition may end in transaction markers, never delivered
+            for tp in consumer.position([TopicPartition(t, p) for t, p in remaining]):
+                if tp.offset >= remaining[(tp.topic, tp.partition)]:
+                    del remaining[(tp.topic, tp.partition)]
+                    _complete(sequencer, cfg, (tp.topic, tp.partition))
         done = bounded and not remaining
         if done:
             commit(sequencer.drain(final=True))
@@ -228,6 +256,8 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
             break
     producer.flush(30)
     consumer.close()
+    if bounded:  # what this run committed is readable read_committed when it returns
+        wait_stable(cfg, [cfg.topics.executions, cfg.topics.control, cfg.topics.risk])
     result.stats = dict(engine.stats)
     result.positions = engine.positions()
     result.pnl = engine.pnl()

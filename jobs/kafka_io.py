@@ -26,6 +26,7 @@ __all__ = [
     "first_offsets",
     "make_producer",
     "topic_end_offsets",
+    "wait_stable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,10 +129,16 @@ def make_producer(cfg: Config, **overrides: str | int) -> Producer:
     return Producer(conf)
 
 
-def topic_end_offsets(cfg: Config, topic: str) -> dict[int, tuple[int, int]]:
-    """partition -> (low, high) watermark offsets."""
+def topic_end_offsets(cfg: Config, topic: str, *,
+                      committed: bool = True) -> dict[int, tuple[int, int]]:
+    """partition -> (low, high) watermark offsets. ``committed``: the high mark is the last
+    stable offset (records of open transactions excluded, librdkafka's default); otherwise the
+    log end. Right after a transaction commits, its markers may still be on their way, so the
+    stable offset can lag the log end for a moment."""
     consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                         "group.id": "bookstream-offsets", "enable.auto.commit": False})
+                         "group.id": "bookstream-offsets", "enable.auto.commit": False,
+                         "isolation.level": "read_committed" if committed
+                         else "read_uncommitted"})
     try:
         md = consumer.list_topics(topic, timeout=10)
         if topic not in md.topics or md.topics[topic].error is not None:
@@ -161,6 +168,22 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0
             time.sleep(0.1)
 
 
+def wait_stable(cfg: Config, topics: list[str], timeout_s: float = 30.0) -> None:
+    """Wait until every committed transaction on ``topics`` is readable ``read_committed``:
+    a commit returns before its markers are written to the partitions, and until then the
+    last stable offset lags the log end."""
+    deadline = time.monotonic() + timeout_s
+    for topic in topics:
+        while True:
+            stable = topic_end_offsets(cfg, topic, committed=True)
+            if stable == topic_end_offsets(cfg, topic, committed=False):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: last stable offsets {stable} still behind the log "
+                                   f"end after {timeout_s}s (an open transaction?)")
+            time.sleep(0.05)
+
+
 def first_offsets(cfg: Config, topic: str) -> dict[int, int]:
     """partition -> first (low watermark) offset."""
     return {p: low for p, (low, _high) in topic_end_offsets(cfg, topic).items()}
@@ -181,7 +204,7 @@ def drain_topic(cfg: Config, topic: str, *, from_offsets: dict[int, int] | None 
     """Read ``topic`` from the start (or ``from_offsets``) up to its end offsets as of the call,
     in partition order. No consumer group offsets are committed. ``read_committed``: skip
     records of aborted transactions (the execution sink's output log)."""
-    ends = topic_end_offsets(cfg, topic)
+    ends = topic_end_offsets(cfg, topic, committed=read_committed)
     consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
                          "group.id": f"bookstream-drain-{time.time_ns()}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",

@@ -7,6 +7,7 @@ lines it could not read (with file, line and reason) so the caller can dead-lett
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,14 +59,27 @@ class Source:
                 raise FileNotFoundError(f"source file not found: {path}")
 
     def events(self) -> Iterator[L2Event]:
-        """Every event of every input, one input after the other (each keeps its own order;
-        inputs are distinct instruments, so their relative order does not matter)."""
+        """Every event of every input, merged by exchange time the way a live feed would have
+        delivered them (each input keeps its own order; a tie goes to the earlier input).
+        Instruments that share a Kafka partition then arrive there in time order, which is what
+        lets a consumer of several partitions tell when nothing earlier can still come
+        (``udfs/sequencer.py``); ``--speed`` pacing needs it too."""
+        inputs: list[Iterator[L2Event]] = []
         for message_file, orderbook_file in self.lobster:
-            yield from iter_lobster_events(message_file, orderbook_file, stats=LobsterStats())
+            inputs.append(iter_lobster_events(message_file, orderbook_file,
+                                              stats=LobsterStats()))
         for files in self.binance:
             adapter = BinanceAdapter(files)
             adapter.on_bad_line = self._bad_line
-            yield from adapter
+            inputs.append(iter(adapter))
+        if len(inputs) == 1:
+            yield from inputs[0]
+        else:
+            yield from heapq.merge(*inputs, key=_exchange_time)
 
     def _bad_line(self, file: str, line: int, raw: bytes, reason: str) -> None:
         self.bad_lines.append(BadLine(file, line, raw, reason))
+
+
+def _exchange_time(ev: L2Event) -> int:
+    return ev.ts_event

@@ -9,11 +9,19 @@ feeds the :class:`~udfs.execution.ExecutionEngine` in an order that depends on t
   rank = control 0, market 1, order 2: an order is fed after every market event stamped at or
   before its decision time, so after the event that triggered it (decision time = trigger time
   plus the feed latency);
-* an input is released only when nothing earlier can still arrive: the *safe time* is, over
-  the instruments that trade, the smallest of their heartbeat time (a heartbeat says every order
-  decided up to its time is published) and the newest market time received for them (the
-  events topic is read separately and may lag), or unbounded once the inputs are known to be
-  complete (``drain(final=True)``: a bounded run, a replay).
+* an input is released only when nothing earlier can still arrive. The *safe time* is the
+  smallest of
+
+  - for every events partition the sink expects data from, the newest exchange time received
+    on it minus the lateness bound (a partition is in exchange-time order within that bound:
+    the publisher merges its inputs by time); a partition that has delivered nothing yet holds
+    everything back -- this is what keeps a fast-read partition from overtaking a slow one;
+  - for every instrument seen, its newest heartbeat (every order decided up to the heartbeat's
+    time is published), unless its orders partition is read to its end;
+
+  and unbounded once the inputs are known to be complete (``drain(final=True)``);
+* a market event older than its instrument's newest exchange time minus the bound is late: the
+  stream job dead-lettered it and no order came from it, so the venue skips it too.
 
 So a live run, a replay and a run restarted from its inputs feed the engine identically.
 """
@@ -34,21 +42,44 @@ _CONTROL, _MARKET, _ORDER = 0, 1, 2
 @dataclass
 class Sequencer:
     engine: ExecutionEngine
+    lateness_ns: int = 0
+    """the stream job's lateness bound (``flink.out_of_orderness_ms``), in ns"""
+    expected_partitions: set[int] = field(default_factory=set)
+    """events partitions with data for this sink: each must deliver before anything is fed"""
     market: dict[str, deque[L2Event]] = field(default_factory=dict)
     orders: dict[str, deque[Order]] = field(default_factory=dict)
     controls: deque[Control] = field(default_factory=deque)
     frontier: dict[str, int] = field(default_factory=dict)
     """instrument -> newest heartbeat time (every order decided up to it is here)"""
-    market_seen: dict[str, int] = field(default_factory=dict)
-    """instrument -> newest market ``ts_event`` received"""
+    instrument_seen: dict[str, int] = field(default_factory=dict)
+    """instrument -> newest market ``ts_event`` received (the lateness rule)"""
+    partition_seen: dict[int, int] = field(default_factory=dict)
+    """events partition -> newest market ``ts_event`` received on it"""
+    market_done: set[int] = field(default_factory=set)
+    """events partitions read to their end (bounded runs)"""
+    order_partition: dict[str, int] = field(default_factory=dict)
+    """instrument -> the orders partition its orders come on"""
+    orders_done: set[int] = field(default_factory=set)
+    """orders partitions read to their end (bounded runs)"""
+    expected_order_partitions: set[int] = field(default_factory=set)
+    """orders partitions with data for this sink; once all are read to their end, heartbeats
+    no longer matter"""
     fed: int = 0
+    late_skipped: int = 0
 
-    def add_market(self, ev: L2Event) -> None:
+    def add_market(self, ev: L2Event, partition: int = 0) -> None:
+        newest = self.instrument_seen.get(ev.instrument)
+        if newest is not None and ev.ts_event < newest - self.lateness_ns:
+            self.late_skipped += 1  # the job dead-lettered it as late: not a market fact
+            return
         self.market.setdefault(ev.instrument, deque()).append(ev)
-        if ev.ts_event > self.market_seen.get(ev.instrument, 0):
-            self.market_seen[ev.instrument] = ev.ts_event
+        if newest is None or ev.ts_event > newest:
+            self.instrument_seen[ev.instrument] = ev.ts_event
+        if ev.ts_event > self.partition_seen.get(partition, -(2**63)):
+            self.partition_seen[partition] = ev.ts_event
 
-    def add_order(self, order: Order) -> None:
+    def add_order(self, order: Order, partition: int = 0) -> None:
+        self.order_partition[order.instrument] = partition
         if order.action is OrderAction.HEARTBEAT:
             prev = self.frontier.get(order.instrument, 0)
             self.frontier[order.instrument] = max(prev, order.ts_event)
@@ -58,11 +89,31 @@ class Sequencer:
     def add_control(self, ctrl: Control) -> None:
         self.controls.append(ctrl)
 
+    def market_complete(self, partition: int) -> None:
+        """Every market event of ``partition`` for this run has been added."""
+        self.market_done.add(partition)
+
+    def orders_complete(self, partition: int) -> None:
+        """Every order and heartbeat of orders ``partition`` for this run has been added."""
+        self.orders_done.add(partition)
+
     def safe_time(self) -> float:
-        if not self.frontier:
-            return float("-inf")
-        return min(min(beat, self.market_seen.get(inst, 0))
-                   for inst, beat in self.frontier.items())
+        safe = float("inf")
+        for p in self.expected_partitions | set(self.partition_seen):
+            if p in self.market_done:
+                continue
+            seen = self.partition_seen.get(p)
+            if seen is None:
+                return float("-inf")
+            safe = min(safe, seen - self.lateness_ns)
+        all_orders_read = bool(self.orders_done) and self.expected_order_partitions <= (
+            self.orders_done)
+        for inst in () if all_orders_read else set(self.instrument_seen) | set(self.frontier):
+            part = self.order_partition.get(inst)
+            if part is not None and part in self.orders_done:
+                continue
+            safe = min(safe, self.frontier.get(inst, float("-inf")))
+        return safe if safe != float("inf") or self.market_done else float("-inf")
 
     def pending(self) -> int:
         return (sum(len(q) for q in self.market.values())

@@ -1,0 +1,162 @@
+"""The execution sink's sequencer feeds the engine one order of inputs whatever order the
+partitions are read in (real sample events, two instruments on two partitions)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from jobs.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
+from udfs.schema import L2Event, Order, OrderAction, OrderSide, OrderType
+from udfs.sequencer import Sequencer
+
+BOUND_NS = 2_000_000_000
+
+
+@dataclass
+class RecordingEngine:
+    """Stands in for the execution engine: records what it is fed, in order."""
+
+    fed: list[tuple[str, str, int, int]] = field(default_factory=list)
+    """(kind, instrument, seq, exchange time) per input fed"""
+
+    def on_market_event(self, ev: L2Event) -> list:
+        self.fed.append(("market", ev.instrument, ev.seq, ev.ts_event))
+        return []
+
+    def on_order(self, order: Order) -> list:
+        self.fed.append(("order", order.instrument, order.source_seq, order.ts_event))
+        return []
+
+    def on_control(self, ctrl) -> list:
+        self.fed.append(("control", "", 0, ctrl.ts_event))
+        return []
+
+    def finish(self) -> list:
+        return []
+
+
+def _order(ev: L2Event, action: OrderAction = OrderAction.NEW) -> Order:
+    return Order(order_id=f"{ev.instrument}-{ev.seq}", instrument=ev.instrument,
+                 strategy="t", action=action, side=OrderSide.BUY, order_type=OrderType.LIMIT,
+                 price=ev.price, quantity=1, price_exp=ev.price_exp, size_exp=ev.size_exp,
+                 ts_event=ev.ts_event + 1_000_000, source_seq=ev.seq)
+
+
+@pytest.fixture(scope="module")
+def streams() -> dict[int, tuple[list[L2Event], list[Order]]]:
+    """partition -> (market events, orders + heartbeats): AAPL on 0, BTC on 1, BTC moved in
+    time onto AAPL's so the two interleave."""
+    aapl = list(Source(lobster=[SAMPLE_LOBSTER]).events())
+    btc = list(itertools.islice(Source(binance=[list(SAMPLE_BINANCE)]).events(), 3000))
+    shift = btc[0].ts_event - aapl[0].ts_event
+    btc = [replace(e, ts_event=e.ts_event - shift) for e in btc]
+    out = {}
+    for p, events in enumerate((aapl, btc)):
+        orders = []
+        for i, ev in enumerate(events):
+            if i % 37 == 0:
+                orders.append(_order(ev))
+            if i % 200 == 199:  # the job's heartbeat: every order up to here is out
+                orders.append(replace(_order(ev, OrderAction.HEARTBEAT),
+                                      ts_event=ev.ts_event + 1_000_000))
+        out[p] = (events, orders)
+    return out
+
+
+def _run(streams, schedule: list[tuple[str, int, int]]) -> list:
+    """Feed chunks (kind, partition, size) in the given order, draining after each; then
+    mark everything complete and drain what the end releases."""
+    engine = RecordingEngine()
+    seq = Sequencer(engine, lateness_ns=BOUND_NS, expected_partitions={0, 1},
+                    expected_order_partitions={0, 1})
+    cursors = {("market", p): 0 for p in streams} | {("orders", p): 0 for p in streams}
+    for kind, p, size in schedule:
+        items = streams[p][0] if kind == "market" else streams[p][1]
+        start = cursors[(kind, p)]
+        for item in items[start:start + size]:
+            if kind == "market":
+                seq.add_market(item, p)
+            else:
+                seq.add_order(item, p)
+        cursors[(kind, p)] = start + size
+        seq.drain()
+    for p in streams:
+        seq.market_complete(p)
+        seq.orders_complete(p)
+    seq.drain()
+    assert seq.pending() == 0
+    return engine.fed
+
+
+def _schedule(streams, rng: random.Random | None, first: int | None = None) -> list:
+    chunks = []
+    for p, (events, orders) in streams.items():
+        chunks += [("market", p, 250)] * (len(events) // 250 + 1)
+        chunks += [("orders", p, 20)] * (len(orders) // 20 + 1)
+    if first is not None:  # one partition read entirely before the other
+        return sorted(chunks, key=lambda c: c[1] != first)
+    rng.shuffle(chunks)
+    # keep each (kind, partition) in order: a shuffle of the interleaving only
+    return chunks
+
+
+def test_read_order_of_partitions_does_not_change_what_the_engine_sees(streams) -> None:
+    reference = _run(streams, _schedule(streams, None, first=0))
+    assert len(reference) == sum(len(e) + sum(o.action is OrderAction.NEW for o in orders)
+                                 for e, orders in streams.values())
+    assert _run(streams, _schedule(streams, None, first=1)) == reference
+    for seed in range(5):
+        assert _run(streams, _schedule(streams, random.Random(seed))) == reference
+
+
+def test_inputs_are_fed_in_exchange_time_with_orders_after_their_trigger(streams) -> None:
+    fed = _run(streams, _schedule(streams, random.Random(11)))
+    # exchange time never goes back, except for a record older than its own stream's previous
+    # one (Binance's few ms of disorder): a stream's order is kept
+    newest: dict[tuple[str, str], int] = {}
+    clock = 0
+    for kind, inst, _seq, ts in fed:
+        if ts >= newest.get((kind, inst), 0):
+            assert ts >= clock
+            clock = ts
+        newest[(kind, inst)] = max(ts, newest.get((kind, inst), 0))
+    # an order comes after every market event of its instrument up to its trigger
+    last_seq: dict[str, int] = {}
+    for kind, inst, seq, _ts in fed:
+        if kind == "market":
+            last_seq[inst] = max(seq, last_seq.get(inst, 0))
+        else:
+            assert last_seq.get(inst, -1) >= seq
+
+
+def test_nothing_is_released_before_every_expected_partition_delivered(streams) -> None:
+    engine = RecordingEngine()
+    seq = Sequencer(engine, lateness_ns=BOUND_NS, expected_partitions={0, 1},
+                    expected_order_partitions={0, 1})
+    events, orders = streams[1]
+    for ev in events:
+        seq.add_market(ev, 1)
+    for o in orders:
+        seq.add_order(o, 1)
+    assert seq.drain() == [] and engine.fed == []  # partition 0 may still hold earlier events
+    seq.add_market(streams[0][0][0], 0)
+    seq.drain()
+    assert engine.fed == []  # AAPL has no heartbeat yet: its orders may still come
+
+
+def test_a_late_market_event_is_skipped_like_the_job_does(streams) -> None:
+    engine = RecordingEngine()
+    seq = Sequencer(engine, lateness_ns=BOUND_NS, expected_partitions={0})
+    events = streams[0][0]
+    late = replace(events[10], ts_event=events[-1].ts_event - BOUND_NS - 1)
+    for ev in events:
+        seq.add_market(ev, 0)
+    seq.add_market(late, 0)
+    assert seq.late_skipped == 1
+    seq.market_complete(0)
+    seq.drain(final=True)
+    assert len(engine.fed) == len(events)
