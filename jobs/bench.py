@@ -331,7 +331,8 @@ def stage_lake() -> dict:
             "replay_job_events_per_s": rep["events_replayed"] / rep["job_s"],
             "replay_identical": rep["identical"], "orders_live": rep["orders_live"],
             "orders_identical": rep["orders_identical"], "fills_live": rep["fills_live"],
-            "fills_identical": rep["fills_identical"], "query_s": queries}
+            "fills_identical": rep["fills_identical"],
+            "first_divergence": rep["first_divergence"], "query_s": queries}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,6 +513,8 @@ def _lake_bench(cfg, run: str) -> dict:
           f"{r['replay_events_per_s'] / r['live_job_events_per_s']:.2f}")
     print(f"  replay identical: {r['replay_identical']} (orders {r['orders_identical']}/"
           f"{r['orders_live']}, fills {r['fills_identical']}/{r['fills_live']})")
+    if r["first_divergence"]:
+        print(f"  first divergence: {json.dumps(r['first_divergence'])[:2000]}")
     for name, secs in r["query_s"].items():
         print(f"  sql/{name:<32} {secs * 1000:>8.0f} ms (median of 3)")
     print(json.dumps({"lake": r}, default=float), flush=True)
