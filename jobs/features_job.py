@@ -307,9 +307,8 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     # the workers must run this venv's interpreter (pemja, udfs, numpy live there)
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
-    mode = cfg.flink.execution_mode
-    if mode == "auto":
-        mode = "process" if trading else "thread"
+    # auto: thread mode, with or without models (udfs.model keeps onnxruntime working in it)
+    mode = "thread" if cfg.flink.execution_mode == "auto" else cfg.flink.execution_mode
     conf.set_string("python.execution-mode", mode)
     conf.set_string("python.fn-execution.bundle.size", str(cfg.flink.bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(cfg.flink.bundle_time_ms))

@@ -141,9 +141,10 @@ class FlinkConfig:
     checkpoint_interval_ms: int = 2000
     execution_mode: str = "auto"
     """Python worker mode: ``thread`` (PEMJA, inside the TaskManager), ``process`` (Beam
-    worker processes) or ``auto``: thread for the features-only job (fastest, measured), process
-    when the job scores ONNX models -- onnxruntime inside PEMJA's embedded interpreter hung the
-    job at its first record here (seen with Flink 2.2.1, onnxruntime 1.32)."""
+    worker processes) or ``auto`` = thread, with or without ONNX models (lower latency,
+    measured). onnxruntime works in thread mode because :mod:`udfs.model` imports it and creates
+    its sessions on a thread of their own (on a PEMJA task thread, pybind11's
+    ``PyGILState_Ensure`` deadlocks)."""
     checkpoint_dir: str = ""
     """Where checkpoints go; empty: ``<state_dir>/flink/checkpoints``."""
     restart_attempts: int = 2

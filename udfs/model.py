@@ -19,6 +19,19 @@ of the derived features of :data:`DERIVED`:
 :class:`OnnxModel` is shipped to Flink workers by pickling: it carries the model *bytes* (a few
 KB), creates its onnxruntime session lazily on first use and drops it when pickled.
 
+The session is created -- and onnxruntime imported -- on a short-lived thread of its own
+(:func:`_on_fresh_thread`); only ``run`` is called on the caller's thread. This is what lets
+the job score models in PyFlink's thread mode: PEMJA gives every embedded Python operator its
+own ``PyThreadState`` (``PyThreadState_New``), and Flink chains several of them on one task
+thread (the side outputs' identity maps and the process function). CPython's ``PyGILState_*``
+API maps an OS thread to the *first* of its thread states, so on that task thread
+``PyGILState_Ensure`` -- which pybind11 calls when an extension module initialises
+(``PyInit_onnxruntime_pybind11_state`` -> ``get_internals``) -- sees a thread state that is not
+the current one, concludes the GIL is not held and waits for it: the thread deadlocks on the GIL
+it holds itself. A fresh thread has exactly one thread state, so ``PyGILState_Ensure`` works
+there; ``InferenceSession.run`` only releases and re-takes the GIL with the current thread state
+(pybind11's ``gil_scoped_release``), which is safe on any thread.
+
 Model direction (:func:`model_signal`): with ``p`` = P(up) and ``T = cfg.model_threshold``,
 ``p > T`` -> +1, ``p < 1 - T`` -> -1, otherwise 0 (no edge either way: flat). The direction is a
 function of the current row only; a :class:`~udfs.schema.Signal` is emitted only when it changes.
@@ -28,10 +41,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -112,6 +126,29 @@ def feature_vector(row: dict[str, Any], names: Sequence[str], model: str = "") -
     return out
 
 
+_T = TypeVar("_T")
+
+
+def _on_fresh_thread(fn: Callable[[], _T], name: str = "onnxruntime-init") -> _T:
+    """``fn()`` run on a new thread (the caller waits): its result, or its exception re-raised.
+    For the one-off onnxruntime calls that go through ``PyGILState_Ensure`` (module import,
+    session creation), which deadlock on a PEMJA task thread (see the module docstring)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the caller, raised there
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 class OnnxModel:
     """An ONNX binary classifier and its metadata. ``score`` returns P(up) per row."""
 
@@ -145,25 +182,30 @@ class OnnxModel:
     @property
     def session(self) -> Any:
         if self._session is None:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1  # one stream task = one thread; no pool per worker
-            opts.inter_op_num_threads = 1
-            sess = ort.InferenceSession(self._bytes, sess_options=opts,
-                                        providers=["CPUExecutionProvider"])
-            inputs = [i.name for i in sess.get_inputs()]
-            if inputs != [self.input_name]:
-                raise ValueError(f"model {self.name!r}: ONNX inputs {inputs}, metadata says "
-                                 f"[{self.input_name!r}]")
-            width = sess.get_inputs()[0].shape[-1]
-            if isinstance(width, int) and width != len(self.features):
-                raise ValueError(f"model {self.name!r}: ONNX input width {width}, metadata "
-                                 f"lists {len(self.features)} features")
-            outputs = [o.name for o in sess.get_outputs()]
-            self._output = "probabilities" if "probabilities" in outputs else outputs[-1]
-            self._session = sess
+            # import and session creation on a thread of their own: see the module docstring
+            self._session, self._output = _on_fresh_thread(self._new_session)
         return self._session
+
+    def _new_session(self) -> tuple[Any, str]:
+        """A checked onnxruntime session of the model and the name of its probabilities
+        output."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # one stream task = one thread; no pool per worker
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(self._bytes, sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+        inputs = [i.name for i in sess.get_inputs()]
+        if inputs != [self.input_name]:
+            raise ValueError(f"model {self.name!r}: ONNX inputs {inputs}, metadata says "
+                             f"[{self.input_name!r}]")
+        width = sess.get_inputs()[0].shape[-1]
+        if isinstance(width, int) and width != len(self.features):
+            raise ValueError(f"model {self.name!r}: ONNX input width {width}, metadata "
+                             f"lists {len(self.features)} features")
+        outputs = [o.name for o in sess.get_outputs()]
+        return sess, "probabilities" if "probabilities" in outputs else outputs[-1]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
