@@ -5,6 +5,7 @@ project's PostgreSQL server, both started by ``make up``)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pytest
 from it_helpers import config_for, run_cli, start_job, wait_for
 
-from jobs.kafka_io import drain_topic, end_offsets
+from jobs.kafka_io import drain_topic, end_offsets, make_producer
 from jobs.lake import (
     OFFSETS_PROPERTY,
     append_with_offsets,
@@ -27,7 +28,7 @@ from jobs.lake import (
 )
 from jobs.sources import Source
 from udfs.history import rows_to_table
-from udfs.schema import encode_event
+from udfs.schema import Reason, decode_dead_letter, encode_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -162,3 +163,45 @@ def test_postgres_catalog_takes_two_writers(tmp_path: Path) -> None:
         for ident in catalog.list_tables(namespace):
             catalog.purge_table(ident)
         catalog.drop_namespace(namespace)
+
+
+def test_undecodable_records_are_dead_lettered_not_stored(kafka_topics, tmp_path: Path) -> None:
+    """A record that does not decode for its table goes to the dead-letter topic with stage
+    ``history`` and its reason; one on the dead-letter topic itself is stored as such (it
+    cannot be dead-lettered again); the counts reconcile."""
+    cfg, env = kafka_topics("lakebad", BOOKSTREAM_LAKE_ROOT=str(tmp_path / "lake"))
+    events = list(itertools.islice(Source.sample().events(), 300))
+    producer = make_producer(cfg)
+    for i, ev in enumerate(events):
+        producer.produce(cfg.topics.events, key=ev.instrument, value=encode_event(ev))
+        if i == 100:
+            producer.produce(cfg.topics.events, key=ev.instrument, value=b'{"v":1,"kind":')
+    producer.produce(cfg.topics.signals, key=b"X", value=b'{"instrument":"X","v":7}')
+    producer.produce(cfg.topics.dead_letter, value=b"not json at all")
+    assert producer.flush(30) == 0
+
+    summary, _p, _e = run_cli(["history-sink", "--bounded"], env)
+    assert summary["rows"]["events"] == len(events)
+    assert summary["rows"]["signals"] == 0
+    assert summary["dead_lettered"] == 3
+    dead = [decode_dead_letter(r.value) for r in drain_topic(cfg, cfg.topics.dead_letter)
+            if r.value != b"not json at all"]
+    by_source = {d.source: d for d in dead}
+    assert set(by_source) == {f"kafka:{cfg.topics.events}", f"kafka:{cfg.topics.signals}"}
+    bad_event = by_source[f"kafka:{cfg.topics.events}"]
+    assert bad_event.stage == "history" and bad_event.reason_code is Reason.MALFORMED
+    assert bad_event.raw == '{"v":1,"kind":' and "malformed" in bad_event.reason
+    assert "unknown schema version 7" in by_source[f"kafka:{cfg.topics.signals}"].reason
+    # where it sat: the record at that partition/offset is the bad one
+    stored = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.events").scan(
+        selected_fields=("_partition", "_offset")).to_arrow()
+    positions = set(zip(stored["_partition"].to_pylist(), stored["_offset"].to_pylist(),
+                        strict=True))
+    assert (bad_event.partition, bad_event.offset) not in positions
+    assert len(positions) + 1 == sum(end_offsets(cfg, cfg.topics.events).values())
+    # the dead-letter topic's own garbage is a row of the dead_letters table, with its reason
+    table = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.dead_letters")
+    rows = table.scan().to_arrow().to_pylist()
+    own = [r for r in rows if r["raw"] == "not json at all"]
+    assert len(own) == 1 and own[0]["stage"] == "history"
+    assert own[0]["source"] == f"kafka:{cfg.topics.dead_letter}"
