@@ -19,6 +19,7 @@ from udfs.config import Config, TopicSpec
 
 __all__ = [
     "BrokerUnavailableError",
+    "DeliveryErrors",
     "KafkaRecord",
     "create_topics",
     "drain_topic",
@@ -127,6 +128,24 @@ def make_producer(cfg: Config, **overrides: str | int) -> Producer:
     }
     conf.update(overrides)
     return Producer(conf)
+
+
+class DeliveryErrors:
+    """A producer's ``on_delivery`` callback that keeps the errors, and the check after
+    ``flush``: nothing undelivered, no error, or an exception naming how many and the first."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def __call__(self, err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+    def check(self, cfg: Config, undelivered: int) -> None:
+        if undelivered or self.errors:
+            raise KafkaException(f"{undelivered} records undelivered, {len(self.errors)} "
+                                 f"delivery errors (first: {self.errors[:1]}) to "
+                                 f"{cfg.kafka.bootstrap_servers}")
 
 
 def topic_end_offsets(cfg: Config, topic: str, *,

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Producer
 from tqdm import tqdm
 
-from jobs.kafka_io import make_producer
+from jobs.kafka_io import DeliveryErrors, make_producer
 from jobs.sources import Source
 from udfs.config import Config
 from udfs.schema import DeadLetter, L2Event, Reason, encode_event
@@ -44,21 +44,14 @@ def publish(cfg: Config, source: Source, *, speed: float | None = None,
             progress: bool | None = None, topic: str | None = None) -> PublishResult:
     source.check_files()
     producer = make_producer(cfg)
-    errors: list[str] = []
-
-    def on_delivery(err, _msg) -> None:
-        if err is not None:
-            errors.append(str(err))
-
+    on_delivery = DeliveryErrors()
     start = time.perf_counter()
     published = produce_events(producer, topic or cfg.topics.events, source.events(),
                                on_delivery, speed=speed, progress=progress)
     dead = _dead_letter_bad_lines(cfg, producer, source, on_delivery)
     remaining = producer.flush(60)
     wall = time.perf_counter() - start
-    if remaining or errors:
-        raise KafkaException(f"{remaining} records undelivered, {len(errors)} delivery errors "
-                             f"(first: {errors[:1]}) to {cfg.kafka.bootstrap_servers}")
+    on_delivery.check(cfg, remaining)
     return PublishResult(events_in=published + dead, published=published, dead_lettered=dead,
                          wall_s=wall)
 

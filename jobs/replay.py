@@ -47,7 +47,13 @@ from jobs.demo import load_run
 from jobs.execution_sink import run_sink
 from jobs.features_job import build_job
 from jobs.history_sink import run_history_sink
-from jobs.kafka_io import create_topics, delete_topics, drain_topic, make_producer
+from jobs.kafka_io import (
+    DeliveryErrors,
+    create_topics,
+    delete_topics,
+    drain_topic,
+    make_producer,
+)
 from jobs.lake import committed_offsets, history_streams, open_catalog
 from jobs.publish import produce_events
 from udfs.config import Config, TopicsConfig, load_config
@@ -181,12 +187,7 @@ def replay(cfg: Config, rng: ReplayRange, *, speed: float | None = None,
                         if r["command"] != ControlCommand.KILL_TRIPPED.value]
         read_s = time.perf_counter() - t_read
         producer = make_producer(rcfg)
-        errors: list[str] = []
-
-        def on_delivery(err, _msg) -> None:
-            if err is not None:
-                errors.append(str(err))
-
+        on_delivery = DeliveryErrors()
         t_pub = time.perf_counter()
         published = produce_events(producer, rcfg.topics.events,
                                    (_event_of(r) for r in event_rows), on_delivery,
@@ -196,8 +197,7 @@ def replay(cfg: Config, rng: ReplayRange, *, speed: float | None = None,
                              value=json.dumps({c: r[c] for c in streams["control"].columns},
                                               separators=(",", ":")).encode(),
                              timestamp=max(r["ts_event"] // 1_000_000, 0))
-        if producer.flush(60) or errors:
-            raise RuntimeError(f"replay publish failed: {errors[:1]}")
+        on_delivery.check(rcfg, producer.flush(60))
         publish_s = time.perf_counter() - t_pub
 
         # 2. the same job and the same execution sink, bounded

@@ -93,3 +93,20 @@ def test_replay_names_the_first_divergence(demo_history) -> None:
     event = first["input_event"]
     assert event["instrument"] == first["key"] == order["instrument"]
     assert event["seq"] == order["source_seq"]
+
+
+def test_replay_of_a_time_range(demo_history) -> None:
+    # only the Binance day (2024): the LOBSTER 2012 events are outside the range
+    cfg = demo_history.cfg
+    summary, _proc, _elapsed = run_cli(
+        ["replay", "--from", "2024-01-01T00:00:00", "--to", "2025-01-01", "--verify",
+         "--no-progress"], demo_history.env, timeout_s=600)
+    events = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.events").scan(
+        selected_fields=("instrument", "event_time")).to_arrow().to_pylist()
+    in_range = [e for e in events if e["event_time"].year == 2024]
+    assert 0 < len(in_range) < len(events)
+    assert summary["run_id"] is None
+    assert summary["events_replayed"] == len(in_range)
+    assert summary["orders_live"] > 0
+    assert summary["orders_identical"] == summary["orders_live"] == summary["orders_replayed"]
+    assert summary["identical"] is True
