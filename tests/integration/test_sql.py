@@ -418,6 +418,25 @@ def test_quality_report_equals_last_rows_per_minute(results, lake):
         assert r["issues"] == issues
 
 
+def test_quality_of_the_demo_matches_its_raw_events(demo_history, results, lake):
+    """The stream's quality rows against the raw events table: every event counted once, in
+    its instrument, and the out-of-order events recounted from the stream order."""
+    totals = {r["instrument"]: r for r in results["data_quality_report"]
+              if r["row_kind"] == "total"}
+    events = lake["events"].sort_values(["_partition", "_offset"], kind="stable")
+    assert set(totals) == set(events["instrument"]) == set(demo_history.summary["instruments"])
+    bound = demo_history.cfg.flink.out_of_orderness_ms * 1_000_000
+    for inst, g in events.groupby("instrument"):
+        assert totals[inst]["events"] == len(g)
+        newest, out_of_order = None, 0
+        for ts in g["ts_event"].tolist():
+            if newest is not None and newest - bound <= ts < newest:
+                out_of_order += 1
+            newest = ts if newest is None else max(newest, ts)
+        assert totals[inst]["out_of_order"] == out_of_order
+    assert sum(t["out_of_order"] for t in totals.values()) > 0  # Binance's few ms of disorder
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
