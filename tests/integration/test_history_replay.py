@@ -110,3 +110,19 @@ def test_replay_of_a_time_range(demo_history) -> None:
     assert summary["orders_live"] > 0
     assert summary["orders_identical"] == summary["orders_live"] == summary["orders_replayed"]
     assert summary["identical"] is True
+
+
+def test_doctor_reports_the_lake(demo_history) -> None:
+    from it_helpers import config_for
+
+    from jobs.doctor import run_doctor
+
+    ok, report = run_doctor(demo_history.cfg, need_broker=False)
+    lake = report["checks"]["lake"]
+    assert lake["ok"] is True
+    assert f"events={demo_history.summary['published']}" in lake["detail"]
+    assert f"features={demo_history.summary['features_out']}" in lake["detail"]
+    broken = config_for({**demo_history.env, "BOOKSTREAM_LAKE_CATALOG": "rest"})
+    ok, report = run_doctor(broken, need_broker=False)
+    assert ok is False and report["checks"]["lake"]["ok"] is False
+    assert "rest_uri" in report["checks"]["lake"]["detail"]
