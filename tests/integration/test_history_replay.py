@@ -14,8 +14,9 @@ import os
 import subprocess
 
 import pytest
-from it_helpers import BOOKSTREAM, run_cli
+from it_helpers import BOOKSTREAM, config_for, run_cli
 
+from jobs.doctor import run_doctor
 from jobs.kafka_io import drain_topic, end_offsets
 from jobs.lake import committed_offsets, history_streams, open_catalog
 from udfs.config import PROJECT_ROOT
@@ -113,10 +114,6 @@ def test_replay_of_a_time_range(demo_history) -> None:
 
 
 def test_doctor_reports_the_lake(demo_history) -> None:
-    from it_helpers import config_for
-
-    from jobs.doctor import run_doctor
-
     ok, report = run_doctor(demo_history.cfg, need_broker=False)
     lake = report["checks"]["lake"]
     assert lake["ok"] is True
