@@ -36,7 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
-from udfs.config import PROJECT_ROOT, load_config
+from udfs.config import PROJECT_ROOT, load_config, topic_overrides
 
 __all__ = ["main"]
 
@@ -429,11 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         results["publish"] = {"events": pub.published, "events_per_s": pub.rate}
         results["broker"] = _run_stage(["broker", topic, copy_topic])
         results["job"] = _run_stage(["job", topic, run])
-        lat_topics = {f"BOOKSTREAM_TOPICS_{name.upper()}": f"{run}.lat.{name}"
-                      for name in ("events", "features", "dead_letter", "stats", "signals",
-                                   "orders", "executions", "control", "risk")}
         results["latency"] = _run_stage(["latency", str(args.latency_rate), "--sample"],
-                                        env=lat_topics)
+                                        env=topic_overrides(f"{run}.lat"))
     finally:
         delete_topics(cfg, [topic, copy_topic, *outputs])
 
@@ -492,10 +489,7 @@ def _lake_bench(cfg, run: str) -> dict:
     from udfs.config import load_config as load
 
     root = cfg.state_dir / "bench" / run
-    env = {f"BOOKSTREAM_TOPICS_{f.upper()}": f"{run}.lake.{f}"
-           for f in ("events", "features", "dead_letter", "stats", "signals", "orders",
-                     "executions", "control", "risk", "quality")}
-    env["BOOKSTREAM_LAKE_ROOT"] = str(root / "lake")
+    env = {**topic_overrides(f"{run}.lake"), "BOOKSTREAM_LAKE_ROOT": str(root / "lake")}
     try:
         r = _run_stage(["lake"], env=env)
     finally:

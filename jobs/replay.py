@@ -64,9 +64,6 @@ __all__ = ["ReplayRange", "replay", "replay_topics"]
 
 logger = logging.getLogger(__name__)
 
-_TOPIC_FIELDS = ("events", "features", "dead_letter", "stats", "signals", "orders",
-                 "executions", "control", "risk", "quality")
-
 
 @dataclasses.dataclass(frozen=True)
 class ReplayRange:
@@ -98,8 +95,8 @@ class ReplayRange:
 def replay_topics(topics: TopicsConfig, replay_id: str) -> TopicsConfig:
     """The replay's own topic set: every topic name under ``bookstream.replay.<id>.``."""
     return dataclasses.replace(topics, **{
-        f: f"bookstream.replay.{replay_id}.{getattr(topics, f).removeprefix('bookstream.')}"
-        for f in _TOPIC_FIELDS})
+        f: f"bookstream.replay.{replay_id}.{name.removeprefix('bookstream.')}"
+        for f, name in topics.names().items()})
 
 
 def _read(cfg: Config, stream: Stream, topic: str, rng: ReplayRange) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ __all__ = [
     "TopicsConfig",
     "VenueConfig",
     "load_config",
+    "topic_overrides",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,15 @@ class TopicsConfig:
     times (years old for LOBSTER 2012): a time limit would delete replayed history at once, so
     the default keeps records by size only (``retention_bytes`` per partition)."""
     retention_bytes: int = 2 * 1024**3
+
+    @classmethod
+    def name_fields(cls) -> tuple[str, ...]:
+        """The fields that name a topic (every ``str`` field), in declaration order."""
+        return tuple(f.name for f in fields(cls) if f.type in (str, "str"))
+
+    def names(self) -> dict[str, str]:
+        """field -> topic name, for every topic."""
+        return {f: getattr(self, f) for f in self.name_fields()}
 
     def specs(self) -> list[TopicSpec]:
         return [
@@ -409,6 +419,12 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     state_dir = env.get("BOOKSTREAM_STATE_DIR", state_dir)
     extra = {"state_dir": Path(state_dir).resolve()} if state_dir else {}
     return Config(**sections, **extra)
+
+
+def topic_overrides(prefix: str) -> dict[str, str]:
+    """``BOOKSTREAM_TOPICS_<FIELD>=<prefix>.<field>`` for every topic: the environment that gives
+    a run (a test, a benchmark) a topic set of its own."""
+    return {f"BOOKSTREAM_TOPICS_{f.upper()}": f"{prefix}.{f}" for f in TopicsConfig.name_fields()}
 
 
 def shell_exports(cfg: Config) -> str:

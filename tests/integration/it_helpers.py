@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from jobs.kafka_io import KafkaRecord, drain_topic
-from udfs.config import PROJECT_ROOT, Config, load_config
+from udfs.config import PROJECT_ROOT, Config, load_config, topic_overrides
 
 VENV_BIN = Path(sys.executable).parent
 BOOKSTREAM = VENV_BIN / "bookstream"
@@ -30,19 +30,7 @@ BOOKSTREAM = VENV_BIN / "bookstream"
 
 def topic_env(tag: str, **extra: str) -> dict[str, str]:
     """``BOOKSTREAM_*`` overrides giving a run its own topics (plus ``extra``)."""
-    base = f"it.{uuid.uuid4().hex[:8]}.{tag}"
-    env = {
-        "BOOKSTREAM_TOPICS_EVENTS": f"{base}.events",
-        "BOOKSTREAM_TOPICS_FEATURES": f"{base}.features",
-        "BOOKSTREAM_TOPICS_DEAD_LETTER": f"{base}.deadletter",
-        "BOOKSTREAM_TOPICS_STATS": f"{base}.stats",
-        "BOOKSTREAM_TOPICS_SIGNALS": f"{base}.signals",
-        "BOOKSTREAM_TOPICS_ORDERS": f"{base}.orders",
-        "BOOKSTREAM_TOPICS_EXECUTIONS": f"{base}.executions",
-        "BOOKSTREAM_TOPICS_CONTROL": f"{base}.control",
-        "BOOKSTREAM_TOPICS_RISK": f"{base}.risk",
-        "BOOKSTREAM_TOPICS_QUALITY": f"{base}.quality",
-    }
+    env = topic_overrides(f"it.{uuid.uuid4().hex[:8]}.{tag}")
     env.update(extra)
     return env
 

@@ -9,7 +9,7 @@ import pytest
 
 from jobs.sources import SAMPLE_LOBSTER
 from udfs.adapters.lobster import iter_lobster_events
-from udfs.config import ConfigError, FeatureConfig, load_config
+from udfs.config import ConfigError, FeatureConfig, load_config, topic_overrides
 from udfs.pipeline import RecordSource, process_record
 from udfs.schema import (
     F_LAST,
@@ -141,3 +141,12 @@ def test_config_layers_and_rejects_unknown(tmp_path):
         load_config(toml, env={})
     with pytest.raises(ConfigError, match="bogus"):
         load_config(env={"BOOKSTREAM_KAFKA_BOGUS": "1"})
+
+
+def test_topic_overrides_give_every_topic_its_own_name():
+    default = load_config(env={}).topics
+    own = load_config(env=topic_overrides("run.x")).topics
+    assert len(own.names()) == len(default.specs())  # every topic the job reads or writes
+    for field_name, name in own.names().items():
+        assert name == f"run.x.{field_name}" != default.names()[field_name]
+    assert {s.name for s in own.specs()} == set(own.names().values())
