@@ -27,7 +27,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from jobs.kafka_io import drain_topic, end_offsets, first_offsets, wait_stable
+from jobs.kafka_io import drain_topic, end_offsets, first_offsets, reached_end, wait_stable
 from udfs.config import Config, load_config
 from udfs.execution import ExecutionEngine, Output
 from udfs.portfolio import Portfolio
@@ -179,7 +179,10 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
         consumer.assign([TopicPartition(t, p, history[t][p]) for t, p in replay])
         remaining = dict(replay)
         while remaining:
-            for msg in consumer.consume(num_messages=10_000, timeout=1.0):
+            msgs = consumer.consume(num_messages=10_000, timeout=1.0)
+            if not msgs:  # the committed offset may lie past commit markers (control topic)
+                reached_end(consumer, remaining)
+            for msg in msgs:
                 if msg.error():
                     continue
                 k = (msg.topic(), msg.partition())
@@ -239,12 +242,9 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
                 _complete(sequencer, cfg, k)
         if msgs:
             last_input = time.monotonic()
-        elif bounded and remaining:
-            # a partition may end in transaction markers, never delivered
-            for tp in consumer.position([TopicPartition(t, p) for t, p in remaining]):
-                if tp.offset >= remaining[(tp.topic, tp.partition)]:
-                    del remaining[(tp.topic, tp.partition)]
-                    _complete(sequencer, cfg, (tp.topic, tp.partition))
+        elif bounded:
+            for tp in reached_end(consumer, remaining):
+                _complete(sequencer, cfg, (tp.topic, tp.partition))
         done = bounded and not remaining
         if done:
             commit(sequencer.drain(final=True))

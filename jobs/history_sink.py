@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from jobs.kafka_io import create_topics, make_producer, topic_end_offsets
+from jobs.kafka_io import create_topics, make_producer, reached_end, topic_end_offsets
 from jobs.lake import (
     append_with_offsets,
     committed_offsets,
@@ -80,12 +80,11 @@ class _StopFlag:
         self.stop = True
 
 
-def run_history_sink(cfg: Config, *, bounded: bool = False, only: list[str] | None = None,
-                     idle_exit_s: float | None = None,
-                     stop_after_commits: int | None = None) -> HistoryResult:
-    """Run the sink over every stream (or the tables named in ``only``). ``bounded``: stop once
-    every topic is stored up to its end as of the start. ``stop_after_commits``: stop (without
-    committing the rest) after that many commits -- for tests that interrupt the sink."""
+def run_history_sink(cfg: Config, *, bounded: bool = False,
+                     only: list[str] | None = None) -> HistoryResult:
+    """Run the sink over every stream (or the tables named in ``only``) until stopped by
+    SIGTERM/SIGINT, or, ``bounded``, once every topic is stored up to its end as of the
+    start."""
     t0 = time.perf_counter()
     create_topics(cfg)
     catalog = open_catalog(cfg)
@@ -131,11 +130,11 @@ def run_history_sink(cfg: Config, *, bounded: bool = False, only: list[str] | No
             try:
                 rows.append(stream.decode(value))
             except _DECODE_ERRORS as exc:
-                rows_or_none = _refuse(cfg, producer, stream, topic, p, o, value, exc)
                 result.dead_lettered += 1
-                if rows_or_none is None:
+                own_row = _refuse(cfg, producer, stream, topic, p, o, value, exc)
+                if own_row is None:
                     continue
-                rows.append(rows_or_none)
+                rows.append(own_row)
             parts.append(p)
             offs.append(o)
         producer.flush(30)  # the refusals are on the dead-letter topic before the commit
@@ -169,33 +168,23 @@ def run_history_sink(cfg: Config, *, bounded: bool = False, only: list[str] | No
                 buf.next_offsets[p] = o + 1
                 if bounded and o + 1 >= remaining[key]:
                     del remaining[key]
-            if bounded and not msgs and remaining:
-                # transactional topics end in commit markers that are never delivered: the
-                # position says the partition is read to its end, and the table records that
+            if bounded and not msgs:
+                # a partition read to its end through commit markers: the table records that
                 # it holds everything up to there (so "stored up to the end" is checkable)
-                for tp in consumer.position([TopicPartition(t, p) for t, p in remaining]):
-                    if tp.offset >= remaining[(tp.topic, tp.partition)]:
-                        del remaining[(tp.topic, tp.partition)]
-                        if tp.offset > stored[tp.topic].get(tp.partition, -1):
-                            buf = pending[tp.topic]
-                            if not buf.next_offsets:
-                                buf.since = now
-                            buf.next_offsets[tp.partition] = max(
-                                tp.offset, buf.next_offsets.get(tp.partition, -1))
+                for tp in reached_end(consumer, remaining):
+                    if tp.offset > stored[tp.topic].get(tp.partition, -1):
+                        buf = pending[tp.topic]
+                        if not buf.next_offsets:
+                            buf.since = now
+                        buf.next_offsets[tp.partition] = max(
+                            tp.offset, buf.next_offsets.get(tp.partition, -1))
             done = bounded and not remaining
             for topic, buf in pending.items():
                 if buf.next_offsets and (done or len(buf.values) >= cfg.lake.commit_rows
                                          or now - buf.since >= interval_s or not msgs):
                     flush(topic)
-                    if stop_after_commits is not None and result.commits >= stop_after_commits:
-                        return result
             if done:
                 break
-            if idle_exit_s is not None and not msgs and not any(
-                    b.next_offsets for b in pending.values()):
-                idle_exit_s -= 0.5
-                if idle_exit_s <= 0:
-                    break
         for topic in pending:
             flush(topic)
     finally:
@@ -218,9 +207,7 @@ def _refuse(cfg: Config, producer, stream: Stream, topic: str, partition: int, o
                       reason_code=Reason.MALFORMED, reason=reason, raw=text, stage="history",
                       ts_dead=time.time_ns())
     if stream.name == "dead_letters":
-        return {"source": dead.source, "partition": partition, "offset": offset, "key": "",
-                "reason_code": dead.reason_code.value, "reason": reason, "raw": text,
-                "stage": "history", "ts_event": 0, "ts_dead": dead.ts_dead, "v": dead.v}
+        return stream.decode(dead.to_json().encode())
     producer.produce(cfg.topics.dead_letter, key=None, value=dead.to_json().encode())
     return None
 

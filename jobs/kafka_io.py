@@ -26,6 +26,7 @@ __all__ = [
     "end_offsets",
     "first_offsets",
     "make_producer",
+    "reached_end",
     "topic_end_offsets",
     "wait_stable",
 ]
@@ -217,6 +218,20 @@ def count_records(cfg: Config, topic: str) -> int:
     return sum(high - low for low, high in topic_end_offsets(cfg, topic).values())
 
 
+def reached_end(consumer: Consumer, remaining: dict[tuple[str, int], int]) -> list[TopicPartition]:
+    """The partitions of ``remaining`` (``(topic, partition) -> end offset``) whose position has
+    reached their end, removed from ``remaining`` and returned with that position. Call it when a
+    consume returned nothing: a transactional topic ends in commit markers, which take offsets
+    but are never delivered, so only the position tells that such a partition is read."""
+    if not remaining:
+        return []
+    done = [tp for tp in consumer.position([TopicPartition(t, p) for t, p in remaining])
+            if tp.offset >= remaining[(tp.topic, tp.partition)]]
+    for tp in done:
+        del remaining[(tp.topic, tp.partition)]
+    return done
+
+
 def drain_topic(cfg: Config, topic: str, *, from_offsets: dict[int, int] | None = None,
                 idle_timeout_s: float = 5.0,
                 read_committed: bool = False) -> Iterator[KafkaRecord]:
@@ -231,12 +246,12 @@ def drain_topic(cfg: Config, topic: str, *, from_offsets: dict[int, int] | None 
                          else "read_uncommitted"})
     try:
         assignments = []
-        remaining = {}
+        remaining: dict[tuple[str, int], int] = {}
         for p, (low, high) in ends.items():
             start = max(low, (from_offsets or {}).get(p, low))
             if start < high:
                 assignments.append(TopicPartition(topic, p, start))
-                remaining[p] = high
+                remaining[(topic, p)] = high
         if not assignments:
             return
         consumer.assign(assignments)
@@ -244,11 +259,7 @@ def drain_topic(cfg: Config, topic: str, *, from_offsets: dict[int, int] | None 
         while remaining:
             msgs = consumer.consume(num_messages=10000, timeout=0.5)
             if not msgs:
-                # a transactional topic ends with commit markers, which take offsets but are
-                # never delivered: the position tells that a partition is read to its end
-                for tp in consumer.position([TopicPartition(topic, p) for p in remaining]):
-                    if tp.offset >= remaining[tp.partition]:
-                        del remaining[tp.partition]
+                reached_end(consumer, remaining)
                 if not remaining:
                     break
                 if time.monotonic() - last_progress > idle_timeout_s:
@@ -262,11 +273,11 @@ def drain_topic(cfg: Config, topic: str, *, from_offsets: dict[int, int] | None 
                         continue
                     raise KafkaException(m.error())
                 p = m.partition()
-                if p not in remaining:
+                if (topic, p) not in remaining:
                     continue
                 rec = KafkaRecord(topic, p, m.offset(), m.key(), m.value(), m.timestamp()[1])
                 yield rec
-                if m.offset() + 1 >= remaining[p]:
-                    del remaining[p]
+                if m.offset() + 1 >= remaining[(topic, p)]:
+                    del remaining[(topic, p)]
     finally:
         consumer.close()

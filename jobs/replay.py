@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import (
     AlwaysFalse,
     And,
@@ -99,22 +100,20 @@ def replay_topics(topics: TopicsConfig, replay_id: str) -> TopicsConfig:
         for f, name in topics.names().items()})
 
 
-def _read(cfg: Config, stream: Stream, topic: str, rng: ReplayRange) -> list[dict[str, Any]]:
+def _read(catalog: Catalog, cfg: Config, stream: Stream, topic: str,
+          rng: ReplayRange) -> list[dict[str, Any]]:
     """The stream's stored rows inside the range, in Kafka order (partition, offset)."""
-    table = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.{stream.name}")
+    table = catalog.load_table(f"{cfg.lake.namespace}.{stream.name}")
     arrow: pa.Table = table.scan(row_filter=rng.filter_for(topic)).to_arrow()
     arrow = arrow.sort_by([("_partition", "ascending"), ("_offset", "ascending")])
     return arrow.to_pylist()
 
 
-def _event_of(row: dict[str, Any]) -> L2Event:
-    return L2Event(instrument=row["instrument"], venue=row["venue"], kind=Kind(row["kind"]),
-                   side=Side(row["side"]), price=row["price"], size=row["size"],
-                   ts_event=row["ts_event"], ts_recv=row["ts_recv"],
-                   price_exp=row["price_exp"], size_exp=row["size_exp"],
-                   order_id=row["order_id"], seq=row["seq"], seq_first=row["seq_first"],
-                   seq_prev=row["seq_prev"], ts_proc=row["ts_proc"], flags=row["flags"],
-                   v=row["v"])
+def _event_of(stream: Stream, row: dict[str, Any]) -> L2Event:
+    """A stored events row back to its event (the row's own columns are the event's fields)."""
+    values = {c: row[c] for c in stream.columns}
+    values["kind"], values["side"] = Kind(values["kind"]), Side(values["side"])
+    return L2Event(**values)
 
 
 def _stable(stream: Stream, row: dict[str, Any]) -> str:
@@ -122,11 +121,10 @@ def _stable(stream: Stream, row: dict[str, Any]) -> str:
                       separators=(",", ":"))
 
 
-def _check_history_complete(cfg: Config, rng: ReplayRange) -> None:
+def _check_history_complete(catalog: Catalog, cfg: Config, rng: ReplayRange) -> None:
     """A run's history must be stored up to the run's end before it can be replayed."""
     if rng.offsets_to is None:
         return
-    catalog = open_catalog(cfg)
     for stream in history_streams(cfg):
         topic = getattr(cfg.topics, stream.topic_field)
         if stream.name not in ("events", "orders", "executions", "control"):
@@ -172,22 +170,24 @@ def replay(cfg: Config, rng: ReplayRange, *, speed: float | None = None,
     t0 = time.perf_counter()
     replay_id = replay_id or uuid.uuid4().hex[:8]
     streams = {s.name: s for s in history_streams(cfg)}
-    _check_history_complete(cfg, rng)
+    catalog = open_catalog(cfg)
+    _check_history_complete(catalog, cfg, rng)
     live_topics = cfg.topics
     rcfg = dataclasses.replace(cfg, topics=replay_topics(cfg.topics, replay_id))
     create_topics(rcfg)
     try:
         # 1. the recorded inputs, in their partition order, to the replay's own topics
         t_read = time.perf_counter()
-        event_rows = _read(cfg, streams["events"], live_topics.events, rng)
-        control_rows = [r for r in _read(cfg, streams["control"], live_topics.control, rng)
+        event_rows = _read(catalog, cfg, streams["events"], live_topics.events, rng)
+        control_rows = [r for r in _read(catalog, cfg, streams["control"], live_topics.control,
+                                         rng)
                         if r["command"] != ControlCommand.KILL_TRIPPED.value]
         read_s = time.perf_counter() - t_read
         producer = make_producer(rcfg)
         on_delivery = DeliveryErrors()
         t_pub = time.perf_counter()
-        published = produce_events(producer, rcfg.topics.events,
-                                   (_event_of(r) for r in event_rows), on_delivery,
+        events = (_event_of(streams["events"], r) for r in event_rows)
+        published = produce_events(producer, rcfg.topics.events, events, on_delivery,
                                    speed=speed, progress=progress, desc="replay")
         for r in control_rows:
             producer.produce(rcfg.topics.control, key=r["instrument"] or None,
@@ -217,7 +217,7 @@ def replay(cfg: Config, rng: ReplayRange, *, speed: float | None = None,
             if published else 0.0,
         }
         if verify:
-            summary.update(_verify(cfg, rcfg, rng, streams))
+            summary.update(_verify(catalog, cfg, rcfg, rng, streams, event_rows))
         summary["wall_s"] = round(time.perf_counter() - t0, 3)
         summary["replay_topics"] = None if not keep_topics else rcfg.topics.events.rsplit(
             ".", 2)[0] + ".*"
@@ -227,8 +227,8 @@ def replay(cfg: Config, rng: ReplayRange, *, speed: float | None = None,
             delete_topics(rcfg, [s.name for s in rcfg.topics.specs()])
 
 
-def _verify(cfg: Config, rcfg: Config, rng: ReplayRange,
-            streams: dict[str, Stream]) -> dict[str, Any]:
+def _verify(catalog: Catalog, cfg: Config, rcfg: Config, rng: ReplayRange,
+            streams: dict[str, Stream], event_rows: list[dict[str, Any]]) -> dict[str, Any]:
     orders_s, exec_s = streams["orders"], streams["executions"]
 
     def replayed(stream: Stream, topic: str, read_committed: bool) -> list[dict]:
@@ -238,9 +238,9 @@ def _verify(cfg: Config, rcfg: Config, rng: ReplayRange,
     def real_orders(rows: list[dict]) -> list[dict]:
         return [r for r in rows if r["action"] != OrderAction.HEARTBEAT.value]
 
-    live_orders = real_orders(_read(cfg, orders_s, cfg.topics.orders, rng))
+    live_orders = real_orders(_read(catalog, cfg, orders_s, cfg.topics.orders, rng))
     replay_orders = real_orders(replayed(orders_s, rcfg.topics.orders, False))
-    live_exec = _read(cfg, exec_s, cfg.topics.executions, rng)
+    live_exec = _read(catalog, cfg, exec_s, cfg.topics.executions, rng)
     replay_exec = replayed(exec_s, rcfg.topics.executions, True)
     live_fills = [r for r in live_exec if r["kind"] == "fill"]
     replay_fills = [r for r in replay_exec if r["kind"] == "fill"]
@@ -250,7 +250,7 @@ def _verify(cfg: Config, rcfg: Config, rng: ReplayRange,
     exec_identical, exec_diff = _compare(exec_s, live_exec, replay_exec)
     first = orders_diff or exec_diff or fills_diff
     if first is not None:
-        first["input_event"] = _input_event(cfg, rng, streams, first, live_orders)
+        first["input_event"] = _input_event(first, live_orders, event_rows)
     live_n, fills_n = len(live_orders), len(live_fills)
     return {
         "orders_live": live_n, "orders_replayed": len(replay_orders),
@@ -267,8 +267,8 @@ def _verify(cfg: Config, rcfg: Config, rng: ReplayRange,
     }
 
 
-def _input_event(cfg: Config, rng: ReplayRange, streams: dict[str, Stream], diff: dict,
-                 live_orders: list[dict]) -> dict | None:
+def _input_event(diff: dict, live_orders: list[dict],
+                 event_rows: list[dict[str, Any]]) -> dict | None:
     """The recorded event that led to a divergent record: the order's source event (for an
     execution report, the source event of its order)."""
     record = diff["live"] or diff["replayed"] or {}
@@ -278,7 +278,7 @@ def _input_event(cfg: Config, rng: ReplayRange, streams: dict[str, Stream], diff
         seq = order["source_seq"] if order else None
     if seq is None:
         return None
-    for row in _read(cfg, streams["events"], cfg.topics.events, rng):
+    for row in event_rows:
         if row["instrument"] == diff["key"] and row["seq"] == seq:
             return {k: (v.isoformat() if isinstance(v, datetime) else v)
                     for k, v in row.items()}

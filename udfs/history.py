@@ -190,6 +190,13 @@ QUALITY_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
 """Data-quality counters per instrument and exchange-time minute (``udfs/quality.py``)."""
 
 
+def _trading_stream(name: str, cls: type) -> Stream:
+    """A trading record's table: topic field = table name, time = its ``ts_event``."""
+    return Stream(name, name, tuple(_dataclass_fields(cls)),
+                  _record_decoder(cls, lambda raw: decode_record(cls, raw)),
+                  lambda r: r["ts_event"])
+
+
 def streams(depth_levels: int) -> tuple[Stream, ...]:
     """Every history table, for a job computing ``depth_levels`` of imbalance."""
     feature_fields = _feature_fields(depth_levels)
@@ -207,21 +214,9 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
         Stream("stats", "stats", STATS_FIELDS,
                _json_decoder(STATS_FIELDS, ()),
                lambda r: (r["watermark_ms"] or 0) * 1_000_000 or (r["ts_proc"] or 0)),
-        Stream("signals", "signals", tuple(_dataclass_fields(Signal)),
-               _record_decoder(Signal, lambda raw: decode_record(Signal, raw)),
-               lambda r: r["ts_event"]),
-        Stream("orders", "orders", tuple(_dataclass_fields(Order)),
-               _record_decoder(Order, lambda raw: decode_record(Order, raw)),
-               lambda r: r["ts_event"]),
-        Stream("executions", "executions", tuple(_dataclass_fields(ExecReport)),
-               _record_decoder(ExecReport, lambda raw: decode_record(ExecReport, raw)),
-               lambda r: r["ts_event"]),
-        Stream("control", "control", tuple(_dataclass_fields(Control)),
-               _record_decoder(Control, lambda raw: decode_record(Control, raw)),
-               lambda r: r["ts_event"]),
-        Stream("risk", "risk", tuple(_dataclass_fields(RiskReport)),
-               _record_decoder(RiskReport, lambda raw: decode_record(RiskReport, raw)),
-               lambda r: r["ts_event"]),
+        *(_trading_stream(name, cls) for name, cls in (
+            ("signals", Signal), ("orders", Order), ("executions", ExecReport),
+            ("control", Control), ("risk", RiskReport))),
         Stream("quality", "quality", QUALITY_FIELDS,
                _json_decoder(QUALITY_FIELDS, ("instrument", "minute_start")),
                lambda r: r["minute_start"]),

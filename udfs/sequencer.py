@@ -113,6 +113,7 @@ class Sequencer:
             if part is not None and part in self.orders_done:
                 continue
             safe = min(safe, self.frontier.get(inst, float("-inf")))
+        # nothing seen and nothing complete yet: nothing is known to be safe
         return safe if safe != float("inf") or self.market_done else float("-inf")
 
     def pending(self) -> int:
