@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 from it_helpers import config_for, run_cli, start_job, wait_for
 
+from jobs.doctor import run_doctor
 from jobs.kafka_io import drain_topic, end_offsets, make_producer
 from jobs.lake import (
     OFFSETS_PROPERTY,
@@ -205,3 +206,14 @@ def test_undecodable_records_are_dead_lettered_not_stored(kafka_topics, tmp_path
     own = [r for r in rows if r["raw"] == "not json at all"]
     assert len(own) == 1 and own[0]["stage"] == "history"
     assert own[0]["source"] == f"kafka:{cfg.topics.dead_letter}"
+
+
+def test_doctor_counts_the_rows_of_every_snapshot(tmp_path: Path) -> None:
+    cfg = config_for({"BOOKSTREAM_LAKE_ROOT": str(tmp_path / "lake")})
+    events = next(s for s in history_streams(cfg) if s.name == "events")
+    table = ensure_table(open_catalog(cfg), cfg, events)
+    append_with_offsets(table, _sample_rows(events, 500), "t", {0: 500})
+    append_with_offsets(table.refresh(), _sample_rows(events, 300, skip=500), "t", {0: 800})
+    ok, report = run_doctor(cfg, need_broker=False)
+    assert ok and report["checks"]["lake"]["ok"] is True
+    assert "events=800" in report["checks"]["lake"]["detail"].split()
