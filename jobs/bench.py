@@ -43,11 +43,16 @@ __all__ = ["main"]
 SHARED_USDM = PROJECT_ROOT.parent / "shared/data/binance/usdm/btcusdt_20240808.gz"
 SHARED_LOBSTER = PROJECT_ROOT.parent / "shared/data/lobster"
 LOBSTER_DAY = tuple(
-    (SHARED_LOBSTER / f"LOBSTER_SampleFile_{sym}_2012-06-21_{lvl}"
-     / f"{sym}_2012-06-21_34200000_57600000_message_{lvl}.csv",
-     SHARED_LOBSTER / f"LOBSTER_SampleFile_{sym}_2012-06-21_{lvl}"
-     / f"{sym}_2012-06-21_34200000_57600000_orderbook_{lvl}.csv")
-    for sym, lvl in (("AAPL", 1), ("AMZN", 1), ("GOOG", 10)))
+    (
+        SHARED_LOBSTER
+        / f"LOBSTER_SampleFile_{sym}_2012-06-21_{lvl}"
+        / f"{sym}_2012-06-21_34200000_57600000_message_{lvl}.csv",
+        SHARED_LOBSTER
+        / f"LOBSTER_SampleFile_{sym}_2012-06-21_{lvl}"
+        / f"{sym}_2012-06-21_34200000_57600000_orderbook_{lvl}.csv",
+    )
+    for sym, lvl in (("AAPL", 1), ("AMZN", 1), ("GOOG", 10))
+)
 TARGETS = {"core": 300_000, "job": 50_000, "job/broker": 0.5}
 
 
@@ -66,7 +71,7 @@ def _source_args(args: argparse.Namespace) -> list[str]:
 
 
 def _source_from(argv: list[str]):
-    from jobs.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
+    from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
 
     src = Source()
     i = 0
@@ -96,8 +101,8 @@ def _source_from(argv: list[str]):
 
 
 def stage_core(source_argv: list[str]) -> dict:
-    from udfs.book import BookError, OrderBook
-    from udfs.features import FeatureState, on_event
+    from udfs.market.book import BookError, OrderBook
+    from udfs.market.features import FeatureState, on_event
     from udfs.schema import Kind
 
     cfg = load_config()
@@ -117,8 +122,10 @@ def stage_core(source_argv: list[str]) -> dict:
                 book.apply(ev)
             except BookError:
                 continue
-            if ev.kind is not Kind.BBO and on_event(feats[ev.instrument], book, ev,
-                                                   cfg.features) is not None:
+            if (
+                ev.kind is not Kind.BBO
+                and on_event(feats[ev.instrument], book, ev, cfg.features) is not None
+            ):
                 rows += 1
         best = max(best, len(events) / (time.perf_counter() - t))
     return {"events": len(events), "features": rows, "events_per_s": best}
@@ -129,16 +136,18 @@ def stage_record(source_argv: list[str]) -> dict:
     from udfs.schema import encode_event
 
     cfg = load_config()
-    records = [(ev.instrument, encode_event(ev).decode())
-               for ev in _source_from(source_argv).events()]
+    records = [
+        (ev.instrument, encode_event(ev).decode()) for ev in _source_from(source_argv).events()
+    ]
     src = RecordSource("bench", 0, 0)
     best = 0.0
     for _ in range(3):
         states: dict = {}
         t = time.perf_counter()
         for key, raw in records:
-            states[key], _ = process_record(states.get(key), key, raw, src, cfg.features,
-                                            cfg.flink.out_of_orderness_ms)
+            states[key], _ = process_record(
+                states.get(key), key, raw, src, cfg.features, cfg.flink.out_of_orderness_ms
+            )
         best = max(best, len(records) / (time.perf_counter() - t))
     return {"events": len(records), "events_per_s": best}
 
@@ -150,10 +159,15 @@ def stage_broker(topic: str, copy_topic: str) -> dict:
 
     cfg = load_config()
     total = count_records(cfg, topic)
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                         "group.id": f"bench-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "fetch.max.bytes": 52428800})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 52428800,
+        }
+    )
     consumer.subscribe([topic])
     producer = make_producer(cfg)
     n = 0
@@ -164,8 +178,9 @@ def stage_broker(topic: str, copy_topic: str) -> dict:
                 continue
             while True:
                 try:
-                    producer.produce(copy_topic, value=m.value(), key=m.key(),
-                                     timestamp=m.timestamp()[1])
+                    producer.produce(
+                        copy_topic, value=m.value(), key=m.key(), timestamp=m.timestamp()[1]
+                    )
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -187,11 +202,17 @@ def stage_job(topic: str, out_prefix: str) -> dict:
     def run(events_topic: str) -> float:
         start = first_offsets(cfg, events_topic)
         t = time.perf_counter()
-        env = build_job(cfg, bounded=True, group_id=f"bench-{uuid.uuid4().hex[:6]}",
-                        start_offsets=start, events_topic=events_topic,
-                        features_topic=f"{out_prefix}.features",
-                        dead_letter_topic=f"{out_prefix}.deadletter",
-                        stats_topic=f"{out_prefix}.stats", trading=False)
+        env = build_job(
+            cfg,
+            bounded=True,
+            group_id=f"bench-{uuid.uuid4().hex[:6]}",
+            start_offsets=start,
+            events_topic=events_topic,
+            features_topic=f"{out_prefix}.features",
+            dead_letter_topic=f"{out_prefix}.deadletter",
+            stats_topic=f"{out_prefix}.stats",
+            trading=False,
+        )
         env.execute("bookstream-bench")
         return time.perf_counter() - t
 
@@ -202,10 +223,15 @@ def stage_job(topic: str, out_prefix: str) -> dict:
     wall = run(topic)
     startup = run(f"{out_prefix}.empty")
     steady = total / (wall - startup) if wall > startup else None
-    return {"events": total, "features": count_records(cfg, f"{out_prefix}.features"),
-            "events_per_s": total / (wall + first - startup), "wall_s": wall,
-            "jvm_launch_s": first - startup, "startup_s": startup,
-            "steady_events_per_s": steady}
+    return {
+        "events": total,
+        "features": count_records(cfg, f"{out_prefix}.features"),
+        "events_per_s": total / (wall + first - startup),
+        "wall_s": wall,
+        "jvm_launch_s": first - startup,
+        "startup_s": startup,
+        "steady_events_per_s": steady,
+    }
 
 
 def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
@@ -234,17 +260,31 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
     create_topics(cfg)
     events = list(_source_from(source_argv).events())
     warmup, events = events[:500], events[500:]
-    job = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run-job", "--group-id",
-                            f"bench-lat-{uuid.uuid4().hex[:6]}"], cwd=PROJECT_ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "run-job",
+            "--group-id",
+            f"bench-lat-{uuid.uuid4().hex[:6]}",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     latencies: list[int] = []
     stop = threading.Event()
 
     # assigned, not subscribed: no group join may delay the first orders' reading
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                         "group.id": f"bench-lat-{uuid.uuid4().hex[:6]}",
-                         "fetch.wait.max.ms": 5})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": f"bench-lat-{uuid.uuid4().hex[:6]}",
+            "fetch.wait.max.ms": 5,
+        }
+    )
 
     def consume() -> None:
         while not stop.is_set():
@@ -260,17 +300,26 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
     producer = make_producer(cfg, **{"linger.ms": 0})
     try:
         for ev in warmup:  # the job is up once these come out as features
-            producer.produce(cfg.topics.events, key=ev.instrument, value=encode_event(ev),
-                             timestamp=ev.ts_event // 1_000_000)
+            producer.produce(
+                cfg.topics.events,
+                key=ev.instrument,
+                value=encode_event(ev),
+                timestamp=ev.ts_event // 1_000_000,
+            )
         producer.flush(30)
         deadline = time.monotonic() + 120
         while count_records(cfg, cfg.topics.features) == 0:
             if time.monotonic() > deadline or job.poll() is not None:
-                raise RuntimeError("the trading job did not start (run `bookstream run-job` "
-                                   "to see why)")
+                raise RuntimeError(
+                    "the trading job did not start (run `bookstream run-job` to see why)"
+                )
             time.sleep(0.5)
-        consumer.assign([TopicPartition(cfg.topics.orders, p, hi)
-                         for p, hi in end_offsets(cfg, cfg.topics.orders).items()])
+        consumer.assign(
+            [
+                TopicPartition(cfg.topics.orders, p, hi)
+                for p, hi in end_offsets(cfg, cfg.topics.orders).items()
+            ]
+        )
         consumer.consume(num_messages=1, timeout=1.0)  # connect before the clock starts
         t_start = time.time_ns()
         reader = threading.Thread(target=consume, daemon=True)
@@ -282,8 +331,12 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
             if ahead > 0:
                 time.sleep(ahead)
             ev = replace(ev, ts_recv=time.time_ns())
-            producer.produce(cfg.topics.events, key=ev.instrument, value=encode_event(ev),
-                             timestamp=ev.ts_event // 1_000_000)
+            producer.produce(
+                cfg.topics.events,
+                key=ev.instrument,
+                value=encode_event(ev),
+                timestamp=ev.ts_event // 1_000_000,
+            )
             producer.poll(0)
         producer.flush(30)
         achieved = len(events) / (time.perf_counter() - t0)
@@ -295,10 +348,14 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
         job.wait(30)
         delete_topics(cfg, [spec.name for spec in cfg.topics.specs()])
     lat_ms = np.array(latencies) / 1e6
-    pct = {f"p{q}": float(np.percentile(lat_ms, q)) if len(lat_ms) else None
-           for q in (50, 95, 99)}
-    return {"events": len(events), "events_per_s": achieved, "orders": len(latencies),
-            "rate_target": rate, **pct}
+    pct = {f"p{q}": float(np.percentile(lat_ms, q)) if len(lat_ms) else None for q in (50, 95, 99)}
+    return {
+        "events": len(events),
+        "events_per_s": achieved,
+        "orders": len(latencies),
+        "rate_target": rate,
+        **pct,
+    }
 
 
 def stage_lake() -> dict:
@@ -307,14 +364,18 @@ def stage_lake() -> dict:
 
     from jobs.demo import load_run, run_demo
     from jobs.replay import ReplayRange, replay
-    from jobs.sources import Source
     from jobs.sql import SQL_DIR, run_sql
+    from udfs.market.adapters.sources import Source
 
     cfg = load_config()
     live = run_demo(cfg, Source(lobster=list(LOBSTER_DAY)), progress=False)
     run = load_run(cfg, live["run_id"])
-    rep = replay(cfg, ReplayRange(run_id=run["run_id"], offsets_from=run["from"],
-                                  offsets_to=run["to"]), progress=False, verify=True)
+    rep = replay(
+        cfg,
+        ReplayRange(run_id=run["run_id"], offsets_from=run["from"], offsets_to=run["to"]),
+        progress=False,
+        verify=True,
+    )
     queries = {}
     for path in sorted(SQL_DIR.glob("*.sql")):
         times = []
@@ -323,25 +384,35 @@ def stage_lake() -> dict:
             run_sql(cfg, str(path), fmt="csv")
             times.append(time.perf_counter() - t)
         queries[path.name] = statistics.median(times)
-    return {"events": live["published"], "events_per_s": live["job_events_per_s"],
-            "history_rows": live["history_rows"],
-            "history_rows_per_s": live["history_rows"] / live["history_s"],
-            "live_job_events_per_s": live["job_events_per_s"],
-            "replay_events_per_s": rep["events_per_s"],
-            "replay_job_events_per_s": rep["events_replayed"] / rep["job_s"],
-            "replay_identical": rep["identical"], "orders_live": rep["orders_live"],
-            "orders_identical": rep["orders_identical"], "fills_live": rep["fills_live"],
-            "fills_identical": rep["fills_identical"],
-            "first_divergence": rep["first_divergence"], "query_s": queries}
+    return {
+        "events": live["published"],
+        "events_per_s": live["job_events_per_s"],
+        "history_rows": live["history_rows"],
+        "history_rows_per_s": live["history_rows"] / live["history_s"],
+        "live_job_events_per_s": live["job_events_per_s"],
+        "replay_events_per_s": rep["events_per_s"],
+        "replay_job_events_per_s": rep["events_replayed"] / rep["job_s"],
+        "replay_identical": rep["identical"],
+        "orders_live": rep["orders_live"],
+        "orders_identical": rep["orders_identical"],
+        "fills_live": rep["fills_live"],
+        "fills_identical": rep["fills_identical"],
+        "first_divergence": rep["first_divergence"],
+        "query_s": queries,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def _run_stage(argv: list[str], env: dict[str, str] | None = None) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "jobs.bench", "--stage", *argv],
-                          capture_output=True, text=True, cwd=PROJECT_ROOT,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.bench", "--stage", *argv],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **(env or {})},
+    )
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"bench stage {argv[0]} failed (exit {proc.returncode})")
@@ -368,8 +439,14 @@ def _children_peak_rss_mb() -> float:
 
 def _run_stage_here(argv: list[str]) -> int:
     name, rest = argv[0], argv[1:]
-    fn = {"core": stage_core, "record": stage_record, "broker": stage_broker,
-          "job": stage_job, "latency": stage_latency, "lake": stage_lake}[name]
+    fn = {
+        "core": stage_core,
+        "record": stage_record,
+        "broker": stage_broker,
+        "job": stage_job,
+        "latency": stage_latency,
+        "lake": stage_lake,
+    }[name]
     if name == "lake":
         result = fn()
     elif name in ("core", "record"):
@@ -378,8 +455,9 @@ def _run_stage_here(argv: list[str]) -> int:
         result = fn(rest[0], rest[1:])
     else:
         result = fn(*rest)
-    result["peak_rss_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                             + _children_peak_rss_mb())
+    result["peak_rss_mb"] = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + _children_peak_rss_mb()
+    )
     print(json.dumps(result))
     return 0
 
@@ -388,18 +466,32 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--stage"]:  # a child run of one stage; its arguments are not options
         return _run_stage_here(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--lobster", nargs=2, action="append", metavar=("MSG", "OB"))
     parser.add_argument("--binance", nargs="+", action="append", metavar="FILE")
-    parser.add_argument("--sample-only", action="store_true",
-                        help="only the shipped sample (faster, less steady figures)")
-    parser.add_argument("--latency-rate", type=float, default=2000.0,
-                        help="input rate (events/s) of the tick-to-order latency run")
-    parser.add_argument("--no-lake", action="store_true",
-                        help="skip the history / replay / SQL figures on a full LOBSTER day")
-    parser.add_argument("--only-lake", action="store_true",
-                        help="only the history / replay / SQL figures")
+    parser.add_argument(
+        "--sample-only",
+        action="store_true",
+        help="only the shipped sample (faster, less steady figures)",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=2000.0,
+        help="input rate (events/s) of the tick-to-order latency run",
+    )
+    parser.add_argument(
+        "--no-lake",
+        action="store_true",
+        help="skip the history / replay / SQL figures on a full LOBSTER day",
+    )
+    parser.add_argument(
+        "--only-lake", action="store_true", help="only the history / replay / SQL figures"
+    )
     args = parser.parse_args(argv)
 
     from jobs.kafka_io import create_topics, delete_topics
@@ -417,10 +509,18 @@ def main(argv: list[str] | None = None) -> int:
     topic, copy_topic = f"{run}.events", f"{run}.copy"
     outputs = [f"{run}.features", f"{run}.deadletter", f"{run}.stats", f"{run}.empty"]
     source_argv = _source_args(args)
-    print(f"bookstream bench  {time.strftime('%Y-%m-%d %H:%M:%S')}  cores={os.cpu_count()}  "
-          f"source: {' '.join(source_argv)}", flush=True)
-    create_topics(cfg, [TopicSpec(name=t, partitions=cfg.topics.partitions, retention_ms=-1)
-                        for t in (topic, copy_topic, *outputs)])
+    print(
+        f"bookstream bench  {time.strftime('%Y-%m-%d %H:%M:%S')}  cores={os.cpu_count()}  "
+        f"source: {' '.join(source_argv)}",
+        flush=True,
+    )
+    create_topics(
+        cfg,
+        [
+            TopicSpec(name=t, partitions=cfg.topics.partitions, retention_ms=-1)
+            for t in (topic, copy_topic, *outputs)
+        ],
+    )
     try:
         results = {}
         results["core"] = _run_stage(["core", *source_argv])
@@ -429,8 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         results["publish"] = {"events": pub.published, "events_per_s": pub.rate}
         results["broker"] = _run_stage(["broker", topic, copy_topic])
         results["job"] = _run_stage(["job", topic, run])
-        results["latency"] = _run_stage(["latency", str(args.latency_rate), "--sample"],
-                                        env=topic_overrides(f"{run}.lat"))
+        results["latency"] = _run_stage(
+            ["latency", str(args.latency_rate), "--sample"], env=topic_overrides(f"{run}.lat")
+        )
     finally:
         delete_topics(cfg, [topic, copy_topic, *outputs])
 
@@ -445,17 +546,24 @@ def main(argv: list[str] | None = None) -> int:
     for label, key in rows:
         r = results[key]
         rss = r.get("peak_rss_mb")
-        print(f"{label:<44}{r['events']:>10}{r['events_per_s']:>12,.0f}"
-              f"{(f'{rss:,.0f}' if rss else '-'):>13}")
+        print(
+            f"{label:<44}{r['events']:>10}{r['events_per_s']:>12,.0f}"
+            f"{(f'{rss:,.0f}' if rss else '-'):>13}"
+        )
     a, b, c = (results[k]["events_per_s"] for k in ("core", "broker", "job"))
     ratios = {"c/b": c / b, "c/a": c / a, "a'/a": results["record"]["events_per_s"] / a}
     print("\nratios: " + "  ".join(f"{k} = {v:.3f}" for k, v in ratios.items()))
     job = results["job"]
     steady = job["steady_events_per_s"]
-    print(f"job: JVM launch ~{job['jvm_launch_s']:.1f}s + run {job['wall_s']:.1f}s, of which "
-          f"job start-up/shutdown ~{job['startup_s']:.1f}s (same job on an empty topic); "
-          + (f"steady {steady:,.0f} ev/s, steady c/b = {steady / b:.3f}" if steady else
-             "input too small to separate the steady rate from start-up"))
+    print(
+        f"job: JVM launch ~{job['jvm_launch_s']:.1f}s + run {job['wall_s']:.1f}s, of which "
+        f"job start-up/shutdown ~{job['startup_s']:.1f}s (same job on an empty topic); "
+        + (
+            f"steady {steady:,.0f} ev/s, steady c/b = {steady / b:.3f}"
+            if steady
+            else "input too small to separate the steady rate from start-up"
+        )
+    )
     steady = steady or 0.0
     verdicts = {
         "core >= 300k ev/s": a >= TARGETS["core"],
@@ -465,14 +573,18 @@ def main(argv: list[str] | None = None) -> int:
         "job/broker >= 0.5 (steady)": steady / b >= TARGETS["job/broker"],
     }
     lat = results["latency"]
-    print(f"tick-to-order latency (trigger's receive -> order readable on the orders topic), "
-          f"trading job live at {lat['events_per_s']:,.0f} ev/s input, {lat['orders']} orders: "
-          f"p50 {lat['p50']} ms  p95 {lat['p95']} ms  p99 {lat['p99']} ms")
+    print(
+        f"tick-to-order latency (trigger's receive -> order readable on the orders topic), "
+        f"trading job live at {lat['events_per_s']:,.0f} ev/s input, {lat['orders']} orders: "
+        f"p50 {lat['p50']} ms  p95 {lat['p95']} ms  p99 {lat['p99']} ms"
+    )
     print("targets:")
     for k, v in verdicts.items():
         print(f"  {k:<34} {'met' if v else 'MISSED'}")
-    print(json.dumps({"results": results, "ratios": ratios, "targets_met": verdicts},
-                     default=float), flush=True)
+    print(
+        json.dumps({"results": results, "ratios": ratios, "targets_met": verdicts}, default=float),
+        flush=True,
+    )
     if not args.no_lake:
         if have_day:
             _lake_bench(cfg, run)
@@ -497,16 +609,24 @@ def _lake_bench(cfg, run: str) -> dict:
         delete_topics(lcfg, [spec.name for spec in lcfg.topics.specs()])
         shutil.rmtree(root, ignore_errors=True)
     print(f"\nlake: a full LOBSTER day ({r['events']:,} events, 3 instruments) live -> Iceberg")
-    print(f"  history sink        {r['history_rows']:>10,} rows  {r['history_rows_per_s']:>10,.0f}"
-          " rows/s")
-    print(f"  live job            {r['events']:>10,} ev    {r['live_job_events_per_s']:>10,.0f}"
-          " ev/s (Kafka -> Flink trading job -> Kafka, incl. start-up)")
-    print(f"  replay from Iceberg {r['events']:>10,} ev    {r['replay_events_per_s']:>10,.0f}"
-          " ev/s (read + publish + the same job), job alone "
-          f"{r['replay_job_events_per_s']:,.0f} ev/s; replay/live = "
-          f"{r['replay_events_per_s'] / r['live_job_events_per_s']:.2f}")
-    print(f"  replay identical: {r['replay_identical']} (orders {r['orders_identical']}/"
-          f"{r['orders_live']}, fills {r['fills_identical']}/{r['fills_live']})")
+    print(
+        f"  history sink        {r['history_rows']:>10,} rows  {r['history_rows_per_s']:>10,.0f}"
+        " rows/s"
+    )
+    print(
+        f"  live job            {r['events']:>10,} ev    {r['live_job_events_per_s']:>10,.0f}"
+        " ev/s (Kafka -> Flink trading job -> Kafka, incl. start-up)"
+    )
+    print(
+        f"  replay from Iceberg {r['events']:>10,} ev    {r['replay_events_per_s']:>10,.0f}"
+        " ev/s (read + publish + the same job), job alone "
+        f"{r['replay_job_events_per_s']:,.0f} ev/s; replay/live = "
+        f"{r['replay_events_per_s'] / r['live_job_events_per_s']:.2f}"
+    )
+    print(
+        f"  replay identical: {r['replay_identical']} (orders {r['orders_identical']}/"
+        f"{r['orders_live']}, fills {r['fills_identical']}/{r['fills_live']})"
+    )
     if r["first_divergence"]:
         print(f"  first divergence: {json.dumps(r['first_divergence'])[:2000]}")
     for name, secs in r["query_s"].items():

@@ -32,17 +32,31 @@ logger = logging.getLogger("bookstream")
 
 
 def _add_source_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    group = parser.add_argument_group("source (any number of each; default: the shipped sample)"
-                                      if not required else "source")
-    group.add_argument("--lobster", nargs=2, action="append", metavar=("MESSAGE_FILE",
-                       "ORDERBOOK_FILE"), type=Path, default=[],
-                       help="a LOBSTER message file and its orderbook file")
-    group.add_argument("--binance", nargs="+", action="append", metavar="FILE", type=Path,
-                       default=[], help="a Binance raw capture: files of one stream, in order")
+    group = parser.add_argument_group(
+        "source (any number of each; default: the shipped sample)" if not required else "source"
+    )
+    group.add_argument(
+        "--lobster",
+        nargs=2,
+        action="append",
+        metavar=("MESSAGE_FILE", "ORDERBOOK_FILE"),
+        type=Path,
+        default=[],
+        help="a LOBSTER message file and its orderbook file",
+    )
+    group.add_argument(
+        "--binance",
+        nargs="+",
+        action="append",
+        metavar="FILE",
+        type=Path,
+        default=[],
+        help="a Binance raw capture: files of one stream, in order",
+    )
 
 
 def _source(args: argparse.Namespace):
-    from jobs.sources import Source
+    from udfs.market.adapters.sources import Source
 
     if not args.lobster and not args.binance:
         return Source.sample()
@@ -67,8 +81,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     cfg = load_config()
     created = create_topics(cfg)
     have = existing_topics(cfg)
-    _emit({"created": created,
-           "topics": {s.name: have.get(s.name) for s in cfg.topics.specs()}})
+    _emit({"created": created, "topics": {s.name: have.get(s.name) for s in cfg.topics.specs()}})
     return 0
 
 
@@ -78,11 +91,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     cfg = load_config()
     create_topics(cfg)
-    res = publish(cfg, _source(args), speed=args.speed,
-                  progress=False if args.no_progress else None)
-    _emit({"events_in": res.events_in, "published": res.published,
-           "dead_lettered": res.dead_lettered, "wall_s": round(res.wall_s, 3),
-           "events_per_s": round(res.rate, 1)})
+    res = publish(
+        cfg, _source(args), speed=args.speed, progress=False if args.no_progress else None
+    )
+    _emit(
+        {
+            "events_in": res.events_in,
+            "published": res.published,
+            "dead_lettered": res.dead_lettered,
+            "wall_s": round(res.wall_s, 3),
+            "events_per_s": round(res.rate, 1),
+        }
+    )
     return 0
 
 
@@ -110,8 +130,9 @@ def cmd_exec_sink(args: argparse.Namespace) -> int:
 def cmd_history_sink(args: argparse.Namespace) -> int:
     from jobs.history_sink import main as history_main
 
-    return history_main((["--bounded"] if args.bounded else [])
-                        + (["--only", *args.only] if args.only else []))
+    return history_main(
+        (["--bounded"] if args.bounded else []) + (["--only", *args.only] if args.only else [])
+    )
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -125,23 +146,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     from jobs.sql import sql_command
 
-    return sql_command(load_config(), args.query, fmt=args.format, list_files=args.list,
-                       engine="mergetree" if args.mergetree else "lake", ddl=args.ddl,
-                       write=args.write_ddl)
+    return sql_command(
+        load_config(),
+        args.query,
+        fmt=args.format,
+        list_files=args.list,
+        engine="mergetree" if args.mergetree else "lake",
+        ddl=args.ddl,
+        write=args.write_ddl,
+    )
 
 
 def cmd_verify_book(args: argparse.Namespace) -> int:
     if bool(args.lobster) == bool(args.binance):
-        print("verify-book: give exactly one of --lobster MESSAGE_FILE ORDERBOOK_FILE or "
-              "--binance FILE [FILE...]", file=sys.stderr)
+        print(
+            "verify-book: give exactly one of --lobster MESSAGE_FILE ORDERBOOK_FILE or "
+            "--binance FILE [FILE...]",
+            file=sys.stderr,
+        )
         return 2
     if args.lobster:
-        from udfs.adapters.lobster import verify_lobster
+        from udfs.market.adapters.lobster import verify_lobster
 
         message_file, orderbook_file = args.lobster[0]
         result = dict(verify_lobster(message_file, orderbook_file))
     else:
-        from udfs.adapters.binance import verify_binance
+        from udfs.market.adapters.binance import verify_binance
 
         result = dict(verify_binance(args.binance[0]))
     mismatches = result.pop("mismatches", [])
@@ -155,8 +185,9 @@ def cmd_verify_book(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from jobs.demo import run_demo
 
-    summary = run_demo(load_config(), _source(args), speed=args.speed,
-                       progress=False if args.no_progress else None)
+    summary = run_demo(
+        load_config(), _source(args), speed=args.speed, progress=False if args.no_progress else None
+    )
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         print(f"  {key:<{width}}  {value}", file=sys.stderr)
@@ -165,8 +196,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bookstream", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bookstream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -179,78 +211,138 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="publish a source's L2 events to the events topic")
     _add_source_args(p)
-    p.add_argument("--speed", type=float, default=None,
-                   help="replay at N x the recorded pace (default: as fast as possible)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="replay at N x the recorded pace (default: as fast as possible)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("run-job", help="run the Flink features job (Kafka -> Kafka)")
-    p.add_argument("--bounded", action="store_true",
-                   help="stop at the events topic's current end (default: run until killed)")
+    p.add_argument(
+        "--bounded",
+        action="store_true",
+        help="stop at the events topic's current end (default: run until killed)",
+    )
     p.add_argument("--group-id", default="bookstream-features")
     p.add_argument("--restore", type=Path, metavar="CHECKPOINT", help="a chk-N directory")
-    p.add_argument("--restore-latest", action="store_true",
-                   help="resume from the newest retained checkpoint, if any")
+    p.add_argument(
+        "--restore-latest",
+        action="store_true",
+        help="resume from the newest retained checkpoint, if any",
+    )
     p.set_defaults(func=cmd_run_job)
 
-    p = sub.add_parser("exec-sink", help="run the execution sink (orders -> risk -> paper "
-                                         "venue -> executions)")
-    p.add_argument("--bounded", action="store_true",
-                   help="stop at the inputs' current end (default: run until killed)")
+    p = sub.add_parser(
+        "exec-sink", help="run the execution sink (orders -> risk -> paper venue -> executions)"
+    )
+    p.add_argument(
+        "--bounded",
+        action="store_true",
+        help="stop at the inputs' current end (default: run until killed)",
+    )
     p.add_argument("--group-id", default="bookstream-exec-sink")
     p.set_defaults(func=cmd_exec_sink)
 
-    p = sub.add_parser("history-sink", help="store every topic in its Iceberg table "
-                                            "(offsets in the snapshot: exactly once)")
-    p.add_argument("--bounded", action="store_true",
-                   help="stop once every topic is stored up to its current end")
+    p = sub.add_parser(
+        "history-sink",
+        help="store every topic in its Iceberg table (offsets in the snapshot: exactly once)",
+    )
+    p.add_argument(
+        "--bounded",
+        action="store_true",
+        help="stop once every topic is stored up to its current end",
+    )
     p.add_argument("--only", nargs="+", metavar="TABLE", help="only these tables")
     p.set_defaults(func=cmd_history_sink)
 
-    p = sub.add_parser("replay", help="replay recorded events from Iceberg through the same job "
-                                      "and execution sink; --verify compares with the live run "
-                                      "(JSON: orders_live, orders_replayed, orders_identical, "
-                                      "fills_live, fills_identical, first_divergence)")
-    p.add_argument("--run", default=None,
-                   help="a recorded run id, or 'latest' (default, unless --from/--to)")
+    p = sub.add_parser(
+        "replay",
+        help="replay recorded events from Iceberg through the same job "
+        "and execution sink; --verify compares with the live run "
+        "(JSON: orders_live, orders_replayed, orders_identical, "
+        "fills_live, fills_identical, first_divergence)",
+    )
+    p.add_argument(
+        "--run", default=None, help="a recorded run id, or 'latest' (default, unless --from/--to)"
+    )
     p.add_argument("--from", dest="time_from", help="exchange time, ISO-8601 (UTC) or ns")
     p.add_argument("--to", dest="time_to", help="exchange time (exclusive)")
-    p.add_argument("--speed", type=float, default=None,
-                   help="N x the recorded pace (default: as fast as possible)")
-    p.add_argument("--verify", action="store_true",
-                   help="compare the replay's orders and fills with the recorded live run")
-    p.add_argument("--keep-topics", action="store_true",
-                   help="keep the replay's topics (default: deleted after the run)")
-    p.add_argument("--no-history-sink", action="store_true",
-                   help="do not bring history up to date before replaying")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="N x the recorded pace (default: as fast as possible)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare the replay's orders and fills with the recorded live run",
+    )
+    p.add_argument(
+        "--keep-topics",
+        action="store_true",
+        help="keep the replay's topics (default: deleted after the run)",
+    )
+    p.add_argument(
+        "--no-history-sink",
+        action="store_true",
+        help="do not bring history up to date before replaying",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("sql", help="ClickHouse SQL (chDB) over the Iceberg history: a file of "
-                                   "sql/, a path or a query; --list shows the library")
-    p.add_argument("query", nargs="?", metavar="FILE_OR_QUERY",
-                   help="a file of sql/ (ohlcv_1m or ohlcv_1m.sql), a path, or a query")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
-                   help="table (ClickHouse PrettyCompact), csv (with header), json (one line)")
+    p = sub.add_parser(
+        "sql",
+        help="ClickHouse SQL (chDB) over the Iceberg history: a file of "
+        "sql/, a path or a query; --list shows the library",
+    )
+    p.add_argument(
+        "query",
+        nargs="?",
+        metavar="FILE_OR_QUERY",
+        help="a file of sql/ (ohlcv_1m or ohlcv_1m.sql), a path, or a query",
+    )
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="table (ClickHouse PrettyCompact), csv (with header), json (one line)",
+    )
     p.add_argument("--list", action="store_true", help="list sql/*.sql and what each answers")
-    p.add_argument("--mergetree", action="store_true",
-                   help="run on MergeTree copies made by the sql/clickhouse DDL (as on a "
-                        "server) instead of reading Iceberg in place")
+    p.add_argument(
+        "--mergetree",
+        action="store_true",
+        help="run on MergeTree copies made by the sql/clickhouse DDL (as on a "
+        "server) instead of reading Iceberg in place",
+    )
     p.add_argument("--ddl", action="store_true", help="print the MergeTree DDL of every table")
-    p.add_argument("--write-ddl", action="store_true",
-                   help="regenerate sql/clickhouse/*.sql from udfs/history.py")
+    p.add_argument(
+        "--write-ddl",
+        action="store_true",
+        help="regenerate sql/clickhouse/*.sql from udfs/history.py",
+    )
     p.set_defaults(func=cmd_sql)
 
-    p = sub.add_parser("verify-book", help="rebuild the book from files and compare it with "
-                                           "the ground truth they carry")
+    p = sub.add_parser(
+        "verify-book",
+        help="rebuild the book from files and compare it with the ground truth they carry",
+    )
     _add_source_args(p, required=True)
     p.set_defaults(func=cmd_verify_book)
 
-    p = sub.add_parser("demo", help="publish -> Flink job -> summary, on the shipped sample "
-                                    "or your files")
+    p = sub.add_parser(
+        "demo", help="publish -> Flink job -> summary, on the shipped sample or your files"
+    )
     _add_source_args(p)
-    p.add_argument("--speed", type=float, default=None,
-                   help="publish at N x the recorded pace (default: as fast as possible)")
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="publish at N x the recorded pace (default: as fast as possible)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -258,9 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     # PyFlink's Beam layer logs chatter at INFO
     for noisy in ("apache_beam", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

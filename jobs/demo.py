@@ -31,8 +31,8 @@ from jobs.features_job import build_job
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import create_topics, drain_topic, end_offsets
 from jobs.publish import publish
-from jobs.sources import Source
 from udfs.config import Config
+from udfs.market.adapters.sources import Source
 from udfs.schema import decode_dead_letter
 
 __all__ = ["run_demo"]
@@ -40,8 +40,9 @@ __all__ = ["run_demo"]
 logger = logging.getLogger(__name__)
 
 
-def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
-             progress: bool | None = None) -> dict:
+def run_demo(
+    cfg: Config, source: Source, *, speed: float | None = None, progress: bool | None = None
+) -> dict:
     t0 = time.perf_counter()
     source.check_files()
     create_topics(cfg)
@@ -53,33 +54,51 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
     # ingest
     logger.info("publishing %s to %s", source.describe(), topics.events)
     pub = publish(cfg, source, speed=speed, progress=progress)
-    logger.info("published %d events (%d bad lines dead-lettered) in %.2fs: %.0f ev/s",
-                pub.published, pub.dead_lettered, pub.wall_s, pub.rate)
+    logger.info(
+        "published %d events (%d bad lines dead-lettered) in %.2fs: %.0f ev/s",
+        pub.published,
+        pub.dead_lettered,
+        pub.wall_s,
+        pub.rate,
+    )
 
     # stream job over exactly this run's events
     t_job = time.perf_counter()
-    env = build_job(cfg, bounded=True, group_id=f"bookstream-demo-{uuid.uuid4().hex[:8]}",
-                    start_offsets=before[topics.events])
+    env = build_job(
+        cfg,
+        bounded=True,
+        group_id=f"bookstream-demo-{uuid.uuid4().hex[:8]}",
+        start_offsets=before[topics.events],
+    )
     env.execute("bookstream-demo")
     job_s = time.perf_counter() - t_job
 
     # execution sink over this run's orders and market data
     t_sink = time.perf_counter()
-    sink = run_sink(cfg, group=f"bookstream-demo-sink-{uuid.uuid4().hex[:8]}", bounded=True,
-                    start_offsets={t: before[t] for t in (topics.events, topics.orders,
-                                                           topics.control)})
+    sink = run_sink(
+        cfg,
+        group=f"bookstream-demo-sink-{uuid.uuid4().hex[:8]}",
+        bounded=True,
+        start_offsets={t: before[t] for t in (topics.events, topics.orders, topics.control)},
+    )
     sink_s = time.perf_counter() - t_sink
-    signals_out = sum(1 for _ in drain_topic(cfg, topics.signals,
-                                             from_offsets=before[topics.signals]))
-    orders_sent = sum(1 for r in drain_topic(cfg, topics.orders,
-                                             from_offsets=before[topics.orders])
-                      if b'"action":"new"' in (r.value or b""))
+    signals_out = sum(
+        1 for _ in drain_topic(cfg, topics.signals, from_offsets=before[topics.signals])
+    )
+    orders_sent = sum(
+        1
+        for r in drain_topic(cfg, topics.orders, from_offsets=before[topics.orders])
+        if b'"action":"new"' in (r.value or b"")
+    )
 
     # what came out
-    features_out = sum(1 for _ in drain_topic(cfg, topics.features,
-                                              from_offsets=before[topics.features]))
-    dead = [decode_dead_letter(r.value) for r in drain_topic(
-        cfg, topics.dead_letter, from_offsets=before[topics.dead_letter])]
+    features_out = sum(
+        1 for _ in drain_topic(cfg, topics.features, from_offsets=before[topics.features])
+    )
+    dead = [
+        decode_dead_letter(r.value)
+        for r in drain_topic(cfg, topics.dead_letter, from_offsets=before[topics.dead_letter])
+    ]
     last_stats: dict[str, dict] = {}
     unkeyed_dead = 0
     for rec in drain_topic(cfg, topics.stats, from_offsets=before[topics.stats]):
@@ -128,8 +147,9 @@ def run_demo(cfg: Config, source: Source, *, speed: float | None = None,
     return summary
 
 
-def record_run(cfg: Config, run_id: str, before: dict[str, dict[int, int]],
-               after: dict[str, dict[int, int]]) -> Path:
+def record_run(
+    cfg: Config, run_id: str, before: dict[str, dict[int, int]], after: dict[str, dict[int, int]]
+) -> Path:
     """Remember which offsets of every topic one run wrote (``[before, after)``)."""
     runs = cfg.lake_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -144,8 +164,9 @@ def load_run(cfg: Config, run_id: str = "latest") -> dict:
     """A recorded run: ``{"run_id", "from": {topic: {partition: offset}}, "to": ...}``."""
     path = cfg.lake_dir / "runs" / f"{run_id}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no recorded run {run_id!r} ({path}); `bookstream demo` "
-                                "records one")
+        raise FileNotFoundError(
+            f"no recorded run {run_id!r} ({path}); `bookstream demo` records one"
+        )
     doc = json.loads(path.read_text())
     for side in ("from", "to"):
         doc[side] = {t: {int(p): o for p, o in parts.items()} for t, parts in doc[side].items()}

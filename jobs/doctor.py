@@ -34,18 +34,36 @@ def _flink_connector(cfg: Config) -> list[tuple[str, bool, str]]:
         flink = version("apache-flink")
     except PackageNotFoundError:
         return [("pyflink", False, "apache-flink is not installed: run `make install`")]
-    checks.append(("pyflink", flink == cfg.flink.flink_version,
-                   f"apache-flink {flink} (config expects {cfg.flink.flink_version})"))
+    checks.append(
+        (
+            "pyflink",
+            flink == cfg.flink.flink_version,
+            f"apache-flink {flink} (config expects {cfg.flink.flink_version})",
+        )
+    )
     flink_minor = ".".join(flink.split(".")[:2])
     suffix = cfg.flink.kafka_connector_version.rsplit("-", 1)[-1]
-    checks.append(("connector-version", suffix == flink_minor,
-                   f"flink-sql-connector-kafka {cfg.flink.kafka_connector_version} is built for "
-                   f"Flink {suffix}; PyFlink is {flink_minor}"
-                   + ("" if suffix == flink_minor else
-                      ": set flink.kafka.connector.version in infra/pom.xml and config")))
+    checks.append(
+        (
+            "connector-version",
+            suffix == flink_minor,
+            f"flink-sql-connector-kafka {cfg.flink.kafka_connector_version} is built for "
+            f"Flink {suffix}; PyFlink is {flink_minor}"
+            + (
+                ""
+                if suffix == flink_minor
+                else ": set flink.kafka.connector.version in infra/pom.xml and config"
+            ),
+        )
+    )
     jar = cfg.kafka_connector_jar
-    checks.append(("connector-jar", jar.is_file(),
-                   str(jar) if jar.is_file() else f"{jar} missing: run `make install`"))
+    checks.append(
+        (
+            "connector-jar",
+            jar.is_file(),
+            str(jar) if jar.is_file() else f"{jar} missing: run `make install`",
+        )
+    )
     return checks
 
 
@@ -83,11 +101,15 @@ def _postgres(cfg: Config) -> list[tuple[str, bool, str]]:
         params = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.Error as exc:
         return [("postgres", False, f"lake.catalog_uri is not a valid PostgreSQL URI: {exc}")]
-    where = (f"{params.get('user', '?')}@{params.get('host', '?')}:{params.get('port', 5432)}"
-             f"/{params.get('dbname', '?')}")
+    where = (
+        f"{params.get('user', '?')}@{params.get('host', '?')}:{params.get('port', 5432)}"
+        f"/{params.get('dbname', '?')}"
+    )
     if dsn == own:
-        fix = (f"run `bash infra/postgres/start.sh` (or `make up`); its log: "
-               f"{cfg.logs_dir / 'postgres.log'}")
+        fix = (
+            f"run `bash infra/postgres/start.sh` (or `make up`); its log: "
+            f"{cfg.logs_dir / 'postgres.log'}"
+        )
     else:
         fix = "check lake.catalog_uri and that server"
     try:
@@ -114,23 +136,35 @@ def _lake(cfg: Config) -> tuple[bool, str]:
         tables = []
         for ident in sorted(catalog.list_tables(cfg.lake.namespace)):
             snap = catalog.load_table(ident).current_snapshot()
-            rows = snap.summary.additional_properties.get("total-records", "0") if (
-                snap and snap.summary) else "0"
+            rows = (
+                snap.summary.additional_properties.get("total-records", "0")
+                if (snap and snap.summary)
+                else "0"
+            )
             tables.append(f"{ident[-1]}={rows}")
     except Exception as exc:  # any catalog failure is the finding
         where = cfg.lake.rest_uri if cfg.lake.catalog == "rest" else cfg.catalog_uri
-        return False, (f"{cfg.lake.catalog} catalog at {where or '(no uri)'}: {exc} "
-                       "(PostgreSQL: make up; REST: check lake.rest_uri)")
+        return False, (
+            f"{cfg.lake.catalog} catalog at {where or '(no uri)'}: {exc} "
+            "(PostgreSQL: make up; REST: check lake.rest_uri)"
+        )
     if not tables:
-        return True, (f"{cfg.lake.catalog} catalog, no history yet: `bookstream history-sink` "
-                      "(make demo runs it)")
+        return True, (
+            f"{cfg.lake.catalog} catalog, no history yet: `bookstream history-sink` "
+            "(make demo runs it)"
+        )
     return True, f"{cfg.lake.catalog} catalog, rows: {' '.join(tables)}"
 
 
 def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
     checks: list[tuple[str, bool, str]] = []
-    checks.append(("python", sys.version_info[:2] == (3, 11),
-                   f"Python {sys.version.split()[0]} ({sys.executable})"))
+    checks.append(
+        (
+            "python",
+            sys.version_info[:2] == (3, 11),
+            f"Python {sys.version.split()[0]} ({sys.executable})",
+        )
+    )
     checks.append(("java", *_java()))
     checks.extend(_flink_connector(cfg))
     checks.append(("kafka-jars", *_kafka_jars(cfg)))
@@ -147,15 +181,27 @@ def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
             for spec in cfg.topics.specs():
                 got = have.get(spec.name)
                 if got is None:
-                    checks.append((f"topic:{spec.name}", False,
-                                   "missing: run `bookstream topics` (make demo creates it)"))
+                    checks.append(
+                        (
+                            f"topic:{spec.name}",
+                            False,
+                            "missing: run `bookstream topics` (make demo creates it)",
+                        )
+                    )
                 else:
-                    checks.append((f"topic:{spec.name}", got == spec.partitions,
-                                   f"{got} partition(s), config {spec.partitions}"))
+                    checks.append(
+                        (
+                            f"topic:{spec.name}",
+                            got == spec.partitions,
+                            f"{got} partition(s), config {spec.partitions}",
+                        )
+                    )
         except BrokerUnavailableError as exc:
             checks.append(("broker", False, str(exc)))
     for name, ok, detail in checks:
         print(f"{'ok  ' if ok else 'FAIL'} {name:<34} {detail}", file=sys.stderr)
     ok = all(c[1] for c in checks)
-    return ok, {"ok": ok, "checks": {name: {"ok": good, "detail": detail}
-                                     for name, good, detail in checks}}
+    return ok, {
+        "ok": ok,
+        "checks": {name: {"ok": good, "detail": detail} for name, good, detail in checks},
+    }

@@ -1,8 +1,8 @@
 """The execution sink: orders (Kafka) -> pre-trade risk -> paper venue -> execution reports.
 
 A small service of its own (not a Flink job): it consumes the market events, the orders of the
-trading stage and the control topic; :class:`~udfs.sequencer.Sequencer` puts them in one
-deterministic order and :class:`~udfs.execution.ExecutionEngine` decides (risk, kill switch,
+trading stage and the control topic; :class:`~udfs.execution.sequencer.Sequencer` puts them in one
+deterministic order and :class:`~udfs.execution.engine.ExecutionEngine` decides (risk, kill switch,
 cancel-all, drawdown guard, paper fills). Acks, rejects, cancels and fills go to the executions
 topic, kill trips to the control topic, VaR/ES/drawdown to the risk topic.
 
@@ -29,8 +29,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from jobs.kafka_io import drain_topic, end_offsets, first_offsets, reached_end, wait_stable
 from udfs.config import Config, load_config
-from udfs.execution import ExecutionEngine, Output
-from udfs.portfolio import Portfolio
+from udfs.execution.engine import ExecutionEngine, Output
+from udfs.execution.portfolio import Portfolio
+from udfs.execution.sequencer import Sequencer
 from udfs.schema import (
     Control,
     ExecKind,
@@ -42,7 +43,6 @@ from udfs.schema import (
     decode_record,
     encode_record,
 )
-from udfs.sequencer import Sequencer
 
 __all__ = ["SinkResult", "run_sink"]
 
@@ -65,8 +65,9 @@ def _state_file(cfg: Config, group: str) -> Path:
     return cfg.state_dir / "exec-sink" / f"{group}.json"
 
 
-def _history_start(cfg: Config, group: str, topics: list[str],
-                   start_offsets: dict[str, dict[int, int]] | None) -> dict[str, dict[int, int]]:
+def _history_start(
+    cfg: Config, group: str, topics: list[str], start_offsets: dict[str, dict[int, int]] | None
+) -> dict[str, dict[int, int]]:
     """Where this sink's history begins: remembered from its first start."""
     path = _state_file(cfg, group)
     if path.is_file():
@@ -79,8 +80,7 @@ def _history_start(cfg: Config, group: str, topics: list[str],
     return start_offsets
 
 
-def _decode(sequencer: Sequencer, topic: str, partition: int, cfg: Config,
-            value: bytes) -> bool:
+def _decode(sequencer: Sequencer, topic: str, partition: int, cfg: Config, value: bytes) -> bool:
     try:
         if topic == cfg.topics.events:
             sequencer.add_market(decode_event(value), partition)
@@ -123,57 +123,91 @@ def _check_against_log(cfg: Config, engine: ExecutionEngine, group_prefix: str) 
         live = open_orders.setdefault(rep.instrument, set())
         if rep.kind is ExecKind.ACK:
             live.add(rep.order_id)
-        elif rep.kind is ExecKind.CANCELED or (rep.kind is ExecKind.FILL
-                                                  and rep.leaves_qty == 0):
+        elif rep.kind is ExecKind.CANCELED or (rep.kind is ExecKind.FILL and rep.leaves_qty == 0):
             live.discard(rep.order_id)
     log_positions = {i: portfolio.position(i) for i in engine.positions()}
     if {k: v for k, v in log_positions.items() if v} != {
-            k: v for k, v in engine.positions().items() if v}:
-        raise RuntimeError(f"{group_prefix}: positions from the executions log "
-                           f"{log_positions} differ from the rebuilt state "
-                           f"{engine.positions()}: refusing to accept orders")
-    logger.info("%s: state rebuilt and checked against the output log: positions %s, "
-                "%d resting orders", group_prefix, engine.positions(),
-                sum(len(v) for v in open_orders.values()))
+        k: v for k, v in engine.positions().items() if v
+    }:
+        raise RuntimeError(
+            f"{group_prefix}: positions from the executions log "
+            f"{log_positions} differ from the rebuilt state "
+            f"{engine.positions()}: refusing to accept orders"
+        )
+    logger.info(
+        "%s: state rebuilt and checked against the output log: positions %s, %d resting orders",
+        group_prefix,
+        engine.positions(),
+        sum(len(v) for v in open_orders.values()),
+    )
 
 
-def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool = False,
-             start_offsets: dict[str, dict[int, int]] | None = None,
-             commit_every: int = 20_000, idle_exit_s: float | None = None) -> SinkResult:
+def run_sink(
+    cfg: Config,
+    *,
+    group: str = "bookstream-exec-sink",
+    bounded: bool = False,
+    start_offsets: dict[str, dict[int, int]] | None = None,
+    commit_every: int = 20_000,
+    idle_exit_s: float | None = None,
+) -> SinkResult:
     """Run the sink. ``bounded``: process up to the inputs' end offsets as of the start, then
     resolve what is in flight and stop (demo, tests, replay). ``start_offsets`` (topic ->
     partition -> offset): where the sink's history begins on its first start."""
     topics = [cfg.topics.events, cfg.topics.orders, cfg.topics.control]
     history = _history_start(cfg, group, topics, start_offsets)
-    consumer = Consumer({
-        "bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": group,
-        "enable.auto.commit": False, "isolation.level": "read_committed",
-        "auto.offset.reset": "earliest", "fetch.max.bytes": 52428800,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 52428800,
+        }
+    )
     ends = {t: end_offsets(cfg, t) for t in topics}
 
     engine = ExecutionEngine(cfg.risk, cfg.venue)
     # the partitions with data in this sink's history, as of its start: each must deliver
     # before the sequencer releases anything, so a partition read faster never overtakes them
     sequencer = Sequencer(
-        engine, lateness_ns=cfg.flink.out_of_orderness_ms * 1_000_000,
-        expected_partitions={p for p, end in ends[cfg.topics.events].items()
-                             if end > history[cfg.topics.events].get(p, 0)},
-        expected_order_partitions={p for p, end in ends[cfg.topics.orders].items()
-                                   if end > history[cfg.topics.orders].get(p, 0)})
+        engine,
+        lateness_ns=cfg.flink.out_of_orderness_ms * 1_000_000,
+        expected_partitions={
+            p
+            for p, end in ends[cfg.topics.events].items()
+            if end > history[cfg.topics.events].get(p, 0)
+        },
+        expected_order_partitions={
+            p
+            for p, end in ends[cfg.topics.orders].items()
+            if end > history[cfg.topics.orders].get(p, 0)
+        },
+    )
     result = SinkResult()
     # first of all, fence a killed predecessor: init_transactions aborts its open transaction,
     # so the log we check below and the offsets we resume from are final
-    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                         "transactional.id": f"{group}-tx", "linger.ms": 20,
-                         "partitioner": "murmur2_random"})
+    producer = Producer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "transactional.id": f"{group}-tx",
+            "linger.ms": 20,
+            "partitioner": "murmur2_random",
+        }
+    )
     producer.init_transactions(30)
-    committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(
-        [TopicPartition(t, p) for t in topics for p in history[t]], timeout=30)}
+    committed = {
+        (tp.topic, tp.partition): tp.offset
+        for tp in consumer.committed(
+            [TopicPartition(t, p) for t in topics for p in history[t]], timeout=30
+        )
+    }
 
     # 1. cold start: rebuild from history [start, committed) without publishing
-    resume_at = {(t, p): max(history[t][p], committed.get((t, p), -1))
-                 for t in topics for p in history[t]}
+    resume_at = {
+        (t, p): max(history[t][p], committed.get((t, p), -1)) for t in topics for p in history[t]
+    }
     replay = {k: v for k, v in resume_at.items() if v > history[k[0]][k[1]]}
     if replay:
         consumer.assign([TopicPartition(t, p, history[t][p]) for t, p in replay])
@@ -198,8 +232,11 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
 
     # 2. live (or bounded) processing, outputs and offsets in one transaction per batch
     consumer.assign([TopicPartition(t, p, o) for (t, p), o in resume_at.items()])
-    remaining = {k: ends[k[0]][k[1]] for k, o in resume_at.items()
-                 if o < ends[k[0]][k[1]]} if bounded else {}
+    remaining = (
+        {k: ends[k[0]][k[1]] for k, o in resume_at.items() if o < ends[k[0]][k[1]]}
+        if bounded
+        else {}
+    )
     if bounded:
         for k in resume_at:
             if k not in remaining:  # nothing (more) to read there
@@ -210,8 +247,12 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
     def publish(outputs: list[Output]) -> None:
         for out in outputs:
             topic, key = _topic_for(cfg, out)
-            producer.produce(topic, key=key or None, value=encode_record(out),
-                             timestamp=max(out.ts_event // 1_000_000, 0))
+            producer.produce(
+                topic,
+                key=key or None,
+                value=encode_record(out),
+                timestamp=max(out.ts_event // 1_000_000, 0),
+            )
         result.outputs += len(outputs)
 
     def commit(outputs: list[Output]) -> None:
@@ -219,8 +260,7 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
         publish(outputs)
         positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
         if positions:
-            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(),
-                                                 30)
+            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(60)
 
     while True:
@@ -265,14 +305,31 @@ def run_sink(cfg: Config, *, group: str = "bookstream-exec-sink", bounded: bool 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bookstream exec-sink", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bookstream exec-sink",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--group-id", default="bookstream-exec-sink")
-    parser.add_argument("--bounded", action="store_true",
-                        help="stop at the inputs' current end (default: run until killed)")
+    parser.add_argument(
+        "--bounded",
+        action="store_true",
+        help="stop at the inputs' current end (default: run until killed)",
+    )
     args = parser.parse_args(argv)
     res = run_sink(load_config(), group=args.group_id, bounded=args.bounded)
-    print(json.dumps({"inputs": res.inputs, "outputs": res.outputs, "skipped": res.skipped,
-                      "rebuilt_inputs": res.rebuilt_inputs, **res.stats,
-                      "positions": res.positions, "pnl": res.pnl}, default=str))
+    print(
+        json.dumps(
+            {
+                "inputs": res.inputs,
+                "outputs": res.outputs,
+                "skipped": res.skipped,
+                "rebuilt_inputs": res.rebuilt_inputs,
+                **res.stats,
+                "positions": res.positions,
+                "pnl": res.pnl,
+            },
+            default=str,
+        )
+    )
     return 0

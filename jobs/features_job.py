@@ -10,7 +10,7 @@ topic.
         --> stats topic             (event-time timer: counters per instrument and minute)
         --> quality topic           (side output: gaps, re-syncs, crossed/locked books, stale
                                      feed, out-of-order, late, duplicates per instrument and
-                                     exchange-time minute; udfs.quality)
+                                     exchange-time minute; udfs.market.quality)
 
 Records cross the JVM/Python boundary as plain strings, the cheapest crossing PyFlink has: two
 small Java classes (``jobs/java``, compiled by ``infra/install.sh``) prefix each record with its
@@ -51,10 +51,10 @@ from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 
 from udfs.config import PROJECT_ROOT, Config, load_config
+from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, RecordSource, process_record
-from udfs.quality import QualityState, flush
 from udfs.schema import encode_record
-from udfs.trading import Trader, heartbeat
+from udfs.strategy.trading import Trader, heartbeat
 
 __all__ = ["build_job", "latest_checkpoint", "main"]
 
@@ -90,8 +90,9 @@ class BookFeaturesFunction(KeyedProcessFunction):
     deterministic, so the rebuilt state is exactly the one the checkpoint stood for.
     """
 
-    def __init__(self, cfg: Config, topic: str, trader: Trader | None = None,
-                 snapshot_every: int = 20_000) -> None:
+    def __init__(
+        self, cfg: Config, topic: str, trader: Trader | None = None, snapshot_every: int = 20_000
+    ) -> None:
         self.trader = trader
         self.feature_cfg = cfg.features
         self.out_of_orderness_ms = cfg.flink.out_of_orderness_ms
@@ -107,9 +108,11 @@ class BookFeaturesFunction(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.snapshot = runtime_context.get_state(
-            ValueStateDescriptor("instrument_snapshot", Types.PICKLED_BYTE_ARRAY()))
+            ValueStateDescriptor("instrument_snapshot", Types.PICKLED_BYTE_ARRAY())
+        )
         self.log = runtime_context.get_list_state(
-            ListStateDescriptor("records_since_snapshot", Types.STRING()))
+            ListStateDescriptor("records_since_snapshot", Types.STRING())
+        )
         self.cache.clear()
         self.log_len.clear()
         self.stats_timer.clear()
@@ -125,12 +128,19 @@ class BookFeaturesFunction(KeyedProcessFunction):
         replayed = 0
         src = RecordSource(self.topic, -1, -1)
         for raw in self.log.get() or []:
-            state, _ = process_record(state, key, raw, src, self.feature_cfg,
-                                      self.out_of_orderness_ms, self.trader, self.quality_cfg)
+            state, _ = process_record(
+                state,
+                key,
+                raw,
+                src,
+                self.feature_cfg,
+                self.out_of_orderness_ms,
+                self.trader,
+                self.quality_cfg,
+            )
             replayed += 1
         if state is not None or replayed:
-            logger.info("restored %s from keyed state: snapshot + %d logged records",
-                        key, replayed)
+            logger.info("restored %s from keyed state: snapshot + %d logged records", key, replayed)
         self.cache[key] = state
         self.log_len[key] = replayed
         return state
@@ -139,8 +149,16 @@ class BookFeaturesFunction(KeyedProcessFunction):
         key = ctx.get_current_key()
         partition, offset, raw = split_provenance(value)
         src = RecordSource(self.topic, partition, offset)
-        state, result = process_record(self._state_of(key), key, raw, src, self.feature_cfg,
-                                       self.out_of_orderness_ms, self.trader, self.quality_cfg)
+        state, result = process_record(
+            self._state_of(key),
+            key,
+            raw,
+            src,
+            self.feature_cfg,
+            self.out_of_orderness_ms,
+            self.trader,
+            self.quality_cfg,
+        )
         self.cache[key] = state
         # persist: append the record, or fold everything into a new snapshot
         n = self.log_len[key] + 1
@@ -193,15 +211,29 @@ class BookFeaturesFunction(KeyedProcessFunction):
             return
         if self.trader is not None and state.max_ts_event:
             # every order of this key up to its newest event is out: tell the execution sink
-            beat = heartbeat(key, state.max_ts_event + self.trader.min_feed_latency_ns,
-                             state.book.last_seq)
+            beat = heartbeat(
+                key, state.max_ts_event + self.trader.min_feed_latency_ns, state.book.last_seq
+            )
             yield ORDERS_TAG, key + SEP + encode_record(beat).decode()
-        yield STATS_TAG, key + SEP + json.dumps({
-            "instrument": state.instrument, "watermark_ms": timestamp,
-            "events_in": state.events_in, "events_processed": state.events_processed,
-            "dead_lettered": state.dead_lettered, "signals": state.trading.signals,
-            "orders": state.trading.orders, "book_levels": len(state.book.bids)
-            + len(state.book.asks), "ts_proc": time.time_ns()}, separators=(",", ":"))
+        yield (
+            STATS_TAG,
+            key
+            + SEP
+            + json.dumps(
+                {
+                    "instrument": state.instrument,
+                    "watermark_ms": timestamp,
+                    "events_in": state.events_in,
+                    "events_processed": state.events_processed,
+                    "dead_lettered": state.dead_lettered,
+                    "signals": state.trading.signals,
+                    "orders": state.trading.orders,
+                    "book_levels": len(state.book.bids) + len(state.book.asks),
+                    "ts_proc": time.time_ns(),
+                },
+                separators=(",", ":"),
+            ),
+        )
 
 
 SEP = "\x1f"
@@ -213,7 +245,7 @@ def split_provenance(record: str) -> tuple[int, int, str]:
     (partition, offset, value)."""
     a = record.index(":")
     b = record.index(":", a + 1)
-    return int(record[:a]), int(record[a + 1:b]), record[b + 1:]
+    return int(record[:a]), int(record[a + 1 : b]), record[b + 1 :]
 
 
 def _key_by_field0(ds: DataStream) -> KeyedStream:
@@ -224,13 +256,15 @@ def _key_by_field0(ds: DataStream) -> KeyedStream:
     step, and the keyed Python operator receives ``value``. Saves a Python call per record.
     """
     gateway = get_gateway()
-    j_keyed = ds._j_data_stream.keyBy(gateway.jvm.KeyByKeySelector(),
-                                      Types.ROW([Types.STRING()]).get_java_type_info())
+    j_keyed = ds._j_data_stream.keyBy(
+        gateway.jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info()
+    )
     return KeyedStream(j_keyed, Types.STRING(), ds)
 
 
-def _kafka_source(cfg: Config, topic: str, group_id: str, *, bounded: bool,
-                  start_offsets: dict[int, int] | None) -> KafkaSource:
+def _kafka_source(
+    cfg: Config, topic: str, group_id: str, *, bounded: bool, start_offsets: dict[int, int] | None
+) -> KafkaSource:
     gateway = get_gateway()
     builder = (
         KafkaSource.builder()
@@ -241,11 +275,15 @@ def _kafka_source(cfg: Config, topic: str, group_id: str, *, bounded: bool,
         .set_property("partition.discovery.interval.ms", "10000")
     )
     if start_offsets:
-        builder.set_starting_offsets(KafkaOffsetsInitializer.offsets(
-            {KafkaTopicPartition(topic, p): o for p, o in start_offsets.items()}))
+        builder.set_starting_offsets(
+            KafkaOffsetsInitializer.offsets(
+                {KafkaTopicPartition(topic, p): o for p, o in start_offsets.items()}
+            )
+        )
     else:
         builder.set_starting_offsets(
-            KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+            KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+        )
     if bounded:
         builder.set_bounded(KafkaOffsetsInitializer.latest())
     # PyFlink only wraps value-only deserialisers: set ours on the Java builder
@@ -266,7 +304,8 @@ def _kafka_sink(cfg: Config, topic: str) -> KafkaSink:
         .set_property("acks", "all")
     )
     builder._j_builder.setRecordSerializer(
-        gateway.jvm.io.bookstream.flink.KeyedStringSerializer(topic))
+        gateway.jvm.io.bookstream.flink.KeyedStringSerializer(topic)
+    )
     return builder.build()
 
 
@@ -281,12 +320,20 @@ def _export_python_path() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([current] if current else [])])
 
 
-def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-features",
-              restore_from: Path | None = None, start_offsets: dict[int, int] | None = None,
-              events_topic: str | None = None, features_topic: str | None = None,
-              dead_letter_topic: str | None = None, stats_topic: str | None = None,
-              quality_topic: str | None = None,
-              trading: bool = True) -> StreamExecutionEnvironment:
+def build_job(
+    cfg: Config,
+    *,
+    bounded: bool,
+    group_id: str = "bookstream-features",
+    restore_from: Path | None = None,
+    start_offsets: dict[int, int] | None = None,
+    events_topic: str | None = None,
+    features_topic: str | None = None,
+    dead_letter_topic: str | None = None,
+    stats_topic: str | None = None,
+    quality_topic: str | None = None,
+    trading: bool = True,
+) -> StreamExecutionEnvironment:
     """The whole pipeline on a StreamExecutionEnvironment (not yet executed: ``env.execute``).
 
     ``bounded``: stop at the events topic's end offsets as of the start (demo, tests, replay);
@@ -307,17 +354,20 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     # the workers must run this venv's interpreter (pemja, udfs, numpy live there)
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
-    # auto: thread mode, with or without models (udfs.model keeps onnxruntime working in it)
+    # auto: thread mode, with or without models (udfs.strategy.model keeps onnxruntime working in
+    # it)
     mode = "thread" if cfg.flink.execution_mode == "auto" else cfg.flink.execution_mode
     conf.set_string("python.execution-mode", mode)
     conf.set_string("python.fn-execution.bundle.size", str(cfg.flink.bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(cfg.flink.bundle_time_ms))
     conf.set_string("execution.buffer-timeout.interval", f"{cfg.flink.buffer_timeout_ms} ms")
-    conf.set_string("pipeline.jars", ";".join(
-        jar.as_uri() for jar in (cfg.kafka_connector_jar, cfg.glue_jar)))
+    conf.set_string(
+        "pipeline.jars", ";".join(jar.as_uri() for jar in (cfg.kafka_connector_jar, cfg.glue_jar))
+    )
     conf.set_string("execution.checkpointing.dir", cfg.checkpoint_dir.as_uri())
-    conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
-                    "RETAIN_ON_CANCELLATION")
+    conf.set_string(
+        "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
+    )
     conf.set_string("execution.checkpointing.num-retained", "3")
     conf.set_string("taskmanager.memory.managed.size", "256m")
     # fail fast instead of Flink's endless restarts under checkpointing
@@ -331,13 +381,12 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
     env.enable_checkpointing(cfg.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
 
     # source: event time = Kafka record timestamp = exchange time (set by the publisher)
-    watermark_strategy = (
-        WatermarkStrategy
-        .for_bounded_out_of_orderness(Duration.of_millis(cfg.flink.out_of_orderness_ms))
-        .with_idleness(Duration.of_millis(cfg.flink.idle_timeout_ms))
+    watermark_strategy = WatermarkStrategy.for_bounded_out_of_orderness(
+        Duration.of_millis(cfg.flink.out_of_orderness_ms)
+    ).with_idleness(Duration.of_millis(cfg.flink.idle_timeout_ms))
+    kafka_source = _kafka_source(
+        cfg, events_topic, group_id, bounded=bounded, start_offsets=start_offsets
     )
-    kafka_source = _kafka_source(cfg, events_topic, group_id, bounded=bounded,
-                                 start_offsets=start_offsets)
     ds = env.from_source(kafka_source, watermark_strategy, "events").uid("events-source")
 
     # transformations
@@ -351,16 +400,20 @@ def build_job(cfg: Config, *, bounded: bool, group_id: str = "bookstream-feature
 
     # sinks
     features.sink_to(_kafka_sink(cfg, features_topic)).name("features-sink")
-    features.get_side_output(DEAD_LETTER_TAG).sink_to(
-        _kafka_sink(cfg, dead_letter_topic)).name("dead-letter-sink")
+    features.get_side_output(DEAD_LETTER_TAG).sink_to(_kafka_sink(cfg, dead_letter_topic)).name(
+        "dead-letter-sink"
+    )
     features.get_side_output(STATS_TAG).sink_to(_kafka_sink(cfg, stats_topic)).name("stats-sink")
-    features.get_side_output(QUALITY_TAG).sink_to(
-        _kafka_sink(cfg, quality_topic)).name("quality-sink")
+    features.get_side_output(QUALITY_TAG).sink_to(_kafka_sink(cfg, quality_topic)).name(
+        "quality-sink"
+    )
     if trading:
-        features.get_side_output(SIGNALS_TAG).sink_to(
-            _kafka_sink(cfg, cfg.topics.signals)).name("signals-sink")
-        features.get_side_output(ORDERS_TAG).sink_to(
-            _kafka_sink(cfg, cfg.topics.orders)).name("orders-sink")
+        features.get_side_output(SIGNALS_TAG).sink_to(_kafka_sink(cfg, cfg.topics.signals)).name(
+            "signals-sink"
+        )
+        features.get_side_output(ORDERS_TAG).sink_to(_kafka_sink(cfg, cfg.topics.orders)).name(
+            "orders-sink"
+        )
     return env
 
 
@@ -371,16 +424,32 @@ def latest_checkpoint(cfg: Config) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bookstream run-job", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bounded", action="store_true",
-                        help="stop at the events topic's current end (default: run until killed)")
-    parser.add_argument("--group-id", default="bookstream-features",
-                        help="Kafka consumer group; offsets are committed on checkpoints")
-    parser.add_argument("--restore", metavar="CHECKPOINT", type=Path,
-                        help="start from this checkpoint directory (chk-N)")
-    parser.add_argument("--restore-latest", action="store_true",
-                        help="start from the newest retained checkpoint, if any")
+    parser = argparse.ArgumentParser(
+        prog="bookstream run-job",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--bounded",
+        action="store_true",
+        help="stop at the events topic's current end (default: run until killed)",
+    )
+    parser.add_argument(
+        "--group-id",
+        default="bookstream-features",
+        help="Kafka consumer group; offsets are committed on checkpoints",
+    )
+    parser.add_argument(
+        "--restore",
+        metavar="CHECKPOINT",
+        type=Path,
+        help="start from this checkpoint directory (chk-N)",
+    )
+    parser.add_argument(
+        "--restore-latest",
+        action="store_true",
+        help="start from the newest retained checkpoint, if any",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_config()

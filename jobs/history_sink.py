@@ -80,8 +80,9 @@ class _StopFlag:
         self.stop = True
 
 
-def run_history_sink(cfg: Config, *, bounded: bool = False,
-                     only: list[str] | None = None) -> HistoryResult:
+def run_history_sink(
+    cfg: Config, *, bounded: bool = False, only: list[str] | None = None
+) -> HistoryResult:
     """Run the sink over every stream (or the tables named in ``only``) until stopped by
     SIGTERM/SIGINT, or, ``bounded``, once every topic is stored up to its end as of the
     start."""
@@ -105,12 +106,16 @@ def run_history_sink(cfg: Config, *, bounded: bool = False,
             assignments.append(TopicPartition(topic, p, start))
             if bounded and start < high:
                 remaining[(topic, p)] = high
-        logger.info("%s <- %s from %s", stream.name, topic,
-                    stored[topic] or "the first offset")
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                         "group.id": "bookstream-history", "enable.auto.commit": False,
-                         "isolation.level": "read_committed",
-                         "fetch.max.bytes": 52428800})
+        logger.info("%s <- %s from %s", stream.name, topic, stored[topic] or "the first offset")
+    consumer = Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": "bookstream-history",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.max.bytes": 52428800,
+        }
+    )
     consumer.assign(assignments)
     producer = make_producer(cfg)
     pending = {topic: _Pending() for topic in by_topic}
@@ -140,7 +145,8 @@ def run_history_sink(cfg: Config, *, bounded: bool = False,
         producer.flush(30)  # the refusals are on the dead-letter topic before the commit
         table = tables[stream.name]
         tables[stream.name] = append_with_offsets(
-            table, rows_to_table(stream, rows, parts, offs), topic, buf.next_offsets)
+            table, rows_to_table(stream, rows, parts, offs), topic, buf.next_offsets
+        )
         stored[topic].update(buf.next_offsets)
         result.rows[stream.name] += len(rows)
         result.commits += 1
@@ -177,11 +183,16 @@ def run_history_sink(cfg: Config, *, bounded: bool = False,
                         if not buf.next_offsets:
                             buf.since = now
                         buf.next_offsets[tp.partition] = max(
-                            tp.offset, buf.next_offsets.get(tp.partition, -1))
+                            tp.offset, buf.next_offsets.get(tp.partition, -1)
+                        )
             done = bounded and not remaining
             for topic, buf in pending.items():
-                if buf.next_offsets and (done or len(buf.values) >= cfg.lake.commit_rows
-                                         or now - buf.since >= interval_s or not msgs):
+                if buf.next_offsets and (
+                    done
+                    or len(buf.values) >= cfg.lake.commit_rows
+                    or now - buf.since >= interval_s
+                    or not msgs
+                ):
                     flush(topic)
             if done:
                 break
@@ -196,16 +207,32 @@ def run_history_sink(cfg: Config, *, bounded: bool = False,
     return result
 
 
-def _refuse(cfg: Config, producer, stream: Stream, topic: str, partition: int, offset: int,
-            value: bytes, exc: Exception) -> dict | None:
+def _refuse(
+    cfg: Config,
+    producer,
+    stream: Stream,
+    topic: str,
+    partition: int,
+    offset: int,
+    value: bytes,
+    exc: Exception,
+) -> dict | None:
     """A record that does not decode: dead-lettered with its reason (``history`` stage). For
     the dead-letter topic itself, the row to store instead (publishing it again would loop)."""
     text = value.decode("utf-8", "replace")
     reason = f"{stream.name}: {exc}"
     logger.warning("%s partition %d offset %d not stored: %s", topic, partition, offset, reason)
-    dead = DeadLetter(source=f"kafka:{topic}", partition=partition, offset=offset, key="",
-                      reason_code=Reason.MALFORMED, reason=reason, raw=text, stage="history",
-                      ts_dead=time.time_ns())
+    dead = DeadLetter(
+        source=f"kafka:{topic}",
+        partition=partition,
+        offset=offset,
+        key="",
+        reason_code=Reason.MALFORMED,
+        reason=reason,
+        raw=text,
+        stage="history",
+        ts_dead=time.time_ns(),
+    )
     if stream.name == "dead_letters":
         return stream.decode(dead.to_json().encode())
     producer.produce(cfg.topics.dead_letter, key=None, value=dead.to_json().encode())
@@ -213,16 +240,31 @@ def _refuse(cfg: Config, producer, stream: Stream, topic: str, partition: int, o
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bookstream history-sink", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bounded", action="store_true",
-                        help="stop once every topic is stored up to its current end")
-    parser.add_argument("--only", nargs="+", metavar="TABLE",
-                        help="only these tables (default: every stream)")
+    parser = argparse.ArgumentParser(
+        prog="bookstream history-sink",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--bounded",
+        action="store_true",
+        help="stop once every topic is stored up to its current end",
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="TABLE", help="only these tables (default: every stream)"
+    )
     args = parser.parse_args(argv)
     res = run_history_sink(load_config(), bounded=args.bounded, only=args.only)
-    print(json.dumps({"rows": res.rows, "total_rows": res.total_rows,
-                      "dead_lettered": res.dead_lettered, "commits": res.commits,
-                      "wall_s": round(res.wall_s, 3),
-                      "rows_per_s": round(res.total_rows / res.wall_s, 1) if res.wall_s else None}))
+    print(
+        json.dumps(
+            {
+                "rows": res.rows,
+                "total_rows": res.total_rows,
+                "dead_lettered": res.dead_lettered,
+                "commits": res.commits,
+                "wall_s": round(res.wall_s, 3),
+                "rows_per_s": round(res.total_rows / res.wall_s, 1) if res.wall_s else None,
+            }
+        )
+    )
     return 0

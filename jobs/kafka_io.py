@@ -59,7 +59,8 @@ def check_broker(cfg: Config, timeout_s: float = 5.0) -> int:
     except KafkaException as exc:
         raise BrokerUnavailableError(
             f"no Kafka broker answers at {cfg.kafka.bootstrap_servers} ({exc}); "
-            "start it with `make up` (infra/kafka/start.sh)") from exc
+            "start it with `make up` (infra/kafka/start.sh)"
+        ) from exc
     return len(md.brokers)
 
 
@@ -77,13 +78,21 @@ def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str
     have = existing_topics(cfg)
     for spec in specs:
         if spec.name in have and have[spec.name] != spec.partitions:
-            logger.warning("topic %s has %d partitions, config says %d (left as is)",
-                           spec.name, have[spec.name], spec.partitions)
+            logger.warning(
+                "topic %s has %d partitions, config says %d (left as is)",
+                spec.name,
+                have[spec.name],
+                spec.partitions,
+            )
     wanted = [
-        NewTopic(s.name, num_partitions=s.partitions, replication_factor=1,
-                 config={"retention.ms": str(s.retention_ms),
-                         "retention.bytes": str(s.retention_bytes)})
-        for s in specs if s.name not in have
+        NewTopic(
+            s.name,
+            num_partitions=s.partitions,
+            replication_factor=1,
+            config={"retention.ms": str(s.retention_ms), "retention.bytes": str(s.retention_bytes)},
+        )
+        for s in specs
+        if s.name not in have
     ]
     if not wanted:
         return []
@@ -144,37 +153,49 @@ class DeliveryErrors:
 
     def check(self, cfg: Config, undelivered: int) -> None:
         if undelivered or self.errors:
-            raise KafkaException(f"{undelivered} records undelivered, {len(self.errors)} "
-                                 f"delivery errors (first: {self.errors[:1]}) to "
-                                 f"{cfg.kafka.bootstrap_servers}")
+            raise KafkaException(
+                f"{undelivered} records undelivered, {len(self.errors)} "
+                f"delivery errors (first: {self.errors[:1]}) to "
+                f"{cfg.kafka.bootstrap_servers}"
+            )
 
 
-def topic_end_offsets(cfg: Config, topic: str, *,
-                      committed: bool = True) -> dict[int, tuple[int, int]]:
+def topic_end_offsets(
+    cfg: Config, topic: str, *, committed: bool = True
+) -> dict[int, tuple[int, int]]:
     """partition -> (low, high) watermark offsets. ``committed``: the high mark is the last
     stable offset (records of open transactions excluded, librdkafka's default); otherwise the
     log end. Right after a transaction commits, its markers may still be on their way, so the
     stable offset can lag the log end for a moment."""
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                         "group.id": "bookstream-offsets", "enable.auto.commit": False,
-                         "isolation.level": "read_committed" if committed
-                         else "read_uncommitted"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": "bookstream-offsets",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed else "read_uncommitted",
+        }
+    )
     try:
         md = consumer.list_topics(topic, timeout=10)
         if topic not in md.topics or md.topics[topic].error is not None:
             return {}
-        return {p: _watermarks(consumer, TopicPartition(topic, p))
-                for p in md.topics[topic].partitions}
+        return {
+            p: _watermarks(consumer, TopicPartition(topic, p)) for p in md.topics[topic].partitions
+        }
     finally:
         consumer.close()
 
 
-_NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                            KafkaError.UNKNOWN_TOPIC_OR_PART})
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
 
 
-def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0
-                ) -> tuple[int, int]:
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0) -> tuple[int, int]:
     """(low, high) of one partition. A partition just created has no leader for a moment
     (NOT_LEADER_FOR_PARTITION / LEADER_NOT_AVAILABLE): retry those until ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -182,8 +203,7 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 30.0
         try:
             return consumer.get_watermark_offsets(tp, timeout=10)
         except KafkaException as exc:
-            if (exc.args[0].code() not in _NO_LEADER_YET
-                    or time.monotonic() > deadline):
+            if exc.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
 
@@ -199,8 +219,10 @@ def wait_stable(cfg: Config, topics: list[str], timeout_s: float = 30.0) -> None
             if stable == topic_end_offsets(cfg, topic, committed=False):
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: last stable offsets {stable} still behind the log "
-                                   f"end after {timeout_s}s (an open transaction?)")
+                raise TimeoutError(
+                    f"{topic}: last stable offsets {stable} still behind the log "
+                    f"end after {timeout_s}s (an open transaction?)"
+                )
             time.sleep(0.05)
 
 
@@ -225,25 +247,37 @@ def reached_end(consumer: Consumer, remaining: dict[tuple[str, int], int]) -> li
     but are never delivered, so only the position tells that such a partition is read."""
     if not remaining:
         return []
-    done = [tp for tp in consumer.position([TopicPartition(t, p) for t, p in remaining])
-            if tp.offset >= remaining[(tp.topic, tp.partition)]]
+    done = [
+        tp
+        for tp in consumer.position([TopicPartition(t, p) for t, p in remaining])
+        if tp.offset >= remaining[(tp.topic, tp.partition)]
+    ]
     for tp in done:
         del remaining[(tp.topic, tp.partition)]
     return done
 
 
-def drain_topic(cfg: Config, topic: str, *, from_offsets: dict[int, int] | None = None,
-                idle_timeout_s: float = 5.0,
-                read_committed: bool = False) -> Iterator[KafkaRecord]:
+def drain_topic(
+    cfg: Config,
+    topic: str,
+    *,
+    from_offsets: dict[int, int] | None = None,
+    idle_timeout_s: float = 5.0,
+    read_committed: bool = False,
+) -> Iterator[KafkaRecord]:
     """Read ``topic`` from the start (or ``from_offsets``) up to its end offsets as of the call,
     in partition order. No consumer group offsets are committed. ``read_committed``: skip
     records of aborted transactions (the execution sink's output log)."""
     ends = topic_end_offsets(cfg, topic, committed=read_committed)
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                         "group.id": f"bookstream-drain-{time.time_ns()}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "isolation.level": "read_committed" if read_committed
-                         else "read_uncommitted"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": f"bookstream-drain-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        }
+    )
     try:
         assignments = []
         remaining: dict[tuple[str, int], int] = {}
@@ -263,8 +297,10 @@ def drain_topic(cfg: Config, topic: str, *, from_offsets: dict[int, int] | None 
                 if not remaining:
                     break
                 if time.monotonic() - last_progress > idle_timeout_s:
-                    raise TimeoutError(f"{topic}: no records for {idle_timeout_s}s, still "
-                                       f"expecting partitions {remaining}")
+                    raise TimeoutError(
+                        f"{topic}: no records for {idle_timeout_s}s, still "
+                        f"expecting partitions {remaining}"
+                    )
                 continue
             last_progress = time.monotonic()
             for m in msgs:

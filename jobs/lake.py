@@ -62,8 +62,12 @@ OFFSETS_PROPERTY = "bookstream.kafka.offsets"
 """Snapshot-summary key: JSON ``{topic: {partition: next offset}}`` of what the table holds."""
 
 _ICEBERG: dict[pa.DataType, IcebergType] = {
-    pa.string(): StringType(), pa.int64(): LongType(), pa.int32(): IntegerType(),
-    pa.float64(): DoubleType(), pa.bool_(): BooleanType(), pa.timestamp("us"): TimestampType(),
+    pa.string(): StringType(),
+    pa.int64(): LongType(),
+    pa.int32(): IntegerType(),
+    pa.float64(): DoubleType(),
+    pa.bool_(): BooleanType(),
+    pa.timestamp("us"): TimestampType(),
 }
 
 
@@ -79,14 +83,18 @@ def open_catalog(cfg: Config) -> Catalog:
     if kind in ("sql", "postgres"):
         if kind == "sql":
             warehouse.mkdir(parents=True, exist_ok=True)
-        catalog: Catalog = SqlCatalog("bookstream", uri=cfg.catalog_uri,
-                                      warehouse=warehouse.as_uri())
+        catalog: Catalog = SqlCatalog(
+            "bookstream", uri=cfg.catalog_uri, warehouse=warehouse.as_uri()
+        )
     elif kind == "rest":
         if not cfg.lake.rest_uri:
-            raise ValueError("lake.catalog = 'rest' needs lake.rest_uri "
-                             "(BOOKSTREAM_LAKE_REST_URI)")
-        catalog = load_catalog("bookstream", type="rest", uri=cfg.lake.rest_uri,
-                               warehouse=cfg.lake.warehouse or warehouse.as_uri())
+            raise ValueError("lake.catalog = 'rest' needs lake.rest_uri (BOOKSTREAM_LAKE_REST_URI)")
+        catalog = load_catalog(
+            "bookstream",
+            type="rest",
+            uri=cfg.lake.rest_uri,
+            warehouse=cfg.lake.warehouse or warehouse.as_uri(),
+        )
     else:
         raise ValueError(f"lake.catalog: unknown catalog {kind!r} (sql, postgres or rest)")
     catalog.create_namespace_if_not_exists(cfg.lake.namespace)
@@ -96,16 +104,24 @@ def open_catalog(cfg: Config) -> Catalog:
 def iceberg_schema(stream: Stream) -> Schema:
     """The stream's columns as an Iceberg schema (field ids 1..n in column order; every column
     optional, so a later version may add columns and old rows read them as null)."""
-    return Schema(*(NestedField(i, f.name, _ICEBERG[f.type], required=False)
-                    for i, f in enumerate(stream.arrow_schema, 1)))
+    return Schema(
+        *(
+            NestedField(i, f.name, _ICEBERG[f.type], required=False)
+            for i, f in enumerate(stream.arrow_schema, 1)
+        )
+    )
 
 
 def _partition_spec(stream: Stream, schema: Schema) -> PartitionSpec:
-    fields = [PartitionField(schema.find_field("event_time").field_id, 1000, DayTransform(),
-                             "event_day")]
+    fields = [
+        PartitionField(schema.find_field("event_time").field_id, 1000, DayTransform(), "event_day")
+    ]
     if stream.partition_by_instrument:
-        fields.append(PartitionField(schema.find_field("instrument").field_id, 1001,
-                                     IdentityTransform(), "instrument"))
+        fields.append(
+            PartitionField(
+                schema.find_field("instrument").field_id, 1001, IdentityTransform(), "instrument"
+            )
+        )
     return PartitionSpec(*fields)
 
 
@@ -118,14 +134,23 @@ def ensure_table(catalog: Catalog, cfg: Config, stream: Stream) -> Table:
         table = catalog.load_table(ident)
     except NoSuchTableError:
         schema = iceberg_schema(stream)
-        sort = SortOrder(*(SortField(source_id=schema.find_field(c).field_id,
-                                     transform=IdentityTransform()) for c in stream.sort_by))
+        sort = SortOrder(
+            *(
+                SortField(source_id=schema.find_field(c).field_id, transform=IdentityTransform())
+                for c in stream.sort_by
+            )
+        )
         try:
             table = catalog.create_table(
-                ident, schema=schema, partition_spec=_partition_spec(stream, schema),
+                ident,
+                schema=schema,
+                partition_spec=_partition_spec(stream, schema),
                 sort_order=sort,
-                properties={"write.parquet.compression-codec": "zstd",
-                            "bookstream.stream": stream.name})
+                properties={
+                    "write.parquet.compression-codec": "zstd",
+                    "bookstream.stream": stream.name,
+                },
+            )
         except Exception:  # another writer created it first
             table = catalog.load_table(ident)
         return table
@@ -153,8 +178,9 @@ def committed_offsets(table: Table) -> dict[str, dict[int, int]]:
     return {}
 
 
-def append_with_offsets(table: Table, rows: pa.Table, topic: str,
-                        offsets: dict[int, int], attempts: int = 5) -> Table:
+def append_with_offsets(
+    table: Table, rows: pa.Table, topic: str, offsets: dict[int, int], attempts: int = 5
+) -> Table:
     """Append ``rows`` and record that the table now holds ``topic`` up to ``offsets`` (next
     offset per partition), in one snapshot. On a commit conflict (another writer committed
     first) the table is refreshed and the append retried, unless the other commit already
@@ -168,8 +194,12 @@ def append_with_offsets(table: Table, rows: pa.Table, topic: str,
         merged = {t: {str(p): o for p, o in parts.items()} for t, parts in known.items()}
         merged.setdefault(topic, {}).update({str(p): o for p, o in offsets.items()})
         try:
-            table.append(rows, snapshot_properties={OFFSETS_PROPERTY: json.dumps(
-                merged, sort_keys=True, separators=(",", ":"))})
+            table.append(
+                rows,
+                snapshot_properties={
+                    OFFSETS_PROPERTY: json.dumps(merged, sort_keys=True, separators=(",", ":"))
+                },
+            )
             return table
         except CommitFailedException:
             if attempt == attempts - 1:

@@ -19,8 +19,8 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from jobs.kafka_io import DeliveryErrors, make_producer
-from jobs.sources import Source
 from udfs.config import Config
+from udfs.market.adapters.sources import Source
 from udfs.schema import DeadLetter, L2Event, Reason, encode_event
 
 __all__ = ["PublishResult", "produce_events", "publish"]
@@ -40,44 +40,73 @@ class PublishResult:
         return self.published / self.wall_s if self.wall_s else 0.0
 
 
-def publish(cfg: Config, source: Source, *, speed: float | None = None,
-            progress: bool | None = None, topic: str | None = None) -> PublishResult:
+def publish(
+    cfg: Config,
+    source: Source,
+    *,
+    speed: float | None = None,
+    progress: bool | None = None,
+    topic: str | None = None,
+) -> PublishResult:
     source.check_files()
     producer = make_producer(cfg)
     on_delivery = DeliveryErrors()
     start = time.perf_counter()
-    published = produce_events(producer, topic or cfg.topics.events, source.events(),
-                               on_delivery, speed=speed, progress=progress)
+    published = produce_events(
+        producer,
+        topic or cfg.topics.events,
+        source.events(),
+        on_delivery,
+        speed=speed,
+        progress=progress,
+    )
     dead = _dead_letter_bad_lines(cfg, producer, source, on_delivery)
     remaining = producer.flush(60)
     wall = time.perf_counter() - start
     on_delivery.check(cfg, remaining)
-    return PublishResult(events_in=published + dead, published=published, dead_lettered=dead,
-                         wall_s=wall)
+    return PublishResult(
+        events_in=published + dead, published=published, dead_lettered=dead, wall_s=wall
+    )
 
 
 def _dead_letter_bad_lines(cfg: Config, producer, source: Source, on_delivery) -> int:
     for bad in source.bad_lines:
-        dead = DeadLetter(source=f"file:{bad.file}", partition=-1, offset=bad.line, key="",
-                          reason_code=Reason.MALFORMED, reason=bad.reason,
-                          raw=bad.raw.decode("utf-8", "replace").rstrip("\n"), stage="ingest",
-                          ts_dead=time.time_ns())
-        producer.produce(cfg.topics.dead_letter, value=dead.to_json().encode(),
-                         on_delivery=on_delivery)
+        dead = DeadLetter(
+            source=f"file:{bad.file}",
+            partition=-1,
+            offset=bad.line,
+            key="",
+            reason_code=Reason.MALFORMED,
+            reason=bad.reason,
+            raw=bad.raw.decode("utf-8", "replace").rstrip("\n"),
+            stage="ingest",
+            ts_dead=time.time_ns(),
+        )
+        producer.produce(
+            cfg.topics.dead_letter, value=dead.to_json().encode(), on_delivery=on_delivery
+        )
         logger.warning("dead-lettered %s:%d: %s", bad.file, bad.line, bad.reason)
     return len(source.bad_lines)
 
 
-def produce_events(producer: Producer, topic: str, events: Iterable[L2Event],
-                   on_delivery: Callable[..., None], *, speed: float | None = None,
-                   progress: bool | None = None, desc: str = "publish") -> int:
+def produce_events(
+    producer: Producer,
+    topic: str,
+    events: Iterable[L2Event],
+    on_delivery: Callable[..., None],
+    *,
+    speed: float | None = None,
+    progress: bool | None = None,
+    desc: str = "publish",
+) -> int:
     """Send ``events`` in order, key = instrument, record timestamp = exchange time (ms);
     ``speed``: N x the recorded pace (exchange-time gaps / N), ``None``: as fast as possible.
     A progress bar on a terminal (or when ``progress``). Returns how many were sent (call
     ``producer.flush`` afterwards)."""
     show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(desc=desc, unit=" ev", unit_scale=True, disable=not show, file=sys.stderr,
-               mininterval=0.5)
+    bar = tqdm(
+        desc=desc, unit=" ev", unit_scale=True, disable=not show, file=sys.stderr, mininterval=0.5
+    )
     start = time.perf_counter()
     first_ts: int | None = None
     published = 0
@@ -94,8 +123,13 @@ def produce_events(producer: Producer, topic: str, events: Iterable[L2Event],
         value = encode_event(ev)
         while True:
             try:
-                produce(topic, value=value, key=ev.instrument,
-                        timestamp=ev.ts_event // 1_000_000, on_delivery=on_delivery)
+                produce(
+                    topic,
+                    value=value,
+                    key=ev.instrument,
+                    timestamp=ev.ts_event // 1_000_000,
+                    on_delivery=on_delivery,
+                )
                 break
             except BufferError:  # local queue full: let librdkafka drain it
                 producer.poll(0.05)

@@ -17,7 +17,7 @@ named: stream, key, position, both versions, and the input event that led to it.
 Why it reproduces the live run exactly: every decision is a function of the events of one
 instrument in partition order (the job's lateness verdict is per instrument, in exchange time,
 never wall-clock), ids are derived from inputs, venue latencies are drawn from seeded streams,
-and the sink merges its inputs by event time (``udfs/sequencer.py``).
+and the sink merges its inputs by event time (``udfs/execution/sequencer.py``).
 """
 
 from __future__ import annotations
@@ -84,9 +84,13 @@ class ReplayRange:
             for p, start in self.offsets_from.get(topic, {}).items():
                 end = ends.get(p, start)
                 if end > start:
-                    expr = Or(expr, And(EqualTo("_partition", p),
-                                        And(GreaterThanOrEqual("_offset", start),
-                                            LessThan("_offset", end))))
+                    expr = Or(
+                        expr,
+                        And(
+                            EqualTo("_partition", p),
+                            And(GreaterThanOrEqual("_offset", start), LessThan("_offset", end)),
+                        ),
+                    )
             return expr
         lo = self.time_from_ns if self.time_from_ns is not None else -(2**63)
         hi = self.time_to_ns if self.time_to_ns is not None else 2**63 - 1
@@ -95,13 +99,18 @@ class ReplayRange:
 
 def replay_topics(topics: TopicsConfig, replay_id: str) -> TopicsConfig:
     """The replay's own topic set: every topic name under ``bookstream.replay.<id>.``."""
-    return dataclasses.replace(topics, **{
-        f: f"bookstream.replay.{replay_id}.{name.removeprefix('bookstream.')}"
-        for f, name in topics.names().items()})
+    return dataclasses.replace(
+        topics,
+        **{
+            f: f"bookstream.replay.{replay_id}.{name.removeprefix('bookstream.')}"
+            for f, name in topics.names().items()
+        },
+    )
 
 
-def _read(catalog: Catalog, cfg: Config, stream: Stream, topic: str,
-          rng: ReplayRange) -> list[dict[str, Any]]:
+def _read(
+    catalog: Catalog, cfg: Config, stream: Stream, topic: str, rng: ReplayRange
+) -> list[dict[str, Any]]:
     """The stream's stored rows inside the range, in Kafka order (partition, offset)."""
     table = catalog.load_table(f"{cfg.lake.namespace}.{stream.name}")
     arrow: pa.Table = table.scan(row_filter=rng.filter_for(topic)).to_arrow()
@@ -117,8 +126,7 @@ def _event_of(stream: Stream, row: dict[str, Any]) -> L2Event:
 
 
 def _stable(stream: Stream, row: dict[str, Any]) -> str:
-    return json.dumps({c: row[c] for c in stream.columns}, sort_keys=True,
-                      separators=(",", ":"))
+    return json.dumps({c: row[c] for c in stream.columns}, sort_keys=True, separators=(",", ":"))
 
 
 def _check_history_complete(catalog: Catalog, cfg: Config, rng: ReplayRange) -> None:
@@ -129,18 +137,21 @@ def _check_history_complete(catalog: Catalog, cfg: Config, rng: ReplayRange) -> 
         topic = getattr(cfg.topics, stream.topic_field)
         if stream.name not in ("events", "orders", "executions", "control"):
             continue
-        stored = committed_offsets(
-            catalog.load_table(f"{cfg.lake.namespace}.{stream.name}")).get(topic, {})
+        stored = committed_offsets(catalog.load_table(f"{cfg.lake.namespace}.{stream.name}")).get(
+            topic, {}
+        )
         for p, end in rng.offsets_to.get(topic, {}).items():
             if end > rng.offsets_from.get(topic, {}).get(p, 0) and stored.get(p, 0) < end:
                 raise RuntimeError(
                     f"{stream.name}: history holds {topic}[{p}] up to offset "
                     f"{stored.get(p, 0)}, the run ends at {end}: run "
-                    "`bookstream history-sink --bounded` first")
+                    "`bookstream history-sink --bounded` first"
+                )
 
 
-def _compare(stream: Stream, live: list[dict], replayed: list[dict],
-             key_field: str = "instrument") -> tuple[int, dict | None]:
+def _compare(
+    stream: Stream, live: list[dict], replayed: list[dict], key_field: str = "instrument"
+) -> tuple[int, dict | None]:
     """(records identical, first divergence or None): per key, position by position."""
     by_key_live: dict[str, list[dict]] = defaultdict(list)
     by_key_replay: dict[str, list[dict]] = defaultdict(list)
@@ -158,15 +169,26 @@ def _compare(stream: Stream, live: list[dict], replayed: list[dict],
             if left == right:
                 identical += 1
             elif first is None:
-                first = {"stream": stream.name, "key": key, "position": pos,
-                         "live": json.loads(left) if left else None,
-                         "replayed": json.loads(right) if right else None}
+                first = {
+                    "stream": stream.name,
+                    "key": key,
+                    "position": pos,
+                    "live": json.loads(left) if left else None,
+                    "replayed": json.loads(right) if right else None,
+                }
     return identical, first
 
 
-def replay(cfg: Config, rng: ReplayRange, *, speed: float | None = None,
-           progress: bool | None = None, verify: bool = False, keep_topics: bool = False,
-           replay_id: str | None = None) -> dict[str, Any]:
+def replay(
+    cfg: Config,
+    rng: ReplayRange,
+    *,
+    speed: float | None = None,
+    progress: bool | None = None,
+    verify: bool = False,
+    keep_topics: bool = False,
+    replay_id: str | None = None,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     replay_id = replay_id or uuid.uuid4().hex[:8]
     streams = {s.name: s for s in history_streams(cfg)}
@@ -179,61 +201,91 @@ def replay(cfg: Config, rng: ReplayRange, *, speed: float | None = None,
         # 1. the recorded inputs, in their partition order, to the replay's own topics
         t_read = time.perf_counter()
         event_rows = _read(catalog, cfg, streams["events"], live_topics.events, rng)
-        control_rows = [r for r in _read(catalog, cfg, streams["control"], live_topics.control,
-                                         rng)
-                        if r["command"] != ControlCommand.KILL_TRIPPED.value]
+        control_rows = [
+            r
+            for r in _read(catalog, cfg, streams["control"], live_topics.control, rng)
+            if r["command"] != ControlCommand.KILL_TRIPPED.value
+        ]
         read_s = time.perf_counter() - t_read
         producer = make_producer(rcfg)
         on_delivery = DeliveryErrors()
         t_pub = time.perf_counter()
         events = (_event_of(streams["events"], r) for r in event_rows)
-        published = produce_events(producer, rcfg.topics.events, events, on_delivery,
-                                   speed=speed, progress=progress, desc="replay")
+        published = produce_events(
+            producer,
+            rcfg.topics.events,
+            events,
+            on_delivery,
+            speed=speed,
+            progress=progress,
+            desc="replay",
+        )
         for r in control_rows:
-            producer.produce(rcfg.topics.control, key=r["instrument"] or None,
-                             value=json.dumps({c: r[c] for c in streams["control"].columns},
-                                              separators=(",", ":")).encode(),
-                             timestamp=max(r["ts_event"] // 1_000_000, 0))
+            producer.produce(
+                rcfg.topics.control,
+                key=r["instrument"] or None,
+                value=json.dumps(
+                    {c: r[c] for c in streams["control"].columns}, separators=(",", ":")
+                ).encode(),
+                timestamp=max(r["ts_event"] // 1_000_000, 0),
+            )
         on_delivery.check(rcfg, producer.flush(60))
         publish_s = time.perf_counter() - t_pub
 
         # 2. the same job and the same execution sink, bounded
         t_job = time.perf_counter()
         build_job(rcfg, bounded=True, group_id=f"bookstream-replay-{replay_id}").execute(
-            f"bookstream-replay-{replay_id}")
+            f"bookstream-replay-{replay_id}"
+        )
         job_s = time.perf_counter() - t_job
         t_sink = time.perf_counter()
         sink = run_sink(rcfg, group=f"bookstream-replay-sink-{replay_id}", bounded=True)
         sink_s = time.perf_counter() - t_sink
         (cfg.state_dir / "exec-sink" / f"bookstream-replay-sink-{replay_id}.json").unlink(
-            missing_ok=True)
+            missing_ok=True
+        )
 
         summary: dict[str, Any] = {
-            "replay_id": replay_id, "run_id": rng.run_id, "events_replayed": published,
-            "control_replayed": len(control_rows), "fills_replayed": sink.stats.get("fills", 0),
-            "read_s": round(read_s, 3), "publish_s": round(publish_s, 3),
-            "job_s": round(job_s, 3), "sink_s": round(sink_s, 3),
+            "replay_id": replay_id,
+            "run_id": rng.run_id,
+            "events_replayed": published,
+            "control_replayed": len(control_rows),
+            "fills_replayed": sink.stats.get("fills", 0),
+            "read_s": round(read_s, 3),
+            "publish_s": round(publish_s, 3),
+            "job_s": round(job_s, 3),
+            "sink_s": round(sink_s, 3),
             "events_per_s": round(published / (read_s + publish_s + job_s), 1)
-            if published else 0.0,
+            if published
+            else 0.0,
         }
         if verify:
             summary.update(_verify(catalog, cfg, rcfg, rng, streams, event_rows))
         summary["wall_s"] = round(time.perf_counter() - t0, 3)
-        summary["replay_topics"] = None if not keep_topics else rcfg.topics.events.rsplit(
-            ".", 2)[0] + ".*"
+        summary["replay_topics"] = (
+            None if not keep_topics else rcfg.topics.events.rsplit(".", 2)[0] + ".*"
+        )
         return summary
     finally:
         if not keep_topics:
             delete_topics(rcfg, [s.name for s in rcfg.topics.specs()])
 
 
-def _verify(catalog: Catalog, cfg: Config, rcfg: Config, rng: ReplayRange,
-            streams: dict[str, Stream], event_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _verify(
+    catalog: Catalog,
+    cfg: Config,
+    rcfg: Config,
+    rng: ReplayRange,
+    streams: dict[str, Stream],
+    event_rows: list[dict[str, Any]],
+) -> dict[str, Any]:
     orders_s, exec_s = streams["orders"], streams["executions"]
 
     def replayed(stream: Stream, topic: str, read_committed: bool) -> list[dict]:
-        return [stream.decode(r.value) for r in drain_topic(
-            rcfg, topic, read_committed=read_committed, idle_timeout_s=15)]
+        return [
+            stream.decode(r.value)
+            for r in drain_topic(rcfg, topic, read_committed=read_committed, idle_timeout_s=15)
+        ]
 
     def real_orders(rows: list[dict]) -> list[dict]:
         return [r for r in rows if r["action"] != OrderAction.HEARTBEAT.value]
@@ -253,22 +305,28 @@ def _verify(catalog: Catalog, cfg: Config, rcfg: Config, rng: ReplayRange,
         first["input_event"] = _input_event(first, live_orders, event_rows)
     live_n, fills_n = len(live_orders), len(live_fills)
     return {
-        "orders_live": live_n, "orders_replayed": len(replay_orders),
+        "orders_live": live_n,
+        "orders_replayed": len(replay_orders),
         "orders_identical": orders_identical,
-        "fills_live": fills_n, "fills_replayed": len(replay_fills),
+        "fills_live": fills_n,
+        "fills_replayed": len(replay_fills),
         "fills_identical": fills_identical,
-        "executions_live": len(live_exec), "executions_replayed": len(replay_exec),
+        "executions_live": len(live_exec),
+        "executions_replayed": len(replay_exec),
         "executions_identical": exec_identical,
-        "determinism": round((orders_identical + exec_identical)
-                             / max(1, max(live_n, len(replay_orders))
-                                   + max(len(live_exec), len(replay_exec))), 6),
+        "determinism": round(
+            (orders_identical + exec_identical)
+            / max(1, max(live_n, len(replay_orders)) + max(len(live_exec), len(replay_exec))),
+            6,
+        ),
         "identical": first is None,
         "first_divergence": first,
     }
 
 
-def _input_event(diff: dict, live_orders: list[dict],
-                 event_rows: list[dict[str, Any]]) -> dict | None:
+def _input_event(
+    diff: dict, live_orders: list[dict], event_rows: list[dict[str, Any]]
+) -> dict | None:
     """The recorded event that led to a divergent record: the order's source event (for an
     execution report, the source event of its order)."""
     record = diff["live"] or diff["replayed"] or {}
@@ -280,8 +338,7 @@ def _input_event(diff: dict, live_orders: list[dict],
         return None
     for row in event_rows:
         if row["instrument"] == diff["key"] and row["seq"] == seq:
-            return {k: (v.isoformat() if isinstance(v, datetime) else v)
-                    for k, v in row.items()}
+            return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
     return None
 
 
@@ -300,13 +357,20 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.time_from or args.time_to:
         if args.run:
             raise SystemExit("bookstream replay: give --run or --from/--to, not both")
-        rng = ReplayRange(time_from_ns=_parse_time(args.time_from) if args.time_from else None,
-                          time_to_ns=_parse_time(args.time_to) if args.time_to else None)
+        rng = ReplayRange(
+            time_from_ns=_parse_time(args.time_from) if args.time_from else None,
+            time_to_ns=_parse_time(args.time_to) if args.time_to else None,
+        )
     else:
         run = load_run(cfg, args.run or "latest")
-        rng = ReplayRange(run_id=run["run_id"], offsets_from=run["from"],
-                          offsets_to=run["to"])
+        rng = ReplayRange(run_id=run["run_id"], offsets_from=run["from"], offsets_to=run["to"])
     if not args.no_history_sink:
         run_history_sink(cfg, bounded=True)
-    return replay(cfg, rng, speed=args.speed, progress=False if args.no_progress else None,
-                  verify=args.verify, keep_topics=args.keep_topics)
+    return replay(
+        cfg,
+        rng,
+        speed=args.speed,
+        progress=False if args.no_progress else None,
+        verify=args.verify,
+        keep_topics=args.keep_topics,
+    )

@@ -142,8 +142,11 @@ def lake_tables(cfg: Config) -> list[LakeTable]:
     """Every history table with its directory and current metadata file, from the catalog.
     A local SQLite catalog that does not exist yet is not created (nothing is stored)."""
     out: list[LakeTable] = []
-    if cfg.lake.catalog == "sql" and not cfg.lake.catalog_uri \
-            and not (cfg.lake_dir / "catalog.db").is_file():
+    if (
+        cfg.lake.catalog == "sql"
+        and not cfg.lake.catalog_uri
+        and not (cfg.lake_dir / "catalog.db").is_file()
+    ):
         why = f"no catalog at {cfg.lake_dir / 'catalog.db'}"
         return [LakeTable(s, None, None, why) for s in _history_streams(cfg)]
     from pyiceberg.exceptions import NoSuchTableError
@@ -153,9 +156,11 @@ def lake_tables(cfg: Config) -> list[LakeTable]:
     try:
         catalog = open_catalog(cfg)
     except Exception as exc:  # a catalog server down, a bad URI: say which
-        raise SqlError(f"cannot open the Iceberg catalog ({cfg.lake.catalog}, "
-                       f"{cfg.catalog_uri if cfg.lake.catalog != 'rest' else cfg.lake.rest_uri}"
-                       f"): {exc}") from exc
+        raise SqlError(
+            f"cannot open the Iceberg catalog ({cfg.lake.catalog}, "
+            f"{cfg.catalog_uri if cfg.lake.catalog != 'rest' else cfg.lake.rest_uri}"
+            f"): {exc}"
+        ) from exc
     for stream in _history_streams(cfg):
         ident = f"{cfg.lake.namespace}.{stream.name}"
         try:
@@ -174,8 +179,14 @@ def lake_tables(cfg: Config) -> list[LakeTable]:
         except ValueError:  # metadata outside the table directory: let chDB find the newest
             rel = None
         if not path.is_dir():
-            out.append(LakeTable(stream, None, None, f"{ident} is in the catalog but its "
-                                                     f"directory {path} does not exist"))
+            out.append(
+                LakeTable(
+                    stream,
+                    None,
+                    None,
+                    f"{ident} is in the catalog but its directory {path} does not exist",
+                )
+            )
             continue
         out.append(LakeTable(stream, path, rel))
     return out
@@ -184,10 +195,23 @@ def lake_tables(cfg: Config) -> list[LakeTable]:
 # ---------------------------------------------------------------------------------------------
 # ClickHouse types and the MergeTree DDL
 
-_LOW_CARDINALITY = frozenset({
-    "venue", "kind", "side", "strategy", "action", "order_type", "tif", "liquidity",
-    "reason_code", "stage", "source", "model_version", "command",
-})
+_LOW_CARDINALITY = frozenset(
+    {
+        "venue",
+        "kind",
+        "side",
+        "strategy",
+        "action",
+        "order_type",
+        "tif",
+        "liquidity",
+        "reason_code",
+        "stage",
+        "source",
+        "model_version",
+        "command",
+    }
+)
 
 
 def _ch_type(t: pa.DataType) -> str:
@@ -215,8 +239,7 @@ def _sql_quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def ddl_statements(depth_levels: int | None = None,
-                   database: str = DATABASE) -> dict[str, str]:
+def ddl_statements(depth_levels: int | None = None, database: str = DATABASE) -> dict[str, str]:
     """table name -> ``CREATE TABLE`` of its MergeTree copy, with the columns and types of
     ``udfs/history.py`` (for ``depth_levels`` of imbalance; default: the configured default).
 
@@ -242,7 +265,8 @@ def ddl_statements(depth_levels: int | None = None,
             f"tests/unit/test_sql_runner.py keeps this file equal to the generated text. "
             f"Columns: the record's own fields in wire order ({', '.join(stream.columns)}), "
             f"then event_time (exchange time, UTC), _partition and _offset (its Kafka "
-            f"position). Key columns are not Nullable; every other column is, as in Iceberg.")
+            f"position). Key columns are not Nullable; every other column is, as in Iceberg."
+        )
         comment = "".join(f"-- {line}\n" for line in textwrap.wrap(header, 96))
         out[stream.name] = (
             comment
@@ -270,12 +294,18 @@ _MISSING_MARK = "no such table in the lake"
 
 
 def _missing_view(lt: LakeTable, database: str, cfg: Config) -> str:
-    cols = ", ".join(f"CAST(NULL, {_sql_quote('Nullable(' + _ch_type(f.type) + ')')}) AS "
-                     f"`{f.name}`" for f in lt.stream.arrow_schema)
-    msg = (f"{DATABASE}.{lt.name}: {_MISSING_MARK} ({lt.missing_reason}; warehouse "
-           f"{cfg.warehouse_dir}): nothing stored yet -- run `bookstream history-sink`")
-    return (f"CREATE VIEW {database}.{lt.name} AS SELECT * FROM (SELECT {cols}) "
-            f"WHERE throwIf(1, {_sql_quote(msg)})")
+    cols = ", ".join(
+        f"CAST(NULL, {_sql_quote('Nullable(' + _ch_type(f.type) + ')')}) AS `{f.name}`"
+        for f in lt.stream.arrow_schema
+    )
+    msg = (
+        f"{DATABASE}.{lt.name}: {_MISSING_MARK} ({lt.missing_reason}; warehouse "
+        f"{cfg.warehouse_dir}): nothing stored yet -- run `bookstream history-sink`"
+    )
+    return (
+        f"CREATE VIEW {database}.{lt.name} AS SELECT * FROM (SELECT {cols}) "
+        f"WHERE throwIf(1, {_sql_quote(msg)})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +322,7 @@ def _statements(text: str) -> list[str]:
             j = i + 1
             while j < n and text[j] != c:
                 j += 2 if text[j] == "\\" else 1
-            buf.append(text[i:j + 1])
+            buf.append(text[i : j + 1])
             meaningful = True
             i = j + 1
         elif text.startswith("--", i) or c == "#":
@@ -409,8 +439,9 @@ class SqlSession:
     ``bookstream.<t>`` created by ``ddl`` (default: :func:`ddl_statements` for the config) with
     ``INSERT ... SELECT``. Use as a context manager; one session at a time per process."""
 
-    def __init__(self, cfg: Config, engine: str = "lake",
-                 ddl: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, cfg: Config, engine: str = "lake", ddl: dict[str, str] | None = None
+    ) -> None:
         if engine not in ("lake", "mergetree"):
             raise ValueError(f"engine must be 'lake' or 'mergetree', not {engine!r}")
         self.cfg = cfg
@@ -458,16 +489,20 @@ class SqlSession:
             if t.path is None:
                 self.execute(_missing_view(t, lake_db, self.cfg))
                 continue
-            settings = (f" SETTINGS iceberg_metadata_file_path = {_sql_quote(t.metadata)}"
-                        if t.metadata else "")
-            self.execute(f"CREATE TABLE {lake_db}.{t.name} ENGINE = "
-                         f"IcebergLocal({_sql_quote(str(t.path))}){settings}")
+            settings = (
+                f" SETTINGS iceberg_metadata_file_path = {_sql_quote(t.metadata)}"
+                if t.metadata
+                else ""
+            )
+            self.execute(
+                f"CREATE TABLE {lake_db}.{t.name} ENGINE = "
+                f"IcebergLocal({_sql_quote(str(t.path))}){settings}"
+            )
         if self.engine == "mergetree":
             self._copy_to_mergetree()
 
     def _copy_to_mergetree(self) -> None:
-        ddl = self.ddl if self.ddl is not None else ddl_statements(
-            self.cfg.features.depth_levels)
+        ddl = self.ddl if self.ddl is not None else ddl_statements(self.cfg.features.depth_levels)
         self.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
         for t in self.tables:
             if t.path is None:  # keep the clear error of a missing table
@@ -475,10 +510,13 @@ class SqlSession:
                 continue
             self.execute(ddl[t.name])
             cols = ", ".join(f"`{c}`" for c in t.stream.arrow_schema.names)
-            self.execute(f"INSERT INTO {DATABASE}.{t.name} ({cols}) "
-                         f"SELECT {cols} FROM {LAKE_DATABASE}.{t.name}")
-            self.copied[t.name] = int(self.arrow(
-                f"SELECT count() AS n FROM {DATABASE}.{t.name}").column("n")[0].as_py())
+            self.execute(
+                f"INSERT INTO {DATABASE}.{t.name} ({cols}) "
+                f"SELECT {cols} FROM {LAKE_DATABASE}.{t.name}"
+            )
+            self.copied[t.name] = int(
+                self.arrow(f"SELECT count() AS n FROM {DATABASE}.{t.name}").column("n")[0].as_py()
+            )
 
     def close(self) -> None:
         try:
@@ -528,9 +566,18 @@ class SqlSession:
         ``json`` (one line: ``{"query", "columns", "rows": [{column: value}], "row_count"}``)."""
         if fmt == "json":
             table = self.arrow(query)
-            return json.dumps({"columns": table.column_names, "rows": _plain_rows(table),
-                               "row_count": table.num_rows},
-                              separators=(",", ":"), default=str) + "\n"
+            return (
+                json.dumps(
+                    {
+                        "columns": table.column_names,
+                        "rows": _plain_rows(table),
+                        "row_count": table.num_rows,
+                    },
+                    separators=(",", ":"),
+                    default=str,
+                )
+                + "\n"
+            )
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of table, csv, json; not {fmt!r}")
         out = self._query(query, FORMATS[fmt])
@@ -566,15 +613,17 @@ def query_arrow(cfg: Config, query_or_file: str | Path, engine: str = "lake") ->
         return s.arrow(sql)
 
 
-def query_rows(cfg: Config, query_or_file: str | Path,
-               engine: str = "lake") -> list[dict[str, Any]]:
+def query_rows(
+    cfg: Config, query_or_file: str | Path, engine: str = "lake"
+) -> list[dict[str, Any]]:
     """The result as Python objects: one dict per row (``datetime`` for times, ``None`` for
     NULL)."""
     return query_arrow(cfg, query_or_file, engine).to_pylist()
 
 
-def run_sql(cfg: Config, query_or_file: str | Path, fmt: str = "table",
-            engine: str = "lake") -> str:
+def run_sql(
+    cfg: Config, query_or_file: str | Path, fmt: str = "table", engine: str = "lake"
+) -> str:
     """Run one query (a library name, a file or SQL text) and return its formatted result;
     :class:`SqlError` carries ClickHouse's message."""
     _name, sql = read_query(query_or_file)
@@ -608,12 +657,17 @@ class ChdbClient:
     def insert_arrow(self, table: str, arrow_table: pa.Table) -> None:
         cols = ", ".join(f"`{c}`" for c in arrow_table.column_names)
         # chDB's Python() table function reads the local variable ``arrow_table``
-        self.session.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} "
-                             f"FROM Python(arrow_table)")
+        self.session.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM Python(arrow_table)")
 
 
-def load_into_clickhouse(cfg: Config, client: Any = None, *, database: str = DATABASE,
-                         tables: list[str] | None = None, **connect: Any) -> dict[str, int]:
+def load_into_clickhouse(
+    cfg: Config,
+    client: Any = None,
+    *,
+    database: str = DATABASE,
+    tables: list[str] | None = None,
+    **connect: Any,
+) -> dict[str, int]:
     """Create the MergeTree tables on a ClickHouse server and load what the lake holds that the
     server does not, table by table; returns the rows inserted per table.
 
@@ -630,8 +684,10 @@ def load_into_clickhouse(cfg: Config, client: Any = None, *, database: str = DAT
         try:
             import clickhouse_connect  # not a dependency: installed by whoever loads a server
         except ImportError as exc:
-            raise SqlError("load_into_clickhouse needs clickhouse-connect "
-                           "(pip install clickhouse-connect), or pass a client") from exc
+            raise SqlError(
+                "load_into_clickhouse needs clickhouse-connect "
+                "(pip install clickhouse-connect), or pass a client"
+            ) from exc
         client = clickhouse_connect.get_client(**connect)
     from pyiceberg.expressions import And, EqualTo, GreaterThan, In, Not, Or
 
@@ -648,21 +704,25 @@ def load_into_clickhouse(cfg: Config, client: Any = None, *, database: str = DAT
         if lt.path is None:
             inserted[lt.name] = 0
             continue
-        have = {int(p): int(o) for p, o in client.query(
-            f"SELECT _partition, max(_offset) FROM {database}.{lt.name} "
-            f"GROUP BY _partition").result_rows}
+        have = {
+            int(p): int(o)
+            for p, o in client.query(
+                f"SELECT _partition, max(_offset) FROM {database}.{lt.name} GROUP BY _partition"
+            ).result_rows
+        }
         row_filter: Any = None
         if have:
-            newer = [And(EqualTo("_partition", p), GreaterThan("_offset", o))
-                     for p, o in sorted(have.items())]
+            newer = [
+                And(EqualTo("_partition", p), GreaterThan("_offset", o))
+                for p, o in sorted(have.items())
+            ]
             newer.append(Not(In("_partition", set(have))))
             row_filter = newer[0] if len(newer) == 1 else Or(*newer)
         table = catalog.load_table(f"{cfg.lake.namespace}.{lt.name}")
         scan = table.scan(row_filter=row_filter) if row_filter is not None else table.scan()
         rows = scan.to_arrow()
         if rows.num_rows:
-            client.insert_arrow(f"{database}.{lt.name}",
-                                rows.select(lt.stream.arrow_schema.names))
+            client.insert_arrow(f"{database}.{lt.name}", rows.select(lt.stream.arrow_schema.names))
         inserted[lt.name] = rows.num_rows
     return inserted
 
@@ -671,8 +731,16 @@ def load_into_clickhouse(cfg: Config, client: Any = None, *, database: str = DAT
 # the command
 
 
-def sql_command(cfg: Config, query: str | None, *, fmt: str = "table", list_files: bool = False,
-                engine: str = "lake", ddl: bool = False, write: bool = False) -> int:
+def sql_command(
+    cfg: Config,
+    query: str | None,
+    *,
+    fmt: str = "table",
+    list_files: bool = False,
+    engine: str = "lake",
+    ddl: bool = False,
+    write: bool = False,
+) -> int:
     """``bookstream sql``: print a query's result (exit 1 with ClickHouse's message on error),
     the library (``--list``) or the MergeTree DDL (``--ddl``; ``--write-ddl`` rewrites
     ``sql/clickhouse/``)."""
@@ -686,16 +754,19 @@ def sql_command(cfg: Config, query: str | None, *, fmt: str = "table", list_file
     if list_files:
         entries = list_queries()
         if fmt == "json":
-            print(json.dumps({"queries": [{"file": f, "about": a} for f, a in entries]},
-                             separators=(",", ":")))
+            print(
+                json.dumps(
+                    {"queries": [{"file": f, "about": a} for f, a in entries]},
+                    separators=(",", ":"),
+                )
+            )
         else:
             width = max((len(f) for f, _ in entries), default=0)
             for f, about in entries:
                 print(f"{f:<{width}}  {about}")
         return 0
     if not query:
-        print("bookstream sql: give a file of sql/, a path or a query (or --list)",
-              file=sys.stderr)
+        print("bookstream sql: give a file of sql/, a path or a query (or --list)", file=sys.stderr)
         return 2
     try:
         sys.stdout.write(run_sql(cfg, query, fmt, engine))

@@ -3,7 +3,8 @@
     python models/train_model.py [--out models/] [--horizon 20]
     python models/train_model.py --lobster MSG.csv OB.csv --binance a.gz b.gz ...   # other data
 
-By default it reads only the sample shipped in ``data/`` (``jobs.sources.Source.sample()``), so
+By default it reads only the sample shipped in ``data/``
+(``udfs.market.adapters.sources.Source.sample()``), so
 the files committed in ``models/`` are reproducible from the repository alone (same bytes on
 a rerun: no wall-clock time is written anywhere).
 
@@ -15,7 +16,8 @@ Steps
 2. Label: for row ``i`` of an instrument, ``y = 1`` if ``mid[i + H] > mid[i]``, ``0`` if it is
    lower, where ``i + H`` is the H-th next feature row of the same instrument; rows without
    ``H`` successors or with no mid change are dropped.
-3. Inputs: :func:`udfs.model.feature_vector` with the model's feature list (the function the
+3. Inputs: :func:`udfs.strategy.model.feature_vector` with the model's feature list (the function
+the
    stream uses at scoring time), as float32.
 4. Honest metrics: per instrument, the first 70% of the labelled rows fit a model that is
    evaluated on the rest, after an embargo of ``H`` rows (labels of rows closer than ``H`` to
@@ -47,11 +49,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from jobs.sources import Source  # noqa: E402
 from udfs.config import FeatureConfig, StrategyConfig  # noqa: E402
-from udfs.model import DERIVED, feature_vector  # noqa: E402
+from udfs.market.adapters.sources import Source  # noqa: E402
 from udfs.pipeline import RecordSource, process_record  # noqa: E402
 from udfs.schema import encode_event  # noqa: E402
+from udfs.strategy.model import DERIVED, feature_vector  # noqa: E402
 
 RANDOM_STATE = 0
 HORIZON = 20
@@ -70,12 +72,29 @@ class ModelSpec:
 
 
 MODELS = (
-    ModelSpec("book_lr_v1", "1", "traded",
-              ("imbalance_1", "imbalance_2", "imbalance_3", "microprice_dev", "ofi_norm",
-               "trade_sign"), 1.0),
-    ModelSpec("book_lr_v2", "2", "shadow",
-              ("imbalance_1", "imbalance_2", "imbalance_3", "imbalance_4", "imbalance_5",
-               "microprice_dev", "ofi_window_norm", "trade_sign"), 0.1),
+    ModelSpec(
+        "book_lr_v1",
+        "1",
+        "traded",
+        ("imbalance_1", "imbalance_2", "imbalance_3", "microprice_dev", "ofi_norm", "trade_sign"),
+        1.0,
+    ),
+    ModelSpec(
+        "book_lr_v2",
+        "2",
+        "shadow",
+        (
+            "imbalance_1",
+            "imbalance_2",
+            "imbalance_3",
+            "imbalance_4",
+            "imbalance_5",
+            "microprice_dev",
+            "ofi_window_norm",
+            "trade_sign",
+        ),
+        0.1,
+    ),
 )
 
 FEATURE_DEFINITIONS = {
@@ -84,7 +103,9 @@ FEATURE_DEFINITIONS = {
     "ofi_window_norm": "tanh(ofi_window / (bid_depth + ask_depth)) (0 if depth == 0)",
     "trade_sign": "sign(trade_signed_volume)",
 }
-assert set(FEATURE_DEFINITIONS) == set(DERIVED), "describe every derived feature of udfs.model"
+assert set(FEATURE_DEFINITIONS) == set(DERIVED), (
+    "describe every derived feature of udfs.strategy.model"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,15 +120,18 @@ def feature_rows(source: Source, cfg: FeatureConfig | None = None) -> dict[str, 
     src = RecordSource("train", 0, 0)
     for ev in source.events():
         key = ev.instrument
-        state, result = process_record(states.get(key), key, encode_event(ev), src, cfg,
-                                       OUT_OF_ORDERNESS_MS)
+        state, result = process_record(
+            states.get(key), key, encode_event(ev), src, cfg, OUT_OF_ORDERNESS_MS
+        )
         states[key] = state
         rows[key].extend(result.features)
     return dict(rows)
 
 
-def label_rows(rows: dict[str, list[dict]], horizon: int = HORIZON,
-               ) -> dict[str, list[tuple[dict, int]]]:
+def label_rows(
+    rows: dict[str, list[dict]],
+    horizon: int = HORIZON,
+) -> dict[str, list[tuple[dict, int]]]:
     """(row, y) per instrument: y = 1 if mid rises over the next ``horizon`` rows of the same
     instrument, 0 if it falls; rows without a future or without a change are dropped."""
     out: dict[str, list[tuple[dict, int]]] = {}
@@ -122,8 +146,10 @@ def label_rows(rows: dict[str, list[dict]], horizon: int = HORIZON,
     return out
 
 
-def design(labelled: dict[str, list[tuple[dict, int]]], features: tuple[str, ...],
-           ) -> tuple[np.ndarray, np.ndarray]:
+def design(
+    labelled: dict[str, list[tuple[dict, int]]],
+    features: tuple[str, ...],
+) -> tuple[np.ndarray, np.ndarray]:
     """float32 X (instruments in sorted order, rows in feed order) and int y."""
     pairs = [p for inst in sorted(labelled) for p in labelled[inst]]
     x = np.asarray([feature_vector(r, features) for r, _ in pairs], dtype=np.float32)
@@ -131,14 +157,17 @@ def design(labelled: dict[str, list[tuple[dict, int]]], features: tuple[str, ...
     return x.reshape(len(pairs), len(features)), y
 
 
-def split(labelled: dict[str, list[tuple[dict, int]]], horizon: int, holdout: float = HOLDOUT,
-          ) -> tuple[dict, dict]:
+def split(
+    labelled: dict[str, list[tuple[dict, int]]],
+    horizon: int,
+    holdout: float = HOLDOUT,
+) -> tuple[dict, dict]:
     """Chronological split per instrument with an embargo of ``horizon`` rows."""
     train, test = {}, {}
     for inst, pairs in labelled.items():
         cut = int(len(pairs) * (1 - holdout))
         train[inst] = pairs[:cut]
-        test[inst] = pairs[cut + horizon:]
+        test[inst] = pairs[cut + horizon :]
     return train, test
 
 
@@ -150,8 +179,9 @@ def fit(x: np.ndarray, y: np.ndarray, c: float):
     """The one way a model is fitted (the tests refit with it)."""
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=c, random_state=RANDOM_STATE, max_iter=1000,
-                              solver="lbfgs").fit(x.astype(np.float64), y)
+    return LogisticRegression(C=c, random_state=RANDOM_STATE, max_iter=1000, solver="lbfgs").fit(
+        x.astype(np.float64), y
+    )
 
 
 def metrics(clf, x: np.ndarray, y: np.ndarray) -> dict[str, float | int]:
@@ -176,8 +206,12 @@ def to_onnx(clf, n_features: int, name: str, model_version: int) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
-    onx = convert_sklearn(clf, initial_types=[("features", FloatTensorType([None, n_features]))],
-                          options={id(clf): {"zipmap": False}}, target_opset=OPSET)
+    onx = convert_sklearn(
+        clf,
+        initial_types=[("features", FloatTensorType([None, n_features]))],
+        options={id(clf): {"zipmap": False}},
+        target_opset=OPSET,
+    )
     # skl2onnx names the graph with a random uuid: fix it so a rerun writes the same bytes
     onx.graph.name = name
     onx.model_version = model_version
@@ -211,15 +245,20 @@ def _utc(ns: int) -> str:
 
 def source_files(source: Source) -> list[dict[str, str]]:
     paths = [p for pair in source.lobster for p in pair] + [
-        p for files in source.binance for p in files]
+        p for files in source.binance for p in files
+    ]
     return [{"path": _rel(p), "sha256": _sha256(p)} for p in paths]
 
 
 def window(pairs: list[tuple[dict, int]]) -> dict[str, Any]:
     first = min(r["ts_event"] for r, _ in pairs)
     last = max(r["ts_event"] for r, _ in pairs)
-    return {"first_ts_event": first, "last_ts_event": last,
-            "first_utc": _utc(first), "last_utc": _utc(last)}
+    return {
+        "first_ts_event": first,
+        "last_ts_event": last,
+        "first_utc": _utc(first),
+        "last_utc": _utc(last),
+    }
 
 
 def train_all(source: Source, out: Path, horizon: int = HORIZON) -> list[dict[str, Any]]:
@@ -250,15 +289,16 @@ def train_all(source: Source, out: Path, horizon: int = HORIZON) -> list[dict[st
             "version": spec.version,
             "role": spec.role,
             "features": list(spec.features),
-            "feature_definitions": {f: FEATURE_DEFINITIONS.get(f, f"feature row key {f!r}")
-                                    for f in spec.features},
+            "feature_definitions": {
+                f: FEATURE_DEFINITIONS.get(f, f"feature row key {f!r}") for f in spec.features
+            },
             "input_name": "features",
             "input_dtype": "float32",
             "output": "probabilities[:, 1] = P(label = 1), i.e. P(mid rises)",
             "label": {
                 "definition": f"sign of mid[i + {horizon}] - mid[i], i + {horizon} = the "
-                              f"{horizon}-th next feature row of the same instrument; "
-                              "1 = up, 0 = down",
+                f"{horizon}-th next feature row of the same instrument; "
+                "1 = up, 0 = down",
                 "horizon_rows": horizon,
                 "dropped": "rows without that many successors, and rows with no mid change",
             },
@@ -277,21 +317,27 @@ def train_all(source: Source, out: Path, horizon: int = HORIZON) -> list[dict[st
                 "per_instrument": {inst: window(p) for inst, p in labelled.items() if p},
             },
             "sources": files,
-            "feature_config": {"depth_levels": FeatureConfig().depth_levels,
-                               "window_ms": FeatureConfig().window_ms},
+            "feature_config": {
+                "depth_levels": FeatureConfig().depth_levels,
+                "window_ms": FeatureConfig().window_ms,
+            },
             "rows": len(y),
             "rows_per_instrument": {inst: len(p) for inst, p in labelled.items()},
             "metrics": {
                 "train": metrics(clf, x, y),
                 "holdout": {
                     "method": f"per instrument: fit on the first {1 - HOLDOUT:.0%} of the "
-                              f"labelled rows, embargo {horizon} rows, test on the rest",
+                    f"labelled rows, embargo {horizon} rows, test on the rest",
                     "train": metrics(holdout_clf, x_tr, y_tr),
                     "test": metrics(holdout_clf, x_te, y_te),
                 },
             },
-            "software": {"scikit-learn": sklearn.__version__, "skl2onnx": skl2onnx.__version__,
-                         "onnx": onnx.__version__, "opset": OPSET},
+            "software": {
+                "scikit-learn": sklearn.__version__,
+                "skl2onnx": skl2onnx.__version__,
+                "onnx": onnx.__version__,
+                "opset": OPSET,
+            },
         }
         (out / f"{spec.name}.onnx").write_bytes(blob)
         (out / f"{spec.name}.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -302,25 +348,43 @@ def train_all(source: Source, out: Path, horizon: int = HORIZON) -> list[dict[st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "models")
-    ap.add_argument("--horizon", type=int, default=HORIZON,
-                    help="label horizon in feature rows of the same instrument")
-    ap.add_argument("--lobster", nargs=2, action="append", metavar=("MESSAGE", "ORDERBOOK"),
-                    help="LOBSTER file pair (repeatable); replaces the shipped sample")
-    ap.add_argument("--binance", nargs="+", action="append", metavar="FILE",
-                    help="one Binance capture, its files in order (repeatable)")
+    ap.add_argument(
+        "--horizon",
+        type=int,
+        default=HORIZON,
+        help="label horizon in feature rows of the same instrument",
+    )
+    ap.add_argument(
+        "--lobster",
+        nargs=2,
+        action="append",
+        metavar=("MESSAGE", "ORDERBOOK"),
+        help="LOBSTER file pair (repeatable); replaces the shipped sample",
+    )
+    ap.add_argument(
+        "--binance",
+        nargs="+",
+        action="append",
+        metavar="FILE",
+        help="one Binance capture, its files in order (repeatable)",
+    )
     args = ap.parse_args(argv)
     if args.lobster or args.binance:
-        source = Source(lobster=[(Path(m), Path(o)) for m, o in args.lobster or []],
-                        binance=[[Path(f) for f in files] for files in args.binance or []])
+        source = Source(
+            lobster=[(Path(m), Path(o)) for m, o in args.lobster or []],
+            binance=[[Path(f) for f in files] for files in args.binance or []],
+        )
     else:
         source = Source.sample()
     source.check_files()
     for meta in train_all(source, args.out, args.horizon):
         tr, te = meta["metrics"]["train"], meta["metrics"]["holdout"]["test"]
-        print(f"{meta['name']} ({meta['role']}): {meta['rows']} rows, features "
-              f"{meta['features']}\n  train acc {tr['accuracy']:.3f} auc {tr.get('auc', 'n/a')}"
-              f" | holdout acc {te.get('accuracy', 'n/a')} auc {te.get('auc', 'n/a')} "
-              f"({te['rows']} rows)")
+        print(
+            f"{meta['name']} ({meta['role']}): {meta['rows']} rows, features "
+            f"{meta['features']}\n  train acc {tr['accuracy']:.3f} auc {tr.get('auc', 'n/a')}"
+            f" | holdout acc {te.get('accuracy', 'n/a')} auc {te.get('auc', 'n/a')} "
+            f"({te['rows']} rows)"
+        )
     return 0
 
 

@@ -116,23 +116,49 @@ class TopicsConfig:
 
     def specs(self) -> list[TopicSpec]:
         return [
-            TopicSpec(name=self.events, partitions=self.partitions, retention_ms=self.retention_ms,
-                      retention_bytes=self.retention_bytes),
-            TopicSpec(name=self.features, partitions=self.partitions,
-                      retention_ms=self.retention_ms, retention_bytes=self.retention_bytes),
+            TopicSpec(
+                name=self.events,
+                partitions=self.partitions,
+                retention_ms=self.retention_ms,
+                retention_bytes=self.retention_bytes,
+            ),
+            TopicSpec(
+                name=self.features,
+                partitions=self.partitions,
+                retention_ms=self.retention_ms,
+                retention_bytes=self.retention_bytes,
+            ),
             # dead letters are evidence: keep them until someone looks
             TopicSpec(name=self.dead_letter, partitions=1, retention_ms=-1),
-            TopicSpec(name=self.stats, partitions=1, retention_ms=self.retention_ms,
-                      retention_bytes=self.retention_bytes),
-            *(TopicSpec(name=name, partitions=self.partitions, retention_ms=self.retention_ms,
-                        retention_bytes=self.retention_bytes)
-              for name in (self.signals, self.orders, self.executions)),
+            TopicSpec(
+                name=self.stats,
+                partitions=1,
+                retention_ms=self.retention_ms,
+                retention_bytes=self.retention_bytes,
+            ),
+            *(
+                TopicSpec(
+                    name=name,
+                    partitions=self.partitions,
+                    retention_ms=self.retention_ms,
+                    retention_bytes=self.retention_bytes,
+                )
+                for name in (self.signals, self.orders, self.executions)
+            ),
             # one partition: commands and trips keep one total order
             TopicSpec(name=self.control, partitions=1, retention_ms=-1),
-            TopicSpec(name=self.risk, partitions=1, retention_ms=self.retention_ms,
-                      retention_bytes=self.retention_bytes),
-            TopicSpec(name=self.quality, partitions=1, retention_ms=self.retention_ms,
-                      retention_bytes=self.retention_bytes),
+            TopicSpec(
+                name=self.risk,
+                partitions=1,
+                retention_ms=self.retention_ms,
+                retention_bytes=self.retention_bytes,
+            ),
+            TopicSpec(
+                name=self.quality,
+                partitions=1,
+                retention_ms=self.retention_ms,
+                retention_bytes=self.retention_bytes,
+            ),
         ]
 
 
@@ -152,7 +178,8 @@ class FlinkConfig:
     execution_mode: str = "auto"
     """Python worker mode: ``thread`` (PEMJA, inside the TaskManager), ``process`` (Beam
     worker processes) or ``auto`` = thread, with or without ONNX models (lower latency,
-    measured). onnxruntime works in thread mode because :mod:`udfs.model` imports it and creates
+    measured). onnxruntime works in thread mode because :mod:`udfs.strategy.model` imports it and
+    creates
     its sessions on a thread of their own (on a PEMJA task thread, pybind11's
     ``PyGILState_Ensure`` deadlocks)."""
     checkpoint_dir: str = ""
@@ -308,8 +335,11 @@ class Config:
 
     @property
     def kafka_connector_jar(self) -> Path:
-        return (self.jars_dir / "flink"
-                / f"flink-sql-connector-kafka-{self.flink.kafka_connector_version}.jar")
+        return (
+            self.jars_dir
+            / "flink"
+            / f"flink-sql-connector-kafka-{self.flink.kafka_connector_version}.jar"
+        )
 
     @property
     def glue_jar(self) -> Path:
@@ -346,8 +376,10 @@ class Config:
             return self.lake.catalog_uri
         if self.lake.catalog == "postgres":
             lk = self.lake
-            return (f"postgresql+psycopg2://{lk.postgres_user}@{lk.postgres_host}:"
-                    f"{lk.postgres_port}/{lk.postgres_db}")
+            return (
+                f"postgresql+psycopg2://{lk.postgres_user}@{lk.postgres_host}:"
+                f"{lk.postgres_port}/{lk.postgres_db}"
+            )
         return f"sqlite:///{self.lake_dir / 'catalog.db'}"
 
 
@@ -413,7 +445,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         prefix = f"BOOKSTREAM_{name.upper()}_"
         for key, value in env.items():
             if key.startswith(prefix):
-                overrides[key[len(prefix):].lower()] = value
+                overrides[key[len(prefix) :].lower()] = value
         sections[name] = _build(cls, overrides, name)
 
     state_dir = env.get("BOOKSTREAM_STATE_DIR", state_dir)

@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from udfs.features import feature_keys
+from udfs.market.features import feature_keys
 from udfs.schema import (
     Control,
     DeadLetter,
@@ -54,7 +54,10 @@ __all__ = [
 PROVENANCE_COLUMNS = ("event_time", "_partition", "_offset")
 
 _ARROW: dict[type, pa.DataType] = {
-    str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_(),
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
 }
 
 
@@ -106,8 +109,14 @@ class Stream:
 
     @property
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema([*self.fields, ("event_time", pa.timestamp("us")),
-                          ("_partition", pa.int32()), ("_offset", pa.int64())])
+        return pa.schema(
+            [
+                *self.fields,
+                ("event_time", pa.timestamp("us")),
+                ("_partition", pa.int32()),
+                ("_offset", pa.int64()),
+            ]
+        )
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -120,11 +129,13 @@ def _record_decoder(cls: type, decode: Callable[[bytes], Any]) -> Callable[[byte
     def to_row(raw: bytes) -> dict[str, Any]:
         rec = decode(raw)
         return {n: _plain(getattr(rec, n)) for n in names}
+
     return to_row
 
 
-def _json_decoder(fields: Iterable[tuple[str, pa.DataType]],
-                  required: Iterable[str]) -> Callable[[bytes], dict]:
+def _json_decoder(
+    fields: Iterable[tuple[str, pa.DataType]], required: Iterable[str]
+) -> Callable[[bytes], dict]:
     """Rows the job writes as plain JSON objects (features, stats, quality): the columns are
     known; a missing required key or a value of the wrong kind is a :class:`SchemaError`."""
     fields = tuple(fields)
@@ -146,20 +157,36 @@ def _json_decoder(fields: Iterable[tuple[str, pa.DataType]],
         for name, _t in fields:
             value = d.get(name)
             if value is not None:
-                if name in numeric and (isinstance(value, bool)
-                                        or not isinstance(value, int | float)):
+                if name in numeric and (
+                    isinstance(value, bool) or not isinstance(value, int | float)
+                ):
                     raise SchemaError(name, f"expected a number, got {value!r}")
                 if name in strings and not isinstance(value, str):
                     raise SchemaError(name, f"expected a string, got {value!r}")
             row[name] = value
         return row
+
     return to_row
 
 
 def _feature_fields(depth_levels: int) -> tuple[tuple[str, pa.DataType], ...]:
-    ints = {"ts_event", "ts_recv", "seq", "price_exp", "size_exp", "best_bid", "best_ask",
-            "bid_size", "ask_size", "spread", "bid_depth", "ask_depth", "trade_volume",
-            "trade_signed_volume", "trade_count"}
+    ints = {
+        "ts_event",
+        "ts_recv",
+        "seq",
+        "price_exp",
+        "size_exp",
+        "best_bid",
+        "best_ask",
+        "bid_size",
+        "ask_size",
+        "spread",
+        "bid_depth",
+        "ask_depth",
+        "trade_volume",
+        "trade_signed_volume",
+        "trade_count",
+    }
     out: list[tuple[str, pa.DataType]] = []
     for key in feature_keys(depth_levels):
         if key == "instrument":
@@ -173,58 +200,107 @@ def _feature_fields(depth_levels: int) -> tuple[tuple[str, pa.DataType], ...]:
 
 
 STATS_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
-    ("instrument", pa.string()), ("watermark_ms", pa.int64()), ("events_in", pa.int64()),
-    ("events_processed", pa.int64()), ("dead_lettered", pa.int64()), ("signals", pa.int64()),
-    ("orders", pa.int64()), ("book_levels", pa.int64()), ("unkeyed_dead", pa.int64()),
+    ("instrument", pa.string()),
+    ("watermark_ms", pa.int64()),
+    ("events_in", pa.int64()),
+    ("events_processed", pa.int64()),
+    ("dead_lettered", pa.int64()),
+    ("signals", pa.int64()),
+    ("orders", pa.int64()),
+    ("book_levels", pa.int64()),
+    ("unkeyed_dead", pa.int64()),
     ("ts_proc", pa.int64()),
 )
 """The job's per-instrument counters (``jobs/features_job.py`` writes them)."""
 
 QUALITY_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
-    ("instrument", pa.string()), ("minute_start", pa.int64()), ("events", pa.int64()),
-    ("sequence_gaps", pa.int64()), ("resyncs", pa.int64()), ("crossed", pa.int64()),
-    ("locked", pa.int64()), ("stale_gaps", pa.int64()), ("max_gap_ms", pa.float64()),
-    ("out_of_order", pa.int64()), ("late", pa.int64()), ("duplicates", pa.int64()),
+    ("instrument", pa.string()),
+    ("minute_start", pa.int64()),
+    ("events", pa.int64()),
+    ("sequence_gaps", pa.int64()),
+    ("resyncs", pa.int64()),
+    ("crossed", pa.int64()),
+    ("locked", pa.int64()),
+    ("stale_gaps", pa.int64()),
+    ("max_gap_ms", pa.float64()),
+    ("out_of_order", pa.int64()),
+    ("late", pa.int64()),
+    ("duplicates", pa.int64()),
     ("v", pa.int64()),
 )
-"""Data-quality counters per instrument and exchange-time minute (``udfs/quality.py``)."""
+"""Data-quality counters per instrument and exchange-time minute (``udfs/market/quality.py``)."""
 
 
 def _trading_stream(name: str, cls: type) -> Stream:
     """A trading record's table: topic field = table name, time = its ``ts_event``."""
-    return Stream(name, name, tuple(_dataclass_fields(cls)),
-                  _record_decoder(cls, lambda raw: decode_record(cls, raw)),
-                  lambda r: r["ts_event"])
+    return Stream(
+        name,
+        name,
+        tuple(_dataclass_fields(cls)),
+        _record_decoder(cls, lambda raw: decode_record(cls, raw)),
+        lambda r: r["ts_event"],
+    )
 
 
 def streams(depth_levels: int) -> tuple[Stream, ...]:
     """Every history table, for a job computing ``depth_levels`` of imbalance."""
     feature_fields = _feature_fields(depth_levels)
     return (
-        Stream("events", "events", tuple(_dataclass_fields(L2Event)),
-               _record_decoder(L2Event, decode_event), lambda r: r["ts_event"],
-               partition_by_instrument=True, sort_by=("instrument", "ts_event")),
-        Stream("features", "features", feature_fields,
-               _json_decoder(feature_fields, ("instrument", "ts_event", "seq")),
-               lambda r: r["ts_event"], partition_by_instrument=True,
-               sort_by=("instrument", "ts_event")),
-        Stream("dead_letters", "dead_letter", tuple(_dataclass_fields(DeadLetter)),
-               _record_decoder(DeadLetter, decode_dead_letter),
-               lambda r: r["ts_event"] or r["ts_dead"]),
-        Stream("stats", "stats", STATS_FIELDS,
-               _json_decoder(STATS_FIELDS, ()),
-               lambda r: (r["watermark_ms"] or 0) * 1_000_000 or (r["ts_proc"] or 0)),
-        *(_trading_stream(name, cls) for name, cls in (
-            ("signals", Signal), ("orders", Order), ("executions", ExecReport),
-            ("control", Control), ("risk", RiskReport))),
-        Stream("quality", "quality", QUALITY_FIELDS,
-               _json_decoder(QUALITY_FIELDS, ("instrument", "minute_start")),
-               lambda r: r["minute_start"]),
+        Stream(
+            "events",
+            "events",
+            tuple(_dataclass_fields(L2Event)),
+            _record_decoder(L2Event, decode_event),
+            lambda r: r["ts_event"],
+            partition_by_instrument=True,
+            sort_by=("instrument", "ts_event"),
+        ),
+        Stream(
+            "features",
+            "features",
+            feature_fields,
+            _json_decoder(feature_fields, ("instrument", "ts_event", "seq")),
+            lambda r: r["ts_event"],
+            partition_by_instrument=True,
+            sort_by=("instrument", "ts_event"),
+        ),
+        Stream(
+            "dead_letters",
+            "dead_letter",
+            tuple(_dataclass_fields(DeadLetter)),
+            _record_decoder(DeadLetter, decode_dead_letter),
+            lambda r: r["ts_event"] or r["ts_dead"],
+        ),
+        Stream(
+            "stats",
+            "stats",
+            STATS_FIELDS,
+            _json_decoder(STATS_FIELDS, ()),
+            lambda r: (r["watermark_ms"] or 0) * 1_000_000 or (r["ts_proc"] or 0),
+        ),
+        *(
+            _trading_stream(name, cls)
+            for name, cls in (
+                ("signals", Signal),
+                ("orders", Order),
+                ("executions", ExecReport),
+                ("control", Control),
+                ("risk", RiskReport),
+            )
+        ),
+        Stream(
+            "quality",
+            "quality",
+            QUALITY_FIELDS,
+            _json_decoder(QUALITY_FIELDS, ("instrument", "minute_start")),
+            lambda r: r["minute_start"],
+        ),
     )
 
 
-def rows_to_table(stream: Stream, rows: list[dict[str, Any]], partitions: list[int],
-                  offsets: list[int]) -> pa.Table:
+def rows_to_table(
+    stream: Stream, rows: list[dict[str, Any]], partitions: list[int], offsets: list[int]
+) -> pa.Table:
     """Decoded rows (+ their Kafka positions) as an Arrow table of ``stream.arrow_schema``,
     column by column, sorted by ``stream.sort_by`` so a time-range read touches few pages."""
     schema = stream.arrow_schema
@@ -238,4 +314,3 @@ def rows_to_table(stream: Stream, rows: list[dict[str, Any]], partitions: list[i
     table = pa.Table.from_arrays(cols, schema=schema)
     keys = [(c, "ascending") for c in (*stream.sort_by, "_partition", "_offset")]
     return table.sort_by(keys)
-

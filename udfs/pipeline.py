@@ -16,12 +16,12 @@ Per record, in this order:
 4. apply to the book (``sequence_gap`` / ``crossed_book`` / ``negative_level`` leave the book
    untouched);
 5. features after the last record of a batch;
-6. data quality (``udfs.quality``): every record of an instrument with its outcome is counted
+6. data quality (``udfs.market.quality``): every record of an instrument with its outcome is counted
    per exchange-time minute (gaps, re-syncs, crossed/locked books, stale feed, out-of-order,
    late and duplicate events). A minute's row is emitted in :attr:`ProcessResult.quality` once
    the instrument's watermark (step 3) has passed its end, so no record that is not late can
    still land in it and a replay emits the same rows; the job flushes the open minutes at the
-   end of input (:func:`udfs.quality.flush`).
+   end of input (:func:`udfs.market.quality.flush`).
 
 Every record read ends up either processed or dead-lettered, never both and never neither:
 ``events_in == events_processed + dead_lettered`` holds per instrument.
@@ -32,10 +32,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from udfs.book import BookError, OrderBook
 from udfs.config import FeatureConfig, QualityConfig
-from udfs.features import FeatureState, on_event
-from udfs.quality import MINUTE_NS, QualityState, close_before, observe
+from udfs.market.book import BookError, OrderBook
+from udfs.market.features import FeatureState, on_event
+from udfs.market.quality import MINUTE_NS, QualityState, close_before, observe
 from udfs.schema import (
     DeadLetter,
     Kind,
@@ -46,7 +46,7 @@ from udfs.schema import (
     Signal,
     decode_event,
 )
-from udfs.trading import Trader, TradingState
+from udfs.strategy.trading import Trader, TradingState
 
 __all__ = ["InstrumentState", "ProcessResult", "process_event", "process_record"]
 
@@ -90,7 +90,7 @@ class ProcessResult:
     orders: list[Order] = field(default_factory=list)
     """orders and heartbeats for the orders topic"""
     quality: list[dict] = field(default_factory=list)
-    """rows of the instrument's minutes closed by this record (``udfs.quality``)"""
+    """rows of the instrument's minutes closed by this record (``udfs.market.quality``)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +100,31 @@ class RecordSource:
     offset: int
 
 
-def _dead(src: RecordSource, key: str, code: Reason, reason: str, raw: bytes | str,
-          ts_event: int = 0) -> DeadLetter:
+def _dead(
+    src: RecordSource, key: str, code: Reason, reason: str, raw: bytes | str, ts_event: int = 0
+) -> DeadLetter:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return DeadLetter(source=f"kafka:{src.topic}", partition=src.partition, offset=src.offset,
-                      key=key, reason_code=code, reason=reason, raw=text, stage="features",
-                      ts_event=ts_event, ts_dead=time.time_ns())
+    return DeadLetter(
+        source=f"kafka:{src.topic}",
+        partition=src.partition,
+        offset=src.offset,
+        key=key,
+        reason_code=code,
+        reason=reason,
+        raw=text,
+        stage="features",
+        ts_event=ts_event,
+        ts_dead=time.time_ns(),
+    )
 
 
-def process_event(state: InstrumentState, ev: L2Event, cfg: FeatureConfig,
-                  out_of_orderness_ms: int, stale_after_ms: int = _STALE_AFTER_MS,
-                  ) -> tuple[dict | None, tuple[Reason, str] | None]:
+def process_event(
+    state: InstrumentState,
+    ev: L2Event,
+    cfg: FeatureConfig,
+    out_of_orderness_ms: int,
+    stale_after_ms: int = _STALE_AFTER_MS,
+) -> tuple[dict | None, tuple[Reason, str] | None]:
     """Steps 3-6 for an already decoded event: (feature row or None, refusal or None). The
     event and its outcome are counted in ``state.quality`` (closing minutes is the caller's:
     :func:`process_record`)."""
@@ -119,9 +133,12 @@ def process_event(state: InstrumentState, ev: L2Event, cfg: FeatureConfig,
     if ev.ts_event < state.max_ts_event - bound_ns:
         observe(state.quality, ev, Reason.LATE, state.book, stale_ns)
         behind_ms = (state.max_ts_event - ev.ts_event) / 1e6
-        return None, (Reason.LATE, f"exchange time {ev.ts_event} is {behind_ms:.3f} ms behind "
-                                   f"the newest {state.max_ts_event} (bound "
-                                   f"{out_of_orderness_ms} ms)")
+        return None, (
+            Reason.LATE,
+            f"exchange time {ev.ts_event} is {behind_ms:.3f} ms behind "
+            f"the newest {state.max_ts_event} (bound "
+            f"{out_of_orderness_ms} ms)",
+        )
     book = state.book
     try:
         book.apply(ev)
@@ -141,11 +158,17 @@ def process_event(state: InstrumentState, ev: L2Event, cfg: FeatureConfig,
     return (row.to_dict() if row is not None else None), None
 
 
-def process_record(state: InstrumentState | None, key: str, raw: bytes | str,
-                   src: RecordSource, cfg: FeatureConfig, out_of_orderness_ms: int,
-                   trader: Trader | None = None, quality_cfg: QualityConfig | None = None,
-                   ) -> tuple[InstrumentState | None, ProcessResult]:
-    """Steps 1-6 for one Kafka record, then the trading stage (``udfs.trading``) on each
+def process_record(
+    state: InstrumentState | None,
+    key: str,
+    raw: bytes | str,
+    src: RecordSource,
+    cfg: FeatureConfig,
+    out_of_orderness_ms: int,
+    trader: Trader | None = None,
+    quality_cfg: QualityConfig | None = None,
+) -> tuple[InstrumentState | None, ProcessResult]:
+    """Steps 1-6 for one Kafka record, then the trading stage (``udfs.strategy.trading``) on each
     feature row when a ``trader`` is given. ``state`` is None for a key seen for the first
     time. Returns the (possibly new) state and what to emit."""
     result = ProcessResult()
@@ -162,16 +185,19 @@ def process_record(state: InstrumentState | None, key: str, raw: bytes | str,
     try:
         ev = decode_event(raw)
     except SchemaError as exc:
-        code = {"record": Reason.MALFORMED, "v": Reason.UNKNOWN_VERSION}.get(exc.field,
-                                                                          Reason.SCHEMA)
+        code = {"record": Reason.MALFORMED, "v": Reason.UNKNOWN_VERSION}.get(
+            exc.field, Reason.SCHEMA
+        )
         refuse(code, str(exc))
         if state is not None:  # no trustworthy exchange time: the instrument's current minute
             observe(state.quality, None, code, None, 0)
         return state, result
     if ev.instrument != key:
-        refuse(Reason.KEY_MISMATCH,
-               f"instrument: {ev.instrument!r} does not match the Kafka key {key!r}",
-               ev.ts_event)
+        refuse(
+            Reason.KEY_MISMATCH,
+            f"instrument: {ev.instrument!r} does not match the Kafka key {key!r}",
+            ev.ts_event,
+        )
         if state is not None:  # another instrument's record: not this one's exchange time
             observe(state.quality, None, Reason.KEY_MISMATCH, None, 0)
         return state, result

@@ -126,8 +126,9 @@ class Side(StrEnum):
     NONE = "N"
 
 
-BOOK_KINDS = frozenset({Kind.SNAPSHOT, Kind.LEVEL, Kind.ADD, Kind.CANCEL, Kind.DELETE,
-                        Kind.EXECUTE})
+BOOK_KINDS = frozenset(
+    {Kind.SNAPSHOT, Kind.LEVEL, Kind.ADD, Kind.CANCEL, Kind.DELETE, Kind.EXECUTE}
+)
 """Kinds that change one price level and so need a side and a positive price."""
 TRADE_KINDS = frozenset({Kind.EXECUTE, Kind.HIDDEN_TRADE, Kind.CROSS_TRADE, Kind.TRADE})
 
@@ -180,10 +181,23 @@ def _scaled_str(value: int, exp: int) -> str:
 
 # field -> required python type; the order is the serialised order
 _FIELDS: tuple[tuple[str, type], ...] = (
-    ("v", int), ("instrument", str), ("venue", str), ("kind", str), ("side", str),
-    ("price", int), ("size", int), ("price_exp", int), ("size_exp", int), ("order_id", int),
-    ("seq", int), ("seq_first", int), ("seq_prev", int), ("ts_event", int), ("ts_recv", int),
-    ("ts_proc", int), ("flags", int),
+    ("v", int),
+    ("instrument", str),
+    ("venue", str),
+    ("kind", str),
+    ("side", str),
+    ("price", int),
+    ("size", int),
+    ("price_exp", int),
+    ("size_exp", int),
+    ("order_id", int),
+    ("seq", int),
+    ("seq_first", int),
+    ("seq_prev", int),
+    ("ts_event", int),
+    ("ts_recv", int),
+    ("ts_proc", int),
+    ("flags", int),
 )
 _KINDS = {k.value: k for k in Kind}
 _SIDES = {s.value: s for s in Side}
@@ -231,8 +245,9 @@ def validate_fields(d: dict[str, Any]) -> L2Event:
         raise SchemaError("v", "missing schema version")
     version = d["v"]
     if type(version) is not int or version not in SUPPORTED_VERSIONS:
-        raise SchemaError("v", f"unknown schema version {version!r} "
-                               f"(supported: {sorted(SUPPORTED_VERSIONS)})")
+        raise SchemaError(
+            "v", f"unknown schema version {version!r} (supported: {sorted(SUPPORTED_VERSIONS)})"
+        )
     unknown = set(d) - {name for name, _ in _FIELDS}
     if unknown:
         raise SchemaError(sorted(unknown)[0], "unknown field")
@@ -262,8 +277,9 @@ def validate_fields(d: dict[str, Any]) -> L2Event:
         if side is Side.NONE:
             raise SchemaError("side", f"{kind.value} needs side B or A")
         if values["price"] <= 0:
-            raise SchemaError("price", f"{kind.value} needs a positive price, got "
-                                       f"{values['price']}")
+            raise SchemaError(
+                "price", f"{kind.value} needs a positive price, got {values['price']}"
+            )
     if values["ts_event"] <= 0:
         raise SchemaError("ts_event", f"not a valid exchange time: {values['ts_event']}")
     return L2Event(**values)
@@ -285,14 +301,37 @@ def _fast_event(d: Any) -> L2Event | None:
     kind = _KINDS.get(d["kind"])
     side = _SIDES.get(d["side"])
     instrument = d["instrument"]
-    if (kind is None or side is None or type(instrument) is not str or not instrument
-            or type(d["venue"]) is not str or d["size"] < 0 or d["ts_event"] <= 0):
+    if (
+        kind is None
+        or side is None
+        or type(instrument) is not str
+        or not instrument
+        or type(d["venue"]) is not str
+        or d["size"] < 0
+        or d["ts_event"] <= 0
+    ):
         return None
     if (kind in BOOK_KINDS or kind in TRADE_KINDS) and (side is Side.NONE or d["price"] <= 0):
         return None
-    return L2Event(instrument, d["venue"], kind, side, d["price"], d["size"], d["ts_event"],
-                   d["ts_recv"], d["price_exp"], d["size_exp"], d["order_id"], d["seq"],
-                   d["seq_first"], d["seq_prev"], d["ts_proc"], d["flags"], d["v"])
+    return L2Event(
+        instrument,
+        d["venue"],
+        kind,
+        side,
+        d["price"],
+        d["size"],
+        d["ts_event"],
+        d["ts_recv"],
+        d["price_exp"],
+        d["size_exp"],
+        d["order_id"],
+        d["seq"],
+        d["seq_first"],
+        d["seq_prev"],
+        d["ts_proc"],
+        d["flags"],
+        d["v"],
+    )
 
 
 def decode_event(raw: bytes | str) -> L2Event:
@@ -364,7 +403,8 @@ def decode_dead_letter(raw: bytes | str) -> DeadLetter:
 # trading records: signals, orders, execution reports, control commands
 #
 # Prices stay integer ticks of 10**price_exp and quantities integer lots of 10**size_exp, as in
-# the L2 events of the same instrument. Every id is derived from the inputs (see udfs/orders.py),
+# the L2 events of the same instrument. Every id is derived from the inputs (see
+# udfs/strategy/orders.py),
 # so a replay or a restart re-creates the same ids and downstream dedupe works.
 
 TRADING_VERSION = 1

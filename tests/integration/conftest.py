@@ -39,8 +39,6 @@ def kafka_topics() -> Iterator[Callable[..., tuple[Config, dict[str, str]]]]:
         delete_topics(cfg, topic_names(cfg))
 
 
-
-
 @dataclass(frozen=True)
 class DemoHistory:
     """One ``bookstream demo`` on the shipped sample, with its own topics and its own lake."""

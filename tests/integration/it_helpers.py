@@ -44,8 +44,9 @@ def topic_names(cfg: Config) -> list[str]:
     return [s.name for s in cfg.topics.specs()]
 
 
-def read_topic(cfg: Config, topic: str,
-               from_offsets: dict[int, int] | None = None) -> list[KafkaRecord]:
+def read_topic(
+    cfg: Config, topic: str, from_offsets: dict[int, int] | None = None
+) -> list[KafkaRecord]:
     """Every record of ``topic`` (from ``from_offsets``) up to its current end."""
     return list(drain_topic(cfg, topic, from_offsets=from_offsets, idle_timeout_s=15))
 
@@ -56,9 +57,13 @@ def read_json(cfg: Config, topic: str, from_offsets: dict[int, int] | None = Non
 
 def read_at(cfg: Config, topic: str, partition: int, offset: int) -> bytes | None:
     """The value of the one record at ``topic``/``partition``/``offset``."""
-    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                         "group.id": f"it-read-at-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": f"it-read-at-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         consumer.assign([TopicPartition(topic, partition, offset)])
         deadline = time.monotonic() + 15
@@ -73,9 +78,14 @@ def read_at(cfg: Config, topic: str, partition: int, offset: int) -> bytes | Non
         consumer.close()
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str,
-             proc: subprocess.Popen | None = None, log: Path | None = None,
-             poll_s: float = 1.0) -> object:
+def wait_for(
+    predicate: Callable[[], object],
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    poll_s: float = 1.0,
+) -> object:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s`` or when
     ``proc`` (a job that should keep running) has exited."""
     deadline = time.monotonic() + timeout_s
@@ -97,9 +107,14 @@ def start_job(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
     with it), output to ``log``."""
     fh = log.open("ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=PROJECT_ROOT,
-                                env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", *args],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **env},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     finally:
         fh.close()
 
@@ -115,16 +130,24 @@ def kill_job(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout_s: float = 300
-            ) -> tuple[dict, subprocess.CompletedProcess, float]:
+def run_cli(
+    args: list[str], env: dict[str, str], timeout_s: float = 300
+) -> tuple[dict, subprocess.CompletedProcess, float]:
     """Run ``bookstream <args>``; return the JSON of its last stdout line, the process and the
     wall time."""
     t0 = time.perf_counter()
-    proc = subprocess.run([str(BOOKSTREAM), *args], cwd=PROJECT_ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(
+        [str(BOOKSTREAM), *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     elapsed = time.perf_counter() - t0
-    assert proc.returncode == 0, (f"bookstream {' '.join(args)} exited {proc.returncode}\n"
-                                  f"{proc.stderr[-4000:]}")
+    assert proc.returncode == 0, (
+        f"bookstream {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-4000:]}"
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert lines, f"bookstream {' '.join(args)} printed nothing\n{proc.stderr[-4000:]}"
     return json.loads(lines[-1]), proc, elapsed

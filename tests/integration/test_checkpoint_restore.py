@@ -17,8 +17,8 @@ import pytest
 from it_helpers import kill_job, read_json, read_topic, start_job, wait_for
 
 from jobs.kafka_io import end_offsets, make_producer
-from jobs.sources import SAMPLE_LOBSTER, Source
 from udfs.config import Config
+from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
 from udfs.pipeline import RecordSource, process_record
 from udfs.schema import L2Event, encode_event
 
@@ -30,17 +30,26 @@ WAIT_S = 120
 def _produce(cfg: Config, events: list[L2Event]) -> None:
     producer = make_producer(cfg)
     for ev in events:
-        producer.produce(cfg.topics.events, key=ev.instrument, value=encode_event(ev),
-                         timestamp=ev.ts_event // 1_000_000)
+        producer.produce(
+            cfg.topics.events,
+            key=ev.instrument,
+            value=encode_event(ev),
+            timestamp=ev.ts_event // 1_000_000,
+        )
     assert producer.flush(30) == 0
 
 
 def _expected_features(cfg: Config, events: list[L2Event]) -> list[dict]:
     state, rows = None, []
     for ev in events:
-        state, res = process_record(state, ev.instrument, encode_event(ev),
-                                    RecordSource(cfg.topics.events, 0, 0), cfg.features,
-                                    cfg.flink.out_of_orderness_ms)
+        state, res = process_record(
+            state,
+            ev.instrument,
+            encode_event(ev),
+            RecordSource(cfg.topics.events, 0, 0),
+            cfg.features,
+            cfg.flink.out_of_orderness_ms,
+        )
         assert not res.dead_letters
         rows += res.features
     return rows
@@ -68,8 +77,11 @@ def _checkpoints(ckpt_dir: Path) -> list[Path]:
 
 def test_restore_from_checkpoint_after_sigkill(kafka_topics, tmp_path: Path) -> None:
     ckpt_dir = tmp_path / "checkpoints"
-    cfg, env = kafka_topics("restore", BOOKSTREAM_FLINK_CHECKPOINT_DIR=str(ckpt_dir),
-                            BOOKSTREAM_FLINK_CHECKPOINT_INTERVAL_MS="1000")
+    cfg, env = kafka_topics(
+        "restore",
+        BOOKSTREAM_FLINK_CHECKPOINT_DIR=str(ckpt_dir),
+        BOOKSTREAM_FLINK_CHECKPOINT_INTERVAL_MS="1000",
+    )
     group = f"it-restore-{cfg.topics.events}"
     events = list(Source(lobster=[SAMPLE_LOBSTER]).events())
     # split after a batch's last record, near the middle
@@ -87,11 +99,15 @@ def test_restore_from_checkpoint_after_sigkill(kafka_topics, tmp_path: Path) -> 
     proc = start_job(["run-job", "--group-id", group], env, log1)
     try:
         _produce(cfg, first)
-        wait_for(lambda: first_seqs <= feature_seqs(), WAIT_S, "first-half features", proc,
-                 log1)
+        wait_for(lambda: first_seqs <= feature_seqs(), WAIT_S, "first-half features", proc, log1)
         arrived = time.time()
-        wait_for(lambda: any(p.stat().st_mtime > arrived for p in _checkpoints(ckpt_dir)),
-                 WAIT_S, "a checkpoint completed after the first-half features", proc, log1)
+        wait_for(
+            lambda: any(p.stat().st_mtime > arrived for p in _checkpoints(ckpt_dir)),
+            WAIT_S,
+            "a checkpoint completed after the first-half features",
+            proc,
+            log1,
+        )
     finally:
         kill_job(proc)
     assert proc.returncode is not None and proc.returncode < 0, "the job should have been killed"
@@ -101,8 +117,13 @@ def test_restore_from_checkpoint_after_sigkill(kafka_topics, tmp_path: Path) -> 
     _produce(cfg, second)
     proc = start_job(["run-job", "--group-id", group, "--restore-latest"], env, log2)
     try:
-        wait_for(lambda: {r["seq"] for r in expected} <= feature_seqs(), WAIT_S,
-                 "all features after the restore", proc, log2)
+        wait_for(
+            lambda: {r["seq"] for r in expected} <= feature_seqs(),
+            WAIT_S,
+            "all features after the restore",
+            proc,
+            log2,
+        )
         time.sleep(2)  # anything still in flight (a reprocessed duplicate) lands now
     finally:
         kill_job(proc)

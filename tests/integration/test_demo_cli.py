@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from it_helpers import read_topic, run_cli
 
-from jobs.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
-from udfs.adapters.lobster import iter_lobster_events
+from udfs.market.adapters.lobster import iter_lobster_events
+from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
 from udfs.schema import Reason, decode_dead_letter
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -38,7 +38,7 @@ def test_demo_twice_processes_only_its_own_events(kafka_topics) -> None:
     assert len(first["instruments"]) == 2  # AAPL.XNAS and BTCUSDT.BINANCE_USDM
 
 
-GARBAGE = (b"this is not a capture line\n", b"1721347020984480942 {\"stream\": truncated\n")
+GARBAGE = (b"this is not a capture line\n", b'1721347020984480942 {"stream": truncated\n')
 
 
 def test_publish_dead_letters_bad_lines(kafka_topics, tmp_path: Path) -> None:
@@ -54,8 +54,7 @@ def test_publish_dead_letters_bad_lines(kafka_topics, tmp_path: Path) -> None:
         fh.writelines(patched)
     clean_events = sum(1 for _ in Source(binance=[[SAMPLE_BINANCE[0]]]).events())
 
-    summary, _proc, _elapsed = run_cli(["publish", "--binance", str(capture), "--no-progress"],
-                                       env)
+    summary, _proc, _elapsed = run_cli(["publish", "--binance", str(capture), "--no-progress"], env)
     assert summary["dead_lettered"] == 2
     assert summary["events_in"] == summary["published"] + summary["dead_lettered"]
     # the bad lines are skipped, nothing else is lost
@@ -80,9 +79,18 @@ def test_publish_speed_paces_by_exchange_time(kafka_topics) -> None:
     span_s = (events[-1].ts_event - events[0].ts_event) / 1e9
     assert 40 < span_s < 60
     message_file, orderbook_file = SAMPLE_LOBSTER
-    summary, _proc, elapsed = run_cli(["publish", "--lobster", str(message_file),
-                                       str(orderbook_file), "--speed", str(speed),
-                                       "--no-progress"], env)
+    summary, _proc, elapsed = run_cli(
+        [
+            "publish",
+            "--lobster",
+            str(message_file),
+            str(orderbook_file),
+            "--speed",
+            str(speed),
+            "--no-progress",
+        ],
+        env,
+    )
     assert summary["published"] == len(events)
     floor = 0.9 * span_s / speed
     assert summary["wall_s"] >= floor, (summary["wall_s"], floor)

@@ -29,11 +29,10 @@ from it_helpers import kill_job, read_topic
 from jobs.execution_sink import SinkResult, run_sink
 from jobs.kafka_io import end_offsets, make_producer
 from jobs.publish import publish
-from jobs.sources import SAMPLE_LOBSTER, Source
-from udfs.adapters.lobster import iter_lobster_events
-from udfs.book import BookError, OrderBook
 from udfs.config import PROJECT_ROOT, Config
-from udfs.orders import order_id
+from udfs.market.adapters.lobster import iter_lobster_events
+from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
+from udfs.market.book import BookError, OrderBook
 from udfs.schema import (
     F_LAST,
     Control,
@@ -48,6 +47,7 @@ from udfs.schema import (
     decode_record,
     encode_record,
 )
+from udfs.strategy.orders import order_id
 
 pytestmark = pytest.mark.integration
 
@@ -83,11 +83,22 @@ def orders() -> tuple[Order, ...]:
         ev, (bid, ask) = evs[i], touch[i]
         side = OrderSide.BUY if n % 2 == 0 else OrderSide.SELL
         ts = ev.ts_event + MS
-        out.append(Order(
-            order_id=order_id("it-sink", ev.instrument, ev.seq, ts), instrument=ev.instrument,
-            strategy="it-sink", action=OrderAction.NEW, side=side, order_type=OrderType.LIMIT,
-            price=bid if side is OrderSide.BUY else ask, quantity=2, price_exp=ev.price_exp,
-            size_exp=ev.size_exp, ts_event=ts, source_seq=ev.seq))
+        out.append(
+            Order(
+                order_id=order_id("it-sink", ev.instrument, ev.seq, ts),
+                instrument=ev.instrument,
+                strategy="it-sink",
+                action=OrderAction.NEW,
+                side=side,
+                order_type=OrderType.LIMIT,
+                price=bid if side is OrderSide.BUY else ask,
+                quantity=2,
+                price_exp=ev.price_exp,
+                size_exp=ev.size_exp,
+                ts_event=ts,
+                source_seq=ev.seq,
+            )
+        )
     assert len(out) == N_ORDERS
     assert all(a.ts_event < b.ts_event for a, b in itertools.pairwise(out))
     return tuple(out)
@@ -95,9 +106,20 @@ def orders() -> tuple[Order, ...]:
 
 def heartbeat(ts: int) -> Order:
     inst = events()[0].instrument
-    return Order(order_id=f"hb-{ts}", instrument=inst, strategy="it-sink",
-                 action=OrderAction.HEARTBEAT, side=OrderSide.BUY, order_type=OrderType.LIMIT,
-                 price=0, quantity=0, price_exp=0, size_exp=0, ts_event=ts, source_seq=0)
+    return Order(
+        order_id=f"hb-{ts}",
+        instrument=inst,
+        strategy="it-sink",
+        action=OrderAction.HEARTBEAT,
+        side=OrderSide.BUY,
+        order_type=OrderType.LIMIT,
+        price=0,
+        quantity=0,
+        price_exp=0,
+        size_exp=0,
+        ts_event=ts,
+        source_seq=0,
+    )
 
 
 # ---------------------------------------------------------------------------------- kafka
@@ -115,14 +137,16 @@ def publish_market(cfg: Config) -> None:
 def produce(cfg: Config, topic: str, records: list[Order | Control]) -> None:
     producer = make_producer(cfg)
     for rec in records:
-        producer.produce(topic, key=getattr(rec, "instrument", "") or None,
-                         value=encode_record(rec))
+        producer.produce(
+            topic, key=getattr(rec, "instrument", "") or None, value=encode_record(rec)
+        )
     assert producer.flush(30) == 0
 
 
 def run(cfg: Config, group: str | None = None, **kw) -> SinkResult:
-    return run_sink(cfg, group=group or f"it-sink-{uuid.uuid4().hex[:8]}",
-                    bounded=kw.pop("bounded", True), **kw)
+    return run_sink(
+        cfg, group=group or f"it-sink-{uuid.uuid4().hex[:8]}", bounded=kw.pop("bounded", True), **kw
+    )
 
 
 def raw_executions(cfg: Config) -> list[bytes]:
@@ -185,13 +209,12 @@ def test_kill_on_control_topic_refuses_the_next_order(kafka_topics, tmp_path: Pa
     first_after = per_order[ords[k].order_id]
     assert [r.kind for r in first_after] == [ExecKind.REJECT]
     assert first_after[0].reason.startswith("halted"), first_after[0].reason
-    for o in ords[k + 1:]:
+    for o in ords[k + 1 :]:
         rs = per_order[o.order_id]
         assert [r.kind for r in rs] == [ExecKind.REJECT] and rs[0].reason.startswith("halted")
 
 
-def test_orders_published_twice_give_the_reports_of_once(kafka_topics,
-                                                         tmp_path: Path) -> None:
+def test_orders_published_twice_give_the_reports_of_once(kafka_topics, tmp_path: Path) -> None:
     once, _ = kafka_topics("once", **env_for(tmp_path))
     twice, _ = kafka_topics("twice", **env_for(tmp_path))
     ords = list(orders())
@@ -234,7 +257,7 @@ def test_restart_continues_as_one_uninterrupted_run(kafka_topics, tmp_path: Path
     live = run(cfg, group, bounded=False, commit_every=100, idle_exit_s=3)
     assert live.outputs > 0 and live.stats["new_orders"] == k
     part1 = raw_executions(cfg)
-    assert part1 and part1 == expected[:len(part1)]
+    assert part1 and part1 == expected[: len(part1)]
 
     produce(cfg, cfg.topics.orders, rest)
     resumed = run(cfg, group)
@@ -245,8 +268,9 @@ def test_restart_continues_as_one_uninterrupted_run(kafka_topics, tmp_path: Path
     assert resumed.stats == ref_res.stats
 
 
-def test_sigkill_mid_stream_then_restart_gives_the_same_executions(kafka_topics,
-                                                                  tmp_path: Path) -> None:
+def test_sigkill_mid_stream_then_restart_gives_the_same_executions(
+    kafka_topics, tmp_path: Path
+) -> None:
     """A live sink in a subprocess is SIGKILLed between two of its transactions; a bounded one
     with the same group finishes: the committed executions equal one uninterrupted run's."""
     # many heartbeats after every order, so that the live sink consumes (and commits) in many
@@ -256,10 +280,15 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(kafka_topics,
     total = len(events()) + len(inputs)
 
     def committed_executions(cfg: Config) -> list[bytes]:
-        consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers,
-                             "group.id": f"it-rc-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                             "isolation.level": "read_committed",
-                             "auto.offset.reset": "earliest"})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": cfg.kafka.bootstrap_servers,
+                "group.id": f"it-rc-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+            }
+        )
         try:
             ends = end_offsets(cfg, cfg.topics.executions)
             left = {p: hi for p, hi in ends.items() if hi > 0}
@@ -270,8 +299,9 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(kafka_topics,
                 for m in consumer.consume(num_messages=10_000, timeout=0.5):
                     if not m.error():
                         got.append((m.partition(), m.offset(), m.value()))
-                for tp in consumer.position([TopicPartition(cfg.topics.executions, p)
-                                             for p in left]):
+                for tp in consumer.position(
+                    [TopicPartition(cfg.topics.executions, p) for p in left]
+                ):
                     if tp.offset >= left[tp.partition]:
                         del left[tp.partition]
             assert not left, f"executions not read to their end: {left}"
@@ -281,8 +311,11 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(kafka_topics,
 
     def committed_inputs(consumer: Consumer, cfg: Config) -> int:
         """Inputs the consumer's group has committed (summed over every input partition)."""
-        tps = [TopicPartition(t, p) for t in (cfg.topics.events, cfg.topics.orders)
-               for p in range(cfg.topics.partitions)]
+        tps = [
+            TopicPartition(t, p)
+            for t in (cfg.topics.events, cfg.topics.orders)
+            for p in range(cfg.topics.partitions)
+        ]
         return sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
 
     # reference: the same inputs, one uninterrupted bounded run
@@ -298,16 +331,28 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(kafka_topics,
     group = f"it-sink-{uuid.uuid4().hex[:8]}"
     publish_market(cfg)
     produce(cfg, cfg.topics.orders, inputs)
-    code = ("from jobs.execution_sink import run_sink; from udfs.config import load_config; "
-            f"run_sink(load_config(), group={group!r}, bounded=False, commit_every=200, "
-            "idle_exit_s=None)")
-    watcher = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": group,
-                        "enable.auto.commit": False})
+    code = (
+        "from jobs.execution_sink import run_sink; from udfs.config import load_config; "
+        f"run_sink(load_config(), group={group!r}, bounded=False, commit_every=200, "
+        "idle_exit_s=None)"
+    )
+    watcher = Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
+    )
     assert committed_inputs(watcher, cfg) == 0  # (and the watcher knows its coordinator)
     with (tmp_path / "live.log").open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT,
-                                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         seen = 0
@@ -323,7 +368,7 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(kafka_topics,
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "live.log").read_text()[-3000:]
     assert progress < seen <= killed_at < total, (seen, killed_at, total)  # killed mid-stream
     before = committed_executions(cfg)
-    assert before and before == expected[:len(before)] and len(before) < len(expected)
+    assert before and before == expected[: len(before)] and len(before) < len(expected)
 
     resumed = run(cfg, group)
 
@@ -340,15 +385,24 @@ def test_burst_above_the_throttle_is_cut_to_the_limit(kafka_topics, tmp_path: Pa
     """max_orders_per_window + 5 orders decided at the same event time: exactly the limit is
     accepted, the rest are rejected with a throttle reason."""
     limit = 4
-    cfg, _ = kafka_topics("throttle", **env_for(
-        tmp_path, BOOKSTREAM_RISK_MAX_ORDERS_PER_WINDOW=str(limit),
-        BOOKSTREAM_RISK_THROTTLE_WINDOW_MS="1000"))
+    cfg, _ = kafka_topics(
+        "throttle",
+        **env_for(
+            tmp_path,
+            BOOKSTREAM_RISK_MAX_ORDERS_PER_WINDOW=str(limit),
+            BOOKSTREAM_RISK_THROTTLE_WINDOW_MS="1000",
+        ),
+    )
     publish_market(cfg)
     base = orders()[3]
-    burst = [dataclasses.replace(base, order_id=order_id("it-burst", base.instrument,
-                                                         base.source_seq, base.ts_event, i),
-                                 quantity=1)
-             for i in range(limit + 5)]
+    burst = [
+        dataclasses.replace(
+            base,
+            order_id=order_id("it-burst", base.instrument, base.source_seq, base.ts_event, i),
+            quantity=1,
+        )
+        for i in range(limit + 5)
+    ]
     produce(cfg, cfg.topics.orders, burst)
 
     res = run(cfg)

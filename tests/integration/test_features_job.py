@@ -21,8 +21,8 @@ from it_helpers import config_for, read_at, read_json, read_topic, topic_env
 from jobs.features_job import build_job
 from jobs.kafka_io import create_topics, delete_topics, end_offsets, make_producer
 from jobs.publish import publish
-from jobs.sources import SAMPLE_LOBSTER, Source
 from udfs.config import Config
+from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
 from udfs.pipeline import InstrumentState, RecordSource, process_record
 from udfs.schema import F_LAST, Kind, L2Event, Side, decode_dead_letter, encode_event
 
@@ -54,8 +54,14 @@ def _sample_state(cfg: Config) -> tuple[InstrumentState, L2Event]:
     state = None
     last = None
     for ev in Source(lobster=[SAMPLE_LOBSTER]).events():
-        state, _ = process_record(state, ev.instrument, encode_event(ev), RecordSource("x", 0, 0),
-                                  cfg.features, cfg.flink.out_of_orderness_ms)
+        state, _ = process_record(
+            state,
+            ev.instrument,
+            encode_event(ev),
+            RecordSource("x", 0, 0),
+            cfg.features,
+            cfg.flink.out_of_orderness_ms,
+        )
         last = ev
     assert state is not None and last is not None
     return state, last
@@ -69,10 +75,22 @@ def _bad_records(cfg: Config) -> list[Injected]:
     assert best_bid is not None and best_ask is not None and last_seq > 1
 
     def add(**kw) -> L2Event:
-        base = L2Event(instrument=AAPL, venue="XNAS", kind=Kind.ADD, side=Side.BID,
-                       price=best_bid, size=100, ts_event=ts, ts_recv=ts, price_exp=-4,
-                       order_id=1, seq=last_seq + 1, seq_first=last_seq + 1, seq_prev=last_seq,
-                       flags=F_LAST)
+        base = L2Event(
+            instrument=AAPL,
+            venue="XNAS",
+            kind=Kind.ADD,
+            side=Side.BID,
+            price=best_bid,
+            size=100,
+            ts_event=ts,
+            ts_recv=ts,
+            price_exp=-4,
+            order_id=1,
+            seq=last_seq + 1,
+            seq_first=last_seq + 1,
+            seq_prev=last_seq,
+            flags=F_LAST,
+        )
         return replace(base, **kw)
 
     valid = encode_event(add())
@@ -80,23 +98,36 @@ def _bad_records(cfg: Config) -> list[Injected]:
     bound_ms = cfg.flink.out_of_orderness_ms
     return [
         Injected("malformed JSON", valid[:40], "malformed", ("malformed JSON",)),
-        Injected("schema v99", valid.replace(b'"v":1,', b'"v":99,'), "unknown_version",
-                 ("99",)),
+        Injected("schema v99", valid.replace(b'"v":1,', b'"v":99,'), "unknown_version", ("99",)),
         Injected("negative size", encode_event(add(size=-5)), "schema", ("size", "negative")),
-        Injected("NaN price", valid.replace(f'"price":{best_bid},'.encode(), b'"price":NaN,'),
-                 "schema", ("price", "NaN")),
+        Injected(
+            "NaN price",
+            valid.replace(f'"price":{best_bid},'.encode(), b'"price":NaN,'),
+            "schema",
+            ("price", "NaN"),
+        ),
         # a LEVEL bid above the best ask, correctly chained: only the crossing is wrong
-        Injected("crossed book", encode_event(add(kind=Kind.LEVEL, price=best_ask + 100)),
-                 "crossed_book", ("crossed book",)),
+        Injected(
+            "crossed book",
+            encode_event(add(kind=Kind.LEVEL, price=best_ask + 100)),
+            "crossed_book",
+            ("crossed book",),
+        ),
         # an otherwise valid add whose seq_prev does not continue the chain
-        Injected("sequence gap", encode_event(add(seq=last_seq + 7, seq_first=last_seq + 7,
-                                                  seq_prev=last_seq + 5)),
-                 "sequence_gap", ("sequence gap",)),
+        Injected(
+            "sequence gap",
+            encode_event(add(seq=last_seq + 7, seq_first=last_seq + 7, seq_prev=last_seq + 5)),
+            "sequence_gap",
+            ("sequence gap",),
+        ),
         # an otherwise valid, correctly chained add 10 s older than the newest event: only the
         # lateness check can refuse it
-        Injected("late", encode_event(add(ts_event=ts - 10_000_000_000,
-                                          ts_recv=ts - 10_000_000_000)),
-                 "late", (f"bound {bound_ms} ms",)),
+        Injected(
+            "late",
+            encode_event(add(ts_event=ts - 10_000_000_000, ts_recv=ts - 10_000_000_000)),
+            "late",
+            (f"bound {bound_ms} ms",),
+        ),
     ]
 
 
@@ -105,14 +136,20 @@ def _produce_bad(cfg: Config, bad: list[Injected], ts_ms: dict[str, int]) -> Non
     errors: list[str] = []
 
     for rec in bad:
+
         def on_delivery(err, msg, rec=rec) -> None:
             if err is not None:
                 errors.append(str(err))
             else:
                 rec.partition, rec.offset = msg.partition(), msg.offset()
 
-        producer.produce(cfg.topics.events, key=AAPL, value=rec.raw,
-                         timestamp=ts_ms[rec.name], on_delivery=on_delivery)
+        producer.produce(
+            cfg.topics.events,
+            key=AAPL,
+            value=rec.raw,
+            timestamp=ts_ms[rec.name],
+            on_delivery=on_delivery,
+        )
     assert producer.flush(30) == 0
     assert not errors, errors
     assert all(r.offset >= 0 for r in bad)
@@ -120,8 +157,9 @@ def _produce_bad(cfg: Config, bad: list[Injected], ts_ms: dict[str, int]) -> Non
 
 @pytest.fixture(scope="module")
 def job_run(tmp_path_factory) -> Iterator[JobRun]:
-    env = topic_env("job", BOOKSTREAM_FLINK_CHECKPOINT_DIR=str(
-        tmp_path_factory.mktemp("checkpoints")))
+    env = topic_env(
+        "job", BOOKSTREAM_FLINK_CHECKPOINT_DIR=str(tmp_path_factory.mktemp("checkpoints"))
+    )
     cfg = config_for(env)
     assert cfg.flink.out_of_orderness_ms == 2000, "the late record assumes the default bound"
     create_topics(cfg)
@@ -134,8 +172,7 @@ def job_run(tmp_path_factory) -> Iterator[JobRun]:
         ts_ms = {b.name: last.ts_event // 1_000_000 for b in bad}
         ts_ms["late"] = (last.ts_event - 10_000_000_000) // 1_000_000
         _produce_bad(cfg, bad, ts_ms)
-        job = build_job(cfg, bounded=True, group_id=f"it-{cfg.topics.events}",
-                        start_offsets=start)
+        job = build_job(cfg, bounded=True, group_id=f"it-{cfg.topics.events}", start_offsets=start)
         # a StatementSet (execute() returns a TableResult to wait on) or a
         # StreamExecutionEnvironment (execute() blocks until a bounded job ends)
         result = job.execute()
@@ -149,8 +186,9 @@ def job_run(tmp_path_factory) -> Iterator[JobRun]:
 def test_dead_letters_are_exactly_the_injected_records(job_run: JobRun) -> None:
     cfg = job_run.cfg
     dead = [decode_dead_letter(r.value) for r in read_topic(cfg, cfg.topics.dead_letter)]
-    assert [d.reason_code.value for d in dead] == [b.reason_code for b in job_run.injected], \
-        [(d.reason_code.value, d.reason) for d in dead]
+    assert [d.reason_code.value for d in dead] == [b.reason_code for b in job_run.injected], [
+        (d.reason_code.value, d.reason) for d in dead
+    ]
     for d, bad in zip(dead, job_run.injected, strict=True):
         assert d.stage == "features", bad.name
         assert d.key == AAPL, bad.name
@@ -181,8 +219,9 @@ def test_features_match_lobster_orderbook(job_run: JobRun) -> None:
     for f in rows:
         prev = by_seq.setdefault(f["seq"], f)
         # an at-least-once sink may repeat a row, never change it
-        assert {k: v for k, v in prev.items() if k != "ts_proc"} == \
-               {k: v for k, v in f.items() if k != "ts_proc"}, f["seq"]
+        assert {k: v for k, v in prev.items() if k != "ts_proc"} == {
+            k: v for k, v in f.items() if k != "ts_proc"
+        }, f["seq"]
     book_rows = _orderbook_rows()
     types = _message_types()
     assert len(book_rows) == len(types)
@@ -195,10 +234,15 @@ def test_features_match_lobster_orderbook(job_run: JobRun) -> None:
         f = by_seq[k]
         # LOBSTER orderbook row: ask px, ask sz, bid px, bid sz, ... (level 1 first)
         ask_px, ask_sz, bid_px, bid_sz = book_rows[k - 1][:4]
-        assert (f["best_bid"], f["best_ask"], f["bid_size"], f["ask_size"]) == \
-               (bid_px, ask_px, bid_sz, ask_sz), f"message {k}"
-        assert f["imbalance_1"] == pytest.approx((bid_sz - ask_sz) / (bid_sz + ask_sz),
-                                                 rel=1e-12, abs=1e-15), f"message {k}"
+        assert (f["best_bid"], f["best_ask"], f["bid_size"], f["ask_size"]) == (
+            bid_px,
+            ask_px,
+            bid_sz,
+            ask_sz,
+        ), f"message {k}"
+        assert f["imbalance_1"] == pytest.approx(
+            (bid_sz - ask_sz) / (bid_sz + ask_sz), rel=1e-12, abs=1e-15
+        ), f"message {k}"
 
 
 def test_stats_reconcile(job_run: JobRun) -> None:
@@ -216,44 +260,52 @@ def test_model_signals_in_the_stream_equal_offline_scoring(job_run: JobRun) -> N
     """The traded and the shadow ONNX model, scored inside the Flink job, give exactly the
     signals an offline pass over the job's own feature rows gives (same model files, same
     change-only rule), and the traded/shadow flags follow the A/B split."""
-    from udfs.model import ModelState, OnnxModel, model_signal
     from udfs.schema import Signal, decode_record
-    from udfs.signals import model_traded
+    from udfs.strategy.model import ModelState, OnnxModel, model_signal
+    from udfs.strategy.signals import model_traded
 
     cfg = job_run.cfg
     rows = [json.loads(r.value) for r in read_topic(cfg, cfg.topics.features)]
     rows = [r for r in rows if r["instrument"] == AAPL]
     streamed = [decode_record(Signal, r.value) for r in read_topic(cfg, cfg.topics.signals)]
     traded_arm = model_traded(AAPL, cfg.strategy.model_share)
-    for path, traded in ((cfg.strategy.model_path, traded_arm),
-                         (cfg.strategy.shadow_model_path, False)):
+    for path, traded in (
+        (cfg.strategy.model_path, traded_arm),
+        (cfg.strategy.shadow_model_path, False),
+    ):
         model = OnnxModel.load(path)
         state = ModelState()
-        offline = [s for row in rows
-                   if (s := model_signal(model, state, row, cfg.strategy, traded)) is not None]
+        offline = [
+            s
+            for row in rows
+            if (s := model_signal(model, state, row, cfg.strategy, traded)) is not None
+        ]
         online = [s for s in streamed if s.strategy == f"onnx:{model.name}"]
         assert len(offline) > 5, path
-        assert [(s.seq, s.direction, s.traded) for s in online] == \
-            [(s.seq, s.direction, s.traded) for s in offline], path
+        assert [(s.seq, s.direction, s.traded) for s in online] == [
+            (s.seq, s.direction, s.traded) for s in offline
+        ], path
         for a, b in zip(online, offline, strict=True):
             assert a.score == pytest.approx(b.score, abs=1e-6), (path, a.seq)
 
 
 def test_orders_carry_deterministic_ids_and_follow_the_traded_signals(job_run: JobRun) -> None:
-    from udfs.orders import order_id
     from udfs.schema import Order, OrderAction, Signal, decode_record
+    from udfs.strategy.orders import order_id
 
     cfg = job_run.cfg
     orders = [decode_record(Order, r.value) for r in read_topic(cfg, cfg.topics.orders)]
     new = [o for o in orders if o.action is OrderAction.NEW]
     assert new, "the trading stage sent no order on the sample"
-    traded = {(s.seq, s.strategy) for s in (decode_record(Signal, r.value) for r in
-                                            read_topic(cfg, cfg.topics.signals)) if s.traded}
+    traded = {
+        (s.seq, s.strategy)
+        for s in (decode_record(Signal, r.value) for r in read_topic(cfg, cfg.topics.signals))
+        if s.traded
+    }
     feed_ns = cfg.venue.feed_latency_ms * 1_000_000
     for o in new:
         # the id is re-derived from the order's own inputs: a replay re-creates it
-        assert o.order_id == order_id(o.strategy, o.instrument, o.source_seq,
-                                      o.ts_event - feed_ns)
+        assert o.order_id == order_id(o.strategy, o.instrument, o.source_seq, o.ts_event - feed_ns)
         assert (o.source_seq, o.strategy) in traded, o
     assert len({o.order_id for o in new}) == len(new)
     assert any(o.action is OrderAction.HEARTBEAT for o in orders)

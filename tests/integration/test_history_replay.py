@@ -32,16 +32,20 @@ def test_every_topic_is_stored_row_for_row(demo_history) -> None:
         topic = getattr(cfg.topics, stream.topic_field)
         table = catalog.load_table(f"{cfg.lake.namespace}.{stream.name}")
         rows = table.scan(selected_fields=("_partition", "_offset")).to_arrow()
-        stored = sorted(zip(rows["_partition"].to_pylist(), rows["_offset"].to_pylist(),
-                            strict=True))
-        in_kafka = sorted((r.partition, r.offset) for r in drain_topic(
-            cfg, topic, read_committed=True, idle_timeout_s=15))
+        stored = sorted(
+            zip(rows["_partition"].to_pylist(), rows["_offset"].to_pylist(), strict=True)
+        )
+        in_kafka = sorted(
+            (r.partition, r.offset)
+            for r in drain_topic(cfg, topic, read_committed=True, idle_timeout_s=15)
+        )
         assert stored == in_kafka, stream.name  # nothing lost, nothing twice
         total += len(stored)
         # the snapshot says how far the table holds the topic: its end (markers included)
         if in_kafka:
             assert committed_offsets(table)[topic] == {
-                p: o for p, o in end_offsets(cfg, topic).items() if o > 0}, stream.name
+                p: o for p, o in end_offsets(cfg, topic).items() if o > 0
+            }, stream.name
     assert total == demo_history.summary["history_rows"]
     assert demo_history.summary["history_rows"] > demo_history.summary["events_in"]
 
@@ -56,12 +60,14 @@ def test_feature_rows_carry_event_and_availability_time(demo_history) -> None:
     # available to the live path (job wall clock, 2026) long after the exchange time (2012/2024)
     assert all(p > e for p, e in zip(ts_proc, ts_event, strict=True))
     assert [t.timestamp() * 1e6 for t in rows["event_time"].to_pylist()] == pytest.approx(
-        [e // 1000 for e in ts_event], abs=1)
+        [e // 1000 for e in ts_event], abs=1
+    )
 
 
 def test_replay_reproduces_the_live_run(demo_history) -> None:
-    summary, _proc, _elapsed = run_cli(["replay", "--verify", "--no-progress"],
-                                       demo_history.env, timeout_s=600)
+    summary, _proc, _elapsed = run_cli(
+        ["replay", "--verify", "--no-progress"], demo_history.env, timeout_s=600
+    )
     live = demo_history.summary
     assert summary["run_id"] == live["run_id"]
     assert summary["events_replayed"] == live["published"]
@@ -76,9 +82,14 @@ def test_replay_reproduces_the_live_run(demo_history) -> None:
 def test_replay_names_the_first_divergence(demo_history) -> None:
     # the same history replayed with a stricter entry threshold: decisions change
     env = {**os.environ, **demo_history.env, "BOOKSTREAM_STRATEGY_ENTER_THRESHOLD": "0.75"}
-    proc = subprocess.run([str(BOOKSTREAM), "replay", "--verify", "--no-progress"],
-                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [str(BOOKSTREAM), "replay", "--verify", "--no-progress"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["identical"] is False
@@ -100,10 +111,25 @@ def test_replay_of_a_time_range(demo_history) -> None:
     # only the Binance day (2024): the LOBSTER 2012 events are outside the range
     cfg = demo_history.cfg
     summary, _proc, _elapsed = run_cli(
-        ["replay", "--from", "2024-01-01T00:00:00", "--to", "2025-01-01", "--verify",
-         "--no-progress"], demo_history.env, timeout_s=600)
-    events = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.events").scan(
-        selected_fields=("instrument", "event_time")).to_arrow().to_pylist()
+        [
+            "replay",
+            "--from",
+            "2024-01-01T00:00:00",
+            "--to",
+            "2025-01-01",
+            "--verify",
+            "--no-progress",
+        ],
+        demo_history.env,
+        timeout_s=600,
+    )
+    events = (
+        open_catalog(cfg)
+        .load_table(f"{cfg.lake.namespace}.events")
+        .scan(selected_fields=("instrument", "event_time"))
+        .to_arrow()
+        .to_pylist()
+    )
     in_range = [e for e in events if e["event_time"].year == 2024]
     assert 0 < len(in_range) < len(events)
     assert summary["run_id"] is None

@@ -27,8 +27,8 @@ from jobs.lake import (
     history_streams,
     open_catalog,
 )
-from jobs.sources import Source
 from udfs.history import rows_to_table
+from udfs.market.adapters.sources import Source
 from udfs.schema import Reason, decode_dead_letter, encode_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -43,10 +43,14 @@ def _snapshots(cfg, name: str) -> int:
 
 
 def test_history_sink_killed_mid_stream_loses_and_duplicates_nothing(
-        kafka_topics, tmp_path: Path) -> None:
-    cfg, env = kafka_topics("lakekill", BOOKSTREAM_LAKE_ROOT=str(tmp_path / "lake"),
-                            BOOKSTREAM_LAKE_COMMIT_ROWS="1000",
-                            BOOKSTREAM_LAKE_COMMIT_INTERVAL_MS="60000")
+    kafka_topics, tmp_path: Path
+) -> None:
+    cfg, env = kafka_topics(
+        "lakekill",
+        BOOKSTREAM_LAKE_ROOT=str(tmp_path / "lake"),
+        BOOKSTREAM_LAKE_COMMIT_ROWS="1000",
+        BOOKSTREAM_LAKE_COMMIT_INTERVAL_MS="60000",
+    )
     published, _p, _e = run_cli(["publish", "--no-progress"], env)
     total = published["published"]
     assert total > 50_000
@@ -56,8 +60,14 @@ def test_history_sink_killed_mid_stream_loses_and_duplicates_nothing(
     for kill_after in (3, 25, 50):
         log = tmp_path / f"sink-{kill_after}.log"
         proc = start_job(["history-sink", "--only", "events"], env, log)
-        wait_for(lambda n=kill_after: _snapshots(cfg, "events") >= n + 1, 120,
-                 f"{kill_after} commits", proc=proc, log=log, poll_s=0.1)
+        wait_for(
+            lambda n=kill_after: _snapshots(cfg, "events") >= n + 1,
+            120,
+            f"{kill_after} commits",
+            proc=proc,
+            log=log,
+            poll_s=0.1,
+        )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     table = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.events")
@@ -68,8 +78,7 @@ def test_history_sink_killed_mid_stream_loses_and_duplicates_nothing(
     assert summary["rows"]["events"] == total - stored_before  # resumed exactly after the last
     table = table.refresh()
     rows = table.scan(selected_fields=("_partition", "_offset")).to_arrow()
-    stored = sorted(zip(rows["_partition"].to_pylist(), rows["_offset"].to_pylist(),
-                        strict=True))
+    stored = sorted(zip(rows["_partition"].to_pylist(), rows["_offset"].to_pylist(), strict=True))
     in_kafka = sorted((r.partition, r.offset) for r in drain_topic(cfg, topic))
     assert len(stored) == total
     assert stored == in_kafka  # 0 lost, 0 duplicated
@@ -80,22 +89,26 @@ def test_history_sink_killed_mid_stream_loses_and_duplicates_nothing(
     assert len(snapshots) >= total // 1000
     for snap in snapshots[1:]:
         offsets = committed_offsets_at(table, snap.snapshot_id)[topic]
-        by_id = table.scan(snapshot_id=snap.snapshot_id,
-                           selected_fields=("_partition", "_offset")).to_arrow()
+        by_id = table.scan(
+            snapshot_id=snap.snapshot_id, selected_fields=("_partition", "_offset")
+        ).to_arrow()
         assert by_id.num_rows == sum(offsets.values())
         for p, nxt in offsets.items():
             mask = pa.compute.equal(by_id["_partition"], p)
             assert pa.compute.max(by_id.filter(mask)["_offset"]).as_py() == nxt - 1
         as_of = table.snapshot_as_of_timestamp(snap.timestamp_ms)
         assert as_of is not None and as_of.snapshot_id == snap.snapshot_id
-    assert {p: o for p, o in end_offsets(cfg, topic).items() if o} == committed_offsets(
-        table)[topic]
+    assert {p: o for p, o in end_offsets(cfg, topic).items() if o} == committed_offsets(table)[
+        topic
+    ]
 
 
 def committed_offsets_at(table, snapshot_id: int) -> dict[str, dict[int, int]]:
     props = table.snapshot_by_id(snapshot_id).summary.additional_properties
-    return {t: {int(p): o for p, o in parts.items()}
-            for t, parts in json.loads(props[OFFSETS_PROPERTY]).items()}
+    return {
+        t: {int(p): o for p, o in parts.items()}
+        for t, parts in json.loads(props[OFFSETS_PROPERTY]).items()
+    }
 
 
 def _sample_rows(stream, n: int, skip: int = 0) -> pa.Table:
@@ -123,8 +136,9 @@ def test_adding_a_field_keeps_old_snapshots_readable(tmp_path: Path) -> None:
     table = ensure_table(catalog, cfg, evolved)
     assert "ts_gateway" in table.schema().column_names
     new_rows = _sample_rows(events, 300, skip=500)
-    new_rows = new_rows.add_column(len(events.fields), "ts_gateway",
-                                   pa.compute.subtract(new_rows["_offset"], 500))
+    new_rows = new_rows.add_column(
+        len(events.fields), "ts_gateway", pa.compute.subtract(new_rows["_offset"], 500)
+    )
     append_with_offsets(table, new_rows, "t", {0: 800})
     table = table.refresh()
 
@@ -142,9 +156,13 @@ def test_adding_a_field_keeps_old_snapshots_readable(tmp_path: Path) -> None:
 
 def test_postgres_catalog_takes_two_writers(tmp_path: Path) -> None:
     namespace = f"it_{uuid.uuid4().hex[:8]}"
-    cfg = config_for({"BOOKSTREAM_LAKE_CATALOG": "postgres",
-                      "BOOKSTREAM_LAKE_NAMESPACE": namespace,
-                      "BOOKSTREAM_LAKE_ROOT": str(tmp_path / "lake")})
+    cfg = config_for(
+        {
+            "BOOKSTREAM_LAKE_CATALOG": "postgres",
+            "BOOKSTREAM_LAKE_NAMESPACE": namespace,
+            "BOOKSTREAM_LAKE_ROOT": str(tmp_path / "lake"),
+        }
+    )
     assert cfg.catalog_uri.startswith("postgresql")
     events = next(s for s in history_streams(cfg) if s.name == "events")
     writer_a = ensure_table(open_catalog(cfg), cfg, events)
@@ -185,8 +203,11 @@ def test_undecodable_records_are_dead_lettered_not_stored(kafka_topics, tmp_path
     assert summary["rows"]["events"] == len(events)
     assert summary["rows"]["signals"] == 0
     assert summary["dead_lettered"] == 3
-    dead = [decode_dead_letter(r.value) for r in drain_topic(cfg, cfg.topics.dead_letter)
-            if r.value != b"not json at all"]
+    dead = [
+        decode_dead_letter(r.value)
+        for r in drain_topic(cfg, cfg.topics.dead_letter)
+        if r.value != b"not json at all"
+    ]
     by_source = {d.source: d for d in dead}
     assert set(by_source) == {f"kafka:{cfg.topics.events}", f"kafka:{cfg.topics.signals}"}
     bad_event = by_source[f"kafka:{cfg.topics.events}"]
@@ -194,10 +215,15 @@ def test_undecodable_records_are_dead_lettered_not_stored(kafka_topics, tmp_path
     assert bad_event.raw == '{"v":1,"kind":' and "malformed" in bad_event.reason
     assert "unknown schema version 7" in by_source[f"kafka:{cfg.topics.signals}"].reason
     # where it sat: the record at that partition/offset is the bad one
-    stored = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.events").scan(
-        selected_fields=("_partition", "_offset")).to_arrow()
-    positions = set(zip(stored["_partition"].to_pylist(), stored["_offset"].to_pylist(),
-                        strict=True))
+    stored = (
+        open_catalog(cfg)
+        .load_table(f"{cfg.lake.namespace}.events")
+        .scan(selected_fields=("_partition", "_offset"))
+        .to_arrow()
+    )
+    positions = set(
+        zip(stored["_partition"].to_pylist(), stored["_offset"].to_pylist(), strict=True)
+    )
     assert (bad_event.partition, bad_event.offset) not in positions
     assert len(positions) + 1 == sum(end_offsets(cfg, cfg.topics.events).values())
     # the dead-letter topic's own garbage is a row of the dead_letters table, with its reason

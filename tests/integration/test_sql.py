@@ -27,7 +27,6 @@ import pytest
 from it_helpers import BOOKSTREAM, run_cli
 
 from jobs.lake import open_catalog
-from jobs.sources import SAMPLE_BINANCE
 from jobs.sql import (
     DDL_DIR,
     SQL_DIR,
@@ -38,6 +37,7 @@ from jobs.sql import (
     read_query,
 )
 from udfs.config import PROJECT_ROOT
+from udfs.market.adapters.sources import SAMPLE_BINANCE
 from udfs.schema import TRADE_KINDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -57,8 +57,10 @@ def lake(demo_history) -> dict[str, pd.DataFrame]:
     """The history tables as pyiceberg reads them (independent of chDB)."""
     cfg = demo_history.cfg
     catalog = open_catalog(cfg)
-    return {name: catalog.load_table(f"{cfg.lake.namespace}.{name}").scan().to_arrow()
-            .to_pandas() for name in TABLES}
+    return {
+        name: catalog.load_table(f"{cfg.lake.namespace}.{name}").scan().to_arrow().to_pandas()
+        for name in TABLES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +116,13 @@ def test_load_into_clickhouse_path(demo_history, lake):
         for name in TABLES:
             assert loaded[name] == len(lake[name]), name
         assert set(load_into_clickhouse(cfg, client, database="server").values()) == {0}
-        sums = ("SELECT count() AS n, sum(price) AS p, sum(size) AS s, sum(_offset) AS o "
-                "FROM {}.events")
-        assert s.arrow(sums.format("server")).to_pylist() == \
-            s.arrow(sums.format("bookstream")).to_pylist()
+        sums = (
+            "SELECT count() AS n, sum(price) AS p, sum(size) AS s, sum(_offset) AS o FROM {}.events"
+        )
+        assert (
+            s.arrow(sums.format("server")).to_pylist()
+            == s.arrow(sums.format("bookstream")).to_pylist()
+        )
 
 
 # ----------------------------------------------------------------------- OHLCV bars
@@ -134,8 +139,16 @@ def test_ohlcv_equals_bars_recomputed_from_trade_events(results, lake):
         price, size = int(t.price), int(t.size)
         b = bars.get(key)
         if b is None:
-            b = bars[key] = {"open": price, "high": price, "low": price, "lots": 0, "n": 0,
-                             "ps": 0, "pe": int(t.price_exp), "se": int(t.size_exp)}
+            b = bars[key] = {
+                "open": price,
+                "high": price,
+                "low": price,
+                "lots": 0,
+                "n": 0,
+                "ps": 0,
+                "pe": int(t.price_exp),
+                "se": int(t.size_exp),
+            }
         b["high"], b["low"], b["close"] = max(b["high"], price), min(b["low"], price), price
         b["lots"] += size
         b["ps"] += price * size
@@ -145,10 +158,18 @@ def test_ohlcv_equals_bars_recomputed_from_trade_events(results, lake):
     assert sorted(got) == sorted(bars) and len(rows) == len(bars)
     for key, b in bars.items():
         r, tick, lot = got[key], 10 ** -b["pe"], 10 ** -b["se"]
-        assert (r["open_ticks"], r["high_ticks"], r["low_ticks"], r["close_ticks"]) == \
-            (b["open"], b["high"], b["low"], b["close"]), key
-        assert (r["open"], r["high"], r["low"], r["close"]) == \
-            (b["open"] / tick, b["high"] / tick, b["low"] / tick, b["close"] / tick), key
+        assert (r["open_ticks"], r["high_ticks"], r["low_ticks"], r["close_ticks"]) == (
+            b["open"],
+            b["high"],
+            b["low"],
+            b["close"],
+        ), key
+        assert (r["open"], r["high"], r["low"], r["close"]) == (
+            b["open"] / tick,
+            b["high"] / tick,
+            b["low"] / tick,
+            b["close"] / tick,
+        ), key
         assert (r["volume_lots"], r["trades"]) == (b["lots"], b["n"]), key
         assert r["volume"] == pytest.approx(b["lots"] / lot, rel=1e-12)
         assert r["vwap"] == pytest.approx(b["ps"] / b["lots"] / tick, rel=1e-12)
@@ -160,12 +181,15 @@ def test_ohlcv_equals_bars_recomputed_from_trade_events(results, lake):
 
 
 def test_spread_depth_equal_numpy_recomputation(results, lake):
-    f = lake["features"].sort_values(["instrument", "ts_event", "_partition", "_offset"],
-                                     kind="stable")
+    f = lake["features"].sort_values(
+        ["instrument", "ts_event", "_partition", "_offset"], kind="stable"
+    )
     assert len(f) > 100
     f = f.assign(hour=f["ts_event"] // HOUR_NS)
-    rows = {(r["instrument"], int(r["hour"].timestamp()) * 10**9 // HOUR_NS): r
-            for r in results["spread_depth_hourly"]}
+    rows = {
+        (r["instrument"], int(r["hour"].timestamp()) * 10**9 // HOUR_NS): r
+        for r in results["spread_depth_hourly"]
+    }
     expected_keys = set()
     for inst, g_inst in f.groupby("instrument"):
         ts = g_inst["ts_event"].to_numpy()
@@ -194,8 +218,9 @@ def test_spread_depth_equal_numpy_recomputation(results, lake):
                 "avg_ask_depth": g["ask_depth"].mean() / lot,
             }
             for k, v in want.items():
-                assert _close(float(r[k]) if r[k] is not None else None,
-                              None if v is None else float(v)), (inst, hour, k, r[k], v)
+                assert _close(
+                    float(r[k]) if r[k] is not None else None, None if v is None else float(v)
+                ), (inst, hour, k, r[k], v)
     assert set(rows) == expected_keys
 
 
@@ -203,9 +228,16 @@ def test_spread_depth_equal_numpy_recomputation(results, lake):
 
 
 def _order_outcomes(ex: pd.DataFrame) -> dict[str, dict]:
-    out: dict[str, dict] = defaultdict(lambda: {"acked": False, "rejected": False,
-                                                "risk": False, "fills": 0, "lots": 0,
-                                                "canceled": False})
+    out: dict[str, dict] = defaultdict(
+        lambda: {
+            "acked": False,
+            "rejected": False,
+            "risk": False,
+            "fills": 0,
+            "lots": 0,
+            "canceled": False,
+        }
+    )
     for r in ex.itertuples(index=False):
         o = out[r.order_id]
         if r.kind == "ack":
@@ -246,15 +278,26 @@ def test_funnel_equals_table_counts_and_demo_summary(results, lake, demo_history
     assert sorted(rows) == sorted(want)
     for key, w in want.items():
         r = rows[key]
-        for col in ("signals", "traded_signals", "directional_signals", "orders", "acked",
-                    "rejected", "risk_rejected", "filled_orders", "fills", "filled_lots",
-                    "canceled"):
+        for col in (
+            "signals",
+            "traded_signals",
+            "directional_signals",
+            "orders",
+            "acked",
+            "rejected",
+            "risk_rejected",
+            "filled_orders",
+            "fills",
+            "filled_lots",
+            "canceled",
+        ):
             assert r[col] == w[col], (key, col, r[col], w[col])
         if w["orders"]:
             assert r["fill_rate"] == pytest.approx(w["filled_orders"] / w["orders"])
     summary = demo_history.summary
-    total = {c: sum(r[c] for r in rows.values())
-             for c in ("signals", "orders", "risk_rejected", "fills")}
+    total = {
+        c: sum(r[c] for r in rows.values()) for c in ("signals", "orders", "risk_rejected", "fills")
+    }
     assert total["signals"] == summary["signals_out"]
     assert total["orders"] == summary["orders_sent"]
     assert total["risk_rejected"] == summary["orders_rejected"]
@@ -268,8 +311,10 @@ def test_tca_recomputed_from_fills_and_decision_rows(results, lake, demo_history
     ex, orders, feats = lake["executions"], lake["orders"], lake["features"]
     fills = ex[ex["kind"] == "fill"]
     new = orders[orders["action"] == "new"].set_index("order_id")
-    mid_at = {(f.instrument, int(f.seq), int(f.ts_recv)): float(f.mid)
-              for f in feats.itertuples(index=False)}
+    mid_at = {
+        (f.instrument, int(f.seq), int(f.ts_recv)): float(f.mid)
+        for f in feats.itertuples(index=False)
+    }
     rows = {r["report_id"]: r for r in results["tca"]}
     assert sorted(rows) == sorted(fills["report_id"]) and len(rows) > 0
     for f in fills.itertuples(index=False):
@@ -283,17 +328,22 @@ def test_tca_recomputed_from_fills_and_decision_rows(results, lake, demo_history
         slip = sign * (int(f.fill_price) - mid)
         qty = int(f.fill_qty) / lot
         assert r["fee"] == f.fee  # the fill's own fee, exactly
-        assert (r["instrument"], r["order_id"], r["strategy"], r["side"], r["arrival_source"]) \
-            == (f.instrument, f.order_id, o["strategy"], f.side, source)
-        assert r["fill_qty"] == pytest.approx(qty) and r["order_qty"] == \
-            pytest.approx(int(o["quantity"]) / lot)
+        assert (r["instrument"], r["order_id"], r["strategy"], r["side"], r["arrival_source"]) == (
+            f.instrument,
+            f.order_id,
+            o["strategy"],
+            f.side,
+            source,
+        )
+        assert r["fill_qty"] == pytest.approx(qty) and r["order_qty"] == pytest.approx(
+            int(o["quantity"]) / lot
+        )
         assert r["fill_price"] == pytest.approx(int(f.fill_price) / tick, rel=1e-12)
         assert r["arrival_mid"] == pytest.approx(mid / tick, rel=1e-12)
         assert r["slippage_ticks"] == pytest.approx(slip, rel=1e-12, abs=1e-9)
         assert r["slippage_bps"] == pytest.approx(slip / mid * 1e4, rel=1e-9, abs=1e-12)
         assert r["shortfall"] == pytest.approx(slip / tick * qty, rel=1e-9, abs=1e-12)
-        assert r["total_cost"] == pytest.approx(slip / tick * qty + f.fee, rel=1e-9,
-                                                abs=1e-12)
+        assert r["total_cost"] == pytest.approx(slip / tick * qty + f.fee, rel=1e-9, abs=1e-12)
     fees = sum(r["fee"] for r in rows.values())
     assert fees == pytest.approx(demo_history.summary["pnl_detail"]["fees"], abs=1e-5)
 
@@ -303,8 +353,13 @@ def test_tca_recomputed_from_fills_and_decision_rows(results, lake, demo_history
 
 def test_fill_latency_percentiles_equal_numpy(results, lake):
     ex, orders = lake["executions"], lake["orders"]
-    decided = dict(zip(orders[orders["action"] == "new"]["order_id"],
-                       orders[orders["action"] == "new"]["ts_event"], strict=True))
+    decided = dict(
+        zip(
+            orders[orders["action"] == "new"]["order_id"],
+            orders[orders["action"] == "new"]["ts_event"],
+            strict=True,
+        )
+    )
     lat: dict[str, list[float]] = defaultdict(list)
     for f in ex[ex["kind"] == "fill"].itertuples(index=False):
         lat[f.instrument].append((int(f.ts_event) - int(decided[f.order_id])) / 1e6)
@@ -327,10 +382,10 @@ def test_fill_latency_percentiles_equal_numpy(results, lake):
 def test_dead_letter_groups_equal_table_rows(results, lake, demo_history):
     dl = lake["dead_letters"]
     rows = results["dead_letter_reasons"]
-    assert sum(r["dead_letters"] for r in rows) == len(dl) == demo_history.summary[
-        "dead_lettered"]
-    got = {(f"{r['source_kind']}:{r['source_name']}", r["stage"], r["reason_code"]): r
-           for r in rows}
+    assert sum(r["dead_letters"] for r in rows) == len(dl) == demo_history.summary["dead_lettered"]
+    got = {
+        (f"{r['source_kind']}:{r['source_name']}", r["stage"], r["reason_code"]): r for r in rows
+    }
     groups = dl.groupby(["source", "stage", "reason_code"])
     assert sorted(got) == sorted(groups.groups)
     for key, g in groups:
@@ -356,9 +411,14 @@ def test_dead_letter_reasons_on_real_ingest_refusals(kafka_topics, tmp_path):
     cfg, env = kafka_topics("sqldead", BOOKSTREAM_LAKE_ROOT=str(lake_root))
     with gzip.open(SAMPLE_BINANCE[0], "rb") as fh:
         lines = fh.readlines()[:3000]
-    garbage = {"a": {11: b"not a capture line\n", 500: b"1721347020984480942 {\"stream\":\n",
-                     2000: b"\x00\x01 binary\n"},
-               "b": {42: b"truncated {\n"}}
+    garbage = {
+        "a": {
+            11: b"not a capture line\n",
+            500: b'1721347020984480942 {"stream":\n',
+            2000: b"\x00\x01 binary\n",
+        },
+        "b": {42: b"truncated {\n"},
+    }
     paths = {}
     for name, bad in garbage.items():
         patched = list(lines)
@@ -367,26 +427,44 @@ def test_dead_letter_reasons_on_real_ingest_refusals(kafka_topics, tmp_path):
         paths[name] = tmp_path / f"capture_{name}.gz"
         with gzip.open(paths[name], "wb") as fh:
             fh.writelines(patched)
-    pub, _p, _e = run_cli(["publish", "--binance", str(paths["a"]), "--binance",
-                           str(paths["b"]), "--no-progress"], env)
+    pub, _p, _e = run_cli(
+        ["publish", "--binance", str(paths["a"]), "--binance", str(paths["b"]), "--no-progress"],
+        env,
+    )
     assert pub["dead_lettered"] == 4
     run_cli(["history-sink", "--bounded", "--only", "dead_letters"], env)
 
     rows = query_rows(cfg, "dead_letter_reasons")
-    table = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.dead_letters").scan() \
-        .to_arrow().to_pandas()
+    table = (
+        open_catalog(cfg)
+        .load_table(f"{cfg.lake.namespace}.dead_letters")
+        .scan()
+        .to_arrow()
+        .to_pandas()
+    )
     assert len(table) == 4
-    assert [(r["source_kind"], r["source_name"], r["stage"], r["reason_code"],
-             r["dead_letters"], r["first_offset"], r["last_offset"], r["partitions"])
-            for r in rows] == [
+    assert [
+        (
+            r["source_kind"],
+            r["source_name"],
+            r["stage"],
+            r["reason_code"],
+            r["dead_letters"],
+            r["first_offset"],
+            r["last_offset"],
+            r["partitions"],
+        )
+        for r in rows
+    ] == [
         ("file", str(paths["a"]), "ingest", "malformed", 3, 11, 2000, [-1]),
         ("file", str(paths["b"]), "ingest", "malformed", 1, 42, 42, [-1]),
     ]
     for r, name in zip(rows, ("a", "b"), strict=True):
         first = table[(table["source"] == f"file:{paths[name]}")].sort_values("offset").iloc[0]
         assert r["first_reason"] == first["reason"] and r["first_reason"]
-        assert first["raw"] == garbage[name][min(garbage[name])].decode(
-            errors="replace").rstrip("\n")
+        assert first["raw"] == garbage[name][min(garbage[name])].decode(errors="replace").rstrip(
+            "\n"
+        )
 
 
 # ------------------------------------------------------------------------- quality
@@ -396,17 +474,33 @@ def test_quality_report_equals_last_rows_per_minute(results, lake):
     q = lake["quality"].sort_values(["_partition", "_offset"], kind="stable")
     last = q.drop_duplicates(["instrument", "minute_start"], keep="last")
     rows = results["data_quality_report"]
-    counters = ("events", "sequence_gaps", "resyncs", "crossed", "locked", "stale_gaps",
-                "out_of_order", "late", "duplicates")
+    counters = (
+        "events",
+        "sequence_gaps",
+        "resyncs",
+        "crossed",
+        "locked",
+        "stale_gaps",
+        "out_of_order",
+        "late",
+        "duplicates",
+    )
     want: list[tuple] = []
     for inst, g in last.sort_values(["instrument", "minute_start"]).groupby("instrument"):
         for m in g.itertuples(index=False):
-            want.append((inst, "minute", int(m.minute_start),
-                         *(int(getattr(m, c)) for c in counters)))
+            want.append(
+                (inst, "minute", int(m.minute_start), *(int(getattr(m, c)) for c in counters))
+            )
         want.append((inst, "total", None, *(int(g[c].sum()) for c in counters)))
-    got = [(r["instrument"], r["row_kind"],
+    got = [
+        (
+            r["instrument"],
+            r["row_kind"],
             None if r["minute"] is None else int(r["minute"].timestamp()) * 10**9,
-            *(r[c] for c in counters)) for r in rows]
+            *(r[c] for c in counters),
+        )
+        for r in rows
+    ]
     assert got == want
     gaps = [r["max_gap_ms"] for r in rows]
     want_gaps = []
@@ -421,8 +515,9 @@ def test_quality_report_equals_last_rows_per_minute(results, lake):
 def test_quality_of_the_demo_matches_its_raw_events(demo_history, results, lake):
     """The stream's quality rows against the raw events table: every event counted once, in
     its instrument, and the out-of-order events recounted from the stream order."""
-    totals = {r["instrument"]: r for r in results["data_quality_report"]
-              if r["row_kind"] == "total"}
+    totals = {
+        r["instrument"]: r for r in results["data_quality_report"] if r["row_kind"] == "total"
+    }
     events = lake["events"].sort_values(["_partition", "_offset"], kind="stable")
     assert set(totals) == set(events["instrument"]) == set(demo_history.summary["instruments"])
     bound = demo_history.cfg.flink.out_of_orderness_ms * 1_000_000
@@ -441,9 +536,14 @@ def test_quality_of_the_demo_matches_its_raw_events(demo_history, results, lake)
 
 
 def _bookstream(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BOOKSTREAM), *args], cwd=PROJECT_ROOT,
-                          env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(BOOKSTREAM), *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_json(demo_history, results):
@@ -478,7 +578,6 @@ def test_cli_csv_and_table(demo_history, results):
 
 
 def test_cli_query_error_exits_1_with_clickhouse_message(demo_history):
-    proc = _bookstream(["sql", "SELECT no_such_column FROM bookstream.events"],
-                       demo_history.env)
+    proc = _bookstream(["sql", "SELECT no_such_column FROM bookstream.events"], demo_history.env)
     assert proc.returncode == 1
     assert "no_such_column" in proc.stderr and "Code: 47" in proc.stderr

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from udfs.adapters.binance import (
+from udfs.market.adapters.binance import (
     BinanceAdapter,
     BinanceStats,
     detect_market,
@@ -22,7 +22,7 @@ from udfs.adapters.binance import (
     parse_decimal,
     verify_binance,
 )
-from udfs.book import OrderBook
+from udfs.market.book import OrderBook
 from udfs.schema import F_LAST, F_SNAPSHOT, Kind, Side, decode_event, encode_event
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -142,8 +142,10 @@ def test_events_follow_the_schema_and_chain() -> None:
     assert trades and all(e.order_id > 0 and e.seq_prev == 0 for e in trades)
     bbo = [e for e in events if e.kind is Kind.BBO]
     assert len(bbo) == 2 * adapter.stats.tickers
-    assert all(b.side is Side.BID and a.side is Side.ASK and a.flags == F_LAST and b.seq == a.seq
-               for b, a in zip(bbo[::2], bbo[1::2], strict=True))
+    assert all(
+        b.side is Side.BID and a.side is Side.ASK and a.flags == F_LAST and b.seq == a.seq
+        for b, a in zip(bbo[::2], bbo[1::2], strict=True)
+    )
     # every record survives the wire format
     for e in events[::50]:
         assert decode_event(encode_event(e)) == e
@@ -184,7 +186,7 @@ def test_broken_chain_is_a_resync_not_a_match(tmp_path: Path) -> None:
     diff_idx = [i for i, ln in enumerate(lines) if b"depthUpdate" in ln and i > snap_at]
     victim = diff_idx[len(diff_idx) // 2]
     victim_u = json.loads(lines[victim].split(b" ", 1)[1])["data"]["u"]
-    broken = _write(tmp_path / "btcusdt_20240718.gz", lines[:victim] + lines[victim + 1:])
+    broken = _write(tmp_path / "btcusdt_20240718.gz", lines[:victim] + lines[victim + 1 :])
 
     full = verify_binance([SAMPLE])
     res = verify_binance([broken])
@@ -204,11 +206,14 @@ def test_broken_chain_is_a_resync_not_a_match(tmp_path: Path) -> None:
 
 def test_malformed_lines_are_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     lines = _lines(SAMPLE)
-    garbage = [b"1721347021281597999 {not json\n", b"no-timestamp-here\n",
-               b'1721347021281597999 {"stream":"x","data":{"e":"nope"}}\n']
+    garbage = [
+        b"1721347021281597999 {not json\n",
+        b"no-timestamp-here\n",
+        b'1721347021281597999 {"stream":"x","data":{"e":"nope"}}\n',
+    ]
     mixed = lines[:100] + garbage[:2] + lines[100:200] + garbage[2:] + lines[200:]
     path = _write(tmp_path / "mixed.gz", mixed)
-    with caplog.at_level("WARNING", logger="udfs.adapters.binance"):
+    with caplog.at_level("WARNING", logger="udfs.market.adapters.binance"):
         res = verify_binance([path])
     assert res["bad_lines"] == 3
     samples = res["stats"]["bad_line_samples"]
@@ -224,10 +229,20 @@ def test_malformed_lines_are_counted(tmp_path: Path, caplog: pytest.LogCaptureFi
 def test_empty_diff_keeps_the_emitted_chain(tmp_path: Path) -> None:
     """Hand-made futures capture with an empty diff in the middle (the real data has none)."""
 
-    def diff(recv: int, first: int, last: int, pu: int, b: list[list[str]],
-             a: list[list[str]]) -> bytes:
-        data = {"e": "depthUpdate", "E": 1_700_000_000_000 + recv, "T": 1_700_000_000_000 + recv,
-                "s": "BTCUSDT", "U": first, "u": last, "pu": pu, "b": b, "a": a}
+    def diff(
+        recv: int, first: int, last: int, pu: int, b: list[list[str]], a: list[list[str]]
+    ) -> bytes:
+        data = {
+            "e": "depthUpdate",
+            "E": 1_700_000_000_000 + recv,
+            "T": 1_700_000_000_000 + recv,
+            "s": "BTCUSDT",
+            "U": first,
+            "u": last,
+            "pu": pu,
+            "b": b,
+            "a": a,
+        }
         return f"{recv} {json.dumps({'stream': 'btcusdt@depth@0ms', 'data': data})}\n".encode()
 
     snap = {"lastUpdateId": 100, "E": 1, "T": 1, "bids": [["10.0", "1"]], "asks": [["11.0", "2"]]}
@@ -247,11 +262,15 @@ def test_empty_diff_keeps_the_emitted_chain(tmp_path: Path) -> None:
     assert adapter.chain_u == 106
     last = [e for e in events if e.seq == 106]
     assert [(e.side, e.price, e.size) for e in last] == [
-        (Side.BID, 1_050_000_000, 0), (Side.BID, 1_150_000_000, 300_000_000),
-        (Side.ASK, 1_200_000_000, 100_000_000)]
+        (Side.BID, 1_050_000_000, 0),
+        (Side.BID, 1_150_000_000, 300_000_000),
+        (Side.ASK, 1_200_000_000, 100_000_000),
+    ]
     assert all(e.seq_prev == 102 and e.seq_first == 105 for e in last)  # skips the empty 104
     book = OrderBook(adapter.instrument)
     for e in events:
         book.apply(e)  # no sequence gap, no crossed book
-    assert book.top(5) == ([(1_150_000_000, 300_000_000), (1_000_000_000, 100_000_000)],
-                           [(1_200_000_000, 100_000_000)])
+    assert book.top(5) == (
+        [(1_150_000_000, 300_000_000), (1_000_000_000, 100_000_000)],
+        [(1_200_000_000, 100_000_000)],
+    )

@@ -2,7 +2,7 @@
 idempotency, restart, drawdown guard, risk reports and position bookkeeping.
 
 Orders are placed at chosen moments of the real stream against the touch seen by an independent
-:class:`~udfs.book.OrderBook` the test feeds itself (never the engine's own book)."""
+:class:`~udfs.market.book.OrderBook` the test feeds itself (never the engine's own book)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.sources import SAMPLE_LOBSTER
-from udfs.adapters.lobster import iter_lobster_events
-from udfs.book import BookError, OrderBook
 from udfs.config import RiskConfig, VenueConfig
-from udfs.execution import ExecutionEngine, Output
-from udfs.orders import order_id
+from udfs.execution.engine import ExecutionEngine, Output
+from udfs.market.adapters.lobster import iter_lobster_events
+from udfs.market.adapters.sources import SAMPLE_LOBSTER
+from udfs.market.book import BookError, OrderBook
 from udfs.schema import (
     F_LAST,
     Control,
@@ -40,11 +39,18 @@ from udfs.schema import (
     RiskReport,
     encode_record,
 )
+from udfs.strategy.orders import order_id
 
 MS = 1_000_000
 BUY, SELL = OrderSide.BUY, OrderSide.SELL
-LOOSE = RiskConfig(max_order_notional=1e6, max_position_notional=1e7, price_band_bps=50.0,
-                   max_orders_per_window=20, throttle_window_ms=1000, max_drawdown=1e9)
+LOOSE = RiskConfig(
+    max_order_notional=1e6,
+    max_position_notional=1e7,
+    price_band_bps=50.0,
+    max_orders_per_window=20,
+    throttle_window_ms=1000,
+    max_drawdown=1e9,
+)
 
 Input = L2Event | Order | Control
 
@@ -77,9 +83,17 @@ def tradable(start: int = 0) -> list[int]:
     return [i for i, t in enumerate(touches()) if t is not None and i >= start]
 
 
-def make_order(i: int, side: OrderSide, *, qty: int = 10, marketable: bool = False,
-               market: bool = False, offset: int = 0, slice_index: int = 0,
-               strategy: str = "t") -> Order:
+def make_order(
+    i: int,
+    side: OrderSide,
+    *,
+    qty: int = 10,
+    marketable: bool = False,
+    market: bool = False,
+    offset: int = 0,
+    slice_index: int = 0,
+    strategy: str = "t",
+) -> Order:
     """A NEW order decided on event ``i``: a LIMIT at the touch of its own side moved
     ``offset`` ticks away from the spread (passive), at the opposite touch (``marketable``),
     or a MARKET order."""
@@ -93,19 +107,39 @@ def make_order(i: int, side: OrderSide, *, qty: int = 10, marketable: bool = Fal
         otype, price = OrderType.LIMIT, ask if side is BUY else bid
     else:
         otype, price = OrderType.LIMIT, (bid - offset) if side is BUY else (ask + offset)
-    return Order(order_id=order_id(strategy, ev.instrument, ev.seq, ev.ts_event, slice_index),
-                 instrument=ev.instrument, strategy=strategy, action=OrderAction.NEW, side=side,
-                 order_type=otype, price=price, quantity=qty, price_exp=ev.price_exp,
-                 size_exp=ev.size_exp, ts_event=ev.ts_event, source_seq=ev.seq)
+    return Order(
+        order_id=order_id(strategy, ev.instrument, ev.seq, ev.ts_event, slice_index),
+        instrument=ev.instrument,
+        strategy=strategy,
+        action=OrderAction.NEW,
+        side=side,
+        order_type=otype,
+        price=price,
+        quantity=qty,
+        price_exp=ev.price_exp,
+        size_exp=ev.size_exp,
+        ts_event=ev.ts_event,
+        source_seq=ev.seq,
+    )
 
 
 def cancel_of(o: Order, i: int) -> Order:
     """The CANCEL of ``o`` decided on event ``i`` (same order id: the target)."""
     ev = events()[i]
-    return Order(order_id=o.order_id, instrument=o.instrument, strategy=o.strategy,
-                 action=OrderAction.CANCEL, side=o.side, order_type=o.order_type, price=o.price,
-                 quantity=o.quantity, price_exp=o.price_exp, size_exp=o.size_exp,
-                 ts_event=ev.ts_event, source_seq=ev.seq)
+    return Order(
+        order_id=o.order_id,
+        instrument=o.instrument,
+        strategy=o.strategy,
+        action=OrderAction.CANCEL,
+        side=o.side,
+        order_type=o.order_type,
+        price=o.price,
+        quantity=o.quantity,
+        price_exp=o.price_exp,
+        size_exp=o.size_exp,
+        ts_event=ev.ts_event,
+        source_seq=ev.seq,
+    )
 
 
 def control(cmd: ControlCommand, i: int, instrument: str = "", reason: str = "") -> Control:
@@ -153,17 +187,24 @@ def feed(engine: ExecutionEngine, inputs: Iterable[Input]) -> list[Output]:
     return out
 
 
-def run(inputs: Iterable[Input], risk: RiskConfig = LOOSE, venue: VenueConfig | None = None,
-        **kw) -> tuple[ExecutionEngine, list[Output]]:
+def run(
+    inputs: Iterable[Input], risk: RiskConfig = LOOSE, venue: VenueConfig | None = None, **kw
+) -> tuple[ExecutionEngine, list[Output]]:
     engine = ExecutionEngine(risk, venue or VenueConfig(), **kw)
     out = feed(engine, inputs)
     return engine, out + engine.finish()
 
 
-def reports(out: Iterable[Output], order_id_: str | None = None,
-            kind: ExecKind | None = None) -> list[ExecReport]:
-    return [r for r in out if isinstance(r, ExecReport)
-            and (order_id_ is None or r.order_id == order_id_) and (kind is None or r.kind is kind)]
+def reports(
+    out: Iterable[Output], order_id_: str | None = None, kind: ExecKind | None = None
+) -> list[ExecReport]:
+    return [
+        r
+        for r in out
+        if isinstance(r, ExecReport)
+        and (order_id_ is None or r.order_id == order_id_)
+        and (kind is None or r.kind is kind)
+    ]
 
 
 def encoded(out: Iterable[Output]) -> list[bytes]:
@@ -190,8 +231,12 @@ def test_order_without_market_data_is_rejected_fail_closed() -> None:
 
 def test_risk_limit_rejects_with_its_reason_and_never_reaches_the_venue() -> None:
     # AAPL ~ $586: 10 shares ~ $5.9k pass a $10k limit, 30 shares ~ $17.6k do not
-    cfg = RiskConfig(max_order_notional=10_000.0, max_position_notional=1e7,
-                     max_orders_per_window=20, max_drawdown=1e9)
+    cfg = RiskConfig(
+        max_order_notional=10_000.0,
+        max_position_notional=1e7,
+        max_orders_per_window=20,
+        max_drawdown=1e9,
+    )
     plan: dict[int, list[Order | Control]] = defaultdict(list)
     big, small = [], []
     for n, i in enumerate(tradable()[::40]):
@@ -264,8 +309,11 @@ def test_cancel_all_cancels_every_open_order() -> None:
 
     engine = ExecutionEngine(LOOSE, VenueConfig())
     before = feed(engine, script(plan, upto=cut + 1)[:-1])
-    done = {r.order_id for r in reports(before) if r.kind is ExecKind.CANCELED
-            or (r.kind is ExecKind.FILL and r.leaves_qty == 0)}
+    done = {
+        r.order_id
+        for r in reports(before)
+        if r.kind is ExecKind.CANCELED or (r.kind is ExecKind.FILL and r.leaves_qty == 0)
+    }
     live = [o.order_id for o in placed if o.order_id not in done]
     assert len(live) >= 5
     resting = engine.open_orders()[cut_inst := events()[0].instrument]
@@ -276,7 +324,7 @@ def test_cancel_all_cancels_every_open_order() -> None:
     assert sorted(r.order_id for r in out) == sorted(live)
     assert all(r.leaves_qty == 0 for r in out)
     assert engine.open_orders() == {cut_inst: []}
-    rest = feed(engine, events()[cut + 1:]) + engine.finish()
+    rest = feed(engine, events()[cut + 1 :]) + engine.finish()
     assert not [r for r in reports(rest) if r.order_id in live], "a canceled order came back"
     assert engine.stats["cancel_alls"] == 1
 
@@ -285,8 +333,13 @@ def test_cancel_all_cancels_every_open_order() -> None:
 
 
 def test_throttle_accepts_exactly_the_limit_in_a_burst() -> None:
-    cfg = RiskConfig(max_order_notional=1e6, max_position_notional=1e7, max_drawdown=1e9,
-                     max_orders_per_window=8, throttle_window_ms=1000)
+    cfg = RiskConfig(
+        max_order_notional=1e6,
+        max_position_notional=1e7,
+        max_drawdown=1e9,
+        max_orders_per_window=8,
+        throttle_window_ms=1000,
+    )
     i = tradable(100)[0]
     burst = [make_order(i, BUY if k % 2 else SELL, offset=100, slice_index=k) for k in range(13)]
     t0 = events()[i].ts_event
@@ -408,8 +461,9 @@ def expected_boundaries(interval_ns: int) -> list[int]:
 @pytest.mark.parametrize("interval_ms", [1000, 100])
 def test_risk_reports_every_interval_with_var_es_of_current_positions(interval_ms: int) -> None:
     window = 10
-    engine, out = run(script(default_plan(every=10)), risk_interval_ms=interval_ms,
-                      var_window=window)
+    engine, out = run(
+        script(default_plan(every=10)), risk_interval_ms=interval_ms, var_window=window
+    )
     interval = interval_ms * MS
     rr = [r for r in out if isinstance(r, RiskReport)]
     assert [r.ts_event for r in rr] == expected_boundaries(interval)
@@ -424,7 +478,7 @@ def test_risk_reports_every_interval_with_var_es_of_current_positions(interval_m
             crossed = ev.ts_event // interval - top // interval
             if mid is not None:
                 hist += [float(mid)] * min(crossed, window + 1)
-                hist = hist[-(window + 1):]
+                hist = hist[-(window + 1) :]
             samples.append(list(hist))
         top = ev.ts_event if top is None else max(top, ev.ts_event)
         with contextlib.suppress(BookError):
@@ -508,12 +562,19 @@ def test_same_inputs_same_outputs_and_finish_resolves_in_flight_orders() -> None
 def test_finish_advances_every_venue_to_the_last_market_time_of_any_instrument() -> None:
     # a second instrument: the same real stream under another name, starting 1 s later
     evs = events()
-    other = [replace(ev, instrument="AAPL.COPY", ts_event=ev.ts_event + 1000 * MS,
-                     ts_recv=ev.ts_recv + 1000 * MS) for ev in evs]
+    other = [
+        replace(
+            ev,
+            instrument="AAPL.COPY",
+            ts_event=ev.ts_event + 1000 * MS,
+            ts_recv=ev.ts_recv + 1000 * MS,
+        )
+        for ev in evs
+    ]
     i = tradable(200)[0]
     o = make_order(i, SELL, offset=2000)
     engine = ExecutionEngine(LOOSE, VenueConfig())
-    out = feed(engine, [*evs[:i + 1], o, *other[:i + 1]])
+    out = feed(engine, [*evs[: i + 1], o, *other[: i + 1]])
     # AAPL.XNAS saw no market record after the decision: the order is still in flight
     assert not reports(out, o.order_id) and other[i].ts_event > o.ts_event + 2 * MS
     after = engine.finish()

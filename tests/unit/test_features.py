@@ -1,10 +1,10 @@
-"""Tests of udfs.features: hand-computed cases per formula, window boundaries, and the real
+"""Tests of udfs.market.features: hand-computed cases per formula, window boundaries, and the real
 LOBSTER AAPL sample checked against an independent numpy computation from the raw CSV columns.
 
 The LOBSTER orderbook file is the true top-10 book after each message. It is fed to
 :class:`OrderBook` two ways -- as a full snapshot batch per row, and as per-row level diffs --
 with the executions of the message file as trade records, and every feature row is compared
-with what numpy computes straight from the CSV (never through :mod:`udfs.features`).
+with what numpy computes straight from the CSV (never through :mod:`udfs.market.features`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from udfs.book import OrderBook
 from udfs.config import FeatureConfig
-from udfs.features import FeatureRow, FeatureState, feature_keys, on_event
+from udfs.market.book import OrderBook
+from udfs.market.features import FeatureRow, FeatureState, feature_keys, on_event
 from udfs.schema import F_LAST, F_SNAPSHOT, Kind, L2Event, Side
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "lobster"
@@ -38,7 +38,7 @@ EXACT = {"rel": 1e-12, "abs": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------
-# LOBSTER loading and event construction (test-side; independent of udfs.adapters)
+# LOBSTER loading and event construction (test-side; independent of udfs.market.adapters)
 
 
 def ts_ns(field: str) -> int:
@@ -96,8 +96,19 @@ def _trade_record(lob: Lobster, i: int) -> L2Event | None:
     ts = int(lob.ts[i])
     kind = Kind.TRADE if lob.mtype[i] == 4 else Kind.HIDDEN_TRADE  # book leaves both alone
     side = Side.BID if lob.direction[i] == 1 else Side.ASK  # LOBSTER d: 1 buy, -1 sell order
-    return L2Event(INSTRUMENT, "XNAS", kind, side, int(lob.price[i]), int(lob.size[i]), ts, ts,
-                   price_exp=PRICE_EXP, seq=i + 1, flags=0)
+    return L2Event(
+        INSTRUMENT,
+        "XNAS",
+        kind,
+        side,
+        int(lob.price[i]),
+        int(lob.size[i]),
+        ts,
+        ts,
+        price_exp=PRICE_EXP,
+        seq=i + 1,
+        flags=0,
+    )
 
 
 def _levels(lob: Lobster, i: int) -> tuple[dict[int, int], dict[int, int]]:
@@ -114,15 +125,17 @@ def snapshot_stream(lob: Lobster) -> Iterator[L2Event]:
             yield trade
         ts = int(lob.ts[i])
         common = {"price_exp": PRICE_EXP, "seq": i + 1, "seq_first": i + 1}
-        yield L2Event(INSTRUMENT, "XNAS", Kind.CLEAR, Side.NONE, 0, 0, ts, ts,
-                      flags=F_SNAPSHOT, **common)
+        yield L2Event(
+            INSTRUMENT, "XNAS", Kind.CLEAR, Side.NONE, 0, 0, ts, ts, flags=F_SNAPSHOT, **common
+        )
         bids, asks = _levels(lob, i)
         levels = [(Side.BID, p, q) for p, q in bids.items()]
         levels += [(Side.ASK, p, q) for p, q in asks.items()]
         for j, (side, px, sz) in enumerate(levels):
             flags = F_SNAPSHOT | (F_LAST if j == len(levels) - 1 else 0)
-            yield L2Event(INSTRUMENT, "XNAS", Kind.SNAPSHOT, side, px, sz, ts, ts,
-                          flags=flags, **common)
+            yield L2Event(
+                INSTRUMENT, "XNAS", Kind.SNAPSHOT, side, px, sz, ts, ts, flags=flags, **common
+            )
 
 
 def diff_stream(lob: Lobster) -> Iterator[L2Event]:
@@ -145,14 +158,30 @@ def diff_stream(lob: Lobster) -> Iterator[L2Event]:
             changes.append((Side.BID, best, cur[0][best]))
         ts = int(lob.ts[i])
         for j, (side, px, sz) in enumerate(changes):
-            yield L2Event(INSTRUMENT, "XNAS", Kind.LEVEL, side, px, sz, ts, ts,
-                          price_exp=PRICE_EXP, seq=i + 1, seq_first=i + 1, seq_prev=i,
-                          flags=F_LAST if j == len(changes) - 1 else 0)
+            yield L2Event(
+                INSTRUMENT,
+                "XNAS",
+                Kind.LEVEL,
+                side,
+                px,
+                sz,
+                ts,
+                ts,
+                price_exp=PRICE_EXP,
+                seq=i + 1,
+                seq_first=i + 1,
+                seq_prev=i,
+                flags=F_LAST if j == len(changes) - 1 else 0,
+            )
         prev = cur
 
 
-def run(events: Iterable[L2Event], cfg: FeatureConfig,
-        book: OrderBook | None = None, state: FeatureState | None = None) -> list[FeatureRow]:
+def run(
+    events: Iterable[L2Event],
+    cfg: FeatureConfig,
+    book: OrderBook | None = None,
+    state: FeatureState | None = None,
+) -> list[FeatureRow]:
     book = OrderBook(INSTRUMENT) if book is None else book
     state = FeatureState() if state is None else state
     rows = []
@@ -175,8 +204,12 @@ def reference(lob: Lobster, n: int, window_ms: int) -> dict[str, np.ndarray]:
     ca = np.cumsum(lob.ask_sz[:, :n], axis=1)
     mid = (pb + pa) / 2
     ofi = np.zeros(len(pb), dtype=np.int64)
-    ofi[1:] = ((pb[1:] >= pb[:-1]) * qb[1:] - (pb[1:] <= pb[:-1]) * qb[:-1]
-               - (pa[1:] <= pa[:-1]) * qa[1:] + (pa[1:] >= pa[:-1]) * qa[:-1])
+    ofi[1:] = (
+        (pb[1:] >= pb[:-1]) * qb[1:]
+        - (pb[1:] <= pb[:-1]) * qb[:-1]
+        - (pa[1:] <= pa[:-1]) * qa[1:]
+        + (pa[1:] >= pa[:-1]) * qa[:-1]
+    )
     ret = np.zeros(len(pb))
     ret[1:] = np.log1p(np.diff(mid) / mid[:-1])  # ln(mid_t / mid_{t-1}), well conditioned
     is_trade = np.isin(lob.mtype, TRADE_TYPES)
@@ -185,12 +218,16 @@ def reference(lob: Lobster, n: int, window_ms: int) -> dict[str, np.ndarray]:
     lo = np.searchsorted(lob.ts, lob.ts - window_ms * 1_000_000, side="right")
     win = [slice(int(lo[i]), i + 1) for i in range(len(pb))]
     return {
-        "best_bid": pb, "best_ask": pa, "bid_size": qb, "ask_size": qa,
+        "best_bid": pb,
+        "best_ask": pa,
+        "bid_size": qb,
+        "ask_size": qa,
         "spread": pa - pb,
         "mid": mid,
         "microprice": (pb * qa + pa * qb) / (qb + qa),
         "imbalance": (cb - ca) / (cb + ca),
-        "bid_depth": cb[:, -1], "ask_depth": ca[:, -1],
+        "bid_depth": cb[:, -1],
+        "ask_depth": ca[:, -1],
         "ofi": ofi,
         "ofi_window": np.array([ofi[s].sum() for s in win]),
         "rv": np.array([math.sqrt(np.sum(ret[s] ** 2)) for s in win]),
@@ -201,8 +238,18 @@ def reference(lob: Lobster, n: int, window_ms: int) -> dict[str, np.ndarray]:
     }
 
 
-INT_FIELDS = ("best_bid", "best_ask", "bid_size", "ask_size", "spread", "bid_depth",
-              "ask_depth", "trade_volume", "trade_signed_volume", "trade_count")
+INT_FIELDS = (
+    "best_bid",
+    "best_ask",
+    "bid_size",
+    "ask_size",
+    "spread",
+    "bid_depth",
+    "ask_depth",
+    "trade_volume",
+    "trade_signed_volume",
+    "trade_count",
+)
 FLOAT_FIELDS = ("mid", "microprice", "ofi", "ofi_window", "rv")
 
 
@@ -258,10 +305,23 @@ def test_lobster_state_pickles_mid_stream(lob: Lobster) -> None:
 T0 = 1_700_000_000_000_000_000
 
 
-def lvl(side: Side, px: int, sz: int, ts: int = T0, last: bool = True,
-        kind: Kind = Kind.LEVEL) -> L2Event:
-    return L2Event("X.TEST", "TEST", kind, side, px, sz, ts, ts + 7, price_exp=-2, size_exp=-3,
-                   seq=1, flags=F_LAST if last else 0)
+def lvl(
+    side: Side, px: int, sz: int, ts: int = T0, last: bool = True, kind: Kind = Kind.LEVEL
+) -> L2Event:
+    return L2Event(
+        "X.TEST",
+        "TEST",
+        kind,
+        side,
+        px,
+        sz,
+        ts,
+        ts + 7,
+        price_exp=-2,
+        size_exp=-3,
+        seq=1,
+        flags=F_LAST if last else 0,
+    )
 
 
 def trade(kind: Kind, side: Side, sz: int, ts: int = T0, last: bool = False) -> L2Event:
@@ -286,8 +346,12 @@ class Feed:
 
 def two_level_book(f: Feed) -> FeatureRow | None:
     """bids 100 x 5, 99 x 7; asks 101 x 3, 102 x 4."""
-    return f.batch(lvl(Side.BID, 100, 5, last=False), lvl(Side.BID, 99, 7, last=False),
-                   lvl(Side.ASK, 101, 3, last=False), lvl(Side.ASK, 102, 4))
+    return f.batch(
+        lvl(Side.BID, 100, 5, last=False),
+        lvl(Side.BID, 99, 7, last=False),
+        lvl(Side.ASK, 101, 3, last=False),
+        lvl(Side.ASK, 102, 4),
+    )
 
 
 def test_two_level_book_formulas() -> None:
@@ -304,7 +368,12 @@ def test_two_level_book_formulas() -> None:
     assert (row.ofi, row.ofi_window, row.rv) == (0.0, 0.0, 0.0)
     assert (row.trade_volume, row.trade_signed_volume, row.trade_count) == (0, 0, 0)
     assert (row.ts_event, row.ts_recv, row.seq, row.price_exp, row.size_exp) == (
-        T0, T0 + 7, 1, -2, -3)
+        T0,
+        T0 + 7,
+        1,
+        -2,
+        -3,
+    )
 
 
 def test_depth_is_top_n_only() -> None:
@@ -392,8 +461,13 @@ def test_window_evicts_exactly_at_boundary(window_ms: int) -> None:
     # at t1 + W: ts_value <= ts - W, evicted
     row = f(lvl(Side.BID, 100, 5, ts=t1 + w))
     assert row is not None
-    assert (row.ofi_window, row.rv, row.trade_volume, row.trade_signed_volume,
-            row.trade_count) == (0.0, 0.0, 0, 0, 0)
+    assert (row.ofi_window, row.rv, row.trade_volume, row.trade_signed_volume, row.trade_count) == (
+        0.0,
+        0.0,
+        0,
+        0,
+        0,
+    )
     assert not f.state.ofi_win and not f.state.rv_win and not f.state.trade_win
 
 
@@ -413,12 +487,40 @@ def test_to_dict_order_units_and_json() -> None:
     assert row is not None
     d = row.to_dict()
     expected_keys = [
-        "instrument", "ts_event", "ts_recv", "seq", "price_exp", "size_exp", "best_bid",
-        "best_ask", "bid_size", "ask_size", "spread", "mid", "microprice", "imbalance_1",
-        "imbalance_2", "bid_depth", "ask_depth", "ofi", "ofi_window", "rv", "trade_volume",
-        "trade_signed_volume", "trade_count", "best_bid_px", "best_ask_px", "spread_px",
-        "mid_px", "microprice_px", "bid_size_qty", "ask_size_qty", "bid_depth_qty",
-        "ask_depth_qty", "trade_volume_qty", "trade_signed_volume_qty",
+        "instrument",
+        "ts_event",
+        "ts_recv",
+        "seq",
+        "price_exp",
+        "size_exp",
+        "best_bid",
+        "best_ask",
+        "bid_size",
+        "ask_size",
+        "spread",
+        "mid",
+        "microprice",
+        "imbalance_1",
+        "imbalance_2",
+        "bid_depth",
+        "ask_depth",
+        "ofi",
+        "ofi_window",
+        "rv",
+        "trade_volume",
+        "trade_signed_volume",
+        "trade_count",
+        "best_bid_px",
+        "best_ask_px",
+        "spread_px",
+        "mid_px",
+        "microprice_px",
+        "bid_size_qty",
+        "ask_size_qty",
+        "bid_depth_qty",
+        "ask_depth_qty",
+        "trade_volume_qty",
+        "trade_signed_volume_qty",
     ]
     assert list(d) == expected_keys == list(feature_keys(2))
     assert json.loads(json.dumps(d)) == d
@@ -436,8 +538,7 @@ def test_to_dict_positive_exponents() -> None:
     ev = L2Event("Y.TEST", "TEST", Kind.LEVEL, Side.BID, 7, 3, T0, T0, price_exp=1, size_exp=2)
     f = Feed(n=1)
     f(ev)
-    row = f(L2Event("Y.TEST", "TEST", Kind.LEVEL, Side.ASK, 9, 1, T0, T0, price_exp=1,
-                    size_exp=2))
+    row = f(L2Event("Y.TEST", "TEST", Kind.LEVEL, Side.ASK, 9, 1, T0, T0, price_exp=1, size_exp=2))
     assert row is not None
     d = row.to_dict()
     assert (d["best_bid_px"], d["best_ask_px"], d["mid_px"]) == (70.0, 90.0, 80.0)

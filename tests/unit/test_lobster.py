@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from udfs.adapters.lobster import (
+from udfs.market.adapters.lobster import (
     LobsterStats,
     iter_lobster_events,
     parse_lobster_name,
     parse_lobster_time,
     verify_lobster,
 )
-from udfs.book import OrderBook
+from udfs.market.book import OrderBook
 from udfs.schema import F_LAST, F_SNAPSHOT, Kind, Side, decode_event, encode_event
 
 ROOT = Path(__file__).parents[2]
@@ -30,8 +30,15 @@ SHARED_DIRS = [
     "LOBSTER_SampleFile_GOOG_2012-06-21_1",
     "LOBSTER_SampleFile_GOOG_2012-06-21_10",
 ]
-MESSAGE_KINDS = {Kind.ADD, Kind.CANCEL, Kind.DELETE, Kind.EXECUTE, Kind.HIDDEN_TRADE,
-                 Kind.CROSS_TRADE, Kind.HALT}
+MESSAGE_KINDS = {
+    Kind.ADD,
+    Kind.CANCEL,
+    Kind.DELETE,
+    Kind.EXECUTE,
+    Kind.HIDDEN_TRADE,
+    Kind.CROSS_TRADE,
+    Kind.HALT,
+}
 
 
 def _pair(folder: Path) -> tuple[Path, Path]:
@@ -40,8 +47,12 @@ def _pair(folder: Path) -> tuple[Path, Path]:
 
 def _copy(folder: Path, dest: Path) -> tuple[Path, Path, list[str], list[str]]:
     msg, ob = _pair(folder)
-    return (dest / msg.name, dest / ob.name, msg.read_text().splitlines(),
-            ob.read_text().splitlines())
+    return (
+        dest / msg.name,
+        dest / ob.name,
+        msg.read_text().splitlines(),
+        ob.read_text().splitlines(),
+    )
 
 
 def test_sample_verifies_exactly() -> None:
@@ -80,9 +91,13 @@ def test_corrupted_size_is_detected(tmp_path: Path) -> None:
     msg_path, ob_path, msgs, rows = _copy(SAMPLE, tmp_path)
     # an order joining row k-1's best bid level: inside the frontier, so only the message
     # stream can explain the level's size and a wrong size must show up
-    k = next(k for k in range(10, len(msgs) + 1)
-             if msgs[k - 1].split(",")[1] == "1" and msgs[k - 1].split(",")[5] == "1"
-             and msgs[k - 1].split(",")[4] == rows[k - 2].split(",")[2])
+    k = next(
+        k
+        for k in range(10, len(msgs) + 1)
+        if msgs[k - 1].split(",")[1] == "1"
+        and msgs[k - 1].split(",")[5] == "1"
+        and msgs[k - 1].split(",")[4] == rows[k - 2].split(",")[2]
+    )
     parts = msgs[k - 1].split(",")
     parts[3] = str(int(parts[3]) + 1)
     msgs[k - 1] = ",".join(parts)

@@ -1,4 +1,5 @@
-"""Tests of udfs.model and models/train_model.py on the shipped sample's feature rows: the stream
+"""Tests of udfs.strategy.model and models/train_model.py on the shipped sample's feature rows: the
+stream
 path (score_one row by row) equals batch onnxruntime scoring, a numpy logistic function built
 from the coefficients stored in the ONNX graph, and scikit-learn's predict_proba of a model
 retrained identically; pickling; feature order; signals; and that the committed model files are
@@ -18,9 +19,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from jobs.sources import Source
 from udfs.config import StrategyConfig
-from udfs.model import (
+from udfs.market.adapters.sources import Source
+from udfs.strategy.model import (
     MissingFeatureError,
     ModelState,
     OnnxModel,
@@ -116,8 +117,9 @@ def test_committed_models_are_reproducible_from_the_sample(tmp_path):
     train_model.train_all(Source.sample(), tmp_path)
     for name in ("book_lr_v1", "book_lr_v2"):
         for ext in (".onnx", ".json"):
-            assert (tmp_path / f"{name}{ext}").read_bytes() == (MODELS / f"{name}{ext}"
-                                                               ).read_bytes(), f"{name}{ext}"
+            assert (tmp_path / f"{name}{ext}").read_bytes() == (
+                MODELS / f"{name}{ext}"
+            ).read_bytes(), f"{name}{ext}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,12 +171,22 @@ def test_load_needs_the_json(tmp_path):
 def test_vector_follows_metadata_order(rows):
     r = rows[123]
     m = OnnxModel.load(V1)
-    expected = [r["imbalance_1"], r["imbalance_2"], r["imbalance_3"],
-                (r["microprice"] - r["mid"]) / r["spread"],
-                max(-1.0, min(1.0, r["ofi"] / (r["bid_depth"] + r["ask_depth"]))),
-                float(np.sign(r["trade_signed_volume"]))]
-    assert list(m.features) == ["imbalance_1", "imbalance_2", "imbalance_3", "microprice_dev",
-                                "ofi_norm", "trade_sign"]
+    expected = [
+        r["imbalance_1"],
+        r["imbalance_2"],
+        r["imbalance_3"],
+        (r["microprice"] - r["mid"]) / r["spread"],
+        max(-1.0, min(1.0, r["ofi"] / (r["bid_depth"] + r["ask_depth"]))),
+        float(np.sign(r["trade_signed_volume"])),
+    ]
+    assert list(m.features) == [
+        "imbalance_1",
+        "imbalance_2",
+        "imbalance_3",
+        "microprice_dev",
+        "ofi_norm",
+        "trade_sign",
+    ]
     np.testing.assert_array_equal(m.vector(r), np.asarray(expected, dtype=np.float32))
     # the order is the metadata's, not the dict's
     rev = OnnxModel(V1.read_bytes(), {**m.metadata, "features": list(reversed(m.features))})

@@ -1,7 +1,8 @@
-"""udfs.model imports onnxruntime and creates its sessions on a thread of their own, which is
+"""udfs.strategy.model imports onnxruntime and creates its sessions on a thread of their own, which
+is
 what keeps the trading job working in PyFlink's thread mode (PEMJA): on a PEMJA task thread,
 pybind11's ``PyGILState_Ensure`` at the import of ``onnxruntime_pybind11_state`` deadlocks (see
-udfs.model's docstring). The end-to-end check is the Flink job itself
+udfs.strategy.model's docstring). The end-to-end check is the Flink job itself
 (tests/integration/test_features_job.py runs the trading job with its models, in thread mode by
 default); these tests pin the mechanism."""
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from udfs.model import OnnxModel, _on_fresh_thread
+from udfs.strategy.model import OnnxModel, _on_fresh_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,7 @@ class Spy(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Spy())
 
-from udfs.model import DERIVED, OnnxModel
+from udfs.strategy.model import DERIVED, OnnxModel
 
 model = OnnxModel.load("models/book_lr_v1.onnx")
 assert "onnxruntime" not in sys.modules
@@ -46,8 +47,9 @@ print(sorted(set(seen.values())))
 
 
 def test_onnxruntime_is_imported_off_the_calling_thread() -> None:
-    proc = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['onnxruntime-init']"
 
@@ -81,7 +83,9 @@ def test_fresh_thread_returns_and_reraises() -> None:
 
 def test_bad_model_metadata_raises_in_the_caller() -> None:
     src = ROOT / "models" / "book_lr_v1.onnx"
-    model = OnnxModel(src.read_bytes(), {"name": "x", "version": "1",
-                                         "features": ["imbalance_1"], "input_name": "features"})
+    model = OnnxModel(
+        src.read_bytes(),
+        {"name": "x", "version": "1", "features": ["imbalance_1"], "input_name": "features"},
+    )
     with pytest.raises(ValueError, match="input width"):
         _ = model.session

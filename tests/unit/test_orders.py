@@ -1,4 +1,4 @@
-"""Tests of udfs.orders: deterministic ids (also across processes), the order to a target,
+"""Tests of udfs.strategy.orders: deterministic ids (also across processes), the order to a target,
 TWAP sums and spacing, and POV on hand-made trades and on the real LOBSTER AAPL trade stream
 (its volume checked against the raw message CSV, independently of the adapter)."""
 
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from udfs.adapters.lobster import iter_lobster_events
-from udfs.orders import PovSlicer, order_id, orders_for_target, twap_children
+from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.schema import (
     TRADE_KINDS,
     Kind,
@@ -31,6 +30,7 @@ from udfs.schema import (
     decode_record,
     encode_record,
 )
+from udfs.strategy.orders import PovSlicer, order_id, orders_for_target, twap_children
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "lobster"
@@ -40,22 +40,45 @@ INSTRUMENT = "AAPL.XNAS"
 TS0 = 1_340_285_400_004_241_176  # 2012-06-21 09:30:00.004241176 EDT, the sample's first message
 
 ROW = {
-    "instrument": INSTRUMENT, "ts_event": TS0, "seq": 42, "price_exp": -4, "size_exp": 0,
-    "best_bid": 5853000, "best_ask": 5853300, "mid": 5853150.0,
+    "instrument": INSTRUMENT,
+    "ts_event": TS0,
+    "seq": 42,
+    "price_exp": -4,
+    "size_exp": 0,
+    "best_bid": 5853000,
+    "best_ask": 5853300,
+    "mid": 5853150.0,
 }
 
 
-def _parent(qty: int = 10, side: OrderSide = OrderSide.BUY, ts: int = TS0,
-            order_type: OrderType = OrderType.LIMIT, reduce_only: bool = False) -> Order:
+def _parent(
+    qty: int = 10,
+    side: OrderSide = OrderSide.BUY,
+    ts: int = TS0,
+    order_type: OrderType = OrderType.LIMIT,
+    reduce_only: bool = False,
+) -> Order:
     return Order(
-        order_id=order_id("twap", INSTRUMENT, 42, ts), instrument=INSTRUMENT, strategy="twap",
-        action=OrderAction.NEW, side=side, order_type=order_type,
-        price=5853000 if order_type is OrderType.LIMIT else 0, quantity=qty, price_exp=-4,
-        size_exp=0, ts_event=ts, source_seq=42, reduce_only=reduce_only, tif="DAY")
+        order_id=order_id("twap", INSTRUMENT, 42, ts),
+        instrument=INSTRUMENT,
+        strategy="twap",
+        action=OrderAction.NEW,
+        side=side,
+        order_type=order_type,
+        price=5853000 if order_type is OrderType.LIMIT else 0,
+        quantity=qty,
+        price_exp=-4,
+        size_exp=0,
+        ts_event=ts,
+        source_seq=42,
+        reduce_only=reduce_only,
+        tif="DAY",
+    )
 
 
-def _trade(size: int, ts: int, seq: int, kind: Kind = Kind.EXECUTE,
-           instrument: str = INSTRUMENT) -> L2Event:
+def _trade(
+    size: int, ts: int, seq: int, kind: Kind = Kind.EXECUTE, instrument: str = INSTRUMENT
+) -> L2Event:
     return L2Event(instrument, "XNAS", kind, Side.BID, 5853000, size, ts, ts, -4, 0, seq=seq)
 
 
@@ -99,20 +122,24 @@ def test_order_id_rejects_float_integers() -> None:
 # --- orders_for_target -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("current", "target", "side", "qty", "reduce_only"), [
-    (0, 100, OrderSide.BUY, 100, False),      # open long
-    (100, 40, OrderSide.SELL, 60, True),      # reduce long
-    (100, 0, OrderSide.SELL, 100, True),      # close long
-    (100, -50, OrderSide.SELL, 150, False),   # flip long -> short
-    (100, 130, OrderSide.BUY, 30, False),     # add to long
-    (0, -20, OrderSide.SELL, 20, False),      # open short
-    (-100, -30, OrderSide.BUY, 70, True),     # reduce short
-    (-100, 0, OrderSide.BUY, 100, True),      # close short
-    (-100, 20, OrderSide.BUY, 120, False),    # flip short -> long
-    (-100, -130, OrderSide.SELL, 30, False),  # add to short
-])
-def test_orders_for_target(current: int, target: int, side: OrderSide, qty: int,
-                           reduce_only: bool) -> None:
+@pytest.mark.parametrize(
+    ("current", "target", "side", "qty", "reduce_only"),
+    [
+        (0, 100, OrderSide.BUY, 100, False),  # open long
+        (100, 40, OrderSide.SELL, 60, True),  # reduce long
+        (100, 0, OrderSide.SELL, 100, True),  # close long
+        (100, -50, OrderSide.SELL, 150, False),  # flip long -> short
+        (100, 130, OrderSide.BUY, 30, False),  # add to long
+        (0, -20, OrderSide.SELL, 20, False),  # open short
+        (-100, -30, OrderSide.BUY, 70, True),  # reduce short
+        (-100, 0, OrderSide.BUY, 100, True),  # close short
+        (-100, 20, OrderSide.BUY, 120, False),  # flip short -> long
+        (-100, -130, OrderSide.SELL, 30, False),  # add to short
+    ],
+)
+def test_orders_for_target(
+    current: int, target: int, side: OrderSide, qty: int, reduce_only: bool
+) -> None:
     (o,) = orders_for_target(current, target, ROW, "imb")
     assert o.side is side and o.quantity == qty and o.reduce_only is reduce_only
     assert current + side.sign * o.quantity == target
@@ -132,7 +159,12 @@ def test_orders_for_target_at_target_is_empty() -> None:
 def test_orders_for_target_market() -> None:
     (o,) = orders_for_target(0, -7, ROW, "imb", order_type=OrderType.MARKET, tif="IOC")
     assert (o.side, o.order_type, o.price, o.quantity, o.tif) == (
-        OrderSide.SELL, OrderType.MARKET, 0, 7, "IOC")
+        OrderSide.SELL,
+        OrderType.MARKET,
+        0,
+        7,
+        "IOC",
+    )
 
 
 def test_orders_for_target_needs_a_touch_for_a_limit() -> None:
@@ -162,7 +194,12 @@ def test_twap_hand_computed() -> None:
         assert k.parent_id == parent.order_id
         assert k.order_id == order_id("twap", INSTRUMENT, 42, k.ts_event, i, parent.order_id)
         assert (k.side, k.order_type, k.price, k.tif, k.source_seq) == (
-            parent.side, parent.order_type, parent.price, parent.tif, parent.source_seq)
+            parent.side,
+            parent.order_type,
+            parent.price,
+            parent.tif,
+            parent.source_seq,
+        )
     assert len({k.order_id for k in kids} | {parent.order_id}) == 4
 
 
@@ -183,8 +220,13 @@ def test_twap_fewer_lots_than_slices() -> None:
 def test_twap_reduce_only_and_market_inherited() -> None:
     parent = _parent(5, OrderSide.SELL, order_type=OrderType.MARKET, reduce_only=True)
     kids = twap_children(parent, 0, 10, 5)
-    assert all(k.reduce_only and k.order_type is OrderType.MARKET and k.price == 0
-               and k.side is OrderSide.SELL for k in kids)
+    assert all(
+        k.reduce_only
+        and k.order_type is OrderType.MARKET
+        and k.price == 0
+        and k.side is OrderSide.SELL
+        for k in kids
+    )
 
 
 def test_twap_sums_and_spacing_everywhere() -> None:
@@ -224,8 +266,8 @@ def test_pov_hand_computed() -> None:
     assert [c.ts_event for c in kids] == [TS0 + 1, TS0 + 2, TS0 + 3]
     assert [c.source_seq for c in kids] == [101, 102, 103]
     assert [c.order_id for c in kids] == [
-        order_id("twap", INSTRUMENT, 100 + i + 1, TS0 + i + 1, i, parent.order_id)
-        for i in range(3)]
+        order_id("twap", INSTRUMENT, 100 + i + 1, TS0 + i + 1, i, parent.order_id) for i in range(3)
+    ]
     assert all(c.parent_id == parent.order_id and c.price == parent.price for c in kids)
     assert pov.done and pov.remaining == 0 and pov.released == 10
     assert pov.on_trade(_trade(50, TS0 + 9, 200)) == []  # nothing after completion
@@ -243,8 +285,10 @@ def test_pov_participation_is_the_written_decimal() -> None:
 
 def test_pov_min_slice() -> None:
     pov = PovSlicer(_parent(5), 0.5, min_slice_lots=2)
-    got = [sum(c.quantity for c in pov.on_trade(_trade(s, TS0 + i, i)))
-           for i, s in enumerate([2, 2, 1, 1, 2, 2])]
+    got = [
+        sum(c.quantity for c in pov.on_trade(_trade(s, TS0 + i, i)))
+        for i, s in enumerate([2, 2, 1, 1, 2, 2])
+    ]
     # V: 2 4 5 6 8 10 -> floor(V/2): 1 2 2 3 4 5; a release needs >= 2 lots unless it is the
     # whole remainder: - 2 - - 2 1 (the last lot completes the parent)
     assert got == [0, 2, 0, 0, 2, 1]
@@ -356,8 +400,8 @@ def test_pov_on_real_trades_min_slice() -> None:
 
 _SCRIPT = """
 import json
-from udfs.adapters.lobster import iter_lobster_events
-from udfs.orders import PovSlicer, orders_for_target, twap_children
+from udfs.market.adapters.lobster import iter_lobster_events
+from udfs.strategy.orders import PovSlicer, orders_for_target, twap_children
 ROW = json.loads({row!r})
 (parent,) = orders_for_target(0, 1234, ROW, "imb")
 ids = [parent.order_id] + [c.order_id for c in twap_children(parent, 0, 60 * 10**9, 12)]
@@ -371,8 +415,15 @@ print(json.dumps(ids))
 def _ids_in_subprocess(hash_seed: str) -> list[str]:
     script = _SCRIPT.format(row=json.dumps(ROW), msg=str(MESSAGES), ob=str(ORDERBOOK))
     env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, check=True,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return json.loads(out.stdout)
 
 

@@ -1,4 +1,4 @@
-"""Tests of udfs.portfolio: average-cost accounting, P&L, peak/drawdown, state, and the
+"""Tests of udfs.execution.portfolio: average-cost accounting, P&L, peak/drawdown, state, and the
 historical-simulation VaR / expected shortfall -- on hand-computed vectors and on a position
 revalued over the real mid returns of the LOBSTER AAPL sample, cross-checked with numpy.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from udfs.portfolio import (
+from udfs.execution.portfolio import (
     BoundedIdSet,
     Portfolio,
     Position,
@@ -32,11 +32,29 @@ PX_EXP = -4  # ticks of $0.0001; sizes in shares
 _ids = iter(range(1, 10**9))
 
 
-def fill(side: str, qty: int, price: int, *, fee: float = 0.0, inst: str = INST,
-         rid: str | None = None, size_exp: int = 0) -> ExecReport:
-    return ExecReport(report_id=rid or f"f{next(_ids)}", order_id="o", instrument=inst,
-                      kind=ExecKind.FILL, ts_event=1, side=side, fill_price=price,
-                      fill_qty=qty, fee=fee, price_exp=PX_EXP, size_exp=size_exp)
+def fill(
+    side: str,
+    qty: int,
+    price: int,
+    *,
+    fee: float = 0.0,
+    inst: str = INST,
+    rid: str | None = None,
+    size_exp: int = 0,
+) -> ExecReport:
+    return ExecReport(
+        report_id=rid or f"f{next(_ids)}",
+        order_id="o",
+        instrument=inst,
+        kind=ExecKind.FILL,
+        ts_event=1,
+        side=side,
+        fill_price=price,
+        fill_qty=qty,
+        fee=fee,
+        price_exp=PX_EXP,
+        size_exp=size_exp,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,8 +102,20 @@ def test_short_round_trip_and_flat_resets_average():
 def test_exact_money_with_half_tick_marks_and_size_exponent():
     pf = Portfolio()
     # 3 lots of 0.001 BTC at 65000.1 USD (ticks of 0.1) -> exponents -1 / -3
-    pf.apply_fill(ExecReport("r1", "o", "BTCUSDT.BINANCE", ExecKind.FILL, 1, side="BUY",
-                             fill_price=650_001, fill_qty=3, price_exp=-1, size_exp=-3))
+    pf.apply_fill(
+        ExecReport(
+            "r1",
+            "o",
+            "BTCUSDT.BINANCE",
+            ExecKind.FILL,
+            1,
+            side="BUY",
+            fill_price=650_001,
+            fill_qty=3,
+            price_exp=-1,
+            size_exp=-3,
+        )
+    )
     # mid 650_001.5 ticks -> unrealised 3 x 0.05 x 0.001 = 0.00015 exactly
     assert pf.unrealised_exact({"BTCUSDT.BINANCE": Fraction(1_300_003, 2)}) == Fraction(15, 100_000)
     assert pf.unrealised_exact({"BTCUSDT.BINANCE": 650_001.5}) == Fraction(15, 100_000)
@@ -95,8 +125,9 @@ def test_non_fills_duplicates_and_bad_fills():
     pf = Portfolio()
     assert pf.apply_fill(fill("BUY", 10, 1_000_000, rid="r1"))
     assert not pf.apply_fill(fill("BUY", 10, 1_000_000, rid="r1"))  # re-delivered
-    ack = ExecReport("a1", "o", INST, ExecKind.ACK, 1, side="BUY", fill_qty=10,
-                     fill_price=1_000_000)
+    ack = ExecReport(
+        "a1", "o", INST, ExecKind.ACK, 1, side="BUY", fill_qty=10, fill_price=1_000_000
+    )
     assert not pf.apply_fill(ack)
     assert pf.position(INST) == 10
     with pytest.raises(ValueError, match="side"):
@@ -128,8 +159,10 @@ def test_portfolio_state_roundtrip():
     pf.apply_fill(fill("BUY", 7, 1_000_003, fee=0.1, rid="x1"))
     pf.apply_fill(fill("SELL", 3, 1_000_010, fee=0.1, rid="x2"))
     pf.mark({INST: 1_000_001})
-    for restored in (pickle.loads(pickle.dumps(pf)),
-                     Portfolio.from_dict(json.loads(json.dumps(pf.to_dict())))):
+    for restored in (
+        pickle.loads(pickle.dumps(pf)),
+        Portfolio.from_dict(json.loads(json.dumps(pf.to_dict()))),
+    ):
         assert restored.to_dict() == pf.to_dict()
         assert restored.equity_exact({INST: 999_999}) == pf.equity_exact({INST: 999_999})
         assert not restored.apply_fill(fill("SELL", 3, 1_000_010, rid="x2"))  # still deduped
@@ -151,12 +184,15 @@ def test_bounded_id_set():
 HAND = -np.random.default_rng(0).permutation(np.arange(1, 101)).astype(float)
 
 
-@pytest.mark.parametrize(("alpha", "var", "es"), [
-    (0.99, 99.0, 100.0),  # k = 99; the worst 1% is the single worst loss
-    (0.95, 95.0, 98.0),  # k = 95; mean of 96..100
-    (0.975, 98.0, 99.2),  # k = 98; (99 + 100 + 0.5 x 98) / 2.5
-    (0.5, 50.0, 75.5),  # mean of 51..100
-])
+@pytest.mark.parametrize(
+    ("alpha", "var", "es"),
+    [
+        (0.99, 99.0, 100.0),  # k = 99; the worst 1% is the single worst loss
+        (0.95, 95.0, 98.0),  # k = 95; mean of 96..100
+        (0.975, 98.0, 99.2),  # k = 98; (99 + 100 + 0.5 x 98) / 2.5
+        (0.5, 50.0, 75.5),  # mean of 51..100
+    ],
+)
 def test_var_es_hand_computed(alpha, var, es):
     assert historical_var(HAND, alpha) == var
     assert expected_shortfall(HAND, alpha) == pytest.approx(es, rel=1e-12)
@@ -207,7 +243,8 @@ def test_position_pnl_scenarios_hand_computed():
     both = position_pnl_scenarios(
         {INST: _pos(10), OTHER: _pos(-5, OTHER), "X": _pos(0, "X")},
         {INST: 1_000_000, OTHER: 2_000_000},
-        {INST: mids, OTHER: [50.0, 51.0, 51.0]})
+        {INST: mids, OTHER: [50.0, 51.0, 51.0]},
+    )
     # OTHER: -5 x $200 x (+2%, 0%) = (-20, 0)
     np.testing.assert_allclose(both, [10.0 - 20.0, -10.0], rtol=1e-12)
 
@@ -216,8 +253,11 @@ def test_position_pnl_scenarios_fails_closed():
     with pytest.raises(ValueError, match="no mid history"):
         position_pnl_scenarios({INST: _pos(1)}, {INST: 1}, {})
     with pytest.raises(ValueError, match="mids"):
-        position_pnl_scenarios({INST: _pos(1), OTHER: _pos(1, OTHER)}, {INST: 1, OTHER: 1},
-                               {INST: [1, 2, 3], OTHER: [1, 2]})
+        position_pnl_scenarios(
+            {INST: _pos(1), OTHER: _pos(1, OTHER)},
+            {INST: 1, OTHER: 1},
+            {INST: [1, 2, 3], OTHER: [1, 2]},
+        )
     with pytest.raises(ValueError, match="non-positive"):
         position_pnl_scenarios({INST: _pos(1)}, {INST: 1}, {INST: [1, 0, 3]})
     flat = position_pnl_scenarios({INST: _pos(0)}, {}, {INST: [1, 2, 3]})
@@ -265,4 +305,5 @@ def test_var_es_on_lobster_position(lobster_mids, alpha):
     short = position_pnl_scenarios(pf.positions, {INST: mark}, {INST: lobster_mids})
     np.testing.assert_allclose(short, -expected, rtol=1e-12, atol=1e-12)
     assert historical_var(short, alpha) == pytest.approx(
-        np.quantile(expected, alpha, method="inverted_cdf"), rel=1e-12)
+        np.quantile(expected, alpha, method="inverted_cdf"), rel=1e-12
+    )

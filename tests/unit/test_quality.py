@@ -1,4 +1,5 @@
-"""Data-quality stage (``udfs.quality``) through the stream job's own ``process_record``, on the
+"""Data-quality stage (``udfs.market.quality``) through the stream job's own ``process_record``, on
+the
 shipped real sample (LOBSTER AAPL, 1 minute; Binance USD-M BTCUSDT, 4 minutes).
 
 Every fault is injected into the real event sequence; the test asserts it is counted, on the
@@ -20,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from jobs.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER
-from udfs.adapters.binance import BinanceAdapter
-from udfs.adapters.lobster import iter_lobster_events
-from udfs.book import OrderBook
 from udfs.config import Config, FeatureConfig, QualityConfig
+from udfs.market.adapters.binance import BinanceAdapter
+from udfs.market.adapters.lobster import iter_lobster_events
+from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER
+from udfs.market.book import OrderBook
+from udfs.market.quality import DUP_WINDOW, MINUTE_NS, flush, minute_of
 from udfs.pipeline import InstrumentState, RecordSource, process_record
-from udfs.quality import DUP_WINDOW, MINUTE_NS, flush, minute_of
 from udfs.schema import F_LAST, DeadLetter, Kind, L2Event, Reason, Side, encode_event
 
 SRC = RecordSource("events", 0, 0)
@@ -34,8 +35,16 @@ BOUND_MS = 2000
 BOUND_NS = BOUND_MS * 1_000_000
 AAPL = "AAPL.XNAS"
 BTC = "BTCUSDT.BINANCE_USDM"
-FAULTS = ("sequence_gaps", "resyncs", "crossed", "locked", "stale_gaps", "out_of_order", "late",
-          "duplicates")
+FAULTS = (
+    "sequence_gaps",
+    "resyncs",
+    "crossed",
+    "locked",
+    "stale_gaps",
+    "out_of_order",
+    "late",
+    "duplicates",
+)
 ROW_FIELDS = {"instrument", "minute_start", "events", "max_gap_ms", "v", *FAULTS}
 TICK_BTC = 10_000_000  # 0.1 USDT at price_exp -8
 
@@ -97,8 +106,9 @@ def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
             key, raw = rec.instrument, _ENCODED.get(id(rec)) or encode_event(rec)
         else:
             key, raw = rec
-        state, res = process_record(states.get(key), key, raw, SRC, fcfg, BOUND_MS,
-                                    quality_cfg=qcfg)
+        state, res = process_record(
+            states.get(key), key, raw, SRC, fcfg, BOUND_MS, quality_cfg=qcfg
+        )
         if state is not None:
             states[key] = state
         dead += res.dead_letters
@@ -112,7 +122,8 @@ def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
         assert sum(r["events"] for r in mine) == state.events_in
         assert state.events_in == state.events_processed + state.dead_lettered
         assert sum(r["late"] for r in mine) == sum(
-            1 for d in dead if d.key == key and d.reason_code is Reason.LATE)
+            1 for d in dead if d.key == key and d.reason_code is Reason.LATE
+        )
     return Run(rows, live, states, dead)
 
 
@@ -144,8 +155,11 @@ def newest(events: list[L2Event]) -> int:
 
 def chained_last(events: list[L2Event], start: int) -> int:
     """Index of the first record from ``start`` that closes a chained book batch."""
-    return next(i for i in range(start, len(events))
-                if events[i].seq_prev and events[i].is_last and events[i].kind is not Kind.BBO)
+    return next(
+        i
+        for i in range(start, len(events))
+        if events[i].seq_prev and events[i].is_last and events[i].kind is not Kind.BBO
+    )
 
 
 # -- the clean sample --------------------------------------------------------------------------
@@ -170,8 +184,9 @@ def _reference(events: list[L2Event]) -> tuple[Counter, Counter, dict[int, int]]
     return count, ooo, gap
 
 
-def test_clean_sample_counts_are_the_real_ones(clean: Run, lob: list[L2Event],
-                                               btc: list[L2Event]) -> None:
+def test_clean_sample_counts_are_the_real_ones(
+    clean: Run, lob: list[L2Event], btc: list[L2Event]
+) -> None:
     for inst, events in ((AAPL, lob), (BTC, btc)):
         count, ooo, gap = _reference(events)
         mine = {m: r for (i, m), r in clean.rows.items() if i == inst}
@@ -186,7 +201,11 @@ def test_clean_sample_counts_are_the_real_ones(clean: Run, lob: list[L2Event],
     # minutes with 2043 records behind the newest (trades/tickers vs diffs, at most 24 ms)
     assert len([k for k in clean.rows if k[0] == AAPL]) == 1
     assert [r["out_of_order"] for k, r in sorted(clean.rows.items()) if k[0] == BTC] == [
-        1066, 267, 710, 0]
+        1066,
+        267,
+        710,
+        0,
+    ]
     assert clean.rows[(AAPL, minute_of(lob[0].ts_event))]["max_gap_ms"] == 1946.277
     assert clean.dead == []
     # the duplicate window stays bounded
@@ -196,8 +215,9 @@ def test_clean_sample_counts_are_the_real_ones(clean: Run, lob: list[L2Event],
     # has left it, the others at the end of input: BTCUSDT's last record is 0.456 s into its
     # fourth minute, so its third one is still open then
     watermark = newest(btc) - BOUND_NS
-    assert clean.live == {(BTC, m) for i, m in clean.rows
-                          if i == BTC and m + MINUTE_NS <= watermark}
+    assert clean.live == {
+        (BTC, m) for i, m in clean.rows if i == BTC and m + MINUTE_NS <= watermark
+    }
     assert len(clean.live) == 2
 
 
@@ -219,19 +239,20 @@ def test_stale_threshold_below_the_real_longest_silence_finds_it(btc: list[L2Eve
 # -- sequence gaps ------------------------------------------------------------------------------
 
 
-def test_dropped_record_is_one_gap_in_the_minute_it_is_seen(lob: list[L2Event],
-                                                            btc: list[L2Event],
-                                                            clean: Run) -> None:
+def test_dropped_record_is_one_gap_in_the_minute_it_is_seen(
+    lob: list[L2Event], btc: list[L2Event], clean: Run
+) -> None:
     # AAPL: drop one chained message; every later chained record is then refused by the book
     k = chained_last(lob, len(lob) // 2)
     nxt = next(i for i in range(k + 1, len(lob)) if lob[i].seq_prev)
-    res = run(lob[:k] + lob[k + 1:] + btc)
+    res = run(lob[:k] + lob[k + 1 :] + btc)
     assert res.faults("sequence_gaps") == {(AAPL, minute_of(lob[nxt].ts_event)): 1}
     refused = [d for d in res.dead if d.reason_code is Reason.SEQUENCE_GAP]
     assert len(refused) > 100  # the cascade is dead-lettered record by record...
     assert res.faults("duplicates") == {}  # ...but it is one gap, and no record is a replay
-    assert res.rows[(BTC, minute_of(btc[0].ts_event))] == clean.rows[
-        (BTC, minute_of(btc[0].ts_event))]
+    assert (
+        res.rows[(BTC, minute_of(btc[0].ts_event))] == clean.rows[(BTC, minute_of(btc[0].ts_event))]
+    )
 
     # BTCUSDT: drop a whole diff (every record of one seq) in its second minute
     m1 = sorted(m for i, m in clean.rows if i == BTC)[1]
@@ -240,25 +261,30 @@ def test_dropped_record_is_one_gap_in_the_minute_it_is_seen(lob: list[L2Event],
     while btc[first - 1].seq == btc[last].seq and btc[first - 1].kind is Kind.LEVEL:
         first -= 1
     nxt = next(i for i in range(last + 1, len(btc)) if btc[i].seq_prev)
-    res = run(lob + btc[:first] + btc[last + 1:])
+    res = run(lob + btc[:first] + btc[last + 1 :])
     assert res.faults("sequence_gaps") == {(BTC, minute_of(btc[nxt].ts_event)): 1}
     assert res.faults("duplicates") == {}
-    assert res.rows[(AAPL, minute_of(lob[0].ts_event))] == clean.rows[
-        (AAPL, minute_of(lob[0].ts_event))]
+    assert (
+        res.rows[(AAPL, minute_of(lob[0].ts_event))]
+        == clean.rows[(AAPL, minute_of(lob[0].ts_event))]
+    )
 
 
 # -- duplicates ---------------------------------------------------------------------------------
 
 
-def test_duplicates_are_counted_once_and_leave_the_book_alone(lob: list[L2Event],
-                                                              btc: list[L2Event],
-                                                              clean: Run) -> None:
+def test_duplicates_are_counted_once_and_leave_the_book_alone(
+    lob: list[L2Event], btc: list[L2Event], clean: Run
+) -> None:
     # AAPL: a chained message sent twice (the book refuses the copy: its seq_prev is behind the
     # chain head, dead-lettered as sequence_gap) and an unchained hidden execution sent twice
-    k = next(i for i in range(len(lob) // 2, len(lob))
-             if lob[i].kind is Kind.ADD and lob[i].seq_prev and lob[i].is_last)
+    k = next(
+        i
+        for i in range(len(lob) // 2, len(lob))
+        if lob[i].kind is Kind.ADD and lob[i].seq_prev and lob[i].is_last
+    )
     h = next(i for i in range(k + 1, len(lob)) if lob[i].kind is Kind.HIDDEN_TRADE)
-    events = [*lob[:k + 1], lob[k], *lob[k + 1:h + 1], lob[h], *lob[h + 1:]]
+    events = [*lob[: k + 1], lob[k], *lob[k + 1 : h + 1], lob[h], *lob[h + 1 :]]
     res = run(events + btc)
     minute = minute_of(lob[k].ts_event)
     assert minute == minute_of(lob[h].ts_event)
@@ -270,24 +296,29 @@ def test_duplicates_are_counted_once_and_leave_the_book_alone(lob: list[L2Event]
     # the still open batch, tickers, trades) right after themselves
     m1 = sorted(m for i, m in clean.rows if i == BTC)[1]
     i = next(j for j, e in enumerate(btc) if e.ts_event >= m1 + 30 * 10**9)
-    run_ = btc[i:i + 40]
+    run_ = btc[i : i + 40]
     assert {e.kind for e in run_} >= {Kind.LEVEL, Kind.BBO}
     assert len({e.seq for e in run_ if e.kind is Kind.LEVEL}) > 1
     assert all(minute_of(e.ts_event) == m1 for e in run_)
-    res = run(lob + btc[:i + 40] + run_ + btc[i + 40:])
+    res = run(lob + btc[: i + 40] + run_ + btc[i + 40 :])
     assert_rows_equal_except(res, clean, {(BTC, m1): {"events": 40, "duplicates": 40}})
     assert res.states[BTC].book.bids.sizes == clean.states[BTC].book.bids.sizes
     assert res.states[BTC].book.asks.sizes == clean.states[BTC].book.asks.sizes
 
     # a diff level re-sent 1,500 records later, still within the lateness bound (the feed runs
     # at ~2,000 records/s there): older than the fingerprint window, recognised by its seq
-    r = next(j for j in range(len(btc) // 3, len(btc)) if btc[j].kind is Kind.LEVEL
-             and btc[j].ts_event == newest(btc[:j + 1])
-             and btc[j + DUP_WINDOW + 500].ts_event - btc[j].ts_event < BOUND_NS - 10**8)
+    r = next(
+        j
+        for j in range(len(btc) // 3, len(btc))
+        if btc[j].kind is Kind.LEVEL
+        and btc[j].ts_event == newest(btc[: j + 1])
+        and btc[j + DUP_WINDOW + 500].ts_event - btc[j].ts_event < BOUND_NS - 10**8
+    )
     at = r + DUP_WINDOW + 500
     res = run(lob + btc[:at] + [btc[r]] + btc[at:])
-    assert_rows_equal_except(res, clean, {(BTC, minute_of(btc[r].ts_event)): {
-        "events": 1, "duplicates": 1}})
+    assert_rows_equal_except(
+        res, clean, {(BTC, minute_of(btc[r].ts_event)): {"events": 1, "duplicates": 1}}
+    )
     assert [d.reason_code for d in res.dead] == [Reason.SEQUENCE_GAP]  # the book's view of it
 
 
@@ -305,15 +336,17 @@ def _trade_at_running_max(btc: list[L2Event], after: int, before: int) -> int:
     raise AssertionError("no candidate trade")
 
 
-def test_swapped_records_are_out_of_order_in_their_own_minute(lob: list[L2Event],
-                                                              btc: list[L2Event],
-                                                              clean: Run) -> None:
+def test_swapped_records_are_out_of_order_in_their_own_minute(
+    lob: list[L2Event], btc: list[L2Event], clean: Run
+) -> None:
     # AAPL (in exchange-time order): a hidden execution handed on after the next record
-    h = next(i for i in range(len(lob) // 2, len(lob) - 1)
-             if lob[i].kind is Kind.HIDDEN_TRADE and lob[i + 1].ts_event > lob[i].ts_event)
-    res = run([*lob[:h], lob[h + 1], lob[h], *lob[h + 2:], *btc])
-    assert_rows_equal_except(res, clean, {(AAPL, minute_of(lob[h].ts_event)): {
-        "out_of_order": 1}})
+    h = next(
+        i
+        for i in range(len(lob) // 2, len(lob) - 1)
+        if lob[i].kind is Kind.HIDDEN_TRADE and lob[i + 1].ts_event > lob[i].ts_event
+    )
+    res = run([*lob[:h], lob[h + 1], lob[h], *lob[h + 2 :], *btc])
+    assert_rows_equal_except(res, clean, {(AAPL, minute_of(lob[h].ts_event)): {"out_of_order": 1}})
     assert res.dead == []
 
     # BTCUSDT: a trade of the last second of minute 1 handed on after the first record of
@@ -321,18 +354,19 @@ def test_swapped_records_are_out_of_order_in_their_own_minute(lob: list[L2Event]
     minutes = sorted(m for i, m in clean.rows if i == BTC)
     m1, m2 = minutes[1], minutes[2]
     first_m2 = next(i for i, e in enumerate(btc) if e.ts_event >= m2)
-    r = _trade_at_running_max(btc, next(i for i, e in enumerate(btc) if e.ts_event >= m2 - 10**9),
-                              first_m2)
+    r = _trade_at_running_max(
+        btc, next(i for i, e in enumerate(btc) if e.ts_event >= m2 - 10**9), first_m2
+    )
     assert minute_of(btc[r].ts_event) == m1
     assert btc[first_m2].ts_event - btc[r].ts_event < BOUND_NS
-    moved = btc[:r] + btc[r + 1:first_m2 + 1] + [btc[r]] + btc[first_m2 + 1:]
+    moved = btc[:r] + btc[r + 1 : first_m2 + 1] + [btc[r]] + btc[first_m2 + 1 :]
     res = run(lob + moved)
     assert_rows_equal_except(res, clean, {(BTC, m1): {"out_of_order": 1}})
 
 
-def test_late_record_is_dead_lettered_and_counted_where_it_arrives(lob: list[L2Event],
-                                                                   btc: list[L2Event],
-                                                                   clean: Run) -> None:
+def test_late_record_is_dead_lettered_and_counted_where_it_arrives(
+    lob: list[L2Event], btc: list[L2Event], clean: Run
+) -> None:
     """A late record's own minute may be emitted already, and an emitted row is final: it is
     counted in the minute the instrument has reached when it arrives, always -- whether its
     own minute is already closed or not."""
@@ -344,23 +378,30 @@ def test_late_record_is_dead_lettered_and_counted_where_it_arrives(lob: list[L2E
     # 3.5 s before minute 2, arrives with the first record of minute 2 (minute 1 still open)
     for from_s, arrive in ((1, "plus_3s"), (4.5, "first_of_m2")):
         r = _trade_at_running_max(
-            btc, next(i for i, e in enumerate(btc) if e.ts_event >= m2 - int(from_s * 10**9)),
-            first_m2)
+            btc,
+            next(i for i, e in enumerate(btc) if e.ts_event >= m2 - int(from_s * 10**9)),
+            first_m2,
+        )
         assert minute_of(btc[r].ts_event) == m1
         if arrive == "plus_3s":
-            j = next(i for i in range(r, len(btc))
-                     if btc[i].ts_event >= btc[r].ts_event + BOUND_NS + 10**9)
+            j = next(
+                i
+                for i in range(r, len(btc))
+                if btc[i].ts_event >= btc[r].ts_event + BOUND_NS + 10**9
+            )
         else:
             j = first_m2
             assert btc[j].ts_event - BOUND_NS < m2  # the watermark is still in minute 1
         j += 1
         top = newest(btc[:j])
         assert top - btc[r].ts_event > BOUND_NS and minute_of(top) == m2
-        res = run(lob + btc[:r] + btc[r + 1:j] + [btc[r]] + btc[j:])
+        res = run(lob + btc[:r] + btc[r + 1 : j] + [btc[r]] + btc[j:])
         assert [(d.key, d.reason_code, d.ts_event) for d in res.dead] == [
-            (BTC, Reason.LATE, btc[r].ts_event)]
-        assert_rows_equal_except(res, clean, {(BTC, m1): {"events": -1},
-                                              (BTC, m2): {"events": 1, "late": 1}})
+            (BTC, Reason.LATE, btc[r].ts_event)
+        ]
+        assert_rows_equal_except(
+            res, clean, {(BTC, m1): {"events": -1}, (BTC, m2): {"events": 1, "late": 1}}
+        )
 
 
 # -- crossed and locked books ------------------------------------------------------------------
@@ -369,18 +410,27 @@ def test_late_record_is_dead_lettered_and_counted_where_it_arrives(lob: list[L2E
 def _standalone(after: L2Event, ts: int, **changes: Any) -> L2Event:
     """A one-record batch that continues the chain where ``after`` left it (seq = seq_prev =
     the chain head), so the next real batch still chains."""
-    return replace(after, seq_prev=after.seq, seq_first=after.seq, flags=F_LAST, ts_event=ts,
-                   order_id=0, **changes)
+    return replace(
+        after,
+        seq_prev=after.seq,
+        seq_first=after.seq,
+        flags=F_LAST,
+        ts_event=ts,
+        order_id=0,
+        **changes,
+    )
 
 
-def test_crossing_level_is_refused_and_counted_crossed(lob: list[L2Event], btc: list[L2Event],
-                                                       clean: Run) -> None:
+def test_crossing_level_is_refused_and_counted_crossed(
+    lob: list[L2Event], btc: list[L2Event], clean: Run
+) -> None:
     # AAPL: a bid 5 ticks above the best ask
     k = chained_last(lob, len(lob) // 2)
-    ask = book_after(lob[:k + 1]).best_ask()
-    bad = _standalone(lob[k], newest(lob[:k + 1]), kind=Kind.ADD, side=Side.BID,
-                      price=ask + 500, size=100)
-    res = run([*lob[:k + 1], bad, *lob[k + 1:], *btc])
+    ask = book_after(lob[: k + 1]).best_ask()
+    bad = _standalone(
+        lob[k], newest(lob[: k + 1]), kind=Kind.ADD, side=Side.BID, price=ask + 500, size=100
+    )
+    res = run([*lob[: k + 1], bad, *lob[k + 1 :], *btc])
     minute = minute_of(bad.ts_event)
     assert_rows_equal_except(res, clean, {(AAPL, minute): {"events": 1, "crossed": 1}})
     assert [d.reason_code for d in res.dead] == [Reason.CROSSED_BOOK]
@@ -388,27 +438,35 @@ def test_crossing_level_is_refused_and_counted_crossed(lob: list[L2Event], btc: 
     # BTCUSDT: an ask level 3 ticks below the best bid, in minute 3
     m3 = sorted(m for i, m in clean.rows if i == BTC)[2]
     k = chained_last(btc, next(i for i, e in enumerate(btc) if e.ts_event >= m3 + 5 * 10**9))
-    bid = book_after(btc[:k + 1]).best_bid()
-    bad = _standalone(btc[k], newest(btc[:k + 1]), kind=Kind.LEVEL, side=Side.ASK,
-                      price=bid - 3 * TICK_BTC, size=10**8)
-    res = run(lob + btc[:k + 1] + [bad] + btc[k + 1:])
+    bid = book_after(btc[: k + 1]).best_bid()
+    bad = _standalone(
+        btc[k],
+        newest(btc[: k + 1]),
+        kind=Kind.LEVEL,
+        side=Side.ASK,
+        price=bid - 3 * TICK_BTC,
+        size=10**8,
+    )
+    res = run(lob + btc[: k + 1] + [bad] + btc[k + 1 :])
     assert minute_of(bad.ts_event) == m3
     assert_rows_equal_except(res, clean, {(BTC, m3): {"events": 1, "crossed": 1}})
     assert [d.reason_code for d in res.dead] == [Reason.CROSSED_BOOK]
 
 
-def test_locked_book_is_counted_once_per_episode(lob: list[L2Event], btc: list[L2Event],
-                                                 clean: Run) -> None:
+def test_locked_book_is_counted_once_per_episode(
+    lob: list[L2Event], btc: list[L2Event], clean: Run
+) -> None:
     # a bid at the best ask price (the book allows it: locked, not crossed), taken away again
     for events, inst, kind_add, kind_del, size, at in (
-            (lob, AAPL, Kind.ADD, Kind.DELETE, 100, len(lob) // 2),
-            (btc, BTC, Kind.LEVEL, Kind.LEVEL, 0, len(btc) // 2)):
+        (lob, AAPL, Kind.ADD, Kind.DELETE, 100, len(lob) // 2),
+        (btc, BTC, Kind.LEVEL, Kind.LEVEL, 0, len(btc) // 2),
+    ):
         k = chained_last(events, at)
-        ask = book_after(events[:k + 1]).best_ask()
-        ts = newest(events[:k + 1])
+        ask = book_after(events[: k + 1]).best_ask()
+        ts = newest(events[: k + 1])
         lock = _standalone(events[k], ts, kind=kind_add, side=Side.BID, price=ask, size=100)
         unlock = _standalone(events[k], ts, kind=kind_del, side=Side.BID, price=ask, size=size)
-        faulted = [*events[:k + 1], lock, unlock, *events[k + 1:]]
+        faulted = [*events[: k + 1], lock, unlock, *events[k + 1 :]]
         res = run(faulted + (btc if inst == AAPL else lob))
         minute = minute_of(ts)
         assert_rows_equal_except(res, clean, {(inst, minute): {"events": 2, "locked": 1}})
@@ -427,9 +485,9 @@ def _without_span(events: list[L2Event], start: int, end: int) -> tuple[list[L2E
     return kept, newest(kept[:resume]), kept[resume].ts_event
 
 
-def test_removed_time_span_is_a_stale_gap_where_the_feed_resumes(lob: list[L2Event],
-                                                                 btc: list[L2Event],
-                                                                 clean: Run) -> None:
+def test_removed_time_span_is_a_stale_gap_where_the_feed_resumes(
+    lob: list[L2Event], btc: list[L2Event], clean: Run
+) -> None:
     # AAPL: 6 s of the feed missing (also breaks its chain: the outage is a gap as well)
     t0 = lob[len(lob) // 3].ts_event
     kept, before, after = _without_span(lob, t0, t0 + 6 * 10**9)
@@ -448,8 +506,10 @@ def test_removed_time_span_is_a_stale_gap_where_the_feed_resumes(lob: list[L2Eve
     assert res.faults("stale_gaps") == {(BTC, m2): 1}
     assert res.rows[(BTC, m2)]["max_gap_ms"] == round((after - before) / 1e6, 3) > 6000
     assert res.faults("sequence_gaps") == {(BTC, m2): 1}
-    assert res.rows[(AAPL, minute_of(lob[0].ts_event))] == clean.rows[
-        (AAPL, minute_of(lob[0].ts_event))]
+    assert (
+        res.rows[(AAPL, minute_of(lob[0].ts_event))]
+        == clean.rows[(AAPL, minute_of(lob[0].ts_event))]
+    )
 
 
 # -- re-sync ------------------------------------------------------------------------------------
@@ -459,9 +519,9 @@ def _dec(v: int) -> str:
     return f"{v // 10**8}.{v % 10**8:08d}"
 
 
-def test_binance_chain_break_and_new_snapshot_is_one_resync(tmp_path: Path, lob: list[L2Event],
-                                                            btc: list[L2Event],
-                                                            clean: Run) -> None:
+def test_binance_chain_break_and_new_snapshot_is_one_resync(
+    tmp_path: Path, lob: list[L2Event], btc: list[L2Event], clean: Run
+) -> None:
     """At the raw capture level: one depth diff lost (the adapter sees ``pu`` != previous ``u``,
     withholds the book), then a new REST snapshot -- the true book at a later diff's ``u`` --
     from which the adapter re-syncs by Binance's rules."""
@@ -480,11 +540,19 @@ def test_binance_chain_break_and_new_snapshot_is_one_resync(tmp_path: Path, lob:
         book.apply(ev)
         if ev.kind is Kind.LEVEL and ev.is_last and ev.seq == data["u"]:
             break
-    snapshot = {"lastUpdateId": data["u"], "E": data["E"], "T": data["T"],
-                "bids": [[_dec(p), _dec(s)] for p, s in book.bids.top(len(book.bids))],
-                "asks": [[_dec(p), _dec(s)] for p, s in book.asks.top(len(book.asks))]}
-    faulted = (lines[:drop] + lines[drop + 1:resync_at + 1]
-               + [recv + b" " + json.dumps(snapshot).encode() + b"\n"] + lines[resync_at + 1:])
+    snapshot = {
+        "lastUpdateId": data["u"],
+        "E": data["E"],
+        "T": data["T"],
+        "bids": [[_dec(p), _dec(s)] for p, s in book.bids.top(len(book.bids))],
+        "asks": [[_dec(p), _dec(s)] for p, s in book.asks.top(len(book.asks))],
+    }
+    faulted = (
+        lines[:drop]
+        + lines[drop + 1 : resync_at + 1]
+        + [recv + b" " + json.dumps(snapshot).encode() + b"\n"]
+        + lines[resync_at + 1 :]
+    )
     path = tmp_path / "btcusdt_resync.gz"
     with gzip.open(path, "wb") as fh:
         fh.writelines(faulted)
@@ -507,17 +575,22 @@ def test_binance_chain_break_and_new_snapshot_is_one_resync(tmp_path: Path, lob:
 # -- records without an instrument-minute --------------------------------------------------------
 
 
-def test_unreadable_records_count_as_events_only_and_never_before_state(lob: list[L2Event],
-                                                                        clean: Run) -> None:
+def test_unreadable_records_count_as_events_only_and_never_before_state(
+    lob: list[L2Event], clean: Run
+) -> None:
     k = len(lob) // 2
-    bad: list[Record] = [(AAPL, "{oops"),  # malformed, the key has a book
-                         (AAPL, encode_event(replace(lob[k], instrument="MSFT.XNAS")).decode())]
+    bad: list[Record] = [
+        (AAPL, "{oops"),  # malformed, the key has a book
+        (AAPL, encode_event(replace(lob[k], instrument="MSFT.XNAS")).decode()),
+    ]
     res = run([("GOOG.XNAS", "{oops"), *lob[:k], *bad, *lob[k:]])
     assert "GOOG.XNAS" not in res.states and not any(i == "GOOG.XNAS" for i, _ in res.rows)
     assert len(res.dead) == 3
     minute = minute_of(lob[0].ts_event)
-    assert res.rows[(AAPL, minute)] == {**clean.rows[(AAPL, minute)],
-                                        "events": clean.rows[(AAPL, minute)]["events"] + 2}
+    assert res.rows[(AAPL, minute)] == {
+        **clean.rows[(AAPL, minute)],
+        "events": clean.rows[(AAPL, minute)]["events"] + 2,
+    }
 
 
 # -- the Flink function's wiring (no JVM: fake keyed state, context and timers) -------------------
@@ -584,15 +657,15 @@ class _Ctx:
 
 
 def test_flink_function_emits_quality_rows_and_flushes_at_end_of_input(
-        lob: list[L2Event], btc: list[L2Event], clean: Run) -> None:
+    lob: list[L2Event], btc: list[L2Event], clean: Run
+) -> None:
     pytest.importorskip("pyflink")
     from jobs.features_job import END_OF_INPUT_MS, QUALITY_TAG, SEP, BookFeaturesFunction
 
     cfg = Config()
     rt = _Runtime()
     ctx = _Ctx(rt)
-    records = [(e.instrument, encode_event(e).decode(), e.ts_event // 1_000_000)
-               for e in lob + btc]
+    records = [(e.instrument, encode_event(e).decode(), e.ts_event // 1_000_000) for e in lob + btc]
     half = len(lob) + len(btc) // 2
     rows: list[dict] = []
 
@@ -624,7 +697,8 @@ def test_flink_function_emits_quality_rows_and_flushes_at_end_of_input(
 
 
 def test_flink_function_restores_a_state_pickled_before_the_quality_stage(
-        lob: list[L2Event]) -> None:
+    lob: list[L2Event],
+) -> None:
     pytest.importorskip("pyflink")
     from jobs.features_job import BookFeaturesFunction
 

@@ -1,4 +1,5 @@
-"""Tests of udfs.risk: one hand-computed case per rule, with the boundary value on both sides so
+"""Tests of udfs.execution.risk: one hand-computed case per rule, with the boundary value on both
+sides so
 that removing a rule or flipping its comparison fails a test.
 
 Instrument: prices in ticks of 1e-4 USD (LOBSTER convention), sizes in shares (size_exp 0), so
@@ -13,10 +14,9 @@ from dataclasses import replace
 
 import pytest
 
-from udfs.book import OrderBook
 from udfs.config import RiskConfig
-from udfs.portfolio import Portfolio
-from udfs.risk import (
+from udfs.execution.portfolio import Portfolio
+from udfs.execution.risk import (
     RiskDecision,
     RiskEngine,
     Rule,
@@ -25,6 +25,7 @@ from udfs.risk import (
     mid_ticks,
     reject_report,
 )
+from udfs.market.book import OrderBook
 from udfs.schema import (
     Control,
     ControlCommand,
@@ -43,22 +44,45 @@ MS = 1_000_000
 T0 = 1_340_280_000_000_000_000  # 2012-06-21 ~12:00 UTC, ns
 
 # limits wide enough that only the rule under test can refuse
-LOOSE = RiskConfig(max_order_notional=1e9, max_position_notional=1e9, price_band_bps=10_000.0,
-                   max_orders_per_window=1_000_000, throttle_window_ms=1000,
-                   max_drawdown=1e9)
+LOOSE = RiskConfig(
+    max_order_notional=1e9,
+    max_position_notional=1e9,
+    price_band_bps=10_000.0,
+    max_orders_per_window=1_000_000,
+    throttle_window_ms=1000,
+    max_drawdown=1e9,
+)
 
 _ids = iter(range(1, 10**9))
 
 
-def order(side: str = "BUY", qty: int = 100, price: int = 1_000_000, *,
-          otype: OrderType = OrderType.LIMIT, inst: str = INST, oid: str | None = None,
-          action: OrderAction = OrderAction.NEW, reduce_only: bool = False,
-          ts: int = T0) -> Order:
-    return Order(order_id=oid or f"o{next(_ids)}", instrument=inst, strategy="test",
-                 action=action, side=OrderSide(side), order_type=otype,
-                 price=0 if otype is OrderType.MARKET else price, quantity=qty,
-                 price_exp=PX_EXP, size_exp=0, ts_event=ts, source_seq=1,
-                 reduce_only=reduce_only)
+def order(
+    side: str = "BUY",
+    qty: int = 100,
+    price: int = 1_000_000,
+    *,
+    otype: OrderType = OrderType.LIMIT,
+    inst: str = INST,
+    oid: str | None = None,
+    action: OrderAction = OrderAction.NEW,
+    reduce_only: bool = False,
+    ts: int = T0,
+) -> Order:
+    return Order(
+        order_id=oid or f"o{next(_ids)}",
+        instrument=inst,
+        strategy="test",
+        action=action,
+        side=OrderSide(side),
+        order_type=otype,
+        price=0 if otype is OrderType.MARKET else price,
+        quantity=qty,
+        price_exp=PX_EXP,
+        size_exp=0,
+        ts_event=ts,
+        source_seq=1,
+        reduce_only=reduce_only,
+    )
 
 
 def book(bid: int | None = 999_900, ask: int | None = 1_000_100, inst: str = INST) -> OrderBook:
@@ -70,11 +94,22 @@ def book(bid: int | None = 999_900, ask: int | None = 1_000_100, inst: str = INS
     return ob
 
 
-def fill(side: str, qty: int, price: int, *, inst: str = INST, fee: float = 0.0,
-         rid: str | None = None) -> ExecReport:
-    return ExecReport(report_id=rid or f"f{next(_ids)}", order_id="x", instrument=inst,
-                      kind=ExecKind.FILL, ts_event=T0, side=side, fill_price=price,
-                      fill_qty=qty, fee=fee, price_exp=PX_EXP, size_exp=0)
+def fill(
+    side: str, qty: int, price: int, *, inst: str = INST, fee: float = 0.0, rid: str | None = None
+) -> ExecReport:
+    return ExecReport(
+        report_id=rid or f"f{next(_ids)}",
+        order_id="x",
+        instrument=inst,
+        kind=ExecKind.FILL,
+        ts_event=T0,
+        side=side,
+        fill_price=price,
+        fill_qty=qty,
+        fee=fee,
+        price_exp=PX_EXP,
+        size_exp=0,
+    )
 
 
 def portfolio_with(qty: int, price: int = 1_000_000, inst: str = INST) -> Portfolio:
@@ -124,8 +159,7 @@ def test_max_order_notional_market_uses_touch():
     ob = book(1_000_000, 1_000_200)
     # market buy takes the ask: 100 x $100.02 = $10,002 > $10,000
     ok, reason = eng.check(order("BUY", 100, otype=OrderType.MARKET), ob, Portfolio(), T0)
-    assert not ok and reason == ("max_order_notional: BUY 100 @ ask 1000200 = 10002 > "
-                                 "limit 10000")
+    assert not ok and reason == ("max_order_notional: BUY 100 @ ask 1000200 = 10002 > limit 10000")
     # market sell takes the bid: 100 x $100.00 = $10,000, accepted
     assert eng.check(order("SELL", 100, otype=OrderType.MARKET), ob, Portfolio(), T0)[0]
 
@@ -136,8 +170,9 @@ def test_max_order_notional_uses_exponents():
     o = replace(order("BUY", 10_001, 1_000_000), size_exp=-2)
     ok, reason = eng.check(o, book(), Portfolio(), T0)
     assert not ok and "= 10001 > limit 10000" in reason
-    assert eng.check(replace(order("BUY", 10_000, 1_000_000), size_exp=-2), book(),
-                     Portfolio(), T0)[0]
+    assert eng.check(
+        replace(order("BUY", 10_000, 1_000_000), size_exp=-2), book(), Portfolio(), T0
+    )[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,8 +189,10 @@ def test_max_position_notional_post_trade_at_mid():
     # 250 + 50 = 300 x $100.01 = $30,003 > limit
     ok, reason = eng.check(order("BUY", 50, 1_000_100), ob, pf, T0)
     assert not ok
-    assert reason == ("max_position_notional: position +250 -> +300 lots x mid 1000100 ticks "
-                      "= 30003 > limit 29902.99")
+    assert reason == (
+        "max_position_notional: position +250 -> +300 lots x mid 1000100 ticks "
+        "= 30003 > limit 29902.99"
+    )
 
 
 def test_position_limit_counts_short_side():
@@ -169,8 +206,7 @@ def test_position_limit_counts_short_side():
 def test_reducing_order_passes_position_and_order_limits():
     ob = book(1_000_000, 1_000_200)
     pf = portfolio_with(400)  # 400 x $100.01 = $40,004: already above the $30,000 cap
-    eng = RiskEngine(replace(LOOSE, max_position_notional=30_000.0,
-                             max_order_notional=25_000.0))
+    eng = RiskEngine(replace(LOOSE, max_position_notional=30_000.0, max_order_notional=25_000.0))
     # SELL 100 -> 300 x $100.01 = $30,003 still > cap, but it reduces: accepted
     assert eng.check(order("SELL", 100, 1_000_000), ob, pf, T0) == (True, "accepted: reducing")
     # SELL 400 @ $100 = $40,000 > the order cap, but it closes the position: accepted
@@ -194,8 +230,9 @@ def test_price_band_limit_boundary():
     assert eng.check(order("SELL", 1, 1_005_000), ob, Portfolio(), T0)[0]
     ok, reason = eng.check(order("BUY", 1, 994_999), ob, Portfolio(), T0)
     assert not ok
-    assert reason == ("price_band: LIMIT BUY price 994999 is 50.01 bps from mid 1000000 > "
-                      "band 50 bps")
+    assert reason == (
+        "price_band: LIMIT BUY price 994999 is 50.01 bps from mid 1000000 > band 50 bps"
+    )
     ok, reason = eng.check(order("SELL", 1, 1_005_001), ob, Portfolio(), T0)
     assert not ok and reason.startswith("price_band: LIMIT SELL price 1005001 is 50.01 bps")
     # inside the band on the aggressive side too
@@ -205,15 +242,19 @@ def test_price_band_limit_boundary():
 def test_price_band_market_uses_touch():
     wide = book(990_000, 1_010_000)  # mid 1_000_000, touch 100 bps away
     ok, reason = RiskEngine(replace(LOOSE, price_band_bps=99.0)).check(
-        order("BUY", 1, otype=OrderType.MARKET), wide, Portfolio(), T0)
+        order("BUY", 1, otype=OrderType.MARKET), wide, Portfolio(), T0
+    )
     assert not ok
-    assert reason == ("price_band: MARKET BUY price ask 1010000 is 100 bps from mid 1000000 > "
-                      "band 99 bps")
+    assert reason == (
+        "price_band: MARKET BUY price ask 1010000 is 100 bps from mid 1000000 > band 99 bps"
+    )
     ok, reason = RiskEngine(replace(LOOSE, price_band_bps=99.0)).check(
-        order("SELL", 1, otype=OrderType.MARKET), wide, Portfolio(), T0)
+        order("SELL", 1, otype=OrderType.MARKET), wide, Portfolio(), T0
+    )
     assert not ok and reason.startswith("price_band: MARKET SELL price bid 990000 is 100 bps")
     assert RiskEngine(replace(LOOSE, price_band_bps=100.0)).check(
-        order("BUY", 1, otype=OrderType.MARKET), wide, Portfolio(), T0)[0]
+        order("BUY", 1, otype=OrderType.MARKET), wide, Portfolio(), T0
+    )[0]
 
 
 def test_price_band_applies_to_reducing_orders():
@@ -229,11 +270,14 @@ def test_price_band_applies_to_reducing_orders():
 def test_throttle_burst_accepts_exactly_n():
     n = 7
     eng = RiskEngine(replace(LOOSE, max_orders_per_window=n, throttle_window_ms=1000))
-    results = [eng.check(order("BUY", 1, ts=T0 + i * MS), book(), Portfolio(), T0 + i * MS)
-               for i in range(n + 5)]
+    results = [
+        eng.check(order("BUY", 1, ts=T0 + i * MS), book(), Portfolio(), T0 + i * MS)
+        for i in range(n + 5)
+    ]
     assert [ok for ok, _ in results] == [True] * n + [False] * 5
-    assert results[-1].reason == ("throttle: 7 orders accepted for AAPL.XNAS in the last "
-                                  "1000 ms (limit 7 per 1000 ms)")
+    assert results[-1].reason == (
+        "throttle: 7 orders accepted for AAPL.XNAS in the last 1000 ms (limit 7 per 1000 ms)"
+    )
     # another instrument has its own window
     assert eng.check(order("BUY", 1, inst=OTHER), book(inst=OTHER), Portfolio(), T0 + 11 * MS)[0]
 
@@ -269,8 +313,21 @@ def test_throttle_is_deterministic_on_replay():
 
     first = run()
     assert first == run()
-    assert [ok for ok, _ in first] == [True, True, True, False, False,
-                                       True, False, True, True, True, False, False, True]
+    assert [ok for ok, _ in first] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,8 +341,9 @@ def test_kill_switch_blocks_the_very_next_order_cancels_pass():
     assert eng.on_control(Control(ControlCommand.KILL, reason="operator", ts_event=T0)) is False
     ok, reason = eng.check(order("BUY", 1), ob, pf, T0)
     assert not ok
-    assert reason == ("halted: trading HALTED for all instruments by kill (operator); "
-                      "new BUY 1 refused")
+    assert reason == (
+        "halted: trading HALTED for all instruments by kill (operator); new BUY 1 refused"
+    )
     # reducing orders too: HALTED refuses every new order
     assert eng.check(order("SELL", 10), ob, portfolio_with(10), T0).rule == Rule.HALTED
     # cancels always pass, even without a book
@@ -325,8 +383,9 @@ def test_reducing_state_accepts_only_reducing_orders():
     pf = portfolio_with(100)
     ok, reason = eng.check(order("BUY", 10), book(), pf, T0)
     assert not ok
-    assert reason == ("reducing: trading REDUCING for AAPL.XNAS: BUY 10 does not reduce "
-                      "position +100")
+    assert reason == (
+        "reducing: trading REDUCING for AAPL.XNAS: BUY 10 does not reduce position +100"
+    )
     assert eng.check(order("SELL", 150), book(), pf, T0).rule == Rule.REDUCING  # flips
     assert eng.check(order("SELL", 100), book(), pf, T0) == (True, "accepted: reducing")
     assert eng.check(order("SELL", 1), book(), Portfolio(), T0).rule == Rule.REDUCING  # flat
@@ -349,11 +408,14 @@ def test_fail_closed_without_book_or_mark():
     pf = Portfolio()
     assert eng.check(order(), None, pf, T0) == (False, "no_book: no book for AAPL.XNAS yet")
     assert eng.check(order(), book(inst=OTHER), pf, T0).reason == (
-        "no_book: book given is MSFT.XNAS, order is for AAPL.XNAS")
+        "no_book: book given is MSFT.XNAS, order is for AAPL.XNAS"
+    )
     assert eng.check(order(), book(999_900, None), pf, T0).reason == (
-        "no_mark: AAPL.XNAS book has no ask: no mid to price against")
+        "no_mark: AAPL.XNAS book has no ask: no mid to price against"
+    )
     assert eng.check(order(), book(None, None), pf, T0).reason == (
-        "no_mark: AAPL.XNAS book has no bid and ask: no mid to price against")
+        "no_mark: AAPL.XNAS book has no bid and ask: no mid to price against"
+    )
     ok, reason = eng.check(order(inst="TSLA.XNAS"), book(inst="TSLA.XNAS"), pf, T0)
     assert not ok and reason == "unknown_instrument: TSLA.XNAS is not in the tradable universe"
     halted = book()
@@ -387,7 +449,8 @@ def test_duplicate_order_id_refused_and_not_counted():
     # refused orders are remembered with their reason
     eng.check(order(oid="c", qty=0), book(), Portfolio(), T0)
     assert eng.check(order(oid="c"), book(), Portfolio(), T0).reason == (
-        "duplicate: order c already decided (invalid_order: quantity 0 <= 0)")
+        "duplicate: order c already decided (invalid_order: quantity 0 <= 0)"
+    )
 
 
 def test_seen_is_bounded():
@@ -404,16 +467,23 @@ def test_engine_survives_restart_pickle_and_dict():
     eng.check(order(oid="b"), book(), Portfolio(), T0 + MS)
     eng.on_control(Control(ControlCommand.KILL, instrument=OTHER, reason="x"))
     eng.set_state(TradingState.REDUCING, instrument="ZZZ")
-    for restored in (pickle.loads(pickle.dumps(eng)),
-                     RiskEngine.from_dict(json.loads(json.dumps(eng.to_dict())))):
+    for restored in (
+        pickle.loads(pickle.dumps(eng)),
+        RiskEngine.from_dict(json.loads(json.dumps(eng.to_dict()))),
+    ):
         assert restored.to_dict() == eng.to_dict()
         assert restored.seen("a") and restored.seen("b")
         # throttle window restored: a third order inside the window is refused
         assert restored.check(order(oid="c"), book(), Portfolio(), T0 + 2 * MS).rule == (
-            Rule.THROTTLE)
+            Rule.THROTTLE
+        )
         assert restored.effective_state(OTHER)[0] is TradingState.HALTED
-        assert restored.check(order(oid="d", inst="TSLA.XNAS"), book(inst="TSLA.XNAS"),
-                              Portfolio(), T0).rule == Rule.UNKNOWN_INSTRUMENT
+        assert (
+            restored.check(
+                order(oid="d", inst="TSLA.XNAS"), book(inst="TSLA.XNAS"), Portfolio(), T0
+            ).rule
+            == Rule.UNKNOWN_INSTRUMENT
+        )
 
 
 def test_reject_report():
@@ -438,12 +508,12 @@ def test_drawdown_guard_trips_at_the_limit():
     ctrl = eng.check_drawdown(pf, {INST: 899_999}, T0 + 5)  # drawdown $1,000.01
     assert ctrl is not None and ctrl.command is ControlCommand.KILL_TRIPPED
     assert ctrl.instrument == "" and ctrl.ts_event == T0 + 5
-    assert ctrl.reason == ("max_drawdown: drawdown 1000.01 > limit 1000 (peak 0, equity "
-                           "-1000.01)")
+    assert ctrl.reason == ("max_drawdown: drawdown 1000.01 > limit 1000 (peak 0, equity -1000.01)")
     assert eng.state is TradingState.HALTED
     ok, reason = eng.check(order("BUY", 1), book(), pf, T0 + 6)
-    assert not ok and reason.startswith("halted: trading HALTED for all instruments by "
-                                        "kill_tripped (max_drawdown: drawdown 1000.01")
+    assert not ok and reason.startswith(
+        "halted: trading HALTED for all instruments by kill_tripped (max_drawdown: drawdown 1000.01"
+    )
     assert eng.check_drawdown(pf, {INST: 800_000}, T0 + 7) is None  # already halted: once
 
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from jobs.sources import SAMPLE_LOBSTER
-from udfs.adapters.lobster import iter_lobster_events
 from udfs.config import ConfigError, FeatureConfig, load_config, topic_overrides
+from udfs.market.adapters.lobster import iter_lobster_events
+from udfs.market.adapters.sources import SAMPLE_LOBSTER
 from udfs.pipeline import RecordSource, process_record
 from udfs.schema import (
     F_LAST,
@@ -32,8 +32,19 @@ def sample_events() -> list[L2Event]:
 
 
 def _good() -> L2Event:
-    return L2Event("AAPL.XNAS", "XNAS", Kind.ADD, Side.BID, 5853300, 18, 10, 10, price_exp=-4,
-                   seq=2, seq_prev=1)
+    return L2Event(
+        "AAPL.XNAS",
+        "XNAS",
+        Kind.ADD,
+        Side.BID,
+        5853300,
+        18,
+        10,
+        10,
+        price_exp=-4,
+        seq=2,
+        seq_prev=1,
+    )
 
 
 def test_round_trip_is_exact_and_versioned(sample_events):
@@ -43,19 +54,22 @@ def test_round_trip_is_exact_and_versioned(sample_events):
         assert decode_event(raw) == ev
 
 
-@pytest.mark.parametrize(("mutate", "field", "reason"), [
-    (lambda d: d.update(v=99), "v", "unknown schema version 99"),
-    (lambda d: d.update(size=-5), "size", "negative size -5"),
-    (lambda d: d.update(price=float("nan")), "price", "NaN"),
-    (lambda d: d.update(price=1.5), "price", "float"),
-    (lambda d: d.update(side="X"), "side", "unknown side"),
-    (lambda d: d.update(kind="teleport"), "kind", "unknown kind"),
-    (lambda d: d.pop("ts_event"), "ts_event", "missing"),
-    (lambda d: d.update(price=0), "price", "positive price"),
-    (lambda d: d.update(instrument=""), "instrument", "empty"),
-    (lambda d: d.update(extra=1), "extra", "unknown field"),
-    (lambda d: d.update(size=True), "size", "expected integer"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "field", "reason"),
+    [
+        (lambda d: d.update(v=99), "v", "unknown schema version 99"),
+        (lambda d: d.update(size=-5), "size", "negative size -5"),
+        (lambda d: d.update(price=float("nan")), "price", "NaN"),
+        (lambda d: d.update(price=1.5), "price", "float"),
+        (lambda d: d.update(side="X"), "side", "unknown side"),
+        (lambda d: d.update(kind="teleport"), "kind", "unknown kind"),
+        (lambda d: d.pop("ts_event"), "ts_event", "missing"),
+        (lambda d: d.update(price=0), "price", "positive price"),
+        (lambda d: d.update(instrument=""), "instrument", "empty"),
+        (lambda d: d.update(extra=1), "extra", "unknown field"),
+        (lambda d: d.update(size=True), "size", "expected integer"),
+    ],
+)
 def test_validation_names_field_and_reason(mutate, field, reason):
     d = json.loads(encode_event(_good()))
     mutate(d)
@@ -105,13 +119,37 @@ def test_bad_records_are_dead_lettered_with_reasons_and_counts_reconcile(sample_
         (Reason.UNKNOWN_VERSION, good.replace(b'"v":1', b'"v":7')),
         (Reason.SCHEMA, good.replace(b'"size":', b'"size":-').replace(b'"size":--', b'"size":-')),
         (Reason.SCHEMA, good.replace(f'"price":{last.price}'.encode(), b'"price":NaN')),
-        (Reason.CROSSED_BOOK, encode_event(replace(
-            last, kind=Kind.LEVEL, side=Side.BID, price=best_ask + 10_000, size=100,
-            seq=last.seq + 1, seq_prev=last.seq, flags=F_LAST))),
-        (Reason.SEQUENCE_GAP, encode_event(replace(last, seq=last.seq + 50,
-                                                   seq_prev=last.seq + 49, flags=F_LAST))),
-        (Reason.LATE, encode_event(replace(last, ts_event=last.ts_event - 10_000_000_000,
-                                           seq=last.seq + 1, seq_prev=last.seq, flags=F_LAST))),
+        (
+            Reason.CROSSED_BOOK,
+            encode_event(
+                replace(
+                    last,
+                    kind=Kind.LEVEL,
+                    side=Side.BID,
+                    price=best_ask + 10_000,
+                    size=100,
+                    seq=last.seq + 1,
+                    seq_prev=last.seq,
+                    flags=F_LAST,
+                )
+            ),
+        ),
+        (
+            Reason.SEQUENCE_GAP,
+            encode_event(replace(last, seq=last.seq + 50, seq_prev=last.seq + 49, flags=F_LAST)),
+        ),
+        (
+            Reason.LATE,
+            encode_event(
+                replace(
+                    last,
+                    ts_event=last.ts_event - 10_000_000_000,
+                    seq=last.seq + 1,
+                    seq_prev=last.seq,
+                    flags=F_LAST,
+                )
+            ),
+        ),
         (Reason.KEY_MISMATCH, encode_event(replace(last, instrument="MSFT.XNAS"))),
     ]
     state, _, dead = _run(records + [(key, raw.decode()) for _, raw in bad])
@@ -123,8 +161,18 @@ def test_bad_records_are_dead_lettered_with_reasons_and_counts_reconcile(sample_
     assert state.dead_lettered == len(bad)
     # the book went on: the next real event still applies after all that
     bid = state.book.best_bid()
-    nxt = encode_event(replace(last, kind=Kind.ADD, side=Side.BID, price=bid, size=1,
-                               seq=last.seq + 1, seq_prev=last.seq, flags=F_LAST))
+    nxt = encode_event(
+        replace(
+            last,
+            kind=Kind.ADD,
+            side=Side.BID,
+            price=bid,
+            size=1,
+            seq=last.seq + 1,
+            seq_prev=last.seq,
+            flags=F_LAST,
+        )
+    )
     state, res = process_record(state, key, nxt.decode(), SRC, FeatureConfig(), BOUND_MS)
     assert res.dead_letters == [] and len(res.features) == 1
     assert state.book.bids.get(bid) == res.features[0]["bid_size"]
@@ -132,11 +180,11 @@ def test_bad_records_are_dead_lettered_with_reasons_and_counts_reconcile(sample_
 
 def test_config_layers_and_rejects_unknown(tmp_path):
     toml = tmp_path / "bookstream.toml"
-    toml.write_text('[kafka]\nport = 29092\n[flink]\nout_of_orderness_ms = 500\n')
+    toml.write_text("[kafka]\nport = 29092\n[flink]\nout_of_orderness_ms = 500\n")
     cfg = load_config(toml, env={"BOOKSTREAM_FLINK_OUT_OF_ORDERNESS_MS": "750"})
     assert cfg.kafka.bootstrap_servers == "127.0.0.1:29092"
     assert cfg.flink.out_of_orderness_ms == 750
-    toml.write_text('[kafka]\nprot = 1\n')
+    toml.write_text("[kafka]\nprot = 1\n")
     with pytest.raises(ConfigError, match="prot"):
         load_config(toml, env={})
     with pytest.raises(ConfigError, match="bogus"):

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from jobs.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
+from udfs.execution.sequencer import Sequencer
+from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
 from udfs.schema import L2Event, Order, OrderAction, OrderSide, OrderType
-from udfs.sequencer import Sequencer
 
 BOUND_NS = 100_000_000
 """lateness bound of these tests: above the sample's own disorder (24 ms), below its spans"""
@@ -41,10 +41,20 @@ class RecordingEngine:
 
 
 def _order(ev: L2Event, action: OrderAction = OrderAction.NEW) -> Order:
-    return Order(order_id=f"{ev.instrument}-{ev.seq}", instrument=ev.instrument,
-                 strategy="t", action=action, side=OrderSide.BUY, order_type=OrderType.LIMIT,
-                 price=ev.price, quantity=1, price_exp=ev.price_exp, size_exp=ev.size_exp,
-                 ts_event=ev.ts_event + 1_000_000, source_seq=ev.seq)
+    return Order(
+        order_id=f"{ev.instrument}-{ev.seq}",
+        instrument=ev.instrument,
+        strategy="t",
+        action=action,
+        side=OrderSide.BUY,
+        order_type=OrderType.LIMIT,
+        price=ev.price,
+        quantity=1,
+        price_exp=ev.price_exp,
+        size_exp=ev.size_exp,
+        ts_event=ev.ts_event + 1_000_000,
+        source_seq=ev.seq,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +72,9 @@ def streams() -> dict[int, tuple[list[L2Event], list[Order]]]:
             if i % 37 == 0:
                 orders.append(_order(ev))
             if i % 200 == 199:  # the job's heartbeat: every order up to here is out
-                orders.append(replace(_order(ev, OrderAction.HEARTBEAT),
-                                      ts_event=ev.ts_event + 1_000_000))
+                orders.append(
+                    replace(_order(ev, OrderAction.HEARTBEAT), ts_event=ev.ts_event + 1_000_000)
+                )
         out[p] = (events, orders)
     return out
 
@@ -72,13 +83,14 @@ def _run(streams, schedule: list[tuple[str, int, int]]) -> list:
     """Feed chunks (kind, partition, size) in the given order, draining after each; then
     mark everything complete and drain what the end releases."""
     engine = RecordingEngine()
-    seq = Sequencer(engine, lateness_ns=BOUND_NS, expected_partitions={0, 1},
-                    expected_order_partitions={0, 1})
+    seq = Sequencer(
+        engine, lateness_ns=BOUND_NS, expected_partitions={0, 1}, expected_order_partitions={0, 1}
+    )
     cursors = {("market", p): 0 for p in streams} | {("orders", p): 0 for p in streams}
     for kind, p, size in schedule:
         items = streams[p][0] if kind == "market" else streams[p][1]
         start = cursors[(kind, p)]
-        for item in items[start:start + size]:
+        for item in items[start : start + size]:
             if kind == "market":
                 seq.add_market(item, p)
             else:
@@ -107,8 +119,9 @@ def _schedule(streams, rng: random.Random | None, first: int | None = None) -> l
 
 def test_read_order_of_partitions_does_not_change_what_the_engine_sees(streams) -> None:
     reference = _run(streams, _schedule(streams, None, first=0))
-    assert len(reference) == sum(len(e) + sum(o.action is OrderAction.NEW for o in orders)
-                                 for e, orders in streams.values())
+    assert len(reference) == sum(
+        len(e) + sum(o.action is OrderAction.NEW for o in orders) for e, orders in streams.values()
+    )
     assert _run(streams, _schedule(streams, None, first=1)) == reference
     for seed in range(5):
         assert _run(streams, _schedule(streams, random.Random(seed))) == reference
@@ -145,8 +158,9 @@ def test_inputs_are_fed_in_exchange_time_with_orders_after_their_trigger(streams
 
 def test_nothing_is_released_before_every_expected_partition_delivered(streams) -> None:
     engine = RecordingEngine()
-    seq = Sequencer(engine, lateness_ns=BOUND_NS, expected_partitions={0, 1},
-                    expected_order_partitions={0, 1})
+    seq = Sequencer(
+        engine, lateness_ns=BOUND_NS, expected_partitions={0, 1}, expected_order_partitions={0, 1}
+    )
     events, orders = streams[1]
     for ev in events:
         seq.add_market(ev, 1)

@@ -1,4 +1,5 @@
-"""Tests of udfs.signals: the imbalance rule's hysteresis on hand-made rows and on the shipped
+"""Tests of udfs.strategy.signals: the imbalance rule's hysteresis on hand-made rows and on the
+shipped
 sample's feature rows, and the stable A/B split."""
 
 from __future__ import annotations
@@ -14,23 +15,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.sources import Source
 from udfs.config import FeatureConfig, StrategyConfig
+from udfs.market.adapters.sources import Source
 from udfs.pipeline import RecordSource, process_record
 from udfs.schema import Signal, encode_event
-from udfs.signals import RULE_STRATEGY, RuleState, model_traded, rule_direction, rule_signal
+from udfs.strategy.signals import (
+    RULE_STRATEGY,
+    RuleState,
+    model_traded,
+    rule_direction,
+    rule_signal,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = StrategyConfig()  # imbalance_3, enter 0.6, exit 0.2
 
 
-def row(imb: float, micro: str = "=", *, key: str = "imbalance_3", ts: int = 1,
-        **extra) -> dict:
+def row(imb: float, micro: str = "=", *, key: str = "imbalance_3", ts: int = 1, **extra) -> dict:
     """A feature dict with mid 100 and microprice above ('+'), below ('-') or at ('=') it."""
     mid = 100.0
     micro_px = {"+": 100.3, "-": 99.7, "=": 100.0}[micro]
-    d = {"instrument": "TEST.X", "ts_event": ts, "seq": ts, "mid": mid, "microprice": micro_px,
-         "imbalance_1": 0.0, "imbalance_2": 0.0, "imbalance_3": 0.0}
+    d = {
+        "instrument": "TEST.X",
+        "ts_event": ts,
+        "seq": ts,
+        "mid": mid,
+        "microprice": micro_px,
+        "imbalance_1": 0.0,
+        "imbalance_2": 0.0,
+        "imbalance_3": 0.0,
+    }
     d[key] = imb
     d.update(extra)
     return d
@@ -70,13 +84,13 @@ def test_thresholds_are_strict():
 
 def test_hysteresis_holds_between_thresholds_and_exits_below():
     rows = [
-        row(0.7, "+", ts=1),   # enter long
-        row(0.5, "-", ts=2),   # between the thresholds: hold (microprice irrelevant)
+        row(0.7, "+", ts=1),  # enter long
+        row(0.5, "-", ts=2),  # between the thresholds: hold (microprice irrelevant)
         row(0.25, "-", ts=3),  # still >= X: hold
         row(0.65, "-", ts=4),  # strong but microprice disagrees: hold long, no re-signal
         row(-0.4, "+", ts=5),  # other side, |I| between thresholds: hold
-        row(0.1, "+", ts=6),   # |I| < X: flat
-        row(0.5, "+", ts=7),   # between thresholds while flat: stays flat
+        row(0.1, "+", ts=6),  # |I| < X: flat
+        row(0.5, "+", ts=7),  # between thresholds while flat: stays flat
         row(-0.65, "+", ts=8),  # short imbalance without microprice agreement: stays flat
         row(-0.65, "-", ts=9),  # enter short
         row(-0.3, "+", ts=10),  # hold short
@@ -92,8 +106,15 @@ def test_hysteresis_holds_between_thresholds_and_exits_below():
 def test_signal_fields():
     state = RuleState()
     sig = rule_signal(state, row(0.75, "+", ts=42), CFG)
-    assert sig == Signal(instrument="TEST.X", strategy=RULE_STRATEGY, ts_event=42, seq=42,
-                         score=0.75, direction=1, traded=True)
+    assert sig == Signal(
+        instrument="TEST.X",
+        strategy=RULE_STRATEGY,
+        ts_event=42,
+        seq=42,
+        score=0.75,
+        direction=1,
+        traded=True,
+    )
     assert sig.strategy == "imbalance_v1"
     assert rule_signal(state, row(0.75, "+", ts=43), CFG) is None  # no change, no signal
     assert (state.direction, state.rows, state.changes) == (1, 2, 1)
@@ -132,8 +153,9 @@ def sample_rows() -> dict[str, list[dict]]:
     src = RecordSource("test", 0, 0)
     for ev in Source.sample().events():
         k = ev.instrument
-        states[k], res = process_record(states.get(k), k, encode_event(ev), src,
-                                        FeatureConfig(), 2000)
+        states[k], res = process_record(
+            states.get(k), k, encode_event(ev), src, FeatureConfig(), 2000
+        )
         rows.setdefault(k, []).extend(res.features)
     return rows
 
@@ -143,8 +165,11 @@ def _no_hysteresis_changes(rs: list[dict], cfg: StrategyConfig) -> int:
     d = n = 0
     for r in rs:
         imb, mp, m = r["imbalance_3"], r["microprice"], r["mid"]
-        nd = 1 if imb > cfg.enter_threshold and mp > m else (
-            -1 if imb < -cfg.enter_threshold and mp < m else 0)
+        nd = (
+            1
+            if imb > cfg.enter_threshold and mp > m
+            else (-1 if imb < -cfg.enter_threshold and mp < m else 0)
+        )
         n += nd != d
         d = nd
     return n
@@ -189,11 +214,11 @@ def test_sample_changes_far_less_often_than_sign_of_imbalance(sample_rows):
 # A/B split
 
 EXPECTED_AT_HALF = {
-    "AAPL.XNAS": True,             # 0.316
+    "AAPL.XNAS": True,  # 0.316
     "BTCUSDT.BINANCE_USDM": False,  # 0.581
-    "MSFT.XNAS": True,             # 0.390
-    "GOOG.XNAS": False,            # 0.802
-    "AMZN.XNAS": False,            # 0.933
+    "MSFT.XNAS": True,  # 0.390
+    "GOOG.XNAS": False,  # 0.802
+    "AMZN.XNAS": False,  # 0.933
     "ETHUSDT.BINANCE_USDM": False,  # 0.532
 }
 
@@ -208,12 +233,20 @@ def test_ab_split_fixed_partition():
 
 
 def test_ab_split_stable_across_processes():
-    code = ("import json, sys; from udfs.signals import model_traded; "
-            "print(json.dumps({n: model_traded(n, 0.5) for n in json.loads(sys.argv[1])}))")
+    code = (
+        "import json, sys; from udfs.strategy.signals import model_traded; "
+        "print(json.dumps({n: model_traded(n, 0.5) for n in json.loads(sys.argv[1])}))"
+    )
     for seed in ("0", "1", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", code, json.dumps(list(EXPECTED_AT_HALF))],
-                             cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(list(EXPECTED_AT_HALF))],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert json.loads(out.stdout) == EXPECTED_AT_HALF
 
 

@@ -1,4 +1,4 @@
-"""Tests of udfs.sizing: every formula against hand-computed numbers (written out in the
+"""Tests of udfs.strategy.sizing: every formula against hand-computed numbers (written out in the
 comments), the guards, the binding cap of each case, and rounding toward zero in lots."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import pytest
 
 from udfs.config import SizingConfig
-from udfs.features import FeatureRow
-from udfs.sizing import (
+from udfs.market.features import FeatureRow
+from udfs.strategy.sizing import (
     kelly_fraction_cap,
     qty_to_lots,
     row_price,
@@ -28,12 +28,12 @@ def test_vol_target_hand_computed() -> None:
     # -> 100 / 0.5 = 200 units
     assert vol_target_position(100_000, 0.001, 0.002, 250.0) == pytest.approx(200.0, **EXACT)
     # 0.0005 * 1_000_000 = 500; 50 * 0.0004 = 0.02 -> 25_000 units
-    assert vol_target_position(1_000_000, 0.0005, 0.0004, 50.0) == pytest.approx(25_000.0,
-                                                                                  **EXACT)
+    assert vol_target_position(1_000_000, 0.0005, 0.0004, 50.0) == pytest.approx(25_000.0, **EXACT)
     # 0.0005 * 100_000 = 50; 585.33 * 0.002 = 1.17066
     # -> 5_000_000 / 117_066 = 42.71094937898... units
     assert vol_target_position(100_000, 0.0005, 0.002, 585.33) == pytest.approx(
-        42.7109493789828, **EXACT)
+        42.7109493789828, **EXACT
+    )
 
 
 def test_vol_target_meets_its_definition() -> None:
@@ -54,12 +54,19 @@ def test_vol_target_zero_without_a_usable_sigma(sigma: float) -> None:
     assert vol_target_position(100_000, 0.001, sigma, 250.0) == 0.0
 
 
-@pytest.mark.parametrize(("capital", "tv", "price"), [
-    (0.0, 0.001, 250.0), (100_000, 0.0, 250.0), (100_000, 0.001, 0.0),
-    (100_000, 0.001, -1.0), (100_000, 0.001, math.nan),
-])
-def test_vol_target_zero_without_capital_target_or_price(capital: float, tv: float,
-                                                         price: float) -> None:
+@pytest.mark.parametrize(
+    ("capital", "tv", "price"),
+    [
+        (0.0, 0.001, 250.0),
+        (100_000, 0.0, 250.0),
+        (100_000, 0.001, 0.0),
+        (100_000, 0.001, -1.0),
+        (100_000, 0.001, math.nan),
+    ],
+)
+def test_vol_target_zero_without_capital_target_or_price(
+    capital: float, tv: float, price: float
+) -> None:
     assert vol_target_position(capital, tv, 0.002, price) == 0.0
 
 
@@ -83,10 +90,16 @@ def test_kelly_from_a_model_probability() -> None:
     assert kelly_fraction_cap(edge, sigma**2, 0.5) == pytest.approx(2.0, **EXACT)
 
 
-@pytest.mark.parametrize(("edge", "variance", "fraction"), [
-    (0.001, 0.0, 0.25), (0.001, -1e-6, 0.25), (0.001, math.nan, 0.25),
-    (math.nan, 1e-4, 0.25), (0.001, 1e-4, 0.0),
-])
+@pytest.mark.parametrize(
+    ("edge", "variance", "fraction"),
+    [
+        (0.001, 0.0, 0.25),
+        (0.001, -1e-6, 0.25),
+        (0.001, math.nan, 0.25),
+        (math.nan, 1e-4, 0.25),
+        (0.001, 1e-4, 0.0),
+    ],
+)
 def test_kelly_guards(edge: float, variance: float, fraction: float) -> None:
     assert kelly_fraction_cap(edge, variance, fraction) == 0.0
 
@@ -122,8 +135,9 @@ def test_row_price() -> None:
 
 # --- target_position_lots ------------------------------------------------------------------
 
-CFG = SizingConfig(target_vol=0.001, capital=100_000.0, kelly_fraction=0.25,
-                   max_position_notional=60_000.0)
+CFG = SizingConfig(
+    target_vol=0.001, capital=100_000.0, kelly_fraction=0.25, max_position_notional=60_000.0
+)
 ROW = {"mid_px": 250.0, "rv": 0.002, "size_exp": 0, "price_exp": -4}
 
 
@@ -134,8 +148,9 @@ def test_target_vol_binds() -> None:
 
 
 def test_notional_cap_binds() -> None:
-    cfg = SizingConfig(target_vol=0.001, capital=100_000.0, kelly_fraction=0.25,
-                       max_position_notional=25_000.0)
+    cfg = SizingConfig(
+        target_vol=0.001, capital=100_000.0, kelly_fraction=0.25, max_position_notional=25_000.0
+    )
     # q_vol = 200; q_max = 25_000 / 250 = 100 -> 100
     assert target_position_lots(1, ROW, cfg, None) == 100
     assert target_position_lots(-1, ROW, cfg, None) == -100
@@ -166,8 +181,9 @@ def test_floor_toward_zero_both_sides() -> None:
 def test_fractional_lots() -> None:
     # a BTC-like instrument, lots of 0.001 BTC: q_vol = 0.0005 * 100_000 / (20_000 * 0.0016)
     # = 50 / 32 = 1.5625 BTC = 1562.5 lots -> 1562; q_max = 1e6 / 20_000 = 50 BTC
-    cfg = SizingConfig(target_vol=0.0005, capital=100_000.0, kelly_fraction=0.25,
-                       max_position_notional=1_000_000.0)
+    cfg = SizingConfig(
+        target_vol=0.0005, capital=100_000.0, kelly_fraction=0.25, max_position_notional=1_000_000.0
+    )
     row = {"mid_px": 20_000.0, "rv": 0.0016, "size_exp": -3}
     assert target_position_lots(1, row, cfg) == 1562
     assert target_position_lots(-1, row, cfg) == -1562
@@ -189,13 +205,32 @@ def test_flat_cases() -> None:
 def test_on_a_feature_row_dict() -> None:
     # AAPL-like row: bid 585.32, ask 585.34 (ticks of 1e-4) -> mid_px 585.33, rv 0.002
     fr = FeatureRow(
-        instrument="AAPL.XNAS", ts_event=1, ts_recv=1, seq=2, price_exp=-4, size_exp=0,
-        best_bid=5853200, best_ask=5853400, bid_size=100, ask_size=100, spread=200,
-        mid=5853300.0, microprice=5853300.0, imbalance=(0.0,), bid_depth=100, ask_depth=100,
-        ofi=0.0, ofi_window=0.0, rv=0.002, trade_volume=0, trade_signed_volume=0,
-        trade_count=0)
-    cfg = SizingConfig(target_vol=0.0005, capital=100_000.0, kelly_fraction=0.25,
-                       max_position_notional=50_000.0)
+        instrument="AAPL.XNAS",
+        ts_event=1,
+        ts_recv=1,
+        seq=2,
+        price_exp=-4,
+        size_exp=0,
+        best_bid=5853200,
+        best_ask=5853400,
+        bid_size=100,
+        ask_size=100,
+        spread=200,
+        mid=5853300.0,
+        microprice=5853300.0,
+        imbalance=(0.0,),
+        bid_depth=100,
+        ask_depth=100,
+        ofi=0.0,
+        ofi_window=0.0,
+        rv=0.002,
+        trade_volume=0,
+        trade_signed_volume=0,
+        trade_count=0,
+    )
+    cfg = SizingConfig(
+        target_vol=0.0005, capital=100_000.0, kelly_fraction=0.25, max_position_notional=50_000.0
+    )
     # q_vol = 50 / (585.33 * 0.002) = 42.71; q_max = 50_000 / 585.33 = 85.42 -> 42
     assert target_position_lots(1, fr.to_dict(), cfg) == 42
     # Kelly: f = 0.25 * 2e-6 / 4e-6 = 0.125 -> 12_500 ccy / 585.33 = 21.36 -> 21

@@ -37,12 +37,28 @@ M1 = M0 + 60_000_000_000
 PE, SE = -2, -3  # ticks of 0.01, lots of 0.001
 
 
-def _event(kind: str, ts: int, price: int, size: int, seq: int, side: str = "A",
-           order_id: int = 0) -> dict:
-    return {"instrument": INST, "venue": "XTST", "kind": kind, "side": side, "price": price,
-            "size": size, "ts_event": ts, "ts_recv": ts + 7, "price_exp": PE, "size_exp": SE,
-            "order_id": order_id, "seq": seq, "seq_first": seq, "seq_prev": 0, "ts_proc": 0,
-            "flags": 1, "v": 1}
+def _event(
+    kind: str, ts: int, price: int, size: int, seq: int, side: str = "A", order_id: int = 0
+) -> dict:
+    return {
+        "instrument": INST,
+        "venue": "XTST",
+        "kind": kind,
+        "side": side,
+        "price": price,
+        "size": size,
+        "ts_event": ts,
+        "ts_recv": ts + 7,
+        "price_exp": PE,
+        "size_exp": SE,
+        "order_id": order_id,
+        "seq": seq,
+        "seq_first": seq,
+        "seq_prev": 0,
+        "ts_proc": 0,
+        "flags": 1,
+        "v": 1,
+    }
 
 
 # (row, kafka offset); stored out of time order on purpose
@@ -61,9 +77,21 @@ EVENTS_2 = [
 
 
 def _quality(minute: int, events: int, gaps: int, locked: int, gap_ms: float) -> dict:
-    return {"instrument": INST, "minute_start": minute, "events": events, "sequence_gaps": gaps,
-            "resyncs": 0, "crossed": 0, "locked": locked, "stale_gaps": 0, "max_gap_ms": gap_ms,
-            "out_of_order": 1, "late": 0, "duplicates": 0, "v": 1}
+    return {
+        "instrument": INST,
+        "minute_start": minute,
+        "events": events,
+        "sequence_gaps": gaps,
+        "resyncs": 0,
+        "crossed": 0,
+        "locked": locked,
+        "stale_gaps": 0,
+        "max_gap_ms": gap_ms,
+        "out_of_order": 1,
+        "late": 0,
+        "duplicates": 0,
+        "v": 1,
+    }
 
 
 QUALITY = [
@@ -76,15 +104,18 @@ QUALITY = [
 def _append(cfg: Config, name: str, rows: list[tuple[dict, int]]) -> None:
     stream = next(s for s in history_streams(cfg) if s.name == name)
     table = ensure_table(open_catalog(cfg), cfg, stream)
-    table.append(rows_to_table(stream, [r for r, _ in rows], [0] * len(rows),
-                               [o for _, o in rows]))
+    table.append(rows_to_table(stream, [r for r, _ in rows], [0] * len(rows), [o for _, o in rows]))
 
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("sqllake")
-    cfg = load_config(env={"BOOKSTREAM_LAKE_ROOT": str(root / "lake"),
-                           "BOOKSTREAM_STATE_DIR": str(root / "state")})
+    cfg = load_config(
+        env={
+            "BOOKSTREAM_LAKE_ROOT": str(root / "lake"),
+            "BOOKSTREAM_STATE_DIR": str(root / "state"),
+        }
+    )
     catalog = open_catalog(cfg)
     for stream in history_streams(cfg):
         if stream.name != "control":  # control stays missing
@@ -105,8 +136,10 @@ def test_shipped_ddl_equals_generated():
     shipped = {p.stem: p.read_text() for p in DDL_DIR.glob("*.sql")}
     assert sorted(shipped) == sorted(generated), "run `bookstream sql --write-ddl`"
     for name, text in generated.items():
-        assert shipped[name] == text, f"sql/clickhouse/{name}.sql drifted from udfs/history.py:" \
-                                      " run `bookstream sql --write-ddl`"
+        assert shipped[name] == text, (
+            f"sql/clickhouse/{name}.sql drifted from udfs/history.py:"
+            " run `bookstream sql --write-ddl`"
+        )
 
 
 def test_ddl_types_follow_history_schema():
@@ -166,8 +199,12 @@ def test_ohlcv_hand_computed(lake, engine):
     b0 = _bar(rows, M0)
     # minute 0 trades by time: 10010x1 (t+1us), 10000x5 (t+5us), 10050x3 and 9990x2 (t+9us,
     # offsets 2 then 3: 9990 closes); the re-stored 10050x3 (offset 5) counts once
-    assert (b0["open_ticks"], b0["high_ticks"], b0["low_ticks"], b0["close_ticks"]) == \
-        (10_010, 10_050, 9_990, 9_990)
+    assert (b0["open_ticks"], b0["high_ticks"], b0["low_ticks"], b0["close_ticks"]) == (
+        10_010,
+        10_050,
+        9_990,
+        9_990,
+    )
     assert (b0["open"], b0["high"], b0["low"], b0["close"]) == (100.10, 100.50, 99.90, 99.90)
     assert b0["volume_lots"] == 11 and b0["volume"] == pytest.approx(0.011)
     assert b0["trades"] == 4
@@ -175,8 +212,12 @@ def test_ohlcv_hand_computed(lake, engine):
     assert b0["vwap"] == pytest.approx(ticks_x_lots / 11 / 100, rel=1e-12)
     assert b0["notional"] == pytest.approx(ticks_x_lots / 100 / 1000, rel=1e-12)
     b1 = _bar(rows, M1)
-    assert (b1["open_ticks"], b1["close_ticks"], b1["volume_lots"], b1["trades"]) == \
-        (10_080, 10_100, 14, 2)
+    assert (b1["open_ticks"], b1["close_ticks"], b1["volume_lots"], b1["trades"]) == (
+        10_080,
+        10_100,
+        14,
+        2,
+    )
     assert (b1["price_exp"], b1["size_exp"]) == (PE, SE)
 
 
@@ -188,8 +229,14 @@ def test_quality_report_last_row_wins(lake, engine):
     assert int(m0["minute"].timestamp()) * 10**9 == M0 and total["minute"] is None
     assert (m0["events"], m0["sequence_gaps"], m0["max_gap_ms"]) == (12, 2, 15.0)
     assert (m1["events"], m1["locked"], m1["issues"]) == (5, 1, 2)
-    assert (total["minutes"], total["events"], total["sequence_gaps"], total["locked"],
-            total["out_of_order"], total["max_gap_ms"]) == (2, 17, 2, 1, 2, 30.0)
+    assert (
+        total["minutes"],
+        total["events"],
+        total["sequence_gaps"],
+        total["locked"],
+        total["out_of_order"],
+        total["max_gap_ms"],
+    ) == (2, 17, 2, 1, 2, 30.0)
     assert total["issues"] == 5
     assert total["issues_per_1k_events"] == pytest.approx(5 / 17 * 1000)
 
@@ -229,8 +276,14 @@ def test_time_travel(lake):
     id or of a commit time."""
     cfg = lake["cfg"]
     with SqlSession(cfg) as s:
-        snaps = s.arrow("SELECT snapshot_id FROM system.iceberg_history WHERE table = 'events' "
-                        "ORDER BY made_current_at").column("snapshot_id").to_pylist()
+        snaps = (
+            s.arrow(
+                "SELECT snapshot_id FROM system.iceberg_history WHERE table = 'events' "
+                "ORDER BY made_current_at"
+            )
+            .column("snapshot_id")
+            .to_pylist()
+        )
         assert len(snaps) == 2
         count = "SELECT count() AS n FROM bookstream.events"
         assert s.arrow(count).column("n")[0].as_py() == len(EVENTS_1) + len(EVENTS_2)
@@ -255,7 +308,8 @@ def test_load_into_clickhouse_incremental(lake):
         server_rows = s.arrow(f"SELECT {cols} FROM server.events ORDER BY _offset").to_pylist()
         assert server_rows == lake_rows
         _append(cfg, "events", [(_event("trade", M1 + 9_000, 10_090, 1, 0, order_id=99), 8)])
-        assert load_into_clickhouse(cfg, client, database="server", tables=["events"]) == \
-            {"events": 1}
+        assert load_into_clickhouse(cfg, client, database="server", tables=["events"]) == {
+            "events": 1
+        }
         n = s.arrow("SELECT count() AS n FROM server.events").column("n")[0].as_py()
         assert n == len(EVENTS_1) + len(EVENTS_2) + 1

@@ -1,4 +1,4 @@
-"""The trading stage (udfs/trading.py) over the real LOBSTER sample: orders, replacement by
+"""The trading stage (udfs/strategy/trading.py) over the real LOBSTER sample: orders, replacement by
 cancel, heartbeats, and the TWAP / POV execution of each decision."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from fractions import Fraction
 
 import pytest
 
-from jobs.sources import SAMPLE_LOBSTER
-from udfs.adapters.lobster import iter_lobster_events
 from udfs.config import load_config
+from udfs.market.adapters.lobster import iter_lobster_events
+from udfs.market.adapters.sources import SAMPLE_LOBSTER
 from udfs.pipeline import RecordSource, process_record
 from udfs.schema import TRADE_KINDS, Order, OrderAction, encode_event
-from udfs.trading import Trader
+from udfs.strategy.trading import Trader
 
 
 def _run(execution: str) -> tuple[list[Order], list, object]:
@@ -22,9 +22,15 @@ def _run(execution: str) -> tuple[list[Order], list, object]:
     events = list(iter_lobster_events(*SAMPLE_LOBSTER))
     state, orders = None, []
     for ev in events:
-        state, res = process_record(state, ev.instrument, encode_event(ev).decode(),
-                                    RecordSource("t", 0, 0), cfg.features,
-                                    cfg.flink.out_of_orderness_ms, trader)
+        state, res = process_record(
+            state,
+            ev.instrument,
+            encode_event(ev).decode(),
+            RecordSource("t", 0, 0),
+            cfg.features,
+            cfg.flink.out_of_orderness_ms,
+            trader,
+        )
         orders += res.orders
     return orders, events, cfg
 
@@ -45,7 +51,7 @@ def test_direct_orders_replace_the_previous_decision(direct) -> None:
         if o.action is not OrderAction.NEW:
             continue
         if last_new is not None:
-            between = orders[last_new + 1:i]
+            between = orders[last_new + 1 : i]
             cancels = [c for c in between if c.action is OrderAction.CANCEL]
             assert [c.order_id for c in cancels] == [orders[last_new].order_id], o
             assert all(c.ts_event == o.ts_event for c in cancels)
@@ -89,8 +95,7 @@ def test_pov_children_never_exceed_the_participation_of_traded_volume(direct) ->
         released[o.parent_id] += o.quantity
         n_children += 1
         # market volume between the decision and the trade that released this child
-        volume = sum(t.size for t in trades
-                     if parent.ts_event <= t.ts_event <= o.ts_event - feed)
+        volume = sum(t.size for t in trades if parent.ts_event <= t.ts_event <= o.ts_event - feed)
         assert released[o.parent_id] <= rho * volume, (o, volume)
         assert released[o.parent_id] <= parent.quantity
     assert n_children > 0
@@ -101,9 +106,15 @@ def _run_with(env: dict[str, str]) -> list[Order]:
     trader = Trader.load(cfg)
     state, orders = None, []
     for ev in iter_lobster_events(*SAMPLE_LOBSTER):
-        state, res = process_record(state, ev.instrument, encode_event(ev).decode(),
-                                    RecordSource("t", 0, 0), cfg.features,
-                                    cfg.flink.out_of_orderness_ms, trader)
+        state, res = process_record(
+            state,
+            ev.instrument,
+            encode_event(ev).decode(),
+            RecordSource("t", 0, 0),
+            cfg.features,
+            cfg.flink.out_of_orderness_ms,
+            trader,
+        )
         orders += res.orders
     return orders
 
@@ -118,8 +129,7 @@ def test_feed_latency_drawn_from_a_recorded_distribution_repeats_exactly(tmp_pat
     drawn = {o.ts_event - o.trigger_ts_recv for o in new}  # LOBSTER: recv == exchange time
     assert drawn <= {500_000, 3_000_000, 12_250_000} and len(drawn) > 1
     assert first == again
-    assert [o.ts_event for o in other if o.action is OrderAction.NEW] != \
-        [o.ts_event for o in new]
+    assert [o.ts_event for o in other if o.action is OrderAction.NEW] != [o.ts_event for o in new]
     # a heartbeat never runs ahead of a decision sent after it
     latest_beat = 0
     for o in first:

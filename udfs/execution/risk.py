@@ -60,9 +60,9 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any, NamedTuple
 
-from udfs.book import OrderBook
 from udfs.config import RiskConfig
-from udfs.portfolio import BoundedIdSet, Number, Portfolio, fmt_money, to_fraction
+from udfs.execution.portfolio import BoundedIdSet, Number, Portfolio, fmt_money, to_fraction
+from udfs.market.book import OrderBook
 from udfs.schema import (
     Control,
     ControlCommand,
@@ -162,10 +162,17 @@ def reject_report(order: Order, decision: RiskDecision, position: int = 0) -> Ex
     if decision.accepted:
         raise ValueError(f"order {order.order_id} was accepted, not rejected")
     return ExecReport(
-        report_id=f"{order.order_id}:risk-reject", order_id=order.order_id,
-        instrument=order.instrument, kind=ExecKind.REJECT, ts_event=order.ts_event,
-        reason=decision.reason, side=order.side.value, leaves_qty=0, position=position,
-        price_exp=order.price_exp, size_exp=order.size_exp,
+        report_id=f"{order.order_id}:risk-reject",
+        order_id=order.order_id,
+        instrument=order.instrument,
+        kind=ExecKind.REJECT,
+        ts_event=order.ts_event,
+        reason=decision.reason,
+        side=order.side.value,
+        leaves_qty=0,
+        position=position,
+        price_exp=order.price_exp,
+        size_exp=order.size_exp,
     )
 
 
@@ -177,13 +184,18 @@ class RiskEngine:
     :meth:`seen` (oldest forgotten first).
     """
 
-    def __init__(self, cfg: RiskConfig | None = None, instruments: Iterable[str] | None = None,
-                 seen_capacity: int = 100_000) -> None:
+    def __init__(
+        self,
+        cfg: RiskConfig | None = None,
+        instruments: Iterable[str] | None = None,
+        seen_capacity: int = 100_000,
+    ) -> None:
         self.cfg = cfg if cfg is not None else RiskConfig()
         if self.cfg.max_orders_per_window < 0 or self.cfg.throttle_window_ms <= 0:
             raise ValueError("throttle needs max_orders_per_window >= 0 and a positive window")
         self.instruments: frozenset[str] | None = (
-            None if instruments is None else frozenset(instruments))
+            None if instruments is None else frozenset(instruments)
+        )
         self.state = TradingState.ACTIVE
         """global trading state (applies to every instrument)"""
         self.state_reason = ""
@@ -253,8 +265,9 @@ class RiskEngine:
             return True
         raise ValueError(f"unknown control command {cmd!r}")
 
-    def check_drawdown(self, portfolio: Portfolio, marks: Mapping[str, Number],
-                       now_ts: int = 0) -> Control | None:
+    def check_drawdown(
+        self, portfolio: Portfolio, marks: Mapping[str, Number], now_ts: int = 0
+    ) -> Control | None:
         """Mark the portfolio (moves its peak) and trip the kill switch when
         ``peak - equity > cfg.max_drawdown``: the state becomes HALTED globally and the
         KILL_TRIPPED :class:`Control` to publish is returned (reason
@@ -270,9 +283,11 @@ class RiskEngine:
         drawdown = self._dd_peak - equity
         if drawdown <= self._max_dd or self.state is TradingState.HALTED:
             return None
-        reason = (f"{Rule.MAX_DRAWDOWN.value}: drawdown {fmt_money(drawdown)} > limit "
-                  f"{fmt_money(self._max_dd)} (peak {fmt_money(self._dd_peak)}, equity "
-                  f"{fmt_money(equity)})")
+        reason = (
+            f"{Rule.MAX_DRAWDOWN.value}: drawdown {fmt_money(drawdown)} > limit "
+            f"{fmt_money(self._max_dd)} (peak {fmt_money(self._dd_peak)}, equity "
+            f"{fmt_money(equity)})"
+        )
         ts = max(now_ts, self.clock)
         self.set_state(TradingState.HALTED, "", f"{ControlCommand.KILL_TRIPPED.value} ({reason})")
         return Control(ControlCommand.KILL_TRIPPED, "", reason, ts)
@@ -286,8 +301,14 @@ class RiskEngine:
 
     # -- the checks ----------------------------------------------------------------------------
 
-    def check(self, order: Order, book: OrderBook | None, portfolio: Portfolio | None,
-              now_ts: int, working_lots: int = 0) -> RiskDecision:
+    def check(
+        self,
+        order: Order,
+        book: OrderBook | None,
+        portfolio: Portfolio | None,
+        now_ts: int,
+        working_lots: int = 0,
+    ) -> RiskDecision:
         """Decide on ``order`` at event time ``now_ts`` (ns). See the module notes for the rules
         and their order. ``portfolio`` gives the filled position (None: flat);
         ``working_lots`` is the quantity of the instrument's open orders on the order's own side
@@ -306,8 +327,13 @@ class RiskEngine:
             self._accepted.setdefault(order.instrument, deque()).append(self.clock)
         return decision
 
-    def _decide(self, order: Order, book: OrderBook | None, portfolio: Portfolio | None,
-                working_lots: int = 0) -> RiskDecision:
+    def _decide(
+        self,
+        order: Order,
+        book: OrderBook | None,
+        portfolio: Portfolio | None,
+        working_lots: int = 0,
+    ) -> RiskDecision:
         cfg = self.cfg
         inst = order.instrument
         side = order.side.value
@@ -318,15 +344,23 @@ class RiskEngine:
         state, why = self.effective_state(inst)
         if state is TradingState.HALTED:
             scope = "all instruments" if self.state is TradingState.HALTED else inst
-            return _deny(Rule.HALTED, f"trading HALTED for {scope}"
-                                      + (f" by {why}" if why else "")
-                                      + f"; new {side} {order.quantity} refused")
+            return _deny(
+                Rule.HALTED,
+                f"trading HALTED for {scope}"
+                + (f" by {why}" if why else "")
+                + f"; new {side} {order.quantity} refused",
+            )
         if state is TradingState.REDUCING and not reducing:
-            return _deny(Rule.REDUCING, f"trading REDUCING for {inst}: {side} {order.quantity} "
-                                        f"does not reduce position {position:+d}")
+            return _deny(
+                Rule.REDUCING,
+                f"trading REDUCING for {inst}: {side} {order.quantity} "
+                f"does not reduce position {position:+d}",
+            )
         if order.reduce_only and not reducing:
-            return _deny(Rule.REDUCE_ONLY, f"reduce-only {side} {order.quantity} does not "
-                                           f"reduce position {position:+d}")
+            return _deny(
+                Rule.REDUCE_ONLY,
+                f"reduce-only {side} {order.quantity} does not reduce position {position:+d}",
+            )
 
         # 2. fail closed
         if order.quantity <= 0:
@@ -358,25 +392,31 @@ class RiskEngine:
         if not reducing:
             notional = px * order.quantity * scale
             if notional > self._max_order:
-                return _deny(Rule.MAX_ORDER_NOTIONAL,
-                             f"{side} {order.quantity} @ {px_text} = {fmt_money(notional)} > "
-                             f"limit {fmt_money(self._max_order)}")
+                return _deny(
+                    Rule.MAX_ORDER_NOTIONAL,
+                    f"{side} {order.quantity} @ {px_text} = {fmt_money(notional)} > "
+                    f"limit {fmt_money(self._max_order)}",
+                )
             after = position + order.side.sign * (working_lots + order.quantity)
             pos_notional = abs(after) * mid * scale
             if pos_notional > self._max_position:
-                return _deny(Rule.MAX_POSITION_NOTIONAL,
-                             f"position {position:+d} -> {after:+d} lots x mid "
-                             f"{fmt_money(mid)} ticks = {fmt_money(pos_notional)} > limit "
-                             f"{fmt_money(self._max_position)}")
+                return _deny(
+                    Rule.MAX_POSITION_NOTIONAL,
+                    f"position {position:+d} -> {after:+d} lots x mid "
+                    f"{fmt_money(mid)} ticks = {fmt_money(pos_notional)} > limit "
+                    f"{fmt_money(self._max_position)}",
+                )
 
         # 4. price band: |price - mid| / mid * 1e4 > band  <=>  |price - mid| * 1e4 > band * mid
         distance = abs(px - mid)
         if distance * 10_000 > self._band_bps * mid:
             bps = distance * 10_000 / mid
-            return _deny(Rule.PRICE_BAND,
-                         f"{order.order_type.value} {side} price {px_text} is "
-                         f"{fmt_money(bps)} bps from mid {fmt_money(mid)} > band "
-                         f"{fmt_money(self._band_bps)} bps")
+            return _deny(
+                Rule.PRICE_BAND,
+                f"{order.order_type.value} {side} price {px_text} is "
+                f"{fmt_money(bps)} bps from mid {fmt_money(mid)} > band "
+                f"{fmt_money(self._band_bps)} bps",
+            )
 
         # 5. throttle (sliding window of event time over accepted orders)
         window = self._accepted.get(inst)
@@ -384,10 +424,12 @@ class RiskEngine:
             while window and window[0] <= self.clock - self._window_ns:
                 window.popleft()
             if len(window) >= cfg.max_orders_per_window:
-                return _deny(Rule.THROTTLE,
-                             f"{len(window)} orders accepted for {inst} in the last "
-                             f"{cfg.throttle_window_ms} ms (limit {cfg.max_orders_per_window} "
-                             f"per {cfg.throttle_window_ms} ms)")
+                return _deny(
+                    Rule.THROTTLE,
+                    f"{len(window)} orders accepted for {inst} in the last "
+                    f"{cfg.throttle_window_ms} ms (limit {cfg.max_orders_per_window} "
+                    f"per {cfg.throttle_window_ms} ms)",
+                )
         elif cfg.max_orders_per_window == 0:
             return _deny(Rule.THROTTLE, f"0 orders allowed per {cfg.throttle_window_ms} ms")
 
@@ -400,9 +442,11 @@ class RiskEngine:
         return {
             "config": dataclasses.asdict(self.cfg),
             "instruments": None if self.instruments is None else sorted(self.instruments),
-            "state": self.state.value, "state_reason": self.state_reason,
-            "instrument_states": {k: [s.value, r] for k, (s, r) in
-                                  sorted(self.instrument_states.items())},
+            "state": self.state.value,
+            "state_reason": self.state_reason,
+            "instrument_states": {
+                k: [s.value, r] for k, (s, r) in sorted(self.instrument_states.items())
+            },
             "clock": self.clock,
             "accepted": {k: list(v) for k, v in sorted(self._accepted.items())},
             "seen": {"capacity": self._seen.capacity, "items": self._seen.to_list()},
@@ -417,8 +461,9 @@ class RiskEngine:
         cfg = cfg if cfg is not None else RiskConfig(**d["config"])
         eng = cls(cfg, d["instruments"], d["seen"]["capacity"])
         eng.state, eng.state_reason = TradingState(d["state"]), d["state_reason"]
-        eng.instrument_states = {k: (TradingState(s), r)
-                                 for k, (s, r) in d["instrument_states"].items()}
+        eng.instrument_states = {
+            k: (TradingState(s), r) for k, (s, r) in d["instrument_states"].items()
+        }
         eng.clock = d["clock"]
         eng._accepted = {k: deque(v) for k, v in d["accepted"].items()}
         eng._seen = BoundedIdSet.from_list(d["seen"]["capacity"], d["seen"]["items"])
@@ -433,6 +478,8 @@ class RiskEngine:
         self.__dict__.update(RiskEngine.from_dict(state).__dict__)
 
     def __repr__(self) -> str:
-        return (f"RiskEngine(state={self.state.value}, instruments_states="
-                f"{ {k: s.value for k, (s, _) in self.instrument_states.items()} }, "
-                f"clock={self.clock})")
+        return (
+            f"RiskEngine(state={self.state.value}, instruments_states="
+            f"{ {k: s.value for k, (s, _) in self.instrument_states.items()} }, "
+            f"clock={self.clock})"
+        )

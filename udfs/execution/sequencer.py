@@ -2,7 +2,8 @@
 
 The sink reads three topics -- market events, orders (with heartbeats), controls -- whose
 records arrive interleaved as the consumer fetches them. The :class:`Sequencer` buffers them and
-feeds the :class:`~udfs.execution.ExecutionEngine` in an order that depends on the records only:
+feeds the :class:`~udfs.execution.engine.ExecutionEngine` in an order that depends on the records
+only:
 
 * each instrument's market events keep their stream (partition) order, and so do its orders;
 * across queues, the next input is the head with the smallest ``(ts_event, rank, instrument)``,
@@ -31,7 +32,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from udfs.execution import ExecutionEngine, Output
+from udfs.execution.engine import ExecutionEngine, Output
 from udfs.schema import Control, L2Event, Order, OrderAction
 
 __all__ = ["Sequencer"]
@@ -107,7 +108,8 @@ class Sequencer:
                 return float("-inf")
             safe = min(safe, seen - self.lateness_ns)
         all_orders_read = bool(self.orders_done) and self.expected_order_partitions <= (
-            self.orders_done)
+            self.orders_done
+        )
         for inst in () if all_orders_read else set(self.instrument_seen) | set(self.frontier):
             part = self.order_partition.get(inst)
             if part is not None and part in self.orders_done:
@@ -117,8 +119,11 @@ class Sequencer:
         return safe if safe != float("inf") or self.market_done else float("-inf")
 
     def pending(self) -> int:
-        return (sum(len(q) for q in self.market.values())
-                + sum(len(q) for q in self.orders.values()) + len(self.controls))
+        return (
+            sum(len(q) for q in self.market.values())
+            + sum(len(q) for q in self.orders.values())
+            + len(self.controls)
+        )
 
     def _next(self, limit: float) -> tuple[int, str, object] | None:
         best: tuple[int, int, str] | None = None

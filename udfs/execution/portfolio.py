@@ -132,8 +132,11 @@ class BoundedIdSet:
         self._ids = OrderedDict((k, v) for k, v in state["items"])
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, BoundedIdSet) and self.capacity == other.capacity
-                and list(self._ids.items()) == list(other._ids.items()))
+        return (
+            isinstance(other, BoundedIdSet)
+            and self.capacity == other.capacity
+            and list(self._ids.items()) == list(other._ids.items())
+        )
 
     def __repr__(self) -> str:
         return f"BoundedIdSet(capacity={self.capacity}, size={len(self)})"
@@ -203,20 +206,30 @@ class Position:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "instrument": self.instrument, "price_exp": self.price_exp,
-            "size_exp": self.size_exp, "quantity": self.quantity,
-            "avg_price": str(self.avg_price), "realised": str(self.realised),
-            "fees": str(self.fees), "last_price": str(self.last_price), "fills": self.fills,
+            "instrument": self.instrument,
+            "price_exp": self.price_exp,
+            "size_exp": self.size_exp,
+            "quantity": self.quantity,
+            "avg_price": str(self.avg_price),
+            "realised": str(self.realised),
+            "fees": str(self.fees),
+            "last_price": str(self.last_price),
+            "fills": self.fills,
             "traded_lots": self.traded_lots,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Position:
         return cls(
-            instrument=d["instrument"], price_exp=d["price_exp"], size_exp=d["size_exp"],
-            quantity=d["quantity"], avg_price=Fraction(d["avg_price"]),
-            realised=Fraction(d["realised"]), fees=Fraction(d["fees"]),
-            last_price=Fraction(d["last_price"]), fills=d["fills"],
+            instrument=d["instrument"],
+            price_exp=d["price_exp"],
+            size_exp=d["size_exp"],
+            quantity=d["quantity"],
+            avg_price=Fraction(d["avg_price"]),
+            realised=Fraction(d["realised"]),
+            fees=Fraction(d["fees"]),
+            last_price=Fraction(d["last_price"]),
+            fills=d["fills"],
             traded_lots=d["traded_lots"],
         )
 
@@ -225,7 +238,8 @@ class Portfolio:
     """Positions per instrument, P&L, fees, running peak equity and drawdown.
 
     Only :meth:`mark` moves the peak (call it when marks change, e.g. after each book batch;
-    :meth:`udfs.risk.RiskEngine.check_drawdown` does). Fills are deduplicated by ``report_id``
+    :meth:`udfs.execution.risk.RiskEngine.check_drawdown` does). Fills are deduplicated by
+    ``report_id``
     (bounded), so a re-delivered fill is not booked twice.
     """
 
@@ -252,19 +266,24 @@ class Portfolio:
         try:
             sign = OrderSide(report.side).sign
         except ValueError as exc:
-            raise ValueError(f"fill {report.report_id}: side {report.side!r} is not "
-                             f"BUY/SELL") from exc
+            raise ValueError(
+                f"fill {report.report_id}: side {report.side!r} is not BUY/SELL"
+            ) from exc
         if report.fill_qty <= 0 or report.fill_price <= 0:
-            raise ValueError(f"fill {report.report_id}: price {report.fill_price} and quantity "
-                             f"{report.fill_qty} must be positive")
+            raise ValueError(
+                f"fill {report.report_id}: price {report.fill_price} and quantity "
+                f"{report.fill_qty} must be positive"
+            )
         pos = self.positions.get(report.instrument)
         if pos is None:
             pos = self.positions[report.instrument] = Position(
-                report.instrument, report.price_exp, report.size_exp)
+                report.instrument, report.price_exp, report.size_exp
+            )
         elif (pos.price_exp, pos.size_exp) != (report.price_exp, report.size_exp):
             raise ValueError(
                 f"fill {report.report_id}: exponents ({report.price_exp}, {report.size_exp}) "
-                f"differ from {report.instrument}'s ({pos.price_exp}, {pos.size_exp})")
+                f"differ from {report.instrument}'s ({pos.price_exp}, {pos.size_exp})"
+            )
         pos.apply(sign, report.fill_price, report.fill_qty, to_fraction(report.fee))
         if report.report_id:
             self._fills_seen.add(report.report_id)
@@ -293,8 +312,9 @@ class Portfolio:
         return sum((p.unrealised(marks.get(i)) for i, p in self.positions.items()), Fraction(0))
 
     def equity_exact(self, marks: Mapping[str, Number] | None = None) -> Fraction:
-        return (self.capital + self.realised_exact() + self.unrealised_exact(marks)
-                - self.fees_exact())
+        return (
+            self.capital + self.realised_exact() + self.unrealised_exact(marks) - self.fees_exact()
+        )
 
     def equity(self, marks: Mapping[str, Number] | None = None) -> float:
         """``capital + realised + unrealised(marks) - fees``, quote currency. Pure: does not
@@ -344,12 +364,15 @@ class Portfolio:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable state (exact fractions as ``"n/d"`` strings)."""
         return {
-            "capital": str(self.capital), "peak": str(self.peak),
+            "capital": str(self.capital),
+            "peak": str(self.peak),
             "last_equity": str(self.last_equity),
             "max_drawdown_seen": str(self.max_drawdown_seen),
             "positions": [p.to_dict() for p in self.positions.values()],
-            "fills_seen": {"capacity": self._fills_seen.capacity,
-                           "items": self._fills_seen.to_list()},
+            "fills_seen": {
+                "capacity": self._fills_seen.capacity,
+                "items": self._fills_seen.to_list(),
+            },
         }
 
     @classmethod
@@ -359,8 +382,9 @@ class Portfolio:
         pf.last_equity = Fraction(d["last_equity"])
         pf.max_drawdown_seen = Fraction(d["max_drawdown_seen"])
         pf.positions = {p["instrument"]: Position.from_dict(p) for p in d["positions"]}
-        pf._fills_seen = BoundedIdSet.from_list(d["fills_seen"]["capacity"],
-                                                d["fills_seen"]["items"])
+        pf._fills_seen = BoundedIdSet.from_list(
+            d["fills_seen"]["capacity"], d["fills_seen"]["items"]
+        )
         return pf
 
     def __repr__(self) -> str:
@@ -395,8 +419,9 @@ class Portfolio:
 # integer m it is the plain mean of the m largest losses.
 
 
-def _losses(pnl_changes: Sequence[float] | np.ndarray, alpha: float) -> tuple[np.ndarray, int,
-                                                                               Fraction]:
+def _losses(
+    pnl_changes: Sequence[float] | np.ndarray, alpha: float
+) -> tuple[np.ndarray, int, Fraction]:
     pnl = np.asarray(pnl_changes, dtype=float).ravel()
     if pnl.size == 0:
         raise ValueError("no P&L scenarios")

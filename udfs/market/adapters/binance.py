@@ -39,7 +39,7 @@ Output records
   record that can say "nothing changed" (a ``LEVEL`` needs a side and a price), so it emits
   nothing. Its ``u`` still advances the adapter's *venue* chain (the next diff's ``pu`` points
   to it) while the *emitted* chain skips it: the next emitted batch's ``seq_prev`` is the last
-  emitted ``seq``, so :meth:`udfs.book.OrderBook.check_sequence` stays consistent. Counted in
+  emitted ``seq``, so :meth:`udfs.market.book.OrderBook.check_sequence` stays consistent. Counted in
   ``diffs_empty`` (and in ``diffs_applied``, as it was applied).
 * trade: ``TRADE`` with ``side`` = the resting order's side (``m`` buyer-is-maker -> ``B``,
   else ``A``), ``order_id`` = trade id, ``seq_prev = 0``.
@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from udfs.book import BookError, OrderBook
+from udfs.market.book import BookError, OrderBook
 from udfs.schema import F_LAST, F_SNAPSHOT, Kind, L2Event, Side
 
 try:  # orjson is ~3x faster than json on these lines; both give the same dicts
@@ -101,9 +101,16 @@ _SCALE_DIGITS = -EXP
 MARKETS: dict[str, str] = {"usdm": "BINANCE_USDM", "spot": "BINANCE_SPOT", "cm": "BINANCE_COINM"}
 """Market name -> venue code (the ``VENUE`` of ``SYMBOL.VENUE``)."""
 _MARKET_ALIASES = {
-    "usdm": "usdm", "um": "usdm", "futures": "usdm", "binance_usdm": "usdm",
-    "spot": "spot", "binance_spot": "spot",
-    "cm": "cm", "coinm": "cm", "coin-m": "cm", "binance_coinm": "cm",
+    "usdm": "usdm",
+    "um": "usdm",
+    "futures": "usdm",
+    "binance_usdm": "usdm",
+    "spot": "spot",
+    "binance_spot": "spot",
+    "cm": "cm",
+    "coinm": "cm",
+    "coin-m": "cm",
+    "binance_coinm": "cm",
 }
 
 _MAX_BAD_LINE_WARNINGS = 50
@@ -121,7 +128,7 @@ def _parse_uncached(s: str) -> int:
     if dot < 0:
         value = int(s) * _POW10[_SCALE_DIGITS]
     else:
-        frac = s[dot + 1:]
+        frac = s[dot + 1 :]
         n = len(frac)
         if n <= _SCALE_DIGITS:
             value = int(s[:dot] + frac) * _POW10[_SCALE_DIGITS - n]
@@ -197,7 +204,7 @@ def _open_lines(path: Path) -> BinaryIO:
 
 def _split_line(line: bytes) -> tuple[int, Any]:
     sp = line.index(b" ")
-    return int(line[:sp]), _loads(line[sp + 1:])
+    return int(line[:sp]), _loads(line[sp + 1 :])
 
 
 def detect_market(paths: Iterable[Path | str], max_lines: int = 100_000) -> tuple[str, str]:
@@ -232,8 +239,10 @@ def detect_market(paths: Iterable[Path | str], max_lines: int = 100_000) -> tupl
         for part in reversed(path.parts):
             if part.lower() in MARKETS:
                 return part.lower(), symbol
-    raise ValueError(f"cannot tell the Binance market of {[str(p) for p in path_list]}: "
-                     f"no depth diff found; pass market=")
+    raise ValueError(
+        f"cannot tell the Binance market of {[str(p) for p in path_list]}: "
+        f"no depth diff found; pass market="
+    )
 
 
 # sync states
@@ -251,8 +260,12 @@ class BinanceAdapter:
     diff, ``None`` when not synced) and :attr:`synced` are read by :func:`verify_binance` while
     iterating, which is exact because records are yielded in stream order."""
 
-    def __init__(self, paths: Iterable[Path | str] | Path | str, market: str | None = None,
-                 symbol: str | None = None) -> None:
+    def __init__(
+        self,
+        paths: Iterable[Path | str] | Path | str,
+        market: str | None = None,
+        symbol: str | None = None,
+    ) -> None:
         if isinstance(paths, (str, Path)):
             paths = [paths]
         self.paths = [Path(p) for p in paths]
@@ -306,8 +319,11 @@ class BinanceAdapter:
         st.resyncs += 1
         if len(st.resync_details) < 20:
             st.resync_details.append(reason)
-        logger.warning("%s: Binance chain broken (%s); re-sync needed, book withheld until a "
-                       "newer snapshot", self.instrument, reason)
+        logger.warning(
+            "%s: Binance chain broken (%s); re-sync needed, book withheld until a newer snapshot",
+            self.instrument,
+            reason,
+        )
         self.state = _UNSYNCED
         self.chain_u = None
 
@@ -324,15 +340,51 @@ class BinanceAdapter:
         ts = obj.get("T") or obj.get("E")
         ts_event = ts * 1_000_000 if ts else recv
         inst, venue, parse = self.instrument, self.venue, parse_decimal
-        out = [L2Event(inst, venue, Kind.CLEAR, Side.NONE, 0, 0, ts_event, recv, EXP, EXP, 0,
-                       lid, lid, 0, 0, F_SNAPSHOT)]
+        out = [
+            L2Event(
+                inst,
+                venue,
+                Kind.CLEAR,
+                Side.NONE,
+                0,
+                0,
+                ts_event,
+                recv,
+                EXP,
+                EXP,
+                0,
+                lid,
+                lid,
+                0,
+                0,
+                F_SNAPSHOT,
+            )
+        ]
         snap = Kind.SNAPSHOT
         for side, levels in ((Side.BID, obj["bids"]), (Side.ASK, obj["asks"])):
             for px, qty in levels:
                 size = parse(qty)
                 if size:
-                    out.append(L2Event(inst, venue, snap, side, parse(px), size, ts_event, recv,
-                                       EXP, EXP, 0, lid, lid, 0, 0, F_SNAPSHOT))
+                    out.append(
+                        L2Event(
+                            inst,
+                            venue,
+                            snap,
+                            side,
+                            parse(px),
+                            size,
+                            ts_event,
+                            recv,
+                            EXP,
+                            EXP,
+                            0,
+                            lid,
+                            lid,
+                            0,
+                            0,
+                            F_SNAPSHOT,
+                        )
+                    )
         out[-1].flags = F_LAST | F_SNAPSHOT
         st.snapshots += 1
         self.snapshot_id = lid
@@ -369,8 +421,9 @@ class BinanceAdapter:
                     return []
                 ok = first <= lid <= last
             if not ok:
-                self._break(f"first diff U={first} u={last} does not straddle snapshot "
-                            f"lastUpdateId={lid}")
+                self._break(
+                    f"first diff U={first} u={last} does not straddle snapshot lastUpdateId={lid}"
+                )
                 self._buffer.append((recv, data))
                 return []
         else:
@@ -397,8 +450,24 @@ class BinanceAdapter:
         for side, levels in ((Side.BID, data["b"]), (Side.ASK, data["a"])):
             for px, qty in levels:
                 size = parse(qty)
-                ev = L2Event(inst, venue, level, side, parse(px), size, ts_event, recv, EXP, EXP,
-                             0, last, first, prev_seq, 0, 0)
+                ev = L2Event(
+                    inst,
+                    venue,
+                    level,
+                    side,
+                    parse(px),
+                    size,
+                    ts_event,
+                    recv,
+                    EXP,
+                    EXP,
+                    0,
+                    last,
+                    first,
+                    prev_seq,
+                    0,
+                    0,
+                )
                 (sets if size else dels).append(ev)
         if dels:
             dels.extend(sets)
@@ -419,9 +488,26 @@ class BinanceAdapter:
         self.stats.trades += 1
         ts = data.get("T") or data["E"]
         side = Side.BID if data["m"] else Side.ASK
-        return [L2Event(self.instrument, self.venue, Kind.TRADE, side, parse_decimal(data["p"]),
-                        parse_decimal(data["q"]), ts * 1_000_000, recv, EXP, EXP, int(data["t"]),
-                        0, 0, 0, 0, F_LAST)]
+        return [
+            L2Event(
+                self.instrument,
+                self.venue,
+                Kind.TRADE,
+                side,
+                parse_decimal(data["p"]),
+                parse_decimal(data["q"]),
+                ts * 1_000_000,
+                recv,
+                EXP,
+                EXP,
+                int(data["t"]),
+                0,
+                0,
+                0,
+                0,
+                F_LAST,
+            )
+        ]
 
     def _ticker(self, recv: int, data: dict[str, Any]) -> list[L2Event]:
         self.stats.tickers += 1
@@ -430,10 +516,42 @@ class BinanceAdapter:
         u = data["u"]
         inst, venue, parse, bbo = self.instrument, self.venue, parse_decimal, Kind.BBO
         return [
-            L2Event(inst, venue, bbo, Side.BID, parse(data["b"]), parse(data["B"]), ts_event,
-                    recv, EXP, EXP, 0, u, u, 0, 0, 0),
-            L2Event(inst, venue, bbo, Side.ASK, parse(data["a"]), parse(data["A"]), ts_event,
-                    recv, EXP, EXP, 0, u, u, 0, 0, F_LAST),
+            L2Event(
+                inst,
+                venue,
+                bbo,
+                Side.BID,
+                parse(data["b"]),
+                parse(data["B"]),
+                ts_event,
+                recv,
+                EXP,
+                EXP,
+                0,
+                u,
+                u,
+                0,
+                0,
+                0,
+            ),
+            L2Event(
+                inst,
+                venue,
+                bbo,
+                Side.ASK,
+                parse(data["a"]),
+                parse(data["A"]),
+                ts_event,
+                recv,
+                EXP,
+                EXP,
+                0,
+                u,
+                u,
+                0,
+                0,
+                F_LAST,
+            ),
         ]
 
     def _dispatch(self, recv: int, obj: Any) -> list[L2Event]:
@@ -489,12 +607,19 @@ class BinanceAdapter:
             st.diffs_dropped_unsynced += len(self._buffer)
             self._buffer.clear()
         if st.diffs_dropped_unsynced or st.resyncs:
-            logger.warning("%s: %d diffs dropped unsynced, %d re-syncs", self.instrument,
-                           st.diffs_dropped_unsynced, st.resyncs)
+            logger.warning(
+                "%s: %d diffs dropped unsynced, %d re-syncs",
+                self.instrument,
+                st.diffs_dropped_unsynced,
+                st.resyncs,
+            )
 
 
-def iter_binance_events(paths: Iterable[Path | str] | Path | str, market: str | None = None,
-                        stats: BinanceStats | None = None) -> Iterator[L2Event]:
+def iter_binance_events(
+    paths: Iterable[Path | str] | Path | str,
+    market: str | None = None,
+    stats: BinanceStats | None = None,
+) -> Iterator[L2Event]:
     """Normalised :class:`L2Event` records of a Binance capture (files read in order as one
     stream). ``market`` is ``usdm``/``spot``/``cm`` or ``None`` to detect it from the first diff.
     Pass a :class:`BinanceStats` as ``stats`` to get the counts (filled while iterating);
@@ -511,9 +636,10 @@ def _fmt_level(px: int | None, sz: int) -> str:
     return f"{px / 10**_SCALE_DIGITS:.8f}x{sz / 10**_SCALE_DIGITS:.8f}"
 
 
-def verify_binance(paths: Iterable[Path | str] | Path | str, market: str | None = None,
-                   max_mismatches: int = 20) -> dict[str, Any]:
-    """Rebuild the book with :class:`udfs.book.OrderBook` and check it against the README's
+def verify_binance(
+    paths: Iterable[Path | str] | Path | str, market: str | None = None, max_mismatches: int = 20
+) -> dict[str, Any]:
+    """Rebuild the book with :class:`udfs.market.book.OrderBook` and check it against the README's
     ground truth: a ``bookTicker`` whose ``u`` equals the ``u`` of the last applied diff shows the
     same book version, so best bid/ask price and size must match exactly.
 
@@ -541,11 +667,17 @@ def verify_binance(paths: Iterable[Path | str] | Path | str, market: str | None 
         if got == want:
             matched += 1
         elif len(mismatches) < max_mismatches:
-            mismatches.append({
-                "u": bid.seq, "ts_recv": ask.ts_recv, "late": late,
-                "book_bid": _fmt_level(got[0], got[1]), "ticker_bid": _fmt_level(want[0], want[1]),
-                "book_ask": _fmt_level(got[2], got[3]), "ticker_ask": _fmt_level(want[2], want[3]),
-            })
+            mismatches.append(
+                {
+                    "u": bid.seq,
+                    "ts_recv": ask.ts_recv,
+                    "late": late,
+                    "book_bid": _fmt_level(got[0], got[1]),
+                    "ticker_bid": _fmt_level(want[0], want[1]),
+                    "book_ask": _fmt_level(got[2], got[3]),
+                    "ticker_ask": _fmt_level(want[2], want[3]),
+                }
+            )
 
     for ev in adapter:
         kind = ev.kind

@@ -3,7 +3,7 @@
 Pure Python (no Flink import): :func:`rule_signal` runs in the trading job's keyed function with
 one :class:`RuleState` per instrument in Flink keyed state (pickled), and equally in a loop for
 tests and backtests. It reads the feature dicts of :func:`udfs.pipeline.process_record`
-(:meth:`udfs.features.FeatureRow.to_dict`).
+(:meth:`udfs.market.features.FeatureRow.to_dict`).
 
 The imbalance rule (``imbalance_v1``)
 -------------------------------------
@@ -78,8 +78,10 @@ def rule_direction(direction: int, row: dict[str, Any], cfg: StrategyConfig) -> 
         micro = float(row["microprice"])
         mid = float(row["mid"])
     except KeyError as exc:
-        raise KeyError(f"rule {RULE_STRATEGY} needs feature {exc.args[0]!r} "
-                       f"(imbalance_level={cfg.imbalance_level})") from None
+        raise KeyError(
+            f"rule {RULE_STRATEGY} needs feature {exc.args[0]!r} "
+            f"(imbalance_level={cfg.imbalance_level})"
+        ) from None
     enter, exit_ = cfg.enter_threshold, cfg.exit_threshold
     # 1. enter / reverse: I > E and mp > m -> +1; I < -E and mp < m -> -1
     if imb > enter and micro > mid:

@@ -39,8 +39,14 @@ _ID_SCHEME = "bookstream.order.v1"
 """First element of the hashed list: a new id scheme changes it, so old and new never clash."""
 
 
-def order_id(strategy: str, instrument: str, source_seq: int, ts_event: int,
-             slice_index: int = 0, parent_id: str = "") -> str:
+def order_id(
+    strategy: str,
+    instrument: str,
+    source_seq: int,
+    ts_event: int,
+    slice_index: int = 0,
+    parent_id: str = "",
+) -> str:
     """Deterministic order id: the first 20 hex chars of ``sha256`` of the canonical string
     ``["bookstream.order.v1",strategy,instrument,source_seq,ts_event,slice_index,parent_id]``
     (compact JSON, ASCII-escaped, so no separator inside a name can make two inputs collide).
@@ -49,24 +55,41 @@ def order_id(strategy: str, instrument: str, source_seq: int, ts_event: int,
     change of any input gives a different id. Integer inputs must be ints (a float time would
     be a precision bug upstream): anything else raises ``TypeError``.
     """
-    if not isinstance(strategy, str) or not isinstance(instrument, str) \
-            or not isinstance(parent_id, str):
+    if (
+        not isinstance(strategy, str)
+        or not isinstance(instrument, str)
+        or not isinstance(parent_id, str)
+    ):
         raise TypeError("strategy, instrument and parent_id must be str")
     canonical = json.dumps(
-        [_ID_SCHEME, strategy, instrument, operator.index(source_seq), operator.index(ts_event),
-         operator.index(slice_index), parent_id],
-        separators=(",", ":"), ensure_ascii=True,
+        [
+            _ID_SCHEME,
+            strategy,
+            instrument,
+            operator.index(source_seq),
+            operator.index(ts_event),
+            operator.index(slice_index),
+            parent_id,
+        ],
+        separators=(",", ":"),
+        ensure_ascii=True,
     )
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:ORDER_ID_HEX_CHARS]
 
 
-def orders_for_target(current_position_lots: int, target_lots: int, row: Mapping[str, Any],
-                      strategy: str, *, order_type: OrderType = OrderType.LIMIT,
-                      tif: str = "GTC") -> list[Order]:
+def orders_for_target(
+    current_position_lots: int,
+    target_lots: int,
+    row: Mapping[str, Any],
+    strategy: str,
+    *,
+    order_type: OrderType = OrderType.LIMIT,
+    tif: str = "GTC",
+) -> list[Order]:
     """The order moving ``current_position_lots`` to ``target_lots``; ``[]`` when equal.
 
     ``row`` is the feature row the decision was made on (a
-    :meth:`~udfs.features.FeatureRow.to_dict`; read: ``instrument``, ``ts_event``, ``seq``,
+    :meth:`~udfs.market.features.FeatureRow.to_dict`; read: ``instrument``, ``ts_event``, ``seq``,
     ``price_exp``, ``size_exp`` and, for a limit, ``best_bid``/``best_ask``).
 
     * ``delta = target - current`` lots; side BUY if ``delta > 0`` else SELL;
@@ -93,35 +116,41 @@ def orders_for_target(current_position_lots: int, target_lots: int, row: Mapping
     else:
         price = 0
     # reduce-only: |target| < |current| on the same side of zero (or flat)
-    reduce_only = current != 0 and (target == 0 or (target > 0) == (current > 0)) \
+    reduce_only = (
+        current != 0
+        and (target == 0 or (target > 0) == (current > 0))
         and abs(target) < abs(current)
+    )
     instrument = str(row["instrument"])
     ts_event = operator.index(row["ts_event"])
     seq = operator.index(row["seq"])
-    return [Order(
-        order_id=order_id(strategy, instrument, seq, ts_event),
-        instrument=instrument,
-        strategy=strategy,
-        action=OrderAction.NEW,
-        side=side,
-        order_type=order_type,
-        price=price,
-        quantity=abs(delta),
-        price_exp=int(row.get("price_exp", 0)),
-        size_exp=int(row.get("size_exp", 0)),
-        ts_event=ts_event,
-        source_seq=seq,
-        reduce_only=reduce_only,
-        tif=tif,
-    )]
+    return [
+        Order(
+            order_id=order_id(strategy, instrument, seq, ts_event),
+            instrument=instrument,
+            strategy=strategy,
+            action=OrderAction.NEW,
+            side=side,
+            order_type=order_type,
+            price=price,
+            quantity=abs(delta),
+            price_exp=int(row.get("price_exp", 0)),
+            size_exp=int(row.get("size_exp", 0)),
+            ts_event=ts_event,
+            source_seq=seq,
+            reduce_only=reduce_only,
+            tif=tif,
+        )
+    ]
 
 
 def _child(parent: Order, index: int, quantity: int, ts_event: int, source_seq: int) -> Order:
     """A slice of ``parent``: same instrument, side, type, price, flags; own id, time and qty."""
     return replace(
         parent,
-        order_id=order_id(parent.strategy, parent.instrument, source_seq, ts_event, index,
-                          parent.order_id),
+        order_id=order_id(
+            parent.strategy, parent.instrument, source_seq, ts_event, index, parent.order_id
+        ),
         action=OrderAction.NEW,
         quantity=quantity,
         ts_event=ts_event,
@@ -157,8 +186,7 @@ def twap_children(parent: Order, start_ts: int, end_ts: int, n_slices: int) -> l
     base, rem = divmod(total, n)
     span = end - start
     return [
-        _child(parent, i, base + (1 if i < rem else 0), start + (i * span) // n,
-               parent.source_seq)
+        _child(parent, i, base + (1 if i < rem else 0), start + (i * span) // n, parent.source_seq)
         for i in range(n)
     ]
 
@@ -186,12 +214,23 @@ class PovSlicer:
     stream of the venue does.
     """
 
-    __slots__ = ("_den", "_num", "market_volume", "min_slice_lots", "n_children", "parent",
-                 "participation", "released")
+    __slots__ = (
+        "_den",
+        "_num",
+        "market_volume",
+        "min_slice_lots",
+        "n_children",
+        "parent",
+        "participation",
+        "released",
+    )
 
     def __init__(self, parent: Order, participation: float, min_slice_lots: int = 1) -> None:
-        if not (isinstance(participation, int | float) and math.isfinite(participation)
-                and 0 < participation <= 1):
+        if not (
+            isinstance(participation, int | float)
+            and math.isfinite(participation)
+            and 0 < participation <= 1
+        ):
             raise ValueError(f"participation must be in (0, 1], got {participation!r}")
         min_slice = operator.index(min_slice_lots)
         if min_slice < 1:
@@ -227,12 +266,18 @@ class PovSlicer:
         """Count ``ev`` (if it is a trade of the parent's instrument, not before the parent) and
         return the child it releases: ``[]`` or one order."""
         parent = self.parent
-        if (ev.kind not in TRADE_KINDS or ev.instrument != parent.instrument
-                or ev.ts_event < parent.ts_event or self.done):
+        if (
+            ev.kind not in TRADE_KINDS
+            or ev.instrument != parent.instrument
+            or ev.ts_event < parent.ts_event
+            or self.done
+        ):
             return []
         if ev.size_exp != parent.size_exp:
-            raise ValueError(f"trade lots of 10**{ev.size_exp} vs parent lots of "
-                             f"10**{parent.size_exp}: not comparable")
+            raise ValueError(
+                f"trade lots of 10**{ev.size_exp} vs parent lots of "
+                f"10**{parent.size_exp}: not comparable"
+            )
         self.market_volume += ev.size
         # release = min(Q, floor(rho * V)) - released
         qty = self.allowed() - self.released

@@ -38,7 +38,7 @@ What each counter means, and why it is counted that way
                   refused record, or ``seq_prev`` pointing to it) is the same gap, not a new one.
 ``resyncs``       a snapshot (``clear``, or a ``snapshot`` level that does not continue a snapshot)
                   applied after the instrument's first one: the adapter lost its chain and
-                  rebuilt the book (Binance's sync rules; see ``udfs/adapters/binance.py``).
+                  rebuilt the book (Binance's sync rules; see ``udfs/market/adapters/binance.py``).
 ``crossed``       records refused as ``crossed_book``, plus the book entering a crossed state
                   (best bid > best ask) at the end of a batch, which only a snapshot can do
                   (snapshot levels are not checked one by one).
@@ -69,7 +69,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from udfs.book import OrderBook
+from udfs.market.book import OrderBook
 from udfs.schema import F_LAST, Kind, L2Event, Reason, Side
 
 __all__ = [
@@ -184,8 +184,13 @@ def _current(q: QualityState) -> MinuteCounts | None:
     return q.cur if m == q.cur_minute else _bucket(q, m)
 
 
-def observe(q: QualityState, ev: L2Event | None, reason: Reason | None,
-            book: OrderBook | None, stale_after_ns: int) -> None:
+def observe(
+    q: QualityState,
+    ev: L2Event | None,
+    reason: Reason | None,
+    book: OrderBook | None,
+    stale_after_ns: int,
+) -> None:
     """Count one record of the instrument with its outcome.
 
     ``ev``: the decoded event, or None when the record could not be decoded or was refused
@@ -213,8 +218,17 @@ def observe(q: QualityState, ev: L2Event | None, reason: Reason | None,
     # duplicates: a chained replay (the book refused it and its seq is not ahead of the chain
     # head), or an exact repeat of a recent record
     side = ev.side
-    fp = hash((ev.seq, ev.order_id, ev.price, ev.size, ev.ts_recv, ev.flags,
-               _KIND_CODE[ev.kind] + (1 if side is _BID else 2 if side is _ASK else 0)))
+    fp = hash(
+        (
+            ev.seq,
+            ev.order_id,
+            ev.price,
+            ev.size,
+            ev.ts_recv,
+            ev.flags,
+            _KIND_CODE[ev.kind] + (1 if side is _BID else 2 if side is _ASK else 0),
+        )
+    )
     seen = q.seen
     if fp in seen or (reason is _GAP and book is not None and ev.seq <= book.last_seq):
         b.duplicates += 1
@@ -288,10 +302,18 @@ def _book_state(q: QualityState, b: MinuteCounts, book: OrderBook) -> None:
 
 def _row(instrument: str, minute: int, b: MinuteCounts) -> dict:
     return {
-        "instrument": instrument, "minute_start": minute, "events": b.events,
-        "sequence_gaps": b.sequence_gaps, "resyncs": b.resyncs, "crossed": b.crossed,
-        "locked": b.locked, "stale_gaps": b.stale_gaps, "max_gap_ms": round(b.max_gap_ns / 1e6, 3),
-        "out_of_order": b.out_of_order, "late": b.late, "duplicates": b.duplicates,
+        "instrument": instrument,
+        "minute_start": minute,
+        "events": b.events,
+        "sequence_gaps": b.sequence_gaps,
+        "resyncs": b.resyncs,
+        "crossed": b.crossed,
+        "locked": b.locked,
+        "stale_gaps": b.stale_gaps,
+        "max_gap_ms": round(b.max_gap_ns / 1e6, 3),
+        "out_of_order": b.out_of_order,
+        "late": b.late,
+        "duplicates": b.duplicates,
         "v": QUALITY_VERSION,
     }
 

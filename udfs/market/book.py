@@ -98,12 +98,15 @@ class OrderBook:
             return
         if self.batch_open:
             if ev.seq != self.last_seq:
-                raise BookError("sequence gap", f"batch seq {self.last_seq} still open, got "
-                                                f"seq {ev.seq}")
+                raise BookError(
+                    "sequence gap", f"batch seq {self.last_seq} still open, got seq {ev.seq}"
+                )
             return
         if ev.seq_prev and self.last_seq and ev.seq_prev != self.last_seq:
-            raise BookError("sequence gap", f"expected seq_prev {self.last_seq}, got "
-                                            f"{ev.seq_prev} (seq {ev.seq})")
+            raise BookError(
+                "sequence gap",
+                f"expected seq_prev {self.last_seq}, got {ev.seq_prev} (seq {ev.seq})",
+            )
 
     def apply(self, ev: L2Event) -> bool:
         """Apply one record. Returns True when it changed the book. Raises :class:`BookError`
@@ -127,8 +130,11 @@ class OrderBook:
             else:  # cancel, delete, execute reduce the level
                 new = old - ev.size
                 if new < 0:
-                    raise BookError("negative level", f"{kind.value} of {ev.size} at "
-                                    f"{ev.price} on {ev.side.value} where {old} rests")
+                    raise BookError(
+                        "negative level",
+                        f"{kind.value} of {ev.size} at "
+                        f"{ev.price} on {ev.side.value} where {old} rests",
+                    )
             if new > old and kind is not Kind.SNAPSHOT:
                 self._check_not_crossing(ev.side, ev.price)
             book_side.set(ev.price, new)

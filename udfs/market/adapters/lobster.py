@@ -29,7 +29,8 @@ So the adapter does what a real market-by-price feed handler does:
 Sequence chain: ``seq`` is the message number ``k``. Book records carry ``seq_prev`` = the
 ``seq`` of the last batch the adapter's book actually applied, which is ``k-1`` whenever message
 ``k-1`` changed the book. Hidden executions, cross trades and halts do not change the book and
-:class:`~udfs.book.OrderBook` does not advance its chain on them, so they are emitted unchained
+:class:`~udfs.market.book.OrderBook` does not advance its chain on them, so they are emitted
+unchained
 (``seq_prev=0``, the schema's rule for trades) and the next book record chains to the last book
 batch before them. A batch's last record carries ``F_LAST``; a message record followed by
 reveals does not.
@@ -50,7 +51,7 @@ from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from udfs.book import BookError, OrderBook, SideBook
+from udfs.market.book import BookError, OrderBook, SideBook
 from udfs.schema import F_LAST, F_SNAPSHOT, Kind, L2Event, Side
 
 __all__ = [
@@ -125,8 +126,10 @@ def parse_lobster_name(path: str | Path) -> LobsterFileInfo:
     name = Path(path).name
     m = _NAME_RE.match(name)
     if m is None:
-        raise ValueError(f"not a LOBSTER file name: {name!r} "
-                         "(expected SYM_YYYY-MM-DD_start_end_message|orderbook_N.csv)")
+        raise ValueError(
+            f"not a LOBSTER file name: {name!r} "
+            "(expected SYM_YYYY-MM-DD_start_end_message|orderbook_N.csv)"
+        )
     return LobsterFileInfo(m["symbol"].upper(), date.fromisoformat(m["date"]), int(m["depth"]))
 
 
@@ -147,15 +150,22 @@ def parse_lobster_time(text: str) -> int:
 def _parse_row(line: str) -> Row:
     """One orderbook line -> (asks, bids), dropping LOBSTER's dummy empty levels."""
     vals = [int(x) for x in line.split(",")]
-    asks = [(vals[i], vals[i + 1]) for i in range(0, len(vals), 4)
-            if vals[i] != _EMPTY_ASK and vals[i + 1] > 0]
-    bids = [(vals[i], vals[i + 1]) for i in range(2, len(vals), 4)
-            if vals[i] != _EMPTY_BID and vals[i + 1] > 0]
+    asks = [
+        (vals[i], vals[i + 1])
+        for i in range(0, len(vals), 4)
+        if vals[i] != _EMPTY_ASK and vals[i + 1] > 0
+    ]
+    bids = [
+        (vals[i], vals[i + 1])
+        for i in range(2, len(vals), 4)
+        if vals[i] != _EMPTY_BID and vals[i + 1] > 0
+    ]
     return asks, bids
 
 
-def read_orderbook_rows(orderbook_file: str | Path,
-                        max_rows: int | None = None) -> Iterator[tuple[int, Row]]:
+def read_orderbook_rows(
+    orderbook_file: str | Path, max_rows: int | None = None
+) -> Iterator[tuple[int, Row]]:
     """Yield ``(depth, (asks, bids))`` per orderbook row. Consecutive identical lines (hidden
     executions, halts) are parsed once: most of a 34 MB file is repeated rows' parsing cost."""
     last_line: str | None = None
@@ -177,8 +187,7 @@ def _is_better_eq(is_bid: bool, price: int, limit: int) -> bool:
     return price >= limit if is_bid else price <= limit
 
 
-def _known_range(prev: list[Level], cur: list[Level], depth: int
-                 ) -> tuple[int | None, int | None]:
+def _known_range(prev: list[Level], cur: list[Level], depth: int) -> tuple[int | None, int | None]:
     """(frontier, reach) of one side: ``frontier`` is row k-1's N-th price (None: the whole
     side is known), ``reach`` row k's N-th price (None: row k shows the whole side)."""
     frontier = prev[-1][0] if len(prev) >= depth else None
@@ -186,16 +195,18 @@ def _known_range(prev: list[Level], cur: list[Level], depth: int
     return frontier, reach
 
 
-def _book_slice(side: SideBook, limit: int | None, strictly_worse_than: int | None = None
-                ) -> list[Level]:
+def _book_slice(
+    side: SideBook, limit: int | None, strictly_worse_than: int | None = None
+) -> list[Level]:
     """Book levels at or better than ``limit`` (None: no limit) and, when given, strictly worse
     than ``strictly_worse_than``; best first."""
     prices = side.prices
     sizes = side.sizes
     if side.is_bid:
         lo = 0 if limit is None else bisect_left(prices, limit)
-        hi = len(prices) if strictly_worse_than is None else bisect_left(prices,
-                                                                         strictly_worse_than)
+        hi = (
+            len(prices) if strictly_worse_than is None else bisect_left(prices, strictly_worse_than)
+        )
         return [(p, sizes[p]) for p in reversed(prices[lo:hi])]
     lo = 0 if strictly_worse_than is None else bisect_right(prices, strictly_worse_than)
     hi = len(prices) if limit is None else bisect_right(prices, limit)
@@ -211,8 +222,9 @@ def _tighter(is_bid: bool, a: int | None, b: int | None) -> int | None:
     return max(a, b) if is_bid else min(a, b)
 
 
-def _known_diff(side: SideBook, prev: list[Level], cur: list[Level], depth: int
-                ) -> tuple[list[Level], list[Level]] | None:
+def _known_diff(
+    side: SideBook, prev: list[Level], cur: list[Level], depth: int
+) -> tuple[list[Level], list[Level]] | None:
     """Compare the known part of one side (within row k-1's frontier, as far as row k reaches)
     with row k. Returns None when equal, else (expected, got)."""
     is_bid = side.is_bid
@@ -230,8 +242,14 @@ def _known_diff(side: SideBook, prev: list[Level], cur: list[Level], depth: int
 class _Adapter:
     """Mirror book + frontier rule; see the module docstring."""
 
-    def __init__(self, message_file: str | Path, orderbook_file: str | Path,
-                 symbol: str | None, stats: LobsterStats, max_rows: int | None) -> None:
+    def __init__(
+        self,
+        message_file: str | Path,
+        orderbook_file: str | Path,
+        symbol: str | None,
+        stats: LobsterStats,
+        max_rows: int | None,
+    ) -> None:
         info = parse_lobster_name(message_file)
         self.symbol = (symbol or info.symbol).upper()
         self.instrument = f"{self.symbol}.{LOBSTER_VENUE}"
@@ -243,12 +261,35 @@ class _Adapter:
         self.max_rows = max_rows
         self.mirror = OrderBook(self.instrument)
 
-    def _event(self, kind: Kind, side: Side, price: int, size: int, ts: int, seq: int,
-               seq_prev: int, flags: int, order_id: int = 0) -> L2Event:
-        return L2Event(instrument=self.instrument, venue=LOBSTER_VENUE, kind=kind, side=side,
-                       price=price, size=size, ts_event=ts, ts_recv=ts,
-                       price_exp=LOBSTER_PRICE_EXP, size_exp=0, order_id=order_id, seq=seq,
-                       seq_first=seq, seq_prev=seq_prev, flags=flags)
+    def _event(
+        self,
+        kind: Kind,
+        side: Side,
+        price: int,
+        size: int,
+        ts: int,
+        seq: int,
+        seq_prev: int,
+        flags: int,
+        order_id: int = 0,
+    ) -> L2Event:
+        return L2Event(
+            instrument=self.instrument,
+            venue=LOBSTER_VENUE,
+            kind=kind,
+            side=side,
+            price=price,
+            size=size,
+            ts_event=ts,
+            ts_recv=ts,
+            price_exp=LOBSTER_PRICE_EXP,
+            size_exp=0,
+            order_id=order_id,
+            seq=seq,
+            seq_first=seq,
+            seq_prev=seq_prev,
+            flags=flags,
+        )
 
     def _apply(self, ev: L2Event) -> bool:
         """Apply to the mirror exactly as a downstream OrderBook would; a refusal is counted
@@ -258,8 +299,9 @@ class _Adapter:
         except BookError as exc:
             self.stats.book_errors += 1
             if self.stats.book_errors <= _MAX_LOGGED_MISMATCHES:
-                logger.warning("%s seq %d: book refused %s: %s", self.instrument, ev.seq,
-                               ev.kind.value, exc)
+                logger.warning(
+                    "%s seq %d: book refused %s: %s", self.instrument, ev.seq, ev.kind.value, exc
+                )
             return False
 
     def _snapshot(self, row: Row, ts: int) -> list[L2Event]:
@@ -270,8 +312,9 @@ class _Adapter:
         evs[-1].flags |= F_LAST
         return evs
 
-    def _message_event(self, k: int, ts: int, mtype: int, order_id: int, size: int,
-                       price: int, direction: int) -> L2Event:
+    def _message_event(
+        self, k: int, ts: int, mtype: int, order_id: int, size: int, price: int, direction: int
+    ) -> L2Event:
         kind = _MESSAGE_KINDS.get(mtype)
         if kind is None:
             raise ValueError(f"{self.message_file.name} row {k}: unknown LOBSTER type {mtype}")
@@ -284,8 +327,7 @@ class _Adapter:
         side = Side.BID if direction == 1 else Side.ASK
         if kind is Kind.HIDDEN_TRADE or kind is Kind.CROSS_TRADE:
             return self._event(kind, side, price, size, ts, k, 0, F_LAST, order_id)
-        return self._event(kind, side, price, size, ts, k, self.mirror.last_seq, F_LAST,
-                           order_id)
+        return self._event(kind, side, price, size, ts, k, self.mirror.last_seq, F_LAST, order_id)
 
     def _reveals(self, prev: Row, cur: Row, k: int, ts: int, chain: int) -> list[L2Event]:
         """Check the known region against row k (count, never patch) and return the level
@@ -301,9 +343,14 @@ class _Adapter:
             if diff is not None:
                 mismatch = True
                 if self.stats.frontier_mismatches < _MAX_LOGGED_MISMATCHES:
-                    logger.warning("%s row %d %s: known levels differ from LOBSTER: expected "
-                                   "%s, book has %s", self.instrument, k, side_enum.value,
-                                   diff[0], diff[1])
+                    logger.warning(
+                        "%s row %d %s: known levels differ from LOBSTER: expected %s, book has %s",
+                        self.instrument,
+                        k,
+                        side_enum.value,
+                        diff[0],
+                        diff[1],
+                    )
             frontier, reach = _known_range(p_lv, c_lv, depth)
             if frontier is None:
                 continue  # row k-1 showed the whole side: nothing is new information
@@ -337,11 +384,18 @@ class _Adapter:
                 try:
                     row_depth, row = next(rows)
                 except StopIteration:
-                    raise ValueError(f"{self.orderbook_file.name} has fewer rows than "
-                                     f"{self.message_file.name} ({k - 1})") from None
+                    raise ValueError(
+                        f"{self.orderbook_file.name} has fewer rows than "
+                        f"{self.message_file.name} ({k - 1})"
+                    ) from None
                 if k == 1 and row_depth != self.depth:
-                    logger.info("%s: orderbook has %d levels, file name says %d; using %d",
-                                self.instrument, row_depth, self.depth, row_depth)
+                    logger.info(
+                        "%s: orderbook has %d levels, file name says %d; using %d",
+                        self.instrument,
+                        row_depth,
+                        self.depth,
+                        row_depth,
+                    )
                     self.depth = row_depth
                 ts = self.midnight + parse_lobster_time(parts[0])
                 mtype = int(parts[1])
@@ -356,8 +410,9 @@ class _Adapter:
                     prev = row
                     continue
                 chain = self.mirror.last_seq  # the batch this one follows in the chain
-                msg = self._message_event(k, ts, mtype, int(parts[2]), int(parts[3]),
-                                          int(parts[4]), int(parts[5]))
+                msg = self._message_event(
+                    k, ts, mtype, int(parts[2]), int(parts[3]), int(parts[4]), int(parts[5])
+                )
                 applied = self._apply(msg)
                 reveals = self._reveals(prev, row, k, ts, chain)
                 if reveals:
@@ -374,27 +429,44 @@ class _Adapter:
                     stats.events += 1
                     yield ev
                 prev = row
-        logger.info("%s: %d messages, types %s, %d reveals, %d frontier mismatches, "
-                    "%d book errors", self.instrument, stats.messages, dict(stats.by_type),
-                    stats.reveals, stats.frontier_mismatches, stats.book_errors)
+        logger.info(
+            "%s: %d messages, types %s, %d reveals, %d frontier mismatches, %d book errors",
+            self.instrument,
+            stats.messages,
+            dict(stats.by_type),
+            stats.reveals,
+            stats.frontier_mismatches,
+            stats.book_errors,
+        )
 
 
-def iter_lobster_events(message_file: str | Path, orderbook_file: str | Path,
-                        symbol: str | None = None, *, stats: LobsterStats | None = None,
-                        max_rows: int | None = None) -> Iterator[L2Event]:
+def iter_lobster_events(
+    message_file: str | Path,
+    orderbook_file: str | Path,
+    symbol: str | None = None,
+    *,
+    stats: LobsterStats | None = None,
+    max_rows: int | None = None,
+) -> Iterator[L2Event]:
     """Stream a LOBSTER message/orderbook pair as :class:`L2Event` records (see module doc).
 
     ``symbol`` overrides the one in the file name; the instrument is ``SYMBOL.XNAS``. Pass a
     :class:`LobsterStats` to read the counters after (or during) iteration. ``max_rows`` stops
     after that many message rows (tests, benchmarks).
     """
-    adapter = _Adapter(message_file, orderbook_file, symbol,
-                       stats if stats is not None else LobsterStats(), max_rows)
+    adapter = _Adapter(
+        message_file,
+        orderbook_file,
+        symbol,
+        stats if stats is not None else LobsterStats(),
+        max_rows,
+    )
     return adapter.run()
 
 
-def verify_lobster(message_file: str | Path, orderbook_file: str | Path, *,
-                   max_rows: int | None = None) -> dict[str, object]:
+def verify_lobster(
+    message_file: str | Path, orderbook_file: str | Path, *, max_rows: int | None = None
+) -> dict[str, object]:
     """Rebuild the book from the adapter's events only, with a fresh :class:`OrderBook`, and
     check it against every orderbook row ``k >= 2``.
 
@@ -435,8 +507,9 @@ def verify_lobster(message_file: str | Path, orderbook_file: str | Path, *,
             if diff is not None:
                 ok = False
                 if len(mismatches) < 20:
-                    mismatches.append({"k": ev.seq, "side": side_enum.value,
-                                       "expected": diff[0], "got": diff[1]})
+                    mismatches.append(
+                        {"k": ev.seq, "side": side_enum.value, "expected": diff[0], "got": diff[1]}
+                    )
         matched += ok
         bids, asks = book.top(depth)
         full += bids == row[1] and asks == row[0]

@@ -6,10 +6,13 @@ that consumes the market, order and control topics feeds an :class:`ExecutionEng
 publishes what it returns (:data:`Output` records, serialised with
 :func:`~udfs.schema.encode_record`). The engine wires together
 
-* one :class:`~udfs.venue.PaperVenue` per instrument (created on the instrument's first market
+* one :class:`~udfs.execution.venue.PaperVenue` per instrument (created on the instrument's first
+market
   event; it keeps the instrument's order book and fills the orders, with latency, in event time);
-* one :class:`~udfs.risk.RiskEngine` (pre-trade checks, trading state, kill switch, drawdown
-  guard) and one :class:`~udfs.portfolio.Portfolio` (positions, P&L, fees, peak and drawdown)
+* one :class:`~udfs.execution.risk.RiskEngine` (pre-trade checks, trading state, kill switch,
+drawdown
+  guard) and one :class:`~udfs.execution.portfolio.Portfolio` (positions, P&L, fees, peak and
+  drawdown)
   shared by every instrument.
 
 Ordering contract (the caller's job; the engine does not reorder or buffer)
@@ -20,7 +23,8 @@ Ordering contract (the caller's job; the engine does not reorder or buffer)
   ``order.ts_event``) has been fed: it is risk-checked against the venue's book as it is when the
   order is fed, and sent with ``decision_ts = order.ts_event``; it reaches the venue
   ``entry latency`` later, so it meets the first book stamped after its arrival (see
-  :mod:`udfs.venue`). An order fed late (its arrival already behind the venue's clock) is handled
+  :mod:`udfs.execution.venue`). An order fed late (its arrival already behind the venue's clock) is
+  handled
   at once on the current book.
 * A control applies from the next input on: a KILL between two orders refuses the second.
 * :meth:`ExecutionEngine.finish` at end of input advances every venue to the last market time
@@ -42,7 +46,8 @@ Inputs
     CANCEL of the same target id, returns nothing and counts in ``stats["duplicates"]`` (a NEW
     and the CANCEL of that order share the id, so they are different keys). NEW: pre-trade risk
     at ``order.ts_event`` against the instrument's venue book and the portfolio; a refusal
-    returns the REJECT report of :func:`~udfs.risk.reject_report` (reason ``"<rule>: ..."``) and
+    returns the REJECT report of :func:`~udfs.execution.risk.reject_report` (reason ``"<rule>:
+    ..."``) and
     never reaches the venue; an acceptance is submitted to the venue. Orders for an instrument
     without market data are refused by the risk engine (``no_book``). CANCEL: passed to the
     venue (always allowed, also when HALTED); a cancel for an instrument without a venue is
@@ -76,8 +81,10 @@ Outputs
     is sampled (the quiet intervals are zero-return scenarios) and one report is emitted,
     stamped with the last boundary crossed. VaR/ES 99% are historical simulation of the CURRENT
     positions at the current marks over the last ``var_window`` per-interval mid returns
-    (:func:`~udfs.portfolio.position_pnl_scenarios`, :func:`~udfs.portfolio.historical_var`,
-    :func:`~udfs.portfolio.expected_shortfall`): losses positive; ``scenarios`` says how many
+    (:func:`~udfs.execution.portfolio.position_pnl_scenarios`,
+    :func:`~udfs.execution.portfolio.historical_var`,
+    :func:`~udfs.execution.portfolio.expected_shortfall`): losses positive; ``scenarios`` says how
+    many
     intervals were used (the held instruments' histories aligned on their common most recent
     boundaries). Flat, or a held instrument without two samples yet: ``var_99 = es_99 = 0`` and
     ``scenarios = 0``. ``es_99`` is floored at ``var_99`` (ES >= VaR holds exactly; this only
@@ -91,14 +98,15 @@ from fractions import Fraction
 from typing import Any
 
 from udfs.config import RiskConfig, VenueConfig
-from udfs.portfolio import (
+from udfs.execution.portfolio import (
     BoundedIdSet,
     Portfolio,
     expected_shortfall,
     historical_var,
     position_pnl_scenarios,
 )
-from udfs.risk import RiskEngine, reject_report
+from udfs.execution.risk import RiskEngine, reject_report
+from udfs.execution.venue import PaperVenue
 from udfs.schema import (
     F_LAST,
     Control,
@@ -110,7 +118,6 @@ from udfs.schema import (
     OrderAction,
     RiskReport,
 )
-from udfs.venue import PaperVenue
 
 __all__ = ["ExecutionEngine", "Output"]
 
@@ -121,9 +128,25 @@ _NS_PER_MS = 1_000_000
 _ALPHA = 0.99
 
 _STAT_KEYS = (
-    "market_events", "orders_in", "new_orders", "cancel_requests", "duplicates", "accepted",
-    "rejected", "venue_rejects", "acks", "fills", "filled_lots", "cancels", "controls_in",
-    "kills", "resumes", "cancel_alls", "controls_ignored", "kill_tripped", "risk_reports",
+    "market_events",
+    "orders_in",
+    "new_orders",
+    "cancel_requests",
+    "duplicates",
+    "accepted",
+    "rejected",
+    "venue_rejects",
+    "acks",
+    "fills",
+    "filled_lots",
+    "cancels",
+    "controls_in",
+    "kills",
+    "resumes",
+    "cancel_alls",
+    "controls_ignored",
+    "kill_tripped",
+    "risk_reports",
 )
 
 
@@ -135,9 +158,15 @@ class ExecutionEngine:
     order keys are remembered for idempotency (oldest forgotten first).
     """
 
-    def __init__(self, risk_cfg: RiskConfig, venue_cfg: VenueConfig, *,
-                 risk_interval_ms: int = 1000, var_window: int = 500,
-                 seen_capacity: int = 100_000) -> None:
+    def __init__(
+        self,
+        risk_cfg: RiskConfig,
+        venue_cfg: VenueConfig,
+        *,
+        risk_interval_ms: int = 1000,
+        var_window: int = 500,
+        seen_capacity: int = 100_000,
+    ) -> None:
         if risk_interval_ms <= 0:
             raise ValueError(f"risk_interval_ms must be positive, got {risk_interval_ms}")
         if var_window < 1:
@@ -199,12 +228,20 @@ class ExecutionEngine:
             self.risk.check(order, None, self.portfolio, order.ts_event)  # advances its clock
             if venue is None:
                 self.stats["venue_rejects"] += 1
-                out.append(ExecReport(
-                    report_id=f"{order.order_id}:cancel-reject", order_id=order.order_id,
-                    instrument=inst, kind=ExecKind.REJECT, ts_event=order.ts_event,
-                    reason=f"cancel: no market data for {inst} yet (no venue)",
-                    side=order.side.value, position=self.portfolio.position(inst),
-                    price_exp=order.price_exp, size_exp=order.size_exp))
+                out.append(
+                    ExecReport(
+                        report_id=f"{order.order_id}:cancel-reject",
+                        order_id=order.order_id,
+                        instrument=inst,
+                        kind=ExecKind.REJECT,
+                        ts_event=order.ts_event,
+                        reason=f"cancel: no market data for {inst} yet (no venue)",
+                        side=order.side.value,
+                        position=self.portfolio.position(inst),
+                        price_exp=order.price_exp,
+                        size_exp=order.size_exp,
+                    )
+                )
                 return out
             filled = self._book(venue.submit(order, decision_ts=order.ts_event), out)
             if filled:
@@ -212,10 +249,18 @@ class ExecutionEngine:
             return out
         self.stats["new_orders"] += 1
         # exposure already working on the order's side counts towards the position limit
-        working = 0 if venue is None else sum(
-            w.leaves_qty for w in venue.open_orders() if w.order.side is order.side)
-        decision = self.risk.check(order, venue.book if venue is not None else None,
-                                   self.portfolio, order.ts_event, working)
+        working = (
+            0
+            if venue is None
+            else sum(w.leaves_qty for w in venue.open_orders() if w.order.side is order.side)
+        )
+        decision = self.risk.check(
+            order,
+            venue.book if venue is not None else None,
+            self.portfolio,
+            order.ts_event,
+            working,
+        )
         if decision.duplicate:  # decided earlier and forgotten by our own window: drop it
             self.stats["duplicates"] += 1
             return []
@@ -293,8 +338,10 @@ class ExecutionEngine:
 
     def open_orders(self) -> dict[str, list[str]]:
         """Order ids resting at each venue (priority order)."""
-        return {name: [w.order.order_id for w in self.venues[name].open_orders()]
-                for name in sorted(self.venues)}
+        return {
+            name: [w.order.order_id for w in self.venues[name].open_orders()]
+            for name in sorted(self.venues)
+        }
 
     # --------------------------------------------------------------------------- internals
 
@@ -308,8 +355,10 @@ class ExecutionEngine:
                 self.portfolio.apply_fill(rep)
                 held = self.portfolio.position(rep.instrument)
                 if held != rep.position:
-                    raise RuntimeError(f"fill {rep.report_id}: venue position {rep.position} "
-                                       f"!= portfolio position {held}")
+                    raise RuntimeError(
+                        f"fill {rep.report_id}: venue position {rep.position} "
+                        f"!= portfolio position {held}"
+                    )
                 self.stats["fills"] += 1
                 self.stats["filled_lots"] += rep.fill_qty
                 filled = True
@@ -370,17 +419,31 @@ class ExecutionEngine:
         equity = pf.mark(self.marks)
         self.stats["risk_reports"] += 1
         return RiskReport(
-            ts_event=ts, var_99=var, es_99=es, drawdown=float(pf.drawdown_exact),
-            equity=float(equity), realised_pnl=float(pf.realised_exact()),
-            unrealised_pnl=float(pf.unrealised_exact(self.marks)), fees=float(pf.fees_exact()),
-            positions=self.positions(), scenarios=scenarios)
+            ts_event=ts,
+            var_99=var,
+            es_99=es,
+            drawdown=float(pf.drawdown_exact),
+            equity=float(equity),
+            realised_pnl=float(pf.realised_exact()),
+            unrealised_pnl=float(pf.unrealised_exact(self.marks)),
+            fees=float(pf.fees_exact()),
+            positions=self.positions(),
+            scenarios=scenarios,
+        )
 
     def __repr__(self) -> str:
-        return (f"ExecutionEngine(instruments={sorted(self.venues)}, "
-                f"positions={ {k: v for k, v in self.positions().items() if v} }, "
-                f"state={self.risk.state.value}, clock={self.clock})")
+        return (
+            f"ExecutionEngine(instruments={sorted(self.venues)}, "
+            f"positions={ {k: v for k, v in self.positions().items() if v} }, "
+            f"state={self.risk.state.value}, clock={self.clock})"
+        )
 
     def summary(self) -> dict[str, Any]:
         """Stats, positions, P&L and trading state in one JSON-friendly dict."""
-        return {"stats": dict(self.stats), "positions": self.positions(), "pnl": self.pnl(),
-                "state": self.risk.state.value, "clock": self.clock}
+        return {
+            "stats": dict(self.stats),
+            "positions": self.positions(),
+            "pnl": self.pnl(),
+            "state": self.risk.state.value,
+            "clock": self.clock,
+        }

@@ -48,8 +48,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from udfs.book import OrderBook
 from udfs.config import FeatureConfig
+from udfs.market.book import OrderBook
 from udfs.schema import F_LAST, TRADE_KINDS, L2Event, Side
 
 __all__ = ["FeatureRow", "FeatureState", "feature_keys", "on_event"]
@@ -177,12 +177,42 @@ class FeatureRow:
         return d
 
 
-_HEAD_KEYS = ("instrument", "ts_event", "ts_recv", "seq", "price_exp", "size_exp", "best_bid",
-              "best_ask", "bid_size", "ask_size", "spread", "mid", "microprice")
-_TAIL_KEYS = ("bid_depth", "ask_depth", "ofi", "ofi_window", "rv", "trade_volume",
-              "trade_signed_volume", "trade_count", "best_bid_px", "best_ask_px", "spread_px",
-              "mid_px", "microprice_px", "bid_size_qty", "ask_size_qty", "bid_depth_qty",
-              "ask_depth_qty", "trade_volume_qty", "trade_signed_volume_qty")
+_HEAD_KEYS = (
+    "instrument",
+    "ts_event",
+    "ts_recv",
+    "seq",
+    "price_exp",
+    "size_exp",
+    "best_bid",
+    "best_ask",
+    "bid_size",
+    "ask_size",
+    "spread",
+    "mid",
+    "microprice",
+)
+_TAIL_KEYS = (
+    "bid_depth",
+    "ask_depth",
+    "ofi",
+    "ofi_window",
+    "rv",
+    "trade_volume",
+    "trade_signed_volume",
+    "trade_count",
+    "best_bid_px",
+    "best_ask_px",
+    "spread_px",
+    "mid_px",
+    "microprice_px",
+    "bid_size_qty",
+    "ask_size_qty",
+    "bid_depth_qty",
+    "ask_depth_qty",
+    "trade_volume_qty",
+    "trade_signed_volume_qty",
+)
 
 
 def feature_keys(depth_levels: int) -> tuple[str, ...]:
@@ -196,8 +226,9 @@ def _scale(value: float, exp: int) -> float:
     return float(value * 10**exp) if exp >= 0 else value / 10**-exp
 
 
-def on_event(state: FeatureState, book: OrderBook, ev: L2Event,
-             cfg: FeatureConfig) -> FeatureRow | None:
+def on_event(
+    state: FeatureState, book: OrderBook, ev: L2Event, cfg: FeatureConfig
+) -> FeatureRow | None:
     """Update ``state`` with ``ev`` (already applied to ``book``) and return the features when
     ``ev`` ends a batch and both book sides are non-empty, else None."""
     ts = ev.ts_event
@@ -287,15 +318,28 @@ def on_event(state: FeatureState, book: OrderBook, ev: L2Event,
 
     state.rows += 1
     return FeatureRow(
-        ev.instrument, ts, ev.ts_recv, ev.seq, ev.price_exp, ev.size_exp,
-        pb, pa, qb, qa,
+        ev.instrument,
+        ts,
+        ev.ts_recv,
+        ev.seq,
+        ev.price_exp,
+        ev.size_exp,
+        pb,
+        pa,
+        qb,
+        qa,
         pa - pb,  # spread = Pa - Pb
         mid2 / 2,  # mid = (Pb + Pa) / 2
         (pb * qa + pa * qb) / (qb + qa),  # microprice = (Pb qa + Pa qb) / (qb + qa)
         tuple(imbalance),
-        cb, ca,  # bid_depth = B_N, ask_depth = A_N
-        float(ofi), float(state.ofi_sum), rv,
-        state.trade_volume, state.trade_signed, len(trade_win),
+        cb,
+        ca,  # bid_depth = B_N, ask_depth = A_N
+        float(ofi),
+        float(state.ofi_sum),
+        rv,
+        state.trade_volume,
+        state.trade_signed,
+        len(trade_win),
     )
 
 

@@ -75,8 +75,12 @@ def vol_target_position(capital: float, target_vol: float, sigma: float, price: 
     formula would give an infinite size. Likewise 0 for a non-positive or non-finite price,
     capital or target (nothing to size against). The sign of the position is the caller's.
     """
-    if not (_positive_finite(sigma) and _positive_finite(price)
-            and _positive_finite(capital) and _positive_finite(target_vol)):
+    if not (
+        _positive_finite(sigma)
+        and _positive_finite(price)
+        and _positive_finite(capital)
+        and _positive_finite(target_vol)
+    ):
         return 0.0
     # |q| = tv * C / (P * sigma)   [units = (1 * ccy) / (ccy/unit * 1)]
     return target_vol * capital / (price * sigma)
@@ -95,8 +99,7 @@ def kelly_fraction_cap(edge: float, variance: float, fraction: float) -> float:
     an edge over zero measured risk would be an unbounded bet, and a cap derived from no risk
     estimate is no cap; 0 also for ``fraction <= 0`` (Kelly sizing switched off).
     """
-    if not (_positive_finite(variance) and _positive_finite(fraction)
-            and _finite(edge)):
+    if not (_positive_finite(variance) and _positive_finite(fraction) and _finite(edge)):
         return 0.0
     # f = k * mu / sigma^2   [leverage = 1 * 1 / 1]
     return fraction * edge / variance
@@ -124,11 +127,12 @@ def row_price(row: Mapping[str, Any]) -> float:
     return float(mid * 10**exp) if exp >= 0 else mid / 10**-exp
 
 
-def target_position_lots(signal_direction: int, row: Mapping[str, Any], cfg: SizingConfig,
-                         edge: float | None = None) -> int:
+def target_position_lots(
+    signal_direction: int, row: Mapping[str, Any], cfg: SizingConfig, edge: float | None = None
+) -> int:
     """Target position in lots (signed) for a signal ``direction`` after feature ``row``.
 
-    ``row`` is a :meth:`~udfs.features.FeatureRow.to_dict` (read: ``rv``, ``mid_px`` or
+    ``row`` is a :meth:`~udfs.market.features.FeatureRow.to_dict` (read: ``rv``, ``mid_px`` or
     ``mid``/``price_exp``, ``size_exp``). With ``P`` the mid price per unit, ``sigma = rv``,
     ``d`` the direction and ``C = cfg.capital``::
 

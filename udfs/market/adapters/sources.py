@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from udfs.adapters.binance import BinanceAdapter
-from udfs.adapters.lobster import LobsterStats, iter_lobster_events
 from udfs.config import PROJECT_ROOT
+from udfs.market.adapters.binance import BinanceAdapter
+from udfs.market.adapters.lobster import LobsterStats, iter_lobster_events
 from udfs.schema import L2Event
 
 __all__ = ["SAMPLE_BINANCE", "SAMPLE_LOBSTER", "BadLine", "Source"]
@@ -54,7 +54,8 @@ class Source:
 
     def check_files(self) -> None:
         for path in [p for pair in self.lobster for p in pair] + [
-                p for files in self.binance for p in files]:
+            p for files in self.binance for p in files
+        ]:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"source file not found: {path}")
 
@@ -63,11 +64,10 @@ class Source:
         delivered them (each input keeps its own order; a tie goes to the earlier input).
         Instruments that share a Kafka partition then arrive there in time order, which is what
         lets a consumer of several partitions tell when nothing earlier can still come
-        (``udfs/sequencer.py``); ``--speed`` pacing needs it too."""
+        (``udfs/execution/sequencer.py``); ``--speed`` pacing needs it too."""
         inputs: list[Iterator[L2Event]] = []
         for message_file, orderbook_file in self.lobster:
-            inputs.append(iter_lobster_events(message_file, orderbook_file,
-                                              stats=LobsterStats()))
+            inputs.append(iter_lobster_events(message_file, orderbook_file, stats=LobsterStats()))
         for files in self.binance:
             adapter = BinanceAdapter(files)
             adapter.on_bad_line = self._bad_line

@@ -2,15 +2,19 @@
 
 Per instrument, after each feature row (``udfs.pipeline``):
 
-1. the rule strategy (``udfs.signals``) and, when models are configured, the traded ONNX model
-   and the shadow model (``udfs.model``) each update their direction; a :class:`Signal` is
+1. the rule strategy (``udfs.strategy.signals``) and, when models are configured, the traded ONNX
+model
+   and the shadow model (``udfs.strategy.model``) each update their direction; a :class:`Signal` is
    emitted whenever one changes (shadow signals carry ``traded=False``: recorded, never traded);
-2. A/B split: :func:`udfs.signals.model_traded` (stable hash of the instrument) decides whether
+2. A/B split: :func:`udfs.strategy.signals.model_traded` (stable hash of the instrument) decides
+whether
    the model or the rule trades this instrument;
-3. the traded strategy's new direction is sized (``udfs.sizing``: volatility target, capped by
+3. the traded strategy's new direction is sized (``udfs.strategy.sizing``: volatility target,
+capped by
    fractional Kelly for the model, whose edge is ``(2p - 1) * rv``, and by the notional limit)
    into a target position in lots;
-4. ``udfs.orders.orders_for_target`` turns the difference to the position already ordered into
+4. ``udfs.strategy.orders.orders_for_target`` turns the difference to the position already ordered
+into
    one order with a deterministic id (strategy, instrument, seq, exchange time); its
    ``ts_event`` is the decision time, exchange time plus the configured feed latency. The
    previous order of the strategy is cancelled first (a CANCEL with its id): a new decision
@@ -35,12 +39,12 @@ import random
 from dataclasses import dataclass, field, replace
 
 from udfs.config import PROJECT_ROOT, Config
-from udfs.model import ModelState, OnnxModel, model_signal
-from udfs.orders import PovSlicer, orders_for_target, twap_children
+from udfs.latency import LatencyModel
 from udfs.schema import TRADE_KINDS, L2Event, Order, OrderAction, OrderSide, OrderType, Signal
-from udfs.signals import RULE_STRATEGY, RuleState, model_traded, rule_signal
-from udfs.sizing import target_position_lots
-from udfs.venue import load_latency_samples
+from udfs.strategy.model import ModelState, OnnxModel, model_signal
+from udfs.strategy.orders import PovSlicer, orders_for_target, twap_children
+from udfs.strategy.signals import RULE_STRATEGY, RuleState, model_traded, rule_signal
+from udfs.strategy.sizing import target_position_lots
 
 __all__ = ["Trader", "TradingState", "heartbeat"]
 
@@ -72,25 +76,36 @@ class TradingState:
 
 
 def heartbeat(instrument: str, ts_event: int, seq: int) -> Order:
-    return Order(order_id="", instrument=instrument, strategy="", action=OrderAction.HEARTBEAT,
-                 side=OrderSide.BUY, order_type=OrderType.LIMIT, price=0, quantity=0,
-                 price_exp=0, size_exp=0, ts_event=ts_event, source_seq=seq)
+    return Order(
+        order_id="",
+        instrument=instrument,
+        strategy="",
+        action=OrderAction.HEARTBEAT,
+        side=OrderSide.BUY,
+        order_type=OrderType.LIMIT,
+        price=0,
+        quantity=0,
+        price_exp=0,
+        size_exp=0,
+        ts_event=ts_event,
+        source_seq=seq,
+    )
 
 
 class Trader:
     """Stateless between calls (state lives in :class:`TradingState`); picklable, so the Flink
     function can carry it to its workers. Models travel as bytes inside :class:`OnnxModel`."""
 
-    def __init__(self, cfg: Config, model: OnnxModel | None = None,
-                 shadow: OnnxModel | None = None) -> None:
+    def __init__(
+        self, cfg: Config, model: OnnxModel | None = None, shadow: OnnxModel | None = None
+    ) -> None:
         self.strategy = cfg.strategy
         self.sizing = cfg.sizing
-        self.feed_latency_ns = cfg.venue.feed_latency_ms * 1_000_000
-        self.feed_samples = (load_latency_samples(cfg.venue.feed_latency_samples_path)
-                             if cfg.venue.feed_latency_samples_path else None)
+        self.feed_latency_model = LatencyModel.from_config(
+            cfg.venue.feed_latency_ms, cfg.venue.feed_latency_samples_path
+        )
         self.latency_seed = cfg.venue.latency_seed
-        self.min_feed_latency_ns = min(self.feed_samples) if self.feed_samples \
-            else self.feed_latency_ns
+        self.min_feed_latency_ns = self.feed_latency_model.min_ns
         """heartbeats use the smallest possible feed latency: no later decision can be
         stamped before a heartbeat already sent"""
         self.model = model
@@ -105,9 +120,11 @@ class Trader:
                 return None
             full = PROJECT_ROOT / path
             if not full.is_file():
-                raise FileNotFoundError(f"model file {full} not found (strategy.model_path / "
-                                        "strategy.shadow_model_path; `python "
-                                        "models/train_model.py` writes them)")
+                raise FileNotFoundError(
+                    f"model file {full} not found (strategy.model_path / "
+                    "strategy.shadow_model_path; `python "
+                    "models/train_model.py` writes them)"
+                )
             return OnnxModel.load(full)
 
         return Trader(cfg, _load(cfg.strategy.model_path), _load(cfg.strategy.shadow_model_path))
@@ -116,11 +133,11 @@ class Trader:
         """Exchange -> decision latency, ns: the constant, or a draw from the recorded
         distribution with a per-instrument seeded stream kept in the keyed state (so a replay
         and a restored job draw the same sequence)."""
-        if self.feed_samples is None:
-            return self.feed_latency_ns
+        if self.feed_latency_model.samples is None:
+            return self.feed_latency_model.constant_ns
         if state.feed_rng is None:
             state.feed_rng = random.Random(f"feed:{self.latency_seed}:{instrument}")
-        return state.feed_rng.choice(self.feed_samples)
+        return self.feed_latency_model.draw(state.feed_rng)
 
     def _execute(self, state: TradingState, parent: Order, decision_ts: int) -> list[Order]:
         """How a decision's order goes out (``strategy.execution``): at once (``direct``),
@@ -128,16 +145,20 @@ class Trader:
         against the market's trades (none at once)."""
         algo = self.strategy.execution
         if algo == "twap":
-            return twap_children(parent, decision_ts,
-                                 decision_ts + self.strategy.twap_horizon_ms * 1_000_000,
-                                 self.strategy.twap_slices)
+            return twap_children(
+                parent,
+                decision_ts,
+                decision_ts + self.strategy.twap_horizon_ms * 1_000_000,
+                self.strategy.twap_slices,
+            )
         if algo == "pov":
             state.pov = PovSlicer(parent, self.strategy.pov_participation)
             return []
         return [parent]
 
-    def on_features(self, state: TradingState, row: dict,
-                    ev: L2Event | None = None) -> tuple[list[Signal], list[Order]]:
+    def on_features(
+        self, state: TradingState, row: dict, ev: L2Event | None = None
+    ) -> tuple[list[Signal], list[Order]]:
         """Signals and orders after feature ``row``; ``ev`` is the event that produced it
         (its trades feed a POV parent)."""
         instrument = row["instrument"]
@@ -169,21 +190,33 @@ class Trader:
                 edge = (2 * p - 1) * float(row["rv"]) if math.isfinite(p) else None
             target = target_position_lots(traded.direction, row, self.sizing, edge)
             strategy = traded.strategy if model_arm else RULE_STRATEGY
-            parents = [replace(order, ts_event=decision_ts, trigger_ts_recv=row["ts_recv"])
-                       for order in orders_for_target(state.position, target, row, strategy)]
+            parents = [
+                replace(order, ts_event=decision_ts, trigger_ts_recv=row["ts_recv"])
+                for order in orders_for_target(state.position, target, row, strategy)
+            ]
             if parents:
                 # a new decision replaces the previous one: what still rests of a stale view
                 # must not keep filling (the venue ignores the cancel of a finished order)
-                orders += [replace(w, action=OrderAction.CANCEL, ts_event=decision_ts,
-                                   source_seq=row["seq"]) for w in state.working]
+                orders += [
+                    replace(
+                        w, action=OrderAction.CANCEL, ts_event=decision_ts, source_seq=row["seq"]
+                    )
+                    for w in state.working
+                ]
                 state.pov = None
                 state.working = self._execute(state, parents[0], decision_ts)
                 orders += state.working
                 state.orders += len(state.working)
             state.position = target
         if state.pov is not None and ev is not None and ev.kind in TRADE_KINDS:
-            children = [replace(c, ts_event=c.ts_event + self.feed_latency(state, instrument),
-                                trigger_ts_recv=ev.ts_recv) for c in state.pov.on_trade(ev)]
+            children = [
+                replace(
+                    c,
+                    ts_event=c.ts_event + self.feed_latency(state, instrument),
+                    trigger_ts_recv=ev.ts_recv,
+                )
+                for c in state.pov.on_trade(ev)
+            ]
             orders += children
             state.working += children
             state.orders += len(children)

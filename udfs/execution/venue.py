@@ -2,7 +2,7 @@
 
 Pure Python, deterministic, integer ticks and lots. One :class:`PaperVenue` per instrument is
 fed the market stream in order (:meth:`PaperVenue.on_market_event`, which also applies each
-record to the venue's own :class:`~udfs.book.OrderBook`) and the strategy's orders
+record to the venue's own :class:`~udfs.market.book.OrderBook`) and the strategy's orders
 (:meth:`PaperVenue.submit`). Nothing reads a clock: the reports depend only on the inputs and
 their order, so a replay repeats them exactly, and the whole state pickles (it lives in a
 restartable service).
@@ -24,7 +24,7 @@ Time and latency
   allowed, ``#`` comments) with ``random.Random(cfg.latency_seed)`` -- the same inputs and seed
   give the same draws. Only the entry leg (the one that decides which book an order meets) is
   drawn here; the ack latency has a recorded distribution of its own, and the feed latency
-  is drawn by the trading stage (``udfs.trading``).
+  is drawn by the trading stage (``udfs.strategy.trading``).
 * Report times: acks carry ``arrival + ack latency`` (the constant, or drawn from
   ``cfg.ack_latency_samples_path`` with its own seeded stream); rejects, cancels and fills
   carry the venue
@@ -94,11 +94,11 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from pathlib import Path
+from decimal import Decimal
 
-from udfs.book import BookError, OrderBook
-from udfs.config import PROJECT_ROOT, VenueConfig
+from udfs.config import VenueConfig
+from udfs.latency import LatencyModel
+from udfs.market.book import BookError, OrderBook
 from udfs.schema import (
     F_LAST,
     ExecKind,
@@ -112,7 +112,7 @@ from udfs.schema import (
     Side,
 )
 
-__all__ = ["PaperVenue", "WorkingOrder", "load_latency_samples"]
+__all__ = ["PaperVenue", "WorkingOrder"]
 
 _NS_PER_MS = 1_000_000
 _QUEUE_TRADES = frozenset({Kind.EXECUTE, Kind.TRADE})
@@ -120,31 +120,6 @@ _QUEUE_TRADES = frozenset({Kind.EXECUTE, Kind.TRADE})
 _THROUGH_TRADES = frozenset({Kind.EXECUTE, Kind.TRADE, Kind.HIDDEN_TRADE})
 """Trades that, at a worse price for the resting side, prove our level was consumed."""
 _NEW, _CANCEL, _CANCEL_ALL = "new", "cancel", "cancel_all"
-
-
-def load_latency_samples(path: str | Path) -> list[int]:
-    """Recorded latencies, one ms value per line (decimals allowed; blank lines and ``#``
-    comments skipped) -> integer ns, exactly (no float on the way). Relative paths are taken
-    from the project root."""
-    p = Path(path)
-    if not p.is_absolute():
-        p = PROJECT_ROOT / p
-    out: list[int] = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            text = raw.split("#", 1)[0].strip()
-            if not text:
-                continue
-            try:
-                ms = Decimal(text)
-            except InvalidOperation:
-                raise ValueError(f"{p}:{lineno}: not a latency in ms: {text!r}") from None
-            if not ms.is_finite() or ms < 0:
-                raise ValueError(f"{p}:{lineno}: latency must be finite and >= 0, got {text!r}")
-            out.append(int(ms * _NS_PER_MS))
-    if not out:
-        raise ValueError(f"{p}: no latency samples")
-    return out
 
 
 @dataclass(slots=True)
@@ -197,13 +172,13 @@ class PaperVenue:
         """market records the venue's book refused (the book stays as it was)"""
         self.price_exp: int | None = None
         self.size_exp: int | None = None
-        self._samples: list[int] | None = (
-            load_latency_samples(cfg.latency_samples_path) if cfg.latency_samples_path
-            else None)
+        self._entry_latency = LatencyModel.from_config(
+            cfg.entry_latency_ms, cfg.latency_samples_path
+        )
         self._rng = random.Random(cfg.latency_seed)
-        self._ack_samples: list[int] | None = (
-            load_latency_samples(cfg.ack_latency_samples_path)
-            if cfg.ack_latency_samples_path else None)
+        self._ack_latency = LatencyModel.from_config(
+            cfg.ack_latency_ms, cfg.ack_latency_samples_path
+        )
         # a stream of its own, so adding ack samples leaves the entry draws as they were
         self._ack_rng = random.Random(f"ack:{cfg.latency_seed}")
         self._pending: list[tuple[int, int, _Request]] = []  # heap (arrival, seq, request)
@@ -219,24 +194,11 @@ class PaperVenue:
 
     def entry_latency_ns(self) -> int:
         """Draw (or return the constant) decision -> venue latency, ns. Each call draws."""
-        if self._samples is not None:
-            return self._rng.choice(self._samples)
-        return self.cfg.entry_latency_ms * _NS_PER_MS
-
-    def decision_time(self, event_ts: int) -> int:
-        """Exchange time of a triggering event + the feed latency (exchange -> decision)."""
-        return event_ts + self.cfg.feed_latency_ms * _NS_PER_MS
-
-    @property
-    def ack_latency_ns(self) -> int:
-        """The configured constant ack latency, ns (see :meth:`draw_ack_latency_ns`)."""
-        return self.cfg.ack_latency_ms * _NS_PER_MS
+        return self._entry_latency.draw(self._rng)
 
     def draw_ack_latency_ns(self) -> int:
         """Draw (or return the constant) venue -> acknowledgement latency, ns."""
-        if self._ack_samples is not None:
-            return self._ack_rng.choice(self._ack_samples)
-        return self.ack_latency_ns
+        return self._ack_latency.draw(self._ack_rng)
 
     # ------------------------------------------------------------------------- public API
 
@@ -266,9 +228,14 @@ class PaperVenue:
         for _, _, req in pending:
             if req.action == _NEW and req.order is not None:
                 o = req.order
-                reports.append(self._report(o, ExecKind.CANCELED, self.now,
-                                            reason=f"cancel_all before arrival: "
-                                                   f"{o.quantity} lots canceled"))
+                reports.append(
+                    self._report(
+                        o,
+                        ExecKind.CANCELED,
+                        self.now,
+                        reason=f"cancel_all before arrival: {o.quantity} lots canceled",
+                    )
+                )
         reports += self._cancel_resting(self.now, "cancel_all")
         return reports
 
@@ -336,17 +303,28 @@ class PaperVenue:
         return f"{order_id}:{n}"
 
     def _report(self, order: Order, kind: ExecKind, ts: int, **fields) -> ExecReport:
-        return ExecReport(report_id=self._next_id(order.order_id), order_id=order.order_id,
-                          instrument=self.instrument, kind=kind, ts_event=ts,
-                          side=order.side.value, position=self.position,
-                          price_exp=order.price_exp, size_exp=order.size_exp, **fields)
+        return ExecReport(
+            report_id=self._next_id(order.order_id),
+            order_id=order.order_id,
+            instrument=self.instrument,
+            kind=kind,
+            ts_event=ts,
+            side=order.side.value,
+            position=self.position,
+            price_exp=order.price_exp,
+            size_exp=order.size_exp,
+            **fields,
+        )
 
     def _book_fields(self) -> dict[str, int]:
         bids, asks = self.book.bids, self.book.asks
         bid, ask = bids.best(), asks.best()
-        return {"book_bid": bid or 0, "book_ask": ask or 0,
-                "book_bid_size": bids.get(bid) if bid is not None else 0,
-                "book_ask_size": asks.get(ask) if ask is not None else 0}
+        return {
+            "book_bid": bid or 0,
+            "book_ask": ask or 0,
+            "book_bid_size": bids.get(bid) if bid is not None else 0,
+            "book_ask_size": asks.get(ask) if ask is not None else 0,
+        }
 
     def _reject_reason(self, o: Order) -> str:
         if o.instrument != self.instrument:
@@ -357,40 +335,65 @@ class PaperVenue:
             return f"quantity must be > 0, got {o.quantity}"
         if o.order_type is OrderType.LIMIT and o.price <= 0:
             return f"limit price must be > 0, got {o.price}"
-        if self.price_exp is not None and (o.price_exp, o.size_exp) != (self.price_exp,
-                                                                          self.size_exp):
-            return (f"price_exp/size_exp {o.price_exp}/{o.size_exp} differ from the market's "
-                    f"{self.price_exp}/{self.size_exp}")
+        if self.price_exp is not None and (o.price_exp, o.size_exp) != (
+            self.price_exp,
+            self.size_exp,
+        ):
+            return (
+                f"price_exp/size_exp {o.price_exp}/{o.size_exp} differ from the market's "
+                f"{self.price_exp}/{self.size_exp}"
+            )
         if self.book.halted:
             return "trading halted"
         if o.reduce_only and (self.position == 0 or (self.position > 0) == (o.side.sign > 0)):
             return f"reduce_only order would not reduce position {self.position}"
         return ""
 
-    def _fill(self, w: WorkingOrder, price: int, qty: int, ts: int, liquidity: str,
-              queue_ahead: int, book: dict[str, int]) -> ExecReport:
+    def _fill(
+        self,
+        w: WorkingOrder,
+        price: int,
+        qty: int,
+        ts: int,
+        liquidity: str,
+        queue_ahead: int,
+        book: dict[str, int],
+    ) -> ExecReport:
         o = w.order
         w.leaves_qty -= qty
         self.position += o.side.sign * qty
         bps = self.cfg.maker_fee_bps if liquidity == "maker" else self.cfg.taker_fee_bps
         fee = _fee(price, qty, o.price_exp, o.size_exp, bps)
         self.fees_paid += fee
-        return self._report(o, ExecKind.FILL, ts, fill_price=price, fill_qty=qty,
-                            leaves_qty=w.leaves_qty, fee=fee, liquidity=liquidity,
-                            queue_ahead=queue_ahead, **book)
+        return self._report(
+            o,
+            ExecKind.FILL,
+            ts,
+            fill_price=price,
+            fill_qty=qty,
+            leaves_qty=w.leaves_qty,
+            fee=fee,
+            liquidity=liquidity,
+            queue_ahead=queue_ahead,
+            **book,
+        )
 
     def _arrive_new(self, req: _Request, ts: int) -> list[ExecReport]:
         o = req.order
         assert o is not None
         reason = self._reject_reason(o)
         if reason:
-            return [self._report(o, ExecKind.REJECT, ts, reason=reason,
-                                 **self._book_fields())]
+            return [self._report(o, ExecKind.REJECT, ts, reason=reason, **self._book_fields())]
         self._known.add(o.order_id)
         self._priority += 1
-        w = WorkingOrder(order=o, arrival_ts=req.arrival_ts,
-                         entry_latency_ns=req.entry_latency_ns, priority=self._priority,
-                         leaves_qty=o.quantity, queue_ahead=0)
+        w = WorkingOrder(
+            order=o,
+            arrival_ts=req.arrival_ts,
+            entry_latency_ns=req.entry_latency_ns,
+            priority=self._priority,
+            leaves_qty=o.quantity,
+            queue_ahead=0,
+        )
         book = self._book_fields()
         is_buy = o.side is OrderSide.BUY
         opposite = self.book.asks if is_buy else self.book.bids
@@ -408,8 +411,14 @@ class PaperVenue:
         rests = left > 0 and limit is not None and o.tif != "IOC"
         if rests:
             w.queue_ahead = own.get(limit)
-        ack = self._report(o, ExecKind.ACK, ts + self.draw_ack_latency_ns(), leaves_qty=o.quantity,
-                           queue_ahead=w.queue_ahead, **book)
+        ack = self._report(
+            o,
+            ExecKind.ACK,
+            ts + self.draw_ack_latency_ns(),
+            leaves_qty=o.quantity,
+            queue_ahead=w.queue_ahead,
+            **book,
+        )
         reports = [ack]
         for price, qty in fills:
             reports.append(self._fill(w, price, qty, ts, "taker", 0, book))
@@ -417,9 +426,16 @@ class PaperVenue:
             self._live[o.order_id] = w
         elif left > 0:
             what = "market" if limit is None else "IOC"
-            reports.append(self._report(o, ExecKind.CANCELED, ts, leaves_qty=0,
-                                        reason=f"{what} remainder canceled: {left} lots "
-                                               f"unfilled (no more liquidity)", **book))
+            reports.append(
+                self._report(
+                    o,
+                    ExecKind.CANCELED,
+                    ts,
+                    leaves_qty=0,
+                    reason=f"{what} remainder canceled: {left} lots unfilled (no more liquidity)",
+                    **book,
+                )
+            )
         return reports
 
     def _arrive_cancel(self, req: _Request, ts: int) -> list[ExecReport]:
@@ -427,19 +443,39 @@ class PaperVenue:
         assert o is not None
         w = self._live.pop(o.order_id, None)
         if w is None:
-            return [self._report(o, ExecKind.REJECT, ts,
-                                 reason="cancel: order not live at the venue "
-                                        "(unknown, done, or not arrived yet)")]
-        return [self._report(w.order, ExecKind.CANCELED, ts, leaves_qty=0,
-                             queue_ahead=w.queue_ahead,
-                             reason=f"canceled: {w.leaves_qty} lots")]
+            return [
+                self._report(
+                    o,
+                    ExecKind.REJECT,
+                    ts,
+                    reason="cancel: order not live at the venue "
+                    "(unknown, done, or not arrived yet)",
+                )
+            ]
+        return [
+            self._report(
+                w.order,
+                ExecKind.CANCELED,
+                ts,
+                leaves_qty=0,
+                queue_ahead=w.queue_ahead,
+                reason=f"canceled: {w.leaves_qty} lots",
+            )
+        ]
 
     def _cancel_resting(self, ts: int, why: str) -> list[ExecReport]:
         live, self._live = self._live, {}
-        return [self._report(w.order, ExecKind.CANCELED, ts, leaves_qty=0,
-                             queue_ahead=w.queue_ahead,
-                             reason=f"{why}: {w.leaves_qty} lots canceled")
-                for w in live.values()]
+        return [
+            self._report(
+                w.order,
+                ExecKind.CANCELED,
+                ts,
+                leaves_qty=0,
+                queue_ahead=w.queue_ahead,
+                reason=f"{why}: {w.leaves_qty} lots canceled",
+            )
+            for w in live.values()
+        ]
 
     def _on_trade(self, ev: L2Event) -> list[ExecReport]:
         """Fills of resting orders on ``ev``'s (resting) side, decided on the book *before*
@@ -450,12 +486,16 @@ class PaperVenue:
         reports: list[ExecReport] = []
         done: list[str] = []
         # 1. trade-through: our price is strictly better for the resting side than the print
-        through = [w for w in self._live.values() if w.side is side
-                   and (w.order.price > price if is_bid else w.order.price < price)]
+        through = [
+            w
+            for w in self._live.values()
+            if w.side is side and (w.order.price > price if is_bid else w.order.price < price)
+        ]
         through.sort(key=lambda w: (-w.order.price if is_bid else w.order.price, w.priority))
         for w in through:
-            reports.append(self._fill(w, w.order.price, w.leaves_qty, ts, "maker",
-                                      w.queue_ahead, book))
+            reports.append(
+                self._fill(w, w.order.price, w.leaves_qty, ts, "maker", w.queue_ahead, book)
+            )
             done.append(w.order.order_id)
         # 2. a visible trade at our price: consumes the queue ahead, the rest fills us
         if ev.kind in _QUEUE_TRADES:
@@ -467,8 +507,7 @@ class PaperVenue:
                     continue
                 if volume > w.queue_ahead:
                     qty = min(volume - w.queue_ahead, w.leaves_qty)
-                    reports.append(self._fill(w, price, qty, ts, "maker", w.queue_ahead,
-                                              book))
+                    reports.append(self._fill(w, price, qty, ts, "maker", w.queue_ahead, book))
                     volume -= qty  # what we took never reaches the orders behind us
                     w.queue_ahead = 0
                     if w.leaves_qty == 0:

@@ -6,7 +6,7 @@ A model is two files side by side: ``<name>.onnx`` (float32 input ``features`` o
 version, the training window and sources, the label definition, the threshold it was evaluated
 with and its metrics.
 
-The input vector is built from a feature dict (:meth:`udfs.features.FeatureRow.to_dict`) by
+The input vector is built from a feature dict (:meth:`udfs.market.features.FeatureRow.to_dict`) by
 :func:`feature_vector`, the *same* function the training script uses, so training and serving
 cannot drift apart. A feature name is either a key of the feature dict (``imbalance_3``) or one
 of the derived features of :data:`DERIVED`:
@@ -194,16 +194,20 @@ class OnnxModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1  # one stream task = one thread; no pool per worker
         opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(self._bytes, sess_options=opts,
-                                    providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            self._bytes, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         inputs = [i.name for i in sess.get_inputs()]
         if inputs != [self.input_name]:
-            raise ValueError(f"model {self.name!r}: ONNX inputs {inputs}, metadata says "
-                             f"[{self.input_name!r}]")
+            raise ValueError(
+                f"model {self.name!r}: ONNX inputs {inputs}, metadata says [{self.input_name!r}]"
+            )
         width = sess.get_inputs()[0].shape[-1]
         if isinstance(width, int) and width != len(self.features):
-            raise ValueError(f"model {self.name!r}: ONNX input width {width}, metadata "
-                             f"lists {len(self.features)} features")
+            raise ValueError(
+                f"model {self.name!r}: ONNX input width {width}, metadata "
+                f"lists {len(self.features)} features"
+            )
         outputs = [o.name for o in sess.get_outputs()]
         return sess, "probabilities" if "probabilities" in outputs else outputs[-1]
 
@@ -226,16 +230,18 @@ class OnnxModel:
         """float32 input matrix (shape ``[N, F]``)."""
         if not rows:
             return np.zeros((0, len(self.features)), dtype=np.float32)
-        return np.asarray([feature_vector(r, self.features, self.name) for r in rows],
-                          dtype=np.float32)
+        return np.asarray(
+            [feature_vector(r, self.features, self.name) for r in rows], dtype=np.float32
+        )
 
     def score_matrix(self, x: np.ndarray) -> np.ndarray:
         """P(up) (float64, shape ``[N]``) for a prepared ``[N, F]`` input."""
         if x.shape[0] == 0:
             return np.zeros(0)
         sess = self.session
-        (proba,) = sess.run([self._output], {self.input_name: np.ascontiguousarray(
-            x, dtype=np.float32)})
+        (proba,) = sess.run(
+            [self._output], {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        )
         return np.asarray(proba, dtype=np.float64)[:, 1]
 
     def score(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -269,8 +275,9 @@ def model_direction(p: float, threshold: float) -> int:
     return 0
 
 
-def model_signal(model: OnnxModel, state: ModelState, row: dict[str, Any], cfg: StrategyConfig,
-                 traded: bool) -> Signal | None:
+def model_signal(
+    model: OnnxModel, state: ModelState, row: dict[str, Any], cfg: StrategyConfig, traded: bool
+) -> Signal | None:
     """Score one feature row and update ``state``; a :class:`Signal` (strategy
     ``onnx:<name>``, score = P(up), ``model_version`` from the metadata, ``traded`` as given:
     False for a shadow model) when the direction changed, else None."""
