@@ -36,7 +36,7 @@ for profile in kafka flink; do
     touch "$stamp"
   fi
 done
-# Java glue for the features job (Kafka provenance deserialiser, keyed string serialiser):
+# Java glue for the stream job (Kafka provenance deserialiser, keyed string serialiser):
 # compiled against the jars above, no extra downloads
 glue_src="$PROJECT_ROOT/jobs/java"
 glue_jar="$STATE/jars/flink/bookstream-flink-glue.jar"

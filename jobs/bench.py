@@ -6,7 +6,7 @@ events, with the ratios that say where the time goes. Not a test: it prints figu
                  (udfs.pipeline.process_record: exactly what the Flink function runs per record)
     (b) broker   Kafka -> Kafka copy of the same records with librdkafka (consume + produce):
                  the ceiling for any Kafka -> Kafka job on this machine
-    (c) job      the Flink features job, Kafka -> Flink -> Kafka, end to end (bounded run;
+    (c) job      the Flink stream job, Kafka -> Flink -> Kafka, end to end (bounded run;
                  "steady" excludes JVM/job start-up, measured as the same job on an empty topic)
     latency      tick-to-order p50/p95/p99 of the trading job running live, at a stated input
                  rate (the shipped sample, paced; ``--latency-rate``)
@@ -193,8 +193,8 @@ def stage_broker(topic: str, copy_topic: str) -> dict:
 
 
 def stage_job(topic: str, out_prefix: str) -> dict:
-    from jobs.features_job import build_job
     from jobs.kafka_io import count_records, first_offsets
+    from jobs.stream_job import build_stream_job
 
     cfg = load_config()
     total = count_records(cfg, topic)
@@ -202,7 +202,7 @@ def stage_job(topic: str, out_prefix: str) -> dict:
     def run(events_topic: str) -> float:
         start = first_offsets(cfg, events_topic)
         t = time.perf_counter()
-        env = build_job(
+        env = build_stream_job(
             cfg,
             bounded=True,
             group_id=f"bench-{uuid.uuid4().hex[:6]}",
@@ -265,7 +265,7 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
             sys.executable,
             "-m",
             "jobs.cli",
-            "run-job",
+            "stream-job",
             "--group-id",
             f"bench-lat-{uuid.uuid4().hex[:6]}",
         ],
@@ -311,7 +311,7 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
         while count_records(cfg, cfg.topics.features) == 0:
             if time.monotonic() > deadline or job.poll() is not None:
                 raise RuntimeError(
-                    "the trading job did not start (run `bookstream run-job` to see why)"
+                    "the trading job did not start (run `bookstream stream-job` to see why)"
                 )
             time.sleep(0.5)
         consumer.assign(

@@ -3,7 +3,7 @@
     bookstream doctor                       what a run needs, and what is wrong
     bookstream topics                       create the configured topics (idempotent), list them
     bookstream publish --lobster M O        send a source to Kafka (--speed N for N x recorded)
-    bookstream run-job [--bounded]          run the Flink features + trading job
+    bookstream stream-job [--bounded]       the Flink stream job: book, features, signals, orders
     bookstream exec-sink [--bounded]        run the execution sink (risk, paper venue)
     bookstream history-sink [--bounded]     store every topic in its Iceberg table, exactly once
     bookstream replay [--run ID] [--verify] replay recorded history through the same jobs
@@ -106,8 +106,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run_job(args: argparse.Namespace) -> int:
-    from jobs.features_job import main as job_main
+def cmd_stream_job(args: argparse.Namespace) -> int:
+    from jobs.stream_job import main as job_main
 
     argv = ["--group-id", args.group_id]
     if args.bounded:
@@ -220,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("run-job", help="run the Flink features job (Kafka -> Kafka)")
+    p = sub.add_parser(
+        "stream-job", aliases=["run-job"], help="run the Flink stream job (Kafka -> Kafka)"
+    )
     p.add_argument(
         "--bounded",
         action="store_true",
@@ -233,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume from the newest retained checkpoint, if any",
     )
-    p.set_defaults(func=cmd_run_job)
+    p.set_defaults(func=cmd_stream_job)
 
     p = sub.add_parser(
         "exec-sink", help="run the execution sink (orders -> risk -> paper venue -> executions)"

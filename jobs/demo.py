@@ -27,10 +27,10 @@ import uuid
 from pathlib import Path
 
 from jobs.execution_sink import run_sink
-from jobs.features_job import build_job
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import create_topics, drain_topic, end_offsets
 from jobs.publish import publish
+from jobs.stream_job import build_stream_job
 from udfs.config import Config
 from udfs.market.adapters.sources import Source
 from udfs.schema import decode_dead_letter
@@ -64,7 +64,7 @@ def run_demo(
 
     # stream job over exactly this run's events
     t_job = time.perf_counter()
-    env = build_job(
+    env = build_stream_job(
         cfg,
         bounded=True,
         group_id=f"bookstream-demo-{uuid.uuid4().hex[:8]}",

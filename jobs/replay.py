@@ -5,7 +5,7 @@
 order they had on their Kafka partitions, and publishes them to a topic set of the replay's own
 (``bookstream.replay.<id>.*``: a replay never mixes with live output). The operator's control
 commands of the same range go along (the sink's own kill trips do not: the replayed sink makes
-its own). Then the same job (``jobs/features_job.py``) and the same execution sink
+its own). Then the same job (``jobs/stream_job.py``) and the same execution sink
 (``jobs/execution_sink.py``) run over them, bounded.
 
 ``--verify`` compares what the replay produced with what the live run recorded in history:
@@ -46,7 +46,6 @@ from pyiceberg.expressions import (
 
 from jobs.demo import load_run
 from jobs.execution_sink import run_sink
-from jobs.features_job import build_job
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import (
     DeliveryErrors,
@@ -57,6 +56,7 @@ from jobs.kafka_io import (
 )
 from jobs.lake import committed_offsets, history_streams, open_catalog
 from jobs.publish import produce_events
+from jobs.stream_job import build_stream_job
 from udfs.config import Config, TopicsConfig, load_config
 from udfs.history import Stream
 from udfs.schema import ControlCommand, Kind, L2Event, OrderAction, Side
@@ -234,7 +234,7 @@ def replay(
 
         # 2. the same job and the same execution sink, bounded
         t_job = time.perf_counter()
-        build_job(rcfg, bounded=True, group_id=f"bookstream-replay-{replay_id}").execute(
+        build_stream_job(rcfg, bounded=True, group_id=f"bookstream-replay-{replay_id}").execute(
             f"bookstream-replay-{replay_id}"
         )
         job_s = time.perf_counter() - t_job

@@ -211,7 +211,7 @@ STATS_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("unkeyed_dead", pa.int64()),
     ("ts_proc", pa.int64()),
 )
-"""The job's per-instrument counters (``jobs/features_job.py`` writes them)."""
+"""The job's per-instrument counters (``jobs/stream_job.py`` writes them)."""
 
 QUALITY_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("instrument", pa.string()),

@@ -1,6 +1,6 @@
 """What the features stream job does to each record, as a pure function of (state, record).
 
-The Flink job (``jobs/features_job.py``) only moves bytes: it keys records by instrument, keeps
+The Flink job (``jobs/stream_job.py``) only moves bytes: it keys records by instrument, keeps
 one :class:`InstrumentState` per key in Flink keyed state and calls :func:`process_record`.
 Everything that decides an outcome is here, so it is unit-tested without a JVM and gives the
 same answer in the job, in a replay and in the one-process benchmark.

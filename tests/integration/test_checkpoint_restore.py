@@ -1,8 +1,8 @@
-"""The features job's keyed state (books, feature windows, counters) survives a crash.
+"""The stream job's keyed state (books, feature windows, counters) survives a crash.
 
-``bookstream run-job`` (unbounded) is started as a subprocess, fed the first half of the LOBSTER
+``bookstream stream-job`` (unbounded) is started as a subprocess, fed the first half of the LOBSTER
 sample, and SIGKILLed -- JVM included -- once its features are out and a checkpoint taken after
-them is complete. The second half is published while it is down; ``run-job --restore-latest``
+them is complete. The second half is published while it is down; ``stream-job --restore-latest``
 must then continue from the checkpoint: same book, no reprocessing, no dead letters, and the
 union of both runs' features equal to what the pure pipeline computes over the whole sample.
 """
@@ -96,7 +96,7 @@ def test_restore_from_checkpoint_after_sigkill(kafka_topics, tmp_path: Path) -> 
     def feature_seqs() -> set[int]:
         return {r["seq"] for r in read_json(cfg, cfg.topics.features)}
 
-    proc = start_job(["run-job", "--group-id", group], env, log1)
+    proc = start_job(["stream-job", "--group-id", group], env, log1)
     try:
         _produce(cfg, first)
         wait_for(lambda: first_seqs <= feature_seqs(), WAIT_S, "first-half features", proc, log1)
@@ -115,7 +115,7 @@ def test_restore_from_checkpoint_after_sigkill(kafka_topics, tmp_path: Path) -> 
     first_run = read_json(cfg, cfg.topics.features)
 
     _produce(cfg, second)
-    proc = start_job(["run-job", "--group-id", group, "--restore-latest"], env, log2)
+    proc = start_job(["stream-job", "--group-id", group, "--restore-latest"], env, log2)
     try:
         wait_for(
             lambda: {r["seq"] for r in expected} <= feature_seqs(),

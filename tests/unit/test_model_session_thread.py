@@ -3,7 +3,7 @@ is
 what keeps the trading job working in PyFlink's thread mode (PEMJA): on a PEMJA task thread,
 pybind11's ``PyGILState_Ensure`` at the import of ``onnxruntime_pybind11_state`` deadlocks (see
 udfs.strategy.model's docstring). The end-to-end check is the Flink job itself
-(tests/integration/test_features_job.py runs the trading job with its models, in thread mode by
+(tests/integration/test_stream_job.py runs the trading job with its models, in thread mode by
 default); these tests pin the mechanism."""
 
 from __future__ import annotations

@@ -660,7 +660,7 @@ def test_flink_function_emits_quality_rows_and_flushes_at_end_of_input(
     lob: list[L2Event], btc: list[L2Event], clean: Run
 ) -> None:
     pytest.importorskip("pyflink")
-    from jobs.features_job import END_OF_INPUT_MS, QUALITY_TAG, SEP, BookFeaturesFunction
+    from jobs.stream_job import END_OF_INPUT_MS, QUALITY_TAG, SEP, StreamJobFunction
 
     cfg = Config()
     rt = _Runtime()
@@ -682,7 +682,7 @@ def test_flink_function_emits_quality_rows_and_flushes_at_end_of_input(
         if n in (0, half):
             # a new instance over the same keyed state half-way: a restore from a checkpoint
             # (pickled snapshot + replay of the records logged since)
-            fn = BookFeaturesFunction(cfg, "events", None, snapshot_every=5000)
+            fn = StreamJobFunction(cfg, "events", None, snapshot_every=5000)
             fn.open(rt)
         rt.keys.key, ctx.ts = key, ts_ms
         collect(fn.process_element(f"0:{n}:{raw}", ctx))
@@ -700,14 +700,14 @@ def test_flink_function_restores_a_state_pickled_before_the_quality_stage(
     lob: list[L2Event],
 ) -> None:
     pytest.importorskip("pyflink")
-    from jobs.features_job import BookFeaturesFunction
+    from jobs.stream_job import StreamJobFunction
 
     old = run(lob[:100]).states[AAPL]
     del old.quality  # what unpickling a snapshot of the previous InstrumentState gives
     rt = _Runtime()
     rt.keys.key = AAPL
     rt.value.update(old)
-    fn = BookFeaturesFunction(Config(), "events", None)
+    fn = StreamJobFunction(Config(), "events", None)
     fn.open(rt)
     state = fn._state_of(AAPL)
     assert state is not None and state.quality.instrument == AAPL

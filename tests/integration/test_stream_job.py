@@ -1,4 +1,4 @@
-"""The Flink features job, bounded, over the shipped LOBSTER sample plus seven bad records.
+"""The Flink stream job, bounded, over the shipped LOBSTER sample plus seven bad records.
 
 One job run (module fixture) over unique topics; the tests then read what came out of Kafka:
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 import pytest
 from it_helpers import config_for, read_at, read_json, read_topic, topic_env
 
-from jobs.features_job import build_job
 from jobs.kafka_io import create_topics, delete_topics, end_offsets, make_producer
 from jobs.publish import publish
+from jobs.stream_job import build_stream_job
 from udfs.config import Config
 from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
 from udfs.pipeline import InstrumentState, RecordSource, process_record
@@ -172,7 +172,9 @@ def job_run(tmp_path_factory) -> Iterator[JobRun]:
         ts_ms = {b.name: last.ts_event // 1_000_000 for b in bad}
         ts_ms["late"] = (last.ts_event - 10_000_000_000) // 1_000_000
         _produce_bad(cfg, bad, ts_ms)
-        job = build_job(cfg, bounded=True, group_id=f"it-{cfg.topics.events}", start_offsets=start)
+        job = build_stream_job(
+            cfg, bounded=True, group_id=f"it-{cfg.topics.events}", start_offsets=start
+        )
         # a StatementSet (execute() returns a TableResult to wait on) or a
         # StreamExecutionEnvironment (execute() blocks until a bounded job ends)
         result = job.execute()
