@@ -36,7 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
-from udfs.config import PROJECT_ROOT, load_config, topic_overrides
+from udfs.config import PROJECT_ROOT, Config, load_config, topics_env
 
 __all__ = ["main"]
 
@@ -152,12 +152,19 @@ def stage_record(source_argv: list[str]) -> dict:
     return {"events": len(records), "events_per_s": best}
 
 
-def stage_broker(topic: str, copy_topic: str) -> dict:
+def run_config(run: str) -> Config:
+    """The configuration of one bench run: every topic of it the run's own (a bench never
+    reads or writes a live topic)."""
+    return load_config().for_run(run)
+
+
+def stage_broker(run: str) -> dict:
     from confluent_kafka import Consumer
 
     from jobs.kafka_io import count_records, make_producer
 
-    cfg = load_config()
+    cfg = run_config(run)
+    topic, copy_topic = cfg.topics.events, broker_copy_topic(cfg)
     total = count_records(cfg, topic)
     consumer = Consumer(
         {
@@ -192,40 +199,51 @@ def stage_broker(topic: str, copy_topic: str) -> dict:
     return {"events": n, "events_per_s": n / dt, "wall_s": dt}
 
 
-def stage_job(topic: str, out_prefix: str) -> dict:
-    from jobs.kafka_io import count_records, first_offsets
+def broker_copy_topic(cfg: Config) -> str:
+    """Where the broker stage copies the run's events to (a bench-only topic)."""
+    return f"{cfg.topics.events}.copy"
+
+
+def build_bench_job(cfg: Config, start_offsets: dict[int, int] | None = None):
+    """The stream job of the job stage on ``cfg``'s topics (features only, bounded)."""
     from jobs.stream_job import build_stream_job
 
-    cfg = load_config()
-    total = count_records(cfg, topic)
+    return build_stream_job(
+        cfg,
+        bounded=True,
+        group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        start_offsets=start_offsets,
+        trading=False,
+    )
 
-    def run(events_topic: str) -> float:
-        start = first_offsets(cfg, events_topic)
+
+def stage_job(run: str) -> dict:
+    from jobs.kafka_io import count_records, create_topics, delete_topics, first_offsets
+
+    cfg = run_config(run)
+    # the same job over an empty topic set: what start-up and shutdown cost alone
+    empty = run_config(f"{run}.empty")
+    create_topics(empty)
+    total = count_records(cfg, cfg.topics.events)
+
+    def timed(job_cfg: Config) -> float:
         t = time.perf_counter()
-        env = build_stream_job(
-            cfg,
-            bounded=True,
-            group_id=f"bench-{uuid.uuid4().hex[:6]}",
-            start_offsets=start,
-            events_topic=events_topic,
-            features_topic=f"{out_prefix}.features",
-            dead_letter_topic=f"{out_prefix}.deadletter",
-            stats_topic=f"{out_prefix}.stats",
-            trading=False,
-        )
-        env.execute("bookstream-bench")
+        job = build_bench_job(job_cfg, first_offsets(job_cfg, job_cfg.topics.events))
+        job.execute("bookstream-bench")
         return time.perf_counter() - t
 
-    # the same job over an empty topic: what start-up and shutdown cost alone. The first run
-    # in a process also launches the JVM: run one to warm up, measure the job, then measure
-    # the empty job again, so both figures come from a JVM in the same state
-    first = run(f"{out_prefix}.empty")
-    wall = run(topic)
-    startup = run(f"{out_prefix}.empty")
+    # the first run in a process also launches the JVM: run one to warm up, measure the job,
+    # then measure the empty job again, so both figures come from a JVM in the same state
+    try:
+        first = timed(empty)
+        wall = timed(cfg)
+        startup = timed(empty)
+    finally:
+        delete_topics(empty, [spec.name for spec in empty.topics.specs()])
     steady = total / (wall - startup) if wall > startup else None
     return {
         "events": total,
-        "features": count_records(cfg, f"{out_prefix}.features"),
+        "features": count_records(cfg, cfg.topics.features),
         "events_per_s": total / (wall + first - startup),
         "wall_s": wall,
         "jvm_launch_s": first - startup,
@@ -234,7 +252,7 @@ def stage_job(topic: str, out_prefix: str) -> dict:
     }
 
 
-def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
+def stage_latency(run: str, rate_s: str, source_argv: list[str]) -> dict:
     """Tick-to-order latency: the trading job runs live (unbounded, its own topics) while the
     events are published at ``rate`` events/s with ``ts_recv`` set to the wall clock at
     publishing; each new order carries its trigger's ``ts_recv``, and a consumer stamps it when
@@ -256,7 +274,7 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
     from udfs.schema import Order, OrderAction, decode_record, encode_event
 
     rate = float(rate_s)
-    cfg = load_config()
+    cfg = run_config(run)
     create_topics(cfg)
     events = list(_source_from(source_argv).events())
     warmup, events = events[:500], events[500:]
@@ -270,6 +288,7 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
             f"bench-lat-{uuid.uuid4().hex[:6]}",
         ],
         cwd=PROJECT_ROOT,
+        env={**os.environ, **topics_env(cfg.topics)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -358,7 +377,7 @@ def stage_latency(rate_s: str, source_argv: list[str]) -> dict:
     }
 
 
-def stage_lake() -> dict:
+def stage_lake(run: str) -> dict:
     """Live path on a full LOBSTER day -> Iceberg; then replay and every sql/ file on it."""
     import statistics
 
@@ -367,7 +386,7 @@ def stage_lake() -> dict:
     from jobs.sql import SQL_DIR, run_sql
     from udfs.market.adapters.sources import Source
 
-    cfg = load_config()
+    cfg = run_config(run)
     live = run_demo(cfg, Source(lobster=list(LOBSTER_DAY)), progress=False)
     run = load_run(cfg, live["run_id"])
     rep = replay(
@@ -447,12 +466,10 @@ def _run_stage_here(argv: list[str]) -> int:
         "latency": stage_latency,
         "lake": stage_lake,
     }[name]
-    if name == "lake":
-        result = fn()
-    elif name in ("core", "record"):
+    if name in ("core", "record"):
         result = fn(rest)
     elif name == "latency":
-        result = fn(rest[0], rest[1:])
+        result = fn(rest[0], rest[1], rest[2:])
     else:
         result = fn(*rest)
     result["peak_rss_mb"] = (
@@ -506,34 +523,30 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the full LOBSTER day is not there: {LOBSTER_DAY}")
         _lake_bench(cfg, run)
         return 0
-    topic, copy_topic = f"{run}.events", f"{run}.copy"
-    outputs = [f"{run}.features", f"{run}.deadletter", f"{run}.stats", f"{run}.empty"]
+    run_cfg = cfg.for_run(run)
     source_argv = _source_args(args)
     print(
         f"bookstream bench  {time.strftime('%Y-%m-%d %H:%M:%S')}  cores={os.cpu_count()}  "
         f"source: {' '.join(source_argv)}",
         flush=True,
     )
-    create_topics(
-        cfg,
-        [
-            TopicSpec(name=t, partitions=cfg.topics.partitions, retention_ms=-1)
-            for t in (topic, copy_topic, *outputs)
-        ],
+    copy_spec = TopicSpec(
+        name=broker_copy_topic(run_cfg), partitions=cfg.topics.partitions, retention_ms=-1
     )
+    create_topics(run_cfg, [*run_cfg.topics.specs(), copy_spec])
     try:
         results = {}
         results["core"] = _run_stage(["core", *source_argv])
         results["record"] = _run_stage(["record", *source_argv])
-        pub = publish(cfg, _source_from(source_argv), progress=False, topic=topic)
+        pub = publish(run_cfg, _source_from(source_argv), progress=False)
         results["publish"] = {"events": pub.published, "events_per_s": pub.rate}
-        results["broker"] = _run_stage(["broker", topic, copy_topic])
-        results["job"] = _run_stage(["job", topic, run])
+        results["broker"] = _run_stage(["broker", run])
+        results["job"] = _run_stage(["job", run])
         results["latency"] = _run_stage(
-            ["latency", str(args.latency_rate), "--sample"], env=topic_overrides(f"{run}.lat")
+            ["latency", f"{run}.lat", str(args.latency_rate), "--sample"]
         )
     finally:
-        delete_topics(cfg, [topic, copy_topic, *outputs])
+        delete_topics(run_cfg, [*(s.name for s in run_cfg.topics.specs()), copy_spec.name])
 
     rows = [
         ("(a)  core: book + features, 1 process", "core"),
@@ -601,11 +614,11 @@ def _lake_bench(cfg, run: str) -> dict:
     from udfs.config import load_config as load
 
     root = cfg.state_dir / "bench" / run
-    env = {**topic_overrides(f"{run}.lake"), "BOOKSTREAM_LAKE_ROOT": str(root / "lake")}
+    env = {"BOOKSTREAM_LAKE_ROOT": str(root / "lake")}
     try:
-        r = _run_stage(["lake"], env=env)
+        r = _run_stage(["lake", f"{run}.lake"], env=env)
     finally:
-        lcfg = load(env={**os.environ, **env})
+        lcfg = load(env={**os.environ, **env}).for_run(f"{run}.lake")
         delete_topics(lcfg, [spec.name for spec in lcfg.topics.specs()])
         shutil.rmtree(root, ignore_errors=True)
     print(f"\nlake: a full LOBSTER day ({r['events']:,} events, 3 instruments) live -> Iceberg")

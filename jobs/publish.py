@@ -46,7 +46,6 @@ def publish(
     *,
     speed: float | None = None,
     progress: bool | None = None,
-    topic: str | None = None,
 ) -> PublishResult:
     source.check_files()
     producer = make_producer(cfg)
@@ -54,7 +53,7 @@ def publish(
     start = time.perf_counter()
     published = produce_events(
         producer,
-        topic or cfg.topics.events,
+        cfg.topics.events,
         source.events(),
         on_delivery,
         speed=speed,

@@ -57,11 +57,11 @@ from jobs.kafka_io import (
 from jobs.lake import committed_offsets, history_streams, open_catalog
 from jobs.publish import produce_events
 from jobs.stream_job import build_stream_job
-from udfs.config import Config, TopicsConfig, load_config
+from udfs.config import Config, load_config
 from udfs.history import Stream
 from udfs.schema import ControlCommand, Kind, L2Event, OrderAction, Side
 
-__all__ = ["ReplayRange", "replay", "replay_topics"]
+__all__ = ["ReplayRange", "replay", "replay_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +97,9 @@ class ReplayRange:
         return And(GreaterThanOrEqual(time_column, lo), LessThan(time_column, hi))
 
 
-def replay_topics(topics: TopicsConfig, replay_id: str) -> TopicsConfig:
-    """The replay's own topic set: every topic name under ``bookstream.replay.<id>.``."""
-    return dataclasses.replace(
-        topics,
-        **{
-            f: f"bookstream.replay.{replay_id}.{name.removeprefix('bookstream.')}"
-            for f, name in topics.names().items()
-        },
-    )
+def replay_run(replay_id: str) -> str:
+    """The run name of a replay: its topics are ``bookstream.replay.<id>.<field>``."""
+    return f"bookstream.replay.{replay_id}"
 
 
 def _read(
@@ -195,7 +189,7 @@ def replay(
     catalog = open_catalog(cfg)
     _check_history_complete(catalog, cfg, rng)
     live_topics = cfg.topics
-    rcfg = dataclasses.replace(cfg, topics=replay_topics(cfg.topics, replay_id))
+    rcfg = cfg.for_run(replay_run(replay_id))
     create_topics(rcfg)
     try:
         # 1. the recorded inputs, in their partition order, to the replay's own topics
@@ -262,9 +256,7 @@ def replay(
         if verify:
             summary.update(_verify(catalog, cfg, rcfg, rng, streams, event_rows))
         summary["wall_s"] = round(time.perf_counter() - t0, 3)
-        summary["replay_topics"] = (
-            None if not keep_topics else rcfg.topics.events.rsplit(".", 2)[0] + ".*"
-        )
+        summary["replay_topics"] = None if not keep_topics else replay_run(replay_id) + ".*"
         return summary
     finally:
         if not keep_topics:

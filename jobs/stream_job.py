@@ -236,6 +236,9 @@ class StreamJobFunction(KeyedProcessFunction):
         )
 
 
+SINK_NAME_PREFIX = "kafka-sink:"
+"""Name of each Kafka sink operator: this prefix and the topic it writes (visible in Flink's
+execution plan and web UI)."""
 SEP = "\x1f"
 """Key/value separator of the strings the Java serialiser writes as keyed records."""
 
@@ -327,11 +330,6 @@ def build_stream_job(
     group_id: str = "bookstream-features",
     restore_from: Path | None = None,
     start_offsets: dict[int, int] | None = None,
-    events_topic: str | None = None,
-    features_topic: str | None = None,
-    dead_letter_topic: str | None = None,
-    stats_topic: str | None = None,
-    quality_topic: str | None = None,
     trading: bool = True,
 ) -> StreamExecutionEnvironment:
     """The whole pipeline on a StreamExecutionEnvironment (not yet executed: ``env.execute``).
@@ -342,12 +340,11 @@ def build_stream_job(
     committed offsets (committed on checkpoints), or the earliest when the group has none;
     ``start_offsets`` (partition -> offset) overrides that. A job restored from a checkpoint
     resumes at the checkpoint's offsets.
+
+    Every topic the job reads or writes is ``cfg.topics``: a run of its own (test, benchmark,
+    replay) passes a config whose topic set is replaced as a whole (``cfg.for_run(...)``).
     """
-    events_topic = events_topic or cfg.topics.events
-    features_topic = features_topic or cfg.topics.features
-    dead_letter_topic = dead_letter_topic or cfg.topics.dead_letter
-    stats_topic = stats_topic or cfg.topics.stats
-    quality_topic = quality_topic or cfg.topics.quality
+    topics = cfg.topics
 
     _export_python_path()
     conf = Configuration()
@@ -385,7 +382,7 @@ def build_stream_job(
         Duration.of_millis(cfg.flink.out_of_orderness_ms)
     ).with_idleness(Duration.of_millis(cfg.flink.idle_timeout_ms))
     kafka_source = _kafka_source(
-        cfg, events_topic, group_id, bounded=bounded, start_offsets=start_offsets
+        cfg, topics.events, group_id, bounded=bounded, start_offsets=start_offsets
     )
     ds = env.from_source(kafka_source, watermark_strategy, "events").uid("events-source")
 
@@ -393,27 +390,26 @@ def build_stream_job(
     trader = Trader.load(cfg) if trading else None
     features = (
         _key_by_field0(ds)
-        .process(StreamJobFunction(cfg, events_topic, trader), output_type=Types.STRING())
+        .process(StreamJobFunction(cfg, topics.events, trader), output_type=Types.STRING())
         .name("book-features")
         .uid("book-features")
     )
 
-    # sinks
-    features.sink_to(_kafka_sink(cfg, features_topic)).name("features-sink")
-    features.get_side_output(DEAD_LETTER_TAG).sink_to(_kafka_sink(cfg, dead_letter_topic)).name(
-        "dead-letter-sink"
-    )
-    features.get_side_output(STATS_TAG).sink_to(_kafka_sink(cfg, stats_topic)).name("stats-sink")
-    features.get_side_output(QUALITY_TAG).sink_to(_kafka_sink(cfg, quality_topic)).name(
-        "quality-sink"
-    )
+    # sinks: one per output, each to its topic of cfg.topics (the sink's name says which)
+    outputs: list[tuple[str, DataStream]] = [
+        ("features", features),
+        ("dead_letter", features.get_side_output(DEAD_LETTER_TAG)),
+        ("stats", features.get_side_output(STATS_TAG)),
+        ("quality", features.get_side_output(QUALITY_TAG)),
+    ]
     if trading:
-        features.get_side_output(SIGNALS_TAG).sink_to(_kafka_sink(cfg, cfg.topics.signals)).name(
-            "signals-sink"
-        )
-        features.get_side_output(ORDERS_TAG).sink_to(_kafka_sink(cfg, cfg.topics.orders)).name(
-            "orders-sink"
-        )
+        outputs += [
+            ("signals", features.get_side_output(SIGNALS_TAG)),
+            ("orders", features.get_side_output(ORDERS_TAG)),
+        ]
+    for topic_field, stream in outputs:
+        topic = getattr(topics, topic_field)
+        stream.sink_to(_kafka_sink(cfg, topic)).name(f"{SINK_NAME_PREFIX}{topic}")
     return env
 
 

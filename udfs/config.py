@@ -22,15 +22,17 @@ import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 __all__ = [
     "PROJECT_ROOT",
     "Config",
+    "ConfigError",
     "FeatureConfig",
     "FlinkConfig",
     "KafkaConfig",
     "LakeConfig",
+    "Origin",
     "QualityConfig",
     "RiskConfig",
     "SizingConfig",
@@ -39,7 +41,8 @@ __all__ = [
     "TopicsConfig",
     "VenueConfig",
     "load_config",
-    "topic_overrides",
+    "load_config_with_origins",
+    "topics_env",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -49,13 +52,39 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it."""
 
 
+@dataclass(frozen=True)
+class _Range:
+    """The closed (or, with ``lo_open``, half-open) interval a number setting must lie in."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or value <= self.hi
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{'(' if self.lo_open else '['}{lo}, {hi}]"
+
+
+def _range(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False
+) -> dict[str, _Range]:
+    """Field metadata: the setting's allowed range (checked at load)."""
+    return {"range": _Range(lo, hi, lo_open)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class KafkaConfig:
     host: str = "127.0.0.1"
     """Address the broker listens on and clients connect to (loopback by default)."""
-    port: int = 19092
+    port: int = field(default=19092, metadata=_range(1, 65535))
     """Client listener port (not 9092, so a user's own broker is never touched)."""
-    controller_port: int = 19093
+    controller_port: int = field(default=19093, metadata=_range(1, 65535))
     """KRaft controller listener port."""
 
     @property
@@ -98,12 +127,18 @@ class TopicsConfig:
     quality: str = "bookstream.quality.v1"
     """Data-quality counters per instrument and exchange-time minute (gaps, re-syncs, crossed or
     locked books, stale feed, out-of-order, late and duplicate events)."""
-    partitions: int = 3
-    retention_ms: int = -1
+    partitions: int = field(default=3, metadata=_range(1, 10_000))
+    retention_ms: int = field(default=-1, metadata=_range(-1))
     """Time retention. Kafka ages a segment by its records' timestamps, which here are exchange
     times (years old for LOBSTER 2012): a time limit would delete replayed history at once, so
     the default keeps records by size only (``retention_bytes`` per partition)."""
-    retention_bytes: int = 2 * 1024**3
+    retention_bytes: int = field(default=2 * 1024**3, metadata=_range(-1))
+
+    def for_run(self, run: str) -> TopicsConfig:
+        """The topic set of one run (a test, a benchmark, a replay): every topic, named
+        ``<run>.<field>``. A run's topics are always replaced as a whole, so no output of it can
+        fall back to a live topic."""
+        return dataclasses.replace(self, **{f: f"{run}.{f}" for f in self.name_fields()})
 
     @classmethod
     def name_fields(cls) -> tuple[str, ...]:
@@ -168,14 +203,14 @@ class FlinkConfig:
     """The apache-flink wheel this project pins; the connector below must match it."""
     kafka_connector_version: str = "5.0.0-2.2"
     """org.apache.flink:flink-sql-connector-kafka version (suffix = Flink minor)."""
-    parallelism: int = 1
-    out_of_orderness_ms: int = 2000
+    parallelism: int = field(default=1, metadata=_range(1, 1024))
+    out_of_orderness_ms: int = field(default=2000, metadata=_range(0))
     """Bound on exchange-time disorder per instrument; an event older than the instrument's
     newest exchange time minus this bound is late and dead-lettered."""
-    idle_timeout_ms: int = 5000
+    idle_timeout_ms: int = field(default=5000, metadata=_range(1))
     """A source partition silent this long stops holding the watermark back."""
-    checkpoint_interval_ms: int = 2000
-    execution_mode: str = "auto"
+    checkpoint_interval_ms: int = field(default=2000, metadata=_range(10))
+    execution_mode: Literal["auto", "thread", "process"] = "auto"
     """Python worker mode: ``thread`` (PEMJA, inside the TaskManager), ``process`` (Beam
     worker processes) or ``auto`` = thread, with or without ONNX models (lower latency,
     measured). onnxruntime works in thread mode because :mod:`udfs.strategy.model` imports it and
@@ -184,28 +219,28 @@ class FlinkConfig:
     ``PyGILState_Ensure`` deadlocks)."""
     checkpoint_dir: str = ""
     """Where checkpoints go; empty: ``<state_dir>/flink/checkpoints``."""
-    restart_attempts: int = 2
+    restart_attempts: int = field(default=2, metadata=_range(0, 1000))
     """Task restarts (from the last checkpoint) before the job fails."""
-    bundle_size: int = 1000
+    bundle_size: int = field(default=1000, metadata=_range(1))
     """python.fn-execution.bundle.size: records per Python bundle."""
-    bundle_time_ms: int = 100
+    bundle_time_ms: int = field(default=100, metadata=_range(1))
     """python.fn-execution.bundle.time: longest a bundle waits before it is flushed."""
-    buffer_timeout_ms: int = 100
+    buffer_timeout_ms: int = field(default=100, metadata=_range(-1))
     """execution.buffer-timeout.interval: longest a network buffer waits before it is sent
     (lower: less latency, less throughput)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class FeatureConfig:
-    depth_levels: int = 5
+    depth_levels: int = field(default=5, metadata=_range(1, 100))
     """N for depth imbalance over the top 1..N levels and depth per side."""
-    window_ms: int = 1000
+    window_ms: int = field(default=1000, metadata=_range(1))
     """Event-time window for realised volatility and trade flow."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class QualityConfig:
-    stale_after_ms: int = 5000
+    stale_after_ms: int = field(default=5000, metadata=_range(1))
     """An instrument with no event for longer than this much exchange time has a stale feed;
     the gap is counted in the minute the feed resumes."""
 
@@ -217,7 +252,7 @@ class LakeConfig:
     root: str = ""
     """The lake's root directory (warehouse, SQLite catalog, chDB session files, the record of
     runs); empty: ``<state>/lake``."""
-    catalog: str = "sql"
+    catalog: Literal["sql", "postgres", "rest"] = "sql"
     """``sql`` (pyiceberg's SQL catalog; SQLite file by default, or ``catalog_uri``), ``postgres``
     (the project's PostgreSQL server, for more than one writer) or ``rest`` (``rest_uri``)."""
     catalog_uri: str = ""
@@ -228,12 +263,12 @@ class LakeConfig:
     warehouse: str = ""
     """Where data and metadata files go; empty: ``<state>/lake/warehouse``."""
     namespace: str = "bookstream"
-    commit_rows: int = 200_000
+    commit_rows: int = field(default=200_000, metadata=_range(1))
     """The history sink commits a table's pending rows when this many are buffered..."""
-    commit_interval_ms: int = 5000
+    commit_interval_ms: int = field(default=5000, metadata=_range(1))
     """...or when its oldest pending row waited this long (wall clock)."""
     postgres_host: str = "127.0.0.1"
-    postgres_port: int = 15432
+    postgres_port: int = field(default=15432, metadata=_range(1, 65535))
     """The project's own PostgreSQL (not 5432, so a user's server is never touched)."""
     postgres_db: str = "bookstream"
     postgres_user: str = "bookstream"
@@ -241,66 +276,66 @@ class LakeConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class StrategyConfig:
-    imbalance_level: int = 3
+    imbalance_level: int = field(default=3, metadata=_range(1, 100))
     """The rule strategy reads ``imbalance_<k>`` (top-k depth imbalance)."""
-    enter_threshold: float = 0.6
+    enter_threshold: float = field(default=0.6, metadata=_range(0.0, 1.0))
     """|imbalance| above this (and microprice on the same side of mid) enters a direction."""
-    exit_threshold: float = 0.2
+    exit_threshold: float = field(default=0.2, metadata=_range(0.0, 1.0))
     """|imbalance| below this goes flat: the gap to ``enter_threshold`` is the hysteresis."""
     model_path: str = "models/book_lr_v1.onnx"
     """Traded ONNX model (relative to the project root); its ``.json`` metadata sits beside."""
     shadow_model_path: str = "models/book_lr_v2.onnx"
     """Scored side by side on the same rows, recorded, never traded; empty: none."""
-    model_share: float = 0.5
+    model_share: float = field(default=0.5, metadata=_range(0.0, 1.0))
     """A/B split: instruments whose stable hash falls below this share are traded by the model,
     the others by the rule strategy."""
-    model_threshold: float = 0.55
+    model_threshold: float = field(default=0.55, metadata=_range(0.5, 1.0))
     """Model probability of an up move above this goes long, below 1 - this goes short."""
-    execution: str = "direct"
+    execution: Literal["direct", "twap", "pov"] = "direct"
     """How a decision's order is executed: ``direct`` (one order), ``twap`` or ``pov``."""
-    twap_slices: int = 4
-    twap_horizon_ms: int = 2000
+    twap_slices: int = field(default=4, metadata=_range(1, 10_000))
+    twap_horizon_ms: int = field(default=2000, metadata=_range(0))
     """TWAP: child slices spread evenly over this much event time after the decision."""
-    pov_participation: float = 0.1
+    pov_participation: float = field(default=0.1, metadata=_range(0.0, 1.0, lo_open=True))
     """POV: children never exceed this share of the market volume traded since the decision."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class SizingConfig:
-    target_vol: float = 0.0005
+    target_vol: float = field(default=0.0005, metadata=_range(0.0, lo_open=True))
     """Volatility target: the position's expected P&L std over the window, as a fraction of
     ``capital``."""
-    capital: float = 100_000.0
+    capital: float = field(default=100_000.0, metadata=_range(0.0, lo_open=True))
     """Quote-currency capital the strategy sizes against."""
-    kelly_fraction: float = 0.25
+    kelly_fraction: float = field(default=0.25, metadata=_range(0.0, 1.0))
     """Fraction of the Kelly-optimal size allowed (fractional Kelly cap)."""
-    max_position_notional: float = 20_000.0
+    max_position_notional: float = field(default=20_000.0, metadata=_range(0.0))
     """Hard cap on |target position| x price, quote currency."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class RiskConfig:
-    max_order_notional: float = 50_000.0
+    max_order_notional: float = field(default=50_000.0, metadata=_range(0.0))
     """Largest single order, quote currency."""
-    max_position_notional: float = 60_000.0
+    max_position_notional: float = field(default=60_000.0, metadata=_range(0.0))
     """Largest |position| x mark per instrument, quote currency."""
-    price_band_bps: float = 50.0
+    price_band_bps: float = field(default=50.0, metadata=_range(0.0))
     """A limit price further than this from the current mid is refused."""
-    max_orders_per_window: int = 20
+    max_orders_per_window: int = field(default=20, metadata=_range(1))
     """Order-rate throttle per instrument..."""
-    throttle_window_ms: int = 1000
+    throttle_window_ms: int = field(default=1000, metadata=_range(1))
     """...per this much event time."""
-    max_drawdown: float = 2_000.0
+    max_drawdown: float = field(default=2_000.0, metadata=_range(0.0))
     """Realised + unrealised P&L this far below its peak trips the kill switch."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class VenueConfig:
-    feed_latency_ms: int = 1
+    feed_latency_ms: int = field(default=1, metadata=_range(0))
     """exchange -> decision"""
-    entry_latency_ms: int = 2
+    entry_latency_ms: int = field(default=2, metadata=_range(0))
     """decision -> venue"""
-    ack_latency_ms: int = 1
+    ack_latency_ms: int = field(default=1, metadata=_range(0))
     """venue -> acknowledgement back"""
     latency_seed: int = 7
     """Seed for latencies drawn from a recorded distribution (runs repeat exactly)."""
@@ -310,8 +345,8 @@ class VenueConfig:
     """Recorded feed latencies (exchange -> decision, ms per line); empty: the constant."""
     ack_latency_samples_path: str = ""
     """Recorded acknowledgement latencies (ms per line); empty: the constant."""
-    maker_fee_bps: float = 1.0
-    taker_fee_bps: float = 4.0
+    maker_fee_bps: float = field(default=1.0, metadata=_range(-100.0, 100.0))
+    taker_fee_bps: float = field(default=4.0, metadata=_range(-100.0, 100.0))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -328,6 +363,10 @@ class Config:
     venue: VenueConfig = field(default_factory=VenueConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
+
+    def for_run(self, run: str) -> Config:
+        """This configuration with the topic set of one run (:meth:`TopicsConfig.for_run`)."""
+        return dataclasses.replace(self, topics=self.topics.for_run(run))
 
     @property
     def jars_dir(self) -> Path:
@@ -396,67 +435,141 @@ _SECTIONS: dict[str, type] = {
     "lake": LakeConfig,
 }
 
+Origin = str
+"""Where a setting's value came from: ``default``, ``file <path>`` or ``env <NAME>``."""
 
-def _coerce(value: Any, target: Any, where: str) -> Any:
-    kind = target if isinstance(target, type) else type(target)
-    if isinstance(value, kind):
+
+def _check(value: Any, cls: type, name: str, where: str) -> Any:
+    """``value`` (from a file or the environment) as the field's type, or a ConfigError that
+    names ``where`` (the key and its origin), the value and what is allowed."""
+    hint = get_type_hints(cls)[name]
+    if get_origin(hint) is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ConfigError(
+                f"{where}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
+            )
         return value
+    kind = hint
     try:
+        if kind is bool or isinstance(value, bool):
+            raise TypeError
         if kind is int:
-            return int(value)
-        if kind is str:
-            return str(value)
-        if kind is float:
-            return float(value)
+            coerced: Any = int(value) if not isinstance(value, float) else None
+            if coerced is None:
+                raise TypeError
+        elif kind is float:
+            coerced = float(value)
+        elif kind is str:
+            if not isinstance(value, str | int | float):
+                raise TypeError
+            coerced = str(value)
+        else:
+            coerced = value
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from exc
-    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+        raise ConfigError(
+            f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}"
+        ) from exc
+    bounds = next((f.metadata.get("range") for f in fields(cls) if f.name == name), None)
+    if bounds is not None and not bounds.admits(coerced):
+        raise ConfigError(f"{where}: {coerced!r} is out of range; allowed: {bounds}")
+    return coerced
 
 
-def _build(cls: type, overrides: dict[str, Any], where: str) -> Any:
-    defaults = cls()
+def _build(
+    cls: type, overrides: dict[str, tuple[Any, Origin]], section: str
+) -> tuple[Any, dict[str, Origin]]:
     known = {f.name for f in fields(cls)}
     unknown = set(overrides) - known
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
-    values = {k: _coerce(v, getattr(defaults, k), f"{where}.{k}") for k, v in overrides.items()}
-    return dataclasses.replace(defaults, **values)
+        keys = sorted(f"{section}.{k} ({overrides[k][1]})" for k in unknown)
+        raise ConfigError(f"unknown setting(s) {keys}; known in [{section}]: {sorted(known)}")
+    values = {
+        k: _check(v, cls, k, f"{section}.{k} ({origin})") for k, (v, origin) in overrides.items()
+    }
+    origins = {f"{section}.{k}": overrides.get(k, (None, "default"))[1] for k in sorted(known)}
+    return cls(**values), origins
 
 
-def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
-    """Defaults, then the TOML file (if any), then ``BOOKSTREAM_*`` environment variables."""
+def load_config_with_origins(
+    path: str | Path | None = None, env: dict[str, str] | None = None
+) -> tuple[Config, dict[str, Origin]]:
+    """:func:`load_config`, plus where each value came from (``section.field`` -> origin)."""
     env = dict(os.environ if env is None else env)
     file_path = Path(path) if path else Path(env.get("BOOKSTREAM_CONFIG", "bookstream.toml"))
     from_file: dict[str, Any] = {}
     if file_path.is_file():
-        with file_path.open("rb") as fh:
-            from_file = tomllib.load(fh)
-    elif path is not None:
+        try:
+            with file_path.open("rb") as fh:
+                from_file = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file_path}: not valid TOML: {exc}") from exc
+    elif path is not None or "BOOKSTREAM_CONFIG" in env:
         raise ConfigError(f"config file {file_path} does not exist")
 
     state_dir = from_file.pop("state_dir", None)
+    origins: dict[str, Origin] = {"state_dir": "default"}
+    if state_dir is not None:
+        origins["state_dir"] = f"file {file_path}"
     unknown_sections = set(from_file) - set(_SECTIONS)
     if unknown_sections:
-        raise ConfigError(f"{file_path}: unknown section(s) {sorted(unknown_sections)}")
+        raise ConfigError(
+            f"{file_path}: unknown section(s) {sorted(unknown_sections)}; known: {list(_SECTIONS)}"
+        )
+    env_sections = {f"BOOKSTREAM_{name.upper()}_": name for name in _SECTIONS}
+    for key in env:
+        stray = key.startswith("BOOKSTREAM_") and not key.startswith(tuple(env_sections))
+        if stray and key not in _OTHER_ENV:
+            raise ConfigError(
+                f"unknown setting {key} (environment); settings are "
+                f"BOOKSTREAM_<SECTION>_<FIELD> with a section of {list(_SECTIONS)}"
+            )
 
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
-        overrides = dict(from_file.get(name, {}))
+        table = from_file.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file_path}: [{name}] must be a table, got {table!r}")
+        overrides = {k: (v, f"file {file_path}") for k, v in table.items()}
         prefix = f"BOOKSTREAM_{name.upper()}_"
         for key, value in env.items():
             if key.startswith(prefix):
-                overrides[key[len(prefix) :].lower()] = value
-        sections[name] = _build(cls, overrides, name)
+                overrides[key[len(prefix) :].lower()] = (value, f"env {key}")
+        sections[name], section_origins = _build(cls, overrides, name)
+        origins.update(section_origins)
 
-    state_dir = env.get("BOOKSTREAM_STATE_DIR", state_dir)
+    if "BOOKSTREAM_STATE_DIR" in env:
+        state_dir = env["BOOKSTREAM_STATE_DIR"]
+        origins["state_dir"] = "env BOOKSTREAM_STATE_DIR"
     extra = {"state_dir": Path(state_dir).resolve()} if state_dir else {}
-    return Config(**sections, **extra)
+    return Config(**sections, **extra), origins
 
 
-def topic_overrides(prefix: str) -> dict[str, str]:
-    """``BOOKSTREAM_TOPICS_<FIELD>=<prefix>.<field>`` for every topic: the environment that gives
-    a run (a test, a benchmark) a topic set of its own."""
-    return {f"BOOKSTREAM_TOPICS_{f.upper()}": f"{prefix}.{f}" for f in TopicsConfig.name_fields()}
+_OTHER_ENV = frozenset({"BOOKSTREAM_CONFIG", "BOOKSTREAM_STATE_DIR", "BOOKSTREAM_VENV"})
+"""``BOOKSTREAM_*`` variables that are not ``<SECTION>_<FIELD>`` settings."""
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file (if any), then ``BOOKSTREAM_*`` environment variables.
+    Every value is checked (type, allowed values, range) and a bad one refused with its key,
+    its origin, the value and what is allowed (:class:`ConfigError`)."""
+    return load_config_with_origins(path, env)[0]
+
+
+def effective_settings(cfg: Config) -> dict[str, Any]:
+    """``section.field`` -> value, for every setting (and ``state_dir``)."""
+    values: dict[str, Any] = {"state_dir": str(cfg.state_dir)}
+    for name in _SECTIONS:
+        section = getattr(cfg, name)
+        for f in fields(section):
+            values[f"{name}.{f.name}"] = getattr(section, f.name)
+    return values
+
+
+def topics_env(topics: TopicsConfig) -> dict[str, str]:
+    """``BOOKSTREAM_TOPICS_<FIELD>`` for every topic of ``topics``: the environment that hands a
+    whole topic set (e.g. :meth:`TopicsConfig.for_run`) to a child process."""
+    return {f"BOOKSTREAM_TOPICS_{f.upper()}": name for f, name in topics.names().items()}
 
 
 def shell_exports(cfg: Config) -> str:

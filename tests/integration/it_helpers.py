@@ -22,17 +22,17 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from jobs.kafka_io import KafkaRecord, drain_topic
-from udfs.config import PROJECT_ROOT, Config, load_config, topic_overrides
+from udfs.config import PROJECT_ROOT, Config, load_config, topics_env
 
 VENV_BIN = Path(sys.executable).parent
 BOOKSTREAM = VENV_BIN / "bookstream"
 
 
 def topic_env(tag: str, **extra: str) -> dict[str, str]:
-    """``BOOKSTREAM_*`` overrides giving a run its own topics (plus ``extra``)."""
-    env = topic_overrides(f"it.{uuid.uuid4().hex[:8]}.{tag}")
-    env.update(extra)
-    return env
+    """``BOOKSTREAM_*`` environment giving a run (a subprocess, or :func:`config_for`) a whole
+    topic set of its own, ``it.<hex>.<tag>.<field>`` (plus ``extra``)."""
+    run_topics = load_config().topics.for_run(f"it.{uuid.uuid4().hex[:8]}.{tag}")
+    return {**topics_env(run_topics), **extra}
 
 
 def config_for(env: dict[str, str]) -> Config:

@@ -7,7 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from udfs.config import ConfigError, FeatureConfig, load_config, topic_overrides
+from udfs.config import (
+    ConfigError,
+    FeatureConfig,
+    effective_settings,
+    load_config,
+    load_config_with_origins,
+    topics_env,
+)
 from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_LOBSTER
 from udfs.pipeline import RecordSource, process_record
@@ -191,10 +198,51 @@ def test_config_layers_and_rejects_unknown(tmp_path):
         load_config(env={"BOOKSTREAM_KAFKA_BOGUS": "1"})
 
 
-def test_topic_overrides_give_every_topic_its_own_name():
+def test_a_run_replaces_every_topic_and_hands_them_on_whole():
     default = load_config(env={}).topics
-    own = load_config(env=topic_overrides("run.x")).topics
+    run = default.for_run("run.x")
+    # what a child process of the run loads is the run's topic set, every topic of it
+    own = load_config(env=topics_env(run)).topics
+    assert own == run
     assert len(own.names()) == len(default.specs())  # every topic the job reads or writes
     for field_name, name in own.names().items():
         assert name == f"run.x.{field_name}" != default.names()[field_name]
     assert {s.name for s in own.specs()} == set(own.names().values())
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "allowed"),
+    [
+        ({"BOOKSTREAM_STRATEGY_EXECUTION": "twapp"}, "strategy.execution", "direct, twap, pov"),
+        ({"BOOKSTREAM_FLINK_EXECUTION_MODE": "threads"}, "flink.execution_mode", "auto, thread"),
+        ({"BOOKSTREAM_LAKE_CATALOG": "hive"}, "lake.catalog", "sql, postgres, rest"),
+        ({"BOOKSTREAM_KAFKA_PORT": "70000"}, "kafka.port", "[1, 65535]"),
+        ({"BOOKSTREAM_STRATEGY_MODEL_SHARE": "1.5"}, "strategy.model_share", "[0, 1]"),
+        ({"BOOKSTREAM_TOPICS_PARTITIONS": "0"}, "topics.partitions", "[1, 10000]"),
+    ],
+)
+def test_a_bad_env_value_is_refused_with_key_value_and_allowed(env, key, allowed):
+    value = next(iter(env.values()))
+    with pytest.raises(ConfigError) as exc:
+        load_config(env=env)
+    msg = str(exc.value)
+    assert key in msg and value in msg and allowed in msg and next(iter(env)) in msg, msg
+
+
+def test_a_bad_file_value_is_refused_and_origins_are_reported(tmp_path):
+    toml = tmp_path / "bookstream.toml"
+    toml.write_text('[flink]\nexecution_mode = "proces"\n')
+    with pytest.raises(ConfigError, match=r"flink\.execution_mode .*proces.*auto, thread, process"):
+        load_config(toml, env={})
+    toml.write_text('[lake]\ncatalog = "postgres"\n')
+    cfg, origins = load_config_with_origins(toml, env={"BOOKSTREAM_KAFKA_PORT": "29092"})
+    assert cfg.lake.catalog == "postgres" and cfg.kafka.port == 29092
+    assert origins["lake.catalog"] == f"file {toml}"
+    assert origins["kafka.port"] == "env BOOKSTREAM_KAFKA_PORT"
+    assert origins["kafka.host"] == "default"
+    assert set(origins) == set(effective_settings(cfg))
+
+
+def test_a_misspelt_section_in_the_environment_is_refused():
+    with pytest.raises(ConfigError, match="BOOKSTREAM_KAFAK_PORT"):
+        load_config(env={"BOOKSTREAM_KAFAK_PORT": "1"})
