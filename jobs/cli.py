@@ -1,6 +1,8 @@
 """``bookstream``: the command line of the platform.
 
-    bookstream doctor                       what a run needs, and what is wrong
+    bookstream doctor                       what a run needs, what is wrong, where the logs are
+    bookstream config                       the effective configuration and where each value
+                                            came from (default, file, environment)
     bookstream topics                       create the configured topics (idempotent), list them
     bookstream publish --lobster M O        send a source to Kafka (--speed N for N x recorded)
     bookstream stream-job [--bounded]       the Flink stream job: book, features, signals, orders
@@ -13,6 +15,8 @@
                                             --binance files), summary as the last JSON line
 
 Commands that produce a result print it as one JSON object on the last line of stdout.
+An expected error (a bad setting, a stopped broker, a missing file, a bad SQL statement) is one
+line on stderr naming the problem and the fix, exit status 2; ``-v`` shows its traceback.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ import argparse
 import json
 import logging
 import sys
+import traceback
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from udfs.config import load_config
+from udfs.config import ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -67,12 +74,40 @@ def _emit(result: dict[str, Any]) -> None:
     print(json.dumps(result, separators=(",", ":"), default=str), flush=True)
 
 
+def _check_broker() -> None:
+    """Refuse to start when the configured broker does not answer (a job would otherwise
+    wait for it forever, its clients logging connection errors)."""
+    from jobs.kafka_io import check_broker
+
+    check_broker(load_config())
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from jobs.doctor import run_doctor
 
     ok, report = run_doctor(load_config(), need_broker=not args.offline)
     _emit(report)
     return 0 if ok else 1
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from udfs.config import effective_settings, load_config_with_origins
+
+    cfg, origins = load_config_with_origins()
+    values = effective_settings(cfg)
+    if args.json:
+        _emit({key: {"value": v, "from": origins[key]} for key, v in values.items()})
+        return 0
+    # TOML with the origin of each value as a comment: it can be saved as bookstream.toml
+    section = ""
+    for key, value in values.items():
+        head, _, name = key.rpartition(".")
+        if head != section:
+            print(f"\n[{head}]")
+            section = head
+        text = json.dumps(str(value) if isinstance(value, Path) else value)
+        print(f"{name or key} = {text}  # {origins[key]}")
+    return 0
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -90,10 +125,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from jobs.publish import publish
 
     cfg = load_config()
+    source = _source(args)
+    source.check_files()
     create_topics(cfg)
-    res = publish(
-        cfg, _source(args), speed=args.speed, progress=False if args.no_progress else None
-    )
+    res = publish(cfg, source, speed=args.speed, progress=False if args.no_progress else None)
     _emit(
         {
             "events_in": res.events_in,
@@ -107,32 +142,51 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_stream_job(args: argparse.Namespace) -> int:
-    from jobs.stream_job import main as job_main
+    from jobs.stream_job import run_stream_job
 
-    argv = ["--group-id", args.group_id]
-    if args.bounded:
-        argv.append("--bounded")
-    if args.restore_latest:
-        argv.append("--restore-latest")
-    if args.restore:
-        argv += ["--restore", str(args.restore)]
-    job_main(argv)
+    run_stream_job(
+        load_config(),
+        bounded=args.bounded,
+        group_id=args.group_id,
+        restore=args.restore,
+        restore_latest=args.restore_latest,
+    )
     return 0
 
 
 def cmd_exec_sink(args: argparse.Namespace) -> int:
-    from jobs.execution_sink import main as sink_main
+    from jobs.execution_sink import run_sink
 
-    argv = ["--group-id", args.group_id] + (["--bounded"] if args.bounded else [])
-    return sink_main(argv)
+    res = run_sink(load_config(), group=args.group_id, bounded=args.bounded)
+    _emit(
+        {
+            "inputs": res.inputs,
+            "outputs": res.outputs,
+            "skipped": res.skipped,
+            "rebuilt_inputs": res.rebuilt_inputs,
+            **res.stats,
+            "positions": res.positions,
+            "pnl": res.pnl,
+        }
+    )
+    return 0
 
 
 def cmd_history_sink(args: argparse.Namespace) -> int:
-    from jobs.history_sink import main as history_main
+    from jobs.history_sink import run_history_sink
 
-    return history_main(
-        (["--bounded"] if args.bounded else []) + (["--only", *args.only] if args.only else [])
+    res = run_history_sink(load_config(), bounded=args.bounded, only=args.only)
+    _emit(
+        {
+            "rows": res.rows,
+            "total_rows": res.total_rows,
+            "dead_lettered": res.dead_lettered,
+            "commits": res.commits,
+            "wall_s": round(res.wall_s, 3),
+            "rows_per_s": round(res.total_rows / res.wall_s, 1) if res.wall_s else None,
+        }
     )
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -159,12 +213,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_verify_book(args: argparse.Namespace) -> int:
     if bool(args.lobster) == bool(args.binance):
-        print(
-            "verify-book: give exactly one of --lobster MESSAGE_FILE ORDERBOOK_FILE or "
-            "--binance FILE [FILE...]",
-            file=sys.stderr,
+        raise UsageError(
+            "give exactly one of --lobster MESSAGE_FILE ORDERBOOK_FILE or --binance FILE [FILE...]"
         )
-        return 2
+    _source(args).check_files()
     if args.lobster:
         from udfs.market.adapters.lobster import verify_lobster
 
@@ -186,7 +238,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from jobs.demo import run_demo
 
     summary = run_demo(
-        load_config(), _source(args), speed=args.speed, progress=False if args.no_progress else None
+        load_config(),
+        _source(args),
+        speed=args.speed,
+        progress=False if args.no_progress else None,
     )
     width = max(len(k) for k in summary)
     for key, value in summary.items():
@@ -195,21 +250,103 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary["reconciled"] else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bookstream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+class UsageError(ValueError):
+    """The command's arguments do not fit together; the message says how they should."""
+
+
+def _package_version() -> str:
+    try:
+        return version("bookstream")
+    except PackageNotFoundError:
+        return "unknown (not installed: `make install`)"
+
+
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    example: str,
+    func: Callable[[argparse.Namespace], int],
+    *,
+    description: str = "",
+    aliases: tuple[str, ...] = (),
+    parents: tuple[argparse.ArgumentParser, ...] = (),
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` has a description and an example."""
+    p = sub.add_parser(
+        name,
+        aliases=list(aliases),
+        help=summary,
+        description=f"{summary}.{chr(10) * 2 + description if description else ''}",
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=list(parents),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=func)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # -v before or after the subcommand; SUPPRESS: the subcommand's default never overrides
+    # a -v given before it
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging, and the traceback of an error",
+    )
+    parser = argparse.ArgumentParser(
+        prog="bookstream",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[verbose],
+    )
+    parser.add_argument("--version", action="version", version=f"bookstream {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = (verbose,)
 
-    p = sub.add_parser("doctor", help="check Java, jars, Flink/connector versions, broker, topics")
+    p = _command(
+        sub,
+        "doctor",
+        "check Java, jars, Flink/connector versions, broker, topics; say where the logs are",
+        "bookstream doctor --offline",
+        cmd_doctor,
+        parents=common,
+    )
     p.add_argument("--offline", action="store_true", help="skip the broker and topic checks")
-    p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("topics", help="create the configured topics (idempotent) and list them")
-    p.set_defaults(func=cmd_topics)
+    p = _command(
+        sub,
+        "config",
+        "print the effective configuration and where each value came from",
+        "BOOKSTREAM_KAFKA_PORT=29092 bookstream config",
+        cmd_config,
+        description="Values come from the defaults, then the TOML file ($BOOKSTREAM_CONFIG or "
+        "./bookstream.toml), then BOOKSTREAM_<SECTION>_<FIELD> environment variables; the "
+        "output is TOML with each value's origin as a comment.",
+        parents=common,
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object: key -> value, from")
 
-    p = sub.add_parser("publish", help="publish a source's L2 events to the events topic")
+    _command(
+        sub,
+        "topics",
+        "create the configured topics (idempotent) and list them",
+        "bookstream topics",
+        cmd_topics,
+        parents=common,
+    )
+
+    p = _command(
+        sub,
+        "publish",
+        "publish a source's L2 events to the events topic",
+        "bookstream publish --lobster MSG.csv OB.csv --speed 10",
+        cmd_publish,
+        parents=common,
+    )
     _add_source_args(p)
     p.add_argument(
         "--speed",
@@ -218,27 +355,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay at N x the recorded pace (default: as fast as possible)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser(
-        "stream-job", aliases=["run-job"], help="run the Flink stream job (Kafka -> Kafka)"
+    p = _command(
+        sub,
+        "stream-job",
+        "run the Flink stream job (Kafka -> book, features, signals, orders -> Kafka)",
+        "bookstream stream-job --restore-latest",
+        cmd_stream_job,
+        aliases=("run-job",),
+        parents=common,
     )
     p.add_argument(
         "--bounded",
         action="store_true",
         help="stop at the events topic's current end (default: run until killed)",
     )
-    p.add_argument("--group-id", default="bookstream-features")
+    p.add_argument(
+        "--group-id",
+        default="bookstream-features",
+        help="Kafka consumer group; offsets are committed on checkpoints",
+    )
     p.add_argument("--restore", type=Path, metavar="CHECKPOINT", help="a chk-N directory")
     p.add_argument(
         "--restore-latest",
         action="store_true",
         help="resume from the newest retained checkpoint, if any",
     )
-    p.set_defaults(func=cmd_stream_job)
 
-    p = sub.add_parser(
-        "exec-sink", help="run the execution sink (orders -> risk -> paper venue -> executions)"
+    p = _command(
+        sub,
+        "exec-sink",
+        "run the execution sink (orders -> risk -> paper venue -> executions)",
+        "bookstream exec-sink --bounded",
+        cmd_exec_sink,
+        parents=common,
     )
     p.add_argument(
         "--bounded",
@@ -246,11 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop at the inputs' current end (default: run until killed)",
     )
     p.add_argument("--group-id", default="bookstream-exec-sink")
-    p.set_defaults(func=cmd_exec_sink)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "history-sink",
-        help="store every topic in its Iceberg table (offsets in the snapshot: exactly once)",
+        "store every topic in its Iceberg table (offsets in the snapshot: exactly once)",
+        "bookstream history-sink --bounded --only events orders",
+        cmd_history_sink,
+        parents=common,
     )
     p.add_argument(
         "--bounded",
@@ -258,14 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop once every topic is stored up to its current end",
     )
     p.add_argument("--only", nargs="+", metavar="TABLE", help="only these tables")
-    p.set_defaults(func=cmd_history_sink)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "replay",
-        help="replay recorded events from Iceberg through the same job "
-        "and execution sink; --verify compares with the live run "
-        "(JSON: orders_live, orders_replayed, orders_identical, "
-        "fills_live, fills_identical, first_divergence)",
+        "replay recorded events from Iceberg through the same job and execution sink",
+        "bookstream replay --run latest --verify",
+        cmd_replay,
+        description="--verify compares with the live run (JSON: orders_live, orders_replayed, "
+        "orders_identical, fills_live, fills_identical, first_divergence).",
+        parents=common,
     )
     p.add_argument(
         "--run", default=None, help="a recorded run id, or 'latest' (default, unless --from/--to)"
@@ -294,12 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not bring history up to date before replaying",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "sql",
-        help="ClickHouse SQL (chDB) over the Iceberg history: a file of "
-        "sql/, a path or a query; --list shows the library",
+        "ClickHouse SQL (chDB) over the Iceberg history: a file of sql/, a path or a query",
+        "bookstream sql ohlcv_1m --format csv",
+        cmd_sql,
+        description="--list shows the library of sql/*.sql and what each answers.",
+        parents=common,
     )
     p.add_argument(
         "query",
@@ -326,17 +484,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="regenerate sql/clickhouse/*.sql from udfs/history.py",
     )
-    p.set_defaults(func=cmd_sql)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "verify-book",
-        help="rebuild the book from files and compare it with the ground truth they carry",
+        "rebuild the book from files and compare it with the ground truth they carry",
+        "bookstream verify-book --lobster MSG.csv OB.csv",
+        cmd_verify_book,
+        parents=common,
     )
     _add_source_args(p, required=True)
-    p.set_defaults(func=cmd_verify_book)
 
-    p = sub.add_parser(
-        "demo", help="publish -> Flink job -> summary, on the shipped sample or your files"
+    p = _command(
+        sub,
+        "demo",
+        "publish -> Flink job -> execution sink -> history, on the shipped sample or your files",
+        "bookstream demo --binance data/binance/usdm_sample.jsonl",
+        cmd_demo,
+        description="The summary (counts that reconcile, P&L) is the last line, as JSON.",
+        parents=common,
     )
     _add_source_args(p)
     p.add_argument(
@@ -346,21 +512,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish at N x the recorded pace (default: as fast as possible)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _expected_error(exc: BaseException) -> str | None:
+    """The one-line message (problem and fix) of an error a user can fix, else None."""
+    from jobs.kafka_io import BrokerUnavailableError
+
+    fixes: list[tuple[type[BaseException], str]] = [
+        (
+            ConfigError,
+            "correct it in the file or the environment; `bookstream config` shows every "
+            "value and where it came from",
+        ),
+        # its message says already how to start it
+        (BrokerUnavailableError, ""),
+        (FileNotFoundError, "check the path"),
+        (UsageError, "see --help"),
+    ]
+    sql = sys.modules.get("jobs.sql")  # only a command that imported it can raise its error
+    if sql is not None:
+        fixes.append(
+            (sql.SqlError, "correct the statement; `bookstream sql --list` shows the library")
+        )
+    for kind, fix in fixes:
+        if isinstance(exc, kind):
+            message = " ".join(str(exc).split())  # one line
+            return f"{message} -- fix: {fix}" if fix else message
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     # PyFlink's Beam layer logs chatter at INFO
     for noisy in ("apache_beam", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return int(args.func(args) or 0)
+    try:
+        if args.func not in (cmd_doctor, cmd_config, cmd_sql, cmd_verify_book):
+            _check_broker()  # before any client of a stopped broker logs or waits forever
+        return int(args.func(args) or 0)
+    except Exception as exc:
+        line = _expected_error(exc)
+        if line is None:
+            raise
+        if verbose:
+            traceback.print_exc()
+        hint = "" if verbose else " (-v: traceback)"
+        print(f"bookstream {args.command}: error: {line}{hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ state the killed sink had at its last commit.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from jobs.kafka_io import drain_topic, end_offsets, first_offsets, reached_end, wait_stable
-from udfs.config import Config, load_config
+from udfs.config import Config
 from udfs.execution.engine import ExecutionEngine, Output
 from udfs.execution.portfolio import Portfolio
 from udfs.execution.sequencer import Sequencer
@@ -305,31 +305,11 @@ def run_sink(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bookstream exec-sink",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--group-id", default="bookstream-exec-sink")
-    parser.add_argument(
-        "--bounded",
-        action="store_true",
-        help="stop at the inputs' current end (default: run until killed)",
-    )
-    args = parser.parse_args(argv)
-    res = run_sink(load_config(), group=args.group_id, bounded=args.bounded)
-    print(
-        json.dumps(
-            {
-                "inputs": res.inputs,
-                "outputs": res.outputs,
-                "skipped": res.skipped,
-                "rebuilt_inputs": res.rebuilt_inputs,
-                **res.stats,
-                "positions": res.positions,
-                "pnl": res.pnl,
-            },
-            default=str,
-        )
-    )
-    return 0
+    """``python -m jobs.execution_sink ARGS`` = ``bookstream exec-sink ARGS``."""
+    from jobs.cli import main as cli_main
+
+    return cli_main(["exec-sink", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

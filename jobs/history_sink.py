@@ -21,10 +21,9 @@ topic itself is stored in ``dead_letters`` as such, so it cannot loop).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +37,7 @@ from jobs.lake import (
     history_streams,
     open_catalog,
 )
-from udfs.config import Config, load_config
+from udfs.config import Config
 from udfs.history import Stream, rows_to_table
 from udfs.schema import DeadLetter, Reason, SchemaError
 
@@ -240,31 +239,11 @@ def _refuse(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bookstream history-sink",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--bounded",
-        action="store_true",
-        help="stop once every topic is stored up to its current end",
-    )
-    parser.add_argument(
-        "--only", nargs="+", metavar="TABLE", help="only these tables (default: every stream)"
-    )
-    args = parser.parse_args(argv)
-    res = run_history_sink(load_config(), bounded=args.bounded, only=args.only)
-    print(
-        json.dumps(
-            {
-                "rows": res.rows,
-                "total_rows": res.total_rows,
-                "dead_lettered": res.dead_lettered,
-                "commits": res.commits,
-                "wall_s": round(res.wall_s, 3),
-                "rows_per_s": round(res.total_rows / res.wall_s, 1) if res.wall_s else None,
-            }
-        )
-    )
-    return 0
+    """``python -m jobs.history_sink ARGS`` = ``bookstream history-sink ARGS``."""
+    from jobs.cli import main as cli_main
+
+    return cli_main(["history-sink", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

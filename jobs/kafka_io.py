@@ -54,8 +54,10 @@ def _admin(cfg: Config) -> AdminClient:
 
 def check_broker(cfg: Config, timeout_s: float = 5.0) -> int:
     """Number of brokers answering, or :class:`BrokerUnavailableError`."""
+    # a probe: its failure is reported once, by the error below, not by librdkafka's log too
+    probe = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers, "log_level": 0})
     try:
-        md = _admin(cfg).list_topics(timeout=timeout_s)
+        md = probe.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise BrokerUnavailableError(
             f"no Kafka broker answers at {cfg.kafka.bootstrap_servers} ({exc}); "

@@ -741,7 +741,7 @@ def sql_command(
     ddl: bool = False,
     write: bool = False,
 ) -> int:
-    """``bookstream sql``: print a query's result (exit 1 with ClickHouse's message on error),
+    """``bookstream sql``: print a query's result (:class:`SqlError` with ClickHouse's message),
     the library (``--list``) or the MergeTree DDL (``--ddl``; ``--write-ddl`` rewrites
     ``sql/clickhouse/``)."""
     if write:
@@ -768,10 +768,7 @@ def sql_command(
     if not query:
         print("bookstream sql: give a file of sql/, a path or a query (or --list)", file=sys.stderr)
         return 2
-    try:
-        sys.stdout.write(run_sql(cfg, query, fmt, engine))
-    except SqlError as exc:
-        print(f"bookstream sql: {exc}", file=sys.stderr)
-        return 1
+    # a failing query raises SqlError: the command line prints its message (exit 2)
+    sys.stdout.write(run_sql(cfg, query, fmt, engine))
     sys.stdout.flush()
     return 0

@@ -21,7 +21,6 @@ out. Measured: the SQL connector's metadata rows cost twice the whole per-record
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -50,13 +49,13 @@ from pyflink.datastream.connectors.kafka import (
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 
-from udfs.config import PROJECT_ROOT, Config, load_config
+from udfs.config import PROJECT_ROOT, Config
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, RecordSource, process_record
 from udfs.schema import encode_record
 from udfs.strategy.trading import Trader, heartbeat
 
-__all__ = ["build_stream_job", "latest_checkpoint", "main"]
+__all__ = ["build_stream_job", "latest_checkpoint", "main", "run_stream_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -419,43 +418,29 @@ def latest_checkpoint(cfg: Config) -> Path | None:
     return max(done, key=lambda p: p.stat().st_mtime) if done else None
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="bookstream stream-job",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--bounded",
-        action="store_true",
-        help="stop at the events topic's current end (default: run until killed)",
-    )
-    parser.add_argument(
-        "--group-id",
-        default="bookstream-features",
-        help="Kafka consumer group; offsets are committed on checkpoints",
-    )
-    parser.add_argument(
-        "--restore",
-        metavar="CHECKPOINT",
-        type=Path,
-        help="start from this checkpoint directory (chk-N)",
-    )
-    parser.add_argument(
-        "--restore-latest",
-        action="store_true",
-        help="start from the newest retained checkpoint, if any",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg = load_config()
-    restore = args.restore or (latest_checkpoint(cfg) if args.restore_latest else None)
+def run_stream_job(
+    cfg: Config,
+    *,
+    bounded: bool,
+    group_id: str = "bookstream-features",
+    restore: Path | None = None,
+    restore_latest: bool = False,
+) -> None:
+    """``bookstream stream-job``: build the job and execute it (until the bounded input ends,
+    or until killed); ``restore_latest`` resumes from the newest retained checkpoint."""
+    restore = restore or (latest_checkpoint(cfg) if restore_latest else None)
     if restore is not None:
         logger.info("restoring from %s", restore)
-    env = build_stream_job(cfg, bounded=args.bounded, group_id=args.group_id, restore_from=restore)
-    # execute
+    env = build_stream_job(cfg, bounded=bounded, group_id=group_id, restore_from=restore)
     env.execute("bookstream-features")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jobs.stream_job ARGS`` = ``bookstream stream-job ARGS``."""
+    from jobs.cli import main as cli_main
+
+    return cli_main(["stream-job", *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

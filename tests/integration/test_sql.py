@@ -577,7 +577,7 @@ def test_cli_csv_and_table(demo_history, results):
     assert [ln.split()[0] for ln in proc.stdout.splitlines()] == [f"{n}.sql" for n in LIBRARY]
 
 
-def test_cli_query_error_exits_1_with_clickhouse_message(demo_history):
+def test_cli_query_error_exits_2_with_clickhouse_message(demo_history):
     proc = _bookstream(["sql", "SELECT no_such_column FROM bookstream.events"], demo_history.env)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "no_such_column" in proc.stderr and "Code: 47" in proc.stderr

@@ -264,9 +264,8 @@ def test_formats_and_cli(lake, capsys):
     assert doc["columns"] == ["kind", "n"] and doc["row_count"] == 5
     assert doc["rows"][0] == {"kind": "add", "n": 1}
     assert run_sql(cfg, "SELECT 1 WHERE 0", "table") == "(0 rows)\n"
-    assert sql_command(cfg, "SELEC 1") == 1
-    err = capsys.readouterr().err
-    assert "bookstream sql:" in err and "Syntax error" in err
+    with pytest.raises(SqlError, match="Syntax error"):
+        sql_command(cfg, "SELEC 1")
     assert sql_command(cfg, None, list_files=True) == 0
     assert "ohlcv_1m.sql" in capsys.readouterr().out
 
