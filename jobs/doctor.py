@@ -200,8 +200,12 @@ def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
             checks.append(("broker", False, str(exc)))
     for name, ok, detail in checks:
         print(f"{'ok  ' if ok else 'FAIL'} {name:<34} {detail}", file=sys.stderr)
+    logs = {name: str(path) for name, path in cfg.log_files().items()}
+    for name, path in logs.items():
+        print(f"log  {name:<34} {path}", file=sys.stderr)
     ok = all(c[1] for c in checks)
     return ok, {
         "ok": ok,
         "checks": {name: {"ok": good, "detail": detail} for name, good, detail in checks},
+        "logs": logs,
     }

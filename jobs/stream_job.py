@@ -322,6 +322,28 @@ def _export_python_path() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([current] if current else [])])
 
 
+FLINK_LOGS_KEPT = 20
+"""Flink log files kept under ``<state>/logs/flink`` (the oldest are removed at a job start)."""
+
+
+def _export_flink_log_dir(cfg: Config) -> None:
+    """Flink's own log (the local MiniCluster's: JobManager, TaskManager, the Python functions'
+    logging in thread mode) goes to ``<state>/logs/flink/flink-bookstream-<pid>-python-<host>.log``
+    instead of PyFlink's ``site-packages/pyflink/log``. PyFlink's local gateway
+    (``pyflink_gateway_server.construct_log_settings``) takes ``FLINK_LOG_DIR`` and
+    ``FLINK_IDENT_STRING`` from the environment when it launches the JVM (``-Dlog.file=``), so
+    both are set before the gateway starts; its log4j file appender truncates, hence one file
+    per process."""
+    if "FLINK_LOG_DIR" in os.environ:
+        return  # the gateway is (or will be) launched with a log dir already chosen
+    cfg.flink_logs_dir.mkdir(parents=True, exist_ok=True)
+    old = sorted(cfg.flink_logs_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
+    for path in old[: max(len(old) - FLINK_LOGS_KEPT + 1, 0)]:
+        path.unlink(missing_ok=True)
+    os.environ["FLINK_LOG_DIR"] = str(cfg.flink_logs_dir)
+    os.environ.setdefault("FLINK_IDENT_STRING", f"bookstream-{os.getpid()}")
+
+
 def build_stream_job(
     cfg: Config,
     *,
@@ -346,6 +368,7 @@ def build_stream_job(
     topics = cfg.topics
 
     _export_python_path()
+    _export_flink_log_dir(cfg)
     conf = Configuration()
     # the workers must run this venv's interpreter (pemja, udfs, numpy live there)
     conf.set_string("python.executable", sys.executable)

@@ -393,7 +393,22 @@ class Config:
 
     @property
     def logs_dir(self) -> Path:
+        """Every service's and job's log: ``kafka.log``, ``postgres.log`` (infra/), and
+        ``flink/`` (each Flink MiniCluster's own log, one file per process)."""
         return self.state_dir / "logs"
+
+    @property
+    def flink_logs_dir(self) -> Path:
+        return self.logs_dir / "flink"
+
+    def log_files(self) -> dict[str, Path]:
+        """Where each service's log is (the newest Flink log, if any)."""
+        flink = sorted(self.flink_logs_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)
+        return {
+            "kafka": self.logs_dir / "kafka.log",
+            "postgres": self.logs_dir / "postgres.log",
+            "flink": flink[-1] if flink else self.flink_logs_dir,
+        }
 
     @property
     def lake_dir(self) -> Path:
