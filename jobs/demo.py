@@ -33,7 +33,7 @@ from jobs.publish import publish
 from jobs.stream_job import build_stream_job
 from udfs.config import Config
 from udfs.market.adapters.sources import Source
-from udfs.schema import decode_dead_letter
+from udfs.schema import StatsRow, decode_dead_letter, decode_row
 
 __all__ = ["run_demo"]
 
@@ -99,16 +99,16 @@ def run_demo(
         decode_dead_letter(r.value)
         for r in drain_topic(cfg, topics.dead_letter, from_offsets=before[topics.dead_letter])
     ]
-    last_stats: dict[str, dict] = {}
+    last_stats: dict[str, StatsRow] = {}
     unkeyed_dead = 0
     for rec in drain_topic(cfg, topics.stats, from_offsets=before[topics.stats]):
-        row = json.loads(rec.value)
-        if "unkeyed_dead" in row:
-            unkeyed_dead += row["unkeyed_dead"]
+        row = decode_row(StatsRow, rec.value)
+        if row.unkeyed_dead is not None:
+            unkeyed_dead += row.unkeyed_dead
         else:
-            last_stats[row["instrument"]] = row
-    processed = sum(s["events_processed"] for s in last_stats.values())
-    job_in = sum(s["events_in"] for s in last_stats.values()) + unkeyed_dead
+            last_stats[row.instrument] = row
+    processed = sum(s.events_processed or 0 for s in last_stats.values())
+    job_in = sum(s.events_in or 0 for s in last_stats.values()) + unkeyed_dead
     reasons: dict[str, int] = {}
     for d in dead:
         reasons[d.reason_code.value] = reasons.get(d.reason_code.value, 0) + 1

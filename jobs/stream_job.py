@@ -52,7 +52,7 @@ from pyflink.java_gateway import get_gateway
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, RecordSource, process_record
-from udfs.schema import encode_record
+from udfs.schema import StatsRow, encode_record, encode_row
 from udfs.strategy.trading import Trader, heartbeat
 
 __all__ = ["build_stream_job", "latest_checkpoint", "main", "run_stream_job"]
@@ -189,10 +189,10 @@ class StreamJobFunction(KeyedProcessFunction):
         for dead in result.dead_letters:
             yield DEAD_LETTER_TAG, key + SEP + dead.to_json()
         for row in result.quality:
-            yield QUALITY_TAG, key + SEP + json.dumps(row, separators=(",", ":"))
+            yield QUALITY_TAG, key + SEP + encode_row(row)
         if state is None and result.dead_letters:
             # a refused record of a key that has no book yet: still count it
-            yield STATS_TAG, key + SEP + json.dumps({"instrument": key, "unkeyed_dead": 1})
+            yield STATS_TAG, key + SEP + encode_row(StatsRow(instrument=key, unkeyed_dead=1))
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         key = ctx.get_current_key()
@@ -202,7 +202,7 @@ class StreamJobFunction(KeyedProcessFunction):
             # order, this one last); emit the quality minutes no later record will close
             if state is not None:
                 for row in flush(state.quality):
-                    yield QUALITY_TAG, key + SEP + json.dumps(row, separators=(",", ":"))
+                    yield QUALITY_TAG, key + SEP + encode_row(row)
             return
         if self.stats_timer.get(key) == timestamp:
             del self.stats_timer[key]
@@ -214,25 +214,18 @@ class StreamJobFunction(KeyedProcessFunction):
                 key, state.max_ts_event + self.trader.min_feed_latency_ns, state.book.last_seq
             )
             yield ORDERS_TAG, key + SEP + encode_record(beat).decode()
-        yield (
-            STATS_TAG,
-            key
-            + SEP
-            + json.dumps(
-                {
-                    "instrument": state.instrument,
-                    "watermark_ms": timestamp,
-                    "events_in": state.events_in,
-                    "events_processed": state.events_processed,
-                    "dead_lettered": state.dead_lettered,
-                    "signals": state.trading.signals,
-                    "orders": state.trading.orders,
-                    "book_levels": len(state.book.bids) + len(state.book.asks),
-                    "ts_proc": time.time_ns(),
-                },
-                separators=(",", ":"),
-            ),
+        stats = StatsRow(
+            instrument=state.instrument,
+            watermark_ms=timestamp,
+            events_in=state.events_in,
+            events_processed=state.events_processed,
+            dead_lettered=state.dead_lettered,
+            signals=state.trading.signals,
+            orders=state.trading.orders,
+            book_levels=len(state.book.bids) + len(state.book.asks),
+            ts_proc=time.time_ns(),
         )
+        yield STATS_TAG, key + SEP + encode_row(stats)
 
 
 SINK_NAME_PREFIX = "kafka-sink:"

@@ -29,16 +29,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from udfs.market.features import feature_keys
+from udfs.market.features import FeatureRow, feature_columns
 from udfs.schema import (
     Control,
     DeadLetter,
     ExecReport,
     L2Event,
     Order,
+    QualityRow,
     RiskReport,
     SchemaError,
     Signal,
+    StatsRow,
     decode_dead_letter,
     decode_event,
     decode_record,
@@ -136,8 +138,9 @@ def _record_decoder(cls: type, decode: Callable[[bytes], Any]) -> Callable[[byte
 def _json_decoder(
     fields: Iterable[tuple[str, pa.DataType]], required: Iterable[str]
 ) -> Callable[[bytes], dict]:
-    """Rows the job writes as plain JSON objects (features, stats, quality): the columns are
-    known; a missing required key or a value of the wrong kind is a :class:`SchemaError`."""
+    """Rows the job writes as JSON objects (features, stats, quality), columns from their
+    dataclass: a missing required key (a field without default) or a value of the wrong kind
+    is a :class:`SchemaError`."""
     fields = tuple(fields)
     required = frozenset(required)
     numeric = {n for n, t in fields if pa.types.is_integer(t) or pa.types.is_floating(t)}
@@ -170,65 +173,18 @@ def _json_decoder(
 
 
 def _feature_fields(depth_levels: int) -> tuple[tuple[str, pa.DataType], ...]:
-    ints = {
-        "ts_event",
-        "ts_recv",
-        "seq",
-        "price_exp",
-        "size_exp",
-        "best_bid",
-        "best_ask",
-        "bid_size",
-        "ask_size",
-        "spread",
-        "bid_depth",
-        "ask_depth",
-        "trade_volume",
-        "trade_signed_volume",
-        "trade_count",
-    }
-    out: list[tuple[str, pa.DataType]] = []
-    for key in feature_keys(depth_levels):
-        if key == "instrument":
-            out.append((key, pa.string()))
-        else:
-            out.append((key, pa.int64() if key in ints else pa.float64()))
-    # when the row became available to the live path (wall clock of the job, ns): a training
-    # set "as known at" a decision joins on this, not on ts_event
-    out.append(("ts_proc", pa.int64()))
-    return tuple(out)
+    """The feature row's columns (:func:`udfs.market.features.feature_columns`)."""
+    return tuple((name, _arrow_type(tp)) for name, tp in feature_columns(depth_levels))
 
 
-STATS_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
-    ("instrument", pa.string()),
-    ("watermark_ms", pa.int64()),
-    ("events_in", pa.int64()),
-    ("events_processed", pa.int64()),
-    ("dead_lettered", pa.int64()),
-    ("signals", pa.int64()),
-    ("orders", pa.int64()),
-    ("book_levels", pa.int64()),
-    ("unkeyed_dead", pa.int64()),
-    ("ts_proc", pa.int64()),
-)
-"""The job's per-instrument counters (``jobs/stream_job.py`` writes them)."""
-
-QUALITY_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
-    ("instrument", pa.string()),
-    ("minute_start", pa.int64()),
-    ("events", pa.int64()),
-    ("sequence_gaps", pa.int64()),
-    ("resyncs", pa.int64()),
-    ("crossed", pa.int64()),
-    ("locked", pa.int64()),
-    ("stale_gaps", pa.int64()),
-    ("max_gap_ms", pa.float64()),
-    ("out_of_order", pa.int64()),
-    ("late", pa.int64()),
-    ("duplicates", pa.int64()),
-    ("v", pa.int64()),
-)
-"""Data-quality counters per instrument and exchange-time minute (``udfs/market/quality.py``)."""
+def _required(cls: type) -> tuple[str, ...]:
+    """The fields of a row dataclass that have no default: a row without one is refused."""
+    missing = dataclasses.MISSING
+    return tuple(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is missing and f.default_factory is missing
+    )
 
 
 def _trading_stream(name: str, cls: type) -> Stream:
@@ -245,6 +201,8 @@ def _trading_stream(name: str, cls: type) -> Stream:
 def streams(depth_levels: int) -> tuple[Stream, ...]:
     """Every history table, for a job computing ``depth_levels`` of imbalance."""
     feature_fields = _feature_fields(depth_levels)
+    stats_fields = tuple(_dataclass_fields(StatsRow))
+    quality_fields = tuple(_dataclass_fields(QualityRow))
     return (
         Stream(
             "events",
@@ -259,7 +217,11 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
             "features",
             "features",
             feature_fields,
-            _json_decoder(feature_fields, ("instrument", "ts_event", "seq")),
+            # every key of a field without default (imbalance_<k>: the optional depth)
+            _json_decoder(
+                feature_fields,
+                [k for k in _required(FeatureRow) if k in dict(feature_fields)],
+            ),
             lambda r: r["ts_event"],
             partition_by_instrument=True,
             sort_by=("instrument", "ts_event"),
@@ -274,8 +236,8 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
         Stream(
             "stats",
             "stats",
-            STATS_FIELDS,
-            _json_decoder(STATS_FIELDS, ()),
+            stats_fields,
+            _json_decoder(stats_fields, _required(StatsRow)),
             lambda r: (r["watermark_ms"] or 0) * 1_000_000 or (r["ts_proc"] or 0),
         ),
         *(
@@ -291,8 +253,8 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
         Stream(
             "quality",
             "quality",
-            QUALITY_FIELDS,
-            _json_decoder(QUALITY_FIELDS, ("instrument", "minute_start")),
+            quality_fields,
+            _json_decoder(quality_fields, _required(QualityRow)),
             lambda r: r["minute_start"],
         ),
     )

@@ -41,6 +41,7 @@ from udfs.schema import (
     Kind,
     L2Event,
     Order,
+    QualityRow,
     Reason,
     SchemaError,
     Signal,
@@ -89,7 +90,7 @@ class ProcessResult:
     signals: list[Signal] = field(default_factory=list)
     orders: list[Order] = field(default_factory=list)
     """orders and heartbeats for the orders topic"""
-    quality: list[dict] = field(default_factory=list)
+    quality: list[QualityRow] = field(default_factory=list)
     """rows of the instrument's minutes closed by this record (``udfs.market.quality``)"""
 
 

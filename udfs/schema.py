@@ -597,3 +597,74 @@ def decode_record(cls: type, raw: bytes | str):
         return cls(**d)
     except TypeError as exc:
         raise SchemaError("record", str(exc)) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# rows the stream job writes as JSON objects (the feature row is udfs.market.features.FeatureRow)
+
+STATS_VERSION = 1
+QUALITY_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatsRow:
+    """The stream job's counters of one instrument at an event-time minute (stats topic), or,
+    with ``unkeyed_dead`` alone, one refused record of a key that has no book yet. A field that
+    is ``None`` is left out of the JSON object."""
+
+    instrument: str
+    watermark_ms: int | None = None
+    """the event-time minute boundary whose timer emitted the row"""
+    events_in: int | None = None
+    events_processed: int | None = None
+    dead_lettered: int | None = None
+    signals: int | None = None
+    orders: int | None = None
+    book_levels: int | None = None
+    unkeyed_dead: int | None = None
+    ts_proc: int | None = None
+    """wall clock of the job when it emitted the row, ns"""
+    v: int = STATS_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QualityRow:
+    """Data-quality counters of one instrument and exchange-time minute
+    (``udfs.market.quality`` says what each counts)."""
+
+    instrument: str
+    minute_start: int
+    """ns, a multiple of 60e9"""
+    events: int
+    sequence_gaps: int
+    resyncs: int
+    crossed: int
+    locked: int
+    stale_gaps: int
+    max_gap_ms: float
+    out_of_order: int
+    late: int
+    duplicates: int
+    v: int = QUALITY_VERSION
+
+
+def encode_row(row: StatsRow | QualityRow) -> str:
+    """A row as one JSON object, fields in declaration order, ``None`` fields left out."""
+    return json.dumps(
+        {f: v for f in row.__dataclass_fields__ if (v := getattr(row, f)) is not None},
+        separators=(",", ":"),
+    )
+
+
+def decode_row(cls: type, raw: bytes | str):
+    """Inverse of :func:`encode_row`; raises :class:`SchemaError` naming the field."""
+    try:
+        d = _loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError("record", f"malformed JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise SchemaError("record", "expected a JSON object")
+    try:
+        return cls(**d)
+    except TypeError as exc:
+        raise SchemaError("record", str(exc)) from exc

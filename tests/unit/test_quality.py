@@ -28,7 +28,17 @@ from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER
 from udfs.market.book import OrderBook
 from udfs.market.quality import DUP_WINDOW, MINUTE_NS, flush, minute_of
 from udfs.pipeline import InstrumentState, RecordSource, process_record
-from udfs.schema import F_LAST, DeadLetter, Kind, L2Event, Reason, Side, encode_event
+from udfs.schema import (
+    F_LAST,
+    DeadLetter,
+    Kind,
+    L2Event,
+    QualityRow,
+    Reason,
+    Side,
+    encode_event,
+    encode_row,
+)
 
 SRC = RecordSource("events", 0, 0)
 BOUND_MS = 2000
@@ -92,7 +102,8 @@ def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
     live: set[tuple[str, int]] = set()
     dead: list[DeadLetter] = []
 
-    def add(row: dict) -> tuple[str, int]:
+    def add(record: QualityRow) -> tuple[str, int]:
+        row = json.loads(encode_row(record))  # the wire form
         k = (row["instrument"], row["minute_start"])
         assert k not in rows, f"minute emitted twice: {k}"
         assert set(row) == ROW_FIELDS and row["v"] == 1

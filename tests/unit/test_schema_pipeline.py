@@ -246,3 +246,47 @@ def test_a_bad_file_value_is_refused_and_origins_are_reported(tmp_path):
 def test_a_misspelt_section_in_the_environment_is_refused():
     with pytest.raises(ConfigError, match="BOOKSTREAM_KAFAK_PORT"):
         load_config(env={"BOOKSTREAM_KAFAK_PORT": "1"})
+
+
+def test_every_json_row_table_follows_its_dataclass():
+    """The feature, stats and quality rows are declared once (a dataclass); their history
+    columns and the job's encoding follow from it, so adding a field is one edit."""
+    import dataclasses
+
+    from udfs.history import streams
+    from udfs.market.features import FeatureRow, feature_keys
+    from udfs.schema import QualityRow, StatsRow, decode_row, encode_row
+
+    by_name = {s.name: s for s in streams(3)}
+    assert by_name["features"].columns == feature_keys(3)
+    assert "v" in feature_keys(3) and {f.name for f in dataclasses.fields(FeatureRow)} - {
+        "imbalance"
+    } <= set(feature_keys(3))
+    for table, cls in (("stats", StatsRow), ("quality", QualityRow)):
+        assert by_name[table].columns == tuple(f.name for f in dataclasses.fields(cls)), table
+    stats = StatsRow(instrument="X", watermark_ms=60_000, events_in=3, ts_proc=5)
+    assert decode_row(StatsRow, encode_row(stats)) == stats
+    assert json.loads(encode_row(StatsRow(instrument="X", unkeyed_dead=1))) == {
+        "instrument": "X",
+        "unkeyed_dead": 1,
+        "v": 1,
+    }
+    row = by_name["stats"].decode(encode_row(stats).encode())
+    assert row["events_in"] == 3 and row["v"] == 1 and row["book_levels"] is None
+    quality = QualityRow(
+        instrument="X",
+        minute_start=0,
+        events=1,
+        sequence_gaps=0,
+        resyncs=0,
+        crossed=0,
+        locked=0,
+        stale_gaps=0,
+        max_gap_ms=0.5,
+        out_of_order=0,
+        late=0,
+        duplicates=0,
+    )
+    assert by_name["quality"].decode(encode_row(quality).encode()) == dataclasses.asdict(quality)
+    with pytest.raises(SchemaError, match="missing"):
+        by_name["quality"].decode(b'{"instrument":"X"}')

@@ -45,14 +45,26 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
 
 from udfs.config import FeatureConfig
 from udfs.market.book import OrderBook
 from udfs.schema import F_LAST, TRADE_KINDS, L2Event, Side
 
-__all__ = ["FeatureRow", "FeatureState", "feature_keys", "on_event"]
+__all__ = [
+    "FEATURE_VERSION",
+    "PRICE_FIELDS",
+    "SIZE_FIELDS",
+    "FeatureRow",
+    "FeatureState",
+    "feature_columns",
+    "feature_keys",
+    "on_event",
+]
+
+FEATURE_VERSION = 1
+"""Schema version of the feature row (``v``); a change of its fields or their meaning bumps it."""
 
 _NS_PER_MS = 1_000_000
 
@@ -128,96 +140,63 @@ class FeatureRow:
     trade_signed_volume: int
     trade_count: int
 
+    v: int = FEATURE_VERSION
+    """schema version of the feature row"""
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable values (str, int, float) in the order of
         :func:`feature_keys` ``(len(self.imbalance))``: the fields in declaration order with
         ``imbalance`` flattened to ``imbalance_1..imbalance_N``, then real units:
-        ``best_bid_px, best_ask_px, spread_px, mid_px, microprice_px`` (``x * 10**price_exp``)
-        and ``bid_size_qty, ask_size_qty, bid_depth_qty, ask_depth_qty, trade_volume_qty,
-        trade_signed_volume_qty`` (``x * 10**size_exp``)."""
+        ``<f>_px = f * 10**price_exp`` for ``f`` in :data:`PRICE_FIELDS` and
+        ``<f>_qty = f * 10**size_exp`` for ``f`` in :data:`SIZE_FIELDS`."""
         pe, se = self.price_exp, self.size_exp
-        d: dict[str, Any] = {
-            "instrument": self.instrument,
-            "ts_event": self.ts_event,
-            "ts_recv": self.ts_recv,
-            "seq": self.seq,
-            "price_exp": pe,
-            "size_exp": se,
-            "best_bid": self.best_bid,
-            "best_ask": self.best_ask,
-            "bid_size": self.bid_size,
-            "ask_size": self.ask_size,
-            "spread": self.spread,
-            "mid": self.mid,
-            "microprice": self.microprice,
-        }
+        d: dict[str, Any] = {name: getattr(self, name) for name in _BEFORE_IMBALANCE}
         for k, value in enumerate(self.imbalance, 1):
             d[f"imbalance_{k}"] = value
-        d.update(
-            bid_depth=self.bid_depth,
-            ask_depth=self.ask_depth,
-            ofi=self.ofi,
-            ofi_window=self.ofi_window,
-            rv=self.rv,
-            trade_volume=self.trade_volume,
-            trade_signed_volume=self.trade_signed_volume,
-            trade_count=self.trade_count,
-            best_bid_px=_scale(self.best_bid, pe),
-            best_ask_px=_scale(self.best_ask, pe),
-            spread_px=_scale(self.spread, pe),
-            mid_px=_scale(self.mid, pe),
-            microprice_px=_scale(self.microprice, pe),
-            bid_size_qty=_scale(self.bid_size, se),
-            ask_size_qty=_scale(self.ask_size, se),
-            bid_depth_qty=_scale(self.bid_depth, se),
-            ask_depth_qty=_scale(self.ask_depth, se),
-            trade_volume_qty=_scale(self.trade_volume, se),
-            trade_signed_volume_qty=_scale(self.trade_signed_volume, se),
-        )
+        for name in _AFTER_IMBALANCE:
+            d[name] = getattr(self, name)
+        for name in PRICE_FIELDS:
+            d[f"{name}_px"] = _scale(getattr(self, name), pe)
+        for name in SIZE_FIELDS:
+            d[f"{name}_qty"] = _scale(getattr(self, name), se)
         return d
 
 
-_HEAD_KEYS = (
-    "instrument",
-    "ts_event",
-    "ts_recv",
-    "seq",
-    "price_exp",
-    "size_exp",
-    "best_bid",
-    "best_ask",
+PRICE_FIELDS = ("best_bid", "best_ask", "spread", "mid", "microprice")
+"""Fields in price ticks, also serialised in real units as ``<field>_px``."""
+SIZE_FIELDS = (
     "bid_size",
     "ask_size",
-    "spread",
-    "mid",
-    "microprice",
-)
-_TAIL_KEYS = (
     "bid_depth",
     "ask_depth",
-    "ofi",
-    "ofi_window",
-    "rv",
     "trade_volume",
     "trade_signed_volume",
-    "trade_count",
-    "best_bid_px",
-    "best_ask_px",
-    "spread_px",
-    "mid_px",
-    "microprice_px",
-    "bid_size_qty",
-    "ask_size_qty",
-    "bid_depth_qty",
-    "ask_depth_qty",
-    "trade_volume_qty",
-    "trade_signed_volume_qty",
 )
+"""Fields in size lots, also serialised in real units as ``<field>_qty``."""
+
+_FIELD_NAMES = tuple(f.name for f in fields(FeatureRow))
+_BEFORE_IMBALANCE = _FIELD_NAMES[: _FIELD_NAMES.index("imbalance")]
+_AFTER_IMBALANCE = _FIELD_NAMES[_FIELD_NAMES.index("imbalance") + 1 :]
+
+
+def feature_columns(depth_levels: int) -> tuple[tuple[str, type], ...]:
+    """(key, Python type) of every key of :meth:`FeatureRow.to_dict`, in order, for
+    ``N = depth_levels``: what the history table and the feature store's schema follow."""
+    hints = get_type_hints(FeatureRow)
+    out: list[tuple[str, type]] = []
+    for name in _FIELD_NAMES:
+        if name == "imbalance":
+            out += [(f"imbalance_{k}", float) for k in range(1, depth_levels + 1)]
+        else:
+            out.append((name, hints[name]))
+    out += [(f"{name}_px", float) for name in PRICE_FIELDS]
+    out += [(f"{name}_qty", float) for name in SIZE_FIELDS]
+    return tuple(out)
 
 
 def feature_keys(depth_levels: int) -> tuple[str, ...]:
     """The keys of :meth:`FeatureRow.to_dict`, in order, for ``N = depth_levels``."""
-    return (*_HEAD_KEYS, *(f"imbalance_{k}" for k in range(1, depth_levels + 1)), *_TAIL_KEYS)
+    return tuple(name for name, _ in feature_columns(depth_levels))
 
 
 def _scale(value: float, exp: int) -> float:

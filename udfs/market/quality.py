@@ -8,7 +8,8 @@ land in it any more (:func:`close_before`), or at the end of input (:func:`flush
 is decided from the data alone (exchange time and feed order), never from the wall clock, so a
 replay of the same records gives byte-identical rows.
 
-Row (``v`` = :data:`QUALITY_VERSION`), one per instrument and minute that saw a record::
+Row (:class:`udfs.schema.QualityRow`, ``v`` = :data:`QUALITY_VERSION`), one per instrument
+and minute that saw a record::
 
     instrument, minute_start (ns, multiple of 60e9), events, sequence_gaps, resyncs, crossed,
     locked, stale_gaps, max_gap_ms, out_of_order, late, duplicates, v
@@ -70,7 +71,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from udfs.market.book import OrderBook
-from udfs.schema import F_LAST, Kind, L2Event, Reason, Side
+from udfs.schema import F_LAST, QUALITY_VERSION, Kind, L2Event, QualityRow, Reason, Side
 
 __all__ = [
     "DUP_WINDOW",
@@ -84,7 +85,6 @@ __all__ = [
     "observe",
 ]
 
-QUALITY_VERSION = 1
 MINUTE_NS = 60_000_000_000
 DUP_WINDOW = 1024
 """Records of an instrument remembered (as fingerprints) to recognise an exact repeat. A
@@ -300,25 +300,24 @@ def _book_state(q: QualityState, b: MinuteCounts, book: OrderBook) -> None:
             b.crossed += 1
 
 
-def _row(instrument: str, minute: int, b: MinuteCounts) -> dict:
-    return {
-        "instrument": instrument,
-        "minute_start": minute,
-        "events": b.events,
-        "sequence_gaps": b.sequence_gaps,
-        "resyncs": b.resyncs,
-        "crossed": b.crossed,
-        "locked": b.locked,
-        "stale_gaps": b.stale_gaps,
-        "max_gap_ms": round(b.max_gap_ns / 1e6, 3),
-        "out_of_order": b.out_of_order,
-        "late": b.late,
-        "duplicates": b.duplicates,
-        "v": QUALITY_VERSION,
-    }
+def _row(instrument: str, minute: int, b: MinuteCounts) -> QualityRow:
+    return QualityRow(
+        instrument=instrument,
+        minute_start=minute,
+        events=b.events,
+        sequence_gaps=b.sequence_gaps,
+        resyncs=b.resyncs,
+        crossed=b.crossed,
+        locked=b.locked,
+        stale_gaps=b.stale_gaps,
+        max_gap_ms=round(b.max_gap_ns / 1e6, 3),
+        out_of_order=b.out_of_order,
+        late=b.late,
+        duplicates=b.duplicates,
+    )
 
 
-def close_before(q: QualityState, minute_start: int) -> list[dict]:
+def close_before(q: QualityState, minute_start: int) -> list[QualityRow]:
     """Rows of every open minute before ``minute_start`` (oldest first), which are then
     forgotten and never re-opened. The pipeline passes the minute of the instrument's watermark
     (newest exchange time minus the lateness bound): no record that is not late can land before
@@ -333,7 +332,7 @@ def close_before(q: QualityState, minute_start: int) -> list[dict]:
     return [_row(q.instrument, m, minutes.pop(m)) for m in done]
 
 
-def flush(q: QualityState) -> list[dict]:
+def flush(q: QualityState) -> list[QualityRow]:
     """Rows of every open minute (oldest first), at the end of input. The minutes stay
     re-openable: should the stream go on after all (a later run restored from a checkpoint),
     a minute is emitted again, complete; consumers key rows by (instrument, minute_start), the
