@@ -140,6 +140,10 @@ class FeatureRow:
     trade_signed_volume: int
     trade_count: int
 
+    ts_proc: int = 0
+    """When the row became available to the live path (the job's wall clock, ns; set by
+    ``udfs.pipeline`` after the trading stage): a training set "as known at" a decision joins
+    on this, not on ``ts_event``. 0 until then."""
     v: int = FEATURE_VERSION
     """schema version of the feature row"""
 
