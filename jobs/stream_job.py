@@ -448,7 +448,7 @@ def run_stream_job(
     if restore is not None:
         logger.info("restoring from %s", restore)
     env = build_stream_job(cfg, bounded=bounded, group_id=group_id, restore_from=restore)
-    env.execute("bookstream-features")
+    env.execute("bookstream-stream-job")
 
 
 def main(argv: list[str] | None = None) -> int:

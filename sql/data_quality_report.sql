@@ -1,6 +1,6 @@
 -- Data quality per instrument and minute, plus a total per instrument, from bookstream.quality.
 --
--- The stream job counts, per instrument and minute of exchange time (udfs/quality.py): events,
+-- The stream job counts, per instrument and minute of exchange time (udfs/market/quality.py): events,
 -- sequence gaps (chain breaks), re-syncs (snapshots after the first), crossed and locked books,
 -- stale gaps (silences longer than quality.stale_after_ms), the longest silence, out-of-order,
 -- late and duplicate events. A minute can be emitted again, complete, when a stream resumes
