@@ -1,4 +1,4 @@
-"""What the stream job (jobs/stream_job.py) does to each record, as a pure function of (state, record).
+"""What the stream job does to each record, as a pure function of (state, record).
 
 The Flink job (``jobs/stream_job.py``) only moves bytes: it keys records by instrument, keeps
 one :class:`InstrumentState` per key in Flink keyed state and calls :func:`process_record`.
