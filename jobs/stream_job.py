@@ -90,12 +90,12 @@ class StreamJobFunction(KeyedProcessFunction):
     """
 
     def __init__(
-        self, cfg: Config, topic: str, trader: Trader | None = None, snapshot_every: int = 20_000
+        self, cfg: Config, trader: Trader | None = None, snapshot_every: int = 20_000
     ) -> None:
         self.trader = trader
         self.feature_cfg = cfg.features
         self.out_of_orderness_ms = cfg.flink.out_of_orderness_ms
-        self.topic = topic
+        self.topic = cfg.topics.events  # a dead letter names where its record was read
         self.snapshot_every = snapshot_every
         self.snapshot = None
         self.log = None
@@ -405,7 +405,7 @@ def build_stream_job(
     trader = Trader.load(cfg) if trading else None
     features = (
         _key_by_field0(ds)
-        .process(StreamJobFunction(cfg, topics.events, trader), output_type=Types.STRING())
+        .process(StreamJobFunction(cfg, trader), output_type=Types.STRING())
         .name("book-features")
         .uid("book-features")
     )

@@ -4,6 +4,7 @@ description and an example. Each case runs the installed command in a subprocess
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -55,6 +56,11 @@ CASES = {
         r"/no/such/m\.csv.*check the path",
     ),
     "bad SQL": (["sql", "SELEC 1"], {}, r"Syntax error.*correct the statement"),
+    "missing config file": (
+        ["config"],
+        {"BOOKSTREAM_CONFIG": "/no/such/bookstream.toml"},
+        r"/no/such/bookstream\.toml does not exist",
+    ),
 }
 
 
@@ -106,3 +112,15 @@ def test_python_dash_m_module_runs_the_same_parser() -> None:
     )
     assert proc.returncode == 0 and "bookstream exec-sink" in proc.stdout, proc.stderr
     assert "example:" in proc.stdout
+
+
+def test_config_prints_toml_with_origins_that_loads_back(tmp_path) -> None:
+    proc = _run(["config"], BOOKSTREAM_FLINK_PARALLELISM="2")
+    assert proc.returncode == 0, proc.stderr
+    assert "parallelism = 2  # env BOOKSTREAM_FLINK_PARALLELISM" in proc.stdout
+    assert 'catalog = "sql"  # default' in proc.stdout
+    saved = tmp_path / "bookstream.toml"
+    saved.write_text(proc.stdout)
+    again = _run(["config", "--json"], BOOKSTREAM_CONFIG=str(saved))
+    values = json.loads(again.stdout.strip().splitlines()[-1])
+    assert values["flink.parallelism"] == {"value": 2, "from": f"file {saved}"}

@@ -693,7 +693,7 @@ def test_flink_function_emits_quality_rows_and_flushes_at_end_of_input(
         if n in (0, half):
             # a new instance over the same keyed state half-way: a restore from a checkpoint
             # (pickled snapshot + replay of the records logged since)
-            fn = StreamJobFunction(cfg, "events", None, snapshot_every=5000)
+            fn = StreamJobFunction(cfg, None, snapshot_every=5000)
             fn.open(rt)
         rt.keys.key, ctx.ts = key, ts_ms
         collect(fn.process_element(f"0:{n}:{raw}", ctx))
@@ -718,7 +718,7 @@ def test_flink_function_restores_a_state_pickled_before_the_quality_stage(
     rt = _Runtime()
     rt.keys.key = AAPL
     rt.value.update(old)
-    fn = StreamJobFunction(Config(), "events", None)
+    fn = StreamJobFunction(Config(), None)
     fn.open(rt)
     state = fn._state_of(AAPL)
     assert state is not None and state.quality.instrument == AAPL
