@@ -5,10 +5,21 @@ SHELL := /bin/bash
 BS := .venv/bin/bookstream
 PYTEST := .venv/bin/pytest
 
-.PHONY: install up demo test test-unit test-integration bench stop clean lint doctor
+.PHONY: install install-dev install-python install-python-dev up demo test test-unit \
+	test-integration bench stop clean lint doctor
 
-install:            ## Python env (uv.lock) + JVM jars (infra/pom.xml); idempotent
+install:            ## runtime Python env (uv.lock) + JVM jars (infra/pom.xml) + PostgreSQL; idempotent
 	bash infra/install.sh
+
+install-dev:        ## install + the dev group and train extra (tests, lint)
+	bash infra/install.sh --dev
+
+# the Python environment alone: no jars, no apt-get, so never root
+install-python:
+	bash infra/install.sh --python-only
+
+install-python-dev:
+	bash infra/install.sh --dev --python-only
 
 up: install         ## start the services that are not running; create topics
 	bash infra/kafka/start.sh
@@ -18,23 +29,23 @@ up: install         ## start the services that are not running; create topics
 demo: up            ## the whole pipeline on the shipped sample; JSON summary on the last line
 	$(BS) demo $(ARGS)
 
-test: up lint       ## unit + integration tests (real broker, real Flink)
+test: install-dev up lint  ## unit + integration tests (real broker, real Flink)
 	$(PYTEST) -q -p no:cacheprovider tests
 
-test-unit: install
+test-unit: install-python-dev
 	$(PYTEST) -q -p no:cacheprovider tests/unit
 
-test-integration: up
+test-integration: install-dev up
 	$(PYTEST) -q -p no:cacheprovider tests/integration
 
 bench: up           ## throughput and memory figures with ratios (not a test)
 	.venv/bin/python -m jobs.bench $(ARGS)
 
-doctor: install
+doctor: install-python
 	$(BS) doctor
 
-lint: install
-	.venv/bin/ruff check .
+lint: install-python-dev
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 stop:               ## stop exactly what this project started
 	bash infra/kafka/stop.sh

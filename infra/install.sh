@@ -1,38 +1,87 @@
 #!/usr/bin/env bash
 # Installs everything bookstream needs, idempotently, from the registries this project may use:
-#   * uv (PyPI), then the locked Python environment (uv.lock) into .venv
-#   * the JVM jars (infra/pom.xml, Maven Central) into $STATE/jars/{kafka,flink}
+#   * uv (PyPI, hash-pinned: infra/uv-requirements.txt), then the locked Python environment
+#     (uv.lock) into .venv, on any Python 3.11 uv finds
+#   * the JVM jars (infra/pom.xml, Maven Central; checksums enforced, sha256 pinned in
+#     infra/jars.sha256) into $STATE/jars/{kafka,flink}
+#   * the PostgreSQL server binaries (apt-get; the only step that may need root)
 # Java 17 and Maven are expected on the machine (`bookstream doctor` checks).
+#
+# usage: infra/install.sh [--dev] [--python-only]
+#   (none)         the runtime (what `make demo` runs): no test tools, no training packages
+#   --dev          also the dev group (pytest, ruff, pandas) and the train extra (tests retrain)
+#   --python-only  the Python environment alone: no jars, no PostgreSQL, never needs root
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 UV_VERSION=0.13.9
+PROFILE=runtime
+PYTHON_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) PROFILE=dev ;;
+    --python-only) PYTHON_ONLY=1 ;;
+    *) echo "usage: infra/install.sh [--dev] [--python-only]" >&2; exit 2 ;;
+  esac
+done
 
 if ! command -v uv >/dev/null 2>&1 && [ ! -x "$ROOT/.tools/bin/uv" ]; then
-  echo "[install] uv $UV_VERSION -> .tools/" >&2
-  python3 -m venv "$ROOT/.tools"
-  "$ROOT/.tools/bin/pip" install -q "uv==$UV_VERSION"
+  echo "[install] uv $UV_VERSION -> .tools/ (sha256 checked: infra/uv-requirements.txt)" >&2
+  grep -q "^uv==$UV_VERSION " infra/uv-requirements.txt \
+    || { echo "[install] infra/uv-requirements.txt does not pin uv $UV_VERSION" >&2; exit 1; }
+  bootstrap="$(command -v python3.11 || command -v python3 || true)"
+  [ -n "$bootstrap" ] || { echo "[install] no python3 to bootstrap uv with" >&2; exit 1; }
+  "$bootstrap" -m venv "$ROOT/.tools"
+  "$ROOT/.tools/bin/pip" install -q --disable-pip-version-check --require-hashes \
+    --only-binary :all: -r infra/uv-requirements.txt
 fi
 UV="$(command -v uv || echo "$ROOT/.tools/bin/uv")"
 
-# the lock is authoritative: --frozen fails instead of re-resolving
-if [ ! -f .venv/.bookstream-synced ] || [ uv.lock -nt .venv/.bookstream-synced ] \
-   || [ pyproject.toml -nt .venv/.bookstream-synced ]; then
-  echo "[install] python environment from uv.lock -> .venv" >&2
-  "$UV" sync --frozen --extra dev --python "$(command -v python3)"
-  touch .venv/.bookstream-synced
+# the lock is authoritative: --frozen fails instead of re-resolving. `--python 3.11`: any 3.11
+# uv finds (PATH, pyenv, uv-managed), not only a python3 that happens to be 3.11. One stamp per
+# profile; a dev environment holds the runtime too, so it satisfies a runtime install.
+sync_args=(--frozen --python 3.11)
+if [ "$PROFILE" = dev ]; then sync_args+=(--group dev --extra train); fi
+stamp_fresh() {
+  [ -f "$1" ] && [ ! uv.lock -nt "$1" ] && [ ! pyproject.toml -nt "$1" ]
+}
+if ! stamp_fresh .venv/.bookstream-synced-dev \
+   && { [ "$PROFILE" = dev ] || ! stamp_fresh .venv/.bookstream-synced-runtime; }; then
+  echo "[install] python environment ($PROFILE) from uv.lock -> .venv" >&2
+  "$UV" sync "${sync_args[@]}"
+  rm -f .venv/.bookstream-synced-*
+  touch ".venv/.bookstream-synced-$PROFILE"
 fi
+if [ "$PYTHON_ONLY" = 1 ]; then exit 0; fi
 
 source "$ROOT/infra/lib.sh"
 load_config
+
+# verify_jars PROFILE: the jars in $STATE/jars/PROFILE are exactly those pinned in
+# infra/jars.sha256, each with its pinned sha256 (also catches a tampered ~/.m2 cache, which
+# Maven does not re-check)
+verify_jars() {
+  local profile="$1" pinned have
+  pinned="$(grep -v '^#' "$PROJECT_ROOT/infra/jars.sha256" | grep "  $profile/" || true)"
+  have="$(cd "$STATE/jars" && ls "$profile"/*.jar | grep -v '/bookstream-flink-glue.jar$' | sort)"
+  if [ "$have" != "$(awk '{print $2}' <<<"$pinned" | sort)" ]; then
+    die "jars ($profile) differ from infra/jars.sha256 (infra/pom.xml changed?): $(diff \
+<(awk '{print $2}' <<<"$pinned" | sort) <(echo "$have") | grep '^[<>]' | tr '\n' ' ')"
+  fi
+  (cd "$STATE/jars" && sha256sum --quiet --strict -c <<<"$pinned") >&2 \
+    || die "jars ($profile): sha256 differs from infra/jars.sha256"
+}
+
 for profile in kafka flink; do
   dest="$STATE/jars/$profile"
   stamp="$dest/.complete"
-  if [ ! -f "$stamp" ] || [ infra/pom.xml -nt "$stamp" ]; then
+  if [ ! -f "$stamp" ] || [ infra/pom.xml -nt "$stamp" ] || [ infra/jars.sha256 -nt "$stamp" ]; then
     log "jars ($profile) from Maven Central -> $dest"
     rm -rf "$dest"; mkdir -p "$dest"
-    mvn -q -B -Dstyle.color=never -f infra/pom.xml -P"$profile" dependency:copy-dependencies \
-      -DoutputDirectory="$dest" -DincludeScope=runtime
+    # --strict-checksums: a download that does not match Central's checksum fails the build
+    mvn -q -B -C -Dstyle.color=never -f infra/pom.xml -P"$profile" \
+      dependency:copy-dependencies -DoutputDirectory="$dest" -DincludeScope=runtime
+    verify_jars "$profile"
     touch "$stamp"
   fi
 done

@@ -45,8 +45,8 @@ table for a ClickHouse server, generated from ``udfs/history.py`` by :func:`ddl_
 generated text). ``bookstream sql --mergetree ...`` runs a query on MergeTree copies made in the
 chDB session by exactly that DDL and ``INSERT ... SELECT`` from the Iceberg tables, so the same
 SQL is checked on both engines. :func:`load_into_clickhouse` loads the lake into a real server
-with ``clickhouse-connect`` (``pip install clickhouse-connect``; not a dependency of this
-project, imported only there), incrementally by Kafka position.
+with ``clickhouse-connect`` (the ``clickhouse`` extra: ``uv sync --extra clickhouse``; imported
+only there), incrementally by Kafka position.
 """
 
 from __future__ import annotations
@@ -673,7 +673,7 @@ def load_into_clickhouse(
 
     ``client``: a ``clickhouse_connect`` client; None: ``clickhouse_connect.get_client(
     **connect)`` (e.g. ``host="localhost", port=8123, username="default", password=""``) --
-    ``pip install clickhouse-connect`` first, it is not a dependency of this project.
+    it comes with the ``clickhouse`` extra (``uv sync --extra clickhouse``).
 
     Incremental and idempotent: a row is identified by its Kafka position, so for each table
     only rows with ``_offset`` beyond the server's largest ``_offset`` of their ``_partition``
@@ -682,11 +682,11 @@ def load_into_clickhouse(
     ``TRUNCATE TABLE`` on the server and a fresh load."""
     if client is None:
         try:
-            import clickhouse_connect  # not a dependency: installed by whoever loads a server
+            import clickhouse_connect  # the `clickhouse` extra: only whoever loads a server
         except ImportError as exc:
             raise SqlError(
-                "load_into_clickhouse needs clickhouse-connect "
-                "(pip install clickhouse-connect), or pass a client"
+                "load_into_clickhouse needs clickhouse-connect (the clickhouse extra: "
+                "uv sync --extra clickhouse), or pass a client"
             ) from exc
         client = clickhouse_connect.get_client(**connect)
     from pyiceberg.expressions import And, EqualTo, GreaterThan, In, Not, Or
