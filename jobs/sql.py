@@ -39,6 +39,29 @@ chDB specifics, found by trying them (chDB 4.4, ClickHouse 26.9 engine):
 **One query per file** (and per call): a trailing ``;`` is allowed, a second statement is an
 error -- the result of a call is one table.
 
+**Analysts' SQL reaches the lake, not the machine.** chDB is ClickHouse in this process, with
+its file system, network and environment: unchecked, a query could read ``/etc/passwd`` or
+``/proc/self/environ`` (``file()``), write anywhere (``INTO OUTFILE``), fetch URLs or run
+programs. Every query given to :func:`run_sql` / :func:`query_rows` / ``bookstream sql`` goes
+through two independent barriers:
+
+1. :func:`check_query`, on the statement's tokens (strings and comments cannot hide anything):
+   only one read statement (``SELECT``, ``WITH``, ``DESCRIBE``, ``EXPLAIN``); no ``INTO
+   OUTFILE`` / ``INFILE``; no table function but the generators of :data:`ALLOWED_TABLE_FUNCTIONS`
+   (every other one the engine lists in ``system.table_functions`` is refused: ``file``,
+   ``url``, ``executable``, ``s3``, ``hdfs``, ``remote``, ``postgresql``, ``python``,
+   ``filesystem``...); none of the scalar functions of :data:`REFUSED_FUNCTIONS` (``file()``
+   reads a whole file); no ``system.`` table but those of :data:`ALLOWED_SYSTEM_TABLES`
+   (``system.iceberg_history`` for time travel; not ``processes``, ``server_settings``,
+   ``named_collections``, ``users``...); no ``SETTINGS`` of :data:`REFUSED_SETTINGS`.
+2. the engine: after the tables are set up the session is sealed with ``SET readonly = 1``
+   (:meth:`SqlSession.seal`): ClickHouse then refuses any write, DDL, table function that is not a
+   generator, and any change of a setting, including ``readonly`` itself. A query's own
+   ``SETTINGS name = value`` (``join_use_nulls = 1``, ``iceberg_snapshot_id = ...``) are applied
+   with ``SET`` just before the seal; under ``readonly = 1`` ClickHouse accepts a ``SETTINGS``
+   clause that repeats the current value, so the query runs as written. Hence a sealed session
+   answers one analyst query; :func:`run_sql` opens one per call.
+
 **MergeTree.** ``sql/clickhouse/<t>.sql`` holds one ``CREATE TABLE bookstream.<t>`` per history
 table for a ClickHouse server, generated from ``udfs/history.py`` by :func:`ddl_statements`
 (``bookstream sql --write-ddl`` rewrites them; a unit test keeps the shipped files equal to the
@@ -75,13 +98,19 @@ from udfs.config import PROJECT_ROOT, Config, FeatureConfig
 from udfs.history import Stream, streams
 
 __all__ = [
+    "ALLOWED_SYSTEM_TABLES",
+    "ALLOWED_TABLE_FUNCTIONS",
     "DATABASE",
     "DDL_DIR",
+    "REFUSED_FUNCTIONS",
+    "REFUSED_SETTINGS",
     "SQL_DIR",
     "ChdbClient",
     "LakeTable",
     "SqlError",
+    "SqlRefusedError",
     "SqlSession",
+    "check_query",
     "ddl_statements",
     "lake_tables",
     "list_queries",
@@ -114,6 +143,11 @@ _LOCK = threading.RLock()
 
 class SqlError(RuntimeError):
     """A query failed; the message is ClickHouse's (or names the missing file / table)."""
+
+
+class SqlRefusedError(SqlError):
+    """An analyst's statement reaches outside the lake (files, network, programs, the engine's
+    own state) or is not a read; the message names what was refused."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,6 +429,220 @@ def list_queries(directory: Path = SQL_DIR) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# what an analyst's statement may do
+
+READ_STATEMENTS = frozenset({"select", "with", "describe", "desc", "explain"})
+ALLOWED_TABLE_FUNCTIONS = frozenset(
+    {
+        "numbers",
+        "numbers_mt",
+        "zeros",
+        "zeros_mt",
+        "primes",
+        "generate_series",
+        "generateseries",
+        "generaterandom",
+        "values",
+        "sqlstandardvalues",
+        "null",
+        "view",
+    }
+)
+"""Table functions that only generate rows; every other one of ``system.table_functions``
+(files, URLs, programs, object stores, databases, the Python process...) is refused."""
+REFUSED_FUNCTIONS = frozenset({"file", "hascolumnintable", "catboostevaluate"})
+"""Scalar functions that reach outside: ``file(path)`` returns a file's content,
+``hasColumnInTable(host, ...)`` connects to a server, ``catboostEvaluate`` loads a model file."""
+ALLOWED_SYSTEM_TABLES = frozenset(
+    {
+        "iceberg_history",
+        "one",
+        "numbers",
+        "numbers_mt",
+        "zeros",
+        "zeros_mt",
+        "primes",
+        "databases",
+        "tables",
+        "columns",
+        "functions",
+        "table_functions",
+        "formats",
+        "data_type_families",
+        "time_zones",
+        "settings",
+    }
+)
+"""The catalogue and time travel; not the process's state (``processes``, ``stack_trace``,
+``server_settings``, ``named_collections``, ``users``, ``grants``, ``macros``, ``disks``...)."""
+REFUSED_SETTINGS = frozenset({"readonly", "allow_ddl", "allow_introspection_functions"})
+"""And every setting whose name contains ``path`` (which files a reader opens)."""
+
+_IDENT_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str
+    """``id`` (bare identifier or keyword), ``qid`` (quoted identifier), ``str``, ``num``,
+    ``op``"""
+    text: str
+    """the identifier's name (unquoted), the string's value, the number or the operator"""
+
+    @property
+    def name(self) -> str:
+        return self.text.lower() if self.kind in ("id", "qid") else ""
+
+
+def _unescape(body: str) -> str:
+    out, i = [], 0
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body):
+            out.append(body[i + 1])
+            i += 2
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+def _tokens(text: str) -> list[_Token]:
+    """ClickHouse's lexical structure, enough to see every identifier and call: comments
+    dropped, strings and quoted identifiers taken whole (a doubled quote or a backslash escapes
+    the quote)."""
+    out: list[_Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c.isspace():
+            i += 1
+        elif text.startswith("--", i) or c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            if j < 0:
+                raise SqlRefusedError("unterminated /* comment")
+            i = j + 2
+        elif c in "'\"`":
+            j, parts = i + 1, []
+            while True:
+                if j >= n:
+                    raise SqlRefusedError(f"unterminated {c}...{c} in the query")
+                if text[j] == "\\":
+                    parts.append(text[j : j + 2])
+                    j += 2
+                elif text[j] == c and text.startswith(c, j + 1):
+                    parts.append(c)
+                    j += 2
+                elif text[j] == c:
+                    break
+                else:
+                    parts.append(text[j])
+                    j += 1
+            body = _unescape("".join(parts))
+            out.append(_Token("str" if c == "'" else "qid", body))
+            i = j + 1
+        elif c in _IDENT_START or ord(c) > 127:
+            j = i + 1
+            while j < n and (text[j].isalnum() or text[j] in "_$" or ord(text[j]) > 127):
+                j += 1
+            out.append(_Token("id", text[i:j]))
+            i = j
+        elif c.isdigit() or (c == "." and i + 1 < n and text[i + 1].isdigit()):
+            j = i + 1
+            while j < n:
+                exponent_sign = text[j] in "+-" and text[j - 1] in "eE" and text[i : i + 2] != "0x"
+                if not (text[j].isalnum() or text[j] in "._" or exponent_sign):
+                    break
+                j += 1
+            out.append(_Token("num", text[i:j]))
+            i = j
+        else:
+            out.append(_Token("op", c))
+            i += 1
+    return out
+
+
+def _setting_value(tokens: list[_Token], i: int) -> tuple[str, int] | None:
+    """The SQL text of a literal setting value at ``tokens[i]`` and the index after it."""
+    sign = ""
+    if i < len(tokens) and tokens[i] == _Token("op", "-"):
+        sign, i = "-", i + 1
+    if i >= len(tokens):
+        return None
+    t = tokens[i]
+    if t.kind == "num":
+        return sign + t.text, i + 1
+    if t.kind == "str" and not sign:
+        return _sql_quote(t.text), i + 1
+    if t.kind == "id" and not sign:
+        return t.text, i + 1
+    return None
+
+
+def check_query(sql: str, table_functions: frozenset[str]) -> dict[str, str]:
+    """Refuse (:class:`SqlRefusedError`) a statement that is not a read or reaches outside the lake;
+    ``table_functions``: every table function name the engine knows (lower case). Returns the
+    statement's ``SETTINGS`` as ``{name: SQL literal}``, to be applied before the session is
+    sealed (see the module's notes)."""
+    tokens = _tokens(sql)
+    if not tokens:
+        raise SqlRefusedError("no statement")
+    first = tokens[0]
+    if first != _Token("op", "(") and first.name not in READ_STATEMENTS:
+        raise SqlRefusedError(
+            f"only a read statement ({', '.join(sorted(READ_STATEMENTS))}) may run here, "
+            f"not {first.text.upper()!r}"
+        )
+    settings: dict[str, str] = {}
+    for i, t in enumerate(tokens):
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+        if t.kind not in ("id", "qid"):
+            continue
+        name = t.name
+        if t.kind == "id" and name in ("outfile", "infile"):
+            raise SqlRefusedError(f"{t.text.upper()}: a query may not read or write files")
+        if nxt == _Token("op", "("):
+            if name in REFUSED_FUNCTIONS:
+                raise SqlRefusedError(f"function {t.text}() reaches outside the lake")
+            if name in table_functions and name not in ALLOWED_TABLE_FUNCTIONS:
+                raise SqlRefusedError(
+                    f"table function {t.text}() reaches outside the lake; only the tables of "
+                    f"{DATABASE} and the generators {', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))}"
+                )
+        if name == "system" and nxt == _Token("op", "."):
+            table = tokens[i + 2] if i + 2 < len(tokens) else None
+            if table is None or table.name not in ALLOWED_SYSTEM_TABLES:
+                shown = table.text if table is not None else ""
+                raise SqlRefusedError(
+                    f"system.{shown} is not readable here; system tables allowed: "
+                    f"{', '.join(sorted(ALLOWED_SYSTEM_TABLES))}"
+                )
+        if t.kind == "id" and name == "settings":
+            j = i + 1
+            while j + 1 < len(tokens) and tokens[j].kind == "id":
+                key = tokens[j]
+                if tokens[j + 1] != _Token("op", "="):
+                    break
+                if key.name in REFUSED_SETTINGS or "path" in key.name:
+                    raise SqlRefusedError(f"setting {key.text} may not be changed here")
+                value = _setting_value(tokens, j + 2)
+                if value is None:
+                    raise SqlRefusedError(f"setting {key.text}: only a literal value here")
+                literal, j = value
+                if settings.setdefault(key.text, literal) != literal:
+                    raise SqlRefusedError(
+                        f"setting {key.text}: two values ({settings[key.text]}, {literal})"
+                    )
+                if j < len(tokens) and tokens[j] == _Token("op", ","):
+                    j += 1
+                    continue
+                break
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------
 # the chDB session
 
 
@@ -437,7 +685,10 @@ class SqlSession:
     ``engine="lake"``: the tables read Iceberg in place. ``engine="mergetree"``: the Iceberg
     tables are exposed as ``bookstream_lake.<t>`` and copied into MergeTree tables
     ``bookstream.<t>`` created by ``ddl`` (default: :func:`ddl_statements` for the config) with
-    ``INSERT ... SELECT``. Use as a context manager; one session at a time per process."""
+    ``INSERT ... SELECT``. Use as a context manager; one session at a time per process.
+
+    Its methods run the program's own SQL as given; an analyst's goes through
+    :meth:`analyst_query` first (as :func:`run_sql` and :func:`query_rows` do)."""
 
     def __init__(
         self, cfg: Config, engine: str = "lake", ddl: dict[str, str] | None = None
@@ -453,6 +704,9 @@ class SqlSession:
         self._session = None
         self._dir: Path | None = None
         self._locked = False
+        self.table_functions: frozenset[str] = frozenset()
+        """every table function the engine knows, lower case (for :func:`check_query`)"""
+        self.sealed = False
         self.copied: dict[str, int] = {}
         """rows copied into each MergeTree table (engine ``mergetree``)"""
 
@@ -483,6 +737,8 @@ class SqlSession:
         self._session = chdb_session.Session(str(self._dir))
         for stmt in _SESSION_SETTINGS:
             self.execute(stmt)
+        names = self.arrow("SELECT lower(name) AS name FROM system.table_functions")
+        self.table_functions = frozenset(names.column("name").to_pylist())
         lake_db = DATABASE if self.engine == "lake" else LAKE_DATABASE
         self.execute(f"CREATE DATABASE IF NOT EXISTS {lake_db}")
         for t in self.tables:
@@ -517,6 +773,21 @@ class SqlSession:
             self.copied[t.name] = int(
                 self.arrow(f"SELECT count() AS n FROM {DATABASE}.{t.name}").column("n")[0].as_py()
             )
+
+    def seal(self, settings: dict[str, str] | None = None) -> None:
+        """Apply a checked query's ``SETTINGS`` (from :func:`check_query`), then ``SET readonly =
+        1``: from here on the engine refuses writes, DDL, table functions that are not
+        generators and any other change of a setting, for the rest of the session."""
+        for name, literal in (settings or {}).items():
+            self.execute(f"SET {name} = {literal}")
+        self.execute("SET readonly = 1")
+        self.sealed = True
+
+    def analyst_query(self, sql: str) -> None:
+        """Check an analyst's statement (:class:`SqlRefusedError`) and seal the session for it."""
+        if self.sealed:
+            raise SqlError("this session already answered an analyst's query: open a new one")
+        self.seal(check_query(sql, self.table_functions))
 
     def close(self) -> None:
         try:
@@ -608,8 +879,10 @@ def _plain_rows(table: pa.Table) -> list[dict[str, Any]]:
 
 
 def query_arrow(cfg: Config, query_or_file: str | Path, engine: str = "lake") -> pa.Table:
+    """An analyst's query (checked, in a sealed session) as an Arrow table."""
     _name, sql = read_query(query_or_file)
     with SqlSession(cfg, engine) as s:
+        s.analyst_query(sql)
         return s.arrow(sql)
 
 
@@ -625,9 +898,10 @@ def run_sql(
     cfg: Config, query_or_file: str | Path, fmt: str = "table", engine: str = "lake"
 ) -> str:
     """Run one query (a library name, a file or SQL text) and return its formatted result;
-    :class:`SqlError` carries ClickHouse's message."""
+    :class:`SqlError` carries ClickHouse's message, :class:`SqlRefusedError` what was refused."""
     _name, sql = read_query(query_or_file)
     with SqlSession(cfg, engine) as s:
+        s.analyst_query(sql)
         return s.text(sql, fmt)
 
 

@@ -265,7 +265,7 @@ def test_formats_and_cli(lake, capsys):
     assert doc["rows"][0] == {"kind": "add", "n": 1}
     assert run_sql(cfg, "SELECT 1 WHERE 0", "table") == "(0 rows)\n"
     with pytest.raises(SqlError, match="Syntax error"):
-        sql_command(cfg, "SELEC 1")
+        sql_command(cfg, "SELECT 1 +")
     assert sql_command(cfg, None, list_files=True) == 0
     assert "ohlcv_1m.sql" in capsys.readouterr().out
 
