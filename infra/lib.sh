@@ -12,11 +12,40 @@ PY="$VENV/bin/python"
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# load_config: the variables of udfs/config.py shell_values, read as data (NUL-terminated
+# NAME=value records, assigned with printf -v): no configuration value is ever evaluated
 load_config() {
   [ -x "$PY" ] || die "no Python venv at $VENV: run infra/install.sh (or make install) first"
-  eval "$(cd "$PROJECT_ROOT" && "$PY" -m udfs.config shell)"
+  local records name value rec
+  records="$(mktemp)"
+  (cd "$PROJECT_ROOT" && "$PY" -m udfs.config shell-nul) >"$records" \
+    || { rm -f "$records"; die "udfs/config.py could not load the configuration"; }
+  while IFS= read -r -d '' rec; do
+    name="${rec%%=*}"
+    value="${rec#*=}"
+    [[ "$name" =~ ^[A-Z][A-Z0-9_]*$ ]] || { rm -f "$records"; die "bad config record name"; }
+    printf -v "$name" '%s' "$value"
+    export "${name?}"
+  done <"$records"
+  rm -f "$records"
   STATE="$BOOKSTREAM_STATE_DIR"
+  secure_state_dir
   mkdir -p "$STATE/run" "$STATE/logs"
+}
+
+# secure_state_dir: $STATE is its owner's alone (0700): it holds checkpoints (pickles, which
+# run code when loaded), the PostgreSQL password file and every service's data. The one
+# exception: under root, infra/postgres/start.sh gives the server's OS user traverse-only
+# access through the directory's group (0710, group postgres), which is kept. A shared directory
+# (sticky bit, like /tmp) is left alone. Same rule as udfs/config.py secure_state_dir.
+secure_state_dir() {
+  mkdir -p "$STATE"
+  if [ -k "$STATE" ]; then return 0; fi
+  if [ "$(id -u)" -eq 0 ] && [ "$(stat -c %G "$STATE")" = postgres ]; then
+    chmod 0710 "$STATE"
+  else
+    chmod 0700 "$STATE"
+  fi
 }
 
 pidfile() { echo "$STATE/run/$1.pid"; }

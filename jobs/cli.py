@@ -22,6 +22,7 @@ line on stderr naming the problem and the fix, exit status 2; ``-v`` shows its t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -31,7 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from udfs.config import ConfigError, load_config
+from udfs.config import ConfigError, load_config, secure_state_dir
 
 __all__ = ["main"]
 
@@ -553,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     # PyFlink's Beam layer logs chatter at INFO
     for noisy in ("apache_beam", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    with contextlib.suppress(ConfigError):  # a bad config is the command's own error to report
+        secure_state_dir(load_config())
     try:
         if args.func not in (cmd_doctor, cmd_config, cmd_sql, cmd_verify_book):
             _check_broker()  # before any client of a stopped broker logs or waits forever

@@ -3,6 +3,7 @@ it. Each check is (name, ok, detail); the report is one JSON object."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -13,7 +14,51 @@ from pathlib import Path
 
 from udfs.config import Config
 
-__all__ = ["run_doctor"]
+__all__ = ["is_loopback", "listening_addresses", "run_doctor"]
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def listening_addresses(port: int) -> list[IpAddress]:
+    """Local addresses of the TCP sockets listening on ``port``, from /proc/net/tcp{,6}."""
+    found: list[IpAddress] = []
+    for name in ("tcp", "tcp6"):
+        path = Path("/proc/net") / name
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            addr_hex, port_hex = fields[1].split(":")
+            if fields[3] != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(addr_hex)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append(ipaddress.ip_address(words))
+    return found
+
+
+def is_loopback(addr: IpAddress) -> bool:
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+def _listeners(cfg: Config) -> tuple[bool, str]:
+    """The project's services listen on loopback only (they have no network authentication:
+    Kafka PLAINTEXT; PostgreSQL has passwords but is not meant to be reached from outside)."""
+    ports = {
+        "kafka": cfg.kafka.port,
+        "kafka-controller": cfg.kafka.controller_port,
+        "postgres": cfg.lake.postgres_port,
+    }
+    exposed = []
+    for name, port in ports.items():
+        exposed += [
+            f"{name} on {a}:{port}" for a in listening_addresses(port) if not is_loopback(a)
+        ]
+    if exposed:
+        return False, "listening beyond loopback: " + ", ".join(exposed)
+    return True, "every listener of the project's ports is on loopback"
 
 
 def _java() -> tuple[bool, str]:
@@ -90,7 +135,7 @@ def _postgres(cfg: Config) -> list[tuple[str, bool, str]]:
     if not configured and not _pid_alive(cfg.state_dir / "run" / "postgres.pid"):
         return []
     lk = cfg.lake
-    own = f"postgresql://{lk.postgres_user}@{lk.postgres_host}:{lk.postgres_port}/{lk.postgres_db}"
+    own = cfg.postgres_dsn
     # psycopg2 takes a libpq URI: drop SQLAlchemy's driver suffix (postgresql+psycopg2://)
     dsn = re.sub(r"^postgresql\+\w+://", "postgresql://", uri) if configured else own
     try:
@@ -156,6 +201,16 @@ def _lake(cfg: Config) -> tuple[bool, str]:
     return True, f"{cfg.lake.catalog} catalog, rows: {' '.join(tables)}"
 
 
+def _state_dir(cfg: Config) -> tuple[bool, str]:
+    if not cfg.state_dir.is_dir():
+        return False, f"{cfg.state_dir} missing: run `make install`"
+    mode = cfg.state_dir.stat().st_mode & 0o777
+    # 0700, or 0710 under root (traverse-only for PostgreSQL's group: infra/lib.sh)
+    if mode & 0o067:
+        return False, f"{cfg.state_dir} is mode {mode:o}: others can read it (chmod 0700)"
+    return True, f"{cfg.state_dir} (mode {mode:o})"
+
+
 def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
     checks: list[tuple[str, bool, str]] = []
     checks.append(
@@ -168,7 +223,8 @@ def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
     checks.append(("java", *_java()))
     checks.extend(_flink_connector(cfg))
     checks.append(("kafka-jars", *_kafka_jars(cfg)))
-    checks.append(("state-dir", cfg.state_dir.is_dir(), str(cfg.state_dir)))
+    checks.append(("state-dir", *_state_dir(cfg)))
+    checks.append(("listeners", *_listeners(cfg)))
     checks.extend(_postgres(cfg))
     checks.append(("lake", *_lake(cfg)))
     if need_broker:

@@ -337,6 +337,53 @@ def _export_flink_log_dir(cfg: Config) -> None:
     os.environ.setdefault("FLINK_IDENT_STRING", f"bookstream-{os.getpid()}")
 
 
+LOOPBACK_BIND_OPTIONS = (
+    "rest.bind-address",
+    "rest.address",
+    "jobmanager.bind-host",
+    "jobmanager.rpc.address",
+    "taskmanager.bind-host",
+    "taskmanager.host",
+)
+"""Flink options naming where the MiniCluster's endpoints listen: all set to 127.0.0.1."""
+
+
+def worker_pool_on_loopback() -> None:
+    """Make PyFlink serve its Python worker pool on 127.0.0.1 only.
+
+    In local execution PyFlink serves that pool (gRPC, unauthenticated, and it starts Python
+    workers on request) on every interface: ``add_insecure_port('[::]:0')`` in
+    ``BeamFnLoopbackWorkerPoolServicer.start`` (pyflink/fn_execution/beam/
+    beam_worker_pool_service.py), called by every ``env.execute``. That method is replaced by
+    the same server bound to loopback (idempotent)."""
+    from pyflink.fn_execution.beam.beam_worker_pool_service import (
+        BeamFnLoopbackWorkerPoolServicer,
+    )
+
+    if getattr(BeamFnLoopbackWorkerPoolServicer.start, "bookstream_loopback", False):
+        return
+
+    def start_on_loopback(self: BeamFnLoopbackWorkerPoolServicer) -> str:
+        import atexit
+        import functools
+
+        import grpc
+        from apache_beam.portability.api import beam_fn_api_pb2_grpc
+        from apache_beam.utils import thread_pool_executor
+
+        if not self._worker_address:
+            server = grpc.server(thread_pool_executor.shared_unbounded_instance())
+            port = server.add_insecure_port("127.0.0.1:0")
+            beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(self, server)
+            server.start()
+            self._worker_address = f"127.0.0.1:{port}"
+            atexit.register(functools.partial(server.stop, 1))
+        return self._worker_address
+
+    start_on_loopback.bookstream_loopback = True  # type: ignore[attr-defined]
+    BeamFnLoopbackWorkerPoolServicer.start = start_on_loopback  # type: ignore[method-assign]
+
+
 def build_stream_job(
     cfg: Config,
     *,
@@ -362,7 +409,10 @@ def build_stream_job(
 
     _export_python_path()
     _export_flink_log_dir(cfg)
+    worker_pool_on_loopback()
     conf = Configuration()
+    for option in LOOPBACK_BIND_OPTIONS:  # every listener on loopback, like Kafka and PostgreSQL
+        conf.set_string(option, "127.0.0.1")
     # the workers must run this venv's interpreter (pemja, udfs, numpy live there)
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)

@@ -10,19 +10,22 @@ directory). Values are read in this order, later wins:
    and ``BOOKSTREAM_STATE_DIR``.
 
 Unknown sections or fields are an error, so a typo never silently falls back to a default.
-``python -m udfs.config shell`` prints the values the ``infra/`` scripts need as shell exports,
-so shell and Python read one source.
+``python -m udfs.config shell`` prints the values the ``infra/`` scripts need as shell exports
+(quoted), ``shell-nul`` as NUL-terminated ``NAME=value`` records, which ``infra/lib.sh`` reads
+without ``eval``: shell and Python read one source, and no value is ever run as code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import quote
 
 __all__ = [
     "PROJECT_ROOT",
@@ -42,6 +45,9 @@ __all__ = [
     "VenueConfig",
     "load_config",
     "load_config_with_origins",
+    "secure_state_dir",
+    "shell_exports",
+    "shell_values",
     "topics_env",
 ]
 
@@ -429,12 +435,26 @@ class Config:
         if self.lake.catalog_uri:
             return self.lake.catalog_uri
         if self.lake.catalog == "postgres":
-            lk = self.lake
-            return (
-                f"postgresql+psycopg2://{lk.postgres_user}@{lk.postgres_host}:"
-                f"{lk.postgres_port}/{lk.postgres_db}"
-            )
+            return "postgresql+psycopg2://" + self.postgres_dsn.removeprefix("postgresql://")
         return f"sqlite:///{self.lake_dir / 'catalog.db'}"
+
+    @property
+    def postgres_passfile(self) -> Path:
+        """The libpq password file of the project's PostgreSQL (mode 0600 in a 0700 directory),
+        written by infra/postgres/start.sh: one random password per role. libpq reads it (the
+        URIs below name it); no password is ever in a URI, an argument or a log."""
+        return self.state_dir / "secrets" / "pgpass"
+
+    @property
+    def postgres_dsn(self) -> str:
+        """libpq URI of the project's PostgreSQL as the catalog's role, password from
+        :attr:`postgres_passfile`."""
+        lk = self.lake
+        return (
+            f"postgresql://{quote(lk.postgres_user, safe='')}@{lk.postgres_host}:"
+            f"{lk.postgres_port}/{quote(lk.postgres_db, safe='')}"
+            f"?passfile={quote(str(self.postgres_passfile), safe='/')}"
+        )
 
 
 _SECTIONS: dict[str, type] = {
@@ -587,8 +607,35 @@ def topics_env(topics: TopicsConfig) -> dict[str, str]:
     return {f"BOOKSTREAM_TOPICS_{f.upper()}": name for f, name in topics.names().items()}
 
 
-def shell_exports(cfg: Config) -> str:
-    """The values infra/*.sh need, as ``export NAME=value`` lines."""
+def secure_state_dir(cfg: Config) -> Path:
+    """Create the state directory if needed and close it to everyone but its owner (0700): it
+    holds checkpoints (pickles: loading one runs code), the PostgreSQL password file and every
+    service's data. Under root, infra/postgres/start.sh gives the server's OS user
+    traverse-only access through the group (0710, group ``postgres``), which is kept. A shared
+    directory (sticky bit, like /tmp) is left alone."""
+    import stat
+
+    path = cfg.state_dir
+    path.mkdir(parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_mode & stat.S_ISVTX:
+        return path
+    mode = 0o700
+    if os.geteuid() == 0:
+        import grp
+
+        try:
+            if grp.getgrgid(st.st_gid).gr_name == "postgres":
+                mode = 0o710
+        except KeyError:
+            pass
+    if stat.S_IMODE(st.st_mode) != mode:
+        path.chmod(mode)
+    return path
+
+
+def shell_values(cfg: Config) -> dict[str, str]:
+    """The values infra/*.sh need, by the shell variable that holds each."""
     values = {
         "BOOKSTREAM_STATE_DIR": cfg.state_dir,
         "KAFKA_HOST": cfg.kafka.host,
@@ -601,11 +648,30 @@ def shell_exports(cfg: Config) -> str:
         "POSTGRES_USER": cfg.lake.postgres_user,
         "LAKE_CATALOG": cfg.lake.catalog,
     }
-    return "\n".join(f"export {k}='{v}'" for k, v in values.items())
+    return {k: str(v) for k, v in values.items()}
+
+
+def shell_exports(cfg: Config) -> str:
+    """``export NAME=value`` lines, each value quoted for a POSIX shell (``shlex.quote``): any
+    text, quotes and ``$(...)`` included, stays a value when the lines are evaluated."""
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in shell_values(cfg).items())
+
+
+def shell_values_nul(cfg: Config) -> bytes:
+    """``NAME=value`` records each ending in NUL, what infra/lib.sh reads (no ``eval``): a NUL
+    is the one byte no value can hold, so no value can end or forge a record."""
+    out = b""
+    for k, v in shell_values(cfg).items():
+        if "\0" in v:
+            raise ConfigError(f"{k}: a NUL byte in a configuration value")
+        out += f"{k}={v}".encode() + b"\0"
+    return out
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["shell"]:
         print(shell_exports(load_config()))
+    elif sys.argv[1:] == ["shell-nul"]:
+        sys.stdout.buffer.write(shell_values_nul(load_config()))
     else:
         print(load_config())

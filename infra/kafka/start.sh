@@ -6,6 +6,14 @@ source "$(dirname "$0")/../lib.sh"
 load_config
 SVC=kafka
 JARS="$STATE/jars/kafka"
+# PLAINTEXT without authentication: loopback only, like every listener of the project
+case "$KAFKA_HOST" in
+  127.*) ;;
+  *) die "kafka.host=$KAFKA_HOST: the project's broker has no authentication, so it only listens \
+on loopback (127.x.x.x); point kafka.host at another broker's clients instead" ;;
+esac
+# sed replacement text: \, | and & are literal
+sed_text() { printf '%s' "$1" | sed -e 's/[\\|&]/\\&/g'; }
 [ -f "$JARS/.complete" ] || die "Kafka jars missing in $JARS: run infra/install.sh"
 
 if is_running "$SVC"; then log "kafka already running (pid $(cat "$(pidfile $SVC)"))"; exit 0; fi
@@ -15,8 +23,9 @@ fi
 
 mkdir -p "$STATE/kafka/data"
 props="$STATE/kafka/server.properties"
-sed -e "s|@KAFKA_HOST@|$KAFKA_HOST|g" -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" \
-    -e "s|@KAFKA_CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" -e "s|@STATE@|$STATE|g" \
+sed -e "s|@KAFKA_HOST@|$(sed_text "$KAFKA_HOST")|g" -e "s|@KAFKA_PORT@|$(sed_text "$KAFKA_PORT")|g" \
+    -e "s|@KAFKA_CONTROLLER_PORT@|$(sed_text "$KAFKA_CONTROLLER_PORT")|g" \
+    -e "s|@STATE@|$(sed_text "$STATE")|g" \
     "$PROJECT_ROOT/infra/kafka/server.properties.template" > "$props"
 
 JAVA_OPTS=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true

@@ -2,8 +2,13 @@
 #
 # The project's own PostgreSQL server: the Iceberg SQL catalog for more than one writer.
 # Everything lives under $STATE/postgres (data dir + unix socket); it listens on
-# $POSTGRES_HOST:$POSTGRES_PORT only (loopback, 127.0.0.1:15432 by default, never 5432) with
-# trust authentication, which is why a non-loopback host is refused.
+# $POSTGRES_HOST:$POSTGRES_PORT only (loopback, 127.0.0.1:15432 by default, never 5432; any
+# other host is refused) with scram-sha-256 password authentication for every role, on TCP and
+# on the unix socket. The passwords (one per role: the superuser `postgres`, the catalog's
+# $POSTGRES_USER) are random, made once by start.sh into the libpq password file $PGPASSFILE =
+# $STATE/secrets/pgpass (mode 0600, directory 0700): psql and pg_isready here, psycopg2 in
+# Python (the catalog URI names the file: udfs/config.py Config.catalog_uri) read them from
+# there; no password is ever on a command line, in the environment or in a log.
 #
 # Root: PostgreSQL refuses to run as root (initdb, postgres and pg_ctl all check), so under
 # root the server runs as the `postgres` system user (Debian's package creates it; start.sh
@@ -28,9 +33,25 @@ PG_BIN="$(pg_bindir)"
 run infra/install.sh (make install)"
 case "$POSTGRES_HOST" in
   127.*) ;;
-  *) die "lake.postgres_host=$POSTGRES_HOST: the project's server uses trust auth, so it only \
-listens on loopback (127.x.x.x); point lake.catalog_uri at another server instead" ;;
+  *) die "lake.postgres_host=$POSTGRES_HOST: the project's server only listens on loopback \
+(127.x.x.x); point lake.catalog_uri at another server instead" ;;
 esac
+PG_SECRETS="$STATE/secrets"
+export PGPASSFILE="$PG_SECRETS/pgpass"
+
+# pgpass_escape TEXT: a field of a libpq password file (\ and : escaped)
+pgpass_escape() { local s="${1//\\/\\\\}"; printf '%s' "${s//:/\\:}"; }
+
+# pg_password ROLE: the role's password from $PGPASSFILE (start.sh writes one line per role)
+pg_password() {
+  local prefix line
+  prefix="*:*:*:$(pgpass_escape "$1"):"
+  [ -r "$PGPASSFILE" ] || return 1
+  while IFS= read -r line; do
+    if [[ "$line" == "$prefix"* ]]; then printf '%s' "${line#"$prefix"}"; return 0; fi
+  done <"$PGPASSFILE"
+  return 1
+}
 
 if [ "$(id -u)" -eq 0 ]; then PG_OS_USER=postgres; else PG_OS_USER="$(id -un)"; fi
 
@@ -56,10 +77,11 @@ pg_ready() {
   "$PG_BIN/pg_isready" -q -h "$POSTGRES_HOST" -p "$POSTGRES_PORT" -U postgres -d postgres -t 2
 }
 
-# pg_sql ROLE DB [psql args...]: psql over TCP (trust on loopback), no ~/.psqlrc, stop on error
+# pg_sql ROLE DB [psql args...]: psql over TCP (password from $PGPASSFILE), no ~/.psqlrc,
+# stop on error, never a password prompt
 pg_sql() {
   local role="$1" db="$2"; shift 2
-  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$POSTGRES_HOST" -p "$POSTGRES_PORT" \
+  "$PG_BIN/psql" -X -q -w -v ON_ERROR_STOP=1 -h "$POSTGRES_HOST" -p "$POSTGRES_PORT" \
     -U "$role" -d "$db" "$@"
 }
 

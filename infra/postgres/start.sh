@@ -7,21 +7,75 @@
 # shellcheck source=infra/postgres/common.sh
 source "$(dirname "$0")/common.sh"
 
-# ensure_role_db: role $POSTGRES_USER (LOGIN) and database $POSTGRES_DB owned by it
+# ensure_secrets: $PGPASSFILE holds a random password for the superuser and for
+# $POSTGRES_USER (made once, kept across restarts); the file 0600, its directory 0700
+ensure_secrets() {
+  (umask 077 && mkdir -p "$PG_SECRETS")
+  chmod 0700 "$PG_SECRETS"
+  if ! pg_password postgres >/dev/null || ! pg_password "$POSTGRES_USER" >/dev/null; then
+    log "generating PostgreSQL passwords -> $PGPASSFILE (mode 0600)"
+    local tmp="$PGPASSFILE.tmp.$$" role
+    (
+      umask 077
+      for role in postgres "$POSTGRES_USER"; do
+        # 32 characters of [A-Za-z0-9] (192 random bits, base64 less its symbols)
+        printf '*:*:*:%s:%s\n' "$(pgpass_escape "$role")" \
+          "$(head -c 48 /dev/urandom | base64 -w0 | tr -d '/+=' | head -c 32)"
+      done >"$tmp"
+    )
+    mv -f "$tmp" "$PGPASSFILE"
+    rm -f "$PG_SECRETS/superuser.set"
+  fi
+  chmod 0600 "$PGPASSFILE"
+}
+
+# password_literal ROLE: its password, checked to be what ensure_secrets makes (so it can be
+# written into SQL as a literal)
+password_literal() {
+  local pw
+  pw="$(pg_password "$1")" || die "no password for role $1 in $PGPASSFILE"
+  [[ "$pw" =~ ^[A-Za-z0-9]{32}$ ]] || die "$PGPASSFILE: the password of $1 is not 32 [A-Za-z0-9] \
+(delete the file to make new ones)"
+  printf '%s' "$pw"
+}
+
+# set_superuser_password: in single-user mode, before the server starts (no connection, so no
+# authentication needed); the statement goes on stdin, its output nowhere
+set_superuser_password() {
+  if [ -f "$PG_SECRETS/superuser.set" ] && [ ! "$PGPASSFILE" -nt "$PG_SECRETS/superuser.set" ]; then
+    return 0
+  fi
+  log "setting the superuser's password (single-user mode)"
+  as_pg "$PG_BIN/postgres" --single -D "$PG_DATA" -c password_encryption=scram-sha-256 \
+    postgres >/dev/null 2>&1 <<<"ALTER ROLE postgres PASSWORD '$(password_literal postgres)'" \
+    || die "could not set the superuser's password in single-user mode"
+  touch "$PG_SECRETS/superuser.set"
+}
+
+# ensure_role_db: role $POSTGRES_USER (LOGIN, its password) and database $POSTGRES_DB owned by it
 ensure_role_db() {
   local sql=(pg_sql postgres postgres -tA -v role="$POSTGRES_USER" -v db="$POSTGRES_DB")
   if [ -z "$("${sql[@]}" <<<"SELECT 1 FROM pg_roles WHERE rolname = :'role'")" ]; then
     log "creating role $POSTGRES_USER"
     "${sql[@]}" <<<"SELECT format('CREATE ROLE %I LOGIN', :'role') \\gexec"
   fi
+  # the password on stdin, never on a command line; set at every start (the file may be new)
+  "${sql[@]}" <<<"SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', \
+'$(password_literal "$POSTGRES_USER")') \\gexec"
   if [ -z "$("${sql[@]}" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")" ]; then
     log "creating database $POSTGRES_DB owned by $POSTGRES_USER"
     "${sql[@]}" <<<"SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role') \\gexec"
   fi
 }
 
+ensure_secrets
 pid="$(postmaster_pid)"
 if is_our_postgres "$pid"; then
+  if [ ! -f "$PG_SECRETS/superuser.set" ] || [ "$PGPASSFILE" -nt "$PG_SECRETS/superuser.set" ]
+  then
+    die "postgres (pid $pid) runs with older passwords than $PGPASSFILE: restart it \
+(bash infra/postgres/stop.sh; bash infra/postgres/start.sh)"
+  fi
   echo "$pid" > "$(pidfile "$SVC")"
   wait_ready "$SVC" 60 pg_ready
   ensure_role_db
@@ -51,7 +105,12 @@ if [ "$(id -u)" -eq 0 ]; then
   while d="$(dirname "$d")"; [ "$d" != / ]; do parents=("$d" "${parents[@]}"); done
   for d in "${parents[@]}"; do
     as_pg test -x "$d" && continue
-    if command -v setfacl >/dev/null 2>&1 && setfacl -m "u:$PG_OS_USER:x" "$d" 2>/dev/null; then
+    if [ "$d" = "$STATE" ]; then
+      # the state dir stays closed to everyone else: 0710, group = the server's group
+      chgrp "$(id -g "$PG_OS_USER")" "$d"
+      chmod 0710 "$d"
+      log "granted traverse-only (group $(id -gn "$PG_OS_USER"), 0710) on $d for the server"
+    elif command -v setfacl >/dev/null 2>&1 && setfacl -m "u:$PG_OS_USER:x" "$d" 2>/dev/null; then
       log "granted traverse-only (ACL u:$PG_OS_USER:x) on $d so the server can reach $PG_HOME"
     else
       chmod o+x "$d"
@@ -68,7 +127,8 @@ chmod 0700 "$PG_HOME"
 
 if [ ! -s "$PG_DATA/PG_VERSION" ]; then
   log "initialising the PostgreSQL cluster in $PG_DATA (as $PG_OS_USER)"
-  as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust --no-locale -E UTF8 \
+  # --auth=reject: no way in until pg_hba.conf below (scram) and the superuser's password
+  as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=reject --no-locale -E UTF8 \
     --no-instructions >>"$(logfile "$SVC")" 2>&1 \
     || { tail -n 20 "$(logfile "$SVC")" >&2; die "initdb failed (log: $(logfile "$SVC"))"; }
 fi
@@ -77,12 +137,14 @@ data_major="$(cat "$PG_DATA/PG_VERSION")"
 [ "$bin_major" = "$data_major" ] || die "$PG_DATA holds a PostgreSQL $data_major cluster but \
 the server binaries ($PG_BIN) are $bin_major: install $data_major or delete $PG_DATA"
 
-# trust, but only on our unix socket and loopback
+# a password (scram-sha-256) for every role, on our unix socket and loopback only
 as_pg tee "$PG_DATA/pg_hba.conf" >/dev/null <<'HBA'
-# written by infra/postgres/start.sh at every start: trust on the unix socket and loopback only
-local all all              trust
-host  all all 127.0.0.0/8  trust
+# written by infra/postgres/start.sh at every start: scram-sha-256 passwords for every role,
+# on the unix socket and loopback only (passwords: $STATE/secrets/pgpass)
+local all all              scram-sha-256
+host  all all 127.0.0.0/8  scram-sha-256
 HBA
+set_superuser_password
 
 # the unix socket goes in $PG_HOME; sun_path holds 107 bytes, so a very deep state dir gets
 # TCP only (every client here uses TCP anyway)
@@ -98,7 +160,8 @@ log "starting postgres on $POSTGRES_HOST:$POSTGRES_PORT (data: $PG_DATA, log: $(
 # setpriv all exec in place: $! is the postmaster.
 set_as_pg
 (cd / && exec setsid "${AS_PG[@]}" "$PG_BIN/postgres" -D "$PG_DATA" -p "$POSTGRES_PORT" \
-   -c listen_addresses="$POSTGRES_HOST" -c unix_socket_directories="$socket_dir") \
+   -c listen_addresses="$POSTGRES_HOST" -c unix_socket_directories="$socket_dir" \
+   -c password_encryption=scram-sha-256) \
   </dev/null >>"$(logfile "$SVC")" 2>&1 &
 echo $! > "$(pidfile "$SVC")"
 wait_ready "$SVC" 60 pg_ready
