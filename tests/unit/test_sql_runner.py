@@ -290,6 +290,14 @@ def test_time_travel(lake):
         assert first.column("n")[0].as_py() == len(EVENTS_1)
         as_of = s.arrow(f"{count} SETTINGS iceberg_timestamp_ms = {lake['between_ms']}")
         assert as_of.column("n")[0].as_py() == len(EVENTS_1)
+    # the same through the analysts' path: checked, its SETTINGS applied before the seal
+    for setting in (
+        f"iceberg_snapshot_id = {snaps[0]}",
+        f"iceberg_timestamp_ms = {lake['between_ms']}",
+    ):
+        assert query_rows(cfg, f"{count} SETTINGS {setting}") == [{"n": len(EVENTS_1)}]
+    history = "SELECT count() AS n FROM system.iceberg_history WHERE table = 'events'"
+    assert query_rows(cfg, history) == [{"n": 2}]
 
 
 def test_load_into_clickhouse_incremental(lake):
