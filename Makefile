@@ -39,7 +39,9 @@ test-integration: install-dev up
 	$(PYTEST) -q -p no:cacheprovider tests/integration
 
 bench: up           ## throughput and memory figures with ratios (not a test)
+	bash infra/install.sh --bench --python-only
 	.venv/bin/python -m jobs.bench $(ARGS)
+	.venv/bin/python -m jobs.bench_clients
 
 doctor: install-python
 	$(BS) doctor

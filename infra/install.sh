@@ -7,9 +7,10 @@
 #   * the PostgreSQL server binaries (apt-get; the only step that may need root)
 # Java 17 and Maven are expected on the machine (`bookstream doctor` checks).
 #
-# usage: infra/install.sh [--dev] [--python-only]
+# usage: infra/install.sh [--dev] [--bench] [--python-only]
 #   (none)         the runtime (what `make demo` runs): no test tools, no training packages
 #   --dev          also the dev group (pytest, ruff, pandas) and the train extra (tests retrain)
+#   --bench        also the bench group (kafka-python, for `make bench`), added to what is there
 #   --python-only  the Python environment alone: no jars, no PostgreSQL, never needs root
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -17,11 +18,13 @@ cd "$ROOT"
 UV_VERSION=0.13.9
 PROFILE=runtime
 PYTHON_ONLY=0
+BENCH=0
 for arg in "$@"; do
   case "$arg" in
     --dev) PROFILE=dev ;;
+    --bench) BENCH=1 ;;
     --python-only) PYTHON_ONLY=1 ;;
-    *) echo "usage: infra/install.sh [--dev] [--python-only]" >&2; exit 2 ;;
+    *) echo "usage: infra/install.sh [--dev] [--bench] [--python-only]" >&2; exit 2 ;;
   esac
 done
 
@@ -40,6 +43,9 @@ UV="$(command -v uv || echo "$ROOT/.tools/bin/uv")"
 # the lock is authoritative: --frozen fails instead of re-resolving. `--python 3.11`: any 3.11
 # uv finds (PATH, pyenv, uv-managed), not only a python3 that happens to be 3.11. One stamp per
 # profile; a dev environment holds the runtime too, so it satisfies a runtime install.
+# a development environment stays one: a runtime install after a change of the lock re-syncs
+# dev too instead of removing the test tools
+if [ "$PROFILE" = runtime ] && [ -f .venv/.bookstream-synced-dev ]; then PROFILE=dev; fi
 sync_args=(--frozen --python 3.11)
 if [ "$PROFILE" = dev ]; then sync_args+=(--group dev --extra train); fi
 stamp_fresh() {
@@ -51,6 +57,9 @@ if ! stamp_fresh .venv/.bookstream-synced-dev \
   "$UV" sync "${sync_args[@]}"
   rm -f .venv/.bookstream-synced-*
   touch ".venv/.bookstream-synced-$PROFILE"
+fi
+if [ "$BENCH" = 1 ]; then  # --inexact: added beside whatever is installed, nothing removed
+  "$UV" sync --frozen --python 3.11 --inexact --group bench
 fi
 if [ "$PYTHON_ONLY" = 1 ]; then exit 0; fi
 
