@@ -42,9 +42,9 @@ UV="$(command -v uv || echo "$ROOT/.tools/bin/uv")"
 
 # the lock is authoritative: --frozen fails instead of re-resolving. `--python 3.11`: any 3.11
 # uv finds (PATH, pyenv, uv-managed), not only a python3 that happens to be 3.11. One stamp per
-# profile; a dev environment holds the runtime too, so it satisfies a runtime install.
-# a development environment stays one: a runtime install after a change of the lock re-syncs
-# dev too instead of removing the test tools
+# profile; a dev environment holds the runtime too, so it satisfies a runtime install, and it
+# stays a dev environment: after a change of the lock a runtime install re-syncs dev too
+# instead of removing the test tools.
 if [ "$PROFILE" = runtime ] && [ -f .venv/.bookstream-synced-dev ]; then PROFILE=dev; fi
 sync_args=(--frozen --python 3.11)
 if [ "$PROFILE" = dev ]; then sync_args+=(--group dev --extra train); fi
