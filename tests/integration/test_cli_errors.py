@@ -55,7 +55,12 @@ CASES = {
         {},
         r"/no/such/m\.csv.*check the path",
     ),
-    "bad SQL": (["sql", "SELEC 1"], {}, r"Syntax error.*correct the statement"),
+    "bad SQL": (["sql", "SELECT 1 +"], {}, r"Syntax error.*correct the statement"),
+    "SQL outside the lake": (
+        ["sql", "SELECT file('/etc/passwd')"],
+        {},
+        r"file\(\) reaches outside the lake",
+    ),
     "missing config file": (
         ["config"],
         {"BOOKSTREAM_CONFIG": "/no/such/bookstream.toml"},
