@@ -332,7 +332,13 @@ class RiskConfig:
     throttle_window_ms: int = field(default=1000, metadata=_range(1))
     """...per this much event time."""
     max_drawdown: float = field(default=2_000.0, metadata=_range(0.0))
-    """Realised + unrealised P&L this far below its peak trips the kill switch."""
+    """Realised + unrealised P&L this far below its peak trips the drawdown guard."""
+    drawdown_mode: str = "REDUCING"
+    """Trading mode the drawdown guard sets when it trips: ``REDUCING`` (only closing orders
+    pass, so the position can still be taken off) or ``HALTED`` (nothing but cancels)."""
+    max_order_lots: int = field(default=10**12, metadata=_range(1))
+    """Largest quantity of one order, lots: a sanity bound (the notional limits do the real
+    work) that keeps a corrupt quantity out of the exact arithmetic."""
 
 
 @dataclass(frozen=True, kw_only=True)

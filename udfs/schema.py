@@ -446,11 +446,15 @@ class ExecKind(StrEnum):
 
 class ControlCommand(StrEnum):
     KILL = "kill"
-    """Trading halted: no new order accepted from the next event on (cancels still pass)."""
+    """Trading HALTED: no new order accepted from the next event on (cancels still pass)."""
+    REDUCE = "reduce"
+    """Trading REDUCING: only orders that close exposure are accepted (cancels pass)."""
     RESUME = "resume"
+    """Trading ACTIVE again."""
     CANCEL_ALL = "cancel_all"
     KILL_TRIPPED = "kill_tripped"
-    """Emitted by the sink itself when a guard (drawdown) trips the kill switch."""
+    """Emitted by the sink itself when a guard (drawdown) trips: trading goes to
+    ``RiskConfig.drawdown_mode`` (REDUCING by default)."""
 
 
 @dataclass(slots=True)

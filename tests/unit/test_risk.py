@@ -8,7 +8,6 @@ Instrument: prices in ticks of 1e-4 USD (LOBSTER convention), sizes in shares (s
 
 from __future__ import annotations
 
-import json
 import pickle
 from dataclasses import replace
 
@@ -20,8 +19,9 @@ from udfs.execution.risk import (
     RiskDecision,
     RiskEngine,
     Rule,
-    TradingState,
-    is_reducing,
+    TradingMode,
+    OpenLots,
+    closing_lots,
     mid_ticks,
     reject_report,
 )
@@ -126,12 +126,17 @@ def portfolio_with(qty: int, price: int = 1_000_000, inst: str = INST) -> Portfo
 def test_mid_and_reducing_helpers():
     assert mid_ticks(book(999_900, 1_000_101)) == pytest.approx(1_000_000.5)
     assert mid_ticks(book(999_900, None)) is None and mid_ticks(None) is None
-    assert is_reducing(order("SELL", 100), 100)
-    assert is_reducing(order("SELL", 40), 100)
-    assert not is_reducing(order("SELL", 101), 100)  # through zero: opens a short
-    assert not is_reducing(order("BUY", 10), 100)
-    assert not is_reducing(order("SELL", 10), 0)
-    assert is_reducing(order("BUY", 30), -30)
+    sell, buy = OrderSide.SELL, OrderSide.BUY
+    assert closing_lots(sell, 100, 100) == 100
+    assert closing_lots(sell, 40, 100) == 40
+    assert closing_lots(sell, 101, 100) == 100  # through zero: 1 lot opens a short
+    assert closing_lots(buy, 10, 100) == 0
+    assert closing_lots(sell, 10, 0) == 0
+    assert closing_lots(buy, 30, -30) == 30
+    # open orders on the order's own side already close part of the position
+    assert closing_lots(sell, 10, 10, open_same_side=10) == 0
+    assert closing_lots(sell, 10, 25, open_same_side=20) == 5
+    assert closing_lots(buy, 10, -5, open_same_side=3) == 2
 
 
 def test_decision_unpacks_and_names_rule():
@@ -208,12 +213,16 @@ def test_reducing_order_passes_position_and_order_limits():
     pf = portfolio_with(400)  # 400 x $100.01 = $40,004: already above the $30,000 cap
     eng = RiskEngine(replace(LOOSE, max_position_notional=30_000.0, max_order_notional=25_000.0))
     # SELL 100 -> 300 x $100.01 = $30,003 still > cap, but it reduces: accepted
-    assert eng.check(order("SELL", 100, 1_000_000), ob, pf, T0) == (True, "accepted: reducing")
+    assert eng.check(order("SELL", 100, 1_000_000), ob, pf, T0) == (True, "accepted: closing")
     # SELL 400 @ $100 = $40,000 > the order cap, but it closes the position: accepted
-    assert eng.check(order("SELL", 400, 1_000_000), ob, pf, T0) == (True, "accepted: reducing")
-    # SELL 401 goes through zero: not reducing, the order cap applies ($40,100)
-    ok, reason = eng.check(order("SELL", 401, 1_000_000), ob, pf, T0)
-    assert not ok and reason.startswith("max_order_notional: SELL 401 @ 1000000 = 40100")
+    assert eng.check(order("SELL", 400, 1_000_000), ob, pf, T0) == (True, "accepted: closing")
+    # SELL 401 goes through zero: only the 1 lot beyond zero meets the limits ($100)
+    assert eng.check(order("SELL", 401, 1_000_000), ob, pf, T0) == (True, "accepted")
+    # SELL 700: its opening part of 300 lots ($30,000) is above the order cap
+    ok, reason = eng.check(order("SELL", 700, 1_000_000), ob, pf, T0)
+    assert not ok and reason == (
+        "max_order_notional: SELL 300 (opening part of 700) @ 1000000 = 30000 > limit 25000"
+    )
     # adding to the position is refused by the position cap
     ok, reason = eng.check(order("BUY", 1, 1_000_000), ob, pf, T0)
     assert not ok and reason.startswith("max_position_notional: position +400 -> +401")
@@ -349,7 +358,7 @@ def test_kill_switch_blocks_the_very_next_order_cancels_pass():
     # cancels always pass, even without a book
     assert eng.check(order(action=OrderAction.CANCEL), None, pf, T0) == (True, "accepted: cancel")
     eng.on_control(Control(ControlCommand.RESUME, ts_event=T0 + 1))
-    assert eng.state is TradingState.ACTIVE
+    assert eng.mode is TradingMode.ACTIVE
     assert eng.check(order(), ob, pf, T0 + 1)[0]
 
 
@@ -373,21 +382,25 @@ def test_instrument_resume_does_not_lift_global_halt():
 def test_cancel_all_is_a_flag_for_the_caller():
     eng = RiskEngine(LOOSE)
     assert eng.on_control(Control(ControlCommand.CANCEL_ALL)) is True
-    assert eng.state is TradingState.ACTIVE
+    assert eng.mode is TradingMode.ACTIVE
     assert eng.check(order(), book(), Portfolio(), T0)[0]
 
 
 def test_reducing_state_accepts_only_reducing_orders():
     eng = RiskEngine(LOOSE)
-    eng.set_state(TradingState.REDUCING, reason="end of day")
+    eng.set_mode(TradingMode.REDUCING, reason="end of day")
     pf = portfolio_with(100)
     ok, reason = eng.check(order("BUY", 10), book(), pf, T0)
     assert not ok
     assert reason == (
-        "reducing: trading REDUCING for AAPL.XNAS: BUY 10 does not reduce position +100"
+        "reducing: trading REDUCING for AAPL.XNAS by end of day: BUY 10 does not reduce "
+        "position +100"
     )
-    assert eng.check(order("SELL", 150), book(), pf, T0).rule == Rule.REDUCING  # flips
-    assert eng.check(order("SELL", 100), book(), pf, T0) == (True, "accepted: reducing")
+    assert eng.check(order("SELL", 150), book(), pf, T0).reason == (
+        "reducing: trading REDUCING for AAPL.XNAS by end of day: SELL 150 closes only 100 lots "
+        "of position +100"
+    )  # would flip
+    assert eng.check(order("SELL", 100), book(), pf, T0) == (True, "accepted: closing")
     assert eng.check(order("SELL", 1), book(), Portfolio(), T0).rule == Rule.REDUCING  # flat
 
 
@@ -460,30 +473,25 @@ def test_seen_is_bounded():
     assert [eng.seen(x) for x in "abcd"] == [False, True, True, True]
 
 
-def test_engine_survives_restart_pickle_and_dict():
+def test_engine_survives_restart_by_pickle():
     cfg = replace(LOOSE, max_orders_per_window=2)
     eng = RiskEngine(cfg, instruments=[INST])
     eng.check(order(oid="a"), book(), Portfolio(), T0)
     eng.check(order(oid="b"), book(), Portfolio(), T0 + MS)
     eng.on_control(Control(ControlCommand.KILL, instrument=OTHER, reason="x"))
-    eng.set_state(TradingState.REDUCING, instrument="ZZZ")
-    for restored in (
-        pickle.loads(pickle.dumps(eng)),
-        RiskEngine.from_dict(json.loads(json.dumps(eng.to_dict()))),
-    ):
-        assert restored.to_dict() == eng.to_dict()
-        assert restored.seen("a") and restored.seen("b")
-        # throttle window restored: a third order inside the window is refused
-        assert restored.check(order(oid="c"), book(), Portfolio(), T0 + 2 * MS).rule == (
-            Rule.THROTTLE
-        )
-        assert restored.effective_state(OTHER)[0] is TradingState.HALTED
-        assert (
-            restored.check(
-                order(oid="d", inst="TSLA.XNAS"), book(inst="TSLA.XNAS"), Portfolio(), T0
-            ).rule
-            == Rule.UNKNOWN_INSTRUMENT
-        )
+    eng.set_mode(TradingMode.REDUCING, instrument="ZZZ")
+    restored = pickle.loads(pickle.dumps(eng))
+    assert restored.seen("a") and restored.seen("b")
+    # throttle window restored: a third order inside the window is refused
+    assert restored.check(order(oid="c"), book(), Portfolio(), T0 + 2 * MS).rule == Rule.THROTTLE
+    assert restored.effective_mode(OTHER)[0] is TradingMode.HALTED
+    assert restored.effective_mode("ZZZ")[0] is TradingMode.REDUCING
+    assert (
+        restored.check(
+            order(oid="d", inst="TSLA.XNAS"), book(inst="TSLA.XNAS"), Portfolio(), T0
+        ).rule
+        == Rule.UNKNOWN_INSTRUMENT
+    )
 
 
 def test_reject_report():
@@ -500,7 +508,7 @@ def test_reject_report():
 # drawdown guard
 
 
-def test_drawdown_guard_trips_at_the_limit():
+def test_drawdown_guard_trips_at_the_limit_to_reducing():
     eng = RiskEngine(replace(LOOSE, max_drawdown=1_000.0))
     pf = portfolio_with(100, 1_000_000)  # long 100 @ $100
     assert eng.check_drawdown(pf, {INST: 1_000_000}, T0) is None  # equity 0, peak 0
@@ -508,13 +516,36 @@ def test_drawdown_guard_trips_at_the_limit():
     ctrl = eng.check_drawdown(pf, {INST: 899_999}, T0 + 5)  # drawdown $1,000.01
     assert ctrl is not None and ctrl.command is ControlCommand.KILL_TRIPPED
     assert ctrl.instrument == "" and ctrl.ts_event == T0 + 5
-    assert ctrl.reason == ("max_drawdown: drawdown 1000.01 > limit 1000 (peak 0, equity -1000.01)")
-    assert eng.state is TradingState.HALTED
+    assert ctrl.reason == (
+        "max_drawdown: drawdown 1000.01 > limit 1000 (peak 0, equity -1000.01): trading REDUCING"
+    )
+    assert eng.mode is TradingMode.REDUCING
+    # adding is refused, closing still passes: the desk can take the position off
     ok, reason = eng.check(order("BUY", 1), book(), pf, T0 + 6)
     assert not ok and reason.startswith(
-        "halted: trading HALTED for all instruments by kill_tripped (max_drawdown: drawdown 1000.01"
+        "reducing: trading REDUCING for AAPL.XNAS by kill_tripped (max_drawdown: drawdown 1000.01"
     )
-    assert eng.check_drawdown(pf, {INST: 800_000}, T0 + 7) is None  # already halted: once
+    assert eng.check(order("SELL", 100), book(), pf, T0 + 6) == (True, "accepted: closing")
+    assert eng.check_drawdown(pf, {INST: 800_000}, T0 + 7) is None  # already tripped: once
+
+
+def test_drawdown_guard_can_halt_instead():
+    eng = RiskEngine(replace(LOOSE, max_drawdown=1_000.0, drawdown_mode="HALTED"))
+    pf = portfolio_with(100, 1_000_000)
+    assert eng.check_drawdown(pf, {INST: 1_000_000}, T0) is None
+    ctrl = eng.check_drawdown(pf, {INST: 899_999}, T0 + 5)
+    assert ctrl is not None and ctrl.reason.endswith(": trading HALTED")
+    assert eng.mode is TradingMode.HALTED
+    assert eng.check(order("SELL", 100), book(), pf, T0 + 6).rule == Rule.HALTED
+    assert eng.check(order("SELL", 100, action=OrderAction.CANCEL), None, pf, T0 + 6)[0]
+    # a REDUCING guard does not trip again over a HALTED engine, nor soften it
+    soft = RiskEngine(replace(LOOSE, max_drawdown=1_000.0))
+    soft.on_control(Control(ControlCommand.KILL))
+    soft.check_drawdown(pf, {INST: 1_000_000}, T0)
+    assert soft.check_drawdown(pf, {INST: 800_000}, T0) is None
+    assert soft.mode is TradingMode.HALTED
+    with pytest.raises(ValueError):
+        RiskEngine(replace(LOOSE, drawdown_mode="ACTIVE"))
 
 
 def test_drawdown_from_running_peak_with_fees_and_resume():

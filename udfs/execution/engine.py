@@ -45,7 +45,8 @@ Inputs
     Idempotent per ``(action, order_id)``: a second NEW with an id already seen, or a second
     CANCEL of the same target id, returns nothing and counts in ``stats["duplicates"]`` (a NEW
     and the CANCEL of that order share the id, so they are different keys). NEW: pre-trade risk
-    at ``order.ts_event`` against the instrument's venue book and the portfolio; a refusal
+    at ``order.ts_event`` against the instrument's venue book and its exposure (the filled
+    position plus the orders resting at and in flight to the venue); a refusal
     returns the REJECT report of :func:`~udfs.execution.risk.reject_report` (reason ``"<rule>:
     ..."``) and
     never reaches the venue; an acceptance is submitted to the venue. Orders for an instrument
@@ -53,9 +54,10 @@ Inputs
     venue (always allowed, also when HALTED); a cancel for an instrument without a venue is
     rejected here (``"cancel: no market data ..."``).
 :meth:`~ExecutionEngine.on_control`
-    KILL / RESUME change the risk engine's trading state (global when ``instrument`` is empty,
-    else that instrument). KILL refuses new orders; it does not cancel the resting ones (send
-    CANCEL_ALL for that) -- resting orders can still fill. CANCEL_ALL cancels at once, at each
+    KILL / REDUCE / RESUME set the risk engine's trading mode HALTED / REDUCING / ACTIVE
+    (global when ``instrument`` is empty, else that instrument; see
+    :mod:`udfs.execution.risk`). KILL refuses new orders; it does not cancel the resting ones
+    (send CANCEL_ALL for that) -- resting orders can still fill. CANCEL_ALL cancels at once, at each
     venue's current time, every resting and still-pending order of ``instrument`` (all
     instruments when empty). KILL_TRIPPED is what the engine itself publishes when the drawdown
     guard trips; its echo from the control topic is ignored (``stats["controls_ignored"]``).
@@ -68,8 +70,9 @@ Outputs
     venue's position and the portfolio's agree after every fill).
 :class:`~udfs.schema.Control` ``KILL_TRIPPED``
     When ``peak - equity`` (exact, the risk engine's guard peak) exceeds
-    ``RiskConfig.max_drawdown``; the engine is then HALTED until a global RESUME, which restarts
-    the guard's peak at the current equity. The guard runs after every complete batch and after
+    ``RiskConfig.max_drawdown``; the engine is then in ``RiskConfig.drawdown_mode`` (REDUCING
+    by default: closing orders still pass) until a global RESUME, which restarts the guard's
+    peak at the current equity. The guard runs after every complete batch and after
     every fill, once the portfolio holds (or held) a position.
 :class:`~udfs.schema.RiskReport`
     Every ``risk_interval_ms`` of event time. Interval boundaries are multiples of the interval
@@ -105,7 +108,7 @@ from udfs.execution.portfolio import (
     historical_var,
     position_pnl_scenarios,
 )
-from udfs.execution.risk import RiskEngine, reject_report
+from udfs.execution.risk import OpenLots, RiskEngine, reject_report
 from udfs.execution.venue import PaperVenue
 from udfs.schema import (
     F_LAST,
@@ -142,6 +145,7 @@ _STAT_KEYS = (
     "cancels",
     "controls_in",
     "kills",
+    "reduces",
     "resumes",
     "cancel_alls",
     "controls_ignored",
@@ -248,18 +252,13 @@ class ExecutionEngine:
                 out += self._guard(order.ts_event)
             return out
         self.stats["new_orders"] += 1
-        # exposure already working on the order's side counts towards the position limit
-        working = (
-            0
-            if venue is None
-            else sum(w.leaves_qty for w in venue.open_orders() if w.order.side is order.side)
-        )
+        # every check sees the exposure: filled position + resting + in-flight orders
         decision = self.risk.check(
             order,
             venue.book if venue is not None else None,
             self.portfolio,
             order.ts_event,
-            working,
+            OpenLots() if venue is None else OpenLots(*venue.open_lots()),
         )
         if decision.duplicate:  # decided earlier and forgotten by our own window: drop it
             self.stats["duplicates"] += 1
@@ -285,6 +284,8 @@ class ExecutionEngine:
         cancel = self.risk.on_control(ctrl)
         if cmd is ControlCommand.KILL:
             self.stats["kills"] += 1
+        elif cmd is ControlCommand.REDUCE:
+            self.stats["reduces"] += 1
         elif cmd is ControlCommand.RESUME:
             self.stats["resumes"] += 1
         out: list[Output] = []
@@ -435,7 +436,7 @@ class ExecutionEngine:
         return (
             f"ExecutionEngine(instruments={sorted(self.venues)}, "
             f"positions={ {k: v for k, v in self.positions().items() if v} }, "
-            f"state={self.risk.state.value}, clock={self.clock})"
+            f"mode={self.risk.mode.value}, clock={self.clock})"
         )
 
     def summary(self) -> dict[str, Any]:
@@ -444,6 +445,6 @@ class ExecutionEngine:
             "stats": dict(self.stats),
             "positions": self.positions(),
             "pnl": self.pnl(),
-            "state": self.risk.state.value,
+            "mode": self.risk.mode.value,
             "clock": self.clock,
         }

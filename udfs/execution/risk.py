@@ -1,64 +1,92 @@
 """Pre-trade risk: the gate every order passes before it reaches the venue.
 
-Modelled on the role of NautilusTrader's ``RiskEngine`` (a trading state ``ACTIVE`` /
-``REDUCING`` / ``HALTED`` and a denial that names its reason); the implementation is this
-project's own. Pure Python, no Flink import, integer ticks and lots throughout; every limit is
-compared exactly (:class:`~fractions.Fraction`), floats appear only in reason strings.
+Modelled on the role of NautilusTrader's ``RiskEngine`` (a trading mode ``ACTIVE`` /
+``REDUCING`` / ``HALTED``, small named checks, a denial that names its reason); the
+implementation is this project's own. Pure Python, no Flink import, integer ticks and lots
+throughout; every limit is compared exactly (:class:`~fractions.Fraction`), floats appear only
+in reason strings.
 
-Checks, in order (the first refusal wins)
------------------------------------------
-``action == CANCEL``  always accepted (cancels only take risk off), in every trading state,
-                      without a book, never throttled or deduplicated.
-``duplicate``         an order id already decided is refused; the caller should drop it (its
-                      first decision stands and is quoted in the reason). See :meth:`seen`.
-``halted``            trading state HALTED (global or for the instrument) refuses every new order.
-``reducing``          trading state REDUCING accepts only orders that reduce ``|position|``.
-``reduce_only``       an order flagged ``reduce_only`` that would not reduce is refused.
-fail closed           ``invalid_order`` (quantity <= 0, limit price <= 0),
-                      ``unknown_instrument`` (not in the configured universe), ``no_book`` (no
-                      book yet / book of another instrument), ``venue_halted`` (the feed says the
-                      venue halted), ``no_mark`` (a book side is empty: no mid, no touch).
-``max_order_notional``    ``price * quantity`` above ``cfg.max_order_notional``.
-``max_position_notional`` post-trade ``|position| * mid`` above ``cfg.max_position_notional``.
-                      An order that only reduces exposure skips both notional limits.
-``price_band``        a LIMIT price more than ``cfg.price_band_bps`` from the mid; a MARKET order
-                      is checked at the touch it would take (ask for a buy, bid for a sell).
-``throttle``          at most ``cfg.max_orders_per_window`` ACCEPTED new orders per instrument in
-                      any ``cfg.throttle_window_ms`` of event time (sliding window).
+Exposure
+--------
+Every check sees the instrument's *exposure*: the filled position plus the lots of its orders
+that may still fill -- resting at the venue and still in flight to it (sent, not arrived) --
+per side (:class:`OpenLots`). An order on side ``s`` (sign ``+1`` BUY, ``-1`` SELL) acts on
+``e = position + s * open_s``, the position if every open order of its own side filled (open
+orders of the other side are assumed not to fill: the conservative reading for both limits and
+reduction). Its *closing part* is ``min(quantity, max(0, -s * e))`` -- what it takes off
+``|e|`` without going through zero -- and the rest is its *opening part*. An order is
+*closing* when it has no opening part. So four SELL 10 sent at once against +10 are one
+closing order and three opening ones, and five BUY 15 in one event meet the position limit
+with 15, 30, 45... lots already open.
 
-"Reduces" means: opposite side to a non-zero position and ``quantity <= |position|`` (it never
-goes through zero). The position is the FILLED position of the portfolio; orders still resting
-are not counted.
+Trading modes (global, or per instrument; the stricter applies)
+---------------------------------------------------------------
+``ACTIVE``    every check below applies.
+``REDUCING``  only closing orders are accepted (set by the ``reduce`` control command, or by
+              the drawdown guard when ``RiskConfig.drawdown_mode`` is ``REDUCING``, the
+              default). A partly closing order is refused, not clipped.
+``HALTED``    every new order is refused; cancels (and CANCEL_ALL) still pass (``kill``, or the
+              drawdown guard with ``drawdown_mode = "HALTED"``). ``resume`` sets ``ACTIVE``.
+
+Checks, in order (the first refusal wins; each is one method ``_check_<rule>``)
+---------------------------------------------------------------------------
+``action == CANCEL``  always accepted, in every mode, without a book, never throttled.
+``duplicate``         an order id already decided is refused; the caller should drop it.
+``invalid_order``     quantity not an ``int`` (a float, NaN, a bool...), ``<= 0`` or above
+                      ``cfg.max_order_lots``; a LIMIT price not a positive ``int``.
+``unknown_instrument`` not in the configured universe.
+``halted`` / ``reducing``  the trading mode (above).
+``reduce_only``       an order flagged ``reduce_only`` that is not closing.
+``no_book`` / ``venue_halted`` / ``no_mark``  fail closed: no book (or another instrument's),
+                      the feed says the venue halted, a book side is empty (no mid). A closing
+                      MARKET order needs only the side it takes.
+``max_order_notional``    ``price * opening part`` above ``cfg.max_order_notional`` (a MARKET
+                      order priced at the touch it takes).
+``max_position_notional`` ``|e + s * quantity| * mid`` above ``cfg.max_position_notional``,
+                      checked when the order has an opening part.
+``price_band``        a LIMIT price (a MARKET order: the touch it takes) more than
+                      ``cfg.price_band_bps`` from the mid.
+``throttle``          at most ``cfg.max_orders_per_window`` accepted new orders per instrument
+                      in any ``cfg.throttle_window_ms`` of event time (sliding window).
+
+What a closing order still meets. The notional limits exempt only the closing part (the limits
+bound exposure, and a closing part lowers it). A closing LIMIT order still meets the price band
+(a price far from the mid is a fat finger or a stale decision, and a marketable one would sweep
+the book) and the throttle (it bounds the message rate whatever the messages are). A closing
+MARKET order skips both: it has no price of its own to be wrong (it takes the touch), and a
+loop of them cannot run away -- once the closes in flight cover the exposure, the next one is
+no longer closing and meets every check. So a market close is always possible while the book
+shows the side it takes, the feed does not report the venue halted, and the mode is not
+HALTED.
+
+Invariant (property-tested): with fixed marks, no sequence of orders, cancels and fills takes the
+filled position past the position limit, and a closing order never flips the position.
 
 Notional: ``price_ticks * 10**price_exp * quantity_lots * 10**size_exp`` quote currency, with
 the order's exponents (the book carries ticks only, in the same exponent as the order).
 
 Decisions and reasons
 ---------------------
-:meth:`RiskEngine.check` returns a :class:`RiskDecision` ``(accepted, reason)`` (a named tuple:
-``ok, reason = engine.check(...)`` works). A refusal's reason is ``"<rule>: <detail>"`` where
-``<rule>`` is one of :class:`Rule` and the detail quotes the numbers compared, e.g.
-``"max_order_notional: BUY 500 @ 5859400 = 292970 > limit 25000"`` (prices in ticks,
-notionals in quote currency); an acceptance is
-``"accepted"`` (``"accepted: reducing"`` when the notional limits were skipped,
-``"accepted: cancel"`` for a cancel). :func:`reject_report` turns a refusal into the REJECT
-:class:`~udfs.schema.ExecReport` the sink emits.
+:meth:`RiskEngine.check` returns a :class:`RiskDecision` ``(accepted, reason)``. A refusal's
+reason is ``"<rule>: <detail>"`` where ``<rule>`` is one of :class:`Rule` and the detail quotes
+the numbers compared, e.g. ``"max_order_notional: BUY 500 @ 5859400 = 292970 > limit 25000"``
+(prices in ticks, notionals in quote currency); an acceptance is ``"accepted"``
+(``"accepted: closing"`` for a closing order, ``"accepted: cancel"`` for a cancel).
+:func:`reject_report` turns a refusal into the REJECT :class:`~udfs.schema.ExecReport`.
 
 Time is event time only: ``now_ts`` (ns) drives the throttle and the engine keeps the largest
-``now_ts`` seen as its clock, so a replay takes exactly the same decisions.
-
-State survives a restart: the engine pickles, and :meth:`RiskEngine.to_dict` /
-:meth:`RiskEngine.from_dict` give a JSON-serialisable form.
+``now_ts`` seen as its clock, so a replay takes exactly the same decisions. The engine pickles
+(it lives inside the execution engine's state).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from udfs.config import RiskConfig
 from udfs.execution.portfolio import BoundedIdSet, Number, Portfolio, fmt_money, to_fraction
@@ -75,11 +103,12 @@ from udfs.schema import (
 )
 
 __all__ = [
+    "OpenLots",
     "RiskDecision",
     "RiskEngine",
     "Rule",
-    "TradingState",
-    "is_reducing",
+    "TradingMode",
+    "closing_lots",
     "mid_ticks",
     "reject_report",
 ]
@@ -87,15 +116,17 @@ __all__ = [
 NS_PER_MS = 1_000_000
 
 
-class TradingState(StrEnum):
+class TradingMode(StrEnum):
+    """What the risk engine lets through (NautilusTrader's ``TradingState`` values)."""
+
     ACTIVE = "ACTIVE"
     REDUCING = "REDUCING"
-    """only orders that reduce |position| are accepted"""
+    """only closing orders are accepted"""
     HALTED = "HALTED"
     """no new order is accepted; cancels pass"""
 
 
-_SEVERITY = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+_SEVERITY = {TradingMode.ACTIVE: 0, TradingMode.REDUCING: 1, TradingMode.HALTED: 2}
 
 
 class Rule(StrEnum):
@@ -133,6 +164,17 @@ class RiskDecision(NamedTuple):
         return self.rule == Rule.DUPLICATE
 
 
+class OpenLots(NamedTuple):
+    """Lots of one instrument's orders that may still fill (resting at the venue plus in flight
+    to it), per side."""
+
+    buy: int = 0
+    sell: int = 0
+
+    def on_side(self, side: OrderSide) -> int:
+        return self.buy if side is OrderSide.BUY else self.sell
+
+
 def _deny(rule: Rule, detail: str) -> RiskDecision:
     return RiskDecision(False, f"{rule.value}: {detail}")
 
@@ -148,12 +190,11 @@ def mid_ticks(book: OrderBook | None) -> Fraction | None:
     return Fraction(bid + ask, 2)
 
 
-def is_reducing(order: Order, position: int) -> bool:
-    """True when ``order`` only takes exposure off: opposite side to a non-zero ``position``
-    (signed lots) and ``quantity <= |position|`` (never through zero)."""
-    if position == 0 or order.quantity <= 0:
-        return False
-    return order.side.sign != (1 if position > 0 else -1) and order.quantity <= abs(position)
+def closing_lots(side: OrderSide, quantity: int, position: int, open_same_side: int = 0) -> int:
+    """The closing part of an order: the lots of ``quantity`` that take exposure off without
+    going through zero, against ``position + sign * open_same_side`` (see the module notes)."""
+    exposure = position + side.sign * open_same_side
+    return min(quantity, max(0, -side.sign * exposure))
 
 
 def reject_report(order: Order, decision: RiskDecision, position: int = 0) -> ExecReport:
@@ -176,8 +217,49 @@ def reject_report(order: Order, decision: RiskDecision, position: int = 0) -> Ex
     )
 
 
+@dataclass(slots=True)
+class _Pending:
+    """One order under check: its exposure, then (after the book check) its prices."""
+
+    order: Order
+    book: OrderBook | None
+    position: int
+    open_same: int
+    closing: int = 0
+    """closing part, lots"""
+    mid: Fraction | None = None
+    price: Fraction | None = None
+    """the LIMIT price, or the touch a MARKET order takes (ticks)"""
+    price_text: str = ""
+
+    @property
+    def side(self) -> str:
+        return self.order.side.value
+
+    @property
+    def opening(self) -> int:
+        return self.order.quantity - self.closing
+
+    @property
+    def is_closing(self) -> bool:
+        return self.closing == self.order.quantity
+
+    @property
+    def market_close(self) -> bool:
+        return self.is_closing and self.order.order_type is OrderType.MARKET
+
+    @property
+    def exposure(self) -> int:
+        """position if every open order on the order's side filled"""
+        return self.position + self.order.side.sign * self.open_same
+
+    @property
+    def scale(self) -> Fraction:
+        return Fraction(10) ** (self.order.price_exp + self.order.size_exp)
+
+
 class RiskEngine:
-    """Pre-trade checks, trading state, kill switch, drawdown guard, idempotency.
+    """Pre-trade checks, trading mode, kill switch, drawdown guard, idempotency.
 
     ``instruments``: the tradable universe; when given, any other instrument is refused
     (``unknown_instrument``). ``seen_capacity``: how many decided order ids are remembered for
@@ -193,14 +275,19 @@ class RiskEngine:
         self.cfg = cfg if cfg is not None else RiskConfig()
         if self.cfg.max_orders_per_window < 0 or self.cfg.throttle_window_ms <= 0:
             raise ValueError("throttle needs max_orders_per_window >= 0 and a positive window")
+        self._drawdown_mode = TradingMode(self.cfg.drawdown_mode)
+        if self._drawdown_mode is TradingMode.ACTIVE:
+            raise ValueError("drawdown_mode must be REDUCING or HALTED")
+        if self.cfg.max_order_lots <= 0:
+            raise ValueError(f"max_order_lots must be positive, got {self.cfg.max_order_lots}")
         self.instruments: frozenset[str] | None = (
             None if instruments is None else frozenset(instruments)
         )
-        self.state = TradingState.ACTIVE
-        """global trading state (applies to every instrument)"""
-        self.state_reason = ""
-        self.instrument_states: dict[str, tuple[TradingState, str]] = {}
-        """per-instrument state and why; the stricter of global and instrument applies"""
+        self.mode = TradingMode.ACTIVE
+        """global trading mode (applies to every instrument)"""
+        self.mode_reason = ""
+        self.instrument_modes: dict[str, tuple[TradingMode, str]] = {}
+        """per-instrument mode and why; the stricter of global and instrument applies"""
         self.clock = 0
         """largest event time (ns) seen by :meth:`check` / :meth:`on_control`"""
         self._accepted: dict[str, deque[int]] = {}
@@ -209,56 +296,56 @@ class RiskEngine:
         """the drawdown guard's peak equity; None: take the portfolio's peak"""
         self._dd_rebase = False
         """set by a global RESUME: the guard's peak restarts at the current equity"""
-        self._limits()
+        self._max_order = to_fraction(self.cfg.max_order_notional)
+        self._max_position = to_fraction(self.cfg.max_position_notional)
+        self._band_bps = to_fraction(self.cfg.price_band_bps)
+        self._max_dd = to_fraction(self.cfg.max_drawdown)
+        self._window_ns = self.cfg.throttle_window_ms * NS_PER_MS
 
-    def _limits(self) -> None:
-        cfg = self.cfg
-        self._max_order = to_fraction(cfg.max_order_notional)
-        self._max_position = to_fraction(cfg.max_position_notional)
-        self._band_bps = to_fraction(cfg.price_band_bps)
-        self._max_dd = to_fraction(cfg.max_drawdown)
-        self._window_ns = cfg.throttle_window_ms * NS_PER_MS
+    # -- trading mode --------------------------------------------------------------------------
 
-    # -- trading state -------------------------------------------------------------------------
-
-    def effective_state(self, instrument: str) -> tuple[TradingState, str]:
-        """The stricter of the global state and the instrument's, with its reason."""
-        own = self.instrument_states.get(instrument)
-        if own is not None and _SEVERITY[own[0]] > _SEVERITY[self.state]:
+    def effective_mode(self, instrument: str) -> tuple[TradingMode, str]:
+        """The stricter of the global mode and the instrument's, with its reason."""
+        own = self.instrument_modes.get(instrument)
+        if own is not None and _SEVERITY[own[0]] > _SEVERITY[self.mode]:
             return own
-        return self.state, self.state_reason
+        return self.mode, self.mode_reason
 
-    def set_state(self, state: TradingState | str, instrument: str = "", reason: str = "") -> None:
-        """Set the trading state globally (``instrument == ""``) or for one instrument."""
-        state = TradingState(state)
+    def set_mode(self, mode: TradingMode | str, instrument: str = "", reason: str = "") -> None:
+        """Set the trading mode globally (``instrument == ""``) or for one instrument."""
+        mode = TradingMode(mode)
         if instrument:
-            if state is TradingState.ACTIVE:
-                self.instrument_states.pop(instrument, None)
+            if mode is TradingMode.ACTIVE:
+                self.instrument_modes.pop(instrument, None)
             else:
-                self.instrument_states[instrument] = (state, reason)
+                self.instrument_modes[instrument] = (mode, reason)
         else:
-            self.state, self.state_reason = state, reason
+            self.mode, self.mode_reason = mode, reason
 
     def on_control(self, ctrl: Control) -> bool:
         """Apply a control command; it takes effect for every order checked after this call.
 
-        KILL / KILL_TRIPPED -> HALTED; RESUME -> ACTIVE (a global RESUME clears every
-        instrument's state too and restarts the drawdown guard's peak at the current equity,
-        so trading can go on after a trip). Returns True for CANCEL_ALL: the caller cancels the
-        open orders (of ``ctrl.instrument``, or all when empty); nothing else changes.
+        KILL / KILL_TRIPPED -> HALTED; REDUCE -> REDUCING; RESUME -> ACTIVE (a global RESUME
+        clears every instrument's mode too and restarts the drawdown guard's peak at the
+        current equity, so trading can go on after a trip). Returns True for CANCEL_ALL: the
+        caller cancels the open orders (of ``ctrl.instrument``, or all when empty); nothing
+        else changes.
         """
         self.clock = max(self.clock, ctrl.ts_event)
         cmd = ctrl.command
+        why = f"{cmd.value}" + (f" ({ctrl.reason})" if ctrl.reason else "")
         if cmd in (ControlCommand.KILL, ControlCommand.KILL_TRIPPED):
-            why = f"{cmd.value}" + (f" ({ctrl.reason})" if ctrl.reason else "")
-            self.set_state(TradingState.HALTED, ctrl.instrument, why)
+            self.set_mode(TradingMode.HALTED, ctrl.instrument, why)
+            return False
+        if cmd is ControlCommand.REDUCE:
+            self.set_mode(TradingMode.REDUCING, ctrl.instrument, why)
             return False
         if cmd is ControlCommand.RESUME:
             if ctrl.instrument:
-                self.set_state(TradingState.ACTIVE, ctrl.instrument)
+                self.set_mode(TradingMode.ACTIVE, ctrl.instrument)
             else:
-                self.set_state(TradingState.ACTIVE)
-                self.instrument_states.clear()
+                self.set_mode(TradingMode.ACTIVE)
+                self.instrument_modes.clear()
                 self._dd_rebase = True
             return False
         if cmd is ControlCommand.CANCEL_ALL:
@@ -268,11 +355,11 @@ class RiskEngine:
     def check_drawdown(
         self, portfolio: Portfolio, marks: Mapping[str, Number], now_ts: int = 0
     ) -> Control | None:
-        """Mark the portfolio (moves its peak) and trip the kill switch when
-        ``peak - equity > cfg.max_drawdown``: the state becomes HALTED globally and the
-        KILL_TRIPPED :class:`Control` to publish is returned (reason
-        ``"max_drawdown: drawdown D > limit L (peak P, equity E)"``). Returns None when within
-        the limit or already HALTED globally (nothing changes)."""
+        """Mark the portfolio (moves its peak) and trip the guard when ``peak - equity >
+        cfg.max_drawdown``: the global mode becomes ``cfg.drawdown_mode`` (REDUCING by default)
+        and the KILL_TRIPPED :class:`Control` to publish is returned (reason ``"max_drawdown:
+        drawdown D > limit L (peak P, equity E): trading <MODE>"``). Returns None when within
+        the limit or when the global mode is already at least that strict (nothing changes)."""
         equity = portfolio.mark(marks)
         if self._dd_rebase:
             self._dd_peak, self._dd_rebase = equity, False
@@ -281,15 +368,16 @@ class RiskEngine:
         else:
             self._dd_peak = max(self._dd_peak, equity)
         drawdown = self._dd_peak - equity
-        if drawdown <= self._max_dd or self.state is TradingState.HALTED:
+        target = self._drawdown_mode
+        if drawdown <= self._max_dd or _SEVERITY[self.mode] >= _SEVERITY[target]:
             return None
         reason = (
             f"{Rule.MAX_DRAWDOWN.value}: drawdown {fmt_money(drawdown)} > limit "
             f"{fmt_money(self._max_dd)} (peak {fmt_money(self._dd_peak)}, equity "
-            f"{fmt_money(equity)})"
+            f"{fmt_money(equity)}): trading {target.value}"
         )
         ts = max(now_ts, self.clock)
-        self.set_state(TradingState.HALTED, "", f"{ControlCommand.KILL_TRIPPED.value} ({reason})")
+        self.set_mode(target, "", f"{ControlCommand.KILL_TRIPPED.value} ({reason})")
         return Control(ControlCommand.KILL_TRIPPED, "", reason, ts)
 
     # -- idempotency ---------------------------------------------------------------------------
@@ -299,7 +387,7 @@ class RiskEngine:
         still within the remembered window. Pure query."""
         return order_id in self._seen
 
-    # -- the checks ----------------------------------------------------------------------------
+    # -- the gate ------------------------------------------------------------------------------
 
     def check(
         self,
@@ -307,68 +395,119 @@ class RiskEngine:
         book: OrderBook | None,
         portfolio: Portfolio | None,
         now_ts: int,
-        working_lots: int = 0,
+        open_lots: OpenLots = OpenLots(),
     ) -> RiskDecision:
-        """Decide on ``order`` at event time ``now_ts`` (ns). See the module notes for the rules
-        and their order. ``portfolio`` gives the filled position (None: flat);
-        ``working_lots`` is the quantity of the instrument's open orders on the order's own side
-        (>= 0): the position limit holds for the position they and this order would make if all
-        filled. A new order's decision is recorded (for :meth:`seen`); an accepted one counts
-        towards the throttle."""
+        """Decide on ``order`` at event time ``now_ts`` (ns). ``portfolio`` gives the filled
+        position (None: flat); ``open_lots`` the instrument's orders that may still fill
+        (resting and in flight). See the module notes for the rules and their order. A new
+        order's decision is recorded (for :meth:`seen`); an accepted one counts towards the
+        throttle."""
         self.clock = max(self.clock, now_ts)
         if order.action is OrderAction.CANCEL:
             return RiskDecision(True, "accepted: cancel")
         earlier = self._seen.get(order.order_id)
         if earlier is not None:
             return _deny(Rule.DUPLICATE, f"order {order.order_id} already decided ({earlier})")
-        decision = self._decide(order, book, portfolio, working_lots)
+        position = 0 if portfolio is None else portfolio.position(order.instrument)
+        p = _Pending(order, book, position, open_lots.on_side(order.side))
+        decision = self._decide(p)
         self._seen.add(order.order_id, decision.reason if not decision.accepted else "accepted")
         if decision.accepted:
             self._accepted.setdefault(order.instrument, deque()).append(self.clock)
         return decision
 
-    def _decide(
-        self,
-        order: Order,
-        book: OrderBook | None,
-        portfolio: Portfolio | None,
-        working_lots: int = 0,
-    ) -> RiskDecision:
-        cfg = self.cfg
-        inst = order.instrument
-        side = order.side.value
-        position = 0 if portfolio is None else portfolio.position(inst)
-        reducing = is_reducing(order, position)
+    def _decide(self, p: _Pending) -> RiskDecision:
+        for check in (
+            self._check_order_quantity,
+            self._check_order_price,
+            self._check_instrument,
+            self._check_trading_mode,
+            self._check_reduce_only,
+            self._check_book,
+            self._check_order_notional,
+            self._check_position_notional,
+            self._check_price_band,
+            self._check_throttle,
+        ):
+            denied = check(p)
+            if denied is not None:
+                return denied
+        return RiskDecision(True, "accepted: closing" if p.is_closing else "accepted")
 
-        # 1. trading state
-        state, why = self.effective_state(inst)
-        if state is TradingState.HALTED:
-            scope = "all instruments" if self.state is TradingState.HALTED else inst
+    # -- the checks: each returns its denial, or None to pass ---------------------------------
+
+    def _check_order_quantity(self, p: _Pending) -> RiskDecision | None:
+        qty = p.order.quantity
+        # type(...) is int: a bool, float (NaN, inf, 1.5) or str is not a lot count
+        if type(qty) is not int:
+            return _deny(Rule.INVALID_ORDER, f"quantity {qty!r} is not a whole number of lots")
+        if qty <= 0:
+            return _deny(Rule.INVALID_ORDER, f"quantity {qty} <= 0")
+        if qty > self.cfg.max_order_lots:
+            return _deny(
+                Rule.INVALID_ORDER, f"quantity {qty} > max_order_lots {self.cfg.max_order_lots}"
+            )
+        p.closing = closing_lots(p.order.side, qty, p.position, p.open_same)
+        return None
+
+    def _check_order_price(self, p: _Pending) -> RiskDecision | None:
+        o = p.order
+        for name in ("price_exp", "size_exp"):
+            if type(getattr(o, name)) is not int:
+                return _deny(Rule.INVALID_ORDER, f"{name} {getattr(o, name)!r} is not an integer")
+        if o.order_type is not OrderType.LIMIT:
+            return None
+        if type(o.price) is not int:
+            return _deny(Rule.INVALID_ORDER, f"limit price {o.price!r} is not whole ticks")
+        if o.price <= 0:
+            return _deny(Rule.INVALID_ORDER, f"limit price {o.price} <= 0")
+        return None
+
+    def _check_instrument(self, p: _Pending) -> RiskDecision | None:
+        inst = p.order.instrument
+        if self.instruments is not None and inst not in self.instruments:
+            return _deny(Rule.UNKNOWN_INSTRUMENT, f"{inst} is not in the tradable universe")
+        return None
+
+    def _check_trading_mode(self, p: _Pending) -> RiskDecision | None:
+        inst = p.order.instrument
+        mode, why = self.effective_mode(inst)
+        if mode is TradingMode.HALTED:
+            scope = "all instruments" if self.mode is TradingMode.HALTED else inst
             return _deny(
                 Rule.HALTED,
                 f"trading HALTED for {scope}"
                 + (f" by {why}" if why else "")
-                + f"; new {side} {order.quantity} refused",
+                + f"; new {p.side} {p.order.quantity} refused",
             )
-        if state is TradingState.REDUCING and not reducing:
+        if mode is TradingMode.REDUCING and not p.is_closing:
             return _deny(
                 Rule.REDUCING,
-                f"trading REDUCING for {inst}: {side} {order.quantity} "
-                f"does not reduce position {position:+d}",
+                f"trading REDUCING for {inst}"
+                + (f" by {why}" if why else "")
+                + f": {p.side} {p.order.quantity} {self._exposure_text(p)}",
             )
-        if order.reduce_only and not reducing:
+        return None
+
+    def _check_reduce_only(self, p: _Pending) -> RiskDecision | None:
+        if p.order.reduce_only and not p.is_closing:
             return _deny(
                 Rule.REDUCE_ONLY,
-                f"reduce-only {side} {order.quantity} does not reduce position {position:+d}",
+                f"reduce-only {p.side} {p.order.quantity} {self._exposure_text(p)}",
             )
+        return None
 
-        # 2. fail closed
-        if order.quantity <= 0:
-            return _deny(Rule.INVALID_ORDER, f"quantity {order.quantity} <= 0")
-        if order.order_type is OrderType.LIMIT and order.price <= 0:
-            return _deny(Rule.INVALID_ORDER, f"limit price {order.price} <= 0")
-        if self.instruments is not None and inst not in self.instruments:
-            return _deny(Rule.UNKNOWN_INSTRUMENT, f"{inst} is not in the tradable universe")
+    @staticmethod
+    def _exposure_text(p: _Pending) -> str:
+        what = f"position {p.position:+d}"
+        if p.open_same:
+            what += f" with {p.open_same} {p.side} open (exposure {p.exposure:+d})"
+        if p.closing:
+            return f"closes only {p.closing} lots of {what}"
+        return f"does not reduce {what}"
+
+    def _check_book(self, p: _Pending) -> RiskDecision | None:
+        o, book, inst = p.order, p.book, p.order.instrument
         if book is None:
             return _deny(Rule.NO_BOOK, f"no book for {inst} yet")
         if book.instrument != inst:
@@ -376,110 +515,90 @@ class RiskEngine:
         if book.halted:
             return _deny(Rule.VENUE_HALTED, f"the feed reports {inst} halted")
         bid, ask = book.best_bid(), book.best_ask()
+        is_buy = o.side is OrderSide.BUY
+        touch = ask if is_buy else bid
         if bid is None or ask is None:
-            empty = " and ".join(s for s, p in (("bid", bid), ("ask", ask)) if p is None)
-            return _deny(Rule.NO_MARK, f"{inst} book has no {empty}: no mid to price against")
-        mid = Fraction(bid + ask, 2)
-        if order.order_type is OrderType.MARKET:
-            px = Fraction(ask if order.side is OrderSide.BUY else bid)
-            px_text = f"{'ask' if order.side is OrderSide.BUY else 'bid'} {px}"
+            # a market close needs only the side it takes; anything else needs a mid
+            if not (p.market_close and touch is not None):
+                empty = " and ".join(s for s, q in (("bid", bid), ("ask", ask)) if q is None)
+                return _deny(Rule.NO_MARK, f"{inst} book has no {empty}: no mid to price against")
         else:
-            px = Fraction(order.price)
-            px_text = f"{order.price}"
-        scale = Fraction(10) ** (order.price_exp + order.size_exp)
+            p.mid = Fraction(bid + ask, 2)
+        if o.order_type is OrderType.MARKET:
+            assert touch is not None
+            p.price = Fraction(touch)
+            p.price_text = f"{'ask' if is_buy else 'bid'} {touch}"
+        else:
+            p.price = Fraction(o.price)
+            p.price_text = f"{o.price}"
+        return None
 
-        # 3. notional limits (an order that only reduces exposure is never blocked here)
-        if not reducing:
-            notional = px * order.quantity * scale
-            if notional > self._max_order:
-                return _deny(
-                    Rule.MAX_ORDER_NOTIONAL,
-                    f"{side} {order.quantity} @ {px_text} = {fmt_money(notional)} > "
-                    f"limit {fmt_money(self._max_order)}",
-                )
-            after = position + order.side.sign * (working_lots + order.quantity)
-            pos_notional = abs(after) * mid * scale
-            if pos_notional > self._max_position:
-                return _deny(
-                    Rule.MAX_POSITION_NOTIONAL,
-                    f"position {position:+d} -> {after:+d} lots x mid "
-                    f"{fmt_money(mid)} ticks = {fmt_money(pos_notional)} > limit "
-                    f"{fmt_money(self._max_position)}",
-                )
+    def _check_order_notional(self, p: _Pending) -> RiskDecision | None:
+        if p.opening == 0:  # only the opening part counts: the closing part lowers exposure
+            return None
+        assert p.price is not None
+        notional = p.price * p.opening * p.scale
+        if notional <= self._max_order:
+            return None
+        part = "" if p.closing == 0 else f" (opening part of {p.order.quantity})"
+        return _deny(
+            Rule.MAX_ORDER_NOTIONAL,
+            f"{p.side} {p.opening}{part} @ {p.price_text} = {fmt_money(notional)} > "
+            f"limit {fmt_money(self._max_order)}",
+        )
 
-        # 4. price band: |price - mid| / mid * 1e4 > band  <=>  |price - mid| * 1e4 > band * mid
-        distance = abs(px - mid)
-        if distance * 10_000 > self._band_bps * mid:
-            bps = distance * 10_000 / mid
-            return _deny(
-                Rule.PRICE_BAND,
-                f"{order.order_type.value} {side} price {px_text} is "
-                f"{fmt_money(bps)} bps from mid {fmt_money(mid)} > band "
-                f"{fmt_money(self._band_bps)} bps",
-            )
+    def _check_position_notional(self, p: _Pending) -> RiskDecision | None:
+        if p.opening == 0:
+            return None
+        assert p.mid is not None
+        after = p.exposure + p.order.side.sign * p.order.quantity
+        pos_notional = abs(after) * p.mid * p.scale
+        if pos_notional <= self._max_position:
+            return None
+        open_text = f", {p.open_same} {p.side} open" if p.open_same else ""
+        return _deny(
+            Rule.MAX_POSITION_NOTIONAL,
+            f"position {p.position:+d}{open_text} -> {after:+d} lots x mid "
+            f"{fmt_money(p.mid)} ticks = {fmt_money(pos_notional)} > limit "
+            f"{fmt_money(self._max_position)}",
+        )
 
-        # 5. throttle (sliding window of event time over accepted orders)
+    def _check_price_band(self, p: _Pending) -> RiskDecision | None:
+        if p.market_close:  # takes the touch: no price of its own to be wrong
+            return None
+        assert p.mid is not None and p.price is not None
+        # |price - mid| / mid * 1e4 > band  <=>  |price - mid| * 1e4 > band * mid
+        distance = abs(p.price - p.mid)
+        if distance * 10_000 <= self._band_bps * p.mid:
+            return None
+        bps = distance * 10_000 / p.mid
+        return _deny(
+            Rule.PRICE_BAND,
+            f"{p.order.order_type.value} {p.side} price {p.price_text} is "
+            f"{fmt_money(bps)} bps from mid {fmt_money(p.mid)} > band "
+            f"{fmt_money(self._band_bps)} bps",
+        )
+
+    def _check_throttle(self, p: _Pending) -> RiskDecision | None:
+        cfg, inst = self.cfg, p.order.instrument
         window = self._accepted.get(inst)
         if window is not None:
             while window and window[0] <= self.clock - self._window_ns:
                 window.popleft()
-            if len(window) >= cfg.max_orders_per_window:
-                return _deny(
-                    Rule.THROTTLE,
-                    f"{len(window)} orders accepted for {inst} in the last "
-                    f"{cfg.throttle_window_ms} ms (limit {cfg.max_orders_per_window} "
-                    f"per {cfg.throttle_window_ms} ms)",
-                )
-        elif cfg.max_orders_per_window == 0:
-            return _deny(Rule.THROTTLE, f"0 orders allowed per {cfg.throttle_window_ms} ms")
-
-        return RiskDecision(True, "accepted: reducing" if reducing else "accepted")
-
-    # -- state ---------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state (config included)."""
-        return {
-            "config": dataclasses.asdict(self.cfg),
-            "instruments": None if self.instruments is None else sorted(self.instruments),
-            "state": self.state.value,
-            "state_reason": self.state_reason,
-            "instrument_states": {
-                k: [s.value, r] for k, (s, r) in sorted(self.instrument_states.items())
-            },
-            "clock": self.clock,
-            "accepted": {k: list(v) for k, v in sorted(self._accepted.items())},
-            "seen": {"capacity": self._seen.capacity, "items": self._seen.to_list()},
-            "dd_peak": None if self._dd_peak is None else str(self._dd_peak),
-            "dd_rebase": self._dd_rebase,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], cfg: RiskConfig | None = None) -> RiskEngine:
-        """Rebuild from :meth:`to_dict`; ``cfg`` (if given) replaces the stored limits, the
-        state (trading state, throttle windows, seen ids, guard peak) is kept."""
-        cfg = cfg if cfg is not None else RiskConfig(**d["config"])
-        eng = cls(cfg, d["instruments"], d["seen"]["capacity"])
-        eng.state, eng.state_reason = TradingState(d["state"]), d["state_reason"]
-        eng.instrument_states = {
-            k: (TradingState(s), r) for k, (s, r) in d["instrument_states"].items()
-        }
-        eng.clock = d["clock"]
-        eng._accepted = {k: deque(v) for k, v in d["accepted"].items()}
-        eng._seen = BoundedIdSet.from_list(d["seen"]["capacity"], d["seen"]["items"])
-        eng._dd_peak = None if d["dd_peak"] is None else Fraction(d["dd_peak"])
-        eng._dd_rebase = d["dd_rebase"]
-        return eng
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.to_dict()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(RiskEngine.from_dict(state).__dict__)
+        if p.market_close:  # counted once accepted, never refused: see the module notes
+            return None
+        if len(window or ()) >= cfg.max_orders_per_window:
+            return _deny(
+                Rule.THROTTLE,
+                f"{len(window or ())} orders accepted for {inst} in the last "
+                f"{cfg.throttle_window_ms} ms (limit {cfg.max_orders_per_window} "
+                f"per {cfg.throttle_window_ms} ms)",
+            )
+        return None
 
     def __repr__(self) -> str:
         return (
-            f"RiskEngine(state={self.state.value}, instruments_states="
-            f"{ {k: s.value for k, (s, _) in self.instrument_states.items()} }, "
+            f"RiskEngine(mode={self.mode.value}, instrument_modes="
+            f"{ {k: s.value for k, (s, _) in self.instrument_modes.items()} }, "
             f"clock={self.clock})"
         )

@@ -271,6 +271,18 @@ class PaperVenue:
         """Resting orders in priority order (do not mutate)."""
         return list(self._live.values())
 
+    def open_lots(self) -> tuple[int, int]:
+        """``(buy, sell)`` lots that may still fill: resting orders' leaves plus new orders in
+        flight (sent, not arrived). An in-flight cancel has not taken effect yet: its order
+        still counts."""
+        lots = {OrderSide.BUY: 0, OrderSide.SELL: 0}
+        for w in self._live.values():
+            lots[w.order.side] += w.leaves_qty
+        for _, _, req in self._pending:
+            if req.action == _NEW and req.order is not None:
+                lots[req.order.side] += req.order.quantity
+        return lots[OrderSide.BUY], lots[OrderSide.SELL]
+
     @property
     def pending_count(self) -> int:
         return len(self._pending)
@@ -331,10 +343,10 @@ class PaperVenue:
             return f"wrong instrument {o.instrument!r} (venue is {self.instrument!r})"
         if o.order_id in self._known:
             return "duplicate order_id"
-        if o.quantity <= 0:
-            return f"quantity must be > 0, got {o.quantity}"
-        if o.order_type is OrderType.LIMIT and o.price <= 0:
-            return f"limit price must be > 0, got {o.price}"
+        if type(o.quantity) is not int or o.quantity <= 0:
+            return f"quantity must be a positive whole number of lots, got {o.quantity!r}"
+        if o.order_type is OrderType.LIMIT and (type(o.price) is not int or o.price <= 0):
+            return f"limit price must be positive whole ticks, got {o.price!r}"
         if self.price_exp is not None and (o.price_exp, o.size_exp) != (
             self.price_exp,
             self.size_exp,
