@@ -20,7 +20,6 @@ from udfs.execution.risk import (
     RiskEngine,
     Rule,
     TradingMode,
-    OpenLots,
     closing_lots,
     mid_ticks,
     reject_report,

@@ -175,6 +175,9 @@ class OpenLots(NamedTuple):
         return self.buy if side is OrderSide.BUY else self.sell
 
 
+NO_OPEN_LOTS = OpenLots()
+
+
 def _deny(rule: Rule, detail: str) -> RiskDecision:
     return RiskDecision(False, f"{rule.value}: {detail}")
 
@@ -395,7 +398,7 @@ class RiskEngine:
         book: OrderBook | None,
         portfolio: Portfolio | None,
         now_ts: int,
-        open_lots: OpenLots = OpenLots(),
+        open_lots: OpenLots = NO_OPEN_LOTS,
     ) -> RiskDecision:
         """Decide on ``order`` at event time ``now_ts`` (ns). ``portfolio`` gives the filled
         position (None: flat); ``open_lots`` the instrument's orders that may still fill
