@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from udfs.config import RiskConfig, VenueConfig
 from udfs.execution.engine import ExecutionEngine, Output
@@ -31,12 +33,14 @@ from udfs.schema import (
     ControlCommand,
     ExecKind,
     ExecReport,
+    Kind,
     L2Event,
     Order,
     OrderAction,
     OrderSide,
     OrderType,
     RiskReport,
+    Side,
     encode_record,
 )
 from udfs.strategy.orders import order_id
@@ -409,7 +413,7 @@ def test_pickled_engine_continues_byte_identically(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------- drawdown guard
 
 
-def test_drawdown_guard_trips_and_halts_new_orders() -> None:
+def test_drawdown_guard_trips_to_reducing_closing_orders_only() -> None:
     # no fees: the loss is the position's own (bought at the ask, marked at the mid)
     venue = VenueConfig(maker_fee_bps=0.0, taker_fee_bps=0.0)
     cfg = RiskConfig(max_order_notional=1e6, max_position_notional=1e7, max_drawdown=0.01)
@@ -423,17 +427,21 @@ def test_drawdown_guard_trips_and_halts_new_orders() -> None:
     out = feed(engine, script(plan))
 
     trips = [r for r in out if isinstance(r, Control)]
-    assert len(trips) == 1, "the guard trips once (then HALTED)"
+    assert len(trips) == 1, "the guard trips once (then REDUCING)"
     trip = trips[0]
     assert trip.command is ControlCommand.KILL_TRIPPED and trip.reason.startswith("max_drawdown:")
     pos = out.index(trip)
     fills = reports(out[:pos], buy.order_id, ExecKind.FILL)
     assert fills and all(f.fee == 0.0 for f in fills)  # a losing position, not a fee, tripped it
     assert trip.ts_event >= fills[0].ts_event
-    for o in after:
+    # REDUCING: the first SELL 10 closes the long 10 and passes; the next ones would open a
+    # short (the first is still open), so they are refused
+    assert reports(out, after[0].order_id)[0].kind is ExecKind.ACK
+    for o in after[1:]:
         rej = reports(out, o.order_id)
         assert [r.kind for r in rej] == [ExecKind.REJECT]
-        assert rej[0].reason.startswith("halted:") and "kill_tripped" in rej[0].reason
+        assert rej[0].reason.startswith("reducing:") and "kill_tripped" in rej[0].reason
+        assert "with 10 SELL open (exposure +0)" in rej[0].reason
     assert engine.stats["kill_tripped"] == 1 and engine.pnl()["drawdown"] > 0.01
 
     # the echo of our own trip from the control topic changes nothing
@@ -580,3 +588,243 @@ def test_finish_advances_every_venue_to_the_last_market_time_of_any_instrument()
     after = engine.finish()
     assert [r.kind for r in reports(after, o.order_id)] == [ExecKind.ACK]
     assert engine.positions() == {"AAPL.COPY": 0, o.instrument: 0}
+
+
+# ----------------------------------------------------- exposure: resting + in-flight orders
+
+
+def lots_cap(i: int, lots: float) -> float:
+    """max_position_notional worth ``lots`` shares at the mid of event ``i`` (USD)."""
+    touch = touches()[i]
+    assert touch is not None
+    return lots * (touch[0] + touch[1]) / 2 / 10_000
+
+
+def position_path(out: Iterable[Output]) -> list[int]:
+    return [r.position for r in reports(out, kind=ExecKind.FILL)]
+
+
+def test_orders_in_flight_count_toward_the_position_limit() -> None:
+    # a 20-lot cap; five BUY 15 decided on one event, all still in flight to the venue
+    i = tradable(100)[0]
+    cfg = replace(LOOSE, max_position_notional=lots_cap(i, 20.5))
+    burst = [make_order(i, BUY, qty=15, marketable=True, slice_index=k) for k in range(5)]
+    engine, out = run(script({i: burst}), cfg)
+    first = reports(out, burst[0].order_id)
+    assert first[0].kind is ExecKind.ACK
+    for o in burst[1:]:
+        (rej,) = reports(out, o.order_id)
+        assert rej.kind is ExecKind.REJECT
+        assert rej.reason.startswith("max_position_notional: position +0, 15 BUY open -> +30 lots")
+    assert max(position_path(out)) == 15 and engine.stats["accepted"] == 1
+
+
+def test_closing_is_decided_against_the_exposure_not_the_filled_position() -> None:
+    # long 10; then four SELL 10 in one event: only the first closes anything
+    i, j = tradable(100)[0], tradable(300)[0]
+    buy = make_order(i, BUY, qty=10, marketable=True)
+    sells = [make_order(j, SELL, qty=10, marketable=True, slice_index=k) for k in range(4)]
+    assert len({o.order_id for o in [buy, *sells]}) == 5
+    # a 10-lot cap: the old rule took all four as reducing and ended short 30
+    cfg = replace(LOOSE, max_position_notional=lots_cap(j, 10.5))
+    engine, out = run(script({i: [buy], j: sells}), cfg)
+    assert [reports(out, o.order_id)[0].kind for o in [buy, *sells[:2]]] == [ExecKind.ACK] * 3
+    for o in sells[2:]:
+        (rej,) = reports(out, o.order_id)
+        assert rej.reason.startswith("max_position_notional: position +10, 20 SELL open -> -20")
+    assert position_path(out)[-1] == -10 and min(position_path(out)) == -10
+
+    # the same in REDUCING: the three that would open a short are refused as not closing
+    engine, out = run(script({i: [buy, control(ControlCommand.REDUCE, i)], j: sells}))
+    assert reports(out, buy.order_id)[0].kind is ExecKind.ACK  # decided before the REDUCE
+    assert reports(out, sells[0].order_id)[0].kind is ExecKind.ACK
+    for o in sells[1:]:
+        (rej,) = reports(out, o.order_id)
+        assert rej.reason.startswith("reducing: trading REDUCING for AAPL.XNAS by reduce: SELL 10")
+        assert "with 10 SELL open (exposure +0)" in rej.reason
+    assert min(position_path(out)) == 0 and engine.positions() == {buy.instrument: 0}
+    assert engine.stats["reduces"] == 1
+
+
+def test_reduce_command_lets_only_closing_orders_through_and_resume_lifts_it() -> None:
+    i, j, k = tradable(100)[0], tradable(300)[0], tradable(400)[0]
+    buy = make_order(i, BUY, qty=10, marketable=True)
+    add = make_order(j, BUY, qty=1, offset=100)
+    flip = make_order(j, SELL, qty=11, offset=100, slice_index=1)
+    close = make_order(j, SELL, qty=4, offset=100, slice_index=2)
+    later = make_order(k, BUY, qty=1, offset=100)
+    plan: dict[int, list[Order | Control]] = {
+        i: [buy],
+        j: [control(ControlCommand.REDUCE, j, buy.instrument, "eod"), add, flip, close],
+        k: [control(ControlCommand.RESUME, k, buy.instrument), later],
+    }
+    _, out = run(script(plan))
+    assert reports(out, add.order_id)[0].reason.startswith("reducing:")
+    (rej,) = reports(out, flip.order_id)
+    assert "SELL 11 closes only 10 lots of position +10" in rej.reason  # never flips
+    assert reports(out, close.order_id)[0].kind is ExecKind.ACK
+    assert reports(out, later.order_id)[0].kind is ExecKind.ACK
+
+
+def test_a_market_close_is_always_possible_unless_halted() -> None:
+    # long 10 (the one order the throttle allows per minute), then REDUCING
+    i = tradable(100)[0]
+    j = tradable(300)[0]
+    cfg = replace(LOOSE, max_orders_per_window=1, throttle_window_ms=60_000)
+    buy = make_order(i, BUY, qty=10, market=True)
+    limit_close = make_order(j, SELL, qty=10, marketable=True, slice_index=1)
+    market_close = make_order(j, SELL, qty=10, market=True, slice_index=2)
+    engine = ExecutionEngine(cfg, VenueConfig())
+    out = feed(engine, script({i: [buy]}, upto=j + 1))
+    assert engine.positions() == {buy.instrument: 10}
+    out += engine.on_control(control(ControlCommand.REDUCE, j))
+    (rej,) = engine.on_order(limit_close)
+    assert rej.reason.startswith("throttle:")  # a closing limit order meets the throttle
+    assert engine.on_order(market_close) == [], "accepted (throttle used up), in flight"
+    out += feed(engine, events()[j + 1 : j + 400])
+    fills = reports(out, market_close.order_id, ExecKind.FILL)
+    assert sum(f.fill_qty for f in fills) == 10 and engine.positions() == {buy.instrument: 0}
+    # HALTED: not even a market close
+    k = tradable(j + 400)[0]
+    engine.on_control(control(ControlCommand.KILL, k))
+    (rej,) = engine.on_order(make_order(k, SELL, qty=1, market=True))
+    assert rej.reason.startswith("halted:")
+
+
+# ------------------------------------------------- property: limits hold on fills (hypothesis)
+
+PROP = "PROP.X"
+T_PROP = 1_700_000_000_000_000_000
+CAP_LOTS = 20
+# mid $100.00 (price_exp -2, size_exp 0): the position limit is exactly 20 lots
+PROP_RISK = RiskConfig(
+    max_order_notional=1e9,
+    max_position_notional=CAP_LOTS * 100.0,
+    price_band_bps=10_000.0,
+    max_orders_per_window=1_000_000,
+    max_drawdown=1e12,
+)
+
+
+def prop_event(kind: Kind, side: Side, price: int, size: int, ts: int) -> L2Event:
+    return L2Event(PROP, "X", kind, side, price, size, ts, ts, -2, 0, flags=F_LAST)
+
+
+def prop_engine() -> ExecutionEngine:
+    """Bids 99.99..99.95 and asks 100.01..100.05, 1000 lots each: mid $100.00 whatever trades.
+    Trades never change the book here (``TRADE`` prints), so the mid, and the limit in lots,
+    stay fixed."""
+    engine = ExecutionEngine(PROP_RISK, VenueConfig(maker_fee_bps=0.0, taker_fee_bps=0.0))
+    for k in range(5):
+        engine.on_market_event(prop_event(Kind.LEVEL, Side.BID, 9999 - k, 1000, T_PROP))
+        engine.on_market_event(prop_event(Kind.LEVEL, Side.ASK, 10001 + k, 1000, T_PROP))
+    return engine
+
+
+new_order = st.tuples(
+    st.just("new"),
+    st.sampled_from([BUY, SELL]),
+    st.integers(1, 30),
+    st.sampled_from(["market", "marketable", "passive", "deep"]),
+    st.booleans(),
+)
+step = st.one_of(
+    new_order,
+    st.tuples(st.just("cancel"), st.integers(0, 10**6)),
+    st.tuples(st.just("trade"), st.sampled_from([Side.BID, Side.ASK]), st.integers(1, 3000)),
+    st.tuples(st.just("through"), st.sampled_from([Side.BID, Side.ASK])),
+    st.tuples(st.just("wait"), st.integers(0, 5)),
+)
+
+
+def run_steps(engine: ExecutionEngine, steps, reduce_only: bool = False):
+    """Feed ``steps`` (one ms apart); yields the filled position after each."""
+    ts = T_PROP
+    sent: list[Order] = []
+    for n, s in enumerate(steps):
+        ts += MS
+        kind = s[0]
+        if kind == "new":
+            _, side, qty, how, flag = s
+            touch_own, touch_opp = (9999, 10001) if side is BUY else (10001, 9999)
+            otype = OrderType.MARKET if how == "market" else OrderType.LIMIT
+            price = {"market": 0, "marketable": touch_opp, "passive": touch_own}.get(
+                how, touch_own - 3 * side.sign
+            )
+            o = Order(
+                f"p{n}",
+                PROP,
+                "prop",
+                OrderAction.NEW,
+                side,
+                otype,
+                price,
+                qty,
+                -2,
+                0,
+                ts,
+                n,
+                reduce_only=flag or reduce_only,
+            )
+            sent.append(o)
+            engine.on_order(o)
+        elif kind == "cancel" and sent:
+            o = sent[s[1] % len(sent)]
+            engine.on_order(replace(o, action=OrderAction.CANCEL, ts_event=ts))
+        elif kind == "trade":
+            price = 9999 if s[1] is Side.BID else 10001
+            engine.on_market_event(prop_event(Kind.TRADE, s[1], price, s[2], ts))
+        elif kind == "through":  # a print beyond our deep orders: fills every resting one
+            price = 9990 if s[1] is Side.BID else 10010
+            engine.on_market_event(prop_event(Kind.TRADE, s[1], price, 1, ts))
+        else:
+            engine.on_market_event(prop_event(Kind.BBO, Side.BID, 9999, 1000, ts + s[1] * MS))
+        yield engine.portfolio.position(PROP)
+    engine.finish(until_ts=ts + 10 * MS)
+    yield engine.portfolio.position(PROP)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step, max_size=60))
+def test_property_no_sequence_takes_the_filled_position_past_the_limit(steps) -> None:
+    engine = prop_engine()
+    for position in run_steps(engine, steps):
+        assert abs(position) <= CAP_LOTS
+    # and the exposure the limit protects (position + everything that may still fill) too
+    buy, sell = engine.venues[PROP].open_lots()
+    position = engine.portfolio.position(PROP)
+    assert position + buy <= CAP_LOTS and position - sell >= -CAP_LOTS
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(-CAP_LOTS, CAP_LOTS).filter(bool),
+    st.sampled_from(["reducing", "reduce_only"]),
+    st.lists(step, max_size=60),
+)
+def test_property_closing_orders_never_flip_the_position(start, how, steps) -> None:
+    engine = prop_engine()
+    opener = Order(
+        "open",
+        PROP,
+        "prop",
+        OrderAction.NEW,
+        BUY if start > 0 else SELL,
+        OrderType.MARKET,
+        0,
+        abs(start),
+        -2,
+        0,
+        T_PROP,
+        0,
+    )
+    engine.on_order(opener)
+    engine.on_market_event(prop_event(Kind.BBO, Side.BID, 9999, 1000, T_PROP + 5 * MS))
+    assert engine.portfolio.position(PROP) == start
+    if how == "reducing":
+        engine.on_control(Control(ControlCommand.REDUCE, "", "test", T_PROP + 5 * MS))
+    held = abs(start)
+    for position in run_steps(engine, steps, reduce_only=how == "reduce_only"):
+        assert position * start >= 0, f"flipped from {start} to {position}"
+        assert abs(position) <= held, "a closing order added exposure"
+        held = abs(position)

@@ -16,6 +16,7 @@ import pytest
 from udfs.config import RiskConfig
 from udfs.execution.portfolio import Portfolio
 from udfs.execution.risk import (
+    OpenLots,
     RiskDecision,
     RiskEngine,
     Rule,
@@ -561,3 +562,112 @@ def test_drawdown_from_running_peak_with_fees_and_resume():
     assert eng.check(order("BUY", 1), book(), pf, T0)[0]
     assert eng.check_drawdown(pf, {INST: 850_000}) is None  # 999.99 below the rebased peak
     assert eng.check_drawdown(pf, {INST: 849_998}) is not None  # 1000.01
+
+
+# ---------------------------------------------------------------------------------------------
+# quantities and prices: positive whole numbers within bounds
+
+
+@pytest.mark.parametrize(
+    ("qty", "detail"),
+    [
+        (float("nan"), "quantity nan is not a whole number of lots"),
+        (float("inf"), "quantity inf is not a whole number of lots"),
+        (1.5, "quantity 1.5 is not a whole number of lots"),
+        (10.0, "quantity 10.0 is not a whole number of lots"),
+        ("10", "quantity '10' is not a whole number of lots"),
+        (True, "quantity True is not a whole number of lots"),
+        (0, "quantity 0 <= 0"),
+        (-5, "quantity -5 <= 0"),
+        (10**12 + 1, "quantity 1000000000001 > max_order_lots 1000000000000"),
+    ],
+)
+def test_quantity_must_be_a_positive_whole_number_within_bounds(qty, detail):
+    # every state and every other rule would let these through: the quantity check alone refuses
+    eng = RiskEngine(LOOSE)
+    eng.set_mode(TradingMode.REDUCING)
+    pf = portfolio_with(100)
+    o = replace(order("SELL", 1), quantity=qty)
+    assert eng.check(o, book(), pf, T0) == (False, f"invalid_order: {detail}")
+
+
+@pytest.mark.parametrize("price", [float("nan"), 1_000_000.5, "1000000", 0, -1])
+def test_limit_price_must_be_positive_whole_ticks(price):
+    ok, reason = RiskEngine(LOOSE).check(replace(order(), price=price), book(), Portfolio(), T0)
+    assert not ok and reason.startswith("invalid_order: limit price")
+
+
+def test_open_orders_count_in_every_check():
+    ob = book(1_000_000, 1_000_200)  # mid $100.01
+    eng = RiskEngine(replace(LOOSE, max_position_notional=2_100.0))  # 20 lots fit, 21 do not
+    pf = Portfolio()
+    assert eng.check(order("BUY", 15), ob, pf, T0, OpenLots(buy=0)) == (True, "accepted")
+    ok, reason = eng.check(order("BUY", 15), ob, pf, T0, OpenLots(buy=15))
+    assert not ok and reason == (
+        "max_position_notional: position +0, 15 BUY open -> +30 lots x mid 1000100 ticks "
+        "= 3000.3 > limit 2100"
+    )
+    # open sells do not make a buy closing (they may never fill) ...
+    assert eng.check(order("BUY", 21), ob, pf, T0, OpenLots(sell=50)).rule == (
+        Rule.MAX_POSITION_NOTIONAL
+    )
+    # ... and open buys are what a sell closes first
+    long10 = portfolio_with(10)
+    assert eng.check(order("SELL", 10), ob, long10, T0, OpenLots(sell=0)) == (
+        True,
+        "accepted: closing",
+    )
+    assert eng.check(order("SELL", 10), ob, long10, T0, OpenLots(sell=10)) == (True, "accepted")
+    eng.set_mode(TradingMode.REDUCING)
+    ok, reason = eng.check(order("SELL", 10), ob, long10, T0, OpenLots(sell=10))
+    assert not ok and reason == (
+        "reducing: trading REDUCING for AAPL.XNAS: SELL 10 does not reduce position +10 "
+        "with 10 SELL open (exposure +0)"
+    )
+    ok, reason = eng.check(order("SELL", 10), ob, long10, T0, OpenLots(sell=5))
+    assert not ok and reason.endswith(
+        "SELL 10 closes only 5 lots of position +10 with 5 SELL open (exposure +5)"
+    )
+    assert eng.check(order("SELL", 5), ob, long10, T0, OpenLots(sell=5))[0]
+
+
+def test_closing_market_order_skips_band_and_throttle_not_the_book():
+    wide = book(900_000, 1_100_000)  # 1,000 bps from the mid: no band admits the touch
+    cfg = replace(LOOSE, price_band_bps=1.0, max_orders_per_window=0)
+    eng = RiskEngine(cfg)
+    eng.set_mode(TradingMode.REDUCING)
+    pf = portfolio_with(10)
+    mkt = order("SELL", 10, otype=OrderType.MARKET)
+    assert eng.check(mkt, wide, pf, T0) == (True, "accepted: closing")
+    # a closing LIMIT order meets the band (and then the throttle)
+    assert eng.check(order("SELL", 10, 900_000), wide, pf, T0).rule == Rule.PRICE_BAND
+    assert eng.check(order("SELL", 10, 1_000_000), wide, pf, T0).rule == Rule.THROTTLE
+    # the side it takes must exist; the other side may be empty
+    assert eng.check(order("SELL", 10, otype=OrderType.MARKET), book(900_000, None), pf, T0)[0]
+    assert eng.check(
+        order("SELL", 10, otype=OrderType.MARKET), book(None, 1_100_000), pf, T0
+    ).rule == (Rule.NO_MARK)
+    assert eng.check(order("SELL", 10, otype=OrderType.MARKET), None, pf, T0).rule == Rule.NO_BOOK
+    # an opening market order meets everything
+    assert eng.check(order("SELL", 11, otype=OrderType.MARKET), wide, pf, T0).rule == (
+        Rule.REDUCING
+    )
+    eng.set_mode(TradingMode.ACTIVE)
+    assert eng.check(order("SELL", 11, otype=OrderType.MARKET), wide, pf, T0).rule == (
+        Rule.PRICE_BAND
+    )
+    eng.set_mode(TradingMode.HALTED)
+    assert eng.check(order("SELL", 10, otype=OrderType.MARKET), wide, pf, T0).rule == Rule.HALTED
+
+
+def test_reduce_command_per_instrument_and_globally():
+    eng = RiskEngine(LOOSE)
+    eng.on_control(Control(ControlCommand.REDUCE, instrument=INST, reason="desk"))
+    assert eng.effective_mode(INST) == (TradingMode.REDUCING, "reduce (desk)")
+    assert eng.effective_mode(OTHER) == (TradingMode.ACTIVE, "")
+    assert eng.check(order("BUY", 1), book(), Portfolio(), T0).rule == Rule.REDUCING
+    assert eng.check(order("BUY", 1, inst=OTHER), book(inst=OTHER), Portfolio(), T0)[0]
+    eng.on_control(Control(ControlCommand.KILL))  # the stricter applies
+    assert eng.effective_mode(INST)[0] is TradingMode.HALTED
+    eng.on_control(Control(ControlCommand.RESUME))
+    assert eng.effective_mode(INST) == (TradingMode.ACTIVE, "")
