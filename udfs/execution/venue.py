@@ -93,7 +93,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from udfs.config import VenueConfig
@@ -120,6 +120,8 @@ _QUEUE_TRADES = frozenset({Kind.EXECUTE, Kind.TRADE})
 _THROUGH_TRADES = frozenset({Kind.EXECUTE, Kind.TRADE, Kind.HIDDEN_TRADE})
 """Trades that, at a worse price for the resting side, prove our level was consumed."""
 _NEW, _CANCEL, _CANCEL_ALL = "new", "cancel", "cancel_all"
+_MAX_CAPPED = 32
+"""entries kept per order in :attr:`WorkingOrder.capped` (older ones are merged: conservative)"""
 
 
 @dataclass(slots=True)
@@ -135,6 +137,11 @@ class WorkingOrder:
     leaves_qty: int
     queue_ahead: int
     """visible size ahead of the order at its price (0 until it rests)"""
+    rest_ts: int = 0
+    """venue time it started resting: a trade print stamped at or before it happened before us"""
+    capped: list[list[int]] = field(default_factory=list)
+    """``[book ts, lots]``: queue the level cap took off that a later-arriving trade print
+    (stamped at or before that book state) may already account for"""
 
     @property
     def side(self) -> Side:
@@ -249,6 +256,8 @@ class PaperVenue:
             self.now = ev.ts_event
         if self.price_exp is None and ev.kind is not Kind.CLEAR:
             self.price_exp, self.size_exp = ev.price_exp, ev.size_exp
+        if self._live and ev.kind is Kind.TRADE:
+            self._expire_capped(ev.ts_event)
         if self._live and ev.kind in _THROUGH_TRADES and ev.side is not Side.NONE:
             reports += self._on_trade(ev)
         try:
@@ -256,7 +265,7 @@ class PaperVenue:
         except BookError:
             self.book_errors += 1
         if self._live and ev.flags & F_LAST:
-            self._cap_queues()
+            self._cap_queues(ev.ts_event)
         return reports
 
     def advance_to(self, ts: int) -> list[ExecReport]:
@@ -423,6 +432,7 @@ class PaperVenue:
         rests = left > 0 and limit is not None and o.tif != "IOC"
         if rests:
             w.queue_ahead = own.get(limit)
+            w.rest_ts = ts
         ack = self._report(
             o,
             ExecKind.ACK,
@@ -494,13 +504,16 @@ class PaperVenue:
         ``ev`` is applied."""
         side, price, ts = ev.side, ev.price, ev.ts_event
         is_bid = side is Side.BID
+        print_only = ev.kind is Kind.TRADE
         book = self._book_fields()
         reports: list[ExecReport] = []
         done: list[str] = []
+        # a separate trade print may arrive after orders that rested later than it happened
+        live = [w for w in self._live.values() if not (print_only and ts <= w.rest_ts)]
         # 1. trade-through: our price is strictly better for the resting side than the print
         through = [
             w
-            for w in self._live.values()
+            for w in live
             if w.side is side and (w.order.price > price if is_bid else w.order.price < price)
         ]
         through.sort(key=lambda w: (-w.order.price if is_bid else w.order.price, w.priority))
@@ -512,28 +525,63 @@ class PaperVenue:
         # 2. a visible trade at our price: consumes the queue ahead, the rest fills us
         if ev.kind in _QUEUE_TRADES:
             volume = ev.size
-            for w in self._live.values():  # priority order
+            for w in live:  # priority order
                 if volume <= 0:
                     break
                 if w.side is not side or w.order.price != price:
                     continue
-                if volume > w.queue_ahead:
-                    qty = min(volume - w.queue_ahead, w.leaves_qty)
+                # the part of a print the level cap already took off our queue (the diff
+                # reflecting the trade came first) must not shrink it a second time
+                traded = volume - self._absorb_capped(w, ts, volume) if print_only else volume
+                if traded > w.queue_ahead:
+                    qty = min(traded - w.queue_ahead, w.leaves_qty)
                     reports.append(self._fill(w, price, qty, ts, "maker", w.queue_ahead, book))
                     volume -= qty  # what we took never reaches the orders behind us
                     w.queue_ahead = 0
                     if w.leaves_qty == 0:
                         done.append(w.order.order_id)
                 else:
-                    w.queue_ahead -= volume
+                    w.queue_ahead -= traded
         for oid in done:
             self._live.pop(oid, None)
         return reports
 
-    def _cap_queues(self) -> None:
+    def _cap_queues(self, ts: int) -> None:
         """Conservative cancel rule: cancels come from behind us, except that the size ahead
-        can never exceed what is visible at our price."""
+        can never exceed what is visible at our price. What the cap takes off is remembered
+        with the book's time: a trade print stamped at or before it that arrives later may be
+        the very volume that left the level (see :meth:`_absorb_capped`)."""
         for w in self._live.values():
             level = (self.book.bids if w.side is Side.BID else self.book.asks).get(w.order.price)
             if level < w.queue_ahead:
+                w.capped.append([ts, w.queue_ahead - level])
                 w.queue_ahead = level
+                if len(w.capped) > _MAX_CAPPED:
+                    # merge the two oldest under the later time: absorbs at least as much
+                    (_, a), (t, b) = w.capped[0], w.capped[1]
+                    w.capped[:2] = [[t, a + b]]
+
+    @staticmethod
+    def _absorb_capped(w: WorkingOrder, ts: int, volume: int) -> int:
+        """Lots of a trade print stamped ``ts`` that the level cap already took off ``w``'s
+        queue: taken from the cap entries of book states stamped at or after ``ts`` (those
+        may reflect the trade), oldest first, at most ``volume``."""
+        absorbed = 0
+        for entry in w.capped:
+            if absorbed == volume:
+                break
+            if entry[0] >= ts and entry[1] > 0:
+                take = min(entry[1], volume - absorbed)
+                entry[1] -= take
+                absorbed += take
+        if absorbed:
+            w.capped = [e for e in w.capped if e[1] > 0]
+        return absorbed
+
+    def _expire_capped(self, ts: int) -> None:
+        """Trade prints arrive in their own time order (true of every capture in
+        ``../shared/data/binance``): once one stamped ``ts`` is seen, no later print can be
+        reflected in a book state stamped before ``ts``."""
+        for w in self._live.values():
+            if w.capped and w.capped[0][0] < ts:
+                w.capped = [e for e in w.capped if e[0] >= ts]
