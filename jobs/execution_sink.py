@@ -22,6 +22,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,20 +112,35 @@ def _topic_for(cfg: Config, out: Output) -> tuple[str, str]:
     return cfg.topics.risk, ""
 
 
-def _check_against_log(cfg: Config, engine: ExecutionEngine, group_prefix: str) -> None:
-    """Positions and resting orders from the executions log (read committed) must equal the
-    rebuilt engine's; a sink that cannot agree with its own history refuses to start."""
+def _state_from_log(reports: Iterable[ExecReport]) -> tuple[Portfolio, dict[str, set[str]]]:
+    """Positions and resting orders as the executions log tells them: an order rests from its
+    ACK until a CANCELED or its last FILL (``leaves_qty == 0``); per instrument."""
     portfolio = Portfolio()
-    open_orders: dict[str, set[str]] = {}
-    for rec in drain_topic(cfg, cfg.topics.executions, read_committed=True):
-        rep = decode_record(ExecReport, rec.value)
+    resting: dict[str, set[str]] = {}
+    for rep in reports:
         if rep.kind is ExecKind.FILL:
             portfolio.apply_fill(rep)
-        live = open_orders.setdefault(rep.instrument, set())
+        live = resting.setdefault(rep.instrument, set())
         if rep.kind is ExecKind.ACK:
             live.add(rep.order_id)
         elif rep.kind is ExecKind.CANCELED or (rep.kind is ExecKind.FILL and rep.leaves_qty == 0):
             live.discard(rep.order_id)
+    return portfolio, resting
+
+
+def _few(ids: Iterable[str], n: int = 5) -> str:
+    ids = sorted(ids)
+    return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _check_against_log(cfg: Config, engine: ExecutionEngine, group_prefix: str) -> None:
+    """Positions and resting orders from the executions log (read committed) must equal the
+    rebuilt engine's; a sink that cannot agree with its own history refuses to start, naming
+    what differs (e.g. a working order the rebuild lost after a risk limit was changed)."""
+    portfolio, log_resting = _state_from_log(
+        decode_record(ExecReport, rec.value)
+        for rec in drain_topic(cfg, cfg.topics.executions, read_committed=True)
+    )
     log_positions = {i: portfolio.position(i) for i in engine.positions()}
     if {k: v for k, v in log_positions.items() if v} != {
         k: v for k, v in engine.positions().items() if v
@@ -134,11 +150,25 @@ def _check_against_log(cfg: Config, engine: ExecutionEngine, group_prefix: str) 
             f"{log_positions} differ from the rebuilt state "
             f"{engine.positions()}: refusing to accept orders"
         )
+    rebuilt = {name: set(ids) for name, ids in engine.open_orders().items()}
+    problems = []
+    for name in sorted(set(log_resting) | set(rebuilt)):
+        lost = log_resting.get(name, set()) - rebuilt.get(name, set())
+        extra = rebuilt.get(name, set()) - log_resting.get(name, set())
+        if lost:
+            problems.append(f"{name}: {len(lost)} resting in the log, not rebuilt ({_few(lost)})")
+        if extra:
+            problems.append(f"{name}: {len(extra)} rebuilt, not in the log ({_few(extra)})")
+    if problems:
+        raise RuntimeError(
+            f"{group_prefix}: resting orders from the executions log differ from the rebuilt "
+            f"state: {'; '.join(problems)}: refusing to accept orders"
+        )
     logger.info(
         "%s: state rebuilt and checked against the output log: positions %s, %d resting orders",
         group_prefix,
         engine.positions(),
-        sum(len(v) for v in open_orders.values()),
+        sum(len(v) for v in log_resting.values()),
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from it_helpers import kill_job, read_topic
+from it_helpers import config_for, kill_job, read_topic
 
 from jobs.execution_sink import SinkResult, run_sink
 from jobs.kafka_io import end_offsets, make_producer
@@ -413,3 +413,39 @@ def test_burst_above_the_throttle_is_cut_to_the_limit(kafka_topics, tmp_path: Pa
     assert [r.kind for r in first[limit:]] == [ExecKind.REJECT] * 5
     assert all(r.reason.startswith("throttle") for r in first[limit:]), first[limit].reason
     assert res.stats["accepted"] == limit and res.stats["rejected"] == 5
+
+
+def test_cold_start_detects_a_working_order_lost_across_the_restart(
+    kafka_topics, tmp_path: Path
+) -> None:
+    """Orders resting 50 cents below the bid / above the ask never fill: the first run acks them
+    and they stay working. The restart runs under a limit that refuses them on rebuild, so the
+    rebuilt state has the same (flat) positions but no working orders: the sink must refuse to
+    start and name the orders, not go on as if nothing rested at the venue."""
+    resting = [
+        dataclasses.replace(o, price=o.price + (-5000 if o.side is OrderSide.BUY else 5000))
+        for o in orders()[:4]
+    ]
+    cfg, env = kafka_topics("lost", **env_for(tmp_path))
+    group = f"it-sink-{uuid.uuid4().hex[:8]}"
+    publish_market(cfg)
+    produce(cfg, cfg.topics.orders, [*resting, heartbeat(events()[-1].ts_event)])
+    first = run(cfg, group, bounded=False, commit_every=100, idle_exit_s=3)
+    assert first.stats["acks"] == 4 and first.stats["fills"] == 0, (first.stats, executions(cfg))
+    acked = {r.order_id for r in executions(cfg) if r.kind is ExecKind.ACK}
+    assert acked == {o.order_id for o in resting}
+
+    # the same history, rebuilt under a limit that refuses every order
+    strict = config_for({**env, "BOOKSTREAM_RISK_MAX_ORDER_NOTIONAL": "1"})
+    assert strict.topics == cfg.topics and strict.risk.max_order_notional == 1.0
+    with pytest.raises(RuntimeError) as err:
+        run(strict, group)
+    msg = str(err.value)
+    assert "resting orders from the executions log differ from the rebuilt state" in msg
+    assert "4 resting in the log, not rebuilt" in msg
+    assert all(o.order_id in msg for o in resting)
+    assert "refusing to accept orders" in msg
+
+    # under the original limits the same restart agrees with its log and goes on
+    again = run(cfg, group)
+    assert again.rebuilt_inputs == first.inputs
