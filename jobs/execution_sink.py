@@ -328,6 +328,9 @@ def run_sink(
     consumer.close()
     if bounded:  # what this run committed is readable read_committed when it returns
         wait_stable(cfg, [cfg.topics.executions, cfg.topics.control, cfg.topics.risk])
+    in_flight = sum(engine.pending().values())
+    if in_flight:  # sent to a venue, not arrived by the last market time seen
+        logger.info("%s: %d requests still in flight at exit", group, in_flight)
     result.stats = dict(engine.stats)
     result.positions = engine.positions()
     result.pnl = engine.pnl()

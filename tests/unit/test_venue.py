@@ -539,7 +539,7 @@ def test_taker_fills_across_levels_with_hand_computed_fees() -> None:
     )
     assert {f1.liquidity, f2.liquidity} == {"taker"}
     assert (f1.book_bid, f1.book_bid_size, f1.book_ask, f1.book_ask_size) == (9990, 7, 10000, 5)
-    assert v.fees_paid == pytest.approx(0.32012, abs=1e-15) and v.position == 8
+    assert f1.fee + f2.fee == pytest.approx(0.32012, abs=1e-15) and v.position == 8
 
 
 def test_market_remainder_is_canceled_and_limit_remainder_rests() -> None:

@@ -98,7 +98,6 @@ from __future__ import annotations
 
 from collections import deque
 from fractions import Fraction
-from typing import Any
 
 from udfs.config import RiskConfig, VenueConfig
 from udfs.execution.portfolio import (
@@ -438,13 +437,3 @@ class ExecutionEngine:
             f"positions={ {k: v for k, v in self.positions().items() if v} }, "
             f"mode={self.risk.mode.value}, clock={self.clock})"
         )
-
-    def summary(self) -> dict[str, Any]:
-        """Stats, positions, P&L and trading state in one JSON-friendly dict."""
-        return {
-            "stats": dict(self.stats),
-            "positions": self.positions(),
-            "pnl": self.pnl(),
-            "mode": self.risk.mode.value,
-            "clock": self.clock,
-        }

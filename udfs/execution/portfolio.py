@@ -12,7 +12,7 @@ Units
 * money (realised and unrealised P&L, fees, equity) is quote currency:
   ``ticks * 10**price_exp * lots * 10**size_exp``. It is kept as an exact
   :class:`~fractions.Fraction` (fees, which arrive as floats, are read through their shortest
-  decimal ``repr``), so limits compare exactly; the ``float`` properties are for reporting.
+  decimal ``repr``), so limits compare exactly; callers turn it into ``float`` only to report.
 
 Accounting (average cost)
 -------------------------
@@ -88,8 +88,7 @@ def fmt_money(x: Number) -> str:
 
 class BoundedIdSet:
     """Insertion-ordered set of ids with a fixed capacity: the oldest id is forgotten when a new
-    one would exceed it. Each id maps to a short note (e.g. the decision taken). Picklable and
-    serialisable to a list (:meth:`to_list` / :meth:`from_list`)."""
+    one would exceed it. Each id maps to a short note (e.g. the decision taken). Picklable."""
 
     __slots__ = ("_ids", "capacity")
 
@@ -117,15 +116,8 @@ class BoundedIdSet:
         while len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
 
-    def to_list(self) -> list[list[str]]:
-        return [[k, v] for k, v in self._ids.items()]
-
-    @classmethod
-    def from_list(cls, capacity: int, items: Iterable[Sequence[str]]) -> BoundedIdSet:
-        return cls(capacity, ((k, v) for k, v in items))
-
     def __getstate__(self) -> dict[str, Any]:
-        return {"capacity": self.capacity, "items": self.to_list()}
+        return {"capacity": self.capacity, "items": list(self._ids.items())}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.capacity = state["capacity"]
@@ -162,8 +154,6 @@ class Position:
     fees: Fraction = field(default_factory=Fraction)
     last_price: Fraction = field(default_factory=Fraction)
     """last mark or fill price seen, ticks: the fallback mark when none is given"""
-    fills: int = 0
-    traded_lots: int = 0
 
     @property
     def scale(self) -> Fraction:
@@ -187,8 +177,6 @@ class Position:
         self.realised += realised
         self.fees += fee
         self.last_price = Fraction(price)
-        self.fills += 1
-        self.traded_lots += qty
         return realised
 
     def unrealised(self, mark: Number | None = None) -> Fraction:
@@ -198,40 +186,6 @@ class Position:
             return Fraction(0)
         m = self.last_price if mark is None else to_fraction(mark)
         return self.quantity * (m - self.avg_price) * self.scale
-
-    def notional(self, mark: Number | None = None) -> Fraction:
-        """``|quantity| * mark`` in quote currency (>= 0)."""
-        m = self.last_price if mark is None else to_fraction(mark)
-        return abs(self.quantity) * m * self.scale
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "instrument": self.instrument,
-            "price_exp": self.price_exp,
-            "size_exp": self.size_exp,
-            "quantity": self.quantity,
-            "avg_price": str(self.avg_price),
-            "realised": str(self.realised),
-            "fees": str(self.fees),
-            "last_price": str(self.last_price),
-            "fills": self.fills,
-            "traded_lots": self.traded_lots,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Position:
-        return cls(
-            instrument=d["instrument"],
-            price_exp=d["price_exp"],
-            size_exp=d["size_exp"],
-            quantity=d["quantity"],
-            avg_price=Fraction(d["avg_price"]),
-            realised=Fraction(d["realised"]),
-            fees=Fraction(d["fees"]),
-            last_price=Fraction(d["last_price"]),
-            fills=d["fills"],
-            traded_lots=d["traded_lots"],
-        )
 
 
 class Portfolio:
@@ -249,7 +203,6 @@ class Portfolio:
         self.peak = self.capital
         """highest equity seen by :meth:`mark` (starts at ``capital``)"""
         self.last_equity = self.capital
-        self.max_drawdown_seen = Fraction(0)
         self._fills_seen = BoundedIdSet(seen_capacity)
 
     # -- fills ---------------------------------------------------------------------------------
@@ -296,9 +249,6 @@ class Portfolio:
         pos = self.positions.get(instrument)
         return 0 if pos is None else pos.quantity
 
-    def get(self, instrument: str) -> Position | None:
-        return self.positions.get(instrument)
-
     def realised_exact(self) -> Fraction:
         return sum((p.realised for p in self.positions.values()), Fraction(0))
 
@@ -316,20 +266,6 @@ class Portfolio:
             self.capital + self.realised_exact() + self.unrealised_exact(marks) - self.fees_exact()
         )
 
-    def equity(self, marks: Mapping[str, Number] | None = None) -> float:
-        """``capital + realised + unrealised(marks) - fees``, quote currency. Pure: does not
-        move the peak (see :meth:`mark`)."""
-        return float(self.equity_exact(marks))
-
-    def realised_pnl(self) -> float:
-        return float(self.realised_exact())
-
-    def unrealised_pnl(self, marks: Mapping[str, Number] | None = None) -> float:
-        return float(self.unrealised_exact(marks))
-
-    def fees(self) -> float:
-        return float(self.fees_exact())
-
     # -- marking, peak, drawdown ---------------------------------------------------------------
 
     def mark(self, marks: Mapping[str, Number]) -> Fraction:
@@ -343,49 +279,12 @@ class Portfolio:
         self.last_equity = eq
         if eq > self.peak:
             self.peak = eq
-        self.max_drawdown_seen = max(self.max_drawdown_seen, self.peak - eq)
         return eq
 
     @property
     def drawdown_exact(self) -> Fraction:
         """``peak - equity`` at the last :meth:`mark` (>= 0), quote currency."""
         return self.peak - self.last_equity
-
-    @property
-    def drawdown(self) -> float:
-        return float(self.drawdown_exact)
-
-    @property
-    def peak_equity(self) -> float:
-        return float(self.peak)
-
-    # -- state ---------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state (exact fractions as ``"n/d"`` strings)."""
-        return {
-            "capital": str(self.capital),
-            "peak": str(self.peak),
-            "last_equity": str(self.last_equity),
-            "max_drawdown_seen": str(self.max_drawdown_seen),
-            "positions": [p.to_dict() for p in self.positions.values()],
-            "fills_seen": {
-                "capacity": self._fills_seen.capacity,
-                "items": self._fills_seen.to_list(),
-            },
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Portfolio:
-        pf = cls(Fraction(d["capital"]), d["fills_seen"]["capacity"])
-        pf.peak = Fraction(d["peak"])
-        pf.last_equity = Fraction(d["last_equity"])
-        pf.max_drawdown_seen = Fraction(d["max_drawdown_seen"])
-        pf.positions = {p["instrument"]: Position.from_dict(p) for p in d["positions"]}
-        pf._fills_seen = BoundedIdSet.from_list(
-            d["fills_seen"]["capacity"], d["fills_seen"]["items"]
-        )
-        return pf
 
     def __repr__(self) -> str:
         held = {i: p.quantity for i, p in self.positions.items() if p.quantity}

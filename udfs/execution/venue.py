@@ -10,8 +10,7 @@ restartable service).
 Time and latency
 ----------------
 * ``decision_ts`` is when the strategy decided (exchange time of the triggering event, plus the
-  feed latency if the caller models it: :meth:`PaperVenue.decision_time` adds
-  ``cfg.feed_latency_ms``).
+  feed latency when the caller models it; the trading stage does, with ``cfg.feed_latency_ms``).
 * A request (new order, cancel, scheduled cancel-all) reaches the venue at
   ``arrival = decision_ts + entry latency``. Until then it is *pending*: it is activated just
   before the first market record with ``ts_event > arrival`` (records stamped at the same ns as
@@ -174,7 +173,6 @@ class PaperVenue:
         """venue time: ts of the last market record or activation"""
         self.position = 0
         """lots, signed"""
-        self.fees_paid = 0.0
         self.book_errors = 0
         """market records the venue's book refused (the book stays as it was)"""
         self.price_exp: int | None = None
@@ -385,7 +383,6 @@ class PaperVenue:
         self.position += o.side.sign * qty
         bps = self.cfg.maker_fee_bps if liquidity == "maker" else self.cfg.taker_fee_bps
         fee = _fee(price, qty, o.price_exp, o.size_exp, bps)
-        self.fees_paid += fee
         return self._report(
             o,
             ExecKind.FILL,
