@@ -359,6 +359,11 @@ class VenueConfig:
     """Recorded acknowledgement latencies (ms per line); empty: the constant."""
     maker_fee_bps: float = field(default=1.0, metadata=_range(-100.0, 100.0))
     taker_fee_bps: float = field(default=4.0, metadata=_range(-100.0, 100.0))
+    resting_fill_rule: str = "trade"
+    """What fills a resting order: ``trade`` (only trades at or through its price, after the
+    size ahead of it: conservative) or ``cross`` (also, wholly at its own price, once the
+    opposite best price reaches it after a complete book update, as hftbacktest does:
+    optimistic). Run both to bracket the fills a strategy could have had."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -925,3 +925,26 @@ def test_binance_capture_never_fills_before_the_prints_first_reference(
     # conservative, not blind: it fills every order the reference fills (2418 of 2608 orders
     # on the usdm day, 1132 of 1380 on the spot day)
     assert filled == ref_filled > 0
+
+
+@pytest.mark.parametrize("rule", ["trade", "cross"])
+def test_resting_fill_rule_cross_fills_when_the_opposite_best_reaches_the_order(rule) -> None:
+    v, t = hand_venue(resting_fill_rule=rule)
+    v.submit(order("b", BUY, LIMIT, 9990, 5, instrument=INSTR, price_exp=-2), t)
+    tick(v, t + 3 * MS)
+    assert queue(v) == 7
+    # the asks drop to our bid without a print at our price (the 100.00 ask is pulled, a
+    # 99.90 ask appears): the conservative rule waits for a trade, hftbacktest's fills
+    v.on_market_event(ev(Kind.LEVEL, Side.ASK, 10000, 0, t + 4 * MS))
+    reps = v.on_market_event(ev(Kind.LEVEL, Side.ASK, 9990, 3, t + 5 * MS))
+    if rule == "trade":
+        assert reps == [] and queue(v) == 7
+        return
+    (f,) = reps
+    assert (f.fill_price, f.fill_qty, f.leaves_qty, f.liquidity) == (9990, 5, 0, "maker")
+    assert (f.book_ask, f.book_bid) == (9990, 9990) and v.open_orders() == []
+
+
+def test_resting_fill_rule_is_checked() -> None:
+    with pytest.raises(ValueError, match="resting_fill_rule"):
+        PaperVenue(INSTR, VenueConfig(resting_fill_rule="touch"))

@@ -69,7 +69,18 @@ Conservative choices and known limits
   ``cross_trade`` (auction) and ``halt`` records never fill; new orders arriving during a halt
   are rejected.
 * A resting order is not filled when the opposite quote merely crosses it (an ``add`` at or
-  through our price): only a trade at or through our price fills it. Conservative.
+  through our price): only a trade at or through our price fills it. Conservative. With
+  ``cfg.resting_fill_rule = "cross"`` (off by default) it also fills, wholly at its own price,
+  once the opposite best price reaches it after a complete batch (hftbacktest's rule; the fill
+  carries the book that crossed): an optimistic bound, to bracket the conservative one.
+* A Binance-style capture delivers trade prints apart from the depth diffs, and a diff that
+  already reflects a trade may come before the trade's print (same millisecond, or a diff
+  stamped after a print that arrives later). What the level cap took off the queue is therefore
+  remembered with the book's time, and a later print stamped at or before that time is first
+  matched against it: the same traded lots never shrink the queue twice. A print stamped at or
+  before the moment an order started resting happened before it and never touches it. Prints
+  are assumed to arrive in their own time order (true of every capture in
+  ``../shared/data/binance``): a print stamped ``t`` retires what the cap took before ``t``.
 * Trade-through fills the whole remainder, whatever the size of the print that went through --
   optimistic for orders large relative to the prints.
 * Queue position after a re-sync (``clear`` + snapshot) is capped by the new level size only.
@@ -119,6 +130,7 @@ _QUEUE_TRADES = frozenset({Kind.EXECUTE, Kind.TRADE})
 _THROUGH_TRADES = frozenset({Kind.EXECUTE, Kind.TRADE, Kind.HIDDEN_TRADE})
 """Trades that, at a worse price for the resting side, prove our level was consumed."""
 _NEW, _CANCEL, _CANCEL_ALL = "new", "cancel", "cancel_all"
+_FILL_RULES = frozenset({"trade", "cross"})
 _MAX_CAPPED = 32
 """entries kept per order in :attr:`WorkingOrder.capped` (older ones are merged: conservative)"""
 
@@ -166,8 +178,14 @@ class PaperVenue:
     """Simulated venue for one instrument; see the module docstring for the model."""
 
     def __init__(self, instrument: str, cfg: VenueConfig) -> None:
+        if cfg.resting_fill_rule not in _FILL_RULES:
+            raise ValueError(
+                f"resting_fill_rule must be one of {sorted(_FILL_RULES)}, "
+                f"got {cfg.resting_fill_rule!r}"
+            )
         self.instrument = instrument
         self.cfg = cfg
+        self._fill_on_cross = cfg.resting_fill_rule == "cross"
         self.book = OrderBook(instrument)
         self.now = 0
         """venue time: ts of the last market record or activation"""
@@ -264,6 +282,8 @@ class PaperVenue:
             self.book_errors += 1
         if self._live and ev.flags & F_LAST:
             self._cap_queues(ev.ts_event)
+            if self._fill_on_cross:
+                reports += self._fill_crossed(ev.ts_event)
         return reports
 
     def advance_to(self, ts: int) -> list[ExecReport]:
@@ -541,6 +561,27 @@ class PaperVenue:
                     w.queue_ahead -= traded
         for oid in done:
             self._live.pop(oid, None)
+        return reports
+
+    def _fill_crossed(self, ts: int) -> list[ExecReport]:
+        """``resting_fill_rule = "cross"``: a resting order whose price the opposite best has
+        reached (best ask <= our bid, best bid >= our ask) fills wholly at its own price."""
+        if self.book.halted:
+            return []
+        bid, ask = self.book.best_bid(), self.book.best_ask()
+        book = self._book_fields()
+        reports: list[ExecReport] = []
+        for w in list(self._live.values()):
+            if (
+                (w.side is Side.BID
+                and ask is not None
+                and ask <= w.order.price)
+                or (w.side is Side.ASK and bid is not None and bid >= w.order.price)
+            ):
+                reports.append(
+                    self._fill(w, w.order.price, w.leaves_qty, ts, "maker", w.queue_ahead, book)
+                )
+                del self._live[w.order.order_id]
         return reports
 
     def _cap_queues(self, ts: int) -> None:
