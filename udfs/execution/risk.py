@@ -228,8 +228,6 @@ class _Pending:
     book: OrderBook | None
     position: int
     open_same: int
-    closing: int = 0
-    """closing part, lots"""
     mid: Fraction | None = None
     price: Fraction | None = None
     """the LIMIT price, or the touch a MARKET order takes (ticks)"""
@@ -238,6 +236,11 @@ class _Pending:
     @property
     def side(self) -> str:
         return self.order.side.value
+
+    @property
+    def closing(self) -> int:
+        """closing part, lots (the quantity check has run: it is a positive int)"""
+        return closing_lots(self.order.side, self.order.quantity, self.position, self.open_same)
 
     @property
     def opening(self) -> int:
@@ -450,7 +453,6 @@ class RiskEngine:
             return _deny(
                 Rule.INVALID_ORDER, f"quantity {qty} > max_order_lots {self.cfg.max_order_lots}"
             )
-        p.closing = closing_lots(p.order.side, qty, p.position, p.open_same)
         return None
 
     def _check_order_price(self, p: _Pending) -> RiskDecision | None:
