@@ -333,7 +333,7 @@ class RiskConfig:
     """...per this much event time."""
     max_drawdown: float = field(default=2_000.0, metadata=_range(0.0))
     """Realised + unrealised P&L this far below its peak trips the drawdown guard."""
-    drawdown_mode: str = "REDUCING"
+    drawdown_mode: Literal["REDUCING", "HALTED"] = "REDUCING"
     """Trading mode the drawdown guard sets when it trips: ``REDUCING`` (only closing orders
     pass, so the position can still be taken off) or ``HALTED`` (nothing but cancels)."""
     max_order_lots: int = field(default=10**12, metadata=_range(1))
@@ -359,7 +359,7 @@ class VenueConfig:
     """Recorded acknowledgement latencies (ms per line); empty: the constant."""
     maker_fee_bps: float = field(default=1.0, metadata=_range(-100.0, 100.0))
     taker_fee_bps: float = field(default=4.0, metadata=_range(-100.0, 100.0))
-    resting_fill_rule: str = "trade"
+    resting_fill_rule: Literal["trade", "cross"] = "trade"
     """What fills a resting order: ``trade`` (only trades at or through its price, after the
     size ahead of it: conservative) or ``cross`` (also, wholly at its own price, once the
     opposite best price reaches it after a complete book update, as hftbacktest does:

@@ -572,11 +572,8 @@ class PaperVenue:
         book = self._book_fields()
         reports: list[ExecReport] = []
         for w in list(self._live.values()):
-            if (
-                (w.side is Side.BID
-                and ask is not None
-                and ask <= w.order.price)
-                or (w.side is Side.ASK and bid is not None and bid >= w.order.price)
+            if (w.side is Side.BID and ask is not None and ask <= w.order.price) or (
+                w.side is Side.ASK and bid is not None and bid >= w.order.price
             ):
                 reports.append(
                     self._fill(w, w.order.price, w.leaves_qty, ts, "maker", w.queue_ahead, book)
