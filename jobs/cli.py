@@ -137,9 +137,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
             "dead_lettered": res.dead_lettered,
             "wall_s": round(res.wall_s, 3),
             "events_per_s": round(res.rate, 1),
+            **res.problems,
         }
     )
-    return 0
+    return 1 if res.problems else 0
 
 
 def cmd_stream_job(args: argparse.Namespace) -> int:

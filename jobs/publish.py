@@ -4,7 +4,10 @@ The Kafka record timestamp is the event's exchange time (ms): the stream job's w
 exchange time, not the time of publishing, so a replay at any speed gives the same result.
 ``speed`` paces the publishing at N x the recorded pace (``None``: as fast as possible).
 Lines a source cannot read go to the dead-letter topic (stage ``ingest``) with file, line and
-reason, so ``events_in == published + dead_lettered`` always holds here.
+reason, so ``events_in == published + dead_lettered`` always holds here. A bad line that stops a
+LOBSTER file, a truncated gzip and a Binance chain break that drops the rest of a capture are
+reported in :attr:`PublishResult.problems` (what was read before them is published and
+counted); ``bookstream publish`` then exits with status 1.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
 from tqdm import tqdm
@@ -34,6 +37,8 @@ class PublishResult:
     published: int
     dead_lettered: int
     wall_s: float
+    problems: dict[str, object] = field(default_factory=dict)
+    """inputs stopped early and chain breaks (:meth:`Source.problems`); empty when none"""
 
     @property
     def rate(self) -> float:
@@ -63,8 +68,15 @@ def publish(
     remaining = producer.flush(60)
     wall = time.perf_counter() - start
     on_delivery.check(cfg, remaining)
+    problems = source.problems()
+    if problems:
+        logger.warning("inputs not read in full: %s", problems)
     return PublishResult(
-        events_in=published + dead, published=published, dead_lettered=dead, wall_s=wall
+        events_in=published + dead,
+        published=published,
+        dead_lettered=dead,
+        wall_s=wall,
+        problems=problems,
     )
 
 

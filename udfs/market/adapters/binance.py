@@ -61,6 +61,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -118,6 +119,9 @@ _MAX_BAD_LINE_WARNINGS = 50
 _MAX_BUFFERED_DIFFS = 100_000
 """Diffs kept while unsynced waiting for a snapshot; older ones are dropped and counted."""
 _PARSE_CACHE_MAX = 200_000
+
+_MAX_MS = (2**63 - 1) // 1_000_000
+"""An exchange time in ms must still fit int64 once in ns."""
 
 _POW10 = [10**i for i in range(_SCALE_DIGITS + 1)]
 _cache: dict[str, int] = {}
@@ -187,9 +191,46 @@ class BinanceStats:
     trades: int = 0
     tickers: int = 0
     events: int = 0
+    stopped_at: str = ""
+    """``file row N: reason`` when a file could not be read to its end (truncated gzip)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+def _uint(data: dict[str, Any], key: str) -> int:
+    """A JSON integer field (``true`` and ``"12"`` are not integers), 0 <= value < 2**63."""
+    value = data[key]
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise ValueError(f"{key} {value!r} is not a non-negative int64 integer")
+    return value
+
+
+def _time_ns(data: dict[str, Any], *keys: str) -> int | None:
+    """The first present, non-zero of ``keys`` (ms) as ns; None when none is there."""
+    for key in keys:
+        if data.get(key):
+            ms = _uint(data, key)
+            if ms > _MAX_MS:
+                raise ValueError(f"{key} {ms} ms is beyond int64 ns")
+            return ms * 1_000_000
+    return None
+
+
+def _levels(data: dict[str, Any], key: str) -> list[list[str]]:
+    """A list of ``[price, qty]`` pairs (a dict or a string would unpack too: refused)."""
+    levels = data[key]
+    if type(levels) is not list or any(type(lv) is not list or len(lv) != 2 for lv in levels):
+        raise ValueError(f"{key} is not a list of [price, qty] pairs")
+    return levels
+
+
+def _flag(data: dict[str, Any], key: str) -> bool:
+    """A JSON boolean (``"false"`` is a string, not false: refused)."""
+    value = data[key]
+    if type(value) is not bool:
+        raise ValueError(f"{key} {value!r} is not a JSON boolean")
+    return value
 
 
 def _open_lines(path: Path) -> BinaryIO:
@@ -204,7 +245,10 @@ def _open_lines(path: Path) -> BinaryIO:
 
 def _split_line(line: bytes) -> tuple[int, Any]:
     sp = line.index(b" ")
-    return int(line[:sp]), _loads(line[sp + 1 :])
+    head = line[:sp]
+    if not head.isdigit() or len(head) > 19 or int(head) >= 2**63:
+        raise ValueError(f"receive time {head[:40]!r} is not a non-negative int64 integer")
+    return int(head), _loads(line[sp + 1 :])
 
 
 def detect_market(paths: Iterable[Path | str], max_lines: int = 100_000) -> tuple[str, str]:
@@ -330,15 +374,13 @@ class BinanceAdapter:
     # -- message handlers --------------------------------------------------------------------
 
     def _snapshot(self, recv: int, obj: dict[str, Any]) -> list[L2Event]:
-        lid = obj["lastUpdateId"]
-        if type(lid) is not int:
-            raise ValueError(f"lastUpdateId {lid!r} is not an integer")
+        lid = _uint(obj, "lastUpdateId")
         st = self.stats
         if self.state != _UNSYNCED and self.chain_u is not None and lid <= self.chain_u:
             st.snapshots_ignored += 1
             return []
-        ts = obj.get("T") or obj.get("E")
-        ts_event = ts * 1_000_000 if ts else recv
+        ts = _time_ns(obj, "T", "E")
+        ts_event = ts if ts is not None else recv
         inst, venue, parse = self.instrument, self.venue, parse_decimal
         out = [
             L2Event(
@@ -361,7 +403,7 @@ class BinanceAdapter:
             )
         ]
         snap = Kind.SNAPSHOT
-        for side, levels in ((Side.BID, obj["bids"]), (Side.ASK, obj["asks"])):
+        for side, levels in ((Side.BID, _levels(obj, "bids")), (Side.ASK, _levels(obj, "asks"))):
             for px, qty in levels:
                 size = parse(qty)
                 if size:
@@ -399,7 +441,11 @@ class BinanceAdapter:
 
     def _diff(self, recv: int, data: dict[str, Any]) -> list[L2Event]:
         st = self.stats
-        first, last = data["U"], data["u"]
+        first, last = _uint(data, "U"), _uint(data, "u")
+        if not self.spot:
+            _uint(data, "pu")
+        _time_ns(data, "T", "E")  # checked before the diff is buffered or applied
+        _levels(data, "b"), _levels(data, "a")
         state = self.state
         if state == _UNSYNCED:
             buf = self._buffer
@@ -441,13 +487,14 @@ class BinanceAdapter:
                 return []
         # build the records before touching any state: a malformed level makes the whole line
         # a bad line and leaves the chain where it was (the next diff then breaks it, loudly)
-        ts = data.get("T") or data["E"]
-        ts_event = ts * 1_000_000
+        ts_event = _time_ns(data, "T", "E")
+        if ts_event is None:
+            raise ValueError("depth diff without an exchange time (T/E)")
         inst, venue, parse, level = self.instrument, self.venue, parse_decimal, Kind.LEVEL
         prev_seq = self.last_emitted_seq
         dels: list[L2Event] = []
         sets: list[L2Event] = []
-        for side, levels in ((Side.BID, data["b"]), (Side.ASK, data["a"])):
+        for side, levels in ((Side.BID, _levels(data, "b")), (Side.ASK, _levels(data, "a"))):
             for px, qty in levels:
                 size = parse(qty)
                 ev = L2Event(
@@ -485,22 +532,25 @@ class BinanceAdapter:
         return out
 
     def _trade(self, recv: int, data: dict[str, Any]) -> list[L2Event]:
+        ts = _time_ns(data, "T", "E")
+        if ts is None:
+            raise ValueError("trade without an exchange time (T/E)")
+        side = Side.BID if _flag(data, "m") else Side.ASK
+        price, qty, trade_id = parse_decimal(data["p"]), parse_decimal(data["q"]), _uint(data, "t")
         self.stats.trades += 1
-        ts = data.get("T") or data["E"]
-        side = Side.BID if data["m"] else Side.ASK
         return [
             L2Event(
                 self.instrument,
                 self.venue,
                 Kind.TRADE,
                 side,
-                parse_decimal(data["p"]),
-                parse_decimal(data["q"]),
-                ts * 1_000_000,
+                price,
+                qty,
+                ts,
                 recv,
                 EXP,
                 EXP,
-                int(data["t"]),
+                trade_id,
                 0,
                 0,
                 0,
@@ -510,19 +560,21 @@ class BinanceAdapter:
         ]
 
     def _ticker(self, recv: int, data: dict[str, Any]) -> list[L2Event]:
-        self.stats.tickers += 1
-        ts = data.get("T") or data.get("E")
-        ts_event = ts * 1_000_000 if ts else recv
-        u = data["u"]
+        ts = _time_ns(data, "T", "E")
+        ts_event = ts if ts is not None else recv
+        u = _uint(data, "u")
         inst, venue, parse, bbo = self.instrument, self.venue, parse_decimal, Kind.BBO
+        bid_px, bid_sz = parse(data["b"]), parse(data["B"])
+        ask_px, ask_sz = parse(data["a"]), parse(data["A"])
+        self.stats.tickers += 1
         return [
             L2Event(
                 inst,
                 venue,
                 bbo,
                 Side.BID,
-                parse(data["b"]),
-                parse(data["B"]),
+                bid_px,
+                bid_sz,
                 ts_event,
                 recv,
                 EXP,
@@ -539,8 +591,8 @@ class BinanceAdapter:
                 venue,
                 bbo,
                 Side.ASK,
-                parse(data["a"]),
-                parse(data["A"]),
+                ask_px,
+                ask_sz,
                 ts_event,
                 recv,
                 EXP,
@@ -585,8 +637,26 @@ class BinanceAdapter:
         errors = (ValueError, KeyError, TypeError, IndexError, *_JSON_ERRORS)
         for path in self.paths:
             self._where = path.name
+            lineno = 0
             with _open_lines(path) as fh:
-                for lineno, line in enumerate(fh, 1):
+                lines = iter(fh)
+                while True:
+                    try:
+                        line = next(lines)
+                    except StopIteration:
+                        break
+                    except (EOFError, OSError, zlib.error) as exc:
+                        # a truncated or corrupt gzip: what was read is published and counted,
+                        # the rest of this file is lost (the next file's chain then breaks)
+                        lineno += 1
+                        reason = f"unreadable from here ({type(exc).__name__}: {exc})"
+                        self._bad(lineno, reason)
+                        if not st.stopped_at:
+                            st.stopped_at = f"{path.name} row {lineno}: {reason}"
+                        if self.on_bad_line is not None:
+                            self.on_bad_line(str(path), lineno, b"", reason)
+                        break
+                    lineno += 1
                     st.lines += 1
                     if not line.strip():
                         continue

@@ -37,6 +37,25 @@ reveals does not.
 
 Everything is integers: prices are USD*10000 (``price_exp=-4``), sizes are shares, times are
 parsed digit by digit into ns (a float has 53 bits: it cannot hold ns since 1970 exactly).
+
+What a line must be (anything else is a bad line, named by file and row)
+------------------------------------------------------------------------
+* message: 6 comma-separated fields. ``time`` is seconds after midnight, ``0 <= time <
+  86400``, digits with an optional fraction of any length and an optional exponent
+  (``34200.00426064``, ``43002.632812672004``, ``3.4200e+04``): files written by other tools
+  carry float artefacts beyond the nanosecond; the time is rounded to the nanosecond, half to
+  even, exactly (no float in between). ``type`` 1-7; ``order_id`` an integer; ``size`` an
+  integer >= 0; ``price`` an integer (USD * 10000), > 0 except for a halt (type 7: -1, 0, 1);
+  ``direction`` exactly ``1`` or ``-1`` (nothing else is read as a side). Every number is
+  within int64.
+* orderbook: ``4 * N`` integer fields, the same ``N`` on every row; row ``k`` exists for every
+  message row ``k`` and for no other.
+
+A bad line stops that file's stream at that row (the book after it is unknowable until the next
+snapshot): the events read before it have been published already and stay published and
+counted ("flushed and counted", not "nothing published"); the bad line is reported with file,
+row and reason -- to the ``on_bad_line`` callback when one is given (the publisher dead-letters
+it and reports the stop in its summary), else as :class:`LobsterFileError`.
 """
 
 from __future__ import annotations
@@ -46,8 +65,10 @@ import re
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -55,8 +76,10 @@ from udfs.market.book import BookError, OrderBook, SideBook
 from udfs.schema import F_LAST, F_SNAPSHOT, Kind, L2Event, Side
 
 __all__ = [
+    "LOBSTER_MAX_TIME_S",
     "LOBSTER_PRICE_EXP",
     "LOBSTER_VENUE",
+    "LobsterFileError",
     "LobsterFileInfo",
     "LobsterStats",
     "iter_lobster_events",
@@ -88,6 +111,12 @@ _MESSAGE_KINDS = {
     7: Kind.HALT,
 }
 _MAX_LOGGED_MISMATCHES = 20
+LOBSTER_MAX_TIME_S = 86_400
+"""A LOBSTER time is seconds after midnight of the file's day: below one day."""
+_INT64 = 2**63
+_TIME_RE = re.compile(r"(\d+)(?:\.(\d*))?(?:[eE]([+-]?\d{1,4}))?")
+_INT_RE = re.compile(r"-?\d{1,19}")
+_NS = Decimal(1).scaleb(-9)
 
 Level = tuple[int, int]
 """(price, size)."""
@@ -102,6 +131,17 @@ class LobsterFileInfo:
     symbol: str
     day: date
     depth: int
+
+
+class LobsterFileError(ValueError):
+    """A bad LOBSTER line: ``file`` (its name), ``row`` (1-based) and ``reason``."""
+
+    def __init__(self, file: str | Path, row: int, reason: str, raw: bytes = b"") -> None:
+        super().__init__(f"{Path(file).name} row {row}: {reason}")
+        self.file = str(file)
+        self.row = row
+        self.reason = reason
+        self.raw = raw
 
 
 @dataclass(slots=True)
@@ -119,6 +159,8 @@ class LobsterStats:
     book_errors: int = 0
     """Records the adapter's own book refused (negative level, crossed book, gap)."""
     events: int = 0
+    stopped_at: str = ""
+    """``file row N: reason`` when a bad line stopped the stream there (else empty)."""
 
 
 def parse_lobster_name(path: str | Path) -> LobsterFileInfo:
@@ -140,16 +182,75 @@ def _midnight_ns(day: date) -> int:
 
 
 def parse_lobster_time(text: str) -> int:
-    """LOBSTER ``seconds.fraction`` after midnight (up to 9 decimals) -> integer ns, exactly."""
-    sec, _, frac = text.strip().partition(".")
-    if len(frac) > 9:
-        raise ValueError(f"LOBSTER time with more than 9 decimals: {text!r}")
-    return int(sec) * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
+    """LOBSTER ``seconds[.fraction][e[+-]exp]`` after midnight -> integer ns.
+
+    Up to 9 decimals is exact digit surgery (the files LOBSTER writes). More decimals or an
+    exponent (float artefacts of other writers, ``43002.632812672004``) are rounded to the
+    nanosecond half to even, in exact decimal arithmetic. Raises ``ValueError`` for anything
+    else (sign, spaces inside, ``nan``, ``inf``, empty) and for a time outside ``[0,
+    86400)`` s."""
+    m = _TIME_RE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not a LOBSTER time (seconds after midnight): {text!r}")
+    sec, frac, exp = m.groups()
+    if exp is None and (frac is None or len(frac) <= 9):
+        ns = int(sec) * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
+    else:
+        exact = Decimal(f"{sec}.{frac or '0'}e{exp or 0}")
+        if exact >= LOBSTER_MAX_TIME_S:  # checked before rounding: keeps the arithmetic small
+            raise ValueError(f"LOBSTER time {text!r} is not below {LOBSTER_MAX_TIME_S} s")
+        ns = int((exact / _NS).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    if ns >= LOBSTER_MAX_TIME_S * 1_000_000_000:
+        raise ValueError(f"LOBSTER time {text!r} is not below {LOBSTER_MAX_TIME_S} s")
+    return ns
+
+
+def _lobster_int(name: str, text: str) -> int:
+    """A strict int64 field (no sign but ``-``, no spaces, no ``_``, no decimals)."""
+    if _INT_RE.fullmatch(text) is None:
+        raise ValueError(f"{name} is not an integer: {text!r}")
+    value = int(text)
+    if not -_INT64 <= value < _INT64:
+        raise ValueError(f"{name} {value} is outside int64")
+    return value
+
+
+def parse_message_line(line: str) -> tuple[int, int, int, int, int, int]:
+    """One message line -> (time ns after midnight, type, order id, size, price, direction),
+    or ``ValueError`` with the reason (see the module docstring for the rules)."""
+    parts = line.rstrip("\r\n").split(",")
+    if len(parts) != 6:
+        raise ValueError(f"expected 6 columns, got {len(parts)}")
+    ts = parse_lobster_time(parts[0])
+    mtype = _lobster_int("type", parts[1])
+    if mtype not in _MESSAGE_KINDS:
+        raise ValueError(f"unknown LOBSTER type {mtype}")
+    order_id = _lobster_int("order_id", parts[2])
+    size = _lobster_int("size", parts[3])
+    price = _lobster_int("price", parts[4])
+    direction = _lobster_int("direction", parts[5])
+    if direction not in (1, -1):
+        raise ValueError(f"direction must be 1 (buy) or -1 (sell), got {direction}")
+    if size < 0:
+        raise ValueError(f"negative size {size}")
+    if mtype == 7:
+        if price not in (-1, 0, 1):
+            raise ValueError(f"halt price must be -1, 0 or 1, got {price}")
+    elif price <= 0:
+        raise ValueError(f"price must be positive, got {price}")
+    return ts, mtype, order_id, size, price, direction
 
 
 def _parse_row(line: str) -> Row:
-    """One orderbook line -> (asks, bids), dropping LOBSTER's dummy empty levels."""
-    vals = [int(x) for x in line.split(",")]
+    """One orderbook line -> (asks, bids), dropping LOBSTER's dummy empty levels
+    (``ValueError`` for a line that is not ``4 * N`` integers)."""
+    texts = line.split(",")
+    if len(texts) % 4:
+        raise ValueError(f"expected 4 * N columns, got {len(texts)}")
+    vals = [_lobster_int("orderbook field", x) for x in texts]
+    for i in range(1, len(vals), 2):
+        if vals[i] < 0:
+            raise ValueError(f"negative size {vals[i]} in column {i + 1}")
     asks = [
         (vals[i], vals[i + 1])
         for i in range(0, len(vals), 4)
@@ -160,6 +261,9 @@ def _parse_row(line: str) -> Row:
         for i in range(2, len(vals), 4)
         if vals[i] != _EMPTY_BID and vals[i + 1] > 0
     ]
+    for p, _ in asks + bids:
+        if p <= 0:
+            raise ValueError(f"price must be positive, got {p}")
     return asks, bids
 
 
@@ -167,20 +271,29 @@ def read_orderbook_rows(
     orderbook_file: str | Path, max_rows: int | None = None
 ) -> Iterator[tuple[int, Row]]:
     """Yield ``(depth, (asks, bids))`` per orderbook row. Consecutive identical lines (hidden
-    executions, halts) are parsed once: most of a 34 MB file is repeated rows' parsing cost."""
+    executions, halts) are parsed once: most of a 34 MB file is repeated rows' parsing cost.
+    A bad row raises :class:`LobsterFileError` naming the file and the row."""
     last_line: str | None = None
     last_row: Row = ([], [])
-    with open(orderbook_file, encoding="ascii") as fh:
-        for i, line in enumerate(fh):
+    depth = 0
+    with open(orderbook_file, "rb") as fh:
+        for i, raw in enumerate(fh):
             if max_rows is not None and i >= max_rows:
                 return
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            if line != last_line:
-                last_row = _parse_row(line)
-                last_line = line
-            yield (line.count(",") + 1) // 4, last_row
+            try:
+                line = raw.decode("ascii").rstrip("\r\n")
+                if not line:
+                    continue  # a blank line is no row (the message file skips them too)
+                if line != last_line:
+                    last_row = _parse_row(line)
+                    last_line = line
+                row_depth = (line.count(",") + 1) // 4
+                if depth and row_depth != depth:
+                    raise ValueError(f"{row_depth} levels, earlier rows have {depth}")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise LobsterFileError(orderbook_file, i + 1, str(exc)) from None
+            depth = row_depth
+            yield depth, last_row
 
 
 def _is_better_eq(is_bid: bool, price: int, limit: int) -> bool:
@@ -249,6 +362,7 @@ class _Adapter:
         symbol: str | None,
         stats: LobsterStats,
         max_rows: int | None,
+        on_bad_line: Callable[[str, int, bytes, str], None] | None = None,
     ) -> None:
         info = parse_lobster_name(message_file)
         self.symbol = (symbol or info.symbol).upper()
@@ -260,6 +374,7 @@ class _Adapter:
         self.stats = stats
         self.max_rows = max_rows
         self.mirror = OrderBook(self.instrument)
+        self.on_bad_line = on_bad_line
 
     def _event(
         self,
@@ -315,9 +430,7 @@ class _Adapter:
     def _message_event(
         self, k: int, ts: int, mtype: int, order_id: int, size: int, price: int, direction: int
     ) -> L2Event:
-        kind = _MESSAGE_KINDS.get(mtype)
-        if kind is None:
-            raise ValueError(f"{self.message_file.name} row {k}: unknown LOBSTER type {mtype}")
+        kind = _MESSAGE_KINDS[mtype]  # parse_message_line refused unknown types
         if kind is Kind.HALT:
             # price is LOBSTER's code: -1 halt, 0 quoting resumes, 1 trading resumes
             return self._event(kind, Side.NONE, price, 0, ts, k, 0, F_LAST)
@@ -369,24 +482,39 @@ class _Adapter:
         return out
 
     def run(self) -> Iterator[L2Event]:
+        try:
+            yield from self._run()
+        except LobsterFileError as exc:
+            self.stats.stopped_at = str(exc)
+            logger.error("%s: stopped at a bad line: %s", self.instrument, exc)
+            if self.on_bad_line is None:
+                raise
+            self.on_bad_line(exc.file, exc.row, exc.raw, exc.reason)
+
+    def _run(self) -> Iterator[L2Event]:
         stats = self.stats
         rows = read_orderbook_rows(self.orderbook_file, self.max_rows)
         prev: Row | None = None
-        with open(self.message_file, encoding="ascii") as fh:
-            for k, line in enumerate(fh, start=1):
+        k = 0
+        with open(self.message_file, "rb") as fh:
+            for k, raw in enumerate(fh, start=1):
                 if self.max_rows is not None and k > self.max_rows:
                     break
-                parts = line.rstrip("\r\n").split(",")
-                if len(parts) < 6:
+                try:
+                    line = raw.decode("ascii")
                     if not line.strip():
                         continue
-                    raise ValueError(f"{self.message_file.name} row {k}: expected 6 columns")
+                    t, mtype, order_id, size, price, direction = parse_message_line(line)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise LobsterFileError(self.message_file, k, str(exc), raw) from None
                 try:
                     row_depth, row = next(rows)
                 except StopIteration:
-                    raise ValueError(
-                        f"{self.orderbook_file.name} has fewer rows than "
-                        f"{self.message_file.name} ({k - 1})"
+                    raise LobsterFileError(
+                        self.orderbook_file,
+                        k,
+                        f"missing: the orderbook file ends before message row {k} of "
+                        f"{self.message_file.name} (the pair is misaligned)",
                     ) from None
                 if k == 1 and row_depth != self.depth:
                     logger.info(
@@ -397,8 +525,7 @@ class _Adapter:
                         row_depth,
                     )
                     self.depth = row_depth
-                ts = self.midnight + parse_lobster_time(parts[0])
-                mtype = int(parts[1])
+                ts = self.midnight + t
                 stats.messages += 1
                 stats.by_type[mtype] += 1
                 if prev is None:
@@ -410,9 +537,7 @@ class _Adapter:
                     prev = row
                     continue
                 chain = self.mirror.last_seq  # the batch this one follows in the chain
-                msg = self._message_event(
-                    k, ts, mtype, int(parts[2]), int(parts[3]), int(parts[4]), int(parts[5])
-                )
+                msg = self._message_event(k, ts, mtype, order_id, size, price, direction)
                 applied = self._apply(msg)
                 reveals = self._reveals(prev, row, k, ts, chain)
                 if reveals:
@@ -429,6 +554,15 @@ class _Adapter:
                     stats.events += 1
                     yield ev
                 prev = row
+        if self.max_rows is None or k <= self.max_rows:
+            extra = next(rows, None)
+            if extra is not None:
+                raise LobsterFileError(
+                    self.orderbook_file,
+                    stats.messages + 1,
+                    f"extra row: {self.message_file.name} has only {stats.messages} messages "
+                    "(the pair is misaligned)",
+                )
         logger.info(
             "%s: %d messages, types %s, %d reveals, %d frontier mismatches, %d book errors",
             self.instrument,
@@ -447,12 +581,15 @@ def iter_lobster_events(
     *,
     stats: LobsterStats | None = None,
     max_rows: int | None = None,
+    on_bad_line: Callable[[str, int, bytes, str], None] | None = None,
 ) -> Iterator[L2Event]:
     """Stream a LOBSTER message/orderbook pair as :class:`L2Event` records (see module doc).
 
     ``symbol`` overrides the one in the file name; the instrument is ``SYMBOL.XNAS``. Pass a
     :class:`LobsterStats` to read the counters after (or during) iteration. ``max_rows`` stops
-    after that many message rows (tests, benchmarks).
+    after that many message rows (tests, benchmarks). A bad line (see the module docstring)
+    ends the stream there: it goes to ``on_bad_line(file, row, raw, reason)`` when given, else
+    raises :class:`LobsterFileError`.
     """
     adapter = _Adapter(
         message_file,
@@ -460,6 +597,7 @@ def iter_lobster_events(
         symbol,
         stats if stats is not None else LobsterStats(),
         max_rows,
+        on_bad_line,
     )
     return adapter.run()
 

@@ -2,7 +2,10 @@
 
 A :class:`Source` yields :class:`~udfs.schema.L2Event` records in feed order and collects the
 lines it could not read (with file, line and reason) so the caller can dead-letter them:
-``events_in`` counts both.
+``events_in`` counts both. What an input lost beyond its bad lines is reported too
+(:meth:`Source.problems`): a LOBSTER file stopped at a bad row (the rest of it is not read), a
+Binance capture whose diff chain broke (the diffs after the break are dropped: counted, never
+applied).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from udfs.config import PROJECT_ROOT
-from udfs.market.adapters.binance import BinanceAdapter
+from udfs.market.adapters.binance import BinanceAdapter, BinanceStats
 from udfs.market.adapters.lobster import LobsterStats, iter_lobster_events
 from udfs.schema import L2Event
 
@@ -42,6 +45,9 @@ class Source:
     lobster: list[tuple[Path, Path]] = field(default_factory=list)
     binance: list[list[Path]] = field(default_factory=list)
     bad_lines: list[BadLine] = field(default_factory=list)
+    lobster_stats: list[LobsterStats] = field(default_factory=list)
+    binance_stats: list[tuple[str, BinanceStats]] = field(default_factory=list)
+    """(instrument, stats) per capture, filled while :meth:`events` runs"""
 
     @classmethod
     def sample(cls) -> Source:
@@ -67,15 +73,44 @@ class Source:
         (``udfs/execution/sequencer.py``); ``--speed`` pacing needs it too."""
         inputs: list[Iterator[L2Event]] = []
         for message_file, orderbook_file in self.lobster:
-            inputs.append(iter_lobster_events(message_file, orderbook_file, stats=LobsterStats()))
+            stats = LobsterStats()
+            self.lobster_stats.append(stats)
+            inputs.append(
+                iter_lobster_events(
+                    message_file, orderbook_file, stats=stats, on_bad_line=self._bad_line
+                )
+            )
         for files in self.binance:
             adapter = BinanceAdapter(files)
             adapter.on_bad_line = self._bad_line
+            self.binance_stats.append((adapter.instrument, adapter.stats))
             inputs.append(iter(adapter))
         if len(inputs) == 1:
             yield from inputs[0]
         else:
             yield from heapq.merge(*inputs, key=_exchange_time)
+
+    def problems(self) -> dict[str, object]:
+        """What the inputs lost besides their bad lines (after :meth:`events` ran): LOBSTER
+        files stopped early (``file row N: reason``), Binance chain breaks and the diffs they
+        dropped. Empty when nothing was lost."""
+        out: dict[str, object] = {}
+        stopped = [st.stopped_at for st in self.lobster_stats if st.stopped_at]
+        stopped += [f"{inst}: {st.stopped_at}" for inst, st in self.binance_stats if st.stopped_at]
+        if stopped:
+            out["stopped_early"] = stopped
+        breaks = {
+            inst: {
+                "resyncs": st.resyncs,
+                "diffs_dropped_unsynced": st.diffs_dropped_unsynced,
+                "first_break": st.resync_details[0] if st.resync_details else "",
+            }
+            for inst, st in self.binance_stats
+            if st.resyncs or st.diffs_dropped_unsynced
+        }
+        if breaks:
+            out["chain_breaks"] = breaks
+        return out
 
     def _bad_line(self, file: str, line: int, raw: bytes, reason: str) -> None:
         self.bad_lines.append(BadLine(file, line, raw, reason))
