@@ -154,7 +154,7 @@ def test_non_ascii_and_truncated_rows_are_named(tmp_path: Path) -> None:
         list(iter_lobster_events(msg, ob))
     msg2, ob = _copy_sample(tmp_path)
     ob.write_bytes(ob.read_bytes().replace(b"\n", b"\xe9\n", 3))
-    with pytest.raises(LobsterFileError, match="orderbook_10.csv row 1"):
+    with pytest.raises(LobsterFileError, match=r"orderbook_10\.csv row 1"):
         list(iter_lobster_events(msg2, ob))
 
 
