@@ -24,7 +24,10 @@ Per record, in this order:
    end of input (:func:`udfs.market.quality.flush`).
 
 Every record read ends up either processed or dead-lettered, never both and never neither:
-``events_in == events_processed + dead_lettered`` holds per instrument.
+``events_in == events_processed + dead_lettered`` holds per instrument. That includes a record
+that passes the schema and still makes a step fail (a defect): it is dead-lettered as
+``unprocessable`` with the exception, and the stream goes on -- one record can never stop the
+job (restarts would meet it again and again).
 """
 
 from __future__ import annotations
@@ -204,6 +207,30 @@ def process_record(
         return state, result
     if state is None:
         state = InstrumentState.new(ev.instrument)
+    try:
+        return state, _process_decoded(
+            state, ev, cfg, out_of_orderness_ms, trader, stale_after_ms, result, refuse
+        )
+    except Exception as exc:  # noqa: BLE001 - no record may stop the job: set it aside
+        result.features.clear()
+        result.signals.clear()
+        result.orders.clear()
+        result.dead_letters.clear()
+        refuse(Reason.UNPROCESSABLE, f"{type(exc).__name__}: {exc}", ev.ts_event)
+        return state, result
+
+
+def _process_decoded(
+    state: InstrumentState,
+    ev: L2Event,
+    cfg: FeatureConfig,
+    out_of_orderness_ms: int,
+    trader: Trader | None,
+    stale_after_ms: int,
+    result: ProcessResult,
+    refuse,
+) -> ProcessResult:
+    """Steps 3-6 and trading for a decoded event of ``state``'s instrument."""
     row, refusal = process_event(state, ev, cfg, out_of_orderness_ms, stale_after_ms)
     quality = state.quality
     if state.max_ts_event >= quality.close_at:
@@ -216,12 +243,13 @@ def process_record(
         quality.close_at = watermark_minute + MINUTE_NS + bound_ns
     if refusal is not None:
         refuse(*refusal, ev.ts_event)
-        return state, result
-    state.events_in += 1
-    state.events_processed += 1
+        return result
     if row is not None:
         if trader is not None:
             result.signals, result.orders = trader.on_features(state.trading, row, ev)
         row["ts_proc"] = time.time_ns()
         result.features.append(row)
-    return state, result
+    # counted last: a step that raised above leaves the record to the dead-letter count
+    state.events_in += 1
+    state.events_processed += 1
+    return result

@@ -31,13 +31,28 @@ Field semantics
 ``ts_proc``     time the stream job processed it, ns (0 until then). Carried for latency
                 accounting only: no result depends on it.
 ``flags``       bit set, see ``F_*``.
+
+Bounds (a record outside them is refused with the field and the reason: ``SchemaError``)
+------------------------------------------------------------------------------------------
+Every integer is a JSON integer (not a float, a string or a boolean) within int64, the type of
+its Kafka/Iceberg/ClickHouse column. On top of that: ``price_exp``/``size_exp`` in
+:data:`EXP_RANGE` (-18..18: 10**18 is the widest scale an int64 column can carry);
+``size``, ``seq``, ``seq_first``, ``seq_prev``, ``ts_recv``, ``ts_proc`` >= 0; ``ts_event`` > 0;
+``flags`` only the bits of ``F_*`` (a new bit needs a new schema version); ``kind`` and
+``side`` one of their enums (a string); ``instrument`` and ``venue`` at most
+:data:`MAX_NAME_LEN` characters, ``instrument`` not empty; book and trade kinds need side B or
+A and ``price`` > 0; a ``halt`` carries LOBSTER's code -1, 0 or 1 as ``price``. The trading
+records (:func:`decode_record`) follow the same rules field by field from their dataclass types
+(integers within int64, floats finite, booleans JSON booleans, enums their values) plus:
+quantities and prices >= 0 (a new order needs quantity > 0, a new limit order price > 0),
+exponents in :data:`EXP_RANGE`, times >= 0, a signal's ``direction`` -1, 0 or +1.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -59,6 +74,8 @@ __all__ = [
     "F_LAST",
     "F_SNAPSHOT",
     "SCHEMA_VERSION",
+    "EXP_RANGE",
+    "MAX_NAME_LEN",
     "SUPPORTED_VERSIONS",
     "TRADE_KINDS",
     "Control",
@@ -91,6 +108,14 @@ F_LAST = 1
 """Last record of an atomic batch: the book is consistent after it."""
 F_SNAPSHOT = 2
 """Record belongs to a snapshot (``clear`` + ``snapshot`` levels)."""
+_KNOWN_FLAGS = F_LAST | F_SNAPSHOT
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+EXP_RANGE = range(-18, 19)
+"""Allowed ``price_exp``/``size_exp``: ``10**18`` is the widest scale an int64 carries; beyond
+it a value could not be rendered or compared without float overflow."""
+MAX_NAME_LEN = 64
+"""Longest ``instrument``/``venue`` (``SYMBOL.VENUE``)."""
 
 
 class Kind(StrEnum):
@@ -226,6 +251,8 @@ def encode_event(e: L2Event) -> bytes:
 def _check_int(name: str, value: Any) -> int:
     # bool is an int subclass in Python; a JSON true is not a number here
     if type(value) is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise SchemaError(name, f"{value} is outside int64")
         return value
     if isinstance(value, float):
         if math.isnan(value):
@@ -264,6 +291,19 @@ def validate_fields(d: dict[str, Any]) -> L2Event:
             values[name] = value
     if not values["instrument"]:
         raise SchemaError("instrument", "empty")
+    for name in ("instrument", "venue"):
+        if len(values[name]) > MAX_NAME_LEN:
+            raise SchemaError(name, f"longer than {MAX_NAME_LEN} characters")
+    for name in ("price_exp", "size_exp"):
+        if values[name] not in EXP_RANGE:
+            raise SchemaError(
+                name, f"{values[name]} is outside {EXP_RANGE.start}..{EXP_RANGE.stop - 1}"
+            )
+    for name in ("seq", "seq_first", "seq_prev", "ts_recv", "ts_proc"):
+        if values[name] < 0:
+            raise SchemaError(name, f"negative: {values[name]}")
+    if values["flags"] & ~_KNOWN_FLAGS or values["flags"] < 0:
+        raise SchemaError("flags", f"unknown flag bits in {values['flags']}")
     kind = _KINDS.get(values["kind"])
     if kind is None:
         raise SchemaError("kind", f"unknown kind {values['kind']!r}")
@@ -280,6 +320,8 @@ def validate_fields(d: dict[str, Any]) -> L2Event:
             raise SchemaError(
                 "price", f"{kind.value} needs a positive price, got {values['price']}"
             )
+    if kind is Kind.HALT and values["price"] not in (-1, 0, 1):
+        raise SchemaError("price", f"halt code must be -1, 0 or 1, got {values['price']}")
     if values["ts_event"] <= 0:
         raise SchemaError("ts_event", f"not a valid exchange time: {values['ts_event']}")
     return L2Event(**values)
@@ -296,22 +338,37 @@ def _fast_event(d: Any) -> L2Event | None:
     if type(d) is not dict or d.keys() != _FIELD_NAMES or d["v"] != SCHEMA_VERSION:
         return None
     for name in _INT_FIELDS:
-        if type(d[name]) is not int:
+        value = d[name]
+        if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
             return None
-    kind = _KINDS.get(d["kind"])
-    side = _SIDES.get(d["side"])
-    instrument = d["instrument"]
+    kind_text, side_text, instrument = d["kind"], d["side"], d["instrument"]
+    if type(kind_text) is not str or type(side_text) is not str:
+        return None  # a list or an object is not a key of the enum tables (unhashable)
+    kind = _KINDS.get(kind_text)
+    side = _SIDES.get(side_text)
     if (
         kind is None
         or side is None
         or type(instrument) is not str
-        or not instrument
+        or not 0 < len(instrument) <= MAX_NAME_LEN
         or type(d["venue"]) is not str
+        or len(d["venue"]) > MAX_NAME_LEN
         or d["size"] < 0
         or d["ts_event"] <= 0
+        or d["price_exp"] not in EXP_RANGE
+        or d["size_exp"] not in EXP_RANGE
+        or d["seq"] < 0
+        or d["seq_first"] < 0
+        or d["seq_prev"] < 0
+        or d["ts_recv"] < 0
+        or d["ts_proc"] < 0
+        or d["flags"] & ~_KNOWN_FLAGS
+        or d["flags"] < 0
     ):
         return None
     if (kind in BOOK_KINDS or kind in TRADE_KINDS) and (side is Side.NONE or d["price"] <= 0):
+        return None
+    if kind is Kind.HALT and d["price"] not in (-1, 0, 1):
         return None
     return L2Event(
         instrument,
@@ -363,6 +420,9 @@ class Reason(StrEnum):
     NEGATIVE_LEVEL = "negative_level"
     KEY_MISMATCH = "key_mismatch"
     """Kafka key differs from the record's instrument (it would land on the wrong book)."""
+    UNPROCESSABLE = "unprocessable"
+    """The record passed the schema yet made the stage fail (``reason`` names the exception):
+    a defect to report. The record is set aside so that the stage goes on (no poison pill)."""
 
 
 DEAD_LETTER_VERSION = 1
@@ -381,7 +441,8 @@ class DeadLetter:
     reason: str
     raw: str
     stage: str
-    """Which stage refused it: ``ingest``, ``features`` or ``history``."""
+    """Which stage refused it: ``ingest`` (publisher), ``features`` (the Flink job),
+    ``execution`` (execution sink), ``history`` (history sink) or ``replay``."""
     ts_event: int = 0
     ts_dead: int = 0
     """Processing time of the decision, ns (information only)."""
@@ -394,9 +455,31 @@ class DeadLetter:
 
 
 def decode_dead_letter(raw: bytes | str) -> DeadLetter:
-    d = json.loads(raw)
-    d["reason_code"] = Reason(d["reason_code"])
-    return DeadLetter(**d)
+    """Inverse of :meth:`DeadLetter.to_json`; raises :class:`SchemaError` naming the field."""
+    try:
+        d = _loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError("record", f"malformed JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise SchemaError("record", "expected a JSON object")
+    if d.get("v", DEAD_LETTER_VERSION) != DEAD_LETTER_VERSION or type(d.get("v", 1)) is not int:
+        raise SchemaError("v", f"unknown dead-letter version {d.get('v')!r}")
+    code = d.get("reason_code")
+    if type(code) is not str or code not in _REASONS:
+        raise SchemaError("reason_code", f"unknown reason code {code!r}")
+    d["reason_code"] = _REASONS[code]
+    hints = _FIELD_HINTS[DeadLetter]
+    for name, value in d.items():
+        if name == "reason_code":
+            continue
+        hint = hints.get(name)
+        if hint is None:
+            raise SchemaError(name, "unknown field")
+        d[name] = _check_value(name, hint, value)
+    try:
+        return DeadLetter(**d)
+    except TypeError as exc:
+        raise SchemaError("record", str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -580,6 +663,58 @@ _TRADING_ENUMS: dict[type, dict[str, type]] = {
     Signal: {},
     RiskReport: {},
 }
+_EXP_FIELDS = frozenset({"price_exp", "size_exp"})
+_SIGNED_INT_FIELDS = frozenset({"position", "direction", "partition"})
+"""integers of the trading records that may be negative (everything else is >= 0)"""
+
+
+def _check_value(name: str, hint: str, value: Any) -> Any:
+    """One field of a trading record against its declared type (a string annotation under
+    ``from __future__ import annotations``)."""
+    if hint == "int":
+        value = _check_int(name, value)
+        if name in _EXP_FIELDS:
+            if value not in EXP_RANGE:
+                raise SchemaError(
+                    name, f"{value} is outside {EXP_RANGE.start}..{EXP_RANGE.stop - 1}"
+                )
+        elif value < 0 and name not in _SIGNED_INT_FIELDS:
+            raise SchemaError(name, f"negative: {value}")
+        return value
+    if hint == "float":
+        if type(value) is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise SchemaError(name, f"{value} is outside int64")
+            return float(value)
+        if type(value) is not float:
+            raise SchemaError(name, f"expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise SchemaError(name, f"not a finite number: {value!r}")
+        return value
+    if hint == "str":
+        if type(value) is not str:
+            raise SchemaError(name, f"expected string, got {type(value).__name__} {value!r}")
+        return value
+    if hint == "bool":
+        if type(value) is not bool:
+            raise SchemaError(name, f"expected a JSON boolean, got {value!r}")
+        return value
+    if hint == "dict[str, int]":
+        if type(value) is not dict:
+            raise SchemaError(name, f"expected an object, got {type(value).__name__}")
+        return {k: _check_int(f"{name}.{k}", v) for k, v in value.items()}
+    return value  # enums: checked by the caller
+
+
+def _check_trading(cls: type, d: dict[str, Any]) -> None:
+    """Record-specific rules beyond the field types (see the module docstring)."""
+    if cls is Order and d.get("action") is OrderAction.NEW:
+        if d.get("quantity", 0) <= 0:
+            raise SchemaError("quantity", f"a new order needs quantity > 0, got {d['quantity']}")
+        if d.get("order_type") is OrderType.LIMIT and d.get("price", 0) <= 0:
+            raise SchemaError("price", f"a new limit order needs price > 0, got {d['price']}")
+    if cls is Signal and d.get("direction") not in (-1, 0, 1):
+        raise SchemaError("direction", f"must be -1, 0 or 1, got {d.get('direction')}")
 
 
 def decode_record(cls: type, raw: bytes | str):
@@ -590,13 +725,24 @@ def decode_record(cls: type, raw: bytes | str):
         raise SchemaError("record", f"malformed JSON: {exc}") from exc
     if not isinstance(d, dict):
         raise SchemaError("record", "expected a JSON object")
-    if d.get("v") != TRADING_VERSION:
-        raise SchemaError("v", f"unknown schema version {d.get('v')!r}")
+    version = d.get("v")
+    if type(version) is not int or version != TRADING_VERSION:
+        raise SchemaError("v", f"unknown schema version {version!r}")
     for name, enum in _TRADING_ENUMS[cls].items():
+        value = d.get(name)
+        if type(value) is not str:
+            raise SchemaError(name, f"invalid {name} {value!r}")
         try:
-            d[name] = enum(d[name])
-        except (KeyError, ValueError) as exc:
-            raise SchemaError(name, f"invalid {name} {d.get(name)!r}") from exc
+            d[name] = enum(value)
+        except ValueError as exc:
+            raise SchemaError(name, f"invalid {name} {value!r}") from exc
+    hints = _FIELD_HINTS[cls]
+    for name, value in d.items():
+        hint = hints.get(name)
+        if hint is None:
+            raise SchemaError(name, "unknown field")
+        d[name] = _check_value(name, hint, value)
+    _check_trading(cls, d)
     try:
         return cls(**d)
     except TypeError as exc:
@@ -672,3 +818,9 @@ def decode_row(cls: type, raw: bytes | str):
         return cls(**d)
     except TypeError as exc:
         raise SchemaError("record", str(exc)) from exc
+
+
+_FIELD_HINTS: dict[type, dict[str, str]] = {
+    cls: {f.name: str(f.type) for f in fields(cls)} for cls in (*_TRADING_ENUMS, DeadLetter)
+}
+_REASONS = {r.value: r for r in Reason}
