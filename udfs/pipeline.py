@@ -211,7 +211,7 @@ def process_record(
         return state, _process_decoded(
             state, ev, cfg, out_of_orderness_ms, trader, stale_after_ms, result, refuse
         )
-    except Exception as exc:  # noqa: BLE001 - no record may stop the job: set it aside
+    except Exception as exc:  # no record may stop the job: set it aside
         result.features.clear()
         result.signals.clear()
         result.orders.clear()

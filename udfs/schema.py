@@ -71,11 +71,11 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "BOOK_KINDS",
+    "EXP_RANGE",
     "F_LAST",
     "F_SNAPSHOT",
-    "SCHEMA_VERSION",
-    "EXP_RANGE",
     "MAX_NAME_LEN",
+    "SCHEMA_VERSION",
     "SUPPORTED_VERSIONS",
     "TRADE_KINDS",
     "Control",
