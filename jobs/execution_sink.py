@@ -14,6 +14,14 @@ the committed offsets through the same engine without publishing, and checks the
 resting orders that gives against its own output log (the executions topic, read committed);
 only then does it accept new input. The engine is deterministic, so the rebuilt state is the
 state the killed sink had at its last commit.
+
+No poison pill: an input that does not decode (the schema bounds every field: an order with
+quantity ``"10"``, ``inf`` or ``1e30``, a NaN price, a control with a string ``ts_event``), or
+that makes the engine raise, is published to the dead-letter topic with stage ``execution``,
+its topic, partition, offset and reason -- in the same transaction as the batch it belongs to
+-- and the sink goes on. ``inputs == fed + late_skipped + heartbeats + dead_lettered``; a
+restart rebuilding its state meets those records again and sets them aside again without
+publishing anything twice.
 """
 
 from __future__ import annotations
@@ -35,9 +43,12 @@ from udfs.execution.portfolio import Portfolio
 from udfs.execution.sequencer import Sequencer
 from udfs.schema import (
     Control,
+    DeadLetter,
     ExecKind,
     ExecReport,
+    L2Event,
     Order,
+    Reason,
     RiskReport,
     SchemaError,
     decode_event,
@@ -55,7 +66,7 @@ class SinkResult:
     inputs: int = 0
     outputs: int = 0
     skipped: int = 0
-    """records that failed to decode (market events the stream job dead-lettered already)"""
+    """inputs refused (do not decode, or made the engine raise): each one is dead-lettered"""
     rebuilt_inputs: int = 0
     stats: dict = field(default_factory=dict)
     positions: dict = field(default_factory=dict)
@@ -81,17 +92,77 @@ def _history_start(
     return start_offsets
 
 
-def _decode(sequencer: Sequencer, topic: str, partition: int, cfg: Config, value: bytes) -> bool:
+def decode_input(cfg: Config, topic: str, value: bytes | None) -> L2Event | Order | Control:
+    """One input record of the sink, by topic; :class:`SchemaError` names the field."""
+    if value is None:
+        raise SchemaError("record", "empty value (tombstone)")
+    if topic == cfg.topics.events:
+        return decode_event(value)
+    if topic == cfg.topics.orders:
+        return decode_record(Order, value)
+    return decode_record(Control, value)
+
+
+def refusal(
+    topic: str, partition: int, offset: int, key: str, value: bytes | None, code: Reason, why: str
+) -> DeadLetter:
+    """The dead letter of an input the sink could not use (stage ``execution``)."""
+    return DeadLetter(
+        source=f"kafka:{topic}",
+        partition=partition,
+        offset=offset,
+        key=key,
+        reason_code=code,
+        reason=why,
+        raw=(value or b"").decode("utf-8", "replace"),
+        stage="execution",
+        ts_dead=time.time_ns(),
+    )
+
+
+def _decode(sequencer: Sequencer, cfg: Config, msg, dead: list[DeadLetter] | None = None) -> bool:
+    """Decode one input and hand it to the sequencer; a refusal goes to ``dead`` (None: the
+    cold-start rebuild, which publishes nothing) and returns False."""
+    topic, partition, value = msg.topic(), msg.partition(), msg.value()
     try:
-        if topic == cfg.topics.events:
-            sequencer.add_market(decode_event(value), partition)
-        elif topic == cfg.topics.orders:
-            sequencer.add_order(decode_record(Order, value), partition)
-        else:
-            sequencer.add_control(decode_record(Control, value))
-    except SchemaError:
+        record = decode_input(cfg, topic, value)
+    except SchemaError as exc:
+        if dead is not None:
+            code = {"record": Reason.MALFORMED, "v": Reason.UNKNOWN_VERSION}.get(
+                exc.field, Reason.SCHEMA
+            )
+            key = msg.key().decode("utf-8", "replace") if msg.key() else ""
+            dead.append(refusal(topic, partition, msg.offset(), key, value, code, str(exc)))
         return False
+    origin = (topic, partition, msg.offset(), msg.key(), value)
+    if isinstance(record, L2Event):
+        sequencer.add_market(record, partition, origin)
+    elif isinstance(record, Order):
+        sequencer.add_order(record, partition, origin)
+    else:
+        sequencer.add_control(record, origin)
     return True
+
+
+def _take_refused(sequencer: Sequencer, dead: list[DeadLetter] | None) -> int:
+    """Dead letters for the inputs the engine raised on (None: rebuild, nothing published)."""
+    refused, sequencer.refused = sequencer.refused, []
+    for origin, _item, why in refused:
+        logger.error("execution sink: input set aside: %s (%s)", why, origin and origin[:3])
+        if dead is not None:
+            topic, partition, offset, key, value = origin or ("", -1, -1, None, None)
+            dead.append(
+                refusal(
+                    topic,
+                    partition,
+                    offset,
+                    key.decode("utf-8", "replace") if key else "",
+                    value,
+                    Reason.UNPROCESSABLE,
+                    why,
+                )
+            )
+    return len(refused)
 
 
 def _complete(sequencer: Sequencer, cfg: Config, key: tuple[str, int]) -> None:
@@ -252,11 +323,12 @@ def run_sink(
                 k = (msg.topic(), msg.partition())
                 if k not in remaining or msg.offset() >= remaining[k]:
                     continue
-                _decode(sequencer, msg.topic(), msg.partition(), cfg, msg.value())
+                _decode(sequencer, cfg, msg)
                 result.rebuilt_inputs += 1
                 if msg.offset() + 1 >= remaining[k]:
                     del remaining[k]
             sequencer.drain()
+            _take_refused(sequencer, None)
         logger.info("%s: replayed %d inputs of its history", group, result.rebuilt_inputs)
         _check_against_log(cfg, engine, group)
 
@@ -273,6 +345,7 @@ def run_sink(
                 _complete(sequencer, cfg, k)
     pending_inputs = 0
     last_input = time.monotonic()
+    dead: list[DeadLetter] = []
 
     def publish(outputs: list[Output]) -> None:
         for out in outputs:
@@ -286,8 +359,14 @@ def run_sink(
         result.outputs += len(outputs)
 
     def commit(outputs: list[Output]) -> None:
+        result.skipped += _take_refused(sequencer, dead)
         producer.begin_transaction()
         publish(outputs)
+        for letter in dead:  # with the outputs and offsets of the batch: exactly once
+            producer.produce(
+                cfg.topics.dead_letter, key=letter.key or None, value=letter.to_json().encode()
+            )
+        dead.clear()
         positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
         if positions:
             producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
@@ -303,7 +382,7 @@ def run_sink(
             k = (msg.topic(), msg.partition())
             if bounded and (k not in remaining or msg.offset() >= remaining[k]):
                 continue
-            if not _decode(sequencer, msg.topic(), msg.partition(), cfg, msg.value()):
+            if not _decode(sequencer, cfg, msg, dead):
                 result.skipped += 1
             result.inputs += 1
             pending_inputs += 1

@@ -16,7 +16,10 @@ not). Consumer-group offsets are not used at all; the table is the only truth.
 Records are read ``read_committed``, so the execution sink's aborted transactions never reach
 history. A record that does not decode is not stored in its table: it is published to the
 dead-letter topic with stage ``history`` and its reason (a malformed record of the dead-letter
-topic itself is stored in ``dead_letters`` as such, so it cannot loop).
+topic itself is stored in ``dead_letters`` as such, so it cannot loop). Nor is a record that
+decodes but does not fit its table's columns (an integer beyond int64 in a features column, a
+time whose ``event_time`` cannot be represented, a value of the wrong kind): the batch is
+checked row by row only when it does not convert as a whole, so the common case costs nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from jobs.lake import (
     open_catalog,
 )
 from udfs.config import Config
-from udfs.history import Stream, rows_to_table
+from udfs.history import Stream, fit_rows, rows_to_table
 from udfs.schema import DeadLetter, Reason, SchemaError
 
 __all__ = ["HistoryResult", "run_history_sink"]
@@ -46,6 +49,9 @@ __all__ = ["HistoryResult", "run_history_sink"]
 logger = logging.getLogger(__name__)
 
 _DECODE_ERRORS = (SchemaError, ValueError, TypeError, KeyError, UnicodeDecodeError)
+_FIT_ERRORS = (ValueError, TypeError, OverflowError, KeyError, ArithmeticError)
+"""what pyarrow raises for a value that does not fit a column (ArrowInvalid, ArrowTypeError
+are ValueError/TypeError subclasses)"""
 
 
 @dataclass
@@ -141,11 +147,23 @@ def run_history_sink(
                 rows.append(own_row)
             parts.append(p)
             offs.append(o)
+        try:
+            arrow = rows_to_table(stream, rows, parts, offs)
+        except _FIT_ERRORS:
+            # some row does not fit its columns: find it (them), refuse it, keep the rest
+            rows, parts, offs, misfits = fit_rows(stream, rows, parts, offs)
+            for p, o, why in misfits:
+                result.dead_lettered += 1
+                value = buf.values[buf.offsets.index(o)] if o in buf.offsets else b""
+                own_row = _refuse(cfg, producer, stream, topic, p, o, value, ValueError(why))
+                if own_row is not None:
+                    rows.append(own_row)
+                    parts.append(p)
+                    offs.append(o)
+            arrow = rows_to_table(stream, rows, parts, offs)
         producer.flush(30)  # the refusals are on the dead-letter topic before the commit
         table = tables[stream.name]
-        tables[stream.name] = append_with_offsets(
-            table, rows_to_table(stream, rows, parts, offs), topic, buf.next_offsets
-        )
+        tables[stream.name] = append_with_offsets(table, arrow, topic, buf.next_offsets)
         stored[topic].update(buf.next_offsets)
         result.rows[stream.name] += len(rows)
         result.commits += 1

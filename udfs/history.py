@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -49,6 +50,7 @@ from udfs.schema import (
 __all__ = [
     "PROVENANCE_COLUMNS",
     "Stream",
+    "fit_rows",
     "rows_to_table",
     "streams",
 ]
@@ -143,7 +145,8 @@ def _json_decoder(
     is a :class:`SchemaError`."""
     fields = tuple(fields)
     required = frozenset(required)
-    numeric = {n for n, t in fields if pa.types.is_integer(t) or pa.types.is_floating(t)}
+    integers = {n for n, t in fields if pa.types.is_integer(t)}
+    floats = {n for n, t in fields if pa.types.is_floating(t)}
     strings = {n for n, t in fields if pa.types.is_string(t)}
 
     def to_row(raw: bytes) -> dict[str, Any]:
@@ -160,10 +163,14 @@ def _json_decoder(
         for name, _t in fields:
             value = d.get(name)
             if value is not None:
-                if name in numeric and (
-                    isinstance(value, bool) or not isinstance(value, int | float)
+                # pyarrow would silently truncate 1.5 into an int64 column: refuse it here
+                if name in integers and (type(value) is not int or not -(2**63) <= value < 2**63):
+                    raise SchemaError(name, f"expected an int64 integer, got {value!r}")
+                if name in floats and not (
+                    (type(value) is float and math.isfinite(value))
+                    or (type(value) is int and -(2**63) <= value < 2**63)
                 ):
-                    raise SchemaError(name, f"expected a number, got {value!r}")
+                    raise SchemaError(name, f"expected a finite number, got {value!r}")
                 if name in strings and not isinstance(value, str):
                     raise SchemaError(name, f"expected a string, got {value!r}")
             row[name] = value
@@ -276,3 +283,23 @@ def rows_to_table(
     table = pa.Table.from_arrays(cols, schema=schema)
     keys = [(c, "ascending") for c in (*stream.sort_by, "_partition", "_offset")]
     return table.sort_by(keys)
+
+
+def fit_rows(
+    stream: Stream, rows: list[dict[str, Any]], partitions: list[int], offsets: list[int]
+) -> tuple[list[dict[str, Any]], list[int], list[int], list[tuple[int, int, str]]]:
+    """Split decoded rows into those that fit ``stream``'s columns and those that do not:
+    (rows, partitions, offsets, [(partition, offset, reason)]). A row fits when it converts
+    alone (:func:`rows_to_table` of that one row), so the rule is pyarrow's own."""
+    kept: tuple[list[dict[str, Any]], list[int], list[int]] = ([], [], [])
+    misfits: list[tuple[int, int, str]] = []
+    for row, p, o in zip(rows, partitions, offsets, strict=True):
+        try:
+            rows_to_table(stream, [row], [p], [o])
+        except (ValueError, TypeError, OverflowError, KeyError, ArithmeticError) as exc:
+            misfits.append((p, o, f"does not fit the {stream.name} table: {exc}"))
+            continue
+        kept[0].append(row)
+        kept[1].append(p)
+        kept[2].append(o)
+    return (*kept, misfits)

@@ -25,6 +25,12 @@ only:
   stream job dead-lettered it and no order came from it, so the venue skips it too.
 
 So a live run, a replay and a run restarted from its inputs feed the engine identically.
+
+An input that makes the engine raise (it passed the schema, so this is a defect) is set aside
+in :attr:`Sequencer.refused` with where it came from (``origin``, given when it was added) and
+the exception; the inputs after it are fed as usual. The sink dead-letters it: one record can
+never stop the sink, nor every restart after it (its rebuild meets the same record again and
+sets it aside again, deterministically).
 """
 
 from __future__ import annotations
@@ -67,27 +73,37 @@ class Sequencer:
     no longer matter"""
     fed: int = 0
     late_skipped: int = 0
+    origin: dict[int, object] = field(default_factory=dict)
+    """id(input) -> where it came from (e.g. topic, partition, offset), for inputs waiting"""
+    refused: list[tuple[object, object, str]] = field(default_factory=list)
+    """(origin, input, reason) of inputs the engine raised on; the caller takes them"""
 
-    def add_market(self, ev: L2Event, partition: int = 0) -> None:
+    def add_market(self, ev: L2Event, partition: int = 0, origin: object = None) -> None:
         newest = self.instrument_seen.get(ev.instrument)
         if newest is not None and ev.ts_event < newest - self.lateness_ns:
             self.late_skipped += 1  # the job dead-lettered it as late: not a market fact
             return
+        if origin is not None:
+            self.origin[id(ev)] = origin
         self.market.setdefault(ev.instrument, deque()).append(ev)
         if newest is None or ev.ts_event > newest:
             self.instrument_seen[ev.instrument] = ev.ts_event
         if ev.ts_event > self.partition_seen.get(partition, -(2**63)):
             self.partition_seen[partition] = ev.ts_event
 
-    def add_order(self, order: Order, partition: int = 0) -> None:
+    def add_order(self, order: Order, partition: int = 0, origin: object = None) -> None:
         self.order_partition[order.instrument] = partition
         if order.action is OrderAction.HEARTBEAT:
             prev = self.frontier.get(order.instrument, 0)
             self.frontier[order.instrument] = max(prev, order.ts_event)
             return
+        if origin is not None:
+            self.origin[id(order)] = origin
         self.orders.setdefault(order.instrument, deque()).append(order)
 
-    def add_control(self, ctrl: Control) -> None:
+    def add_control(self, ctrl: Control, origin: object = None) -> None:
+        if origin is not None:
+            self.origin[id(ctrl)] = origin
         self.controls.append(ctrl)
 
     def market_complete(self, partition: int) -> None:
@@ -150,17 +166,23 @@ class Sequencer:
         and let the engine resolve what is in flight."""
         limit = float("inf") if final else self.safe_time()
         out: list[Output] = []
+        engine = self.engine
         while (nxt := self._next(limit)) is not None:
             kind, inst, item = nxt
-            if kind == _CONTROL:
-                self.controls.popleft()
-                out += self.engine.on_control(item)
-            elif kind == _MARKET:
-                self.market[inst].popleft()
-                out += self.engine.on_market_event(item)
-            else:
-                self.orders[inst].popleft()
-                out += self.engine.on_order(item)
+            origin = self.origin.pop(id(item), None) if self.origin else None
+            try:
+                if kind == _CONTROL:
+                    self.controls.popleft()
+                    out += engine.on_control(item)  # type: ignore[arg-type]
+                elif kind == _MARKET:
+                    self.market[inst].popleft()
+                    out += engine.on_market_event(item)  # type: ignore[arg-type]
+                else:
+                    self.orders[inst].popleft()
+                    out += engine.on_order(item)  # type: ignore[arg-type]
+            except Exception as exc:  # a defect: set the input aside, never stop on it
+                self.refused.append((origin, item, f"{type(exc).__name__}: {exc}"))
+                continue
             self.fed += 1
         if final:
             out += self.engine.finish()
