@@ -59,7 +59,17 @@ from jobs.publish import produce_events
 from jobs.stream_job import build_stream_job
 from udfs.config import Config, load_config
 from udfs.history import Stream
-from udfs.schema import ControlCommand, Kind, L2Event, OrderAction, Side
+from udfs.schema import (
+    Control,
+    ControlCommand,
+    DeadLetter,
+    L2Event,
+    OrderAction,
+    Reason,
+    SchemaError,
+    decode_record,
+    validate_fields,
+)
 
 __all__ = ["ReplayRange", "replay", "replay_run"]
 
@@ -113,10 +123,47 @@ def _read(
 
 
 def _event_of(stream: Stream, row: dict[str, Any]) -> L2Event:
-    """A stored events row back to its event (the row's own columns are the event's fields)."""
-    values = {c: row[c] for c in stream.columns}
-    values["kind"], values["side"] = Kind(values["kind"]), Side(values["side"])
-    return L2Event(**values)
+    """A stored events row back to its event, through the schema's own validation (a row the
+    lake holds may still be one the schema refuses: :class:`SchemaError`)."""
+    return validate_fields({c: row.get(c) for c in stream.columns})
+
+
+def _control_value(stream: Stream, row: dict[str, Any]) -> bytes:
+    """A stored control row back to its record, checked by the schema (:class:`SchemaError`)."""
+    value = json.dumps({c: row.get(c) for c in stream.columns}, separators=(",", ":")).encode()
+    decode_record(Control, value)
+    return value
+
+
+def rows_to_inputs(
+    stream: Stream, rows: list[dict[str, Any]], table_topic: str, convert
+) -> tuple[list[Any], list[DeadLetter]]:
+    """``convert`` each stored row; a row it refuses (or that breaks it) becomes a dead letter
+    with stage ``replay``, the table's Kafka position of the row and the reason -- one bad row
+    never stops a replay."""
+    out: list[Any] = []
+    dead: list[DeadLetter] = []
+    for row in rows:
+        try:
+            out.append(convert(stream, row))
+        except Exception as exc:  # SchemaError, or a row the lake should never have held
+            partition, offset = row.get("_partition"), row.get("_offset")
+            dead.append(
+                DeadLetter(
+                    source=f"iceberg:{stream.name}:{table_topic}",
+                    partition=partition if type(partition) is int else -1,
+                    offset=offset if type(offset) is int else -1,
+                    key=str(row.get("instrument") or ""),
+                    reason_code=Reason.SCHEMA
+                    if isinstance(exc, SchemaError)
+                    else (Reason.UNPROCESSABLE),
+                    reason=f"{type(exc).__name__}: {exc}",
+                    raw=json.dumps(row, default=str, sort_keys=True),
+                    stage="replay",
+                    ts_dead=time.time_ns(),
+                )
+            )
+    return out, dead
 
 
 def _stable(stream: Stream, row: dict[str, Any]) -> str:
@@ -198,13 +245,22 @@ def replay(
         control_rows = [
             r
             for r in _read(catalog, cfg, streams["control"], live_topics.control, rng)
-            if r["command"] != ControlCommand.KILL_TRIPPED.value
+            if r.get("command") != ControlCommand.KILL_TRIPPED.value
         ]
+        events, dead = rows_to_inputs(streams["events"], event_rows, live_topics.events, _event_of)
+        controls, dead_controls = rows_to_inputs(
+            streams["control"], control_rows, live_topics.control, _control_value
+        )
+        dead += dead_controls
         read_s = time.perf_counter() - t_read
         producer = make_producer(rcfg)
         on_delivery = DeliveryErrors()
         t_pub = time.perf_counter()
-        events = (_event_of(streams["events"], r) for r in event_rows)
+        for letter in dead:
+            logger.warning("replay: stored row refused: %s", letter.reason)
+            producer.produce(
+                rcfg.topics.dead_letter, value=letter.to_json().encode(), on_delivery=on_delivery
+            )
         published = produce_events(
             producer,
             rcfg.topics.events,
@@ -214,14 +270,13 @@ def replay(
             progress=progress,
             desc="replay",
         )
-        for r in control_rows:
+        for value in controls:
+            ctrl = decode_record(Control, value)
             producer.produce(
                 rcfg.topics.control,
-                key=r["instrument"] or None,
-                value=json.dumps(
-                    {c: r[c] for c in streams["control"].columns}, separators=(",", ":")
-                ).encode(),
-                timestamp=max(r["ts_event"] // 1_000_000, 0),
+                key=ctrl.instrument or None,
+                value=value,
+                timestamp=max(ctrl.ts_event // 1_000_000, 0),
             )
         on_delivery.check(rcfg, producer.flush(60))
         publish_s = time.perf_counter() - t_pub
@@ -243,7 +298,8 @@ def replay(
             "replay_id": replay_id,
             "run_id": rng.run_id,
             "events_replayed": published,
-            "control_replayed": len(control_rows),
+            "control_replayed": len(controls),
+            "rows_dead_lettered": len(dead),
             "fills_replayed": sink.stats.get("fills", 0),
             "read_s": round(read_s, 3),
             "publish_s": round(publish_s, 3),

@@ -709,10 +709,11 @@ def _check_value(name: str, hint: str, value: Any) -> Any:
 def _check_trading(cls: type, d: dict[str, Any]) -> None:
     """Record-specific rules beyond the field types (see the module docstring)."""
     if cls is Order and d.get("action") is OrderAction.NEW:
-        if d.get("quantity", 0) <= 0:
-            raise SchemaError("quantity", f"a new order needs quantity > 0, got {d['quantity']}")
-        if d.get("order_type") is OrderType.LIMIT and d.get("price", 0) <= 0:
-            raise SchemaError("price", f"a new limit order needs price > 0, got {d['price']}")
+        quantity, price = d.get("quantity", 0), d.get("price", 0)
+        if quantity <= 0:
+            raise SchemaError("quantity", f"a new order needs quantity > 0, got {quantity}")
+        if d.get("order_type") is OrderType.LIMIT and price <= 0:
+            raise SchemaError("price", f"a new limit order needs price > 0, got {price}")
     if cls is Signal and d.get("direction") not in (-1, 0, 1):
         raise SchemaError("direction", f"must be -1, 0 or 1, got {d.get('direction')}")
 
