@@ -10,6 +10,7 @@ tests below them pin the exact records the review found.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict
@@ -195,10 +196,8 @@ def test_decode_record_accepts_or_names_the_field(cls: type, data: st.DataObject
 @FAST
 @given(record_bytes(TEMPLATES[DeadLetter]))
 def test_decode_dead_letter_accepts_or_names_the_field(raw: bytes) -> None:
-    try:
+    with contextlib.suppress(SchemaError):
         decode_dead_letter(raw)
-    except SchemaError:
-        pass
 
 
 # ---- the Flink job's per-record path --------------------------------------------------------
@@ -414,7 +413,7 @@ def test_replay_control_rows_convert_or_are_dead_lettered(rows: list[dict[str, A
 @given(st.text(max_size=60) | st.lists(json_scalars.map(str), min_size=6, max_size=6).map(",".join))
 def test_lobster_message_line_parses_or_is_refused(line: str) -> None:
     try:
-        ts, mtype, _oid, size, price, direction = parse_message_line(line)
+        ts, mtype, _oid, size, _price, direction = parse_message_line(line)
     except ValueError:
         return
     assert 0 <= ts < 86_400 * 10**9 and 1 <= mtype <= 7 and direction in (1, -1) and size >= 0
@@ -423,10 +422,8 @@ def test_lobster_message_line_parses_or_is_refused(line: str) -> None:
 @FAST
 @given(st.text(max_size=30))
 def test_lobster_time_parses_or_is_refused(text: str) -> None:
-    try:
+    with contextlib.suppress(ValueError):
         assert 0 <= parse_lobster_time(text) < 86_400 * 10**9
-    except ValueError:
-        pass
 
 
 BINANCE_LINES = st.one_of(
