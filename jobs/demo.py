@@ -95,9 +95,15 @@ def run_demo(
     features_out = sum(
         1 for _ in drain_topic(cfg, topics.features, from_offsets=before[topics.features])
     )
+    # the events' own dead letters (publisher and Flink job): what reconciles with events_in;
+    # the execution sink's refusals of orders/controls are counted apart (sink_refused)
     dead = [
-        decode_dead_letter(r.value)
-        for r in drain_topic(cfg, topics.dead_letter, from_offsets=before[topics.dead_letter])
+        letter
+        for letter in (
+            decode_dead_letter(r.value)
+            for r in drain_topic(cfg, topics.dead_letter, from_offsets=before[topics.dead_letter])
+        )
+        if letter.stage in ("ingest", "features")
     ]
     last_stats: dict[str, StatsRow] = {}
     unkeyed_dead = 0
@@ -127,6 +133,7 @@ def run_demo(
         "signals_out": signals_out,
         "orders_sent": orders_sent,
         "orders_rejected": sink.stats.get("rejected", 0),
+        "sink_refused": sink.skipped,
         "fills": sink.stats.get("fills", 0),
         "pnl": round(sink.pnl.get("equity", 0.0), 6),
         "history_rows": history.total_rows,
