@@ -29,6 +29,7 @@ from udfs.execution.sequencer import Sequencer
 from udfs.history import fit_rows, rows_to_table, streams
 from udfs.market.adapters.binance import BinanceAdapter
 from udfs.market.adapters.lobster import parse_lobster_time, parse_message_line
+from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
 from udfs.pipeline import RecordSource, process_record
 from udfs.schema import (
     EXP_RANGE,
@@ -424,6 +425,39 @@ def test_lobster_message_line_parses_or_is_refused(line: str) -> None:
 def test_lobster_time_parses_or_is_refused(text: str) -> None:
     with contextlib.suppress(ValueError):
         assert 0 <= parse_lobster_time(text) < 86_400 * 10**9
+
+
+SAMPLE_MESSAGES = SAMPLE_LOBSTER[0].read_bytes().splitlines()[:200]
+SAMPLE_ROWS = SAMPLE_LOBSTER[1].read_bytes().splitlines()[:200]
+
+
+@settings(FAST, max_examples=20)
+@given(
+    st.sampled_from(["message", "orderbook"]),
+    st.integers(min_value=0, max_value=len(SAMPLE_MESSAGES) - 1),
+    st.binary(max_size=40) | st.text(max_size=40).map(str.encode),
+)
+def test_lobster_file_with_any_bad_line_flushes_and_names_it(
+    tmp_path_factory: Any, which: str, index: int, junk: bytes
+) -> None:
+    """One line of a real LOBSTER pair replaced by anything: the publisher's source never
+    raises; either the line happens to be valid or the stream stops exactly there with the
+    file and row named, and the events before it are the ones of the intact file."""
+    folder = Path(tmp_path_factory.mktemp("lob"))
+    messages, rows = list(SAMPLE_MESSAGES), list(SAMPLE_ROWS)
+    target = messages if which == "message" else rows
+    target[index] = junk.replace(b"\n", b" ").replace(b"\r", b" ")
+    msg, ob = folder / SAMPLE_LOBSTER[0].name, folder / SAMPLE_LOBSTER[1].name
+    msg.write_bytes(b"\n".join(messages) + b"\n")
+    ob.write_bytes(b"\n".join(rows) + b"\n")
+    src = Source(lobster=[(msg, ob)])
+    events = list(src.events())
+    assert len(src.bad_lines) <= 1
+    if src.bad_lines:
+        (bad,) = src.bad_lines
+        assert bad.file == str(msg if which == "message" else ob) or "misaligned" in bad.reason
+        assert src.problems()["stopped_early"]
+        assert all(ev.seq < bad.line for ev in events)
 
 
 BINANCE_LINES = st.one_of(

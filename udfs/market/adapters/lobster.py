@@ -282,7 +282,7 @@ def read_orderbook_rows(
             try:
                 line = raw.decode("ascii").rstrip("\r\n")
                 if not line:
-                    continue  # a blank line is no row (the message file skips them too)
+                    raise ValueError("empty line (every message row needs its orderbook row)")
                 if line != last_line:
                     last_row = _parse_row(line)
                     last_line = line
@@ -501,8 +501,6 @@ class _Adapter:
                     break
                 try:
                     line = raw.decode("ascii")
-                    if not line.strip():
-                        continue
                     t, mtype, order_id, size, price, direction = parse_message_line(line)
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise LobsterFileError(self.message_file, k, str(exc), raw) from None
