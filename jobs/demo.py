@@ -134,6 +134,7 @@ def run_demo(
         "orders_sent": orders_sent,
         "orders_rejected": sink.stats.get("rejected", 0),
         "sink_refused": sink.skipped,
+        "input_problems": pub.problems,
         "fills": sink.stats.get("fills", 0),
         "pnl": round(sink.pnl.get("equity", 0.0), 6),
         "history_rows": history.total_rows,

@@ -426,6 +426,15 @@ class Reason(StrEnum):
 
 
 DEAD_LETTER_VERSION = 1
+MAX_DEAD_RAW_CHARS = 100_000
+"""``raw`` of a dead letter is cut to this many characters (the cut is said at its end)."""
+MAX_DEAD_REASON_CHARS = 2_000
+
+
+def _clip(text: str, limit: int) -> str:
+    if type(text) is not str or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text)} characters, cut]"
 
 
 @dataclass(slots=True)
@@ -447,6 +456,12 @@ class DeadLetter:
     ts_dead: int = 0
     """Processing time of the decision, ns (information only)."""
     v: int = DEAD_LETTER_VERSION
+
+    def __post_init__(self) -> None:
+        # a refused record near Kafka's size limit must not make a dead letter beyond it (the
+        # dead letter itself would then fail to publish and stop the stage): bound both texts
+        self.raw = _clip(self.raw, MAX_DEAD_RAW_CHARS)
+        self.reason = _clip(self.reason, MAX_DEAD_REASON_CHARS)
 
     def to_json(self) -> str:
         d = asdict(self)

@@ -535,3 +535,21 @@ def test_enum_given_as_list_or_object_is_a_schema_error(field: str, value: Any) 
     handlers (unhashable in the enum lookup)."""
     with pytest.raises(SchemaError, match=field):
         decode_event(as_bytes({**TEMPLATES[L2Event], field: value}))
+
+
+def test_dead_letter_of_a_huge_record_stays_small() -> None:
+    """A refused record near Kafka's size limit would make a dead letter beyond it, which then
+    fails to publish and stops the stage: raw and reason are cut, and say so."""
+    huge = "x" * 2_000_000
+    state, result = process_record(
+        None,
+        "AAPL.XNAS",
+        as_bytes({**TEMPLATES[L2Event], "venue": huge}),
+        RecordSource("events", 0, 7),
+        CFG.features,
+        CFG.flink.out_of_orderness_ms,
+    )
+    (letter,) = result.dead_letters
+    assert len(letter.to_json()) < 110_000
+    assert letter.raw.endswith("characters, cut]") and letter.reason.startswith("venue")
+    assert decode_dead_letter(letter.to_json()).offset == 7
