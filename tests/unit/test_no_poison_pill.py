@@ -541,7 +541,7 @@ def test_dead_letter_of_a_huge_record_stays_small() -> None:
     """A refused record near Kafka's size limit would make a dead letter beyond it, which then
     fails to publish and stops the stage: raw and reason are cut, and say so."""
     huge = "x" * 2_000_000
-    state, result = process_record(
+    _state, result = process_record(
         None,
         "AAPL.XNAS",
         as_bytes({**TEMPLATES[L2Event], "venue": huge}),
