@@ -152,9 +152,12 @@ def run_history_sink(
         except _FIT_ERRORS:
             # some row does not fit its columns: find it (them), refuse it, keep the rest
             rows, parts, offs, misfits = fit_rows(stream, rows, parts, offs)
+            raw_at = dict(
+                zip(zip(buf.partitions, buf.offsets, strict=True), buf.values, strict=True)
+            )
             for p, o, why in misfits:
                 result.dead_lettered += 1
-                value = buf.values[buf.offsets.index(o)] if o in buf.offsets else b""
+                value = raw_at.get((p, o), b"")
                 own_row = _refuse(cfg, producer, stream, topic, p, o, value, ValueError(why))
                 if own_row is not None:
                     rows.append(own_row)

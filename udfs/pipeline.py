@@ -188,11 +188,15 @@ def process_record(
 
     try:
         ev = decode_event(raw)
-    except SchemaError as exc:
-        code = {"record": Reason.MALFORMED, "v": Reason.UNKNOWN_VERSION}.get(
-            exc.field, Reason.SCHEMA
-        )
-        refuse(code, str(exc))
+    except Exception as exc:  # SchemaError; anything else is a defect, and no poison pill
+        if isinstance(exc, SchemaError):
+            code = {"record": Reason.MALFORMED, "v": Reason.UNKNOWN_VERSION}.get(
+                exc.field, Reason.SCHEMA
+            )
+            why = str(exc)
+        else:
+            code, why = Reason.UNPROCESSABLE, f"{type(exc).__name__}: {exc}"
+        refuse(code, why)
         if state is not None:  # no trustworthy exchange time: the instrument's current minute
             observe(state.quality, None, code, None, 0)
         return state, result
