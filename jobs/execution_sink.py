@@ -30,7 +30,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,14 +204,27 @@ def _few(ids: Iterable[str], n: int = 5) -> str:
     return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
+def _log_reports(cfg: Config, group_prefix: str) -> Iterator[ExecReport]:
+    """The executions log, read committed; a record that is no execution report is not this
+    sink's output and cannot hold its start back (no poison pill): ignored with a warning."""
+    for rec in drain_topic(cfg, cfg.topics.executions, read_committed=True):
+        try:
+            yield decode_record(ExecReport, rec.value)
+        except SchemaError as exc:
+            logger.warning(
+                "%s: executions[%d]@%d is no execution report (%s): ignored",
+                group_prefix,
+                rec.partition,
+                rec.offset,
+                exc,
+            )
+
+
 def _check_against_log(cfg: Config, engine: ExecutionEngine, group_prefix: str) -> None:
     """Positions and resting orders from the executions log (read committed) must equal the
     rebuilt engine's; a sink that cannot agree with its own history refuses to start, naming
     what differs (e.g. a working order the rebuild lost after a risk limit was changed)."""
-    portfolio, log_resting = _state_from_log(
-        decode_record(ExecReport, rec.value)
-        for rec in drain_topic(cfg, cfg.topics.executions, read_committed=True)
-    )
+    portfolio, log_resting = _state_from_log(_log_reports(cfg, group_prefix))
     log_positions = {i: portfolio.position(i) for i in engine.positions()}
     if {k: v for k, v in log_positions.items() if v} != {
         k: v for k, v in engine.positions().items() if v
