@@ -329,14 +329,15 @@ def trade(kind: Kind, side: Side, sz: int, ts: int = T0, last: bool = False) -> 
 
 
 class Feed:
-    def __init__(self, n: int = 3, window_ms: int = 60_000) -> None:
+    def __init__(self, n: int = 3, window_ms: int = 60_000, lateness_ns: int = 0) -> None:
         self.cfg = FeatureConfig(depth_levels=n, window_ms=window_ms)
         self.book = OrderBook("X.TEST")
         self.state = FeatureState()
+        self.lateness_ns = lateness_ns
 
     def __call__(self, ev: L2Event) -> FeatureRow | None:
         self.book.apply(ev)
-        return on_event(self.state, self.book, ev, self.cfg)
+        return on_event(self.state, self.book, ev, self.cfg, self.lateness_ns)
 
     def batch(self, *evs: L2Event) -> FeatureRow | None:
         out = [self(ev) for ev in evs]
@@ -554,3 +555,118 @@ def test_lobster_real_units(lob: Lobster) -> None:
     assert d["best_bid_px"] == lob.bid_px[0, 0] / 10_000 == 585.33
     assert d["best_ask_px"] == 585.94
     assert d["mid_px"] == pytest.approx((585.33 + 585.94) / 2, **EXACT)
+
+
+# ---------------------------------------------------------------------------------------------
+# windows on real Binance captures: exchange time steps back (trade and depth streams
+# interleave), checked against a brute-force recomputation of every row
+
+BINANCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "binance"
+BINANCE_CAPTURES = {
+    "usdm_0808": ["usdm/btcusdt_20240808.gz"],
+    "usdm_0718_0719": ["usdm/btcusdt_20240718.gz", "usdm/btcusdt_20240719.gz"],
+    "spot_0808_0809": ["spot/btcusdt_20240808.gz", "spot/btcusdt_20240809.gz"],
+    "cm_0808_0809": ["cm/btcusd_perp_20240808.gz", "cm/btcusd_perp_20240809.gz"],
+}
+
+
+def _brute_window_sums(
+    val_ts: np.ndarray, vals: np.ndarray, upto: np.ndarray, row_ts: np.ndarray, w: int
+) -> np.ndarray:
+    """For each row j: the sum of ``vals[i]`` over the values that arrived with or before the
+    row (``i < upto[j]``) stamped in ``(row_ts[j] - w, row_ts[j]]``. The scan of row j starts at
+    the first value whose running maximum exchange time is after ``row_ts[j] - w``: every value
+    before it is stamped at or before its running maximum, so it is out of the window -- a
+    shortcut that assumes nothing about the order."""
+    if len(val_ts) == 0:
+        return np.zeros(len(row_ts), dtype=vals.dtype)
+    run_max = np.maximum.accumulate(val_ts)
+    start = np.searchsorted(run_max, row_ts - w, side="right")
+    out = np.zeros(len(row_ts), dtype=vals.dtype)
+    for j in range(len(row_ts)):
+        s, e = start[j], upto[j]
+        if s < e:
+            t = val_ts[s:e]
+            out[j] = vals[s:e][(t > row_ts[j] - w) & (t <= row_ts[j])].sum()
+    return out
+
+
+@pytest.mark.parametrize("name", list(BINANCE_CAPTURES))
+def test_binance_windows_hold_exactly_what_arrived_in_their_span(name: str) -> None:
+    from udfs.config import FlinkConfig
+    from udfs.market.adapters.binance import BinanceAdapter
+    from udfs.market.book import BookError
+
+    if not BINANCE.is_dir():
+        pytest.skip(f"shared data folder {BINANCE} is absent")
+    cfg = FeatureConfig()
+    w = cfg.window_ms * 1_000_000
+    lateness = FlinkConfig().out_of_orderness_ms * 1_000_000
+    book = OrderBook("x")
+    state = FeatureState()
+    trades: list[tuple[int, int, int]] = []  # (ts, size, signed) in arrival order
+    rows: list[tuple[FeatureRow, int]] = []  # (row, trades arrived so far)
+    newest = 0
+    back = 0
+    for ev in BinanceAdapter([BINANCE / f for f in BINANCE_CAPTURES[name]]):
+        if ev.kind is Kind.BBO:
+            continue
+        assert ev.ts_event >= newest - lateness  # no record the stream job would refuse as late
+        back = max(back, newest - ev.ts_event)
+        newest = max(newest, ev.ts_event)
+        try:
+            book.apply(ev)
+        except BookError:
+            continue
+        if ev.kind is Kind.TRADE:
+            signed = ev.size if ev.side is Side.ASK else -ev.size
+            trades.append((ev.ts_event, ev.size, signed))
+        row = on_event(state, book, ev, cfg, lateness_ns=lateness)
+        if row is not None:
+            rows.append((row, len(trades)))
+    assert back > 0  # the premise: exchange time does step back within one instrument
+    assert len(rows) > 10_000
+
+    row_ts = np.array([r.ts_event for r, _ in rows], dtype=np.int64)
+    # per row: its own OFI and squared mid log return against the previous row (as defined)
+    ofi = np.array([r.ofi for r, _ in rows], dtype=np.int64)
+    mid2 = np.array([r.best_bid + r.best_ask for r, _ in rows], dtype=np.float64)
+    r2 = np.zeros(len(rows))
+    r2[1:] = np.log1p((mid2[1:] - mid2[:-1]) / mid2[:-1]) ** 2
+    upto_rows = np.arange(1, len(rows) + 1)  # a row's own value is in its window
+    want_ofi = _brute_window_sums(row_ts, ofi, upto_rows, row_ts, w)
+    want_rv = np.sqrt(_brute_window_sums(row_ts, r2, upto_rows, row_ts, w))
+    t_ts = np.array([t for t, _, _ in trades], dtype=np.int64)
+    upto_trades = np.array([n for _, n in rows], dtype=np.int64)
+    want_vol = _brute_window_sums(t_ts, np.array([s for _, s, _ in trades]), upto_trades, row_ts, w)
+    want_signed = _brute_window_sums(
+        t_ts, np.array([s for _, _, s in trades]), upto_trades, row_ts, w
+    )
+    want_count = _brute_window_sums(
+        t_ts, np.ones(len(trades), dtype=np.int64), upto_trades, row_ts, w
+    )
+
+    got_ofi = np.array([r.ofi_window for r, _ in rows])
+    got_rv = np.array([r.rv for r, _ in rows])
+    got_vol = np.array([r.trade_volume for r, _ in rows])
+    got_signed = np.array([r.trade_signed_volume for r, _ in rows])
+    got_count = np.array([r.trade_count for r, _ in rows])
+    assert np.array_equal(got_ofi, want_ofi), np.flatnonzero(got_ofi != want_ofi)[:10]
+    assert np.array_equal(got_vol, want_vol), np.flatnonzero(got_vol != want_vol)[:10]
+    assert np.array_equal(got_signed, want_signed)
+    assert np.array_equal(got_count, want_count), np.flatnonzero(got_count != want_count)[:10]
+    np.testing.assert_allclose(got_rv, want_rv, rtol=1e-9, atol=1e-15)
+
+
+def test_window_of_an_out_of_order_row_sees_neither_later_values_nor_loses_its_own() -> None:
+    """A row stamped before values that arrived ahead of it: they are not in its window
+    (look-ahead), and a value that a FIFO would already have evicted is still in it."""
+    w = 1_000_000  # 1 ms
+    f = Feed(n=1, window_ms=1, lateness_ns=w)
+    two_level_book(f)  # T0
+    f(trade(Kind.TRADE, Side.ASK, 2, ts=T0 + 100))
+    f(trade(Kind.TRADE, Side.BID, 3, ts=T0 + w + 500))  # moves time on by more than W
+    # arrives after, stamped before the 3-lot trade: its window is (T0 + 200 - W, T0 + 200]
+    row = f(trade(Kind.TRADE, Side.ASK, 5, ts=T0 + 200, last=True))
+    assert row is not None
+    assert (row.trade_volume, row.trade_signed_volume, row.trade_count) == (7, 7, 2)

@@ -32,19 +32,25 @@ Formulas (each repeated next to its code):
   => ``+size``, resting ``B`` => seller-initiated => ``-size`` (a side ``N`` counts 0);
   ``trade_volume = sum size``, ``trade_signed_volume = sum signed size``, ``trade_count``.
 
-Windows are in event time: the window of a feature event at ``ts`` is ``(ts - W, ts]``; a value
-enters with its record's ``ts_event`` and is evicted once ``value_ts <= ts - W``. Eviction is
-first-in-first-out against the current record's ``ts_event``, so the windows are exact when
-``ts_event`` is non-decreasing per instrument (exchange feeds, LOBSTER). Under the bounded
-disorder the stream job lets through, the result stays deterministic but approximate: a value
-that arrived after a newer one leaves only once it reaches the front of the FIFO. Nothing here
-reads a clock: the output depends only on the records and their order.
+Windows are in event time: the window of a feature event at ``ts`` holds exactly the values
+that arrived *before or with* it whose ``ts_event`` lies in ``(ts - W, ts]``, whatever their
+arrival order. Exchange time of one instrument is not monotone in real feeds (Binance's trade and
+depth streams interleave: ``ts_event`` steps back by up to ~30 ms), so a first-in-first-out
+eviction would let a row see values stamped after it (look-ahead) or lose values that belong to
+it. Each window is therefore kept sorted by ``ts_event`` (:class:`EventWindow`; a value that
+arrives out of order is inserted by bisection, in arrival order among equal times) and the sums
+are moved incrementally between the previous row's index range and this row's, so a row costs
+O(log n) plus the values that entered or left. A value is forgotten only once no future row can
+need it: the stream job refuses records older than the instrument's newest exchange time minus
+the lateness bound ``L`` (``on_event(..., lateness_ns=L)``), so values stamped at or before
+``newest - L - W`` are dropped. Nothing here reads a clock: the output depends only on the
+records and their order, so a replay gives the same rows.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
+from bisect import bisect_right
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
@@ -56,6 +62,7 @@ __all__ = [
     "FEATURE_VERSION",
     "PRICE_FIELDS",
     "SIZE_FIELDS",
+    "EventWindow",
     "FeatureRow",
     "FeatureState",
     "feature_columns",
@@ -67,14 +74,96 @@ FEATURE_VERSION = 1
 """Schema version of the feature row (``v``); a change of its fields or their meaning bumps it."""
 
 _NS_PER_MS = 1_000_000
+_PURGE_AT_LEAST = 64
+"""Forgotten values are deleted from the front of a window's lists in chunks of at least this
+many (a list's front deletion is a memmove: amortised, it costs next to nothing)."""
+
+
+@dataclass(slots=True)
+class EventWindow:
+    """Values stamped with an exchange time, sorted by it (stable: equal times keep their
+    arrival order), and the index range ``[lo, hi)`` of the values in the last row's window.
+    The owner keeps the sums of that range: :meth:`add` and :meth:`move` say which values
+    entered or left it."""
+
+    ts: list[int] = field(default_factory=list)
+    vals: list[Any] = field(default_factory=list)
+    lo: int = 0
+    hi: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def add(self, t: int, value: Any) -> bool:
+        """Insert ``value`` stamped ``t``; True when it lands inside the current range (the
+        caller adds it to its sums: the sums are always those of ``vals[lo:hi]``)."""
+        ts = self.ts
+        if not ts or t >= ts[-1]:  # the common case: in time order, after everything
+            ts.append(t)
+            self.vals.append(value)
+            return False
+        p = bisect_right(ts, t)
+        ts.insert(p, t)
+        self.vals.insert(p, value)
+        if p < self.lo:
+            self.lo += 1
+            self.hi += 1
+            return False
+        if p < self.hi:
+            self.hi += 1
+            return True
+        return False
+
+    def move(self, after: int, upto: int) -> tuple[list[Any], list[Any]]:
+        """Make the range the values stamped in ``(after, upto]``; returns (the values that left
+        it, the values that entered it)."""
+        ts, vals = self.ts, self.vals
+        lo, hi = self.lo, self.hi
+        nlo = bisect_right(ts, after)
+        nhi = bisect_right(ts, upto)
+        if nlo == lo and nhi == hi:
+            return _NONE, _NONE
+        self.lo, self.hi = nlo, nhi
+        if nlo >= hi or nhi <= lo:  # disjoint (or one side empty): swap the whole range
+            return vals[lo:hi], vals[nlo:nhi]
+        left = vals[lo:nlo] if nlo > lo else []
+        entered = vals[nlo:lo] if nlo < lo else []
+        if nhi < hi:
+            left += vals[nhi:hi]
+        elif nhi > hi:
+            entered += vals[hi:nhi]
+        return left, entered
+
+    def forget(self, upto: int) -> list[Any]:
+        """Drop the values stamped at or before ``upto`` (no future row can need them: the
+        caller's lateness bound guarantees it); returns those of them that were in the range
+        (the caller takes them out of its sums)."""
+        ts = self.ts
+        if not ts or ts[0] > upto:
+            return _NONE
+        k = bisect_right(ts, upto)
+        lo, hi = self.lo, self.hi
+        left = _NONE
+        if k > lo:
+            left = self.vals[lo : min(k, hi)]
+        if k >= _PURGE_AT_LEAST or k == len(ts) or left:
+            del ts[:k]
+            del self.vals[:k]
+            self.lo = max(lo - k, 0)
+            self.hi = max(hi - k, 0)
+        return left
+
+
+_NONE: list[Any] = []
+"""Shared empty result of :meth:`EventWindow.move` (never mutated)."""
 
 
 @dataclass(slots=True)
 class FeatureState:
     """Everything the features of one instrument carry from one event to the next.
 
-    Small and picklable (ints, floats and three deques of tuples), so it can live in Flink
-    keyed state. Windows hold only non-zero contributions (a zero changes no sum).
+    Small and picklable (ints, floats and three :class:`EventWindow` of lists), so it can live
+    in Flink keyed state. Windows hold only non-zero contributions (a zero changes no sum).
     """
 
     prev_bid_px: int = 0
@@ -86,22 +175,24 @@ class FeatureState:
     prev_ask_sz: int = 0
     """Best ask size ``qa'`` at the previous feature event (0: none yet).
     The previous mid is ``(prev_bid_px + prev_ask_px) / 2``, kept exact as these two ints."""
-    ofi_win: deque[tuple[int, int]] = field(default_factory=deque)
-    """(ts_event, ofi) of the feature events in the window, ofi != 0."""
+    ofi_win: EventWindow = field(default_factory=EventWindow)
+    """ofi of the feature events (ofi != 0), stamped with their ``ts_event``."""
     ofi_sum: int = 0
-    """Sum of ``ofi_win`` (exact: OFI is an integer number of lots)."""
-    rv_win: deque[tuple[int, float]] = field(default_factory=deque)
-    """(ts_event, r^2) of the feature events in the window, r != 0."""
+    """Sum of ``ofi_win``'s range (exact: OFI is an integer number of lots)."""
+    rv_win: EventWindow = field(default_factory=EventWindow)
+    """r^2 of the feature events (r != 0), stamped with their ``ts_event``."""
     rv_sum: float = 0.0
-    """Running sum of ``rv_win``'s r^2 (Neumaier-compensated, with ``rv_comp``)."""
+    """Running sum of ``rv_win``'s range (Neumaier-compensated, with ``rv_comp``)."""
     rv_comp: float = 0.0
     """Compensation term of ``rv_sum``: the sum is ``rv_sum + rv_comp``."""
-    trade_win: deque[tuple[int, int, int]] = field(default_factory=deque)
-    """(ts_event, size, signed size) of the trade records in the window."""
+    trade_win: EventWindow = field(default_factory=EventWindow)
+    """(size, signed size) of the trade records, stamped with their ``ts_event``."""
     trade_volume: int = 0
-    """Sum of the sizes in ``trade_win``."""
+    """Sum of the sizes in ``trade_win``'s range."""
     trade_signed: int = 0
-    """Sum of the signed sizes in ``trade_win`` (buyer-initiated positive)."""
+    """Sum of the signed sizes in ``trade_win``'s range (buyer-initiated positive)."""
+    newest_ts: int = 0
+    """Newest ``ts_event`` seen: values at or before ``newest_ts - lateness - W`` are dropped."""
     events: int = 0
     """Records seen by :func:`on_event`."""
     trades: int = 0
@@ -210,13 +301,24 @@ def _scale(value: float, exp: int) -> float:
 
 
 def on_event(
-    state: FeatureState, book: OrderBook, ev: L2Event, cfg: FeatureConfig
+    state: FeatureState,
+    book: OrderBook,
+    ev: L2Event,
+    cfg: FeatureConfig,
+    lateness_ns: int = 0,
+    emit: bool = True,
 ) -> FeatureRow | None:
     """Update ``state`` with ``ev`` (already applied to ``book``) and return the features when
-    ``ev`` ends a batch and both book sides are non-empty, else None."""
+    ``ev`` ends a batch, both book sides are non-empty and ``emit`` (False: the book is not to be
+    trusted -- out of sync -- so the record only feeds the trade window), else None.
+    ``lateness_ns``: no later call has a ``ts_event`` older than the newest one seen minus this
+    (the stream job's lateness bound); values older than that minus the window are forgotten."""
     ts = ev.ts_event
-    cutoff = ts - cfg.window_ms * _NS_PER_MS  # window is (cutoff, ts]; ts <= cutoff leaves
+    w = cfg.window_ms * _NS_PER_MS
+    cutoff = ts - w  # this row's window is (cutoff, ts]
     state.events += 1
+    if ts > state.newest_ts:
+        state.newest_ts = ts
 
     # --- trade flow: resting side A => buyer-initiated => +size; resting B => -size ---
     trade_win = state.trade_win
@@ -224,15 +326,20 @@ def on_event(
         size = ev.size
         side = ev.side
         signed = size if side is Side.ASK else -size if side is Side.BID else 0
-        trade_win.append((ts, size, signed))
-        state.trade_volume += size
-        state.trade_signed += signed
+        if trade_win.add(ts, (size, signed)):
+            state.trade_volume += size
+            state.trade_signed += signed
         state.trades += 1
-    while trade_win and trade_win[0][0] <= cutoff:
-        _, size, signed = trade_win.popleft()
-        state.trade_volume -= size
-        state.trade_signed -= signed
+        # bounded memory even when no row comes (one side of the book empty, out of sync)
+        for size, signed in trade_win.forget(state.newest_ts - lateness_ns - w):
+            state.trade_volume -= size
+            state.trade_signed -= signed
 
+    if not emit:
+        # the book is not to be trusted: no row, and the next row has no previous feature
+        # event to difference against (OFI and the return across the gap are unknown)
+        state.prev_bid_px = state.prev_bid_sz = state.prev_ask_px = state.prev_ask_sz = 0
+        return None
     if not ev.flags & F_LAST:
         return None
     bids, asks = book.bids, book.asks
@@ -279,23 +386,44 @@ def on_event(
         mid2_0 = pb0 + pa0
         if mid2 != mid2_0:
             r = math.log1p((mid2 - mid2_0) / mid2_0)
-            _rv_add(state, r * r)
-            state.rv_win.append((ts, r * r))
-        if ofi:
-            state.ofi_win.append((ts, ofi))
+            if state.rv_win.add(ts, r * r):
+                _rv_add(state, r * r)
+        if ofi and state.ofi_win.add(ts, ofi):
             state.ofi_sum += ofi
     state.prev_bid_px, state.prev_bid_sz, state.prev_ask_px, state.prev_ask_sz = pb, qb, pa, qa
 
-    # --- event-time windows (cutoff, ts]: evict ts_value <= ts - W
+    # --- event-time windows: exactly the values that arrived so far stamped in (cutoff, ts]
     ofi_win = state.ofi_win
-    while ofi_win and ofi_win[0][0] <= cutoff:
-        state.ofi_sum -= ofi_win.popleft()[1]
+    left, entered = ofi_win.move(cutoff, ts)
+    if left or entered:
+        state.ofi_sum += sum(entered) - sum(left)
     rv_win = state.rv_win
-    if rv_win and rv_win[0][0] <= cutoff:
-        while rv_win and rv_win[0][0] <= cutoff:
-            _rv_add(state, -rv_win.popleft()[1])
-        if not rv_win:  # no rounding residue once the window is empty
+    left, entered = rv_win.move(cutoff, ts)
+    if left or entered:
+        if rv_win.lo == rv_win.hi:  # no rounding residue once the window is empty
             state.rv_sum = state.rv_comp = 0.0
+        else:
+            for x in left:
+                _rv_add(state, -x)
+            for x in entered:
+                _rv_add(state, x)
+    left, entered = trade_win.move(cutoff, ts)
+    for size, signed in left:
+        state.trade_volume -= size
+        state.trade_signed -= signed
+    for size, signed in entered:
+        state.trade_volume += size
+        state.trade_signed += signed
+    # values no later row can need: stamped at or before newest - lateness - W
+    # (within the lateness bound that is at or before cutoff: out of every range already)
+    forget = state.newest_ts - lateness_ns - w
+    for x in ofi_win.forget(forget):
+        state.ofi_sum -= x
+    for x in rv_win.forget(forget):
+        _rv_add(state, -x)
+    for size, signed in trade_win.forget(forget):
+        state.trade_volume -= size
+        state.trade_signed -= signed
     # rv = sqrt(sum over the window of r^2); max() guards a -0.0/-tiny rounding residue
     rv = math.sqrt(max(state.rv_sum + state.rv_comp, 0.0))
 
@@ -322,7 +450,7 @@ def on_event(
         rv,
         state.trade_volume,
         state.trade_signed,
-        len(trade_win),
+        trade_win.hi - trade_win.lo,
     )
 
 
