@@ -136,7 +136,9 @@ def _decode(sequencer: Sequencer, cfg: Config, msg, dead: list[DeadLetter] | Non
         return False
     origin = (topic, partition, msg.offset(), msg.key(), value)
     if isinstance(record, L2Event):
-        sequencer.add_market(record, partition, origin)
+        # the Kafka key: an event keyed to another instrument is one the job never keys
+        key = msg.key().decode("utf-8", "replace") if msg.key() else None
+        sequencer.add_market(record, partition, origin, key)
     elif isinstance(record, Order):
         sequencer.add_order(record, partition, origin)
     else:
@@ -288,6 +290,8 @@ def run_sink(
     sequencer = Sequencer(
         engine,
         lateness_ns=cfg.flink.out_of_orderness_ms * 1_000_000,
+        max_ahead_ns=cfg.flink.max_ahead_ms * 1_000_000,
+        future_confirm=cfg.flink.future_confirm,
         expected_partitions={
             p
             for p, end in ends[cfg.topics.events].items()

@@ -92,7 +92,12 @@ def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str
             s.name,
             num_partitions=s.partitions,
             replication_factor=1,
-            config={"retention.ms": str(s.retention_ms), "retention.bytes": str(s.retention_bytes)},
+            config={
+                "retention.ms": str(s.retention_ms),
+                "retention.bytes": str(s.retention_bytes),
+                # record timestamps are exchange times: see TopicSpec.timestamp_after_max_ms
+                "message.timestamp.after.max.ms": str(s.timestamp_after_max_ms),
+            },
         )
         for s in specs
         if s.name not in have

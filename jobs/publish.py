@@ -59,7 +59,7 @@ def publish(
     published = produce_events(
         producer,
         cfg.topics.events,
-        source.events(),
+        source.events(cfg.feed.refresh_interval_ms),
         on_delivery,
         speed=speed,
         progress=progress,

@@ -96,6 +96,8 @@ class StreamJobFunction(KeyedProcessFunction):
         self.feature_cfg = cfg.features
         self.out_of_orderness_ms = cfg.flink.out_of_orderness_ms
         self.topic = cfg.topics.events  # a dead letter names where its record was read
+        self.max_ahead_ms = cfg.flink.max_ahead_ms
+        self.future_confirm = cfg.flink.future_confirm
         self.snapshot_every = snapshot_every
         self.snapshot = None
         self.log = None
@@ -136,6 +138,8 @@ class StreamJobFunction(KeyedProcessFunction):
                 self.out_of_orderness_ms,
                 self.trader,
                 self.quality_cfg,
+                self.max_ahead_ms,
+                self.future_confirm,
             )
             replayed += 1
         if state is not None or replayed:
@@ -157,6 +161,8 @@ class StreamJobFunction(KeyedProcessFunction):
             self.out_of_orderness_ms,
             self.trader,
             self.quality_cfg,
+            self.max_ahead_ms,
+            self.future_confirm,
         )
         self.cache[key] = state
         # persist: append the record, or fold everything into a new snapshot

@@ -32,6 +32,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "FeatureConfig",
+    "FeedConfig",
     "FlinkConfig",
     "KafkaConfig",
     "LakeConfig",
@@ -106,6 +107,12 @@ class TopicSpec:
     """-1 keeps records forever (Kafka's convention)."""
     retention_bytes: int = -1
     """Per-partition size limit; -1 means none."""
+    timestamp_after_max_ms: int = 2**63 - 1
+    """``message.timestamp.after.max.ms``: how far a record's timestamp may be ahead of the
+    broker's clock. Kafka 4 refuses records more than an hour ahead by default (KIP-1030); our
+    record timestamps are exchange times, and a capture replayed with them (or a venue whose
+    clock runs ahead) must reach the stream job, which judges exchange time itself
+    (``flink.max_ahead_ms``, dead letter ``future``) instead of the producer failing."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,6 +220,15 @@ class FlinkConfig:
     out_of_orderness_ms: int = field(default=2000, metadata=_range(0))
     """Bound on exchange-time disorder per instrument; an event older than the instrument's
     newest exchange time minus this bound is late and dead-lettered."""
+    max_ahead_ms: int = field(default=600_000, metadata=_range(0))
+    """An event whose exchange time is more than this ahead of its instrument's newest one is
+    dead-lettered as ``future`` and leaves the instrument's clock alone (else one bad timestamp
+    would make every later record late). A genuine jump (a feed resuming after a long halt,
+    the next session) is taken once ``future_confirm`` records in a row agree on it (each
+    within ``out_of_orderness_ms`` of the one before): those before are dead-lettered, and the
+    book re-syncs at its next snapshot if they broke its chain."""
+    future_confirm: int = field(default=100, metadata=_range(1))
+    """Consecutive far-ahead records that make the jump genuine (see ``max_ahead_ms``)."""
     idle_timeout_ms: int = field(default=5000, metadata=_range(1))
     """A source partition silent this long stops holding the watermark back."""
     checkpoint_interval_ms: int = field(default=2000, metadata=_range(10))
@@ -242,6 +258,17 @@ class FeatureConfig:
     """N for depth imbalance over the top 1..N levels and depth per side."""
     window_ms: int = field(default=1000, metadata=_range(1))
     """Event-time window for realised volatility and trade flow."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedConfig:
+    """What the adapters (``udfs/market/adapters``) put into the events stream."""
+
+    refresh_interval_ms: int = field(default=60_000, metadata=_range(0))
+    """Every this much exchange time the LOBSTER and Binance adapters emit the book they hold as
+    a snapshot (``clear`` + ``snapshot`` levels, ``seq`` = the chain head), as a market-data
+    feed's refresh does: a consumer that lost a record re-syncs there (its features are
+    withheld meanwhile), a consumer in sync replaces its book with the same one. 0: never."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -374,6 +401,7 @@ class Config:
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     flink: FlinkConfig = field(default_factory=FlinkConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     sizing: SizingConfig = field(default_factory=SizingConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
@@ -473,6 +501,7 @@ _SECTIONS: dict[str, type] = {
     "topics": TopicsConfig,
     "flink": FlinkConfig,
     "features": FeatureConfig,
+    "feed": FeedConfig,
     "strategy": StrategyConfig,
     "sizing": SizingConfig,
     "risk": RiskConfig,

@@ -12,10 +12,15 @@ Per record, in this order:
 3. lateness: the instrument's watermark is its newest exchange time minus the configured bound;
    an event older than that is ``late``. The watermark is per instrument and derived from the
    data alone, never from the wall clock or from how fast partitions were read, so a replay
-   dead-letters exactly the same events as the live run;
+   dead-letters exactly the same events as the live run. An event more than
+   ``flink.max_ahead_ms`` *ahead* of the newest exchange time is ``future``: it does not move
+   the clock (one bad timestamp would make every later record late), unless
+   ``flink.future_confirm`` such records in a row agree that the feed really jumped;
 4. apply to the book (``sequence_gap`` / ``crossed_book`` / ``negative_level`` leave the book
-   untouched);
-5. features after the last record of a batch;
+   untouched). A record lost upstream puts the book out of sync (``udfs.market.book``): its
+   chained records are refused until the feed's next snapshot re-syncs it;
+5. features after the last record of a batch, none while the book is out of sync (the next
+   row after a re-sync starts afresh: no OFI or return across the gap);
 6. data quality (``udfs.market.quality``): every record of an instrument with its outcome is counted
    per exchange-time minute (gaps, re-syncs, crossed/locked books, stale feed, out-of-order,
    late and duplicate events). A minute's row is emitted in :attr:`ProcessResult.quality` once
@@ -35,7 +40,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from udfs.config import FeatureConfig, QualityConfig
+from udfs.config import FeatureConfig, FlinkConfig, QualityConfig
 from udfs.market.book import BookError, OrderBook
 from udfs.market.features import FeatureState, on_event
 from udfs.market.quality import MINUTE_NS, QualityState, close_before, observe
@@ -55,6 +60,8 @@ from udfs.strategy.trading import Trader, TradingState
 __all__ = ["InstrumentState", "ProcessResult", "process_event", "process_record"]
 
 _STALE_AFTER_MS = QualityConfig().stale_after_ms
+_MAX_AHEAD_MS = FlinkConfig().max_ahead_ms
+_FUTURE_CONFIRM = FlinkConfig().future_confirm
 
 _BOOK_REASONS = {
     "sequence gap": Reason.SEQUENCE_GAP,
@@ -73,6 +80,11 @@ class InstrumentState:
     trading: TradingState = field(default_factory=TradingState)
     quality: QualityState = field(default_factory=QualityState)
     max_ts_event: int = 0
+    future_ts: int = 0
+    """Exchange time of the last record refused as ``future`` (0: none pending)."""
+    future_run: int = 0
+    """Consecutive ``future`` records agreeing with each other (a genuine jump at
+    ``flink.future_confirm``)."""
     events_in: int = 0
     events_processed: int = 0
     dead_lettered: int = 0
@@ -128,13 +140,34 @@ def process_event(
     cfg: FeatureConfig,
     out_of_orderness_ms: int,
     stale_after_ms: int = _STALE_AFTER_MS,
+    max_ahead_ms: int = _MAX_AHEAD_MS,
+    future_confirm: int = _FUTURE_CONFIRM,
 ) -> tuple[dict | None, tuple[Reason, str] | None]:
     """Steps 3-6 for an already decoded event: (feature row or None, refusal or None). The
     event and its outcome are counted in ``state.quality`` (closing minutes is the caller's:
     :func:`process_record`)."""
     stale_ns = stale_after_ms * 1_000_000
     bound_ns = out_of_orderness_ms * 1_000_000
-    if ev.ts_event < state.max_ts_event - bound_ns:
+    newest = state.max_ts_event
+    if newest and ev.ts_event > newest + max_ahead_ms * 1_000_000:
+        # far ahead: one record must not move the clock; a run of them that agree may
+        if state.future_run and abs(ev.ts_event - state.future_ts) <= bound_ns:
+            state.future_run += 1
+        else:
+            state.future_run = 1
+        state.future_ts = ev.ts_event
+        if state.future_run < future_confirm:
+            # its exchange time is not trusted: counted in the instrument's current minute
+            observe(state.quality, None, Reason.FUTURE, None, 0)
+            ahead_ms = (ev.ts_event - newest) / 1e6
+            return None, (
+                Reason.FUTURE,
+                f"exchange time {ev.ts_event} is {ahead_ms:.3f} ms ahead of the newest "
+                f"{newest} (bound {max_ahead_ms} ms; {state.future_run} such in a row, "
+                f"{future_confirm} make a genuine jump)",
+            )
+    state.future_run = 0
+    if ev.ts_event < newest - bound_ns:
         observe(state.quality, ev, Reason.LATE, state.book, stale_ns)
         behind_ms = (state.max_ts_event - ev.ts_event) / 1e6
         return None, (
@@ -147,9 +180,6 @@ def process_event(
     try:
         book.apply(ev)
     except BookError as exc:
-        if ev.is_last and book.batch_open and ev.seq == book.last_seq:
-            # the batch's closing record was refused: close the batch so the chain goes on
-            book.batch_open = False
         code = _BOOK_REASONS.get(exc.reason, Reason.SCHEMA)
         observe(state.quality, ev, code, book, stale_ns)
         return None, (code, str(exc))
@@ -158,7 +188,7 @@ def process_event(
         state.max_ts_event = ev.ts_event
     if ev.kind is Kind.BBO:
         return None, None  # a quote checks the book, it does not move the features
-    row = on_event(state.features, book, ev, cfg)
+    row = on_event(state.features, book, ev, cfg, bound_ns, emit=book.synced)
     return (row.to_dict() if row is not None else None), None
 
 
@@ -171,6 +201,8 @@ def process_record(
     out_of_orderness_ms: int,
     trader: Trader | None = None,
     quality_cfg: QualityConfig | None = None,
+    max_ahead_ms: int = _MAX_AHEAD_MS,
+    future_confirm: int = _FUTURE_CONFIRM,
 ) -> tuple[InstrumentState | None, ProcessResult]:
     """Steps 1-6 for one Kafka record, then the trading stage (``udfs.strategy.trading``) on each
     feature row when a ``trader`` is given. ``state`` is None for a key seen for the first
@@ -213,7 +245,16 @@ def process_record(
         state = InstrumentState.new(ev.instrument)
     try:
         return state, _process_decoded(
-            state, ev, cfg, out_of_orderness_ms, trader, stale_after_ms, result, refuse
+            state,
+            ev,
+            cfg,
+            out_of_orderness_ms,
+            trader,
+            stale_after_ms,
+            result,
+            refuse,
+            max_ahead_ms,
+            future_confirm,
         )
     except Exception as exc:  # no record may stop the job: set it aside
         result.features.clear()
@@ -233,9 +274,13 @@ def _process_decoded(
     stale_after_ms: int,
     result: ProcessResult,
     refuse,
+    max_ahead_ms: int = _MAX_AHEAD_MS,
+    future_confirm: int = _FUTURE_CONFIRM,
 ) -> ProcessResult:
     """Steps 3-6 and trading for a decoded event of ``state``'s instrument."""
-    row, refusal = process_event(state, ev, cfg, out_of_orderness_ms, stale_after_ms)
+    row, refusal = process_event(
+        state, ev, cfg, out_of_orderness_ms, stale_after_ms, max_ahead_ms, future_confirm
+    )
     quality = state.quality
     if state.max_ts_event >= quality.close_at:
         # the instrument's watermark entered a new minute: the minutes wholly before it are

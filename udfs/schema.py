@@ -415,6 +415,9 @@ class Reason(StrEnum):
     UNKNOWN_VERSION = "unknown_version"
     LATE = "late"
     """Exchange time behind the instrument's watermark (newest exchange time minus the bound)."""
+    FUTURE = "future"
+    """Exchange time implausibly far ahead of the instrument's newest one (``flink.max_ahead_ms``):
+    one record must not move the instrument's clock, or every later record would be late."""
     SEQUENCE_GAP = "sequence_gap"
     CROSSED_BOOK = "crossed_book"
     NEGATIVE_LEVEL = "negative_level"

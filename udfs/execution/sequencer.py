@@ -21,8 +21,11 @@ only:
     time is published), unless its orders partition is read to its end;
 
   and unbounded once the inputs are known to be complete (``drain(final=True)``);
-* a market event older than its instrument's newest exchange time minus the bound is late: the
-  stream job dead-lettered it and no order came from it, so the venue skips it too.
+* a market event the stream job refused before its book -- older than its instrument's newest
+  exchange time minus the bound (``late``), implausibly far ahead of it (``future``, the job's
+  rule), or keyed to another instrument (``key_mismatch``) -- is skipped: no order came from it,
+  and an instrument the job never keys never sends a heartbeat, so waiting for one would hold
+  every input back for good.
 
 So a live run, a replay and a run restarted from its inputs feed the engine identically.
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from udfs.config import FlinkConfig
 from udfs.execution.engine import ExecutionEngine, Output
 from udfs.schema import Control, L2Event, Order, OrderAction
 
@@ -71,6 +75,12 @@ class Sequencer:
     expected_order_partitions: set[int] = field(default_factory=set)
     """orders partitions with data for this sink; once all are read to their end, heartbeats
     no longer matter"""
+    max_ahead_ns: int = FlinkConfig().max_ahead_ms * 1_000_000
+    """the stream job's ``future`` bound (``flink.max_ahead_ms``), in ns"""
+    future_confirm: int = FlinkConfig().future_confirm
+    """the stream job's ``flink.future_confirm``"""
+    future_run: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """instrument -> (exchange time, count) of its current run of far-ahead events"""
     fed: int = 0
     late_skipped: int = 0
     origin: dict[int, object] = field(default_factory=dict)
@@ -78,8 +88,26 @@ class Sequencer:
     refused: list[tuple[object, object, str]] = field(default_factory=list)
     """(origin, input, reason) of inputs the engine raised on; the caller takes them"""
 
-    def add_market(self, ev: L2Event, partition: int = 0, origin: object = None) -> None:
+    future_skipped: int = 0
+    unkeyed_skipped: int = 0
+
+    def add_market(
+        self, ev: L2Event, partition: int = 0, origin: object = None, key: str | None = None
+    ) -> None:
+        """``key``: the record's Kafka key (None: not known, taken as the instrument)."""
+        if key is not None and key != ev.instrument:
+            self.unkeyed_skipped += 1  # the job dead-lettered it (key_mismatch)
+            return
         newest = self.instrument_seen.get(ev.instrument)
+        if newest is not None and ev.ts_event > newest + self.max_ahead_ns:
+            # the job's future rule, to the letter: skipped unless a run of them agrees
+            ts, run = self.future_run.get(ev.instrument, (0, 0))
+            run = run + 1 if run and abs(ev.ts_event - ts) <= self.lateness_ns else 1
+            self.future_run[ev.instrument] = (ev.ts_event, run)
+            if run < self.future_confirm:
+                self.future_skipped += 1
+                return
+        self.future_run.pop(ev.instrument, None)
         if newest is not None and ev.ts_event < newest - self.lateness_ns:
             self.late_skipped += 1  # the job dead-lettered it as late: not a market fact
             return

@@ -8,7 +8,18 @@ checks, on the way, what a consistent feed guarantees:
 * a level never goes below zero (``cancel`` of more than rests there);
 * the book never crosses (best bid > best ask) -- the offending record is refused.
 
-A refused record leaves the book exactly as it was, so the caller can dead-letter it and go on.
+A refused record leaves the book exactly as it was, so the caller can dead-letter it and go on
+(a refused record that closes the open batch still closes it, so the chain goes on).
+
+Sync: a record that chains to something the book never saw (``seq`` ahead of the chain head)
+means records were lost: the book is *out of sync* (:attr:`OrderBook.synced` False, counted in
+:attr:`OrderBook.gaps`) and stays so -- refusing every chained record that does not continue
+its chain -- until a snapshot (``clear`` + ``snapshot`` levels) replaces it, or a chained record
+turns out to continue the chain after all (the refused one was a stray). A snapshot that
+replaces an out-of-sync book, or one that does not continue the chain head (the adapter lost
+the venue's chain and rebuilt its book), is a *re-sync* (:attr:`OrderBook.resyncs`); a snapshot
+at the chain head of an in-sync book is a feed's periodic refresh and replaces the book with the
+same one.
 Each side keeps a dict price -> size and a sorted list of prices (``bisect``): updates of an
 existing level are O(1), a new or removed level costs a memmove over a few hundred ints.
 """
@@ -81,6 +92,16 @@ class OrderBook:
     """A batch was started and its ``F_LAST`` record has not arrived yet."""
     halted: bool = False
     applied: int = 0
+    synced: bool = True
+    """False from a lost record (a chain break ahead of the head) until a snapshot."""
+    gaps: int = 0
+    """Times the book went out of sync."""
+    resyncs: int = 0
+    """Snapshots that replaced an out-of-sync book or did not continue the chain head."""
+    in_snapshot: bool = False
+    """A snapshot batch is being applied."""
+    snapshot_resyncs: bool = False
+    """The snapshot being applied is a re-sync (decided at its first record)."""
 
     def side(self, side: Side) -> SideBook:
         return self.bids if side is Side.BID else self.asks
@@ -98,25 +119,49 @@ class OrderBook:
             return
         if self.batch_open:
             if ev.seq != self.last_seq:
+                self._lost(ev)
                 raise BookError(
                     "sequence gap", f"batch seq {self.last_seq} still open, got seq {ev.seq}"
                 )
             return
         if ev.seq_prev and self.last_seq and ev.seq_prev != self.last_seq:
+            self._lost(ev)
             raise BookError(
                 "sequence gap",
                 f"expected seq_prev {self.last_seq}, got {ev.seq_prev} (seq {ev.seq})",
             )
 
+    def _lost(self, ev: L2Event) -> None:
+        """A chain break: a record ahead of the head means records were lost (out of sync); one
+        at or behind it is a replay and changes nothing."""
+        if ev.seq > self.last_seq and self.synced:
+            self.synced = False
+            self.gaps += 1
+
     def apply(self, ev: L2Event) -> bool:
         """Apply one record. Returns True when it changed the book. Raises :class:`BookError`
         (book untouched) for a gap, a negative level or a crossed book."""
+        try:
+            return self._apply(ev)
+        except BookError:
+            if ev.flags & F_LAST and self.batch_open and ev.seq == self.last_seq:
+                # the batch's closing record was refused: close the batch so the chain goes on
+                self.batch_open = False
+            raise
+
+    def _apply(self, ev: L2Event) -> bool:
         kind = ev.kind
         if kind not in BOOK_KINDS and kind is not Kind.CLEAR:
             if kind is Kind.HALT:
                 self.halted = ev.price == -1
             return False
         self.check_sequence(ev)
+        if kind is Kind.CLEAR or (kind is Kind.SNAPSHOT and not self.in_snapshot):
+            # a snapshot starts: a re-sync unless it is a refresh at the head of a synced book
+            self.snapshot_resyncs = bool(self.last_seq) and (
+                not self.synced or self.batch_open or ev.seq != self.last_seq
+            )
+            self.in_snapshot = True
         if kind is Kind.CLEAR:
             self.bids.clear()
             self.asks.clear()
@@ -139,8 +184,18 @@ class OrderBook:
                 self._check_not_crossing(ev.side, ev.price)
             book_side.set(ev.price, new)
         if ev.seq:
+            if ev.seq_prev and not self.synced and not self.batch_open:
+                self.synced = True  # it continues the chain: the refused record was a stray
             self.last_seq = ev.seq
         self.batch_open = not (ev.flags & F_LAST)
+        if self.in_snapshot and (
+            self.batch_open is False or (kind is not Kind.CLEAR and kind is not Kind.SNAPSHOT)
+        ):
+            self.in_snapshot = False
+            if self.snapshot_resyncs:
+                self.resyncs += 1
+                self.snapshot_resyncs = False
+            self.synced = True
         self.applied += 1
         return True
 

@@ -33,13 +33,18 @@ What each counter means, and why it is counted that way
                   fingerprint of the record among the last :data:`DUP_WINDOW` records of the
                   instrument. A duplicate counts only as a duplicate: it is not also out of
                   order, a gap or a sign of life of the feed.
-``sequence_gaps`` chain breaks. After a break the book refuses every later chained record until a
-                  snapshot, so one lost record would give thousands of ``sequence_gap`` dead
-                  letters; a refusal that continues the broken chain (same ``seq`` as the last
-                  refused record, or ``seq_prev`` pointing to it) is the same gap, not a new one.
-``resyncs``       a snapshot (``clear``, or a ``snapshot`` level that does not continue a snapshot)
-                  applied after the instrument's first one: the adapter lost its chain and
-                  rebuilt the book (Binance's sync rules; see ``udfs/market/adapters/binance.py``).
+``sequence_gaps`` the book going out of sync (:attr:`OrderBook.gaps
+                  <udfs.market.book.OrderBook.gaps>`): a chained record ahead of the chain head,
+                  so records were lost. The book then refuses every chained record that does
+                  not continue its chain (each a ``sequence_gap`` dead letter) until it re-syncs;
+                  all of that is one gap, counted in the minute it is seen.
+``resyncs``       the book re-synced (:attr:`OrderBook.resyncs
+                  <udfs.market.book.OrderBook.resyncs>`): a snapshot replaced an out-of-sync book
+                  (the feed's next refresh after a lost record, ``feed.refresh_interval_ms``), or
+                  a snapshot did not continue the chain head (the adapter lost the venue's chain
+                  and rebuilt its book, Binance's sync rules). Counted in the minute the snapshot
+                  completes. An instrument's first snapshot and a refresh of a book in sync are
+                  not re-syncs.
 ``crossed``       records refused as ``crossed_book``, plus the book entering a crossed state
                   (best bid > best ask) at the end of a batch, which only a snapshot can do
                   (snapshot levels are not checked one by one).
@@ -94,8 +99,6 @@ are recognised at any age by their sequence number."""
 _LATE = Reason.LATE
 _GAP = Reason.SEQUENCE_GAP
 _CROSSED = Reason.CROSSED_BOOK
-_CLEAR = Kind.CLEAR
-_SNAPSHOT = Kind.SNAPSHOT
 _BID = Side.BID
 _ASK = Side.ASK
 # fingerprints must hash the same in every process (keyed state is restored in another one):
@@ -148,10 +151,10 @@ class QualityState:
     last_ts: int = 0
     """Newest exchange time of any record that is not late or a duplicate (refused by the book
     or not: the feed is alive either way); the stale gaps are measured from it."""
-    gap_seq: int = -1
-    """``seq`` of the last record refused for a sequence gap (-1: the chain is whole)."""
-    snapshots: int = 0
-    in_snapshot: bool = False
+    gaps_seen: int = 0
+    """``OrderBook.gaps`` already counted."""
+    resyncs_seen: int = 0
+    """``OrderBook.resyncs`` already counted."""
     book_state: int = _OK
     applied_seen: int = -1
     """``OrderBook.applied`` when the book state was last evaluated (re-evaluate on change)."""
@@ -255,33 +258,19 @@ def observe(
             if gap > stale_after_ns:
                 b.stale_gaps += 1
 
-    if reason is None:
-        kind = ev.kind
-        if kind is _CLEAR or kind is _SNAPSHOT or q.in_snapshot:
-            _snapshot(q, b, ev)
-    elif reason is _GAP:
-        if ev.seq != q.gap_seq and ev.seq_prev != q.gap_seq:
-            b.sequence_gaps += 1
-        q.gap_seq = ev.seq
-    elif reason is _CROSSED:
+    if book is not None:
+        if book.resyncs != q.resyncs_seen:
+            b.resyncs += book.resyncs - q.resyncs_seen
+            q.resyncs_seen = book.resyncs
+        if book.gaps != q.gaps_seen:
+            b.sequence_gaps += book.gaps - q.gaps_seen
+            q.gaps_seen = book.gaps
+    if reason is _CROSSED:
         b.crossed += 1
 
     # the book's state at the end of a batch that changed it
     if ev.flags & F_LAST and book is not None and book.applied != q.applied_seen:
         _book_state(q, b, book)
-
-
-def _snapshot(q: QualityState, b: MinuteCounts, ev: L2Event) -> None:
-    """An accepted snapshot record, or the first record after one: count re-syncs."""
-    kind = ev.kind
-    if kind is _CLEAR or (kind is _SNAPSHOT and not q.in_snapshot):
-        q.snapshots += 1
-        if q.snapshots > 1:
-            b.resyncs += 1
-        q.gap_seq = -1  # a snapshot restarts the chain
-        q.in_snapshot = True
-    if ev.flags & F_LAST or (kind is not _CLEAR and kind is not _SNAPSHOT):
-        q.in_snapshot = False
 
 
 def _book_state(q: QualityState, b: MinuteCounts, book: OrderBook) -> None:

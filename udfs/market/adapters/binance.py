@@ -43,6 +43,14 @@ Output records
   ``diffs_empty`` (and in ``diffs_applied``, as it was applied).
 * trade: ``TRADE`` with ``side`` = the resting order's side (``m`` buyer-is-maker -> ``B``,
   else ``A``), ``order_id`` = trade id, ``seq_prev = 0``.
+* refresh (re-sync point for consumers): every ``refresh_interval_ms`` of exchange time
+  (``feed`` section of ``udfs/config.py``), after an applied diff, the book the adapter holds --
+  an :class:`~udfs.market.book.OrderBook` that applies exactly the records it emits, refusals
+  included, so it is the book of every consumer that saw them all -- as a snapshot batch
+  (``CLEAR`` + ``SNAPSHOT`` levels, ``F_SNAPSHOT``) with ``seq`` = the last emitted ``seq``, so
+  the next diff chains to it. A consumer that lost a record (Kafka retention, a bad record
+  dead-lettered) re-syncs there instead of refusing the rest of the capture; one in sync
+  replaces its book with the same one. Counted in ``refreshes``.
 * bookTicker: two ``BBO`` records (bid ``b/B`` then ask ``a/A``, the second ``F_LAST``), ``seq =
   u``, ``seq_prev = 0``. A book never applies them; they are the checkpoints of
   :func:`verify_binance`.
@@ -68,6 +76,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from udfs.config import FeedConfig
 from udfs.market.book import BookError, OrderBook
 from udfs.schema import F_LAST, F_SNAPSHOT, Kind, L2Event, Side
 
@@ -190,6 +199,10 @@ class BinanceStats:
     resync_details: list[str] = field(default_factory=list)
     trades: int = 0
     tickers: int = 0
+    refreshes: int = 0
+    """Snapshots of the adapter's own book emitted as re-sync points."""
+    book_refused: int = 0
+    """Records the adapter's own book refused (a consumer's book refuses them alike)."""
     events: int = 0
     stopped_at: str = ""
     """``file row N: reason`` when a file could not be read to its end (truncated gzip)."""
@@ -309,6 +322,7 @@ class BinanceAdapter:
         paths: Iterable[Path | str] | Path | str,
         market: str | None = None,
         symbol: str | None = None,
+        refresh_interval_ms: int | None = None,
     ) -> None:
         if isinstance(paths, (str, Path)):
             paths = [paths]
@@ -336,6 +350,12 @@ class BinanceAdapter:
         self.state = _UNSYNCED
         self._buffer: deque[tuple[int, dict[str, Any]]] = deque()
         self._where = ""
+        self.book = OrderBook(self.instrument)
+        """The book of every consumer that applied all records so far (refreshes copy it)."""
+        if refresh_interval_ms is None:
+            refresh_interval_ms = FeedConfig().refresh_interval_ms
+        self.refresh_ns = refresh_interval_ms * 1_000_000
+        self._refresh_at = 0
         self.on_bad_line: Callable[[str, int, bytes, str], None] | None = None
         """Called with (file, line number, raw line, reason) for every line that cannot be
         read, so the publisher can dead-letter it instead of losing it."""
@@ -428,6 +448,8 @@ class BinanceAdapter:
                         )
                     )
         out[-1].flags = F_LAST | F_SNAPSHOT
+        self._mirror(out)
+        self._refresh_at = ts_event + self.refresh_ns
         st.snapshots += 1
         self.snapshot_id = lid
         self.last_emitted_seq = lid
@@ -529,6 +551,53 @@ class BinanceAdapter:
             return out
         out[-1].flags = F_LAST
         self.last_emitted_seq = last
+        self._mirror(out)
+        if self.refresh_ns and ts_event >= self._refresh_at:
+            out.extend(self._refresh(ts_event, recv))
+        return out
+
+    def _mirror(self, events: list[L2Event]) -> None:
+        """Apply emitted book records to the adapter's own book, exactly as a consumer does."""
+        apply = self.book.apply
+        for ev in events:
+            try:
+                apply(ev)
+            except BookError:
+                self.stats.book_refused += 1
+
+    def _refresh(self, ts_event: int, recv: int) -> list[L2Event]:
+        """The adapter's book as a snapshot at the chain head (a consumer's re-sync point)."""
+        seq = self.last_emitted_seq
+        inst, venue, snap = self.instrument, self.venue, Kind.SNAPSHOT
+        out = [
+            L2Event(inst, venue, Kind.CLEAR, Side.NONE, 0, 0, ts_event, recv, EXP, EXP, 0, seq, seq)
+        ]
+        for side, book_side in ((Side.BID, self.book.bids), (Side.ASK, self.book.asks)):
+            sizes = book_side.sizes
+            for px in book_side.prices:
+                out.append(
+                    L2Event(
+                        inst,
+                        venue,
+                        snap,
+                        side,
+                        px,
+                        sizes[px],
+                        ts_event,
+                        recv,
+                        EXP,
+                        EXP,
+                        0,
+                        seq,
+                        seq,
+                    )
+                )
+        for ev in out:
+            ev.flags = F_SNAPSHOT
+        out[-1].flags = F_LAST | F_SNAPSHOT
+        self._mirror(out)
+        self.stats.refreshes += 1
+        self._refresh_at = ts_event + self.refresh_ns
         return out
 
     def _trade(self, recv: int, data: dict[str, Any]) -> list[L2Event]:
@@ -689,12 +758,13 @@ def iter_binance_events(
     paths: Iterable[Path | str] | Path | str,
     market: str | None = None,
     stats: BinanceStats | None = None,
+    refresh_interval_ms: int | None = None,
 ) -> Iterator[L2Event]:
     """Normalised :class:`L2Event` records of a Binance capture (files read in order as one
     stream). ``market`` is ``usdm``/``spot``/``cm`` or ``None`` to detect it from the first diff.
     Pass a :class:`BinanceStats` as ``stats`` to get the counts (filled while iterating);
     or use :class:`BinanceAdapter` directly for its live state."""
-    adapter = BinanceAdapter(paths, market)
+    adapter = BinanceAdapter(paths, market, refresh_interval_ms=refresh_interval_ms)
     if stats is not None:
         adapter.stats = stats
     return iter(adapter)

@@ -35,6 +35,16 @@ unchained
 batch before them. A batch's last record carries ``F_LAST``; a message record followed by
 reveals does not.
 
+Refresh (re-sync point): every ``refresh_interval_ms`` of exchange time (``feed`` section of
+``udfs/config.py``), after a message's batch, the adapter emits orderbook row ``k`` -- LOBSTER's
+full top-``N`` state after message ``k`` -- as a snapshot (``clear`` + ``snapshot`` levels,
+``F_SNAPSHOT``, ``seq`` = the chain head, so the next message chains to it) and applies it to its
+own book too. A consumer in sync replaces its book with the same top ``N`` (deeper levels, which
+LOBSTER never shows, go on both sides alike, and the frontier rule reveals them again when they
+come into view); a consumer that lost a record re-syncs there. The adapter and every consumer
+that saw the same records hold the same book: the adapter's book is an
+:class:`~udfs.market.book.OrderBook` applying exactly what it emits, refusals included.
+
 Everything is integers: prices are USD*10000 (``price_exp=-4``), sizes are shares, times are
 parsed digit by digit into ns (a float has 53 bits: it cannot hold ns since 1970 exactly).
 
@@ -71,6 +81,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from udfs.config import FeedConfig
 from udfs.market.book import BookError, OrderBook, SideBook
 from udfs.schema import F_LAST, F_SNAPSHOT, Kind, L2Event, Side
 
@@ -156,6 +167,8 @@ class LobsterStats:
     """Rows where a known level (within row k-1's frontier) differed from row k: data errors."""
     book_errors: int = 0
     """Records the adapter's own book refused (negative level, crossed book, gap)."""
+    refreshes: int = 0
+    """Orderbook rows emitted as refresh snapshots (``feed.refresh_interval_ms``)."""
     events: int = 0
     stopped_at: str = ""
     """``file row N: reason`` when a bad line stopped the stream there (else empty)."""
@@ -363,6 +376,7 @@ class _Adapter:
         stats: LobsterStats,
         max_rows: int | None,
         on_bad_line: Callable[[str, int, bytes, str], None] | None = None,
+        refresh_interval_ms: int = 0,
     ) -> None:
         info = parse_lobster_name(message_file)
         self.symbol = (symbol or info.symbol).upper()
@@ -375,6 +389,7 @@ class _Adapter:
         self.max_rows = max_rows
         self.mirror = OrderBook(self.instrument)
         self.on_bad_line = on_bad_line
+        self.refresh_ns = refresh_interval_ms * 1_000_000
 
     def _event(
         self,
@@ -419,11 +434,11 @@ class _Adapter:
                 )
             return False
 
-    def _snapshot(self, row: Row, ts: int) -> list[L2Event]:
+    def _snapshot(self, row: Row, ts: int, seq: int = 1) -> list[L2Event]:
         asks, bids = row
-        evs = [self._event(Kind.CLEAR, Side.NONE, 0, 0, ts, 1, 0, F_SNAPSHOT)]
-        evs += [self._event(Kind.SNAPSHOT, Side.BID, p, s, ts, 1, 0, F_SNAPSHOT) for p, s in bids]
-        evs += [self._event(Kind.SNAPSHOT, Side.ASK, p, s, ts, 1, 0, F_SNAPSHOT) for p, s in asks]
+        evs = [self._event(Kind.CLEAR, Side.NONE, 0, 0, ts, seq, 0, F_SNAPSHOT)]
+        evs += [self._event(Kind.SNAPSHOT, Side.BID, p, s, ts, seq, 0, F_SNAPSHOT) for p, s in bids]
+        evs += [self._event(Kind.SNAPSHOT, Side.ASK, p, s, ts, seq, 0, F_SNAPSHOT) for p, s in asks]
         evs[-1].flags |= F_LAST
         return evs
 
@@ -495,6 +510,7 @@ class _Adapter:
         stats = self.stats
         rows = read_orderbook_rows(self.orderbook_file, self.max_rows)
         prev: Row | None = None
+        refresh_at = 0
         k = 0
         with open(self.message_file, "rb") as fh:
             for k, raw in enumerate(fh, start=1):
@@ -533,6 +549,7 @@ class _Adapter:
                         stats.events += 1
                         yield ev
                     prev = row
+                    refresh_at = ts + self.refresh_ns
                     continue
                 chain = self.mirror.last_seq  # the batch this one follows in the chain
                 msg = self._message_event(k, ts, mtype, order_id, size, price, direction)
@@ -552,6 +569,14 @@ class _Adapter:
                     stats.events += 1
                     yield ev
                 prev = row
+                if self.refresh_ns and ts >= refresh_at:
+                    # a re-sync point: row k is the whole top N after message k
+                    for ev in self._snapshot(row, ts, self.mirror.last_seq):
+                        self._apply(ev)
+                        stats.events += 1
+                        yield ev
+                    stats.refreshes += 1
+                    refresh_at = ts + self.refresh_ns
         if self.max_rows is None or k <= self.max_rows:
             extra = next(rows, None)
             if extra is not None:
@@ -580,6 +605,7 @@ def iter_lobster_events(
     stats: LobsterStats | None = None,
     max_rows: int | None = None,
     on_bad_line: Callable[[str, int, bytes, str], None] | None = None,
+    refresh_interval_ms: int | None = None,
 ) -> Iterator[L2Event]:
     """Stream a LOBSTER message/orderbook pair as :class:`L2Event` records (see module doc).
 
@@ -587,7 +613,8 @@ def iter_lobster_events(
     :class:`LobsterStats` to read the counters after (or during) iteration. ``max_rows`` stops
     after that many message rows (tests, benchmarks). A bad line (see the module docstring)
     ends the stream there: it goes to ``on_bad_line(file, row, raw, reason)`` when given, else
-    raises :class:`LobsterFileError`.
+    raises :class:`LobsterFileError`. ``refresh_interval_ms``: how often an orderbook row is
+    emitted as a refresh snapshot (None: ``FeedConfig``'s, 0: never).
     """
     adapter = _Adapter(
         message_file,
@@ -596,6 +623,7 @@ def iter_lobster_events(
         stats if stats is not None else LobsterStats(),
         max_rows,
         on_bad_line,
+        FeedConfig().refresh_interval_ms if refresh_interval_ms is None else refresh_interval_ms,
     )
     return adapter.run()
 
@@ -627,8 +655,8 @@ def verify_lobster(
             book.apply(ev)
         except BookError:
             book_errors += 1
-        if not ev.flags & F_LAST:
-            continue
+        if not ev.flags & F_LAST or (ev.flags & F_SNAPSHOT and prev is not None):
+            continue  # mid-batch, or a refresh (a copy of the row just checked)
         depth, row = next(rows)
         if ev.seq <= 1 or prev is None:
             prev = row

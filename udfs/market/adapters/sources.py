@@ -65,23 +65,29 @@ class Source:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"source file not found: {path}")
 
-    def events(self) -> Iterator[L2Event]:
+    def events(self, refresh_interval_ms: int | None = None) -> Iterator[L2Event]:
         """Every event of every input, merged by exchange time the way a live feed would have
         delivered them (each input keeps its own order; a tie goes to the earlier input).
         Instruments that share a Kafka partition then arrive there in time order, which is what
         lets a consumer of several partitions tell when nothing earlier can still come
-        (``udfs/execution/sequencer.py``); ``--speed`` pacing needs it too."""
+        (``udfs/execution/sequencer.py``); ``--speed`` pacing needs it too.
+        ``refresh_interval_ms``: the adapters' refresh snapshots (``feed`` section of the
+        config; None: its default)."""
         inputs: list[Iterator[L2Event]] = []
         for message_file, orderbook_file in self.lobster:
             stats = LobsterStats()
             self.lobster_stats.append(stats)
             inputs.append(
                 iter_lobster_events(
-                    message_file, orderbook_file, stats=stats, on_bad_line=self._bad_line
+                    message_file,
+                    orderbook_file,
+                    stats=stats,
+                    on_bad_line=self._bad_line,
+                    refresh_interval_ms=refresh_interval_ms,
                 )
             )
         for files in self.binance:
-            adapter = BinanceAdapter(files)
+            adapter = BinanceAdapter(files, refresh_interval_ms=refresh_interval_ms)
             adapter.on_bad_line = self._bad_line
             self.binance_stats.append((adapter.instrument, adapter.stats))
             inputs.append(iter(adapter))
