@@ -87,6 +87,8 @@ class Run:
     """rows emitted while processing (a later event closed the minute), not by the final flush"""
     states: dict[str, InstrumentState]
     dead: list[DeadLetter]
+    features: list[dict]
+    """feature rows in emission order (``ts_proc`` left out: processing time)"""
 
     def faults(self, name: str) -> dict[tuple[str, int], int]:
         return {k: r[name] for k, r in self.rows.items() if r[name]}
@@ -101,6 +103,7 @@ def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
     rows: dict[tuple[str, int], dict] = {}
     live: set[tuple[str, int]] = set()
     dead: list[DeadLetter] = []
+    features: list[dict] = []
 
     def add(record: QualityRow) -> tuple[str, int]:
         row = json.loads(encode_row(record))  # the wire form
@@ -123,6 +126,7 @@ def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
         if state is not None:
             states[key] = state
         dead += res.dead_letters
+        features += [{k: v for k, v in f.items() if k != "ts_proc"} for f in res.features]
         for row in res.quality:
             live.add(add(row))
     for state in states.values():
@@ -135,7 +139,7 @@ def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
         assert sum(r["late"] for r in mine) == sum(
             1 for d in dead if d.key == key and d.reason_code is Reason.LATE
         )
-    return Run(rows, live, states, dead)
+    return Run(rows, live, states, dead, features)
 
 
 @pytest.fixture(scope="module")
@@ -726,3 +730,122 @@ def test_flink_function_restores_a_state_pickled_before_the_quality_stage(
     fn.open(rt)
     state = fn._state_of(AAPL)  # the logged record replays onto the fresh counters
     assert sum(b.events for b in state.quality.minutes.values()) == 1
+
+
+# -- a record far in the future, a lost record: re-sync instead of silence ----------------------
+
+
+def test_one_record_an_hour_ahead_is_future_and_moves_no_clock(
+    lob: list[L2Event], btc: list[L2Event], clean: Run
+) -> None:
+    """Before: it became the instrument's newest exchange time and every later record of the
+    instrument was late. Now it is dead-lettered as ``future``; nothing else changes."""
+    i = len(lob) // 4
+    bogus = replace(
+        lob[i], kind=Kind.HIDDEN_TRADE, seq_prev=0, order_id=987654321, ts_event=lob[i].ts_event
+    )
+    bogus.ts_event += 3_600 * 10**9
+    res = run([*lob[:i], bogus, *lob[i:], *btc])
+    assert [d.reason_code for d in res.dead] == [Reason.FUTURE]
+    assert "ahead of the newest" in res.dead[0].reason
+    assert res.features == clean.features
+    # counted as an event of the instrument's current minute (its own time is not trusted)
+    assert_rows_equal_except(res, clean, {(AAPL, minute_of(newest(lob[:i]))): {"events": 1}})
+
+
+def test_a_run_of_far_ahead_records_is_a_genuine_jump(lob: list[L2Event]) -> None:
+    """``future_confirm`` records in a row that agree move the clock (a feed that resumed after
+    a long halt); a single one never does."""
+    state = None
+    cfg = FeatureConfig()
+    for ev in lob[:50]:
+        state, _ = process_record(state, AAPL, encode_event(ev), SRC, cfg, BOUND_MS)
+    jump = 3_600 * 10**9
+    codes = []
+    for j, ev in enumerate(lob[50:60]):
+        moved = replace(ev, kind=Kind.HIDDEN_TRADE, seq_prev=0, order_id=10**9 + j)
+        moved.ts_event += jump
+        state, res = process_record(
+            state, AAPL, encode_event(moved), SRC, cfg, BOUND_MS, future_confirm=3
+        )
+        codes.append([d.reason_code for d in res.dead_letters])
+    assert codes[:3] == [[Reason.FUTURE], [Reason.FUTURE], []]
+    assert all(c == [] for c in codes[3:])
+    assert state is not None and state.max_ts_event == lob[59].ts_event + jump
+
+
+def _rows_by_record(events: list[L2Event], keep: list[int]) -> tuple[dict[int, dict], list]:
+    """Feed ``events[i] for i in keep`` through process_record: the feature row of each record
+    index (``ts_proc`` left out), the dead letters by record index, and the final state."""
+    state = None
+    rows: dict[int, dict] = {}
+    dead: dict[int, DeadLetter] = {}
+    for i in keep:
+        ev = events[i]
+        state, res = process_record(
+            state, ev.instrument, _ENCODED[id(ev)], SRC, FeatureConfig(), BOUND_MS
+        )
+        for f in res.features:
+            rows[i] = {k: v for k, v in f.items() if k != "ts_proc"}
+        for d in res.dead_letters:
+            dead[i] = d
+    return rows, [dead, state]
+
+
+def _check_resync(events: list[L2Event], inst: str, first: int, last: int) -> None:
+    """Records ``first..last`` of ``events`` lost: one gap, one re-sync at the next refresh,
+    nothing refused after it, no row from the out-of-sync book, the clean book from then on."""
+    everything = list(range(len(events)))
+    faulted = [i for i in everything if not first <= i <= last]
+    clean_rows, (_, clean_state) = _rows_by_record(events, everything)
+    rows, (dead, state) = _rows_by_record(events, faulted)
+    nxt = next(i for i in range(last + 1, len(events)) if events[i].seq_prev)  # gap seen here
+    refresh = next(i for i in range(last + 1, len(events)) if events[i].kind is Kind.CLEAR)
+    end = next(i for i in range(refresh, len(events)) if events[i].is_last)  # its last record
+    # quality: one gap where it is seen, one re-sync where the snapshot completes
+    res = run([events[i] for i in faulted])
+    assert res.faults("sequence_gaps") == {(inst, minute_of(events[nxt].ts_event)): 1}
+    assert res.faults("resyncs") == {(inst, minute_of(events[end].ts_event)): 1}
+    assert run(events).faults("resyncs") == {}  # a refresh of a book in sync is no re-sync
+    # refused: chained records between the gap and the re-sync, nothing else
+    assert dead and set(dead) <= set(range(nxt, refresh))
+    assert all(d.reason_code is Reason.SEQUENCE_GAP for d in dead.values())
+    # rows: the clean ones before the loss; none from the gap to the re-sync
+    assert {i: r for i, r in rows.items() if i < first} == {
+        i: r for i, r in clean_rows.items() if i < first
+    }
+    assert not [i for i in rows if nxt <= i < end]
+    # from the re-sync on: the clean book (the adapter's, which every consumer in sync holds)
+    assert end in rows and rows[end]["ofi"] == 0.0  # nothing to difference against
+    book_fields = ("best_bid", "best_ask", "bid_size", "ask_size", "bid_depth", "ask_depth")
+    after = [i for i in rows if i >= end]
+    assert len(after) > 10 and set(after) == {i for i in clean_rows if i >= end}
+    for i in after:
+        assert [rows[i][k] for k in book_fields] == [clean_rows[i][k] for k in book_fields]
+        assert [rows[i][f"imbalance_{n}"] for n in range(1, 6)] == [
+            clean_rows[i][f"imbalance_{n}"] for n in range(1, 6)
+        ]
+    book, clean_book = state.book, clean_state.book
+    assert book.synced and book.resyncs == 1 and book.gaps == 1
+    assert (book.bids.sizes, book.asks.sizes) == (clean_book.bids.sizes, clean_book.asks.sizes)
+
+
+def test_lost_lobster_record_resyncs_at_the_next_orderbook_row_refresh() -> None:
+    """Before: every later chained record of the day was refused (``sequence_gap``) and the
+    book never recovered. Now the adapter's next refresh (an orderbook row, LOBSTER's full top
+    N) re-syncs it; features are withheld in between."""
+    events = _encoded(list(iter_lobster_events(*SAMPLE_LOBSTER, refresh_interval_ms=5_000)))
+    k = chained_last(events, len(events) // 3)
+    _check_resync(events, AAPL, k, k)
+
+
+def test_lost_binance_diff_resyncs_at_the_next_refresh() -> None:
+    """Before: the rest of the capture was refused (12,775 of 14,997 records in the review's
+    run). Now the adapter's next refresh -- its own book, which every consumer that saw all
+    records holds -- re-syncs it."""
+    events = _encoded(list(BinanceAdapter(list(SAMPLE_BINANCE), refresh_interval_ms=20_000)))
+    last = chained_last(events, len(events) // 3)
+    first = last
+    while events[first - 1].seq == events[last].seq and events[first - 1].kind is Kind.LEVEL:
+        first -= 1
+    _check_resync(events, BTC, first, last)
