@@ -571,7 +571,7 @@ def test_binance_chain_break_and_new_snapshot_is_one_resync(
     path = tmp_path / "btcusdt_resync.gz"
     with gzip.open(path, "wb") as fh:
         fh.writelines(faulted)
-    adapter = BinanceAdapter([path])
+    adapter = BinanceAdapter([path], refresh_interval_ms=0)  # the venue's snapshots only
     events = list(adapter)
     assert adapter.stats.resyncs == 1 and adapter.stats.snapshots == 2
     assert sum(e.kind is Kind.CLEAR for e in events) == 2

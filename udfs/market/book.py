@@ -33,6 +33,10 @@ from udfs.schema import BOOK_KINDS, F_LAST, Kind, L2Event, Side
 
 __all__ = ["BookError", "OrderBook", "SideBook"]
 
+# module constants: a global load is cheaper than an enum attribute on the per-record path
+_BOOK_KINDS = BOOK_KINDS
+_CLEAR, _SNAPSHOT, _LEVEL, _ADD, _HALT = Kind.CLEAR, Kind.SNAPSHOT, Kind.LEVEL, Kind.ADD, Kind.HALT
+
 
 class BookError(ValueError):
     """An event the book cannot apply; ``reason`` is a short machine-readable cause."""
@@ -141,63 +145,64 @@ class OrderBook:
     def apply(self, ev: L2Event) -> bool:
         """Apply one record. Returns True when it changed the book. Raises :class:`BookError`
         (book untouched) for a gap, a negative level or a crossed book."""
-        try:
-            return self._apply(ev)
+        kind = ev.kind
+        if kind not in _BOOK_KINDS and kind is not _CLEAR:
+            if kind is _HALT:
+                self.halted = ev.price == -1
+            return False
+        try:  # free in CPython 3.11 unless it raises
+            self.check_sequence(ev)
+            if kind is _CLEAR:
+                self._snapshot_starts(ev)
+                self.bids.clear()
+                self.asks.clear()
+            else:
+                if kind is _SNAPSHOT and not self.in_snapshot:
+                    self._snapshot_starts(ev)
+                book_side = self.side(ev.side)
+                old = book_side.get(ev.price)
+                if kind is _LEVEL or kind is _SNAPSHOT:
+                    new = ev.size
+                elif kind is _ADD:
+                    new = old + ev.size
+                else:  # cancel, delete, execute reduce the level
+                    new = old - ev.size
+                    if new < 0:
+                        raise BookError(
+                            "negative level",
+                            f"{kind.value} of {ev.size} at "
+                            f"{ev.price} on {ev.side.value} where {old} rests",
+                        )
+                if new > old and kind is not _SNAPSHOT:
+                    self._check_not_crossing(ev.side, ev.price)
+                book_side.set(ev.price, new)
         except BookError:
             if ev.flags & F_LAST and self.batch_open and ev.seq == self.last_seq:
                 # the batch's closing record was refused: close the batch so the chain goes on
                 self.batch_open = False
             raise
-
-    def _apply(self, ev: L2Event) -> bool:
-        kind = ev.kind
-        if kind not in BOOK_KINDS and kind is not Kind.CLEAR:
-            if kind is Kind.HALT:
-                self.halted = ev.price == -1
-            return False
-        self.check_sequence(ev)
-        if kind is Kind.CLEAR or (kind is Kind.SNAPSHOT and not self.in_snapshot):
-            # a snapshot starts: a re-sync unless it is a refresh at the head of a synced book
-            self.snapshot_resyncs = bool(self.last_seq) and (
-                not self.synced or self.batch_open or ev.seq != self.last_seq
-            )
-            self.in_snapshot = True
-        if kind is Kind.CLEAR:
-            self.bids.clear()
-            self.asks.clear()
-        else:
-            book_side = self.side(ev.side)
-            old = book_side.get(ev.price)
-            if kind is Kind.LEVEL or kind is Kind.SNAPSHOT:
-                new = ev.size
-            elif kind is Kind.ADD:
-                new = old + ev.size
-            else:  # cancel, delete, execute reduce the level
-                new = old - ev.size
-                if new < 0:
-                    raise BookError(
-                        "negative level",
-                        f"{kind.value} of {ev.size} at "
-                        f"{ev.price} on {ev.side.value} where {old} rests",
-                    )
-            if new > old and kind is not Kind.SNAPSHOT:
-                self._check_not_crossing(ev.side, ev.price)
-            book_side.set(ev.price, new)
         if ev.seq:
             if ev.seq_prev and not self.synced and not self.batch_open:
                 self.synced = True  # it continues the chain: the refused record was a stray
             self.last_seq = ev.seq
         self.batch_open = not (ev.flags & F_LAST)
         if self.in_snapshot and (
-            self.batch_open is False or (kind is not Kind.CLEAR and kind is not Kind.SNAPSHOT)
+            not self.batch_open or (kind is not _CLEAR and kind is not _SNAPSHOT)
         ):
-            self.in_snapshot = False
+            self.in_snapshot = False  # the snapshot is complete: the book is in sync
             if self.snapshot_resyncs:
                 self.resyncs += 1
                 self.snapshot_resyncs = False
             self.synced = True
         self.applied += 1
         return True
+
+    def _snapshot_starts(self, ev: L2Event) -> None:
+        """A re-sync unless it is a refresh at the chain head of a book in sync."""
+        self.snapshot_resyncs = bool(self.last_seq) and (
+            not self.synced or self.batch_open or ev.seq != self.last_seq
+        )
+        self.in_snapshot = True
 
     def _check_not_crossing(self, side: Side, price: int) -> None:
         if side is Side.BID:

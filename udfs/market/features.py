@@ -330,10 +330,11 @@ def on_event(
             state.trade_volume += size
             state.trade_signed += signed
         state.trades += 1
-        # bounded memory even when no row comes (one side of the book empty, out of sync)
-        for size, signed in trade_win.forget(state.newest_ts - lateness_ns - w):
-            state.trade_volume -= size
-            state.trade_signed -= signed
+        if not state.trades % _PURGE_AT_LEAST:
+            # bounded memory even when no row comes (one side of the book empty, out of sync)
+            for size, signed in trade_win.forget(state.newest_ts - lateness_ns - w):
+                state.trade_volume -= size
+                state.trade_signed -= signed
 
     if not emit:
         # the book is not to be trusted: no row, and the next row has no previous feature
