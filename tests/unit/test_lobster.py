@@ -211,3 +211,50 @@ def test_file_name_and_symbol_override() -> None:
         parse_lobster_name("aapl.csv")
     ev = next(iter_lobster_events(*_pair(SAMPLE), symbol="aapl2"))
     assert ev.instrument == "AAPL2.XNAS"
+
+
+def test_adapter_book_and_job_book_agree_when_a_batch_closing_record_is_refused() -> None:
+    """The adapter keeps its own book with :meth:`OrderBook.apply` (refusals counted, the record
+    still emitted); the stream job refuses the same record and, before, also closed the batch it
+    ended -- the adapter's book did not, refused every later message as a sequence gap and so
+    diverged from the job's. Closing the batch is now the book's own rule: both agree."""
+    from dataclasses import replace
+
+    from udfs.config import FeatureConfig
+    from udfs.pipeline import InstrumentState, RecordSource, process_record
+
+    events = list(iter_lobster_events(*_pair(SAMPLE), refresh_interval_ms=0))
+    r = next(
+        i
+        for i in range(len(events) // 2, len(events))
+        if events[i].kind is Kind.LEVEL and events[i].is_last
+    )
+    before = OrderBook(events[0].instrument)
+    for ev in events[:r]:
+        before.apply(ev)
+    ask = before.best_ask()
+    assert ask is not None
+    crossing = replace(events[r], side=Side.BID, price=ask + 100, size=1)  # refused: crossed
+    stream = [*events[:r], crossing, *events[r + 1 :]]
+
+    adapter_book = OrderBook(events[0].instrument)  # what the adapter does with its own book
+    refused = 0
+    state: InstrumentState | None = None
+    dead = []
+    for ev in stream:
+        try:
+            adapter_book.apply(ev)
+        except Exception:
+            refused += 1
+        state, res = process_record(
+            state, ev.instrument, encode_event(ev), RecordSource("e", 0, 0), FeatureConfig(), 2000
+        )
+        dead += res.dead_letters
+        if ev.is_last:
+            assert state is not None
+            assert (adapter_book.bids.sizes, adapter_book.asks.sizes) == (
+                state.book.bids.sizes,
+                state.book.asks.sizes,
+            ), ev.seq
+    assert refused == len(dead) == 1
+    assert state is not None and state.book.last_seq == adapter_book.last_seq == events[-1].seq

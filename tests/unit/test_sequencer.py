@@ -184,3 +184,38 @@ def test_a_late_market_event_is_skipped_like_the_job_does(streams) -> None:
     seq.market_complete(0)
     seq.drain(final=True)
     assert len(engine.fed) == len(events)
+
+
+def _feed_one_partition(events: list[L2Event], orders: list[Order], extra: list) -> Sequencer:
+    """AAPL's events and orders on partition 0, ``extra`` (event, key) added after event 10;
+    drained without marking anything complete (a live run)."""
+    seq = Sequencer(
+        RecordingEngine(),
+        lateness_ns=BOUND_NS,
+        expected_partitions={0},
+        expected_order_partitions={0},
+    )
+    for i, ev in enumerate(events):
+        seq.add_market(ev, 0, key=ev.instrument)
+        if i == 10:
+            for stray, key in extra:
+                seq.add_market(stray, 0, key=key)
+    for order in orders:
+        seq.add_order(order, 0)
+    seq.drain()
+    return seq
+
+
+def test_events_the_job_never_keys_or_refuses_as_future_hold_nothing_back(streams) -> None:
+    """Before: one event keyed to AAPL but naming another instrument (the job dead-letters it as
+    key_mismatch, so that instrument never gets a heartbeat) held the safe time at minus
+    infinity for good; an event an hour ahead moved its partition's time. Both are skipped, as
+    the job refuses them, and the sink feeds exactly what it feeds without them."""
+    events, orders = streams[0]
+    clean = _feed_one_partition(events, orders, [])
+    assert len(clean.engine.fed) > len(events) // 2  # a live run feeds up to the heartbeats
+    stray = replace(events[5], instrument="MSFT.XNAS")
+    ahead = replace(events[6], ts_event=events[6].ts_event + 3_600 * 10**9)
+    seq = _feed_one_partition(events, orders, [(stray, events[5].instrument), (ahead, None)])
+    assert (seq.unkeyed_skipped, seq.future_skipped) == (1, 1)
+    assert seq.engine.fed == clean.engine.fed
