@@ -1,8 +1,8 @@
-"""The Flink stream job, bounded, over the shipped LOBSTER sample plus seven bad records.
+"""The Flink stream job, bounded, over the shipped LOBSTER sample plus eight bad records.
 
 One job run (module fixture) over unique topics; the tests then read what came out of Kafka:
 
-* the dead-letter topic holds exactly the seven injected records, each with its reason code and
+* the dead-letter topic holds exactly the eight injected records, each with its reason code and
   pointing (partition/offset) at the record on the events topic;
 * the features match LOBSTER's own orderbook file (read here with ``csv``, not the adapter);
 * the job's stats reconcile: ``events_in == events_processed + dead_lettered``.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -29,6 +30,7 @@ from udfs.schema import F_LAST, Kind, L2Event, Side, decode_dead_letter, encode_
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 AAPL = "AAPL.XNAS"
+FUTURE_NS = (time.time_ns() // 1_000_000 + 2 * 3_600_000) * 1_000_000
 MESSAGE_FILE, ORDERBOOK_FILE = SAMPLE_LOBSTER
 
 
@@ -128,6 +130,15 @@ def _bad_records(cfg: Config) -> list[Injected]:
             "late",
             (f"bound {bound_ms} ms",),
         ),
+        # stamped two hours ahead of this machine's clock (Kafka 4 refuses more than one hour
+        # by default, KIP-1030; our topics accept it) and years ahead of the instrument's
+        # newest exchange time: only the job's future check can refuse it
+        Injected(
+            "future",
+            encode_event(add(ts_event=FUTURE_NS, ts_recv=FUTURE_NS)),
+            "future",
+            ("ahead of the newest", f"bound {cfg.flink.max_ahead_ms} ms"),
+        ),
     ]
 
 
@@ -171,6 +182,7 @@ def job_run(tmp_path_factory) -> Iterator[JobRun]:
         _, last = _sample_state(cfg)
         ts_ms = {b.name: last.ts_event // 1_000_000 for b in bad}
         ts_ms["late"] = (last.ts_event - 10_000_000_000) // 1_000_000
+        ts_ms["future"] = FUTURE_NS // 1_000_000
         _produce_bad(cfg, bad, ts_ms)
         job = build_stream_job(
             cfg, bounded=True, group_id=f"it-{cfg.topics.events}", start_offsets=start
