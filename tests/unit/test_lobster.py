@@ -258,3 +258,43 @@ def test_adapter_book_and_job_book_agree_when_a_batch_closing_record_is_refused(
             ), ev.seq
     assert refused == len(dead) == 1
     assert state is not None and state.book.last_seq == adapter_book.last_seq == events[-1].seq
+
+
+@pytest.mark.parametrize("folder", [SAMPLE, *[SHARED / d for d in SHARED_DIRS[1:4]]])
+def test_refresh_is_the_orderbook_row_and_changes_nothing_for_a_book_in_sync(
+    folder: Path,
+) -> None:
+    """A refresh carries row k exactly as its top N (LOBSTER's full top-N state) and the deeper
+    levels the adapter holds, so a consumer in sync has the very same book before and after
+    it (the paper venue's queue positions do not move), and it is no re-sync."""
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+    msg, ob = _pair(folder)
+    rows = [line.split(",") for line in ob.read_text().splitlines()]
+    max_rows = 20_000
+    stats = LobsterStats()
+    book = OrderBook("x")
+    before: tuple[dict[int, int], dict[int, int]] | None = None
+    refreshes = 0
+    last_row = 0
+    for ev in iter_lobster_events(
+        msg, ob, stats=stats, max_rows=max_rows, refresh_interval_ms=5_000
+    ):
+        if ev.kind is Kind.CLEAR and ev.seq > 1:
+            before = (dict(book.bids.sizes), dict(book.asks.sizes))
+        book.apply(ev)
+        if ev.is_last and not ev.flags & F_SNAPSHOT:
+            last_row = ev.seq
+        if ev.is_last and ev.flags & F_SNAPSHOT and before is not None:
+            refreshes += 1
+            assert (book.bids.sizes, book.asks.sizes) == before
+            row = [int(x) for x in rows[last_row - 1]]
+            depth = len(row) // 4
+            bids, asks = book.top(depth)
+            assert asks == [(row[4 * i], row[4 * i + 1]) for i in range(depth) if row[4 * i + 1]]
+            assert bids == [
+                (row[4 * i + 2], row[4 * i + 3]) for i in range(depth) if row[4 * i + 3]
+            ]
+            before = None
+    assert refreshes == stats.refreshes > 3
+    assert book.resyncs == 0 and book.synced

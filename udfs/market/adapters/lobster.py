@@ -38,11 +38,11 @@ reveals does not.
 Refresh (re-sync point): every ``refresh_interval_ms`` of exchange time (``feed`` section of
 ``udfs/config.py``), after a message's batch, the adapter emits orderbook row ``k`` -- LOBSTER's
 full top-``N`` state after message ``k`` -- as a snapshot (``clear`` + ``snapshot`` levels,
-``F_SNAPSHOT``, ``seq`` = the chain head, so the next message chains to it) and applies it to its
-own book too. A consumer in sync replaces its book with the same top ``N`` (deeper levels, which
-LOBSTER never shows, go on both sides alike, and the frontier rule reveals them again when they
-come into view); a consumer that lost a record re-syncs there. The adapter and every consumer
-that saw the same records hold the same book: the adapter's book is an
+``F_SNAPSHOT``, ``seq`` = the chain head, so the next message chains to it), with the deeper
+levels its own book holds beyond row ``k``'s ``N``-th (LOBSTER never shows them; keeping them
+means a refresh changes nothing for a consumer in sync, e.g. the paper venue's queue positions),
+and applies it to its own book too. A consumer that lost a record re-syncs there. The adapter
+and every consumer that saw the same records hold the same book: the adapter's book is an
 :class:`~udfs.market.book.OrderBook` applying exactly what it emits, refusals included.
 
 Everything is integers: prices are USD*10000 (``price_exp=-4``), sizes are shares, times are
@@ -442,6 +442,19 @@ class _Adapter:
         evs[-1].flags |= F_LAST
         return evs
 
+    def _refresh_row(self, row: Row) -> Row:
+        """Row k (LOBSTER's top N) and, beyond its N-th level, the deeper levels the adapter's
+        book holds: the whole book of a consumer in sync (its top N equals row k on every
+        shared file), so a refresh changes nothing for one."""
+        sides = []
+        for levels, book_side in ((row[0], self.mirror.asks), (row[1], self.mirror.bids)):
+            if len(levels) >= self.depth:  # a full row: the side goes on beyond it
+                deeper = _book_slice(book_side, None, strictly_worse_than=levels[-1][0])
+                sides.append(levels + deeper)
+            else:  # row k shows the whole side
+                sides.append(list(levels))
+        return sides[0], sides[1]
+
     def _message_event(
         self, k: int, ts: int, mtype: int, order_id: int, size: int, price: int, direction: int
     ) -> L2Event:
@@ -571,7 +584,7 @@ class _Adapter:
                 prev = row
                 if self.refresh_ns and ts >= refresh_at:
                     # a re-sync point: row k is the whole top N after message k
-                    for ev in self._snapshot(row, ts, self.mirror.last_seq):
+                    for ev in self._snapshot(self._refresh_row(row), ts, self.mirror.last_seq):
                         self._apply(ev)
                         stats.events += 1
                         yield ev
