@@ -8,6 +8,7 @@ file runs in about 10 s (each full capture verifies in ~1-1.5 s).
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def test_detect_market() -> None:
 
 
 def test_events_follow_the_schema_and_chain() -> None:
-    adapter = BinanceAdapter([SAMPLE])
+    adapter = BinanceAdapter([SAMPLE], refresh_interval_ms=0)  # the venue's own records only
     events = list(adapter)
     assert adapter.stats.events == len(events)
     # snapshot: CLEAR then levels, seq = lastUpdateId, only the last one F_LAST
@@ -274,3 +275,33 @@ def test_empty_diff_keeps_the_emitted_chain(tmp_path: Path) -> None:
         [(1_150_000_000, 300_000_000), (1_000_000_000, 100_000_000)],
         [(1_200_000_000, 100_000_000)],
     )
+
+
+def test_refresh_is_the_adapters_book_at_the_chain_head() -> None:
+    """Every ``refresh_interval_ms`` of exchange time the adapter emits its own book as a
+    snapshot whose ``seq`` is the last diff's, so the next diff chains to it: a consumer in sync
+    keeps the very same book (no re-sync), one that lost a record re-syncs there."""
+    adapter = BinanceAdapter([SAMPLE], refresh_interval_ms=30_000)
+    book = OrderBook(adapter.instrument)
+    before = None
+    last_diff_seq = 0
+    refreshes = []
+    expect_prev = None
+    for ev in adapter:
+        if ev.kind is Kind.CLEAR and last_diff_seq:
+            before = (dict(book.bids.sizes), dict(book.asks.sizes))
+            assert ev.seq == last_diff_seq and ev.flags == F_SNAPSHOT
+        book.apply(ev)
+        if ev.kind is Kind.LEVEL:
+            if expect_prev is not None:
+                assert ev.seq_prev == expect_prev  # the diff after a refresh chains to it
+                expect_prev = None
+            if ev.is_last:
+                last_diff_seq = ev.seq
+        if ev.is_last and ev.kind is Kind.SNAPSHOT and before is not None:
+            assert (book.bids.sizes, book.asks.sizes) == before
+            refreshes.append(ev.ts_event)
+            expect_prev, before = ev.seq, None
+    assert len(refreshes) == adapter.stats.refreshes >= 3
+    assert all(b - a >= 30_000_000_000 for a, b in itertools.pairwise(refreshes))
+    assert book.resyncs == 0 and book.synced and adapter.stats.book_refused == 0
