@@ -34,9 +34,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
-from jobs.kafka_io import drain_topic, end_offsets, first_offsets, reached_end, wait_stable
+from jobs.kafka_io import (
+    KafkaRecord,
+    PartitionReader,
+    drain_topic,
+    end_offsets,
+    first_offsets,
+    make_consumer,
+    wait_stable,
+)
 from udfs.config import Config
 from udfs.execution.engine import ExecutionEngine, Output
 from udfs.execution.portfolio import Portfolio
@@ -120,10 +128,12 @@ def refusal(
     )
 
 
-def _decode(sequencer: Sequencer, cfg: Config, msg, dead: list[DeadLetter] | None = None) -> bool:
+def _decode(
+    sequencer: Sequencer, cfg: Config, rec: KafkaRecord, dead: list[DeadLetter] | None = None
+) -> bool:
     """Decode one input and hand it to the sequencer; a refusal goes to ``dead`` (None: the
     cold-start rebuild, which publishes nothing) and returns False."""
-    topic, partition, value = msg.topic(), msg.partition(), msg.value()
+    topic, partition, value = rec.topic, rec.partition, rec.value
     try:
         record = decode_input(cfg, topic, value)
     except SchemaError as exc:
@@ -131,10 +141,10 @@ def _decode(sequencer: Sequencer, cfg: Config, msg, dead: list[DeadLetter] | Non
             code = {"record": Reason.MALFORMED, "v": Reason.UNKNOWN_VERSION}.get(
                 exc.field, Reason.SCHEMA
             )
-            key = msg.key().decode("utf-8", "replace") if msg.key() else ""
-            dead.append(refusal(topic, partition, msg.offset(), key, value, code, str(exc)))
+            key = rec.key.decode("utf-8", "replace") if rec.key else ""
+            dead.append(refusal(topic, partition, rec.offset, key, value, code, str(exc)))
         return False
-    origin = (topic, partition, msg.offset(), msg.key(), value)
+    origin = (topic, partition, rec.offset, rec.key, value)
     if isinstance(record, L2Event):
         # the Kafka key: an event keyed to another instrument is one the job never keys
         key = msg.key().decode("utf-8", "replace") if msg.key() else None
@@ -272,16 +282,7 @@ def run_sink(
     partition -> offset): where the sink's history begins on its first start."""
     topics = [cfg.topics.events, cfg.topics.orders, cfg.topics.control]
     history = _history_start(cfg, group, topics, start_offsets)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-            "fetch.max.bytes": 52428800,
-        }
-    )
+    consumer = make_consumer(cfg, group)
     ends = {t: end_offsets(cfg, t) for t in topics}
 
     engine = ExecutionEngine(cfg.risk, cfg.venue)
@@ -328,38 +329,22 @@ def run_sink(
     }
     replay = {k: v for k, v in resume_at.items() if v > history[k[0]][k[1]]}
     if replay:
-        consumer.assign([TopicPartition(t, p, history[t][p]) for t, p in replay])
-        remaining = dict(replay)
-        while remaining:
-            msgs = consumer.consume(num_messages=10_000, timeout=1.0)
-            if not msgs:  # the committed offset may lie past commit markers (control topic)
-                reached_end(consumer, remaining)
-            for msg in msgs:
-                if msg.error():
-                    continue
-                k = (msg.topic(), msg.partition())
-                if k not in remaining or msg.offset() >= remaining[k]:
-                    continue
-                _decode(sequencer, cfg, msg)
+        # the committed offset may lie past commit markers (control topic): the reader counts
+        # such a partition read once its position gets there
+        rebuild = PartitionReader(consumer, {k: history[k[0]][k[1]] for k in replay}, replay)
+        for poll in rebuild.polls():
+            for rec in poll.records:
+                _decode(sequencer, cfg, rec)
                 result.rebuilt_inputs += 1
-                if msg.offset() + 1 >= remaining[k]:
-                    del remaining[k]
             sequencer.drain()
             _take_refused(sequencer, None)
         logger.info("%s: replayed %d inputs of its history", group, result.rebuilt_inputs)
         _check_against_log(cfg, engine, group)
 
     # 2. live (or bounded) processing, outputs and offsets in one transaction per batch
-    consumer.assign([TopicPartition(t, p, o) for (t, p), o in resume_at.items()])
-    remaining = (
-        {k: ends[k[0]][k[1]] for k, o in resume_at.items() if o < ends[k[0]][k[1]]}
-        if bounded
-        else {}
+    reader = PartitionReader(
+        consumer, resume_at, {(t, p): ends[t][p] for t, p in resume_at} if bounded else None
     )
-    if bounded:
-        for k in resume_at:
-            if k not in remaining:  # nothing (more) to read there
-                _complete(sequencer, cfg, k)
     pending_inputs = 0
     last_input = time.monotonic()
     dead: list[DeadLetter] = []
@@ -384,38 +369,26 @@ def run_sink(
                 cfg.topics.dead_letter, key=letter.key or None, value=letter.to_json().encode()
             )
         dead.clear()
-        positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
-        if positions:
-            producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
+        # what was fed, never the consumer's position (it may lie past records not yet read)
+        producer.send_offsets_to_transaction(
+            reader.positions(), consumer.consumer_group_metadata(), 30
+        )
         producer.commit_transaction(60)
 
-    while True:
-        msgs = consumer.consume(num_messages=10_000, timeout=0.5)
-        for msg in msgs:
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    logger.warning("consume error: %s", msg.error())
-                continue
-            k = (msg.topic(), msg.partition())
-            if bounded and (k not in remaining or msg.offset() >= remaining[k]):
-                continue
-            if not _decode(sequencer, cfg, msg, dead):
+    for poll in reader.polls():
+        for rec in poll.records:
+            if not _decode(sequencer, cfg, rec, dead):
                 result.skipped += 1
             result.inputs += 1
             pending_inputs += 1
-            if bounded and msg.offset() + 1 >= remaining[k]:
-                del remaining[k]
-                _complete(sequencer, cfg, k)
-        if msgs:
+        for k in poll.completed:
+            _complete(sequencer, cfg, k)
+        if poll.records:
             last_input = time.monotonic()
-        elif bounded:
-            for tp in reached_end(consumer, remaining):
-                _complete(sequencer, cfg, (tp.topic, tp.partition))
-        done = bounded and not remaining
-        if done:
+        if poll.done:
             commit(sequencer.drain(final=True))
             break
-        if pending_inputs >= commit_every or (pending_inputs and not msgs):
+        if pending_inputs >= commit_every or (pending_inputs and not poll.records):
             commit(sequencer.drain())
             pending_inputs = 0
         if idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:

@@ -30,9 +30,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-from jobs.kafka_io import create_topics, make_producer, reached_end, topic_end_offsets
+from jobs.kafka_io import (
+    PartitionReader,
+    create_topics,
+    make_consumer,
+    make_producer,
+    topic_end_offsets,
+)
 from jobs.lake import (
     append_with_offsets,
     committed_offsets,
@@ -101,27 +105,16 @@ def run_history_sink(
     by_topic: dict[str, Stream] = {getattr(cfg.topics, s.topic_field): s for s in chosen}
     tables = {s.name: ensure_table(catalog, cfg, s) for s in chosen}
 
-    assignments: list[TopicPartition] = []
-    remaining: dict[tuple[str, int], int] = {}
+    starts: dict[tuple[str, int], int] = {}
+    ends: dict[tuple[str, int], int] = {}
     stored: dict[str, dict[int, int]] = {}
     for topic, stream in by_topic.items():
         stored[topic] = committed_offsets(tables[stream.name]).get(topic, {})
         for p, (low, high) in topic_end_offsets(cfg, topic).items():
-            start = max(low, stored[topic].get(p, low))
-            assignments.append(TopicPartition(topic, p, start))
-            if bounded and start < high:
-                remaining[(topic, p)] = high
+            starts[(topic, p)] = max(low, stored[topic].get(p, low))
+            ends[(topic, p)] = high
         logger.info("%s <- %s from %s", stream.name, topic, stored[topic] or "the first offset")
-    consumer = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": "bookstream-history",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "fetch.max.bytes": 52428800,
-        }
-    )
-    consumer.assign(assignments)
+    consumer = make_consumer(cfg, "bookstream-history")
     producer = make_producer(cfg)
     pending = {topic: _Pending() for topic in by_topic}
     result = HistoryResult(rows={s.name: 0 for s in chosen})
@@ -172,49 +165,36 @@ def run_history_sink(
         result.commits += 1
         pending[topic] = _Pending()
 
+    reader = PartitionReader(consumer, starts, ends if bounded else None, batch_size=batch)
     try:
-        while not stop.stop:
-            msgs = consumer.consume(num_messages=batch, timeout=0.5)
+        for poll in reader.polls():
             now = time.monotonic()
-            for msg in msgs:
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        logger.warning("consume error: %s", msg.error())
-                    continue
-                topic, p, o = msg.topic(), msg.partition(), msg.offset()
-                key = (topic, p)
-                if bounded and (key not in remaining or o >= remaining[key]):
-                    continue
-                buf = pending[topic]
+            for rec in poll.records:
+                buf = pending[rec.topic]
                 if not buf.next_offsets:
                     buf.since = now
-                buf.values.append(msg.value() or b"")
-                buf.partitions.append(p)
-                buf.offsets.append(o)
-                buf.next_offsets[p] = o + 1
-                if bounded and o + 1 >= remaining[key]:
-                    del remaining[key]
-            if bounded and not msgs:
-                # a partition read to its end through commit markers: the table records that
-                # it holds everything up to there (so "stored up to the end" is checkable)
-                for tp in reached_end(consumer, remaining):
-                    if tp.offset > stored[tp.topic].get(tp.partition, -1):
-                        buf = pending[tp.topic]
-                        if not buf.next_offsets:
-                            buf.since = now
-                        buf.next_offsets[tp.partition] = max(
-                            tp.offset, buf.next_offsets.get(tp.partition, -1)
-                        )
-            done = bounded and not remaining
+                buf.values.append(rec.value or b"")
+                buf.partitions.append(rec.partition)
+                buf.offsets.append(rec.offset)
+                buf.next_offsets[rec.partition] = rec.offset + 1
+            for topic, p in poll.completed:
+                # a partition read to its end (through commit markers, too): the table records
+                # that it holds everything up to there (so "stored up to the end" is checkable)
+                end = reader.next_offsets[(topic, p)]
+                if end > max(starts[(topic, p)], stored[topic].get(p, -1)):
+                    buf = pending[topic]
+                    if not buf.next_offsets:
+                        buf.since = now
+                    buf.next_offsets[p] = max(end, buf.next_offsets.get(p, -1))
             for topic, buf in pending.items():
                 if buf.next_offsets and (
-                    done
+                    poll.done
                     or len(buf.values) >= cfg.lake.commit_rows
                     or now - buf.since >= interval_s
-                    or not msgs
+                    or not poll.records
                 ):
                     flush(topic)
-            if done:
+            if stop.stop:
                 break
         for topic in pending:
             flush(topic)

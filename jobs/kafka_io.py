@@ -22,10 +22,13 @@ __all__ = [
     "BrokerUnavailableError",
     "DeliveryErrors",
     "KafkaRecord",
+    "PartitionReader",
+    "Poll",
     "create_topics",
     "drain_topic",
     "end_offsets",
     "first_offsets",
+    "make_consumer",
     "make_producer",
     "reached_end",
     "topic_end_offsets",
@@ -265,6 +268,148 @@ def reached_end(consumer: Consumer, remaining: dict[tuple[str, int], int]) -> li
     return done
 
 
+def make_consumer(cfg: Config, group: str, *, read_committed: bool = True) -> Consumer:
+    """A consumer for :class:`PartitionReader`: no auto commit (each reader's owner decides
+    what is stored where), large fetches."""
+    return Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+            "fetch.max.bytes": 52428800,
+        }
+    )
+
+
+PartitionKey = tuple[str, int]
+"""(topic, partition)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """What one consume of a :class:`PartitionReader` gave."""
+
+    records: list[KafkaRecord]
+    completed: list[PartitionKey]
+    """bounded: partitions read to their end by this poll (in record or through commit markers;
+    on the first poll also those that had nothing to read)"""
+    done: bool
+    """bounded: every partition is read to its end (the last poll)"""
+
+
+class PartitionReader:
+    """The one Kafka reading loop of the project (``drain_topic``, the history sink, the
+    execution sink's rebuild and live loop): assign partitions at given offsets and poll them,
+    bounded (up to end offsets, then stop) or not (until the owner stops iterating).
+
+    Bounded, a record at or past its partition's end is never yielded, and a partition whose
+    position reaches its end through commit markers (which take offsets but are never
+    delivered) counts as read. :meth:`positions` is the next offset after what was yielded (or
+    the end, once a partition is read through its markers): what an owner may commit as
+    consumed. Never the consumer's own position, which can lie past records fetched but not
+    yielded. Each owner keeps only what is its own (a transaction, an Iceberg commit) and
+    handles records one by one, so it can dead-letter one without stopping the loop.
+    """
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        starts: dict[PartitionKey, int],
+        ends: dict[PartitionKey, int] | None = None,
+        *,
+        batch_size: int = 10_000,
+        poll_timeout_s: float = 0.5,
+        idle_timeout_s: float | None = None,
+        strict: bool = False,
+    ) -> None:
+        """``ends`` (bounded): partition -> end offset; a partition of ``starts`` absent from
+        it has nothing to read. ``idle_timeout_s`` (bounded): raise ``TimeoutError`` after so
+        long without progress. ``strict``: a consume error raises (otherwise it is logged;
+        librdkafka retries transient ones itself)."""
+        self.consumer = consumer
+        self.bounded = ends is not None
+        self.batch_size = batch_size
+        self.poll_timeout_s = poll_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.strict = strict
+        self.next_offsets: dict[PartitionKey, int] = dict(starts)
+        self.remaining: dict[PartitionKey, int] = (
+            {k: ends[k] for k, start in starts.items() if k in ends and start < ends[k]}
+            if ends is not None
+            else {}
+        )
+        self._untouched = [k for k in starts if self.bounded and k not in self.remaining]
+        consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+
+    def positions(self) -> list[TopicPartition]:
+        """Next offset per partition after what this reader has yielded."""
+        return [TopicPartition(t, p, o) for (t, p), o in self.next_offsets.items()]
+
+    def polls(self) -> Iterator[Poll]:
+        """One :class:`Poll` per consume (empty ones included, so the owner can flush on time
+        and check its stop flag); bounded, it ends after the poll with ``done``."""
+        if self.bounded and not self.remaining:
+            yield Poll([], self._untouched, True)
+            return
+        first, self._untouched = self._untouched, []
+        last_progress = time.monotonic()
+        while True:
+            msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
+            records: list[KafkaRecord] = []
+            completed: list[PartitionKey] = first
+            first = []
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    if self.strict:
+                        raise KafkaException(err)
+                    logger.warning("consume error: %s", err)
+                    continue
+                k = (m.topic(), m.partition())
+                offset = m.offset()
+                if self.bounded and (k not in self.remaining or offset >= self.remaining[k]):
+                    continue
+                records.append(
+                    KafkaRecord(k[0], k[1], offset, m.key(), m.value(), m.timestamp()[1])
+                )
+                self.next_offsets[k] = offset + 1
+                if self.bounded and offset + 1 >= self.remaining[k]:
+                    del self.remaining[k]
+                    completed.append(k)
+            if self.bounded and not msgs:
+                ends = dict(self.remaining)
+                for tp in reached_end(self.consumer, self.remaining):
+                    k = (tp.topic, tp.partition)
+                    # read through its markers: consumed up to the end (not the position, which
+                    # may lie past records that arrived after the end was taken)
+                    self.next_offsets[k] = max(self.next_offsets[k], ends[k])
+                    completed.append(k)
+            if records or completed:
+                last_progress = time.monotonic()
+            done = self.bounded and not self.remaining
+            yield Poll(records, completed, done)
+            if done:
+                return
+            if (
+                self.bounded
+                and self.idle_timeout_s is not None
+                and time.monotonic() - last_progress > self.idle_timeout_s
+            ):
+                raise TimeoutError(
+                    f"no records for {self.idle_timeout_s}s, still expecting "
+                    f"partitions {self.remaining}"
+                )
+
+    def __iter__(self) -> Iterator[KafkaRecord]:
+        """Just the records."""
+        for poll in self.polls():
+            yield from poll.records
+
+
 def drain_topic(
     cfg: Config,
     topic: str,
@@ -276,52 +421,19 @@ def drain_topic(
     """Read ``topic`` from the start (or ``from_offsets``) up to its end offsets as of the call,
     in partition order. No consumer group offsets are committed. ``read_committed``: skip
     records of aborted transactions (the execution sink's output log)."""
-    ends = topic_end_offsets(cfg, topic, committed=read_committed)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": f"bookstream-drain-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-        }
+    marks = topic_end_offsets(cfg, topic, committed=read_committed)
+    starts = {
+        (topic, p): max(low, (from_offsets or {}).get(p, low)) for p, (low, _high) in marks.items()
+    }
+    ends = {(topic, p): high for p, (_low, high) in marks.items()}
+    if all(starts[k] >= ends[k] for k in starts):
+        return
+    consumer = make_consumer(
+        cfg, f"bookstream-drain-{time.time_ns()}", read_committed=read_committed
     )
     try:
-        assignments = []
-        remaining: dict[tuple[str, int], int] = {}
-        for p, (low, high) in ends.items():
-            start = max(low, (from_offsets or {}).get(p, low))
-            if start < high:
-                assignments.append(TopicPartition(topic, p, start))
-                remaining[(topic, p)] = high
-        if not assignments:
-            return
-        consumer.assign(assignments)
-        last_progress = time.monotonic()
-        while remaining:
-            msgs = consumer.consume(num_messages=10000, timeout=0.5)
-            if not msgs:
-                reached_end(consumer, remaining)
-                if not remaining:
-                    break
-                if time.monotonic() - last_progress > idle_timeout_s:
-                    raise TimeoutError(
-                        f"{topic}: no records for {idle_timeout_s}s, still "
-                        f"expecting partitions {remaining}"
-                    )
-                continue
-            last_progress = time.monotonic()
-            for m in msgs:
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise KafkaException(m.error())
-                p = m.partition()
-                if (topic, p) not in remaining:
-                    continue
-                rec = KafkaRecord(topic, p, m.offset(), m.key(), m.value(), m.timestamp()[1])
-                yield rec
-                if m.offset() + 1 >= remaining[(topic, p)]:
-                    del remaining[(topic, p)]
+        yield from PartitionReader(
+            consumer, starts, ends, idle_timeout_s=idle_timeout_s, strict=True
+        )
     finally:
         consumer.close()
