@@ -26,8 +26,10 @@ publishing anything twice.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import pickle
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -43,6 +45,7 @@ from jobs.kafka_io import (
     end_offsets,
     first_offsets,
     make_consumer,
+    topic_end_offsets,
     wait_stable,
 )
 from udfs.config import Config
@@ -64,7 +67,7 @@ from udfs.schema import (
     encode_record,
 )
 
-__all__ = ["SinkResult", "run_sink"]
+__all__ = ["SinkResult", "SinkSnapshot", "SinkStateError", "run_sink"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +198,16 @@ def _topic_for(cfg: Config, out: Output) -> tuple[str, str]:
     return cfg.topics.risk, ""
 
 
-def _state_from_log(reports: Iterable[ExecReport]) -> tuple[Portfolio, dict[str, set[str]]]:
-    """Positions and resting orders as the executions log tells them: an order rests from its
-    ACK until a CANCELED or its last FILL (``leaves_qty == 0``); per instrument."""
-    portfolio = Portfolio()
-    resting: dict[str, set[str]] = {}
+def _state_from_log(
+    reports: Iterable[ExecReport],
+    portfolio: Portfolio | None = None,
+    resting: dict[str, set[str]] | None = None,
+) -> tuple[Portfolio, dict[str, set[str]]]:
+    """Positions and resting orders as the executions log tells them (on top of ``portfolio``
+    and ``resting``, a snapshot's): an order rests from its ACK until a CANCELED or its last
+    FILL (``leaves_qty == 0``); per instrument."""
+    portfolio = Portfolio() if portfolio is None else portfolio
+    resting = {} if resting is None else resting
     for rep in reports:
         if rep.kind is ExecKind.FILL:
             portfolio.apply_fill(rep)
@@ -216,10 +224,15 @@ def _few(ids: Iterable[str], n: int = 5) -> str:
     return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
-def _log_reports(cfg: Config, group_prefix: str) -> Iterator[ExecReport]:
-    """The executions log, read committed; a record that is no execution report is not this
-    sink's output and cannot hold its start back (no poison pill): ignored with a warning."""
-    for rec in drain_topic(cfg, cfg.topics.executions, read_committed=True):
+def _log_reports(
+    cfg: Config, group_prefix: str, from_offsets: dict[int, int] | None = None
+) -> Iterator[ExecReport]:
+    """The executions log, read committed (from ``from_offsets``); a record that is no execution
+    report is not this sink's output and cannot hold its start back (no poison pill): ignored
+    with a warning."""
+    for rec in drain_topic(
+        cfg, cfg.topics.executions, from_offsets=from_offsets, read_committed=True
+    ):
         try:
             yield decode_record(ExecReport, rec.value)
         except SchemaError as exc:
@@ -232,16 +245,33 @@ def _log_reports(cfg: Config, group_prefix: str) -> Iterator[ExecReport]:
             )
 
 
-def _check_against_log(cfg: Config, engine: ExecutionEngine, group_prefix: str) -> None:
+def _check_against_log(
+    cfg: Config, engine: ExecutionEngine, group_prefix: str, start: LogStart | None = None
+) -> None:
     """Positions and resting orders from the executions log (read committed) must equal the
     rebuilt engine's; a sink that cannot agree with its own history refuses to start, naming
-    what differs (e.g. a working order the rebuild lost after a risk limit was changed)."""
-    portfolio, log_resting = _state_from_log(_log_reports(cfg, group_prefix))
+    what differs (e.g. a working order the rebuild lost after a risk limit was changed). From
+    a snapshot (``start``), the log is read from where it stood then, on top of the positions
+    and resting orders the snapshot held."""
+    from_offsets = start.log_offsets if start else None
+    lows = first_offsets(cfg, cfg.topics.executions)
+    lost = {p: low for p, low in lows.items() if low > (from_offsets or {}).get(p, 0)}
+    if lost:
+        raise SinkStateError(
+            f"{group_prefix}: the executions log has lost records to retention (partition -> "
+            f"first offset {lost}, needed from {from_offsets or 0}): cannot check the "
+            "rebuilt state; refusing to accept orders"
+        )
+    portfolio, log_resting = _state_from_log(
+        _log_reports(cfg, group_prefix, from_offsets),
+        copy.deepcopy(start.portfolio) if start else None,
+        {k: set(v) for k, v in start.resting.items()} if start else None,
+    )
     log_positions = {i: portfolio.position(i) for i in engine.positions()}
     if {k: v for k, v in log_positions.items() if v} != {
         k: v for k, v in engine.positions().items() if v
     }:
-        raise RuntimeError(
+        raise SinkStateError(
             f"{group_prefix}: positions from the executions log "
             f"{log_positions} differ from the rebuilt state "
             f"{engine.positions()}: refusing to accept orders"
@@ -261,11 +291,71 @@ def _check_against_log(cfg: Config, engine: ExecutionEngine, group_prefix: str) 
             f"state: {'; '.join(problems)}: refusing to accept orders"
         )
     logger.info(
-        "%s: state rebuilt and checked against the output log: positions %s, %d resting orders",
+        "%s: state rebuilt and checked against the output log: positions %s",
         group_prefix,
         engine.positions(),
-        sum(len(v) for v in log_resting.values()),
     )
+
+
+class SinkStateError(RuntimeError):
+    """The sink cannot rebuild a state it can vouch for; the message says why."""
+
+
+@dataclass
+class SinkSnapshot:
+    """The sink's whole state (sequencer with its engine) as of committed input offsets, and
+    where its output log stood then: a cold start replays only what came after ``offsets``, so
+    the inputs' retention needs to keep just that (one snapshot every ``snapshot_every``
+    inputs and at the end of every bounded run). Written after the transaction that committed
+    ``offsets``, so it never stands for a state that was not committed."""
+
+    offsets: dict[tuple[str, int], int]
+    sequencer: Sequencer
+    log_offsets: dict[int, int]
+    """executions partition -> log end right after the commit"""
+
+
+@dataclass
+class LogStart:
+    """Where a cold start from a snapshot checks its executions log from: the snapshot's
+    positions and resting orders (taken before the replay) and the log's end then."""
+
+    portfolio: Portfolio
+    resting: dict[str, set[str]]
+    log_offsets: dict[int, int]
+
+
+def _snapshot_file(cfg: Config, group: str) -> Path:
+    return cfg.state_dir / "exec-sink" / f"{group}.snapshot.pkl"
+
+
+def _load_snapshot(
+    cfg: Config, group: str, committed: dict[tuple[str, int], int]
+) -> SinkSnapshot | None:
+    """The group's snapshot, if it stands for offsets the group has committed (a snapshot
+    ahead of the commits -- group offsets reset by hand -- is set aside, not used)."""
+    path = _snapshot_file(cfg, group)
+    if not path.is_file():
+        return None
+    # the state dir is the sink's own (0700): the pickle is its own writing
+    with path.open("rb") as fh:
+        snap: SinkSnapshot = pickle.load(fh)
+    ahead = {k: o for k, o in snap.offsets.items() if o > committed.get(k, -1)}
+    if ahead:
+        logger.warning(
+            "%s: snapshot %s is ahead of the committed offsets at %s: not used", group, path, ahead
+        )
+        return None
+    return snap
+
+
+def _save_snapshot(cfg: Config, group: str, snap: SinkSnapshot) -> None:
+    path = _snapshot_file(cfg, group)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as fh:
+        pickle.dump(snap, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
 
 
 def run_sink(
@@ -275,11 +365,14 @@ def run_sink(
     bounded: bool = False,
     start_offsets: dict[str, dict[int, int]] | None = None,
     commit_every: int = 20_000,
+    snapshot_every: int = 200_000,
     idle_exit_s: float | None = None,
 ) -> SinkResult:
     """Run the sink. ``bounded``: process up to the inputs' end offsets as of the start, then
     resolve what is in flight and stop (demo, tests, replay). ``start_offsets`` (topic ->
-    partition -> offset): where the sink's history begins on its first start."""
+    partition -> offset): where the sink's history begins on its first start.
+    ``snapshot_every``: inputs between two snapshots of the state (and one at the end of a
+    bounded run), so a cold start replays at most that many."""
     topics = [cfg.topics.events, cfg.topics.orders, cfg.topics.control]
     history = _history_start(cfg, group, topics, start_offsets)
     consumer = make_consumer(cfg, group)
@@ -323,15 +416,47 @@ def run_sink(
         )
     }
 
-    # 1. cold start: rebuild from history [start, committed) without publishing
+    # 1. cold start: the newest snapshot, then replay [snapshot or start, committed) without
+    # publishing
     resume_at = {
         (t, p): max(history[t][p], committed.get((t, p), -1)) for t in topics for p in history[t]
     }
-    replay = {k: v for k, v in resume_at.items() if v > history[k[0]][k[1]]}
+    snapshot = _load_snapshot(cfg, group, resume_at)
+    log_start: LogStart | None = None
+    if snapshot is not None:
+        # the snapshot's engine and queues; this run's partitions and completion are its own
+        fresh = sequencer
+        sequencer = snapshot.sequencer
+        sequencer.expected_partitions = fresh.expected_partitions
+        sequencer.expected_order_partitions = fresh.expected_order_partitions
+        sequencer.market_done, sequencer.orders_done = set(), set()
+        engine = sequencer.engine
+        log_start = LogStart(
+            copy.deepcopy(engine.portfolio),
+            {name: set(ids) for name, ids in engine.open_orders().items()},
+            snapshot.log_offsets,
+        )
+        logger.info("%s: state from snapshot at %s", group, snapshot.offsets)
+    replay_from = {
+        (t, p): snapshot.offsets.get((t, p), history[t][p]) if snapshot else history[t][p]
+        for t in topics
+        for p in history[t]
+    }
+    replay = {k: v for k, v in resume_at.items() if v > replay_from[k]}
     if replay:
+        lows = {t: first_offsets(cfg, t) for t in topics}
+        lost = {
+            k: lows[k[0]].get(k[1], 0) for k in replay if lows[k[0]].get(k[1], 0) > replay_from[k]
+        }
+        if lost:
+            raise SinkStateError(
+                f"{group}: inputs needed to rebuild the state from {replay_from} were deleted "
+                f"by retention (first offsets now {lost}); restore the snapshot "
+                f"{_snapshot_file(cfg, group)} or start a new group"
+            )
         # the committed offset may lie past commit markers (control topic): the reader counts
         # such a partition read once its position gets there
-        rebuild = PartitionReader(consumer, {k: history[k[0]][k[1]] for k in replay}, replay)
+        rebuild = PartitionReader(consumer, {k: replay_from[k] for k in replay}, replay)
         for poll in rebuild.polls():
             for rec in poll.records:
                 _decode(sequencer, cfg, rec)
@@ -339,13 +464,15 @@ def run_sink(
             sequencer.drain()
             _take_refused(sequencer, None)
         logger.info("%s: replayed %d inputs of its history", group, result.rebuilt_inputs)
-        _check_against_log(cfg, engine, group)
+    if replay or snapshot is not None:
+        _check_against_log(cfg, engine, group, log_start)
 
     # 2. live (or bounded) processing, outputs and offsets in one transaction per batch
     reader = PartitionReader(
         consumer, resume_at, {(t, p): ends[t][p] for t, p in resume_at} if bounded else None
     )
     pending_inputs = 0
+    since_snapshot = 0
     last_input = time.monotonic()
     dead: list[DeadLetter] = []
 
@@ -360,7 +487,7 @@ def run_sink(
             )
         result.outputs += len(outputs)
 
-    def commit(outputs: list[Output]) -> None:
+    def commit(outputs: list[Output], *, snapshot: bool = False) -> None:
         result.skipped += _take_refused(sequencer, dead)
         producer.begin_transaction()
         publish(outputs)
@@ -370,10 +497,18 @@ def run_sink(
             )
         dead.clear()
         # what was fed, never the consumer's position (it may lie past records not yet read)
-        producer.send_offsets_to_transaction(
-            reader.positions(), consumer.consumer_group_metadata(), 30
-        )
+        positions = reader.positions()
+        producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(60)
+        if snapshot:
+            log_end = {
+                p: high
+                for p, (_low, high) in topic_end_offsets(
+                    cfg, cfg.topics.executions, committed=False
+                ).items()
+            }
+            offsets = {(tp.topic, tp.partition): tp.offset for tp in positions}
+            _save_snapshot(cfg, group, SinkSnapshot(offsets, sequencer, log_end))
 
     for poll in reader.polls():
         for rec in poll.records:
@@ -381,16 +516,21 @@ def run_sink(
                 result.skipped += 1
             result.inputs += 1
             pending_inputs += 1
+            since_snapshot += 1
         for k in poll.completed:
             _complete(sequencer, cfg, k)
         if poll.records:
             last_input = time.monotonic()
         if poll.done:
-            commit(sequencer.drain(final=True))
+            # the final drain resolves what is in flight: a restart must start from this very
+            # state (replaying the inputs would leave those in flight and resolve them again)
+            commit(sequencer.drain(final=True), snapshot=True)
             break
         if pending_inputs >= commit_every or (pending_inputs and not poll.records):
-            commit(sequencer.drain())
+            take = since_snapshot >= snapshot_every
+            commit(sequencer.drain(), snapshot=take)
             pending_inputs = 0
+            since_snapshot = 0 if take else since_snapshot
         if idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:
             break
     producer.flush(30)

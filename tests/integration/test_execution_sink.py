@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from it_helpers import config_for, kill_job, read_topic
 
-from jobs.execution_sink import SinkResult, run_sink
+from jobs.execution_sink import SinkResult, SinkStateError, run_sink
 from jobs.kafka_io import end_offsets, make_producer
 from jobs.publish import publish
 from udfs.config import PROJECT_ROOT, Config
@@ -266,6 +267,68 @@ def test_restart_continues_as_one_uninterrupted_run(kafka_topics, tmp_path: Path
     assert raw_executions(cfg) == expected
     assert resumed.positions == ref_res.positions
     assert resumed.stats == ref_res.stats
+
+
+def test_bounded_run_then_restart_on_the_same_group_publishes_nothing_twice(
+    kafka_topics, tmp_path: Path
+) -> None:
+    """A bounded run resolves what is in flight at its end (the final drain); a restart on the
+    same group must rebuild that very state, not re-resolve (and re-publish) it."""
+    cfg, _ = kafka_topics("bounded-restart", **env_for(tmp_path))
+    group = f"it-sink-{uuid.uuid4().hex[:8]}"
+    publish_market(cfg)
+    ords = list(orders())
+    produce(cfg, cfg.topics.orders, ords)
+    first = run(cfg, group)
+    after_first = raw_executions(cfg)
+    assert first.stats["acks"] >= N_ORDERS // 2 and after_first
+
+    again = run(cfg, group)  # nothing new to read
+
+    assert again.inputs == 0 and again.outputs == 0
+    assert raw_executions(cfg) == after_first
+    assert again.positions == first.positions
+    ids = [r.report_id for r in executions(cfg)]
+    assert not [i for i, c in Counter(ids).items() if c > 1]
+
+
+def _delete_up_to(cfg: Config, topic: str, offsets: dict[int, int]) -> None:
+    """What size/time retention does: the records before ``offsets`` are gone."""
+    admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    futures = admin.delete_records([TopicPartition(topic, p, o) for p, o in offsets.items()])
+    for fut in futures.values():
+        fut.result()
+
+
+def test_cold_start_needs_only_what_follows_its_snapshot(kafka_topics, tmp_path: Path) -> None:
+    """Retention deletes the inputs a bounded run consumed: the next run starts from the
+    snapshot the first one left, replays nothing and continues; without the snapshot it
+    refuses, naming retention, instead of rebuilding a wrong state."""
+    cfg, _ = kafka_topics("retention", **env_for(tmp_path))
+    group = f"it-sink-{uuid.uuid4().hex[:8]}"
+    publish_market(cfg)
+    ords = list(orders())
+    k = N_ORDERS // 2
+    produce(cfg, cfg.topics.orders, ords[:k])
+    first = run(cfg, group)
+    assert first.stats["new_orders"] == k
+    for topic in (cfg.topics.events, cfg.topics.orders):
+        _delete_up_to(cfg, topic, end_offsets(cfg, topic))
+    produce(cfg, cfg.topics.orders, ords[k:])
+
+    snapshot = cfg.state_dir / "exec-sink" / f"{group}.snapshot.pkl"
+    aside = snapshot.with_name("aside.pkl")
+    snapshot.rename(aside)
+    with pytest.raises(SinkStateError, match="retention"):
+        run(cfg, group)
+    aside.rename(snapshot)
+
+    again = run(cfg, group)
+    assert again.rebuilt_inputs == 0
+    assert again.inputs == N_ORDERS - k
+    assert again.stats["new_orders"] == N_ORDERS
+    ids = [r.report_id for r in executions(cfg)]
+    assert not [i for i, c in Counter(ids).items() if c > 1]
 
 
 def test_sigkill_mid_stream_then_restart_gives_the_same_executions(
