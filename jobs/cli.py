@@ -184,6 +184,7 @@ def cmd_history_sink(args: argparse.Namespace) -> int:
             "total_rows": res.total_rows,
             "dead_lettered": res.dead_lettered,
             "commits": res.commits,
+            "lost_to_retention": res.lost_to_retention,
             "wall_s": round(res.wall_s, 3),
             "rows_per_s": round(res.total_rows / res.wall_s, 1) if res.wall_s else None,
         }

@@ -3,8 +3,10 @@
 A small service (confluent-kafka consumer + pyiceberg), not a Flink job: it is I/O bound and a
 commit per table every few seconds is all it does. For each stream of ``udfs/history.py``:
 
-1. on start, read the offsets the table's newest snapshot recorded (``jobs/lake.py``) and seek
-   there (a table never written starts at the topic's first offset);
+1. on start, read the offsets the table recorded (``jobs/lake.py``) and seek there (a table
+   never written starts at the topic's first offset); offsets retention deleted before they
+   were stored are reported (log and ``lost_to_retention`` in the summary), never skipped
+   quietly;
 2. buffer records; every ``lake.commit_rows`` rows or ``lake.commit_interval_ms`` (and at the
    end of a bounded run) decode them, sort them for time-range reads and append them to the
    table with the offsets they reach in the same snapshot.
@@ -64,6 +66,9 @@ class HistoryResult:
     """rows appended per table by this run"""
     dead_lettered: int = 0
     commits: int = 0
+    lost_to_retention: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    """table -> partition -> (first offset not stored, first offset Kafka still has): records
+    retention deleted before the table stored them"""
     wall_s: float = 0.0
 
     @property
@@ -105,19 +110,32 @@ def run_history_sink(
     by_topic: dict[str, Stream] = {getattr(cfg.topics, s.topic_field): s for s in chosen}
     tables = {s.name: ensure_table(catalog, cfg, s) for s in chosen}
 
+    result = HistoryResult(rows={s.name: 0 for s in chosen})
     starts: dict[tuple[str, int], int] = {}
     ends: dict[tuple[str, int], int] = {}
     stored: dict[str, dict[int, int]] = {}
     for topic, stream in by_topic.items():
         stored[topic] = committed_offsets(tables[stream.name]).get(topic, {})
         for p, (low, high) in topic_end_offsets(cfg, topic).items():
-            starts[(topic, p)] = max(low, stored[topic].get(p, low))
+            have = stored[topic].get(p, 0)
+            if have < low:
+                # deleted by retention before this table stored them: said, never skipped quietly
+                result.lost_to_retention.setdefault(stream.name, {})[p] = (have, low)
+                logger.error(
+                    "%s <- %s partition %d: offsets [%d, %d) were deleted by retention before "
+                    "they were stored; the table has a hole there",
+                    stream.name,
+                    topic,
+                    p,
+                    have,
+                    low,
+                )
+            starts[(topic, p)] = max(low, have)
             ends[(topic, p)] = high
         logger.info("%s <- %s from %s", stream.name, topic, stored[topic] or "the first offset")
     consumer = make_consumer(cfg, "bookstream-history")
     producer = make_producer(cfg)
     pending = {topic: _Pending() for topic in by_topic}
-    result = HistoryResult(rows={s.name: 0 for s in chosen})
     stop = _StopFlag()
     previous = [signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)]
     interval_s = cfg.lake.commit_interval_ms / 1000

@@ -9,11 +9,13 @@ Catalogs (``[lake] catalog``):
   decides who wins and the loser retries on the new metadata;
 * ``rest`` -- any Iceberg REST catalog (``rest_uri``) for a real deployment.
 
-Exactly once: every append carries, in the same snapshot's summary, the Kafka offsets its rows
-run up to (``bookstream.kafka.offsets``: topic -> partition -> next offset). The snapshot and
-its offsets become visible in one atomic catalog commit, so a writer killed at any point either
-committed rows and offsets together or neither, and :func:`committed_offsets` tells a restarted
-writer where to resume.
+Exactly once: every append carries the Kafka offsets its rows run up to
+(``bookstream.kafka.offsets``: topic -> partition -> next offset), in the snapshot's summary and
+in the table's properties. Snapshot and offsets become visible in one atomic catalog commit, so
+a writer killed at any point either committed rows and offsets together or neither, and
+:func:`committed_offsets` tells a restarted writer where to resume. The property survives
+snapshot expiry (a summary dies with its snapshot); a second writer on the same offsets appends
+only the rows the first did not store.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OFFSETS_PROPERTY = "bookstream.kafka.offsets"
-"""Snapshot-summary key: JSON ``{topic: {partition: next offset}}`` of what the table holds."""
+"""Table-property and snapshot-summary key: JSON ``{topic: {partition: next offset}}`` of what
+the table holds."""
 
 _ICEBERG: dict[pa.DataType, IcebergType] = {
     pa.string(): StringType(),
@@ -165,41 +168,68 @@ def ensure_table(catalog: Catalog, cfg: Config, stream: Stream) -> Table:
     return table
 
 
+def _parse_offsets(raw: str) -> dict[str, dict[int, int]]:
+    return {t: {int(p): int(o) for p, o in parts.items()} for t, parts in json.loads(raw).items()}
+
+
 def committed_offsets(table: Table) -> dict[str, dict[int, int]]:
-    """topic -> partition -> next offset, from the newest snapshot that recorded offsets
-    (snapshots of other writers, e.g. a maintenance job, are skipped by walking parents)."""
+    """topic -> partition -> next offset the table holds. Read from the table property
+    (committed with each append, so it survives snapshot expiry); a table written before the
+    property existed falls back to the newest snapshot that recorded offsets (snapshots of
+    other writers, e.g. a maintenance job, are skipped by walking parents)."""
+    if OFFSETS_PROPERTY in table.properties:
+        return _parse_offsets(table.properties[OFFSETS_PROPERTY])
     snap = table.current_snapshot()
     while snap is not None:
         props = snap.summary.additional_properties if snap.summary else {}
         if OFFSETS_PROPERTY in props:
-            raw = json.loads(props[OFFSETS_PROPERTY])
-            return {t: {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
+            return _parse_offsets(props[OFFSETS_PROPERTY])
         snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id else None
     return {}
+
+
+def _not_yet_stored(rows: pa.Table, have: dict[int, int]) -> pa.Table:
+    """The rows whose (``_partition``, ``_offset``) lie at or past what the table holds."""
+    if not have or rows.num_rows == 0 or "_offset" not in rows.column_names:
+        return rows
+    parts = rows["_partition"].to_pylist()
+    offs = rows["_offset"].to_pylist()
+    keep = [o >= have.get(p, -1) for p, o in zip(parts, offs, strict=True)]
+    return rows if all(keep) else rows.filter(pa.array(keep))
 
 
 def append_with_offsets(
     table: Table, rows: pa.Table, topic: str, offsets: dict[int, int], attempts: int = 5
 ) -> Table:
     """Append ``rows`` and record that the table now holds ``topic`` up to ``offsets`` (next
-    offset per partition), in one snapshot. On a commit conflict (another writer committed
-    first) the table is refreshed and the append retried, unless the other commit already
-    covered these offsets -- then the rows are there and appending again would duplicate."""
+    offset per partition), in one commit: the snapshot (its summary) and the table property.
+    On a commit conflict (another writer committed first) the table is refreshed and the
+    append retried with only the rows past what the other writer stored, so two writers never
+    store the same offsets twice (nothing at all when it covered them)."""
     for attempt in range(attempts):
         known = committed_offsets(table)
         have = known.get(topic, {})
         if have and all(have.get(p, -1) >= o for p, o in offsets.items()):
             logger.warning("%s: offsets %s already committed, skipping", table.name(), offsets)
             return table
-        merged = {t: {str(p): o for p, o in parts.items()} for t, parts in known.items()}
-        merged.setdefault(topic, {}).update({str(p): o for p, o in offsets.items()})
-        try:
-            table.append(
-                rows,
-                snapshot_properties={
-                    OFFSETS_PROPERTY: json.dumps(merged, sort_keys=True, separators=(",", ":"))
-                },
+        fresh = _not_yet_stored(rows, have)
+        if fresh.num_rows < rows.num_rows:
+            logger.warning(
+                "%s: %d rows of %s already stored by another writer (up to %s), not appended again",
+                table.name(),
+                rows.num_rows - fresh.num_rows,
+                topic,
+                have,
             )
+        merged = {t: {str(p): o for p, o in parts.items()} for t, parts in known.items()}
+        merged.setdefault(topic, {}).update(
+            {str(p): max(o, have.get(p, -1)) for p, o in offsets.items()}
+        )
+        encoded = json.dumps(merged, sort_keys=True, separators=(",", ":"))
+        try:
+            with table.transaction() as tx:
+                tx.append(fresh, snapshot_properties={OFFSETS_PROPERTY: encoded})
+                tx.set_properties({OFFSETS_PROPERTY: encoded})
             return table
         except CommitFailedException:
             if attempt == attempts - 1:

@@ -12,12 +12,17 @@ import signal
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pytest
+import sqlalchemy
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 from it_helpers import config_for, run_cli, start_job, wait_for
 
 from jobs.doctor import run_doctor
+from jobs.history_sink import run_history_sink
 from jobs.kafka_io import drain_topic, end_offsets, make_producer
 from jobs.lake import (
     OFFSETS_PROPERTY,
@@ -243,3 +248,83 @@ def test_doctor_counts_the_rows_of_every_snapshot(tmp_path: Path) -> None:
     ok, report = run_doctor(cfg, need_broker=False)
     assert ok and report["checks"]["lake"]["ok"] is True
     assert "events=800" in report["checks"]["lake"]["detail"].split()
+
+
+def _expire_all_but_current(cfg, table) -> None:
+    """What another engine's snapshot expiry does (pyiceberg 0.8 has none): new table metadata
+    that keeps only the current snapshot, swapped in through the catalog's own row."""
+    meta_path = Path(urlparse(table.metadata_location).path)
+    meta = json.loads(meta_path.read_text())
+    current = meta["current-snapshot-id"]
+    meta["snapshots"] = [s for s in meta["snapshots"] if s["snapshot-id"] == current]
+    meta["snapshot-log"] = [s for s in meta["snapshot-log"] if s["snapshot-id"] == current]
+    meta["metadata-log"] = []
+    new_path = meta_path.with_name(f"99999-{uuid.uuid4()}.metadata.json")
+    new_path.write_text(json.dumps(meta))
+    engine = sqlalchemy.create_engine(cfg.catalog_uri)
+    with engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text(
+                "UPDATE iceberg_tables SET metadata_location = :new, "
+                "previous_metadata_location = :old WHERE table_name = :name"
+            ),
+            {"new": new_path.as_uri(), "old": table.metadata_location, "name": "events"},
+        )
+
+
+def test_offsets_survive_snapshot_expiry(tmp_path: Path) -> None:
+    """A maintenance job rewrites the table (no offsets in its snapshot) and the snapshots that
+    recorded offsets expire: the table still knows what it holds."""
+    cfg = config_for({"BOOKSTREAM_LAKE_ROOT": str(tmp_path / "lake")})
+    events = next(s for s in history_streams(cfg) if s.name == "events")
+    table = ensure_table(open_catalog(cfg), cfg, events)
+    append_with_offsets(table, _sample_rows(events, 500), "t", {0: 500})
+    table = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.events")
+    table.overwrite(table.scan().to_arrow())  # a compaction, say
+    _expire_all_but_current(cfg, table)
+    table = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.events")
+    assert len(table.snapshots()) == 1
+    assert committed_offsets(table) == {"t": {0: 500}}
+
+
+def test_two_writers_never_store_the_same_offsets_twice(tmp_path: Path) -> None:
+    """Writer B read the table before writer A stored offsets [0, 200); B then appends
+    [100, 300): only [200, 300) of it is new."""
+    cfg = config_for({"BOOKSTREAM_LAKE_ROOT": str(tmp_path / "lake")})
+    events = next(s for s in history_streams(cfg) if s.name == "events")
+    writer_a = ensure_table(open_catalog(cfg), cfg, events)
+    writer_b = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.events")
+    append_with_offsets(writer_a, _sample_rows(events, 200), "t", {0: 200})
+    append_with_offsets(writer_b, _sample_rows(events, 200, skip=100), "t", {0: 300})
+    table = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.events")
+    offsets = table.scan(selected_fields=("_offset",)).to_arrow()["_offset"].to_pylist()
+    assert sorted(offsets) == list(range(300))
+    assert committed_offsets(table) == {"t": {0: 300}}
+
+
+def test_offsets_deleted_by_retention_are_reported(kafka_topics, tmp_path: Path) -> None:
+    cfg, _ = kafka_topics("lakeret", BOOKSTREAM_LAKE_ROOT=str(tmp_path / "lake"))
+    events = [ev for ev in itertools.islice(Source.sample().events(), 400)]
+    instrument = events[0].instrument
+    events = [ev for ev in events if ev.instrument == instrument][:200]
+    assert len(events) == 200
+
+    def produce(evs) -> None:
+        producer = make_producer(cfg)
+        for ev in evs:
+            producer.produce(cfg.topics.events, key=ev.instrument, value=encode_event(ev))
+        assert producer.flush(30) == 0
+
+    produce(events[:100])
+    first = run_history_sink(cfg, bounded=True, only=["events"])
+    assert first.rows["events"] == 100 and not first.lost_to_retention
+    produce(events[100:])
+    (partition,) = [p for p, end in end_offsets(cfg, cfg.topics.events).items() if end]
+    admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    for fut in admin.delete_records([TopicPartition(cfg.topics.events, partition, 150)]).values():
+        fut.result()
+
+    second = run_history_sink(cfg, bounded=True, only=["events"])
+
+    assert second.lost_to_retention == {"events": {partition: (100, 150)}}
+    assert second.rows["events"] == 50
