@@ -3,7 +3,9 @@
 -- Every refused record is a row of bookstream.dead_letters: source is 'kafka:<topic>' (with the
 -- record's partition and offset) or 'file:<path>' (offset = line number), stage says who refused
 -- it (ingest, features or history) and reason_code why (malformed, schema, late,
--- sequence_gap, ...); reason has the detail. Each row counts: a refusal is an event of its own.
+-- sequence_gap, ...); reason has the detail. Each refusal counts once: a stage restarted from
+-- its last checkpoint (the Flink job, the history sink) refuses the same record again, so rows
+-- with the same source, partition, offset, stage and reason code are one dead letter.
 --
 -- Columns:
 --   source_kind          kafka or file
@@ -30,6 +32,12 @@ SELECT
     min(event_time) AS first_time,
     max(event_time) AS last_time,
     argMin(reason, (partition, offset)) AS first_reason
-FROM bookstream.dead_letters
+FROM
+(
+    SELECT *
+    FROM bookstream.dead_letters
+    ORDER BY _partition, _offset
+    LIMIT 1 BY source, partition, offset, stage, reason_code
+)
 GROUP BY source, stage, reason_code
 ORDER BY dead_letters DESC, source_kind, source_name, stage, reason_code
