@@ -152,6 +152,7 @@ def cmd_stream_job(args: argparse.Namespace) -> int:
         group_id=args.group_id,
         restore=args.restore,
         restore_latest=args.restore_latest,
+        from_start=args.from_start,
     )
     return 0
 
@@ -382,7 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--restore-latest",
         action="store_true",
-        help="resume from the newest retained checkpoint, if any",
+        help="resume from the newest retained checkpoint of this group, if any",
+    )
+    p.add_argument(
+        "--from-start",
+        action="store_true",
+        help="without a checkpoint: rebuild the books from the events topic's first offset",
     )
 
     p = _command(
@@ -533,6 +539,13 @@ def _expected_error(exc: BaseException) -> str | None:
         (FileNotFoundError, "check the path"),
         (UsageError, "see --help"),
     ]
+    # a start that would compute from a wrong state: the message says why and what to do
+    for module, name in (
+        ("jobs.stream_job", "StartRefusedError"),
+        ("jobs.execution_sink", "SinkStateError"),
+    ):
+        if module in sys.modules:
+            fixes.append((getattr(sys.modules[module], name), ""))
     sql = sys.modules.get("jobs.sql")  # only a command that imported it can raise its error
     if sql is not None:
         fixes.append(

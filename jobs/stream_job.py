@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from confluent_kafka import TopicPartition
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.datastream import (
     CheckpointingMode,
@@ -49,13 +50,22 @@ from pyflink.datastream.connectors.kafka import (
 from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 
+from jobs.kafka_io import make_consumer, topic_end_offsets
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, RecordSource, process_record
 from udfs.schema import StatsRow, encode_record, encode_row
 from udfs.strategy.trading import Trader, heartbeat
 
-__all__ = ["build_stream_job", "latest_checkpoint", "main", "run_stream_job"]
+__all__ = [
+    "StartRefusedError",
+    "build_stream_job",
+    "check_start",
+    "checkpoint_dir",
+    "latest_checkpoint",
+    "main",
+    "run_stream_job",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -432,7 +442,8 @@ def build_stream_job(
     conf.set_string(
         "pipeline.jars", ";".join(jar.as_uri() for jar in (cfg.kafka_connector_jar, cfg.glue_jar))
     )
-    conf.set_string("execution.checkpointing.dir", cfg.checkpoint_dir.as_uri())
+    # one directory per consumer group: --restore-latest picks among this job's checkpoints
+    conf.set_string("execution.checkpointing.dir", checkpoint_dir(cfg, group_id).as_uri())
     conf.set_string(
         "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
     )
@@ -484,10 +495,60 @@ def build_stream_job(
     return env
 
 
-def latest_checkpoint(cfg: Config) -> Path | None:
-    """The newest completed checkpoint (a ``chk-N`` directory with ``_metadata``) of any job."""
-    done = [p.parent for p in cfg.checkpoint_dir.glob("*/chk-*/_metadata")]
+def checkpoint_dir(cfg: Config, group_id: str) -> Path:
+    """Where the job of consumer group ``group_id`` keeps its checkpoints (``<job-id>/chk-N``
+    below it): a job's state belongs to its group, whose offsets it commits."""
+    return cfg.checkpoint_dir / group_id.replace("/", "_").replace(os.sep, "_")
+
+
+def latest_checkpoint(cfg: Config, group_id: str) -> Path | None:
+    """The newest completed checkpoint (a ``chk-N`` directory with ``_metadata``) of the job of
+    ``group_id`` (any of its runs; never another group's, e.g. a replay's or a bench's)."""
+    done = [p.parent for p in checkpoint_dir(cfg, group_id).glob("*/chk-*/_metadata")]
     return max(done, key=lambda p: p.stat().st_mtime) if done else None
+
+
+class StartRefusedError(RuntimeError):
+    """A start that would compute from a wrong state; the message says why and what to do."""
+
+
+def check_start(cfg: Config, group_id: str, *, from_start: bool) -> dict[int, int] | None:
+    """Start offsets for a job that restores no state. The job's books live in its state
+    only: a group that has already consumed the events topic would resume at its committed
+    offsets with empty books and build features from a wrong book mid-stream. Refused with the
+    reason; ``from_start``: rebuild the books from the topic's first offset instead (the
+    features of the range already done are emitted again; downstream keeps one row per
+    ``(instrument, seq)``), possible only while the topic still holds its first records."""
+    topic = cfg.topics.events
+    marks = topic_end_offsets(cfg, topic)
+    consumer = make_consumer(cfg, group_id)
+    try:
+        committed = {
+            tp.partition: tp.offset
+            for tp in consumer.committed([TopicPartition(topic, p) for p in marks], timeout=30)
+            if tp.offset >= 0
+        }
+    finally:
+        consumer.close()
+    if from_start:
+        lost = {p: low for p, (low, _high) in marks.items() if low > 0}
+        if lost:
+            raise StartRefusedError(
+                f"refused: {topic} no longer holds its first records "
+                f"(partition -> first offset {lost}, deleted by retention): the books cannot be "
+                "rebuilt from the start; restore a checkpoint (--restore / --restore-latest)"
+            )
+        return {p: low for p, (low, _high) in marks.items()}
+    consumed = {p: o for p, o in committed.items() if o > marks.get(p, (0, 0))[0]}
+    if consumed:
+        raise StartRefusedError(
+            f"refused: consumer group {group_id!r} has already consumed {topic} "
+            f"(partition -> committed offset {consumed}) and no checkpoint is restored: the "
+            "books would start empty mid-stream. Restore its state (--restore-latest; "
+            f"checkpoints of this group live in {checkpoint_dir(cfg, group_id)}), rebuild "
+            "from the first offset (--from-start), or use a new --group-id"
+        )
+    return None
 
 
 def run_stream_job(
@@ -497,13 +558,25 @@ def run_stream_job(
     group_id: str = "bookstream-features",
     restore: Path | None = None,
     restore_latest: bool = False,
+    from_start: bool = False,
 ) -> None:
     """``bookstream stream-job``: build the job and execute it (until the bounded input ends,
-    or until killed); ``restore_latest`` resumes from the newest retained checkpoint."""
-    restore = restore or (latest_checkpoint(cfg) if restore_latest else None)
+    or until killed); ``restore_latest`` resumes from the newest retained checkpoint of
+    ``group_id``. Without a checkpoint, :func:`check_start` decides where to start (or refuses,
+    :class:`StartRefusedError`)."""
+    restore = restore or (latest_checkpoint(cfg, group_id) if restore_latest else None)
+    start_offsets = None
     if restore is not None:
         logger.info("restoring from %s", restore)
-    env = build_stream_job(cfg, bounded=bounded, group_id=group_id, restore_from=restore)
+    else:
+        start_offsets = check_start(cfg, group_id, from_start=from_start)
+    env = build_stream_job(
+        cfg,
+        bounded=bounded,
+        group_id=group_id,
+        restore_from=restore,
+        start_offsets=start_offsets,
+    )
     env.execute("bookstream-stream-job")
 
 

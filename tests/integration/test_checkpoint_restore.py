@@ -1,10 +1,15 @@
-"""The stream job's keyed state (books, feature windows, counters) survives a crash.
+"""The stream job's keyed state (books, feature windows, counters) survives a crash, and the
+duplicates a restore re-emits are absorbed downstream.
 
 ``bookstream stream-job`` (unbounded) is started as a subprocess, fed the first half of the LOBSTER
-sample, and SIGKILLed -- JVM included -- once its features are out and a checkpoint taken after
-them is complete. The second half is published while it is down; ``stream-job --restore-latest``
-must then continue from the checkpoint: same book, no reprocessing, no dead letters, and the
-union of both runs' features equal to what the pure pipeline computes over the whole sample.
+sample; once a checkpoint taken after those features is complete, a slice more (with one
+malformed record) is fed and the job is SIGKILLed -- JVM included -- after that slice's output is
+out but before the next checkpoint. A start without state on the same group is refused. The
+rest is published while it is down; ``stream-job --restore-latest`` must then continue from the
+checkpoint: same book, the slice computed again (identical rows), and the union of both runs'
+features equal to what the pure pipeline computes over the whole sample. The history sink then
+stores every topic, and the lake's SQL counts each feature row, dead letter and quality minute
+once.
 """
 
 from __future__ import annotations
@@ -14,22 +19,29 @@ import time
 from pathlib import Path
 
 import pytest
-from it_helpers import kill_job, read_json, read_topic, start_job, wait_for
+from it_helpers import config_for, kill_job, read_json, read_topic, run_cli, start_job, wait_for
 
 from jobs.kafka_io import end_offsets, make_producer
+from jobs.sql import query_rows
+from jobs.stream_job import checkpoint_dir, latest_checkpoint
 from udfs.config import Config
 from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
 from udfs.pipeline import RecordSource, process_record
-from udfs.schema import L2Event, encode_event
+from udfs.schema import L2Event, decode_dead_letter, encode_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 WAIT_S = 120
 
 
-def _produce(cfg: Config, events: list[L2Event]) -> None:
+MALFORMED = b'{"v":1,"kind":'
+
+
+def _produce(cfg: Config, events: list[L2Event], malformed_after: int | None = None) -> None:
     producer = make_producer(cfg)
-    for ev in events:
+    for i, ev in enumerate(events):
+        if i == malformed_after:
+            producer.produce(cfg.topics.events, key=ev.instrument, value=MALFORMED)
         producer.produce(
             cfg.topics.events,
             key=ev.instrument,
@@ -72,25 +84,45 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def _checkpoints(ckpt_dir: Path) -> list[Path]:
-    return list(ckpt_dir.glob("*/chk-*/_metadata"))
+    return list(ckpt_dir.glob("*/*/chk-*/_metadata"))
 
 
-def test_restore_from_checkpoint_after_sigkill(kafka_topics, tmp_path: Path) -> None:
+def test_restore_latest_takes_the_newest_checkpoint_of_its_own_group(tmp_path: Path) -> None:
+    cfg = config_for({"BOOKSTREAM_FLINK_CHECKPOINT_DIR": str(tmp_path / "checkpoints")})
+    mine = checkpoint_dir(cfg, "features-a") / "job1" / "chk-7"
+    other = checkpoint_dir(cfg, "bookstream-replay-x") / "job2" / "chk-3"
+    unfinished = checkpoint_dir(cfg, "features-a") / "job3" / "chk-9"  # no _metadata yet
+    for chk in (mine, other, unfinished):
+        chk.mkdir(parents=True)
+    (mine / "_metadata").write_bytes(b"")
+    time.sleep(0.05)
+    (other / "_metadata").write_bytes(b"")  # newer, but another job's
+    assert latest_checkpoint(cfg, "features-a") == mine
+    assert latest_checkpoint(cfg, "features-b") is None
+
+
+def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
+    kafka_topics, tmp_path: Path
+) -> None:
     ckpt_dir = tmp_path / "checkpoints"
     cfg, env = kafka_topics(
         "restore",
         BOOKSTREAM_FLINK_CHECKPOINT_DIR=str(ckpt_dir),
-        BOOKSTREAM_FLINK_CHECKPOINT_INTERVAL_MS="1000",
+        BOOKSTREAM_FLINK_CHECKPOINT_INTERVAL_MS="20000",
+        BOOKSTREAM_LAKE_ROOT=str(tmp_path / "lake"),
     )
     group = f"it-restore-{cfg.topics.events}"
     events = list(Source(lobster=[SAMPLE_LOBSTER]).events())
-    # split after a batch's last record, near the middle
-    cut = next(i + 1 for i in range(len(events) // 2, len(events)) if events[i].is_last)
-    first, second = events[:cut], events[cut:]
+
+    def cut_after(i: int) -> int:  # split after a batch's last record
+        return next(j + 1 for j in range(i, len(events)) if events[j].is_last)
+
+    cut, cut2 = cut_after(len(events) // 3), cut_after(len(events) // 2)
+    first, extra, rest = events[:cut], events[cut:cut2], events[cut2:]
     expected = _expected_features(cfg, events)
-    expected_first = _expected_features(cfg, first)
-    first_seqs = {r["seq"] for r in expected_first}
-    assert 0 < len(first_seqs) < len(expected)
+    first_seqs = {r["seq"] for r in _expected_features(cfg, first)}
+    extra_seqs = {r["seq"] for r in _expected_features(cfg, first + extra)} - first_seqs
+    assert first_seqs and extra_seqs
     log1, log2 = tmp_path / "run1.log", tmp_path / "run2.log"
 
     def feature_seqs() -> set[int]:
@@ -99,22 +131,40 @@ def test_restore_from_checkpoint_after_sigkill(kafka_topics, tmp_path: Path) -> 
     proc = start_job(["stream-job", "--group-id", group], env, log1)
     try:
         _produce(cfg, first)
-        wait_for(lambda: first_seqs <= feature_seqs(), WAIT_S, "first-half features", proc, log1)
+        wait_for(lambda: first_seqs <= feature_seqs(), WAIT_S, "first-part features", proc, log1)
         arrived = time.time()
         wait_for(
             lambda: any(p.stat().st_mtime > arrived for p in _checkpoints(ckpt_dir)),
             WAIT_S,
-            "a checkpoint completed after the first-half features",
+            "a checkpoint completed after the first-part features",
+            proc,
+            log1,
+        )
+        checkpointed = {p.parent for p in _checkpoints(ckpt_dir)}
+        _produce(cfg, extra, malformed_after=len(extra) // 2)
+        wait_for(
+            lambda: extra_seqs <= feature_seqs() and read_topic(cfg, cfg.topics.dead_letter),
+            WAIT_S,
+            "the slice's features and dead letter",
             proc,
             log1,
         )
     finally:
         kill_job(proc)
     assert proc.returncode is not None and proc.returncode < 0, "the job should have been killed"
+    assert {p.parent for p in _checkpoints(ckpt_dir)} == checkpointed, (
+        "a checkpoint completed after the slice: nothing to re-emit (interval too short?)"
+    )
     first_run_end = end_offsets(cfg, cfg.topics.features)
     first_run = read_json(cfg, cfg.topics.features)
 
-    _produce(cfg, second)
+    # without its state the job would build the rest from an empty book: refused, with the fix
+    refused = start_job(["stream-job", "--group-id", group], env, tmp_path / "refused.log")
+    assert refused.wait(timeout=120) == 2
+    said = (tmp_path / "refused.log").read_text()
+    assert "refused" in said and "--restore-latest" in said and group in said
+
+    _produce(cfg, rest)
     proc = start_job(["stream-job", "--group-id", group, "--restore-latest"], env, log2)
     try:
         wait_for(
@@ -124,16 +174,18 @@ def test_restore_from_checkpoint_after_sigkill(kafka_topics, tmp_path: Path) -> 
             proc,
             log2,
         )
-        time.sleep(2)  # anything still in flight (a reprocessed duplicate) lands now
+        time.sleep(2)  # anything still in flight lands now
     finally:
         kill_job(proc)
+    assert "restoring from" in log2.read_text()
 
     second_run = read_json(cfg, cfg.topics.features, from_offsets=first_run_end)
-    # resumed at the checkpoint's offsets: nothing of the first half was computed again
-    assert second_run, "the restored job produced nothing"
-    assert len(second_run) < len(expected)
-    assert not {r["seq"] for r in second_run} & first_seqs
-    # the restored book is the one the checkpoint held: every row equals the pure pipeline's
+    second_seqs = {r["seq"] for r in second_run}
+    # resumed at the checkpoint: the first part not again, the slice after it again
+    assert second_run and not second_seqs & first_seqs
+    assert extra_seqs <= second_seqs
+    # the restored book is the one the checkpoint held: every row equals the pure pipeline's,
+    # and a re-emitted row equals the one it repeats
     got: dict[int, dict] = {}
     for row in first_run + second_run:
         prev = got.setdefault(row["seq"], row)
@@ -141,6 +193,27 @@ def test_restore_from_checkpoint_after_sigkill(kafka_topics, tmp_path: Path) -> 
     assert sorted(got) == [r["seq"] for r in expected]
     for want in expected:
         assert _same(_without_ts_proc(got[want["seq"]]), _without_ts_proc(want)), want["seq"]
-    # an empty book after the restart would have refused the second half (gap, negative level)
     dead = read_topic(cfg, cfg.topics.dead_letter)
-    assert not dead, [d.value[:300] for d in dead[:3]]
+    assert len(dead) == 2  # the malformed record, refused by both runs
+    assert {decode_dead_letter(d.value).raw for d in dead} == {MALFORMED.decode()}
+
+    # downstream: the lake holds the duplicates, its SQL counts each once
+    run_cli(["history-sink", "--bounded"], env)
+    (features,) = query_rows(
+        cfg,
+        "SELECT count() AS rows, uniqExact(instrument, seq, ts_event, ts_recv) AS distinct_rows "
+        "FROM bookstream.features",
+    )
+    assert features["rows"] == len(first_run) + len(second_run) > len(expected)
+    assert features["distinct_rows"] == len(expected)
+    reasons = query_rows(cfg, "dead_letter_reasons")
+    assert [(r["stage"], r["reason_code"], r["dead_letters"]) for r in reasons] == [
+        ("features", "malformed", 1)
+    ]
+    quality = read_json(cfg, cfg.topics.quality)
+    minutes = {(q["instrument"], q["minute_start"]) for q in quality}
+    report = query_rows(cfg, "data_quality_report")
+    totals = [r for r in report if r["row_kind"] == "total"]
+    assert sum(r["minutes"] for r in totals) == len(minutes)
+    latest = {(q["instrument"], q["minute_start"]): q["events"] for q in quality}
+    assert sum(r["events"] for r in totals) == sum(latest.values())
