@@ -14,6 +14,9 @@ events, with the ratios that say where the time goes. Not a test: it prints figu
                  whole live path into Iceberg: rows/s of the history sink; replay events/s
                  from Iceberg through the same job compared with the live job's; the query
                  time of every ``sql/`` file on that history (``--no-lake`` skips it)
+    soak         (``--soak``, on its own) the full LOBSTER day once, then twice over (the
+                 second copy a day later), through the stream job, the execution sink and the
+                 history sink: peak RSS of each process at 1x and 2x (bounded state: flat)
 
 Each stage runs in a subprocess of its own, so its peak RSS is its own (ru_maxrss of the child
 plus, for (c), the VmHWM of the Flink JVM it started, whose embedded Python runs the function).
@@ -421,6 +424,127 @@ def stage_lake(run: str) -> dict:
     }
 
 
+DAY_NS = 86_400 * 1_000_000_000
+
+
+def _lobster_day_copies(copies: int):
+    """The full LOBSTER day ``copies`` times over, copy k moved k days later (exchange and
+    receive times) with its sequence numbers after the previous copy's: one longer market, not
+    the same records again (which the job would refuse as duplicates)."""
+    import dataclasses
+
+    from udfs.market.adapters.sources import Source
+
+    seq_step = 10**9
+    for k in range(copies):
+        for ev in Source(lobster=list(LOBSTER_DAY)).events():
+            if k == 0:
+                yield ev
+            else:
+                yield dataclasses.replace(
+                    ev,
+                    ts_event=ev.ts_event + k * DAY_NS,
+                    ts_recv=ev.ts_recv + k * DAY_NS,
+                    seq=ev.seq + k * seq_step,
+                    seq_first=ev.seq_first + k * seq_step if ev.seq_first else 0,
+                    seq_prev=ev.seq_prev + k * seq_step if ev.seq_prev else 0,
+                )
+
+
+def stage_soak_publish(copies: str) -> dict:
+    from jobs.kafka_io import DeliveryErrors, create_topics, make_producer
+    from jobs.publish import produce_events
+
+    cfg = load_config()
+    create_topics(cfg)
+    producer = make_producer(cfg)
+    errors = DeliveryErrors()
+    published = produce_events(
+        producer, cfg.topics.events, _lobster_day_copies(int(copies)), errors, progress=False
+    )
+    errors.check(cfg, producer.flush(120))
+    return {"events": published}
+
+
+def stage_soak_job() -> dict:
+    from jobs.kafka_io import count_records
+    from jobs.stream_job import build_stream_job
+
+    cfg = load_config()
+    t = time.perf_counter()
+    build_stream_job(cfg, bounded=True, group_id="soak-job").execute("bookstream-soak")
+    return {
+        "wall_s": time.perf_counter() - t,
+        "features": count_records(cfg, cfg.topics.features),
+        "orders": count_records(cfg, cfg.topics.orders),
+        "dead_letters": count_records(cfg, cfg.topics.dead_letter),
+    }
+
+
+def stage_soak_exec() -> dict:
+    from jobs.execution_sink import run_sink
+
+    cfg = load_config()
+    t = time.perf_counter()
+    res = run_sink(cfg, group="soak-exec", bounded=True)
+    return {
+        "wall_s": time.perf_counter() - t,
+        "inputs": res.inputs,
+        "outputs": res.outputs,
+        "fills": res.stats.get("fills", 0),
+    }
+
+
+def stage_soak_history() -> dict:
+    from jobs.history_sink import run_history_sink
+
+    cfg = load_config()
+    res = run_history_sink(cfg, bounded=True)
+    return {"wall_s": res.wall_s, "rows": res.total_rows, "commits": res.commits}
+
+
+def soak(cfg, run: str, max_copies: int = 2) -> dict:
+    """The full LOBSTER day once and ``max_copies`` times over through the stream job, the
+    execution sink and the history sink (each a process of its own, on topics and a lake of
+    their own): peak RSS per process. Bounded state means the figures stay flat from 1x to
+    2x; growth says something keeps every record."""
+    import shutil
+
+    from jobs.kafka_io import delete_topics
+    from udfs.config import load_config as load
+
+    results: dict[str, dict] = {}
+    for copies in range(1, max_copies + 1):
+        root = cfg.state_dir / "bench" / f"{run}.soak{copies}"
+        env = {
+            **topics_env(cfg.topics.for_run(f"{run}.soak{copies}")),
+            "BOOKSTREAM_LAKE_ROOT": str(root / "lake"),
+            "BOOKSTREAM_STATE_DIR": str(root / "state"),
+            "BOOKSTREAM_FLINK_CHECKPOINT_DIR": str(root / "checkpoints"),
+        }
+        try:
+            r = {
+                "publish": _run_stage(["soak-publish", str(copies)], env=env),
+                "stream_job": _run_stage(["soak-job"], env=env),
+                "execution_sink": _run_stage(["soak-exec"], env=env),
+                "history_sink": _run_stage(["soak-history"], env=env),
+            }
+        finally:
+            lcfg = load(env={**os.environ, **env})
+            delete_topics(lcfg, [spec.name for spec in lcfg.topics.specs()])
+            shutil.rmtree(root, ignore_errors=True)
+        results[f"{copies}x"] = r
+        print(f"\nsoak {copies}x: {r['publish']['events']:,} events", flush=True)
+        for name, fig in r.items():
+            print(
+                f"  {name:<16} peak RSS {fig['peak_rss_mb']:>8.0f} MB  "
+                f"{json.dumps({k: v for k, v in fig.items() if k != 'peak_rss_mb'})}",
+                flush=True,
+            )
+    print(json.dumps({"soak": results}, default=float), flush=True)
+    return results
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -465,8 +589,16 @@ def _run_stage_here(argv: list[str]) -> int:
         "job": stage_job,
         "latency": stage_latency,
         "lake": stage_lake,
+        "soak-publish": stage_soak_publish,
+        "soak-job": stage_soak_job,
+        "soak-exec": stage_soak_exec,
+        "soak-history": stage_soak_history,
     }[name]
-    if name in ("core", "record"):
+    if name in ("soak-job", "soak-exec", "soak-history"):
+        result = fn()
+    elif name == "soak-publish":
+        result = fn(rest[0])
+    elif name in ("core", "record"):
         result = fn(rest)
     elif name == "latency":
         result = fn(rest[0], rest[1], rest[2:])
@@ -509,6 +641,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only-lake", action="store_true", help="only the history / replay / SQL figures"
     )
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="only the soak: the full LOBSTER day once and twice over through the stream job "
+        "and the sinks, peak RSS per process",
+    )
     args = parser.parse_args(argv)
 
     from jobs.kafka_io import create_topics, delete_topics
@@ -518,6 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config()
     run = f"bench.{uuid.uuid4().hex[:6]}"
     have_day = all(p.is_file() for pair in LOBSTER_DAY for p in pair)
+    if args.soak:
+        if not have_day:
+            raise SystemExit(f"the full LOBSTER day is not there: {LOBSTER_DAY}")
+        soak(cfg, run)
+        return 0
     if args.only_lake:
         if not have_day:
             raise SystemExit(f"the full LOBSTER day is not there: {LOBSTER_DAY}")

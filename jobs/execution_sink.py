@@ -150,7 +150,7 @@ def _decode(
     origin = (topic, partition, rec.offset, rec.key, value)
     if isinstance(record, L2Event):
         # the Kafka key: an event keyed to another instrument is one the job never keys
-        key = msg.key().decode("utf-8", "replace") if msg.key() else None
+        key = rec.key.decode("utf-8", "replace") if rec.key else None
         sequencer.add_market(record, partition, origin, key)
     elif isinstance(record, Order):
         sequencer.add_order(record, partition, origin)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
@@ -56,15 +56,25 @@ def publish(
     producer = make_producer(cfg)
     on_delivery = DeliveryErrors()
     start = time.perf_counter()
+    dead = 0
+
+    def events_then_bad_lines() -> Iterator[L2Event]:
+        # bad lines go out as they are found, not kept to the end: memory stays bounded
+        nonlocal dead
+        for ev in source.events(cfg.feed.refresh_interval_ms):
+            if source.bad_lines:
+                dead += _dead_letter_bad_lines(cfg, producer, source, on_delivery)
+            yield ev
+
     published = produce_events(
         producer,
         cfg.topics.events,
-        source.events(cfg.feed.refresh_interval_ms),
+        events_then_bad_lines(),
         on_delivery,
         speed=speed,
         progress=progress,
     )
-    dead = _dead_letter_bad_lines(cfg, producer, source, on_delivery)
+    dead += _dead_letter_bad_lines(cfg, producer, source, on_delivery)
     remaining = producer.flush(60)
     wall = time.perf_counter() - start
     on_delivery.check(cfg, remaining)
@@ -97,7 +107,9 @@ def _dead_letter_bad_lines(cfg: Config, producer, source: Source, on_delivery) -
             cfg.topics.dead_letter, value=dead.to_json().encode(), on_delivery=on_delivery
         )
         logger.warning("dead-lettered %s:%d: %s", bad.file, bad.line, bad.reason)
-    return len(source.bad_lines)
+    n = len(source.bad_lines)
+    source.bad_lines.clear()
+    return n
 
 
 def produce_events(
