@@ -107,6 +107,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from udfs.config import VenueConfig
+from udfs.execution.portfolio import BoundedIdSet
 from udfs.latency import LatencyModel
 from udfs.market.book import BookError, OrderBook
 from udfs.schema import (
@@ -133,6 +134,11 @@ _NEW, _CANCEL, _CANCEL_ALL = "new", "cancel", "cancel_all"
 _FILL_RULES = frozenset({"trade", "cross"})
 _MAX_CAPPED = 32
 """entries kept per order in :attr:`WorkingOrder.capped` (older ones are merged: conservative)"""
+
+
+ID_MEMORY = 100_000
+"""Order ids a venue remembers (duplicates, report numbering), like the risk engine's
+``seen_capacity``: an id older than that many newer ones is forgotten."""
 
 
 @dataclass(slots=True)
@@ -209,9 +215,11 @@ class PaperVenue:
         self._priority = 0
         self._live: dict[str, WorkingOrder] = {}
         """resting orders, in arrival (priority) order"""
-        self._known: set[str] = set()
-        """order ids that reached the venue (live or done): duplicates are rejected"""
-        self._report_n: dict[str, int] = {}
+        self._known = BoundedIdSet(ID_MEMORY)
+        """order ids that reached the venue (live or done): duplicates are rejected; the newest
+        ``ID_MEMORY`` are remembered (memory stays bounded on a long run)"""
+        self._report_n = BoundedIdSet(ID_MEMORY)
+        """order id -> reports issued so far (the ``:n`` of report ids), newest ids"""
 
     # ----------------------------------------------------------------------------- latency
 
@@ -337,8 +345,8 @@ class PaperVenue:
         return reports
 
     def _next_id(self, order_id: str) -> str:
-        n = self._report_n.get(order_id, 0) + 1
-        self._report_n[order_id] = n
+        n = int(self._report_n.get(order_id) or 0) + 1
+        self._report_n.add(order_id, str(n))
         return f"{order_id}:{n}"
 
     def _report(self, order: Order, kind: ExecKind, ts: int, **fields) -> ExecReport:
