@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import udfs.execution.venue as venue_module
 from udfs.config import VenueConfig
 from udfs.execution.venue import PaperVenue
 from udfs.latency import load_latency_samples
@@ -948,3 +949,21 @@ def test_resting_fill_rule_cross_fills_when_the_opposite_best_reaches_the_order(
 def test_resting_fill_rule_is_checked() -> None:
     with pytest.raises(ValueError, match="resting_fill_rule"):
         PaperVenue(INSTR, VenueConfig(resting_fill_rule="touch"))
+
+
+def test_order_ids_remembered_are_bounded(monkeypatch) -> None:
+    """A long run's venue keeps only the newest ``ID_MEMORY`` order ids (duplicate check,
+    report numbering), not one per order for ever."""
+    monkeypatch.setattr(venue_module, "ID_MEMORY", 50, raising=False)
+
+    def orders(seq, v):
+        bid = v.book.best_bid()
+        return [order(f"o{seq}", BUY, LIMIT, bid, 1)] if bid else []
+
+    venue = PaperVenue("AAPL.XNAS", VenueConfig(entry_latency_ms=0))
+    reports, _ = replay(venue, orders)
+    assert len({r.order_id for r in reports}) > 100
+    resting = len(venue.open_orders())
+    assert len(venue._known) <= 50 + resting and len(venue._report_n) <= 50 + resting
+    ids = [r.report_id for r in reports]
+    assert len(ids) == len(set(ids))  # numbering of the remembered orders stays unique

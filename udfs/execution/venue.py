@@ -107,7 +107,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from udfs.config import VenueConfig
-from udfs.execution.portfolio import BoundedIdSet
 from udfs.latency import LatencyModel
 from udfs.market.book import BookError, OrderBook
 from udfs.schema import (
@@ -137,8 +136,8 @@ _MAX_CAPPED = 32
 
 
 ID_MEMORY = 100_000
-"""Order ids a venue remembers (duplicates, report numbering), like the risk engine's
-``seen_capacity``: an id older than that many newer ones is forgotten."""
+"""Order ids a venue remembers (duplicate check, report numbering), like the risk engine's
+``seen_capacity``: beyond it, the oldest ids of orders no longer resting are forgotten."""
 
 
 @dataclass(slots=True)
@@ -215,11 +214,11 @@ class PaperVenue:
         self._priority = 0
         self._live: dict[str, WorkingOrder] = {}
         """resting orders, in arrival (priority) order"""
-        self._known = BoundedIdSet(ID_MEMORY)
-        """order ids that reached the venue (live or done): duplicates are rejected; the newest
-        ``ID_MEMORY`` are remembered (memory stays bounded on a long run)"""
-        self._report_n = BoundedIdSet(ID_MEMORY)
-        """order id -> reports issued so far (the ``:n`` of report ids), newest ids"""
+        self._known: dict[str, None] = {}
+        """order ids that reached the venue (live or done), oldest first: duplicates are
+        rejected. Done orders beyond ``ID_MEMORY`` are forgotten (bounded memory)"""
+        self._report_n: dict[str, int] = {}
+        """order id -> reports issued so far (the ``:n`` of report ids); bounded the same way"""
 
     # ----------------------------------------------------------------------------- latency
 
@@ -344,9 +343,21 @@ class PaperVenue:
                 reports += self._cancel_resting(venue_ts, "cancel_all")
         return reports
 
+    def _forget_done(self, ids: dict, keep: str) -> None:
+        """Drop the oldest ids of orders no longer resting, down to half of ``ID_MEMORY`` (so
+        the sweep is rare): an order resting or still on its way keeps its number and its
+        duplicate check, and so does ``keep`` (the order being handled)."""
+        in_flight = {req.order.order_id for _, _, req in self._pending if req.order is not None}
+        in_flight.add(keep)
+        excess = len(ids) - ID_MEMORY // 2
+        for oid in [o for o in ids if o not in self._live and o not in in_flight][:excess]:
+            del ids[oid]
+
     def _next_id(self, order_id: str) -> str:
-        n = int(self._report_n.get(order_id) or 0) + 1
-        self._report_n.add(order_id, str(n))
+        n = self._report_n.get(order_id, 0) + 1
+        self._report_n[order_id] = n
+        if len(self._report_n) > ID_MEMORY:
+            self._forget_done(self._report_n, order_id)
         return f"{order_id}:{n}"
 
     def _report(self, order: Order, kind: ExecKind, ts: int, **fields) -> ExecReport:
@@ -430,7 +441,9 @@ class PaperVenue:
         reason = self._reject_reason(o)
         if reason:
             return [self._report(o, ExecKind.REJECT, ts, reason=reason, **self._book_fields())]
-        self._known.add(o.order_id)
+        self._known[o.order_id] = None
+        if len(self._known) > ID_MEMORY:
+            self._forget_done(self._known, o.order_id)
         self._priority += 1
         w = WorkingOrder(
             order=o,
