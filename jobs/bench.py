@@ -466,13 +466,13 @@ def stage_soak_publish(copies: str) -> dict:
     return {"events": published}
 
 
-def stage_soak_job() -> dict:
+def stage_soak_job(group: str) -> dict:
     from jobs.kafka_io import count_records
     from jobs.stream_job import build_stream_job
 
     cfg = load_config()
     t = time.perf_counter()
-    build_stream_job(cfg, bounded=True, group_id="soak-job").execute("bookstream-soak")
+    build_stream_job(cfg, bounded=True, group_id=group).execute("bookstream-soak")
     return {
         "wall_s": time.perf_counter() - t,
         "features": count_records(cfg, cfg.topics.features),
@@ -481,12 +481,12 @@ def stage_soak_job() -> dict:
     }
 
 
-def stage_soak_exec() -> dict:
+def stage_soak_exec(group: str) -> dict:
     from jobs.execution_sink import run_sink
 
     cfg = load_config()
     t = time.perf_counter()
-    res = run_sink(cfg, group="soak-exec", bounded=True)
+    res = run_sink(cfg, group=group, bounded=True)
     return {
         "wall_s": time.perf_counter() - t,
         "inputs": res.inputs,
@@ -519,20 +519,21 @@ def soak(cfg, run: str, max_copies: int = 2) -> dict:
         env = {
             **topics_env(cfg.topics.for_run(f"{run}.soak{copies}")),
             "BOOKSTREAM_LAKE_ROOT": str(root / "lake"),
-            "BOOKSTREAM_STATE_DIR": str(root / "state"),
             "BOOKSTREAM_FLINK_CHECKPOINT_DIR": str(root / "checkpoints"),
         }
         try:
             r = {
                 "publish": _run_stage(["soak-publish", str(copies)], env=env),
-                "stream_job": _run_stage(["soak-job"], env=env),
-                "execution_sink": _run_stage(["soak-exec"], env=env),
+                "stream_job": _run_stage(["soak-job", f"{run}.soak{copies}.job"], env=env),
+                "execution_sink": _run_stage(["soak-exec", f"{run}.soak{copies}.exec"], env=env),
                 "history_sink": _run_stage(["soak-history"], env=env),
             }
         finally:
             lcfg = load(env={**os.environ, **env})
             delete_topics(lcfg, [spec.name for spec in lcfg.topics.specs()])
             shutil.rmtree(root, ignore_errors=True)
+            for leftover in (cfg.state_dir / "exec-sink").glob(f"{run}.soak{copies}.exec*"):
+                leftover.unlink()
         results[f"{copies}x"] = r
         print(f"\nsoak {copies}x: {r['publish']['events']:,} events", flush=True)
         for name, fig in r.items():
@@ -594,9 +595,9 @@ def _run_stage_here(argv: list[str]) -> int:
         "soak-exec": stage_soak_exec,
         "soak-history": stage_soak_history,
     }[name]
-    if name in ("soak-job", "soak-exec", "soak-history"):
+    if name == "soak-history":
         result = fn()
-    elif name == "soak-publish":
+    elif name in ("soak-publish", "soak-job", "soak-exec"):
         result = fn(rest[0])
     elif name in ("core", "record"):
         result = fn(rest)
