@@ -503,18 +503,18 @@ def stage_soak_history() -> dict:
     return {"wall_s": res.wall_s, "rows": res.total_rows, "commits": res.commits}
 
 
-def soak(cfg, run: str, max_copies: int = 2) -> dict:
-    """The full LOBSTER day once and ``max_copies`` times over through the stream job, the
-    execution sink and the history sink (each a process of its own, on topics and a lake of
-    their own): peak RSS per process. Bounded state means the figures stay flat from 1x to
-    2x; growth says something keeps every record."""
+def soak(cfg, run: str, copies_list: tuple[int, ...] = (1, 2)) -> dict:
+    """The full LOBSTER day, ``copies`` times over for each number in ``copies_list``, through
+    the stream job, the execution sink and the history sink (each a process of its own, on
+    topics and a lake of their own): peak RSS per process. Bounded state means the figures stay
+    flat from 1x to 2x; growth says something keeps every record."""
     import shutil
 
     from jobs.kafka_io import delete_topics
     from udfs.config import load_config as load
 
     results: dict[str, dict] = {}
-    for copies in range(1, max_copies + 1):
+    for copies in copies_list:
         root = cfg.state_dir / "bench" / f"{run}.soak{copies}"
         env = {
             **topics_env(cfg.topics.for_run(f"{run}.soak{copies}")),
@@ -648,6 +648,14 @@ def main(argv: list[str] | None = None) -> int:
         help="only the soak: the full LOBSTER day once and twice over through the stream job "
         "and the sinks, peak RSS per process",
     )
+    parser.add_argument(
+        "--soak-copies",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        metavar="N",
+        help="with --soak: the numbers of copies of the day to measure (default: 1 2)",
+    )
     args = parser.parse_args(argv)
 
     from jobs.kafka_io import create_topics, delete_topics
@@ -660,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak:
         if not have_day:
             raise SystemExit(f"the full LOBSTER day is not there: {LOBSTER_DAY}")
-        soak(cfg, run)
+        soak(cfg, run, tuple(args.soak_copies))
         return 0
     if args.only_lake:
         if not have_day:
