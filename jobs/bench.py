@@ -247,7 +247,7 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
     import re
 
     cfg = load_config()
-    cp = str(cfg.jars_dir / "kafka" / "*")
+    cp = str(cfg.jars_dir / "perf" / "*")
     n = int(records)
     java = ["java", "-Xmx1g", "-cp", cp]
     broker = _broker_pid(cfg)
