@@ -40,8 +40,8 @@ test-integration: install-dev up
 
 bench: up           ## throughput and memory figures with ratios (not a test)
 	bash infra/install.sh --bench --python-only
-	.venv/bin/python -m jobs.bench $(ARGS)
 	.venv/bin/python -m jobs.bench_clients
+	.venv/bin/python -m jobs.bench $(ARGS)  # last: its closing JSON line ends the output
 
 doctor: install-python
 	$(BS) doctor

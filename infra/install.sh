@@ -81,7 +81,7 @@ verify_jars() {
     || die "jars ($profile): sha256 differs from infra/jars.sha256"
 }
 
-for profile in kafka flink; do
+for profile in kafka flink perf; do
   dest="$STATE/jars/$profile"
   stamp="$dest/.complete"
   if [ ! -f "$stamp" ] || [ infra/pom.xml -nt "$stamp" ] || [ infra/jars.sha256 -nt "$stamp" ]; then

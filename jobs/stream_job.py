@@ -1,22 +1,25 @@
 """Flink job: L2 events (Kafka) -> book in keyed state -> features (Kafka), bad input to the
 dead-letter topic, per-instrument counters to the stats topic, data-quality rows to the quality
-topic.
+topic, and (trading) signals and orders.
 
-    events topic --(Kafka source, key=instrument, event time = record timestamp = exchange
-    time, bounded out-of-orderness watermarks, idle partitions released)--> key_by instrument
-    --> StreamJobFunction (udfs.pipeline.process_record on keyed state)
-        --> features topic          (main output)
-        --> dead-letter topic       (side output: malformed, late, gap, crossed ... + reason)
-        --> stats topic             (event-time timer: counters per instrument and minute)
-        --> quality topic           (side output: gaps, re-syncs, crossed/locked books, stale
-                                     feed, out-of-order, late, duplicates per instrument and
-                                     exchange-time minute; udfs.market.quality)
+    events topic --(Kafka source, EventDeserializer.java: key=instrument, partition, offset;
+    event time = record timestamp = exchange time, bounded out-of-orderness watermarks, idle
+    partitions released)
+    --> MicroBatcher.java (all queued records of one instrument -> one batch; flushed on a size
+        bound, a short timer, every watermark, every checkpoint barrier, end of input)
+    --> keyed by instrument on the JVM (no shuffle at parallelism 1)
+    --> StreamJobFunction: udfs.pipeline.process_record per record of the batch, in order, on
+        keyed state; one string of routed records out per batch
+    --> RoutedSplitter.java --> one Kafka sink, RoutedSerializer.java choosing per record:
+        features / dead letters (malformed, late, gap, crossed ... + reason) / stats (event-time
+        timer: counters per instrument and minute) / quality (udfs.market.quality) / signals /
+        orders; every record stamped with the exchange time of the event that produced it
 
-Records cross the JVM/Python boundary as plain strings, the cheapest crossing PyFlink has: two
-small Java classes (``jobs/java``, compiled by ``infra/install.sh``) prefix each record with its
-partition, offset and key on the way in (a dead letter must name them; PyFlink's KafkaSource has
-only value-only deserialisers) and write ``key \x1f value`` strings as keyed records on the way
-out. Measured: the SQL connector's metadata rows cost twice the whole per-record budget.
+Why this shape (measured by ``make bench``'s ablation ladder): PyFlink's thread mode makes one
+synchronous Java-to-Python call per record and per yielded row, and each side output adds a
+Python identity map; those crossings, not the per-record logic, bounded the job. Records cross
+as plain strings, the cheapest crossing PyFlink has; the small Java classes live in
+``jobs/java`` (compiled by ``infra/install.sh``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from confluent_kafka import TopicPartition
@@ -35,7 +39,6 @@ from pyflink.datastream import (
     DataStream,
     KeyedProcessFunction,
     KeyedStream,
-    OutputTag,
     RuntimeContext,
     StreamExecutionEnvironment,
 )
@@ -69,11 +72,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_TAG = OutputTag("dead-letters", Types.STRING())
-STATS_TAG = OutputTag("stats", Types.STRING())
-SIGNALS_TAG = OutputTag("signals", Types.STRING())
-ORDERS_TAG = OutputTag("orders", Types.STRING())
-QUALITY_TAG = OutputTag("quality", Types.STRING())
 STATS_INTERVAL_MS = 60_000
 """Event-time period of the per-instrument counters on the stats topic."""
 END_OF_INPUT_MS = 2**63 - 1
@@ -83,20 +81,73 @@ registered one, whatever the watermark did before: the per-minute stats timers o
 have fired long before the end (another instrument's newer exchange times move the watermark)."""
 
 
+ROUTES = ("features", "dead_letter", "stats", "quality", "signals", "orders")
+"""Output topics of the job, by route number: the Java sink (RoutedSerializer.java) sends a
+routed record to ``topics[route]``."""
+(FEATURES, DEAD_LETTER, STATS, QUALITY, SIGNALS, ORDERS) = (str(i) for i in range(len(ROUTES)))
+FIELD = "\x1f"
+"""Separates the fields of a routed record: route, key, timestamp (ms), hops, value."""
+TRADING_ROUTES = frozenset({"signals", "orders"})
+"""Routes only the trading stage writes."""
+SINK_NAME_PREFIX = "kafka-sink:"
+"""Name of the Kafka sink operator: this prefix and the topics it writes, comma-separated
+(visible in Flink's execution plan and web UI)."""
+RECORD = "\x1e"
+"""Separates the routed records of one batch (RoutedSplitter.java). Values are JSON, which
+escapes every control character, so neither separator occurs inside one."""
+
+
+def parse_batch(batch: str) -> Iterator[tuple[int, int, int | None, int, str]]:
+    """A MicroBatcher.java batch -> (partition, offset, timestamp ms or None, read ns, value) per
+    record, in arrival order. Values are sliced by their code-point lengths from the header, so a
+    value may hold any character, separators included."""
+    head, _, body = batch.partition("\n")
+    pos = 0
+    for entry in head.split(" "):
+        partition, offset, ts, read_ns, length = entry.split(":")
+        end = pos + int(length)
+        yield int(partition), int(offset), (int(ts) if ts else None), int(read_ns), body[pos:end]
+        pos = end
+
+
+def encode_batch(records: Iterable[tuple[int, int, int | None, int, str]]) -> str:
+    """The inverse of :func:`parse_batch`, as MicroBatcher.java writes a batch (tests, bench)."""
+    records = list(records)
+    head = " ".join(
+        f"{p}:{o}:{'' if ts is None else ts}:{read_ns}:{len(v)}" for p, o, ts, read_ns, v in records
+    )
+    return head + "\n" + "".join(v for *_, v in records)
+
+
+def routed(route: str, key: str, ts_ms: int | None, value: str, hops: str = "") -> str:
+    """One output record for the Java sink: its topic (route), key, Kafka timestamp (the
+    exchange time of the event that produced it; None: the broker's), latency trace, value."""
+    return f"{route}{FIELD}{key}{FIELD}{'' if ts_ms is None else ts_ms}{FIELD}{hops}{FIELD}{value}"
+
+
 class StreamJobFunction(KeyedProcessFunction):
     """Keeps one :class:`InstrumentState` (book + feature windows + counters) per instrument.
+
+    Input: one *batch* of records of one instrument per call (``MicroBatcher.java`` on the JVM
+    side, see :func:`parse_batch`): PyFlink's thread mode crosses the JVM/Python boundary
+    synchronously per call, and those crossings, not the per-record logic, bounded the job. The
+    records of a batch go through the unchanged :func:`process_record` one by one, in order, so
+    the output does not depend on how records were batched. Output: one string per batch holding
+    every routed record it produced (:func:`routed`), split and sent to the right topic by one
+    Java sink (no PyFlink side outputs: each would cross into Python once more).
 
     Keyed state is event-sourced, because PyFlink (thread mode) pickles a ValueState on every
     read and write, and a book of a few thousand levels costs ~1 ms to pickle:
 
     * ``snapshot`` (ValueState): the pickled :class:`InstrumentState` as of some record;
-    * ``log`` (ListState): every raw record of the key since that snapshot (one cheap append
-      per record); every ``snapshot_every`` records the state is pickled and the log cleared.
+    * ``log`` (ListState): every raw record of the key since that snapshot (appended once per
+      batch); every ``snapshot_every`` records the state is pickled and the log cleared.
 
     The live state is a per-key cache in this function instance. After a restore from a
     checkpoint (a new instance, empty cache) a key's state is rebuilt on first touch: unpickle
     the snapshot and replay its log through the same pure :func:`process_record`, which is
-    deterministic, so the rebuilt state is exactly the one the checkpoint stood for.
+    deterministic, so the rebuilt state is exactly the one the checkpoint stood for. The
+    micro-batcher flushes before every checkpoint barrier, so no record is between the two.
     """
 
     def __init__(
@@ -160,121 +211,169 @@ class StreamJobFunction(KeyedProcessFunction):
 
     def process_element(self, value: str, ctx: KeyedProcessFunction.Context):
         key = ctx.get_current_key()
-        partition, offset, raw = split_provenance(value)
-        src = RecordSource(self.topic, partition, offset)
-        state, result = process_record(
-            self._state_of(key),
-            key,
-            raw,
-            src,
-            self.feature_cfg,
-            self.out_of_orderness_ms,
-            self.trader,
-            self.quality_cfg,
-            self.max_ahead_ms,
-            self.future_confirm,
-        )
+        py_in_ns = time.time_ns()
+        out: list[str] = []
+        state = self._state_of(key)
+        n = self.log_len[key]
+        to_log: list[str] = []
+        timers = ctx.timer_service()
+        for partition, offset, ts, read_ns, raw in parse_batch(value):
+            state, result = process_record(
+                state,
+                key,
+                raw,
+                RecordSource(self.topic, partition, offset),
+                self.feature_cfg,
+                self.out_of_orderness_ms,
+                self.trader,
+                self.quality_cfg,
+                self.max_ahead_ms,
+                self.future_confirm,
+            )
+            # persist: log the record, or fold everything into a new snapshot
+            n += 1
+            if n >= self.snapshot_every and state is not None:
+                self.snapshot.update(state)
+                self.log.clear()
+                to_log.clear()
+                n = 0
+            else:
+                to_log.append(raw)
+            if state is not None and ts is not None:
+                # counters to the stats topic at the next event-time minute
+                fire_at = (ts // STATS_INTERVAL_MS + 1) * STATS_INTERVAL_MS
+                if self.stats_timer.get(key, -1) < fire_at:
+                    timers.register_event_time_timer(fire_at)
+                    self.stats_timer[key] = fire_at
+            if state is not None and key not in self.end_timer:
+                # the quality minutes still open at the end of input are flushed by this timer
+                # (registering it again after a restore is a no-op for Flink)
+                timers.register_event_time_timer(END_OF_INPUT_MS)
+                self.end_timer.add(key)
+            for row in result.features:
+                out.append(routed(FEATURES, key, ts, json.dumps(row, separators=(",", ":"))))
+            for signal in result.signals:
+                out.append(routed(SIGNALS, key, ts, encode_record(signal).decode()))
+            if result.orders:
+                # the latency trace: read by the source, batch into Python, order out of Python
+                hops = f"{read_ns},{py_in_ns},{time.time_ns()}"
+                for order in result.orders:
+                    out.append(routed(ORDERS, key, ts, encode_record(order).decode(), hops))
+            for dead in result.dead_letters:
+                out.append(routed(DEAD_LETTER, key, ts, dead.to_json()))
+            for row in result.quality:
+                out.append(routed(QUALITY, key, ts, encode_row(row)))
+            if state is None and result.dead_letters:
+                # a refused record of a key that has no book yet: still count it
+                stats = encode_row(StatsRow(instrument=key, unkeyed_dead=1))
+                out.append(routed(STATS, key, ts, stats))
+            if result.orders:
+                # an order goes out now, not after the rest of the batch (tick-to-order)
+                yield RECORD.join(out)
+                out = []
         self.cache[key] = state
-        # persist: append the record, or fold everything into a new snapshot
-        n = self.log_len[key] + 1
-        if n >= self.snapshot_every and state is not None:
-            self.snapshot.update(state)
-            self.log.clear()
-            n = 0
-        else:
-            self.log.add(raw)
         self.log_len[key] = n
-        # counters to the stats topic at the next event-time minute
-        ts = ctx.timestamp()
-        if state is not None and ts is not None:
-            fire_at = (ts // STATS_INTERVAL_MS + 1) * STATS_INTERVAL_MS
-            if self.stats_timer.get(key, -1) < fire_at:
-                ctx.timer_service().register_event_time_timer(fire_at)
-                self.stats_timer[key] = fire_at
-        if state is not None and key not in self.end_timer:
-            # the quality minutes still open at the end of input are flushed by this timer
-            # (registering it again after a restore is a no-op for Flink)
-            ctx.timer_service().register_event_time_timer(END_OF_INPUT_MS)
-            self.end_timer.add(key)
-        for row in result.features:
-            yield key + SEP + json.dumps(row, separators=(",", ":"))
-        for signal in result.signals:
-            yield SIGNALS_TAG, key + SEP + encode_record(signal).decode()
-        for order in result.orders:
-            yield ORDERS_TAG, key + SEP + encode_record(order).decode()
-        for dead in result.dead_letters:
-            yield DEAD_LETTER_TAG, key + SEP + dead.to_json()
-        for row in result.quality:
-            yield QUALITY_TAG, key + SEP + encode_row(row)
-        if state is None and result.dead_letters:
-            # a refused record of a key that has no book yet: still count it
-            yield STATS_TAG, key + SEP + encode_row(StatsRow(instrument=key, unkeyed_dead=1))
+        if to_log:
+            self.log.add_all(to_log)
+        if out:
+            yield RECORD.join(out)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         key = ctx.get_current_key()
         state = self._state_of(key)
         if timestamp == END_OF_INPUT_MS:
             # end of input: the key's last stats timer has fired already (timers fire in time
-            # order, this one last); emit the quality minutes no later record will close
+            # order, this one last); emit the quality minutes no later record will close,
+            # stamped with the newest exchange time they cover
             if state is not None:
-                for row in flush(state.quality):
-                    yield QUALITY_TAG, key + SEP + encode_row(row)
+                ts = state.max_ts_event // 1_000_000 if state.max_ts_event else None
+                rows = flush(state.quality)
+                if rows:
+                    yield RECORD.join(routed(QUALITY, key, ts, encode_row(row)) for row in rows)
             return
         if self.stats_timer.get(key) == timestamp:
             del self.stats_timer[key]
         if state is None:
             return
+        out = []
         if self.trader is not None and state.max_ts_event:
             # every order of this key up to its newest event is out: tell the execution sink
             beat = heartbeat(
                 key, state.max_ts_event + self.trader.min_feed_latency_ns, state.book.last_seq
             )
-            yield ORDERS_TAG, key + SEP + encode_record(beat).decode()
-        stats = StatsRow(
-            instrument=state.instrument,
-            watermark_ms=timestamp,
-            events_in=state.events_in,
-            events_processed=state.events_processed,
-            dead_lettered=state.dead_lettered,
-            signals=state.trading.signals,
-            orders=state.trading.orders,
-            book_levels=len(state.book.bids) + len(state.book.asks),
-            ts_proc=time.time_ns(),
+            ts = state.max_ts_event // 1_000_000
+            out.append(routed(ORDERS, key, ts, encode_record(beat).decode()))
+        stats = encode_row(
+            StatsRow(
+                instrument=state.instrument,
+                watermark_ms=timestamp,
+                events_in=state.events_in,
+                events_processed=state.events_processed,
+                dead_lettered=state.dead_lettered,
+                signals=state.trading.signals,
+                orders=state.trading.orders,
+                book_levels=len(state.book.bids) + len(state.book.asks),
+                ts_proc=time.time_ns(),
+            )
         )
-        yield STATS_TAG, key + SEP + encode_row(stats)
+        # the minute's end in exchange time: the counters cover the events before it
+        out.append(routed(STATS, key, timestamp, stats))
+        yield RECORD.join(out)
 
 
-SINK_NAME_PREFIX = "kafka-sink:"
-"""Name of each Kafka sink operator: this prefix and the topic it writes (visible in Flink's
-execution plan and web UI)."""
-SEP = "\x1f"
-"""Key/value separator of the strings the Java serialiser writes as keyed records."""
-
-
-def split_provenance(record: str) -> tuple[int, int, str]:
-    """``"<partition>:<offset>:<value>"`` (ProvenanceDeserializer.java) ->
-    (partition, offset, value)."""
-    a = record.index(":")
-    b = record.index(":", a + 1)
-    return int(record[:a]), int(record[a + 1 : b]), record[b + 1 :]
-
-
-def _key_by_field0(ds: DataStream) -> KeyedStream:
-    """Key a stream of ``Row(key, value)`` by its first field on the JVM side.
+def keyed_by_field0(ds: DataStream, *, shuffle: bool) -> KeyedStream:
+    """Key a stream of rows ``(key, value, ...)`` by their first field on the JVM side.
 
     PyFlink's ``key_by`` always runs a Python function that builds that very row; the source
     already emits it, so we hand Flink the same key selector PyFlink would use after its Python
-    step, and the keyed Python operator receives ``value``. Saves a Python call per record.
+    step, and a keyed Python operator receives ``value``. Saves a Python call per record.
+
+    ``shuffle=False``: no network shuffle (``DataStreamUtils.reinterpretAsKeyedStream``): the
+    keyed operator chains to the source and records are handed over in memory. Only right when
+    every key is read by the subtask that owns its key group, which holds at parallelism 1 (all
+    key groups are subtask 0's); Kafka's partitioner does not follow Flink's key groups, so at
+    a higher parallelism the job shuffles (``build_stream_job``).
     """
     gateway = get_gateway()
-    j_keyed = ds._j_data_stream.keyBy(
-        gateway.jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info()
-    )
+    selector = gateway.jvm.KeyByKeySelector()
+    key_type = Types.ROW([Types.STRING()]).get_java_type_info()
+    if shuffle:
+        j_keyed = ds._j_data_stream.keyBy(selector, key_type)
+    else:
+        utils = gateway.jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils
+        j_keyed = utils.reinterpretAsKeyedStream(ds._j_data_stream, selector, key_type)
     return KeyedStream(j_keyed, Types.STRING(), ds)
 
 
-def _kafka_source(
-    cfg: Config, topic: str, group_id: str, *, bounded: bool, start_offsets: dict[int, int] | None
+def micro_batched(ds: DataStream, max_records: int, max_delay_ms: int) -> DataStream:
+    """EventDeserializer rows -> MicroBatcher.java rows ``(key, batch)`` (chained, same task)."""
+    gateway = get_gateway()
+    j_batched = ds._j_data_stream.transform(
+        "micro-batcher",
+        gateway.jvm.io.bookstream.flink.MicroBatcher.outputType(),
+        gateway.jvm.io.bookstream.flink.MicroBatcher(max_records, max_delay_ms),
+    )
+    return DataStream(j_batched)
+
+
+def routed_records(ds: DataStream) -> DataStream:
+    """The Python operator's one string per batch -> one string per routed record (Java)."""
+    gateway = get_gateway()
+    return DataStream(
+        ds._j_data_stream.flatMap(
+            gateway.jvm.io.bookstream.flink.RoutedSplitter(), Types.STRING().get_java_type_info()
+        )
+    )
+
+
+def kafka_source(
+    cfg: Config,
+    topic: str,
+    group_id: str,
+    *,
+    bounded: bool,
+    start_offsets: dict[int, int] | None,
+    deserializer: str = "EventDeserializer",
 ) -> KafkaSource:
     gateway = get_gateway()
     builder = (
@@ -298,24 +397,31 @@ def _kafka_source(
     if bounded:
         builder.set_bounded(KafkaOffsetsInitializer.latest())
     # PyFlink only wraps value-only deserialisers: set ours on the Java builder
-    builder._j_builder.setDeserializer(gateway.jvm.io.bookstream.flink.ProvenanceDeserializer())
+    builder._j_builder.setDeserializer(getattr(gateway.jvm.io.bookstream.flink, deserializer)())
     return builder.build()
 
 
-def _kafka_sink(cfg: Config, topic: str) -> KafkaSink:
+def kafka_sink(cfg: Config, topics: Sequence[str], *, linger_ms: int | None = None) -> KafkaSink:
+    """One Kafka sink for every output topic: RoutedSerializer.java sends each routed record to
+    ``topics[route]`` with its key and exchange-time timestamp. ``linger.ms`` 0 (the orders
+    path's latency) by default; the producer stays idempotent (acks=all)."""
     gateway = get_gateway()
+    linger = cfg.flink.orders_linger_ms if linger_ms is None else linger_ms
     builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(cfg.kafka.bootstrap_servers)
         .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
-        .set_property("linger.ms", "20")
+        .set_property("linger.ms", str(linger))
         .set_property("compression.type", "lz4")
         # idempotent producer: a retried send never writes a record twice
         .set_property("enable.idempotence", "true")
         .set_property("acks", "all")
     )
+    j_topics = gateway.new_array(gateway.jvm.String, len(topics))
+    for i, topic in enumerate(topics):
+        j_topics[i] = topic
     builder._j_builder.setRecordSerializer(
-        gateway.jvm.io.bookstream.flink.KeyedStringSerializer(topic)
+        gateway.jvm.io.bookstream.flink.RoutedSerializer(j_topics)
     )
     return builder.build()
 
@@ -400,29 +506,11 @@ def worker_pool_on_loopback() -> None:
     BeamFnLoopbackWorkerPoolServicer.start = start_on_loopback  # type: ignore[method-assign]
 
 
-def build_stream_job(
-    cfg: Config,
-    *,
-    bounded: bool,
-    group_id: str = "bookstream-features",
-    restore_from: Path | None = None,
-    start_offsets: dict[int, int] | None = None,
-    trading: bool = True,
+def job_environment(
+    cfg: Config, restore_from: Path | None = None, group_id: str = "bookstream-features"
 ) -> StreamExecutionEnvironment:
-    """The whole pipeline on a StreamExecutionEnvironment (not yet executed: ``env.execute``).
-
-    ``bounded``: stop at the events topic's end offsets as of the start (demo, tests, replay);
-    otherwise run until cancelled. ``trading``: also run the signal/order stage (signals and
-    orders topics); without it the job computes features only. The job starts from the group's
-    committed offsets (committed on checkpoints), or the earliest when the group has none;
-    ``start_offsets`` (partition -> offset) overrides that. A job restored from a checkpoint
-    resumes at the checkpoint's offsets.
-
-    Every topic the job reads or writes is ``cfg.topics``: a run of its own (test, benchmark,
-    replay) passes a config whose topic set is replaced as a whole (``cfg.for_run(...)``).
-    """
-    topics = cfg.topics
-
+    """A StreamExecutionEnvironment configured for the stream job (thread mode, jars,
+    checkpoints of ``group_id``'s own directory, restarts), with no job on it yet."""
     _export_python_path()
     _export_flink_log_dir(cfg)
     worker_pool_on_loopback()
@@ -459,39 +547,59 @@ def build_stream_job(
     env.set_parallelism(cfg.flink.parallelism)
     env.enable_checkpointing(cfg.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
 
+    return env
+
+
+def build_stream_job(
+    cfg: Config,
+    *,
+    bounded: bool,
+    group_id: str = "bookstream-features",
+    restore_from: Path | None = None,
+    start_offsets: dict[int, int] | None = None,
+    trading: bool = True,
+    shuffle: bool | None = None,
+) -> StreamExecutionEnvironment:
+    """The whole pipeline on a StreamExecutionEnvironment (not yet executed: ``env.execute``).
+
+    ``bounded``: stop at the events topic's end offsets as of the start (demo, tests, replay);
+    otherwise run until cancelled. ``trading``: also run the signal/order stage (signals and
+    orders topics); without it the job computes features only. The job starts from the group's
+    committed offsets (committed on checkpoints), or the earliest when the group has none;
+    ``start_offsets`` (partition -> offset) overrides that. A job restored from a checkpoint
+    resumes at the checkpoint's offsets. Every topic the job reads or writes is ``cfg.topics``: a
+    run of its own (test, benchmark, replay) passes a config whose topic set is replaced as a
+    whole (``cfg.for_run(...)``). ``shuffle``: key behind a network shuffle (default: only
+    at parallelism > 1, see :func:`keyed_by_field0`).
+    """
+    topics = cfg.topics
+    env = job_environment(cfg, restore_from, group_id)
     # source: event time = Kafka record timestamp = exchange time (set by the publisher)
     watermark_strategy = WatermarkStrategy.for_bounded_out_of_orderness(
         Duration.of_millis(cfg.flink.out_of_orderness_ms)
     ).with_idleness(Duration.of_millis(cfg.flink.idle_timeout_ms))
-    kafka_source = _kafka_source(
+    source = kafka_source(
         cfg, topics.events, group_id, bounded=bounded, start_offsets=start_offsets
     )
-    ds = env.from_source(kafka_source, watermark_strategy, "events").uid("events-source")
+    ds = env.from_source(source, watermark_strategy, "events").uid("events-source")
 
-    # transformations
+    # transformations: records of one instrument in batches to one Python call each
+    batches = micro_batched(ds, cfg.flink.batch_max_records, cfg.flink.batch_max_delay_ms)
     trader = Trader.load(cfg) if trading else None
-    features = (
-        _key_by_field0(ds)
+    outputs = (
+        keyed_by_field0(batches, shuffle=cfg.flink.parallelism > 1 if shuffle is None else shuffle)
         .process(StreamJobFunction(cfg, trader), output_type=Types.STRING())
         .name("book-features")
         .uid("book-features")
     )
 
-    # sinks: one per output, each to its topic of cfg.topics (the sink's name says which)
-    outputs: list[tuple[str, DataStream]] = [
-        ("features", features),
-        ("dead_letter", features.get_side_output(DEAD_LETTER_TAG)),
-        ("stats", features.get_side_output(STATS_TAG)),
-        ("quality", features.get_side_output(QUALITY_TAG)),
-    ]
-    if trading:
-        outputs += [
-            ("signals", features.get_side_output(SIGNALS_TAG)),
-            ("orders", features.get_side_output(ORDERS_TAG)),
-        ]
-    for topic_field, stream in outputs:
-        topic = getattr(topics, topic_field)
-        stream.sink_to(_kafka_sink(cfg, topic)).name(f"{SINK_NAME_PREFIX}{topic}")
+    # sinks: one producer, the topic chosen per record (route numbers: ROUTES); its name lists
+    # the topics it writes
+    routes = [getattr(topics, r) for r in ROUTES]
+    written = [t for r, t in zip(ROUTES, routes, strict=True) if trading or r not in TRADING_ROUTES]
+    routed_records(outputs).sink_to(kafka_sink(cfg, routes)).name(
+        f"{SINK_NAME_PREFIX}{','.join(written)}"
+    )
     return env
 
 

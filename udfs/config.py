@@ -250,6 +250,15 @@ class FlinkConfig:
     buffer_timeout_ms: int = field(default=100, metadata=_range(-1))
     """execution.buffer-timeout.interval: longest a network buffer waits before it is sent
     (lower: less latency, less throughput)."""
+    batch_max_records: int = 1000
+    """Most records of one instrument the JVM-side micro-batcher hands to one Python call
+    (``jobs/java/.../MicroBatcher.java``); 1 = one call per record. Outputs do not depend on it."""
+    batch_max_delay_ms: int = 1
+    """Longest a record waits in the micro-batcher (processing time) before its batch goes to
+    Python; batches are also sent on every watermark, checkpoint barrier and at end of input."""
+    orders_linger_ms: int = 0
+    """linger.ms of the job's one Kafka producer (every output topic, orders included): 0 sends
+    at once; batches still form while earlier sends are in flight. Idempotence stays on."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,13 +16,15 @@ from udfs.config import Config, TopicsConfig, load_config
 
 
 def _sink_topics(env) -> list[str]:
-    """The topic of every Kafka sink in the job graph (from Flink's execution plan)."""
+    """The topics of every Kafka sink in the job graph (from Flink's execution plan; the stream
+    job's one routed sink names all it writes, comma-separated)."""
     plan = json.loads(env.get_execution_plan())
     names = [node["contents"] for node in plan["nodes"]]
     topics = [
-        name.split(SINK_NAME_PREFIX, 1)[1].split(":")[0].strip()
+        topic.strip()
         for name in names
         if SINK_NAME_PREFIX in name
+        for topic in name.split(SINK_NAME_PREFIX, 1)[1].split(":")[0].split(",")
     ]
     assert topics, names
     return topics

@@ -323,3 +323,34 @@ def test_orders_carry_deterministic_ids_and_follow_the_traded_signals(job_run: J
         assert (o.source_seq, o.strategy) in traded, o
     assert len({o.order_id for o in new}) == len(new)
     assert any(o.action is OrderAction.HEARTBEAT for o in orders)
+
+
+def test_every_output_record_is_stamped_with_its_events_exchange_time(job_run: JobRun) -> None:
+    """Per topic, on the broker: the Kafka timestamp is the exchange time (ms) of the event that
+    produced the record, never the wall clock (the sample is from 2012)."""
+    cfg = job_run.cfg
+    events = {(r.partition, r.offset): r.timestamp_ms for r in read_topic(cfg, cfg.topics.events)}
+    inputs = set(events.values())
+    by_topic = {
+        name: read_topic(cfg, getattr(cfg.topics, name))
+        for name in ("features", "dead_letter", "stats", "quality", "signals", "orders")
+    }
+    for name in ("features", "dead_letter", "stats", "quality", "signals", "orders"):
+        assert by_topic[name], f"no {name} records: the test covers nothing there"
+    for r in by_topic["features"]:
+        assert r.timestamp_ms == json.loads(r.value)["ts_event"] // 1_000_000
+    for r in by_topic["signals"]:
+        assert r.timestamp_ms == json.loads(r.value)["ts_event"] // 1_000_000
+    for r in by_topic["orders"]:
+        # an order's ts_event is its decision time: exchange time plus the feed latency
+        assert r.timestamp_ms in inputs
+        assert r.timestamp_ms <= json.loads(r.value)["ts_event"] // 1_000_000
+    for r in by_topic["dead_letter"]:
+        d = decode_dead_letter(r.value)  # the refused record's own timestamp
+        assert r.timestamp_ms == events[(d.partition, d.offset)]
+    for r in by_topic["quality"]:
+        assert r.timestamp_ms in inputs
+    for r in by_topic["stats"]:
+        row = json.loads(r.value)
+        # a minute's counters: stamped with the minute's end in exchange time
+        assert r.timestamp_ms == row.get("watermark_ms", -1) or r.timestamp_ms in inputs

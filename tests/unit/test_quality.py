@@ -637,6 +637,9 @@ class _List:
     def add(self, value: Any) -> None:
         self.data.setdefault(self.keys.key, []).append(value)
 
+    def add_all(self, values: list) -> None:
+        self.data.setdefault(self.keys.key, []).extend(values)
+
     def clear(self) -> None:
         self.data[self.keys.key] = []
 
@@ -675,7 +678,14 @@ def test_flink_function_emits_quality_rows_and_flushes_at_end_of_input(
     lob: list[L2Event], btc: list[L2Event], clean: Run
 ) -> None:
     pytest.importorskip("pyflink")
-    from jobs.stream_job import END_OF_INPUT_MS, QUALITY_TAG, SEP, StreamJobFunction
+    from jobs.stream_job import (
+        END_OF_INPUT_MS,
+        FIELD,
+        QUALITY,
+        RECORD,
+        StreamJobFunction,
+        encode_batch,
+    )
 
     cfg = Config()
     rt = _Runtime()
@@ -685,12 +695,13 @@ def test_flink_function_emits_quality_rows_and_flushes_at_end_of_input(
     rows: list[dict] = []
 
     def collect(out: Any) -> None:
-        for item in out:
-            if isinstance(item, tuple) and item[0] is QUALITY_TAG:
-                key, value = item[1].split(SEP, 1)
-                row = json.loads(value)
-                assert key == row["instrument"]
-                rows.append(row)
+        for batch in out:
+            for record in batch.split(RECORD):
+                route, key, _ts, _hops, value = record.split(FIELD, 4)
+                if route == QUALITY:
+                    row = json.loads(value)
+                    assert key == row["instrument"]
+                    rows.append(row)
 
     fn = None
     for n, (key, raw, ts_ms) in enumerate(records):
@@ -700,7 +711,7 @@ def test_flink_function_emits_quality_rows_and_flushes_at_end_of_input(
             fn = StreamJobFunction(cfg, None, snapshot_every=5000)
             fn.open(rt)
         rt.keys.key, ctx.ts = key, ts_ms
-        collect(fn.process_element(f"0:{n}:{raw}", ctx))
+        collect(fn.process_element(encode_batch([(0, n, ts_ms, 0, raw)]), ctx))
     assert {(r["instrument"], r["minute_start"]) for r in rows} == clean.live
     assert (END_OF_INPUT_MS, AAPL) in rt.timers and (END_OF_INPUT_MS, BTC) in rt.timers
     # end of input: Flink fires every pending timer in time order, END_OF_INPUT_MS last

@@ -26,6 +26,7 @@ public class KeyedStringSerializer implements KafkaRecordSerializationSchema<Str
         byte[] key = sep < 0 ? null : element.substring(0, sep).getBytes(StandardCharsets.UTF_8);
         byte[] value = element.substring(sep + 1).getBytes(StandardCharsets.UTF_8);
         Long ts = timestamp == null || timestamp == Long.MAX_VALUE ? null : timestamp;
+        Probe.written();
         return new ProducerRecord<>(topic, null, ts, key, value);
     }
 }

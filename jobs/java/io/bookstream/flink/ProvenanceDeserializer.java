@@ -30,6 +30,7 @@ public class ProvenanceDeserializer implements KafkaRecordDeserializationSchema<
         String key = record.key() == null ? "" : new String(record.key(), StandardCharsets.UTF_8);
         String value =
                 record.value() == null ? "" : new String(record.value(), StandardCharsets.UTF_8);
+        Probe.read();
         out.collect(Row.of(key, record.partition() + ":" + record.offset() + ":" + value));
     }
 
