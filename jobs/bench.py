@@ -35,8 +35,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from udfs.config import PROJECT_ROOT, Config, load_config, topics_env
+
+if TYPE_CHECKING:  # imported where used: each stage runs in a child with only what it needs
+    from udfs.market.adapters.sources import Source
 
 __all__ = ["main"]
 
@@ -70,7 +74,7 @@ def _source_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _source_from(argv: list[str]):
+def _source_from(argv: list[str]) -> Source:
     from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
 
     src = Source()
@@ -458,20 +462,21 @@ def _children_peak_rss_mb() -> float:
 
 def _run_stage_here(argv: list[str]) -> int:
     name, rest = argv[0], argv[1:]
-    fn = {
-        "core": stage_core,
-        "record": stage_record,
-        "broker": stage_broker,
-        "job": stage_job,
-        "latency": stage_latency,
-        "lake": stage_lake,
-    }[name]
-    if name in ("core", "record"):
-        result = fn(rest)
+    result: dict
+    if name == "core":
+        result = stage_core(rest)
+    elif name == "record":
+        result = stage_record(rest)
+    elif name == "broker":
+        result = stage_broker(*rest)
+    elif name == "job":
+        result = stage_job(*rest)
     elif name == "latency":
-        result = fn(rest[0], rest[1], rest[2:])
+        result = stage_latency(rest[0], rest[1], rest[2:])
+    elif name == "lake":
+        result = stage_lake(*rest)
     else:
-        result = fn(*rest)
+        raise KeyError(name)
     result["peak_rss_mb"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + _children_peak_rss_mb()
     )
@@ -606,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _lake_bench(cfg, run: str) -> dict:
+def _lake_bench(cfg: Config, run: str) -> dict:
     """The lake stage on topics and a lake of its own, printed; both deleted afterwards."""
     import shutil
 

@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from jobs.kafka_io import create_topics, make_producer, reached_end, topic_end_offsets
 from jobs.lake import (
@@ -229,7 +229,7 @@ def run_history_sink(
 
 def _refuse(
     cfg: Config,
-    producer,
+    producer: Producer,
     stream: Stream,
     topic: str,
     partition: int,

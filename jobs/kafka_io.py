@@ -45,7 +45,8 @@ class KafkaRecord:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes | None
+    value: bytes
+    """``b""`` for a tombstone (bookstream writes none): every decoder refuses it as malformed."""
     timestamp_ms: int
 
 
@@ -314,7 +315,7 @@ def drain_topic(
                 p = m.partition()
                 if (topic, p) not in remaining:
                     continue
-                rec = KafkaRecord(topic, p, m.offset(), m.key(), m.value(), m.timestamp()[1])
+                rec = KafkaRecord(topic, p, m.offset(), m.key(), m.value() or b"", m.timestamp()[1])
                 yield rec
                 if m.offset() + 1 >= remaining[(topic, p)]:
                     del remaining[(topic, p)]

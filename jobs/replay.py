@@ -172,7 +172,7 @@ def _stable(stream: Stream, row: dict[str, Any]) -> str:
 
 def _check_history_complete(catalog: Catalog, cfg: Config, rng: ReplayRange) -> None:
     """A run's history must be stored up to the run's end before it can be replayed."""
-    if rng.offsets_to is None:
+    if rng.offsets_from is None or rng.offsets_to is None:  # a time range (as filter_for)
         return
     for stream in history_streams(cfg):
         topic = getattr(cfg.topics, stream.topic_field)

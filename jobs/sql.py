@@ -701,7 +701,7 @@ class SqlSession:
         self.tables = lake_tables(cfg)
         present = [t.path for t in self.tables if t.path is not None]
         self.root = Path(os.path.commonpath(present)) if present else None
-        self._session = None
+        self._session: Any = None  # a chdb Session while open (chdb ships no type hints)
         self._dir: Path | None = None
         self._locked = False
         self.table_functions: frozenset[str] = frozenset()

@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
@@ -46,7 +47,12 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
     KafkaTopicPartition,
 )
-from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import (
+    ListState,
+    ListStateDescriptor,
+    ValueState,
+    ValueStateDescriptor,
+)
 from pyflink.java_gateway import get_gateway
 
 from udfs.config import PROJECT_ROOT, Config
@@ -97,8 +103,8 @@ class StreamJobFunction(KeyedProcessFunction):
         self.out_of_orderness_ms = cfg.flink.out_of_orderness_ms
         self.topic = cfg.topics.events  # a dead letter names where its record was read
         self.snapshot_every = snapshot_every
-        self.snapshot = None
-        self.log = None
+        self.snapshot: ValueState  # both set in open()
+        self.log: ListState
         self.cache: dict[str, InstrumentState | None] = {}
         self.log_len: dict[str, int] = {}
         self.stats_timer: dict[str, int] = {}
@@ -144,7 +150,9 @@ class StreamJobFunction(KeyedProcessFunction):
         self.log_len[key] = replayed
         return state
 
-    def process_element(self, value: str, ctx: KeyedProcessFunction.Context):
+    def process_element(
+        self, value: str, ctx: KeyedProcessFunction.Context
+    ) -> Iterator[str | tuple[OutputTag, str]]:
         key = ctx.get_current_key()
         partition, offset, raw = split_provenance(value)
         src = RecordSource(self.topic, partition, offset)
@@ -194,7 +202,9 @@ class StreamJobFunction(KeyedProcessFunction):
             # a refused record of a key that has no book yet: still count it
             yield STATS_TAG, key + SEP + encode_row(StatsRow(instrument=key, unkeyed_dead=1))
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+    def on_timer(
+        self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext
+    ) -> Iterator[str | tuple[OutputTag, str]]:
         key = ctx.get_current_key()
         state = self._state_of(key)
         if timestamp == END_OF_INPUT_MS:

@@ -587,7 +587,7 @@ def load_config_with_origins(
     if "BOOKSTREAM_STATE_DIR" in env:
         state_dir = env["BOOKSTREAM_STATE_DIR"]
         origins["state_dir"] = "env BOOKSTREAM_STATE_DIR"
-    extra = {"state_dir": Path(state_dir).resolve()} if state_dir else {}
+    extra: dict[str, Any] = {"state_dir": Path(state_dir).resolve()} if state_dir else {}
     return Config(**sections, **extra), origins
 
 

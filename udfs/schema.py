@@ -54,7 +54,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 try:  # orjson parses ~4x faster; the stdlib parser gives the same values
     from orjson import loads as _orjson_loads
@@ -67,7 +67,10 @@ try:  # orjson parses ~4x faster; the stdlib parser gives the same values
             # is reported as "price: NaN", not as malformed JSON
             return json.loads(raw)
 except ImportError:  # pragma: no cover
-    _loads = json.loads
+
+    def _loads(raw: bytes | str) -> Any:
+        return json.loads(raw)
+
 
 __all__ = [
     "BOOK_KINDS",
@@ -733,7 +736,10 @@ def _check_trading(cls: type, d: dict[str, Any]) -> None:
         raise SchemaError("direction", f"must be -1, 0 or 1, got {d.get('direction')}")
 
 
-def decode_record(cls: type, raw: bytes | str):
+_TradingRecord = TypeVar("_TradingRecord", Signal, Order, ExecReport, Control, RiskReport)
+
+
+def decode_record(cls: type[_TradingRecord], raw: bytes | str) -> _TradingRecord:
     """Inverse of :func:`encode_record`; raises :class:`SchemaError` naming the field."""
     try:
         d = _loads(raw)

@@ -212,7 +212,8 @@ def observe(
         return
     ts = ev.ts_event
     m = ts - ts % MINUTE_NS
-    b = q.cur if m == q.cur_minute else _bucket(q, m)
+    cur = q.cur  # set together with cur_minute, so never None when the minute matches
+    b = cur if cur is not None and m == q.cur_minute else _bucket(q, m)
     b.events += 1
 
     # duplicates: a chained replay (the book refused it and its seq is not ahead of the chain

@@ -74,13 +74,14 @@ from udfs.schema import F_LAST, F_SNAPSHOT, Kind, L2Event, Side
 try:  # orjson is ~3x faster than json on these lines; both give the same dicts
     import orjson
 
-    _loads = orjson.loads
+    _loads: Callable[[bytes | str], Any] = orjson.loads
     _JSON_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
 except ImportError:  # pragma: no cover - orjson comes with the locked deps
     import json
 
     _loads = json.loads
     _JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
+_LINE_ERRORS: tuple[type[Exception], ...] = (ValueError, *_JSON_ERRORS)
 
 __all__ = [
     "EXP",
@@ -195,7 +196,7 @@ class BinanceStats:
     """``file row N: reason`` when a file could not be read to its end (truncated gzip)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 def _uint(data: dict[str, Any], key: str) -> int:
@@ -239,7 +240,7 @@ def _open_lines(path: Path) -> BinaryIO:
     magic = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
     if magic == b"\x1f\x8b":
         # a BufferedReader over GzipFile iterates lines far faster than GzipFile itself
-        return io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=1 << 20)  # type: ignore[arg-type]
+        return io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=1 << 20)
     return raw
 
 
@@ -266,7 +267,7 @@ def detect_market(paths: Iterable[Path | str], max_lines: int = 100_000) -> tupl
                     break
                 try:
                     _, obj = _split_line(line)
-                except (ValueError, *_JSON_ERRORS):
+                except _LINE_ERRORS:
                     continue
                 if not isinstance(obj, dict):
                     continue
@@ -634,7 +635,13 @@ class BinanceAdapter:
     def __iter__(self) -> Iterator[L2Event]:
         st = self.stats
         dispatch = self._dispatch
-        errors = (ValueError, KeyError, TypeError, IndexError, *_JSON_ERRORS)
+        errors: tuple[type[Exception], ...] = (
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            *_JSON_ERRORS,
+        )
         for path in self.paths:
             self._where = path.name
             lineno = 0
