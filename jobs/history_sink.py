@@ -85,7 +85,7 @@ class _StopFlag:
         self.stop = True
 
 
-def run_history_sink(
+def run_history_sink(  # noqa: C901 - the sink's read / append / commit loop
     cfg: Config, *, bounded: bool = False, only: list[str] | None = None
 ) -> HistoryResult:
     """Run the sink over every stream (or the tables named in ``only``) until stopped by

@@ -209,7 +209,7 @@ def _scale(value: float, exp: int) -> float:
     return float(value * 10**exp) if exp >= 0 else value / 10**-exp
 
 
-def on_event(
+def on_event(  # noqa: C901 - per-event hot path, one function for speed (make bench)
     state: FeatureState, book: OrderBook, ev: L2Event, cfg: FeatureConfig
 ) -> FeatureRow | None:
     """Update ``state`` with ``ev`` (already applied to ``book``) and return the features when

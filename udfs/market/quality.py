@@ -184,7 +184,7 @@ def _current(q: QualityState) -> MinuteCounts | None:
     return q.cur if m == q.cur_minute else _bucket(q, m)
 
 
-def observe(
+def observe(  # noqa: C901 - per-record hot path, one function for speed (make bench)
     q: QualityState,
     ev: L2Event | None,
     reason: Reason | None,
