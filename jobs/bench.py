@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING
 from udfs.config import PROJECT_ROOT, Config, load_config, topics_env
 
 if TYPE_CHECKING:  # imported where used: each stage runs in a child with only what it needs
+    from pyflink.datastream import StreamExecutionEnvironment
+
     from udfs.market.adapters.sources import Source
 
 __all__ = ["main"]
@@ -208,7 +210,9 @@ def broker_copy_topic(cfg: Config) -> str:
     return f"{cfg.topics.events}.copy"
 
 
-def build_bench_job(cfg: Config, start_offsets: dict[int, int] | None = None):
+def build_bench_job(
+    cfg: Config, start_offsets: dict[int, int] | None = None
+) -> StreamExecutionEnvironment:
     """The stream job of the job stage on ``cfg``'s topics (features only, bounded)."""
     from jobs.stream_job import build_stream_job
 
@@ -392,10 +396,12 @@ def stage_lake(run: str) -> dict:
 
     cfg = run_config(run)
     live = run_demo(cfg, Source(lobster=list(LOBSTER_DAY)), progress=False)
-    run = load_run(cfg, live["run_id"])
+    recorded = load_run(cfg, live["run_id"])
     rep = replay(
         cfg,
-        ReplayRange(run_id=run["run_id"], offsets_from=run["from"], offsets_to=run["to"]),
+        ReplayRange(
+            run_id=recorded["run_id"], offsets_from=recorded["from"], offsets_to=recorded["to"]
+        ),
         progress=False,
         verify=True,
     )

@@ -196,8 +196,8 @@ class StreamJobFunction(KeyedProcessFunction):
             yield ORDERS_TAG, key + SEP + encode_record(order).decode()
         for dead in result.dead_letters:
             yield DEAD_LETTER_TAG, key + SEP + dead.to_json()
-        for row in result.quality:
-            yield QUALITY_TAG, key + SEP + encode_row(row)
+        for quality_row in result.quality:
+            yield QUALITY_TAG, key + SEP + encode_row(quality_row)
         if state is None and result.dead_letters:
             # a refused record of a key that has no book yet: still count it
             yield STATS_TAG, key + SEP + encode_row(StatsRow(instrument=key, unkeyed_dead=1))

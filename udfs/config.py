@@ -144,7 +144,8 @@ class TopicsConfig:
         """The topic set of one run (a test, a benchmark, a replay): every topic, named
         ``<run>.<field>``. A run's topics are always replaced as a whole, so no output of it can
         fall back to a live topic."""
-        return dataclasses.replace(self, **{f: f"{run}.{f}" for f in self.name_fields()})
+        names: dict[str, Any] = {f: f"{run}.{f}" for f in self.name_fields()}
+        return dataclasses.replace(self, **names)
 
     @classmethod
     def name_fields(cls) -> tuple[str, ...]:

@@ -828,7 +828,10 @@ def encode_row(row: StatsRow | QualityRow) -> str:
     )
 
 
-def decode_row(cls: type, raw: bytes | str):
+_Row = TypeVar("_Row", StatsRow, QualityRow)
+
+
+def decode_row(cls: type[_Row], raw: bytes | str) -> _Row:
     """Inverse of :func:`encode_row`; raises :class:`SchemaError` naming the field."""
     try:
         d = _loads(raw)
