@@ -391,7 +391,7 @@ def worker_pool_on_loopback() -> None:
         return self._worker_address
 
     start_on_loopback.bookstream_loopback = True  # type: ignore[attr-defined]
-    BeamFnLoopbackWorkerPoolServicer.start = start_on_loopback  # type: ignore[method-assign]
+    BeamFnLoopbackWorkerPoolServicer.start = start_on_loopback
 
 
 def build_stream_job(
