@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from jobs.kafka_io import drain_topic, end_offsets, first_offsets, reached_end, wait_stable
 from udfs.config import Config
@@ -120,7 +120,9 @@ def refusal(
     )
 
 
-def _decode(sequencer: Sequencer, cfg: Config, msg, dead: list[DeadLetter] | None = None) -> bool:
+def _decode(
+    sequencer: Sequencer, cfg: Config, msg: Message, dead: list[DeadLetter] | None = None
+) -> bool:
     """Decode one input and hand it to the sequencer; a refusal goes to ``dead`` (None: the
     cold-start rebuild, which publishes nothing) and returns False."""
     topic, partition, value = msg.topic(), msg.partition(), msg.value()
@@ -148,9 +150,11 @@ def _take_refused(sequencer: Sequencer, dead: list[DeadLetter] | None) -> int:
     """Dead letters for the inputs the engine raised on (None: rebuild, nothing published)."""
     refused, sequencer.refused = sequencer.refused, []
     for origin, _item, why in refused:
-        logger.error("execution sink: input set aside: %s (%s)", why, origin and origin[:3])
+        # origin: (topic, partition, offset, key, value) as _decode gave it, or None
+        where = origin if isinstance(origin, tuple) else ("", -1, -1, None, None)
+        logger.error("execution sink: input set aside: %s (%s)", why, origin and where[:3])
         if dead is not None:
-            topic, partition, offset, key, value = origin or ("", -1, -1, None, None)
+            topic, partition, offset, key, value = where
             dead.append(
                 refusal(
                     topic,

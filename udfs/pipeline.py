@@ -33,6 +33,7 @@ job (restarts would meet it again and again).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from udfs.config import FeatureConfig, QualityConfig
@@ -232,7 +233,7 @@ def _process_decoded(
     trader: Trader | None,
     stale_after_ms: int,
     result: ProcessResult,
-    refuse,
+    refuse: Callable[[Reason, str, int], None],
 ) -> ProcessResult:
     """Steps 3-6 and trading for a decoded event of ``state``'s instrument."""
     row, refusal = process_event(state, ev, cfg, out_of_orderness_ms, stale_after_ms)

@@ -686,7 +686,7 @@ _SIGNED_INT_FIELDS = frozenset({"position", "direction", "partition"})
 """integers of the trading records that may be negative (everything else is >= 0)"""
 
 
-def _check_value(name: str, hint: str, value: Any) -> Any:
+def _check_value(name: str, hint: str, value: Any) -> Any:  # noqa: C901 - one branch per type
     """One field of a trading record against its declared type (a string annotation under
     ``from __future__ import annotations``)."""
     if hint == "int":
