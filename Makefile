@@ -5,8 +5,8 @@ SHELL := /bin/bash
 BS := .venv/bin/bookstream
 PYTEST := .venv/bin/pytest
 
-.PHONY: install install-dev install-python install-python-dev up demo test test-unit \
-	test-integration bench stop clean lint doctor
+.PHONY: install install-dev install-python install-python-dev up demo check test test-unit \
+	test-integration bench stop clean lint types doctor
 
 install:            ## runtime Python env (uv.lock) + JVM jars (infra/pom.xml) + PostgreSQL; idempotent
 	bash infra/install.sh
@@ -29,10 +29,13 @@ up: install         ## start the services that are not running; create topics
 demo: up            ## the whole pipeline on the shipped sample; JSON summary on the last line
 	$(BS) demo $(ARGS)
 
-test: install-dev up lint  ## unit + integration tests (real broker, real Flink)
+check: lint types    ## the fast lane (~1 min, no services, no root): lint, types, unit tests but the slow ones
+	$(PYTEST) -q -p no:cacheprovider -m "not slow" tests/unit
+
+test: install-dev up lint types  ## every test: unit (slow ones too) + integration (real broker, real Flink)
 	$(PYTEST) -q -p no:cacheprovider tests
 
-test-unit: install-python-dev
+test-unit: install-python-dev  ## every unit test (slow ones too), no services
 	$(PYTEST) -q -p no:cacheprovider tests/unit
 
 test-integration: install-dev up
@@ -46,8 +49,13 @@ bench: up           ## throughput and memory figures with ratios (not a test)
 doctor: install-python
 	$(BS) doctor
 
-lint: install-python-dev
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+lint: install-python-dev  ## ruff (rules, complexity, format) and the import rule of udfs/
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports --cache-dir .state/import_linter_cache
+
+types: install-python-dev  ## mypy on udfs/ and jobs/ ([tool.mypy] in pyproject.toml)
+	.venv/bin/mypy
 
 stop:               ## stop exactly what this project started
 	bash infra/kafka/stop.sh

@@ -30,9 +30,12 @@ import traceback
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from udfs.config import ConfigError, load_config, secure_state_dir
+
+if TYPE_CHECKING:  # imported where used: the command starts without the adapters
+    from udfs.market.adapters.sources import Source
 
 __all__ = ["main"]
 
@@ -63,7 +66,7 @@ def _add_source_args(parser: argparse.ArgumentParser, required: bool = False) ->
     )
 
 
-def _source(args: argparse.Namespace):
+def _source(args: argparse.Namespace) -> Source:
     from udfs.market.adapters.sources import Source
 
     if not args.lobster and not args.binance:
@@ -225,7 +228,7 @@ def cmd_verify_book(args: argparse.Namespace) -> int:
         from udfs.market.adapters.lobster import verify_lobster
 
         message_file, orderbook_file = args.lobster[0]
-        result = dict(verify_lobster(message_file, orderbook_file))
+        result: dict[str, Any] = dict(verify_lobster(message_file, orderbook_file))
     else:
         from udfs.market.adapters.binance import verify_binance
 

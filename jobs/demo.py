@@ -88,7 +88,7 @@ def run_demo(
     orders_sent = sum(
         1
         for r in drain_topic(cfg, topics.orders, from_offsets=before[topics.orders])
-        if b'"action":"new"' in (r.value or b"")
+        if b'"action":"new"' in r.value
     )
 
     # what came out

@@ -94,7 +94,7 @@ class _StopFlag:
         self.stop = True
 
 
-def run_history_sink(
+def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offsets
     cfg: Config, *, bounded: bool = False, only: list[str] | None = None
 ) -> HistoryResult:
     """Run the sink over every stream (or the tables named in ``only``) until stopped by

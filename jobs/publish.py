@@ -90,7 +90,9 @@ def publish(
     )
 
 
-def _dead_letter_bad_lines(cfg: Config, producer, source: Source, on_delivery) -> int:
+def _dead_letter_bad_lines(
+    cfg: Config, producer: Producer, source: Source, on_delivery: DeliveryErrors
+) -> int:
     for bad in source.bad_lines:
         dead = DeadLetter(
             source=f"file:{bad.file}",

@@ -29,6 +29,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -136,7 +137,10 @@ def _control_value(stream: Stream, row: dict[str, Any]) -> bytes:
 
 
 def rows_to_inputs(
-    stream: Stream, rows: list[dict[str, Any]], table_topic: str, convert
+    stream: Stream,
+    rows: list[dict[str, Any]],
+    table_topic: str,
+    convert: Callable[[Stream, dict[str, Any]], Any],
 ) -> tuple[list[Any], list[DeadLetter]]:
     """``convert`` each stored row; a row it refuses (or that breaks it) becomes a dead letter
     with stage ``replay``, the table's Kafka position of the row and the reason -- one bad row
@@ -172,7 +176,7 @@ def _stable(stream: Stream, row: dict[str, Any]) -> str:
 
 def _check_history_complete(catalog: Catalog, cfg: Config, rng: ReplayRange) -> None:
     """A run's history must be stored up to the run's end before it can be replayed."""
-    if rng.offsets_to is None:
+    if rng.offsets_from is None or rng.offsets_to is None:  # a time range (as filter_for)
         return
     for stream in history_streams(cfg):
         topic = getattr(cfg.topics, stream.topic_field)

@@ -151,7 +151,8 @@ class TopicsConfig:
         """The topic set of one run (a test, a benchmark, a replay): every topic, named
         ``<run>.<field>``. A run's topics are always replaced as a whole, so no output of it can
         fall back to a live topic."""
-        return dataclasses.replace(self, **{f: f"{run}.{f}" for f in self.name_fields()})
+        names: dict[str, Any] = {f: f"{run}.{f}" for f in self.name_fields()}
+        return dataclasses.replace(self, **names)
 
     @classmethod
     def name_fields(cls) -> tuple[str, ...]:
@@ -625,7 +626,7 @@ def load_config_with_origins(
     if "BOOKSTREAM_STATE_DIR" in env:
         state_dir = env["BOOKSTREAM_STATE_DIR"]
         origins["state_dir"] = "env BOOKSTREAM_STATE_DIR"
-    extra = {"state_dir": Path(state_dir).resolve()} if state_dir else {}
+    extra: dict[str, Any] = {"state_dir": Path(state_dir).resolve()} if state_dir else {}
     return Config(**sections, **extra), origins
 
 

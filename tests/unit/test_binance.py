@@ -69,6 +69,7 @@ def _write(path: Path, lines: list[bytes]) -> Path:
 # -- ground truth on real data ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # whole days of capture
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_shared_dataset_chain_holds_and_checkpoints_match(name: str) -> None:
     res = _verify(name)

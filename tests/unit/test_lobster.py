@@ -25,10 +25,16 @@ SAMPLE = ROOT / "data" / "lobster"
 SHARED = Path(__file__).parents[2].parent / "shared" / "data" / "lobster"
 SHARED_DIRS = [
     "AAPL_2012-06-21_L10_first998",
-    "LOBSTER_SampleFile_AAPL_2012-06-21_1",
-    "LOBSTER_SampleFile_AMZN_2012-06-21_1",
-    "LOBSTER_SampleFile_GOOG_2012-06-21_1",
-    "LOBSTER_SampleFile_GOOG_2012-06-21_10",
+    # whole trading-day sample files (up to 148k rows): `make test` runs them, `make check` not
+    *(
+        pytest.param(name, marks=pytest.mark.slow)
+        for name in (
+            "LOBSTER_SampleFile_AAPL_2012-06-21_1",
+            "LOBSTER_SampleFile_AMZN_2012-06-21_1",
+            "LOBSTER_SampleFile_GOOG_2012-06-21_1",
+            "LOBSTER_SampleFile_GOOG_2012-06-21_10",
+        )
+    ),
 ]
 MESSAGE_KINDS = {
     Kind.ADD,
@@ -117,7 +123,10 @@ def _side_state(book: OrderBook) -> tuple[dict[int, int], dict[int, int]]:
     return dict(book.bids.sizes), dict(book.asks.sizes)
 
 
-@pytest.mark.parametrize("folder", [SAMPLE, SHARED / "LOBSTER_SampleFile_GOOG_2012-06-21_1"])
+@pytest.mark.parametrize(
+    "folder",
+    [SAMPLE, pytest.param(SHARED / "LOBSTER_SampleFile_GOOG_2012-06-21_1", marks=pytest.mark.slow)],
+)
 def test_hidden_executions_never_change_the_book(folder: Path) -> None:
     if not folder.is_dir():
         pytest.skip(f"data absent: {folder}")

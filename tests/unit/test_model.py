@@ -99,6 +99,7 @@ def test_stream_equals_batch_equals_graph_numpy(model, rows):
     assert batch.min() < 0.3 and batch.max() > 0.7
 
 
+@pytest.mark.slow  # retrains on the whole sample
 def test_onnx_equals_sklearn_retrained_identically(model, rows_by_instrument, rows):
     meta = model.metadata
     horizon = meta["label"]["horizon_rows"]
@@ -112,6 +113,7 @@ def test_onnx_equals_sklearn_retrained_identically(model, rows_by_instrument, ro
     assert np.max(np.abs(model.score(rows) - sk)) < TOL
 
 
+@pytest.mark.slow  # retrains both models on the whole sample
 def test_committed_models_are_reproducible_from_the_sample(tmp_path):
     """models/*.onnx + *.json are byte for byte what train_model.py writes from data/ alone."""
     train_model.train_all(Source.sample(), tmp_path)

@@ -183,6 +183,7 @@ def conservative_queue_model(k: int, latency_ns: int, price: int) -> dict | None
     return {"seq": None, "q0": q0, "executed": executed, "capped": capped}
 
 
+@pytest.mark.slow  # one replay of the sample per message of it
 @pytest.mark.parametrize("latency_ms", [0, 2])
 def test_resting_bid_never_fills_before_the_size_ahead_has_traded(latency_ms: int) -> None:
     """A BUY LIMIT at the best bid, placed after every message of the sample in turn (one order

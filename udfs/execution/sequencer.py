@@ -169,9 +169,9 @@ class Sequencer:
             + len(self.controls)
         )
 
-    def _next(self, limit: float) -> tuple[int, str, object] | None:
+    def _next(self, limit: float) -> tuple[int, str, Control | L2Event | Order] | None:
         best: tuple[int, int, str] | None = None
-        choice = None
+        choice: tuple[int, str, Control | L2Event | Order] | None = None
         if self.controls:
             c = self.controls[0]
             best, choice = (c.ts_event, _CONTROL, ""), (_CONTROL, "", c)
@@ -180,11 +180,11 @@ class Sequencer:
                 key = (q[0].ts_event, _MARKET, inst)
                 if best is None or key < best:
                     best, choice = key, (_MARKET, inst, q[0])
-        for inst, q in self.orders.items():
-            if q:
-                key = (q[0].ts_event, _ORDER, inst)
+        for inst, oq in self.orders.items():
+            if oq:
+                key = (oq[0].ts_event, _ORDER, inst)
                 if best is None or key < best:
-                    best, choice = key, (_ORDER, inst, q[0])
+                    best, choice = key, (_ORDER, inst, oq[0])
         if best is None or best[0] > limit:
             return None
         return choice
@@ -196,18 +196,18 @@ class Sequencer:
         out: list[Output] = []
         engine = self.engine
         while (nxt := self._next(limit)) is not None:
-            kind, inst, item = nxt
+            _, inst, item = nxt
             origin = self.origin.pop(id(item), None) if self.origin else None
             try:
-                if kind == _CONTROL:
+                if isinstance(item, Control):
                     self.controls.popleft()
-                    out += engine.on_control(item)  # type: ignore[arg-type]
-                elif kind == _MARKET:
+                    out += engine.on_control(item)
+                elif isinstance(item, L2Event):
                     self.market[inst].popleft()
-                    out += engine.on_market_event(item)  # type: ignore[arg-type]
+                    out += engine.on_market_event(item)
                 else:
                     self.orders[inst].popleft()
-                    out += engine.on_order(item)  # type: ignore[arg-type]
+                    out += engine.on_order(item)
             except Exception as exc:  # a defect: set the input aside, never stop on it
                 self.refused.append((origin, item, f"{type(exc).__name__}: {exc}"))
                 continue

@@ -103,8 +103,10 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from udfs.config import VenueConfig
 from udfs.latency import LatencyModel
@@ -328,7 +330,7 @@ class PaperVenue:
         req.seq = self._seq
         heapq.heappush(self._pending, (req.arrival_ts, req.seq, req))
 
-    def _activate(self, due) -> list[ExecReport]:
+    def _activate(self, due: Callable[[int], bool]) -> list[ExecReport]:
         # never mid-batch: the book is only consistent after F_LAST
         reports: list[ExecReport] = []
         while self._pending and not self.book.batch_open and due(self._pending[0][0]):
@@ -360,7 +362,7 @@ class PaperVenue:
             self._forget_done(self._report_n, order_id)
         return f"{order_id}:{n}"
 
-    def _report(self, order: Order, kind: ExecKind, ts: int, **fields) -> ExecReport:
+    def _report(self, order: Order, kind: ExecKind, ts: int, **fields: Any) -> ExecReport:
         return ExecReport(
             report_id=self._next_id(order.order_id),
             order_id=order.order_id,
@@ -468,7 +470,7 @@ class PaperVenue:
             fills.append((price, take))
             left -= take
         rests = left > 0 and limit is not None and o.tif != "IOC"
-        if rests:
+        if rests and limit is not None:  # (limit: narrowed for the type checker)
             w.queue_ahead = own.get(limit)
             w.rest_ts = ts
         ack = self._report(

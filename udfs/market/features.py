@@ -300,7 +300,7 @@ def _scale(value: float, exp: int) -> float:
     return float(value * 10**exp) if exp >= 0 else value / 10**-exp
 
 
-def on_event(
+def on_event(  # noqa: C901 - the per-event hot path, one pass over the book and windows
     state: FeatureState,
     book: OrderBook,
     ev: L2Event,

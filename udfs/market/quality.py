@@ -187,7 +187,7 @@ def _current(q: QualityState) -> MinuteCounts | None:
     return q.cur if m == q.cur_minute else _bucket(q, m)
 
 
-def observe(
+def observe(  # noqa: C901 - per-record hot path, one function for speed (make bench)
     q: QualityState,
     ev: L2Event | None,
     reason: Reason | None,
@@ -215,7 +215,8 @@ def observe(
         return
     ts = ev.ts_event
     m = ts - ts % MINUTE_NS
-    b = q.cur if m == q.cur_minute else _bucket(q, m)
+    cur = q.cur  # set together with cur_minute, so never None when the minute matches
+    b = cur if cur is not None and m == q.cur_minute else _bucket(q, m)
     b.events += 1
 
     # duplicates: a chained replay (the book refused it and its seq is not ahead of the chain
