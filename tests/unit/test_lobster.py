@@ -269,7 +269,10 @@ def test_adapter_book_and_job_book_agree_when_a_batch_closing_record_is_refused(
     assert state is not None and state.book.last_seq == adapter_book.last_seq == events[-1].seq
 
 
-@pytest.mark.parametrize("folder", [SAMPLE, *[SHARED / d for d in SHARED_DIRS[1:4]]])
+@pytest.mark.parametrize(
+    "folder",
+    [SAMPLE, *(pytest.param(SHARED / d.values[0], marks=d.marks) for d in SHARED_DIRS[1:4])],
+)
 def test_refresh_is_the_orderbook_row_and_changes_nothing_for_a_book_in_sync(
     folder: Path,
 ) -> None:
