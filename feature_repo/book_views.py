@@ -71,16 +71,15 @@ order_request = RequestSource(
 
 @on_demand_feature_view(
     sources=[book_features, order_request],
+    # no per-field descriptions: Feast compares these fields with the ones it infers from a
+    # run of the function, descriptions included
     schema=[
-        Field(name="spread_bps", dtype=Float64, description="Spread over mid, basis points."),
-        Field(
-            name="order_vs_touch",
-            dtype=Float64,
-            description="order_qty over the size at the touch (bid + ask size).",
-        ),
+        Field(name="spread_bps", dtype=Float64),
+        Field(name="order_vs_touch", dtype=Float64),
     ],
     mode="pandas",
-    description="Derived at request time from the book and the caller's order size.",
+    description="Derived at request time: spread_bps (spread over mid, basis points) and "
+    "order_vs_touch (order_qty over bid + ask size at the touch).",
     owner=OWNER,
     tags={"domain": "market", "cadence": "request-time"},
 )

@@ -30,10 +30,11 @@ redis_cli() {
 redis_ready() { [ "$(redis_cli ping 2>/dev/null)" = PONG ]; }
 
 # is_our_redis PID: alive, and a redis-server started with *our* config file (a stale pid
-# file whose pid was reused by another process is never signalled)
+# file whose pid was reused by another process is never signalled). Redis rewrites its process
+# title, so start.sh's proc-title-template puts the config file's path into it.
 is_our_redis() {
   local pid="$1"
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
   [ -r "/proc/$pid/cmdline" ] || return 0
-  tr '\0' '\n' <"/proc/$pid/cmdline" | grep -qxF -- "$REDIS_CONF"
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$REDIS_CONF"
 }

@@ -38,6 +38,8 @@ chmod 0600 "$REDIS_PASSWORD_FILE"
   echo "save 3600 1 300 100"
   echo "appendonly no"
   echo "loglevel notice"
+  # the title names our config file: is_our_redis (common.sh) recognises the pid by it
+  echo "proc-title-template \"{title} {listen-addr} {server-mode} {config-file}\""
   echo "logfile \"\""
   printf 'requirepass %s\n' "$(cat "$REDIS_PASSWORD_FILE")"
 } >"$REDIS_CONF"
