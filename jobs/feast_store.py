@@ -125,13 +125,11 @@ def export_offline(cfg: Config) -> dict[str, Any]:
 
 
 def _to_push_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The newest row per instrument (by ``ts_event``, then ``seq``): the online store keeps
-    only the latest value, so older rows of the same batch would be written and overwritten."""
-    newest: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        cur = newest.get(row["instrument"])
-        if cur is None or (row["ts_event"], row["seq"]) >= (cur["ts_event"], cur["seq"]):
-            newest[row["instrument"]] = row
+    """The last row per instrument in topic order (an instrument's rows share one partition,
+    in order): the online store keeps only the latest value, and Feast's Redis store drops a
+    write whose event time is not newer than the stored one, so older rows of the same batch
+    would only cost writes."""
+    newest = {row["instrument"]: row for row in rows}
     frame = pd.DataFrame(list(newest.values()))
     frame["event_time"] = pd.to_datetime(frame["ts_event"], unit="ns", utc=True)
     return frame
