@@ -53,7 +53,6 @@ window_features = FeatureView(
             description="Buy minus sell traded volume, window.",
         ),
         Field(name="trade_count", dtype=Int64, description="Trades in the window."),
-        Field(name="ts_event", dtype=Int64, description="Exchange time of the event, ns."),
     ],
     online=True,
     source=window_push,

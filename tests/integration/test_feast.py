@@ -69,7 +69,6 @@ WINDOW = (
     "trade_volume_qty",
     "trade_signed_volume_qty",
     "trade_count",
-    "ts_event",
 )
 
 
