@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -68,10 +69,10 @@ def feast_env_shell(cfg: Config) -> str:
     """:func:`feast_env` as ``export`` lines for ``eval``; the password is read from its file
     by the shell (``$(cat ...)``), so it is never printed."""
     lines = [
-        f"export FEAST_REGISTRY_URI='{cfg.feast_registry_uri}'",
-        f"export FEAST_REDIS_HOST='{cfg.redis.host}'",
-        f"export FEAST_REDIS_PORT='{cfg.redis.port}'",
-        f"export FEAST_REDIS_PASSWORD=\"$(cat '{cfg.redis_password_file}')\"",
+        f"export FEAST_REGISTRY_URI={shlex.quote(cfg.feast_registry_uri)}",
+        f"export FEAST_REDIS_HOST={shlex.quote(cfg.redis.host)}",
+        f"export FEAST_REDIS_PORT={cfg.redis.port}",
+        f'export FEAST_REDIS_PASSWORD="$(cat {shlex.quote(str(cfg.redis_password_file))})"',
     ]
     return "\n".join(lines)
 
