@@ -24,6 +24,7 @@ install-python-dev:
 up: install         ## start the services that are not running; create topics
 	bash infra/kafka/start.sh
 	bash infra/postgres/start.sh
+	bash infra/redis/start.sh
 	$(BS) topics >/dev/null
 
 demo: up            ## the whole pipeline on the shipped sample; JSON summary on the last line
@@ -60,6 +61,7 @@ types: install-python-dev  ## mypy on udfs/ and jobs/ ([tool.mypy] in pyproject.
 stop:               ## stop exactly what this project started
 	bash infra/kafka/stop.sh
 	bash infra/postgres/stop.sh
+	bash infra/redis/stop.sh
 
 clean: stop
 	rm -rf .state

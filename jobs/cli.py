@@ -94,6 +94,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_feast_env(_args: argparse.Namespace) -> int:
+    from jobs.feast_store import feast_env_shell
+
+    print(feast_env_shell(load_config()))
+    return 0
+
+
+def cmd_feast_export(_args: argparse.Namespace) -> int:
+    from jobs.feast_store import export_offline
+
+    _emit(export_offline(load_config()))
+    return 0
+
+
+def cmd_feast_push(args: argparse.Namespace) -> int:
+    from jobs.feast_store import run_pusher
+
+    _emit(run_pusher(load_config(), bounded=args.bounded))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from udfs.config import effective_settings, load_config_with_origins
 
@@ -323,6 +344,40 @@ def build_parser() -> argparse.ArgumentParser:
         parents=common,
     )
     p.add_argument("--offline", action="store_true", help="skip the broker and topic checks")
+
+    _command(
+        sub,
+        "feast-env",
+        "print the variables feature_repo/feature_store.yaml expands, as shell exports",
+        'eval "$(bookstream feast-env)" && feast -c feature_repo apply',
+        cmd_feast_env,
+        description="The Redis password is read from its file by the shell ($(cat ...)), "
+        "never printed.",
+        parents=common,
+    )
+    _command(
+        sub,
+        "feast-export",
+        "write the lake's features table at its current snapshot as Feast's offline Parquet",
+        "bookstream feast-export",
+        cmd_feast_export,
+        description="<state>/feast/offline/features.parquet, with the Iceberg snapshot id "
+        "beside it (features.snapshot.json).",
+        parents=common,
+    )
+    p = _command(
+        sub,
+        "feast-push",
+        "push the features topic to Feast's online store (Redis) through Feast's push API",
+        "bookstream feast-push --bounded",
+        cmd_feast_push,
+        parents=common,
+    )
+    p.add_argument(
+        "--bounded",
+        action="store_true",
+        help="read up to the topic's end offsets as of the start, then stop",
+    )
 
     p = _command(
         sub,
@@ -575,7 +630,14 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(ConfigError):  # a bad config is the command's own error to report
         secure_state_dir(load_config())
     try:
-        if args.func not in (cmd_doctor, cmd_config, cmd_sql, cmd_verify_book):
+        if args.func not in (
+            cmd_doctor,
+            cmd_config,
+            cmd_sql,
+            cmd_verify_book,
+            cmd_feast_env,
+            cmd_feast_export,
+        ):
             _check_broker()  # before any client of a stopped broker logs or waits forever
         return int(args.func(args) or 0)
     except Exception as exc:

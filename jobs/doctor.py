@@ -171,6 +171,33 @@ def _postgres(cfg: Config) -> list[tuple[str, bool, str]]:
     return [("postgres", True, f"PostgreSQL {server_version} at {where} (catalog: {lk.catalog})")]
 
 
+def _redis(cfg: Config, *, services: bool) -> list[tuple[str, bool, str]]:
+    """Feast's online store: the project's Redis answers PING with the password from its file.
+    Checked when the services are expected (not --offline) or ours is running."""
+    if not services and not _pid_alive(cfg.state_dir / "run" / "redis.pid"):
+        return []
+    where = f"{cfg.redis.host}:{cfg.redis.port}"
+    fix = f"run `bash infra/redis/start.sh` (or `make up`); its log: {cfg.logs_dir / 'redis.log'}"
+    try:
+        password = cfg.redis_password_file.read_text().strip()
+    except OSError:
+        return [("redis", False, f"no password file {cfg.redis_password_file}: {fix}")]
+    try:
+        import redis
+
+        client = redis.Redis(
+            host=cfg.redis.host, port=cfg.redis.port, password=password, socket_timeout=3
+        )
+        try:
+            client.ping()
+            server_version = client.info("server")["redis_version"]
+        finally:
+            client.close()
+    except Exception as exc:  # any client failure is the finding
+        return [("redis", False, f"Redis at {where} unreachable ({exc}): {fix}")]
+    return [("redis", True, f"Redis {server_version} at {where} (Feast online store)")]
+
+
 def _lake(cfg: Config) -> tuple[bool, str]:
     """The Iceberg catalog opens; which history tables hold how many rows (from the snapshot
     summaries, nothing is scanned)."""
@@ -226,6 +253,7 @@ def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
     checks.append(("state-dir", *_state_dir(cfg)))
     checks.append(("listeners", *_listeners(cfg)))
     checks.extend(_postgres(cfg))
+    checks.extend(_redis(cfg, services=need_broker))
     checks.append(("lake", *_lake(cfg)))
     if need_broker:
         from jobs.kafka_io import BrokerUnavailableError, check_broker, existing_topics

@@ -5,7 +5,8 @@ directory). Values are read in this order, later wins:
 
 1. the defaults below;
 2. a TOML file: ``$BOOKSTREAM_CONFIG`` or ``bookstream.toml`` in the working directory, with one
-   table per section (``[kafka]``, ``[topics]``, ``[flink]``, ``[features]``);
+   table per section (``[kafka]``, ``[topics]``, ``[flink]``, ``[features]``, ...,
+   ``[redis]``, ``[feast]``);
 3. environment variables ``BOOKSTREAM_<SECTION>_<FIELD>`` (e.g. ``BOOKSTREAM_KAFKA_PORT=29092``)
    and ``BOOKSTREAM_STATE_DIR``.
 
@@ -31,6 +32,7 @@ __all__ = [
     "PROJECT_ROOT",
     "Config",
     "ConfigError",
+    "FeastConfig",
     "FeatureConfig",
     "FeedConfig",
     "FlinkConfig",
@@ -38,6 +40,7 @@ __all__ = [
     "LakeConfig",
     "Origin",
     "QualityConfig",
+    "RedisConfig",
     "RiskConfig",
     "SizingConfig",
     "StrategyConfig",
@@ -318,6 +321,30 @@ class LakeConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RedisConfig:
+    """The project's own Redis server: Feast's online store (infra/redis/)."""
+
+    host: str = "127.0.0.1"
+    """Loopback only: infra/redis/start.sh refuses anything else."""
+    port: int = field(default=16379, metadata=_range(1, 65535))
+    """Not 6379, so a user's (or Debian's) Redis is never touched."""
+    password_file: str = ""
+    """File holding the server's password (generated at first start, mode 0600); empty:
+    ``<state>/redis/password``. Never in the repository, never logged."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeastConfig:
+    """Feast's feature store (feature_repo/): registry, offline export."""
+
+    registry_db: str = "feast_registry"
+    """Database of the project's PostgreSQL holding Feast's SQL registry (shared by every
+    process: the CLI, the pusher, notebooks)."""
+    repo: str = ""
+    """The feature repository; empty: ``<project>/feature_repo``."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class StrategyConfig:
     imbalance_level: int = field(default=3, metadata=_range(1, 100))
     """The rule strategy reads ``imbalance_<k>`` (top-k depth imbalance)."""
@@ -418,6 +445,8 @@ class Config:
     venue: VenueConfig = field(default_factory=VenueConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    feast: FeastConfig = field(default_factory=FeastConfig)
 
     def for_run(self, run: str) -> Config:
         """This configuration with the topic set of one run (:meth:`TopicsConfig.for_run`)."""
@@ -462,6 +491,7 @@ class Config:
         return {
             "kafka": self.logs_dir / "kafka.log",
             "postgres": self.logs_dir / "postgres.log",
+            "redis": self.logs_dir / "redis.log",
             "flink": flink[-1] if flink else self.flink_logs_dir,
         }
 
@@ -505,6 +535,32 @@ class Config:
             f"?passfile={quote(str(self.postgres_passfile), safe='/')}"
         )
 
+    @property
+    def redis_password_file(self) -> Path:
+        if self.redis.password_file:
+            return Path(self.redis.password_file).resolve()
+        return self.state_dir / "redis" / "password"
+
+    @property
+    def feast_repo(self) -> Path:
+        return Path(self.feast.repo).resolve() if self.feast.repo else PROJECT_ROOT / "feature_repo"
+
+    @property
+    def feast_dir(self) -> Path:
+        """Feast's state: the offline Parquet exported from the lake and its snapshot record."""
+        return self.state_dir / "feast"
+
+    @property
+    def feast_registry_uri(self) -> str:
+        """SQLAlchemy URI of Feast's SQL registry: database ``feast.registry_db`` of the
+        project's PostgreSQL as the catalog's role, password from :attr:`postgres_passfile`."""
+        lk = self.lake
+        return (
+            f"postgresql+psycopg2://{quote(lk.postgres_user, safe='')}@{lk.postgres_host}:"
+            f"{lk.postgres_port}/{quote(self.feast.registry_db, safe='')}"
+            f"?passfile={quote(str(self.postgres_passfile), safe='/')}"
+        )
+
 
 _SECTIONS: dict[str, type] = {
     "kafka": KafkaConfig,
@@ -518,6 +574,8 @@ _SECTIONS: dict[str, type] = {
     "venue": VenueConfig,
     "quality": QualityConfig,
     "lake": LakeConfig,
+    "redis": RedisConfig,
+    "feast": FeastConfig,
 }
 
 Origin = str
@@ -697,6 +755,10 @@ def shell_values(cfg: Config) -> dict[str, str]:
         "POSTGRES_DB": cfg.lake.postgres_db,
         "POSTGRES_USER": cfg.lake.postgres_user,
         "LAKE_CATALOG": cfg.lake.catalog,
+        "FEAST_REGISTRY_DB": cfg.feast.registry_db,
+        "REDIS_HOST": cfg.redis.host,
+        "REDIS_PORT": cfg.redis.port,
+        "REDIS_PASSWORD_FILE": cfg.redis_password_file,
     }
     return {k: str(v) for k, v in values.items()}
 

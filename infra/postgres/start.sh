@@ -66,6 +66,12 @@ ensure_role_db() {
     log "creating database $POSTGRES_DB owned by $POSTGRES_USER"
     "${sql[@]}" <<<"SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role') \\gexec"
   fi
+  # Feast's SQL registry (feature_repo/feature_store.yaml), owned by the same role
+  sql=(pg_sql postgres postgres -tA -v role="$POSTGRES_USER" -v db="$FEAST_REGISTRY_DB")
+  if [ -z "$("${sql[@]}" <<<"SELECT 1 FROM pg_database WHERE datname = :'db'")" ]; then
+    log "creating database $FEAST_REGISTRY_DB (Feast registry) owned by $POSTGRES_USER"
+    "${sql[@]}" <<<"SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role') \\gexec"
+  fi
 }
 
 ensure_secrets

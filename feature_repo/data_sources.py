@@ -1,0 +1,37 @@
+"""Feast data sources over the lake's ``features`` table.
+
+Batch: the Parquet export of one recorded Iceberg snapshot (``bookstream feast-export`` writes
+it under ``<state>/feast/offline/`` with the snapshot id beside it). Stream: one
+``PushSource`` per stream-fed view (``bookstream feast-push`` pushes the features topic there).
+``event_time`` is the exchange time of the row's event (the lake's timestamp column)."""
+
+from feast import FileSource, PushSource
+from feast.data_format import ParquetFormat
+
+from udfs.config import load_config
+
+OFFLINE_FEATURES = load_config().feast_dir / "offline" / "features.parquet"
+"""Where ``bookstream feast-export`` writes the features table (absolute: the SQL registry is
+shared by processes with different working directories)."""
+
+features_batch = FileSource(
+    name="features_lake",
+    path=str(OFFLINE_FEATURES),
+    file_format=ParquetFormat(),
+    timestamp_field="event_time",
+    description="The lake's features table at a recorded Iceberg snapshot.",
+    owner="quant@bookstream",
+    tags={"lake_table": "features"},
+)
+
+book_push = PushSource(
+    name="book_push",
+    batch_source=features_batch,
+    description="Per-event book features pushed from the features topic.",
+)
+
+window_push = PushSource(
+    name="window_push",
+    batch_source=features_batch,
+    description="Windowed features (volatility, trade flow, OFI) pushed from the features topic.",
+)

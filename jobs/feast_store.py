@@ -1,0 +1,237 @@
+"""Feast wiring: the environment ``feature_repo/feature_store.yaml`` expands, the offline
+Parquet export of a recorded lake snapshot, and the pusher that moves the features topic into
+the online store (Redis) through Feast's push API.
+
+The repository's YAML holds no secret and no port: Feast expands ``${VAR}`` from the
+environment when it loads the file, and :func:`feast_env` is that environment, read from the
+project's config and the Redis password file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from udfs.config import Config
+from udfs.history import streams
+from udfs.schema import SchemaError
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+__all__ = [
+    "PUSH_SOURCES",
+    "export_offline",
+    "feast_env",
+    "feast_env_shell",
+    "open_store",
+    "push_rows",
+    "redis_password",
+    "run_pusher",
+]
+
+log = logging.getLogger(__name__)
+
+PUSH_SOURCES = ("book_push", "window_push")
+"""The PushSources of feature_repo/data_sources.py: every one is fed the whole feature row
+(each view keeps its own columns)."""
+
+
+def redis_password(cfg: Config) -> str:
+    path = cfg.redis_password_file
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no Redis password file {path}: start Redis first (make up / infra/redis/start.sh)"
+        ) from None
+
+
+def feast_env(cfg: Config) -> dict[str, str]:
+    """The variables feature_store.yaml expands (the password among them: keep it in memory)."""
+    return {
+        "FEAST_REGISTRY_URI": cfg.feast_registry_uri,
+        "FEAST_REDIS_HOST": cfg.redis.host,
+        "FEAST_REDIS_PORT": str(cfg.redis.port),
+        "FEAST_REDIS_PASSWORD": redis_password(cfg),
+    }
+
+
+def feast_env_shell(cfg: Config) -> str:
+    """:func:`feast_env` as ``export`` lines for ``eval``; the password is read from its file
+    by the shell (``$(cat ...)``), so it is never printed."""
+    lines = [
+        f"export FEAST_REGISTRY_URI={shlex.quote(cfg.feast_registry_uri)}",
+        f"export FEAST_REDIS_HOST={shlex.quote(cfg.redis.host)}",
+        f"export FEAST_REDIS_PORT={cfg.redis.port}",
+        f'export FEAST_REDIS_PASSWORD="$(cat {shlex.quote(str(cfg.redis_password_file))})"',
+    ]
+    return "\n".join(lines)
+
+
+def open_store(cfg: Config) -> FeatureStore:
+    """The project's FeatureStore (feature_repo/, the shared SQL registry, Redis)."""
+    from feast import FeatureStore
+
+    os.environ.update(feast_env(cfg))
+    return FeatureStore(repo_path=str(cfg.feast_repo))
+
+
+def _features_stream(cfg: Config):
+    return next(s for s in streams(cfg.features.depth_levels) if s.name == "features")
+
+
+def export_offline(cfg: Config) -> dict[str, Any]:
+    """Write the lake's ``features`` table at its current Iceberg snapshot to
+    ``<state>/feast/offline/features.parquet`` (what the FileSource reads), and the snapshot id
+    with row count beside it (``features.snapshot.json``), so a training set built from it
+    names the lake state it came from and can be rebuilt. Atomic: a reader sees the old or the
+    new pair, never half a file."""
+    from jobs.lake import open_catalog
+
+    catalog = open_catalog(cfg)
+    table = catalog.load_table((cfg.lake.namespace, "features"))
+    snap = table.current_snapshot()
+    if snap is None:
+        raise ValueError("the lake's features table has no snapshot yet: run `make demo` first")
+    data = table.scan(snapshot_id=snap.snapshot_id).to_arrow()
+    # the FileSource's timestamp column must be tz-aware (Feast compares with UTC datetimes)
+    idx = data.schema.get_field_index("event_time")
+    data = data.set_column(idx, "event_time", data["event_time"].cast(pa.timestamp("us", "UTC")))
+    out_dir = cfg.feast_dir / "offline"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "features.parquet"
+    tmp = target.with_suffix(".parquet.tmp")
+    pq.write_table(data, tmp)
+    record = {
+        "table": f"{cfg.lake.namespace}.features",
+        "snapshot_id": snap.snapshot_id,
+        "rows": data.num_rows,
+        "parquet": str(target),
+    }
+    meta = out_dir / "features.snapshot.json"
+    meta_tmp = meta.with_suffix(".json.tmp")
+    meta_tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, target)
+    os.replace(meta_tmp, meta)
+    return record
+
+
+def _to_push_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The last row per instrument in topic order (an instrument's rows share one partition,
+    in order): the online store keeps only the latest value, and Feast's Redis store drops a
+    write whose event time is not newer than the stored one, so older rows of the same batch
+    would only cost writes."""
+    newest = {row["instrument"]: row for row in rows}
+    frame = pd.DataFrame(list(newest.values()))
+    frame["event_time"] = pd.to_datetime(frame["ts_event"], unit="ns", utc=True)
+    return frame
+
+
+def push_rows(store: FeatureStore, rows: list[dict[str, Any]]) -> int:
+    """Push the newest row per instrument of ``rows`` to every push source, online only (the
+    offline history is the lake's). Returns how many instruments were written."""
+    from feast.data_source import PushMode
+
+    if not rows:
+        return 0
+    frame = _to_push_frame(rows)
+    for source in PUSH_SOURCES:
+        store.push(source, frame, to=PushMode.ONLINE)
+    return len(frame)
+
+
+def _decode(records: Iterable[Any], cfg: Config, counts: dict[str, int]) -> Iterator[dict]:
+    decode = _features_stream(cfg).decode
+    for rec in records:
+        try:
+            yield decode(rec.value)
+        except SchemaError as exc:
+            counts["refused"] += 1
+            log.warning(
+                "feast-push: refused feature record %s[%d]@%d: %s",
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                exc,
+            )
+
+
+def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[str, Any]:
+    """Read the features topic and push it to the online store. ``bounded``: from the start
+    up to the end offsets as of the call, then return; else follow the topic as consumer group
+    ``bookstream-feast-push`` (offsets committed after each push) until interrupted."""
+    from jobs.kafka_io import KafkaRecord, drain_topic
+
+    store = open_store(cfg)
+    topic = cfg.topics.features
+    counts = {"read": 0, "refused": 0, "pushes": 0, "instruments_written": 0}
+    started = time.monotonic()
+
+    def flush(batch: list[dict[str, Any]]) -> None:
+        if batch:
+            counts["instruments_written"] += push_rows(store, batch)
+            counts["pushes"] += 1
+            batch.clear()
+
+    batch: list[dict[str, Any]] = []
+    if bounded:
+        for row in _decode(_counted(drain_topic(cfg, topic), counts), cfg, counts):
+            batch.append(row)
+            if len(batch) >= batch_rows:
+                flush(batch)
+        flush(batch)
+    else:
+        from confluent_kafka import Consumer, KafkaError, KafkaException
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": cfg.kafka.bootstrap_servers,
+                "group.id": "bookstream-feast-push",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        consumer.subscribe([topic])
+        try:
+            while True:
+                msgs = consumer.consume(num_messages=batch_rows, timeout=0.5)
+                recs = []
+                for m in msgs:
+                    if m.error():
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise KafkaException(m.error())
+                    recs.append(
+                        KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), 0)
+                    )
+                batch.extend(_decode(_counted(recs, counts), cfg, counts))
+                flush(batch)
+                if msgs:
+                    consumer.commit(asynchronous=False)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            consumer.close()
+    counts["seconds"] = round(time.monotonic() - started, 3)
+    return {"topic": topic, **counts}
+
+
+def _counted(records: Iterable[Any], counts: dict[str, int]) -> Iterator[Any]:
+    for rec in records:
+        counts["read"] += 1
+        yield rec
+
+
+def offline_snapshot(cfg: Config) -> dict[str, Any] | None:
+    """The snapshot record of the last export, if any."""
+    meta = cfg.feast_dir / "offline" / "features.snapshot.json"
+    return json.loads(meta.read_text()) if meta.is_file() else None

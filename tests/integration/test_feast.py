@@ -1,0 +1,175 @@
+"""Feast on the project's real parts: the demo's features topic (real Kafka) pushed by
+``bookstream feast-push`` through Feast's push API into the project's Redis, with the
+repository applied by the shipped ``feast`` CLI to the shared SQL registry (PostgreSQL).
+
+The repository is a copy of ``feature_repo/`` under a Feast project of its own (so the test
+never touches the user's registered views), plus the README's throwaway view: a quant's
+"add a view, apply, read it online" exactly as the README walks through it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from it_helpers import VENV_BIN, config_for, read_json, run_cli
+
+from jobs.feast_store import feast_env, open_store
+from udfs.config import PROJECT_ROOT, Config
+
+# the README's "Quants: Feast" example, verbatim
+THROWAWAY_VIEW = """\
+from datetime import timedelta
+
+from feast import FeatureView, Field
+from feast.types import Float64
+
+from data_sources import book_push
+from entities import instrument
+
+touch_liquidity = FeatureView(
+    name="touch_liquidity",
+    entities=[instrument],
+    ttl=timedelta(minutes=10),
+    schema=[
+        Field(name="bid_size_qty", dtype=Float64),
+        Field(name="ask_size_qty", dtype=Float64),
+        Field(name="microprice_px", dtype=Float64),
+    ],
+    source=book_push,
+    description="Size at the touch and the microprice, for a liquidity model.",
+    owner="you@bookstream",
+    tags={"team": "quant"},
+)
+"""
+
+BOOK = (
+    "best_bid_px",
+    "best_ask_px",
+    "spread_px",
+    "mid_px",
+    "microprice_px",
+    "bid_size_qty",
+    "ask_size_qty",
+    "imbalance_1",
+    "imbalance_2",
+    "imbalance_3",
+    "bid_depth_qty",
+    "ask_depth_qty",
+    "ofi",
+    "ts_event",
+)
+WINDOW = (
+    "rv",
+    "ofi_window",
+    "trade_volume_qty",
+    "trade_signed_volume_qty",
+    "trade_count",
+)
+
+
+@dataclass(frozen=True)
+class PushedStore:
+    cfg: Config
+    project: str
+    push_summary: dict
+    newest: dict[str, dict]
+    """The last features-topic row per instrument (topic order)."""
+
+
+@pytest.fixture(scope="module")
+def pushed(demo_history, tmp_path_factory) -> Iterator[PushedStore]:
+    repo = tmp_path_factory.mktemp("feature_repo")
+    shutil.copytree(
+        PROJECT_ROOT / "feature_repo",
+        repo,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    project = f"it_{uuid.uuid4().hex[:8]}"
+    yaml_path = repo / "feature_store.yaml"
+    text = yaml_path.read_text()
+    assert "\nproject: bookstream\n" in text
+    yaml_path.write_text(text.replace("\nproject: bookstream\n", f"\nproject: {project}\n"))
+    (repo / "liquidity_views.py").write_text(THROWAWAY_VIEW)
+
+    env = {**demo_history.env, "BOOKSTREAM_FEAST_REPO": str(repo)}
+    cfg = config_for(env)
+    applied = subprocess.run(
+        [str(VENV_BIN / "feast"), "-c", str(repo), "apply"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env, **feast_env(cfg)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert applied.returncode == 0, f"feast apply failed:\n{applied.stderr[-4000:]}"
+    summary, _proc, _elapsed = run_cli(["feast-push", "--bounded"], env, timeout_s=900)
+    rows = read_json(cfg, cfg.topics.features)
+    assert summary["read"] == len(rows) and summary["refused"] == 0, summary
+    newest = {row["instrument"]: row for row in rows}
+    store = open_store(cfg)
+    try:
+        yield PushedStore(cfg, project, summary, newest)
+    finally:
+        # only this project: FeatureStore.teardown() would delete every project of the
+        # shared registry
+        store._get_provider().teardown_infra(
+            project, store.list_feature_views(), store.list_entities()
+        )
+        store.delete_project(project)
+
+
+def _online(cfg: Config, refs: list[str], instruments: list[str], **request: list) -> dict:
+    store = open_store(cfg)
+    rows = [{"instrument": i} for i in instruments]
+    for name, values in request.items():
+        for row, value in zip(rows, values, strict=True):
+            row[name] = value
+    return store.get_online_features(features=refs, entity_rows=rows).to_dict()
+
+
+def test_pushed_features_read_back_equal_the_newest_topic_row(pushed: PushedStore) -> None:
+    instruments = sorted(pushed.newest)
+    assert instruments, "the demo wrote no feature rows"
+    refs = [f"book_features:{f}" for f in BOOK] + [f"window_features:{f}" for f in WINDOW]
+    got = _online(pushed.cfg, refs, instruments)
+    assert got["instrument"] == instruments
+    for view, names in (("book_features", BOOK), ("window_features", WINDOW)):
+        for name in names:
+            for inst, value in zip(instruments, got[name], strict=True):
+                want = pushed.newest[inst][name]
+                # the same double through JSON, Feast's proto and Redis: bit-exact
+                assert value == want, f"{view}:{name} of {inst}: online {value!r}, topic {want!r}"
+
+
+def test_on_demand_view_derives_at_request_time(pushed: PushedStore) -> None:
+    instruments = sorted(pushed.newest)
+    qty = [100.0 * (k + 1) for k in range(len(instruments))]
+    got = _online(
+        pushed.cfg,
+        ["order_context:spread_bps", "order_context:order_vs_touch"],
+        instruments,
+        order_qty=qty,
+    )
+    for k, inst in enumerate(instruments):
+        row = pushed.newest[inst]
+        assert got["spread_bps"][k] == pytest.approx(row["spread_px"] / row["mid_px"] * 1e4)
+        touch = row["bid_size_qty"] + row["ask_size_qty"]
+        assert got["order_vs_touch"][k] == pytest.approx(qty[k] / touch)
+
+
+def test_a_quants_new_view_is_registered_and_read_online(pushed: PushedStore) -> None:
+    store = open_store(pushed.cfg)
+    view = store.get_feature_view("touch_liquidity")
+    assert view.owner == "you@bookstream" and view.tags == {"team": "quant"}
+    instruments = sorted(pushed.newest)
+    names = ("bid_size_qty", "ask_size_qty", "microprice_px")
+    got = _online(pushed.cfg, [f"touch_liquidity:{n}" for n in names], instruments)
+    for name in names:
+        for inst, value in zip(instruments, got[name], strict=True):
+            assert value == pushed.newest[inst][name], f"touch_liquidity:{name} of {inst}"
