@@ -38,9 +38,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from udfs.config import PROJECT_ROOT, Config, load_config, topics_env
+
+if TYPE_CHECKING:
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    from udfs.market.adapters.sources import Source
+    from udfs.schema import L2Event
 
 __all__ = ["main"]
 
@@ -75,7 +83,7 @@ def _source_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _source_from(argv: list[str]):
+def _source_from(argv: list[str]) -> Source:
     from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
 
     src = Source()
@@ -209,7 +217,9 @@ def broker_copy_topic(cfg: Config) -> str:
     return f"{cfg.topics.events}.copy"
 
 
-def build_bench_job(cfg: Config, start_offsets: dict[int, int] | None = None):
+def build_bench_job(
+    cfg: Config, start_offsets: dict[int, int] | None = None
+) -> StreamExecutionEnvironment:
     """The trading job (the ladder's ``batched`` rung) on ``cfg``'s topics, bounded."""
     from jobs.stream_job import build_stream_job
 
@@ -222,7 +232,7 @@ def build_bench_job(cfg: Config, start_offsets: dict[int, int] | None = None):
     )
 
 
-def _broker_pid(cfg) -> int:
+def _broker_pid(cfg: Config) -> int:
     return int((cfg.state_dir / "run" / "kafka.pid").read_text().split()[0])
 
 
@@ -283,7 +293,10 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
     )
     cpu_prod = proc_cpu_s(broker) - cpu0
     last = [ln for ln in prod.stdout.splitlines() if "records sent" in ln][-1]
-    prod_rate = float(re.search(r"([\d.]+) records/sec", last).group(1))
+    rate_match = re.search(r"([\d.]+) records/sec", last)
+    if rate_match is None:
+        raise RuntimeError(f"bench: no records/sec in ProducerPerformance's output: {last!r}")
+    prod_rate = float(rate_match.group(1))
     cpu0 = proc_cpu_s(broker)
     cons = subprocess.run(
         [
@@ -470,8 +483,8 @@ def stage_latency(run: str, rate_s: str, seconds_s: str, source_argv: list[str])
     after = [ln for ln in lines if int(ln.split(" ")[0]) >= warm_until]
     warmup_included = not after
     for line in after or lines:
-        trigger, trace, received = line.split(" ")
-        trigger, received = int(trigger), int(received)
+        trigger_s, trace, received_s = line.split(" ")
+        trigger, received = int(trigger_s), int(received_s)
         if trigger < t_start:  # a warm-up event's order: its ts_recv is the capture's
             continue
         end_to_end.append(received - trigger)
@@ -479,7 +492,7 @@ def stage_latency(run: str, rate_s: str, seconds_s: str, source_argv: list[str])
         if len(stamps) == len(HOPS) + 1:
             hops.append([b - a for a, b in itertools.pairwise(stamps)])
 
-    def pct(values) -> dict:
+    def pct(values: list[int]) -> dict[str, float | None]:
         ms = np.array(values, dtype=float) / 1e6
         if not len(ms):
             return {q: None for q in ("p50", "p95", "p99", "max")}
@@ -516,10 +529,12 @@ def stage_lake(run: str) -> dict:
 
     cfg = run_config(run)
     live = run_demo(cfg, Source(lobster=list(LOBSTER_DAY)), progress=False)
-    run = load_run(cfg, live["run_id"])
+    run_row = load_run(cfg, live["run_id"])
     rep = replay(
         cfg,
-        ReplayRange(run_id=run["run_id"], offsets_from=run["from"], offsets_to=run["to"]),
+        ReplayRange(
+            run_id=run_row["run_id"], offsets_from=run_row["from"], offsets_to=run_row["to"]
+        ),
         progress=False,
         verify=True,
     )
@@ -552,7 +567,7 @@ def stage_lake(run: str) -> dict:
 DAY_NS = 86_400 * 1_000_000_000
 
 
-def _lobster_day_copies(copies: int):
+def _lobster_day_copies(copies: int) -> Iterator[L2Event]:
     """The full LOBSTER day ``copies`` times over, copy k moved k days later (exchange and
     receive times) with its sequence numbers after the previous copy's: one longer market, not
     the same records again (which the job would refuse as duplicates)."""
@@ -628,7 +643,7 @@ def stage_soak_history() -> dict:
     return {"wall_s": res.wall_s, "rows": res.total_rows, "commits": res.commits}
 
 
-def soak(cfg, run: str, copies_list: tuple[int, ...] = (1, 2)) -> dict:
+def soak(cfg: Config, run: str, copies_list: tuple[int, ...] = (1, 2)) -> dict:
     """The full LOBSTER day, ``copies`` times over for each number in ``copies_list``, through
     the stream job, the execution sink and the history sink (each a process of its own, on
     topics and a lake of their own): peak RSS per process. Bounded state means the figures stay
@@ -708,7 +723,7 @@ def _children_peak_rss_mb() -> float:
 
 def _run_stage_here(argv: list[str]) -> int:
     name, rest = argv[0], argv[1:]
-    fn = {
+    stages: dict[str, Callable[..., dict[str, Any]]] = {
         "core": stage_core,
         "record": stage_record,
         "broker": stage_broker,
@@ -721,7 +736,8 @@ def _run_stage_here(argv: list[str]) -> int:
         "soak-job": stage_soak_job,
         "soak-exec": stage_soak_exec,
         "soak-history": stage_soak_history,
-    }[name]
+    }
+    fn = stages[name]
     if name == "soak-history":
         result = fn()
     elif name in ("soak-publish", "soak-job", "soak-exec"):
@@ -877,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write_payload(source, path: Path, limit: int = 100_000) -> None:
+def _write_payload(source: Source, path: Path, limit: int = 100_000) -> None:
     """Serialised events, one per line, for ProducerPerformance's --payload-file: the bench's
     own record sizes and compressibility (an evenly spread subset, at most ``limit``)."""
     from udfs.schema import encode_event
@@ -980,7 +996,7 @@ def _report(results: dict) -> dict:
     return summary
 
 
-def _lake_bench(cfg, run: str) -> dict:
+def _lake_bench(cfg: Config, run: str) -> dict:
     """The lake stage on topics and a lake of its own, printed; both deleted afterwards."""
     import shutil
 

@@ -22,10 +22,16 @@ import dataclasses
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from pyflink.common import Types
-from pyflink.datastream import DataStream, KeyedProcessFunction, OutputTag
+from pyflink.datastream import (
+    DataStream,
+    KeyedProcessFunction,
+    OutputTag,
+    StreamExecutionEnvironment,
+)
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import KafkaSink
 from pyflink.java_gateway import get_gateway
@@ -89,7 +95,7 @@ def descendant_pids(root: int) -> list[int]:
 class _PythonNoop(KeyedProcessFunction):
     """One call per record, one routed record out (ProvenanceDeserializer rows)."""
 
-    def process_element(self, value: str, ctx: KeyedProcessFunction.Context):
+    def process_element(self, value: str, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
         ts = ctx.timestamp()
         yield f"0{FIELD}{ctx.get_current_key()}{FIELD}{ts}{FIELD}{FIELD}{value}"
 
@@ -97,7 +103,7 @@ class _PythonNoop(KeyedProcessFunction):
 class _BatchedNoop(KeyedProcessFunction):
     """One call per batch, every record of it out as a routed record."""
 
-    def process_element(self, value: str, ctx: KeyedProcessFunction.Context):
+    def process_element(self, value: str, ctx: KeyedProcessFunction.Context) -> Iterator[str]:
         key = ctx.get_current_key()
         yield RECORD.join(
             f"0{FIELD}{key}{FIELD}{'' if ts is None else ts}{FIELD}{FIELD}{raw}"
@@ -117,7 +123,12 @@ class _Legacy(StreamJobFunction):
     (``"<partition>:<offset>:<value>"``), every row yielded separately, all but features as
     PyFlink side outputs. Kept for the ladder's comparison only."""
 
-    def process_element(self, value: str, ctx: KeyedProcessFunction.Context):
+    # the legacy function also yields PyFlink side outputs (tag, row), which the routed
+    # StreamJobFunction it reuses the state of no longer does: a wider output, on purpose
+    def process_element(  # type: ignore[override]
+        self, value: str, ctx: KeyedProcessFunction.Context
+    ) -> Iterator[str | tuple[OutputTag, str]]:
+        assert self.snapshot is not None and self.log is not None, "open() sets the keyed state"
         key = ctx.get_current_key()
         a = value.index(":")
         b = value.index(":", a + 1)
@@ -156,10 +167,12 @@ class _Legacy(StreamJobFunction):
             yield tags["orders"], key + sep + encode_record(order).decode()
         for dead in result.dead_letters:
             yield tags["dead_letter"], key + sep + dead.to_json()
-        for row in result.quality:
-            yield tags["quality"], key + sep + json.dumps(row, separators=(",", ":"))
+        for quality_row in result.quality:
+            yield tags["quality"], key + sep + json.dumps(quality_row, separators=(",", ":"))
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+    def on_timer(  # type: ignore[override]  # side outputs, as process_element above
+        self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext
+    ) -> Iterator[tuple[OutputTag, str]]:
         key = ctx.get_current_key()
         state = self._state_of(key)
         if self.stats_timer.get(key) == timestamp:
@@ -201,7 +214,7 @@ def rung_config(cfg: Config, prefix: str) -> Config:
     return dataclasses.replace(cfg, topics=topics)
 
 
-def _build(cfg: Config, rung: str, prefix: str):
+def _build(cfg: Config, rung: str, prefix: str) -> StreamExecutionEnvironment:
     """The rung's job on an environment configured exactly like the stream job's."""
     from pyflink.common import Duration, WatermarkStrategy
 

@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from confluent_kafka import Producer, TopicPartition
 
@@ -131,6 +132,10 @@ def refusal(
     )
 
 
+_Origin = tuple[str, int, int, bytes | None, bytes | None]
+"""where a sink input came from (topic, partition, offset, Kafka key, value): its dead letter"""
+
+
 def _decode(
     sequencer: Sequencer, cfg: Config, rec: KafkaRecord, dead: list[DeadLetter] | None = None
 ) -> bool:
@@ -147,11 +152,11 @@ def _decode(
             key = rec.key.decode("utf-8", "replace") if rec.key else ""
             dead.append(refusal(topic, partition, rec.offset, key, value, code, str(exc)))
         return False
-    origin = (topic, partition, rec.offset, rec.key, value)
+    origin: _Origin = (topic, partition, rec.offset, rec.key, value)
     if isinstance(record, L2Event):
         # the Kafka key: an event keyed to another instrument is one the job never keys
-        key = rec.key.decode("utf-8", "replace") if rec.key else None
-        sequencer.add_market(record, partition, origin, key)
+        kafka_key = rec.key.decode("utf-8", "replace") if rec.key else None
+        sequencer.add_market(record, partition, origin, kafka_key)
     elif isinstance(record, Order):
         sequencer.add_order(record, partition, origin)
     else:
@@ -163,9 +168,11 @@ def _take_refused(sequencer: Sequencer, dead: list[DeadLetter] | None) -> int:
     """Dead letters for the inputs the engine raised on (None: rebuild, nothing published)."""
     refused, sequencer.refused = sequencer.refused, []
     for origin, _item, why in refused:
-        logger.error("execution sink: input set aside: %s (%s)", why, origin and origin[:3])
+        # the sequencer keeps origins opaque; this sink's are _decode's (or None)
+        where = cast("_Origin | None", origin)
+        logger.error("execution sink: input set aside: %s (%s)", why, where and where[:3])
         if dead is not None:
-            topic, partition, offset, key, value = origin or ("", -1, -1, None, None)
+            topic, partition, offset, key, value = where or ("", -1, -1, None, None)
             dead.append(
                 refusal(
                     topic,
@@ -234,6 +241,8 @@ def _log_reports(
         cfg, cfg.topics.executions, from_offsets=from_offsets, read_committed=True
     ):
         try:
+            if rec.value is None:
+                raise SchemaError("record", "empty value (tombstone)")
             yield decode_record(ExecReport, rec.value)
         except SchemaError as exc:
             logger.warning(
@@ -279,12 +288,16 @@ def _check_against_log(
     rebuilt = {name: set(ids) for name, ids in engine.open_orders().items()}
     problems = []
     for name in sorted(set(log_resting) | set(rebuilt)):
-        lost = log_resting.get(name, set()) - rebuilt.get(name, set())
-        extra = rebuilt.get(name, set()) - log_resting.get(name, set())
-        if lost:
-            problems.append(f"{name}: {len(lost)} resting in the log, not rebuilt ({_few(lost)})")
-        if extra:
-            problems.append(f"{name}: {len(extra)} rebuilt, not in the log ({_few(extra)})")
+        not_rebuilt = log_resting.get(name, set()) - rebuilt.get(name, set())
+        not_logged = rebuilt.get(name, set()) - log_resting.get(name, set())
+        if not_rebuilt:
+            problems.append(
+                f"{name}: {len(not_rebuilt)} resting in the log, not rebuilt ({_few(not_rebuilt)})"
+            )
+        if not_logged:
+            problems.append(
+                f"{name}: {len(not_logged)} rebuilt, not in the log ({_few(not_logged)})"
+            )
     if problems:
         raise RuntimeError(
             f"{group_prefix}: resting orders from the executions log differ from the rebuilt "

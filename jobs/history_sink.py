@@ -32,6 +32,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from confluent_kafka import Producer
+
 from jobs.kafka_io import (
     PartitionReader,
     create_topics,
@@ -227,7 +229,7 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
 
 def _refuse(
     cfg: Config,
-    producer,
+    producer: Producer,
     stream: Stream,
     topic: str,
     partition: int,

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from udfs.config import Config, TopicSpec
+from udfs.schema import SchemaError
 
 __all__ = [
     "BrokerUnavailableError",
@@ -31,6 +32,7 @@ __all__ = [
     "make_consumer",
     "make_producer",
     "reached_end",
+    "record_value",
     "topic_end_offsets",
     "wait_stable",
 ]
@@ -50,6 +52,16 @@ class KafkaRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+
+
+def record_value(rec: KafkaRecord) -> bytes:
+    """``rec``'s value to decode; a tombstone (no value) is no record of any of our streams:
+    refused like a malformed one (:class:`SchemaError`)."""
+    if rec.value is None:
+        raise SchemaError(
+            "record", f"{rec.topic}[{rec.partition}]@{rec.offset}: empty value (tombstone)"
+        )
+    return rec.value
 
 
 def _admin(cfg: Config) -> AdminClient:

@@ -54,6 +54,7 @@ from jobs.kafka_io import (
     delete_topics,
     drain_topic,
     make_producer,
+    record_value,
 )
 from jobs.lake import committed_offsets, history_streams, open_catalog
 from jobs.publish import produce_events
@@ -335,7 +336,7 @@ def _verify(
 
     def replayed(stream: Stream, topic: str, read_committed: bool) -> list[dict]:
         return [
-            stream.decode(r.value)
+            stream.decode(record_value(r))
             for r in drain_topic(rcfg, topic, read_committed=read_committed, idle_timeout_s=15)
         ]
 

@@ -50,7 +50,12 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
     KafkaTopicPartition,
 )
-from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import (
+    ListState,
+    ListStateDescriptor,
+    ValueState,
+    ValueStateDescriptor,
+)
 from pyflink.java_gateway import get_gateway
 
 from jobs.kafka_io import make_consumer, topic_end_offsets
@@ -160,8 +165,9 @@ class StreamJobFunction(KeyedProcessFunction):
         self.max_ahead_ms = cfg.flink.max_ahead_ms
         self.future_confirm = cfg.flink.future_confirm
         self.snapshot_every = snapshot_every
-        self.snapshot = None
-        self.log = None
+        # keyed state: set by open(), before any element or timer
+        self.snapshot: ValueState | None = None
+        self.log: ListState | None = None
         self.cache: dict[str, InstrumentState | None] = {}
         self.log_len: dict[str, int] = {}
         self.stats_timer: dict[str, int] = {}
@@ -183,6 +189,7 @@ class StreamJobFunction(KeyedProcessFunction):
     def _state_of(self, key: str) -> InstrumentState | None:
         if key in self.cache:
             return self.cache[key]
+        assert self.snapshot is not None and self.log is not None, "open() sets the keyed state"
         state = self.snapshot.value()
         if state is not None and not hasattr(state, "quality"):
             # a snapshot pickled before the quality stage existed: start its counters afresh
@@ -209,7 +216,8 @@ class StreamJobFunction(KeyedProcessFunction):
         self.log_len[key] = replayed
         return state
 
-    def process_element(self, value: str, ctx: KeyedProcessFunction.Context):  # noqa: C901 - the batch loop routes every output kind
+    def process_element(self, value: str, ctx: KeyedProcessFunction.Context) -> Iterator[str]:  # noqa: C901 - the batch loop routes every output kind
+        assert self.snapshot is not None and self.log is not None, "open() sets the keyed state"
         key = ctx.get_current_key()
         py_in_ns = time.time_ns()
         out: list[str] = []
@@ -261,8 +269,8 @@ class StreamJobFunction(KeyedProcessFunction):
                     out.append(routed(ORDERS, key, ts, encode_record(order).decode(), hops))
             for dead in result.dead_letters:
                 out.append(routed(DEAD_LETTER, key, ts, dead.to_json()))
-            for row in result.quality:
-                out.append(routed(QUALITY, key, ts, encode_row(row)))
+            for quality_row in result.quality:
+                out.append(routed(QUALITY, key, ts, encode_row(quality_row)))
             if state is None and result.dead_letters:
                 # a refused record of a key that has no book yet: still count it
                 stats = encode_row(StatsRow(instrument=key, unkeyed_dead=1))
@@ -278,7 +286,7 @@ class StreamJobFunction(KeyedProcessFunction):
         if out:
             yield RECORD.join(out)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[str]:
         key = ctx.get_current_key()
         state = self._state_of(key)
         if timestamp == END_OF_INPUT_MS:
@@ -503,7 +511,7 @@ def worker_pool_on_loopback() -> None:
         return self._worker_address
 
     start_on_loopback.bookstream_loopback = True  # type: ignore[attr-defined]
-    BeamFnLoopbackWorkerPoolServicer.start = start_on_loopback  # type: ignore[method-assign]
+    BeamFnLoopbackWorkerPoolServicer.start = start_on_loopback
 
 
 def job_environment(

@@ -38,6 +38,7 @@ job (restarts would meet it again and again).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from udfs.config import FeatureConfig, FlinkConfig, QualityConfig
@@ -273,7 +274,7 @@ def _process_decoded(
     trader: Trader | None,
     stale_after_ms: int,
     result: ProcessResult,
-    refuse,
+    refuse: Callable[[Reason, str, int], None],
     max_ahead_ms: int = _MAX_AHEAD_MS,
     future_confirm: int = _FUTURE_CONFIRM,
 ) -> ProcessResult:
