@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.execution_sink import _decode, _take_refused, decode_input
+from jobs.kafka_io import KafkaRecord
 from jobs.replay import _control_value, _event_of, rows_to_inputs
 from udfs.config import load_config
 from udfs.execution.engine import ExecutionEngine
@@ -242,26 +243,9 @@ def test_stream_job_record_path_never_raises_and_counts_reconcile(
 # ---- the execution sink ---------------------------------------------------------------------
 
 
-class _Msg:
-    """What the sink reads of a Kafka message."""
-
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None) -> None:
-        self._t, self._p, self._o, self._v = topic, partition, offset, value
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def key(self) -> bytes:
-        return b"AAPL.XNAS"
-
-    def value(self) -> bytes | None:
-        return self._v
+def _record(topic: str, partition: int, offset: int, value: bytes | None) -> KafkaRecord:
+    """A record as the sink's one Kafka reading loop hands it over."""
+    return KafkaRecord(topic, partition, offset, b"AAPL.XNAS", value, 0)
 
 
 SINK_INPUTS = st.one_of(
@@ -282,7 +266,7 @@ def test_execution_sink_inputs_never_raise_and_counts_reconcile(
     dead: list[DeadLetter] = []
     heartbeats = 0
     for offset, (topic, value) in enumerate(inputs):
-        msg = _Msg(topic, 0, offset, value)
+        msg = _record(topic, 0, offset, value)
         if _decode(seq, CFG, msg, dead):
             rec = decode_input(CFG, topic, value)
             heartbeats += isinstance(rec, Order) and rec.action is OrderAction.HEARTBEAT
@@ -310,7 +294,7 @@ def test_execution_sink_refuses_the_reviewed_poison_pills() -> None:
     seq = Sequencer(ExecutionEngine(CFG.risk, CFG.venue))
     dead: list[DeadLetter] = []
     for offset, (topic, d) in enumerate(pills):
-        assert not _decode(seq, CFG, _Msg(topic, 0, offset, json.dumps(d).encode()), dead)
+        assert not _decode(seq, CFG, _record(topic, 0, offset, json.dumps(d).encode()), dead)
     assert [d.offset for d in dead] == list(range(len(pills)))
     assert all(d.reason_code is Reason.SCHEMA for d in dead)
 
@@ -328,7 +312,7 @@ def test_engine_failure_is_set_aside_with_its_origin() -> None:
     seq = Sequencer(Fragile(CFG.risk, CFG.venue))
     for offset, reason in enumerate(["boom", "fine"]):
         ctrl = Control(ControlCommand.KILL, reason=reason, ts_event=offset + 1)
-        assert _decode(seq, CFG, _Msg(CFG.topics.control, 0, offset, encode_record(ctrl)), [])
+        assert _decode(seq, CFG, _record(CFG.topics.control, 0, offset, encode_record(ctrl)), [])
     seq.drain(final=True)
     dead: list[DeadLetter] = []
     assert _take_refused(seq, dead) == 1
