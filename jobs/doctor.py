@@ -11,6 +11,7 @@ import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from udfs.config import Config
 
@@ -190,7 +191,8 @@ def _redis(cfg: Config, *, services: bool) -> list[tuple[str, bool, str]]:
         )
         try:
             client.ping()
-            server_version = client.info("server")["redis_version"]
+            info: dict[str, Any] = client.info("server")  # type: ignore[assignment]  # sync client: a dict, never an Awaitable
+            server_version = info["redis_version"]
         finally:
             client.close()
     except Exception as exc:  # any client failure is the finding

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from udfs.config import Config
-from udfs.history import streams
+from udfs.history import Stream, streams
 from udfs.schema import SchemaError
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def open_store(cfg: Config) -> FeatureStore:
     return FeatureStore(repo_path=str(cfg.feast_repo))
 
 
-def _features_stream(cfg: Config):
+def _features_stream(cfg: Config) -> Stream:
     return next(s for s in streams(cfg.features.depth_levels) if s.name == "features")
 
 
@@ -149,7 +149,7 @@ def push_rows(store: FeatureStore, rows: list[dict[str, Any]]) -> int:
     return len(frame)
 
 
-def _decode(records: Iterable[Any], cfg: Config, counts: dict[str, int]) -> Iterator[dict]:
+def _decode(records: Iterable[Any], cfg: Config, counts: dict[str, float]) -> Iterator[dict]:
     decode = _features_stream(cfg).decode
     for rec in records:
         try:
@@ -173,7 +173,7 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
 
     store = open_store(cfg)
     topic = cfg.topics.features
-    counts = {"read": 0, "refused": 0, "pushes": 0, "instruments_written": 0}
+    counts: dict[str, float] = {"read": 0, "refused": 0, "pushes": 0, "instruments_written": 0}
     started = time.monotonic()
 
     def flush(batch: list[dict[str, Any]]) -> None:
@@ -225,7 +225,7 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
     return {"topic": topic, **counts}
 
 
-def _counted(records: Iterable[Any], counts: dict[str, int]) -> Iterator[Any]:
+def _counted(records: Iterable[Any], counts: dict[str, float]) -> Iterator[Any]:
     for rec in records:
         counts["read"] += 1
         yield rec
