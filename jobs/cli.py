@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "feast-env",
         "print the variables feature_repo/feature_store.yaml expands, as shell exports",
-        'eval "$(bookstream feast-env)" && feast -c feature_repo apply',
+        'bookstream feast-env  # then: eval "$(bookstream feast-env)"; feast -c feature_repo apply',
         cmd_feast_env,
         description="The Redis password is read from its file by the shell ($(cat ...)), "
         "never printed.",
