@@ -289,6 +289,7 @@ def test_chain_break_that_drops_the_rest_of_a_capture_is_reported(tmp_path: Path
     assert json.loads(dropped[0].split(b" ", 1)[1])["data"]["e"] == "depthUpdate"
 
 
+@pytest.mark.slow  # whole shared captures: `make test` runs it, `make check` not
 @pytest.mark.skipif(not BINANCE_CAPTURE[0].is_file(), reason="shared data not present")
 def test_real_capture_still_verifies() -> None:
     r = verify_binance(BINANCE_CAPTURE)

@@ -591,6 +591,7 @@ def _brute_window_sums(
     return out
 
 
+@pytest.mark.slow  # whole shared captures: `make test` runs it, `make check` not
 @pytest.mark.parametrize("name", list(BINANCE_CAPTURES))
 def test_binance_windows_hold_exactly_what_arrived_in_their_span(name: str) -> None:
     from udfs.config import FlinkConfig

@@ -843,6 +843,7 @@ def _reference_fills(stream, placed: dict[str, tuple[int, Side, int, int]]):
     return out, q0
 
 
+@pytest.mark.slow  # whole shared captures: `make test` runs it, `make check` not
 @pytest.mark.parametrize(
     ("capture", "every"), [("usdm/btcusdt_20240808.gz", 5), ("spot/btcusdt_20240808.gz", 5)]
 )
