@@ -475,14 +475,20 @@ class DeadLetter:
         return json.dumps(d, separators=(",", ":"))
 
 
-def decode_dead_letter(raw: bytes | str) -> DeadLetter:
-    """Inverse of :meth:`DeadLetter.to_json`; raises :class:`SchemaError` naming the field."""
+def _json_object(raw: bytes | str) -> dict[str, Any]:
+    """``raw`` parsed as one JSON object, or :class:`SchemaError` (malformed, or not an object)."""
     try:
         d = _loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SchemaError("record", f"malformed JSON: {exc}") from exc
     if not isinstance(d, dict):
         raise SchemaError("record", "expected a JSON object")
+    return d
+
+
+def decode_dead_letter(raw: bytes | str) -> DeadLetter:
+    """Inverse of :meth:`DeadLetter.to_json`; raises :class:`SchemaError` naming the field."""
+    d = _json_object(raw)
     if d.get("v", DEAD_LETTER_VERSION) != DEAD_LETTER_VERSION or type(d.get("v", 1)) is not int:
         raise SchemaError("v", f"unknown dead-letter version {d.get('v')!r}")
     code = d.get("reason_code")
@@ -744,12 +750,7 @@ _TradingRecord = TypeVar("_TradingRecord", Signal, Order, ExecReport, Control, R
 
 def decode_record(cls: type[_TradingRecord], raw: bytes | str) -> _TradingRecord:
     """Inverse of :func:`encode_record`; raises :class:`SchemaError` naming the field."""
-    try:
-        d = _loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SchemaError("record", f"malformed JSON: {exc}") from exc
-    if not isinstance(d, dict):
-        raise SchemaError("record", "expected a JSON object")
+    d = _json_object(raw)
     version = d.get("v")
     if type(version) is not int or version != TRADING_VERSION:
         raise SchemaError("v", f"unknown schema version {version!r}")
@@ -836,12 +837,7 @@ _Row = TypeVar("_Row", StatsRow, QualityRow)
 
 def decode_row(cls: type[_Row], raw: bytes | str) -> _Row:
     """Inverse of :func:`encode_row`; raises :class:`SchemaError` naming the field."""
-    try:
-        d = _loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SchemaError("record", f"malformed JSON: {exc}") from exc
-    if not isinstance(d, dict):
-        raise SchemaError("record", "expected a JSON object")
+    d = _json_object(raw)
     try:
         return cls(**d)
     except TypeError as exc:
