@@ -42,6 +42,7 @@ from confluent_kafka import Producer, TopicPartition
 from jobs.kafka_io import (
     KafkaRecord,
     PartitionReader,
+    committed_offsets,
     drain_topic,
     end_offsets,
     first_offsets,
@@ -424,8 +425,8 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     producer.init_transactions(30)
     committed = {
         (tp.topic, tp.partition): tp.offset
-        for tp in consumer.committed(
-            [TopicPartition(t, p) for t in topics for p in history[t]], timeout=30
+        for tp in committed_offsets(
+            consumer, [TopicPartition(t, p) for t in topics for p in history[t]]
         )
     }
 

@@ -295,6 +295,34 @@ def make_consumer(cfg: Config, group: str, *, read_committed: bool = True) -> Co
     )
 
 
+# a group's coordinator is elected on first use and moves when the broker restarts: until then
+# the broker answers these; librdkafka does not retry them for committed()
+_NO_COORDINATOR_YET = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError._WAIT_COORD,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
+def committed_offsets(
+    consumer: Consumer, partitions: list[TopicPartition], timeout_s: float = 60.0
+) -> list[TopicPartition]:
+    """The group's committed offsets of ``partitions`` (offset < 0: none committed). Retries
+    while the group has no coordinator yet, until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return list(consumer.committed(partitions, timeout=10))
+        except KafkaException as exc:
+            if exc.args[0].code() not in _NO_COORDINATOR_YET or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 PartitionKey = tuple[str, int]
 """(topic, partition)"""
 

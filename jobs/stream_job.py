@@ -58,7 +58,7 @@ from pyflink.datastream.state import (
 )
 from pyflink.java_gateway import get_gateway
 
-from jobs.kafka_io import make_consumer, topic_end_offsets
+from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, RecordSource, process_record
@@ -641,7 +641,7 @@ def check_start(cfg: Config, group_id: str, *, from_start: bool) -> dict[int, in
     try:
         committed = {
             tp.partition: tp.offset
-            for tp in consumer.committed([TopicPartition(topic, p) for p in marks], timeout=30)
+            for tp in committed_offsets(consumer, [TopicPartition(topic, p) for p in marks])
             if tp.offset >= 0
         }
     finally:

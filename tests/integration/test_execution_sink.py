@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 from it_helpers import config_for, kill_job, read_topic
 
 from jobs.execution_sink import SinkResult, SinkStateError, run_sink
-from jobs.kafka_io import end_offsets, make_producer
+from jobs.kafka_io import committed_offsets, end_offsets, make_producer
 from jobs.publish import publish
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.adapters.lobster import iter_lobster_events
@@ -379,7 +379,7 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(
             for t in (cfg.topics.events, cfg.topics.orders)
             for p in range(cfg.topics.partitions)
         ]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
+        return sum(max(tp.offset, 0) for tp in committed_offsets(consumer, tps))
 
     # reference: the same inputs, one uninterrupted bounded run
     ref, _ = kafka_topics("kref", **env_for(tmp_path / "ref"))
