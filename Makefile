@@ -6,7 +6,7 @@ BS := .venv/bin/bookstream
 PYTEST := .venv/bin/pytest
 
 .PHONY: install install-dev install-python install-python-dev up demo check test test-unit \
-	test-integration bench stop clean lint types doctor
+	test-integration bench stop clean lint types doctor audit
 
 install:            ## runtime Python env (uv.lock) + JVM jars (infra/pom.xml) + PostgreSQL; idempotent
 	bash infra/install.sh
@@ -65,3 +65,6 @@ stop:               ## stop exactly what this project started
 
 clean: stop
 	rm -rf .state
+
+audit: install      ## CycloneDX SBOMs (Python env, jars) + licence report under .state/audit/
+	bash infra/audit/sbom.sh

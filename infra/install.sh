@@ -7,10 +7,11 @@
 #   * the PostgreSQL server binaries (apt-get; the only step that may need root)
 # Java 17 and Maven are expected on the machine (`bookstream doctor` checks).
 #
-# usage: infra/install.sh [--dev] [--bench] [--python-only]
+# usage: infra/install.sh [--dev] [--bench] [--audit] [--python-only]
 #   (none)         the runtime (what `make demo` runs): no test tools, no training packages
 #   --dev          also the dev group (pytest, ruff, pandas) and the train extra (tests retrain)
 #   --bench        also the bench group (kafka-python, for `make bench`), added to what is there
+#   --audit        also the audit group (cyclonedx-bom, for `make audit`), added to what is there
 #   --python-only  the Python environment alone: no jars, no PostgreSQL, never needs root
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,12 +20,14 @@ UV_VERSION=0.13.9
 PROFILE=runtime
 PYTHON_ONLY=0
 BENCH=0
+AUDIT=0
 for arg in "$@"; do
   case "$arg" in
     --dev) PROFILE=dev ;;
     --bench) BENCH=1 ;;
+    --audit) AUDIT=1 ;;
     --python-only) PYTHON_ONLY=1 ;;
-    *) echo "usage: infra/install.sh [--dev] [--bench] [--python-only]" >&2; exit 2 ;;
+    *) echo "usage: infra/install.sh [--dev] [--bench] [--audit] [--python-only]" >&2; exit 2 ;;
   esac
 done
 
@@ -60,6 +63,9 @@ if ! stamp_fresh .venv/.bookstream-synced-dev \
 fi
 if [ "$BENCH" = 1 ]; then  # --inexact: added beside whatever is installed, nothing removed
   "$UV" sync --frozen --python 3.11 --inexact --group bench
+fi
+if [ "$AUDIT" = 1 ]; then
+  "$UV" sync --frozen --python 3.11 --inexact --group audit
 fi
 if [ "$PYTHON_ONLY" = 1 ]; then exit 0; fi
 
