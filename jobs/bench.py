@@ -264,7 +264,7 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
     n = int(records)
     java = ["java", "-Xmx1g", "-cp", cp]
     broker = _broker_pid(cfg)
-    from jobs.bench_ladder import proc_cpu_s
+    from jobs.energy import proc_cpu_s
 
     cpu0 = proc_cpu_s(broker)
     prod = subprocess.run(

@@ -23,7 +23,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 from pyflink.common import Types
 from pyflink.datastream import (
@@ -36,6 +35,7 @@ from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import KafkaSink
 from pyflink.java_gateway import get_gateway
 
+from jobs.energy import descendant_pids, proc_cpu_s
 from jobs.stream_job import (
     FIELD,
     RECORD,
@@ -66,30 +66,6 @@ RUNGS = (
     "batched_shuffle",
     "batched",
 )
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (/proc/<pid>/stat, utime + stime)."""
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def descendant_pids(root: int) -> list[int]:
-    """Every live process below ``root`` (the PyFlink gateway JVM may sit under a launcher)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    out, frontier = [], [root]
-    while frontier:
-        nxt = [pid for pid, ppid in parents.items() if ppid in frontier]
-        out += nxt
-        frontier = nxt
-    return out
 
 
 class _PythonNoop(KeyedProcessFunction):

@@ -13,6 +13,9 @@ were before this run published, so a second demo in a row processes exactly its 
 * ``orders_rejected``, ``fills``, ``pnl`` (equity: realised + unrealised - fees, quote
   currency) from the execution sink, which runs after the job over the same run's records
 * ``history_rows``     rows the history sink stored in Iceberg (every topic, up to its end)
+* ``energy``           CPU seconds of each process (this one, its Flink JVM, the broker,
+  PostgreSQL, Redis) over the run, and the energy and emissions they stand for, in total, per
+  1,000 events and per trade (fill): jobs/energy.py, udfs/energy.py, ``[energy]`` factors
 
 The run's offset ranges of every topic are written to ``<lake root>/runs/<run_id>.json`` (and the
 newest to ``latest.json``): ``bookstream replay --run latest`` replays exactly this run.
@@ -26,6 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
+from jobs.energy import EnergyMeter
 from jobs.execution_sink import run_sink
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import create_topics, drain_topic, end_offsets, record_value
@@ -44,6 +48,7 @@ def run_demo(
     cfg: Config, source: Source, *, speed: float | None = None, progress: bool | None = None
 ) -> dict:
     t0 = time.perf_counter()
+    meter = EnergyMeter(cfg)
     source.check_files()
     create_topics(cfg)
     topics = cfg.topics
@@ -124,6 +129,8 @@ def run_demo(
     t_hist = time.perf_counter()
     history = run_history_sink(cfg, bounded=True)
     history_s = time.perf_counter() - t_hist
+    fills = sink.stats.get("fills", 0)
+    energy = meter.stop().summary(events=pub.events_in, trades=fills)
 
     summary = {
         "events_in": pub.events_in,
@@ -135,7 +142,7 @@ def run_demo(
         "orders_rejected": sink.stats.get("rejected", 0),
         "sink_refused": sink.skipped,
         "input_problems": pub.problems,
-        "fills": sink.stats.get("fills", 0),
+        "fills": fills,
         "pnl": round(sink.pnl.get("equity", 0.0), 6),
         "history_rows": history.total_rows,
         "wall_s": round(time.perf_counter() - t0, 3),
@@ -151,6 +158,7 @@ def run_demo(
         "dead_letter_reasons": reasons,
         "instruments": sorted(last_stats),
         "reconciled": pub.events_in == processed + len(dead) and job_in == pub.published,
+        "energy": energy,
     }
     return summary
 

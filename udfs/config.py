@@ -345,6 +345,25 @@ class FeastConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EnergyConfig:
+    """Energy and emissions of a run (udfs/energy.py): CPU seconds of every process, converted
+    with these factors where the machine has no energy counter (RAPL) to read."""
+
+    watts_per_cpu: float = field(default=3.5, metadata=_range(0.0, 1000.0))
+    """Power drawn per busy CPU (W, per CPU-second of work): Cloud Carbon Footprint's
+    coefficient for an AWS vCPU at full load (3.5 W; 0.74 W idle, not charged here)."""
+    pue: float = field(default=1.135, metadata=_range(1.0, 5.0))
+    """Power usage effectiveness of the hosting site (cooling, power losses): Cloud Carbon
+    Footprint's figure for AWS."""
+    grid_g_co2e_per_kwh: float = field(default=480.0, metadata=_range(0.0, 2000.0))
+    """Carbon intensity of the grid, gCO2e per kWh: the world's 2023 average (Ember, Global
+    Electricity Review 2024). Set your region's: e.g. ~50-60 France, ~350-400 Germany/US."""
+    rapl_path: str = "/sys/class/powercap/intel-rapl:0/energy_uj"
+    """The package energy counter to read when it exists (Linux powercap, Intel/AMD RAPL):
+    then the run's measured machine-wide energy is reported beside the model."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class StrategyConfig:
     imbalance_level: int = field(default=3, metadata=_range(1, 100))
     """The rule strategy reads ``imbalance_<k>`` (top-k depth imbalance)."""
@@ -447,6 +466,7 @@ class Config:
     lake: LakeConfig = field(default_factory=LakeConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     feast: FeastConfig = field(default_factory=FeastConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
 
     def for_run(self, run: str) -> Config:
         """This configuration with the topic set of one run (:meth:`TopicsConfig.for_run`)."""
@@ -576,6 +596,7 @@ _SECTIONS: dict[str, type] = {
     "lake": LakeConfig,
     "redis": RedisConfig,
     "feast": FeastConfig,
+    "energy": EnergyConfig,
 }
 
 Origin = str

@@ -4,11 +4,13 @@ bad input lines (ingest dead letters) and ``publish --speed`` pacing."""
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import pytest
 from it_helpers import read_topic, run_cli
 
+from udfs.config import EnergyConfig
 from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
 from udfs.schema import Reason, decode_dead_letter
@@ -30,12 +32,32 @@ def test_demo_twice_processes_only_its_own_events(kafka_topics) -> None:
         assert summary["reconciled"] is True
         assert summary["events_in"] > 0 and summary["features_out"] > 0
         assert summary["wall_s"] > 0
+        check_energy(summary)
         summaries.append(summary)
     first, second = summaries
     # the second run reads only what it published itself, not the first run's events as well
     assert {k: second[k] for k in COUNTS} == {k: first[k] for k in COUNTS}
     assert second["instruments"] == first["instruments"]
     assert len(first["instruments"]) == 2  # AAPL.XNAS and BTCUSDT.BINANCE_USDM
+
+
+def check_energy(summary: dict) -> None:
+    """The demo's CPU seconds: the job ran in this run's Flink JVM, the broker served it; the
+    energy follows from them with the configured factors (udfs/config.py EnergyConfig)."""
+    energy = summary["energy"]
+    cpu = energy["cpu_s"]
+    assert cpu["flink"] > 0 and cpu["bookstream"] > 0 and cpu["kafka"] > 0, cpu
+    assert math.isclose(energy["cpu_s_total"], sum(cpu.values()), abs_tol=0.01)
+    factors = EnergyConfig()
+    kwh = energy["cpu_s_total"] * factors.watts_per_cpu * factors.pue / 3.6e6
+    assert math.isclose(energy["kwh"], kwh, rel_tol=1e-3), (energy, kwh)
+    assert math.isclose(energy["g_co2e"], kwh * factors.grid_g_co2e_per_kwh, rel_tol=1e-3)
+    per_k = energy["g_co2e"] * 1000 / summary["events_in"]
+    assert math.isclose(energy["g_co2e_per_1k_events"], per_k, rel_tol=1e-9)
+    if summary["fills"]:
+        per_trade = energy["g_co2e"] / summary["fills"]
+        assert math.isclose(energy["g_co2e_per_trade"], per_trade, rel_tol=1e-9)
+    assert energy["method"] == ("model" if energy["rapl_kwh"] is None else "rapl+model")
 
 
 GARBAGE = (b"this is not a capture line\n", b'1721347020984480942 {"stream": truncated\n')
