@@ -6,7 +6,7 @@ BS := .venv/bin/bookstream
 PYTEST := .venv/bin/pytest
 
 .PHONY: install install-dev install-python install-python-dev up demo check test test-unit \
-	test-integration bench stop clean lint types doctor audit
+	test-integration bench stop clean lint types doctor audit monitor
 
 install:            ## runtime Python env (uv.lock) + JVM jars (infra/pom.xml) + PostgreSQL; idempotent
 	bash infra/install.sh
@@ -26,6 +26,9 @@ up: install         ## start the services that are not running; create topics
 	bash infra/postgres/start.sh
 	bash infra/redis/start.sh
 	$(BS) topics >/dev/null
+
+monitor: install    ## Prometheus (scrapes every stage, alert rules) + Alertmanager, under .state/prometheus
+	bash infra/prometheus/start.sh
 
 demo: up            ## the whole pipeline on the shipped sample; JSON summary on the last line
 	$(BS) demo $(ARGS)
@@ -62,6 +65,7 @@ stop:               ## stop exactly what this project started
 	bash infra/kafka/stop.sh
 	bash infra/postgres/stop.sh
 	bash infra/redis/stop.sh
+	bash infra/prometheus/stop.sh
 
 clean: stop
 	rm -rf .state

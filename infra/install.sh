@@ -148,46 +148,50 @@ install it yourself (apt-get install --no-install-recommends postgresql)"
         "Iceberg catalog server (infra/postgres/start.sh)"
   fi
 fi
-# Redis server for Feast's online store: infra/redis/start.sh runs the project's own server
-# under $STATE/redis with its own config, so Debian's redis-server service must neither start
-# nor matter. Debian starts services through invoke-rc.d, which asks /usr/sbin/policy-rc.d;
-# where there is none, one that forbids every start (exit 101) is put in place for the install
-# and removed afterwards (Docker images ship exactly that file permanently).
-if ! command -v redis-server >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=()
-    if [ "$(id -u)" -ne 0 ]; then
-      command -v sudo >/dev/null 2>&1 || die "redis-server missing and not root without sudo: \
-install it yourself (apt-get install --no-install-recommends redis-server)"
-      SUDO=(sudo)
-    fi
-    apt_log="$STATE/logs/apt-redis.log"
-    log "Redis server: apt-get install redis-server (log: $apt_log)"
-    policy=/usr/sbin/policy-rc.d
-    own_policy=""
-    if [ ! -e "$policy" ]; then
-      printf '%s\n' '#!/bin/sh' "# bookstream (infra/install.sh), removed after the install: \
-no service starts" 'exit 101' | "${SUDO[@]}" tee "$policy" >/dev/null
-      "${SUDO[@]}" chmod 0755 "$policy"
-      own_policy=1
-    fi
-    apt_install_redis() {
-      "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends redis-server >>"$apt_log" 2>&1
-    }
-    ok=1
-    if ! apt_install_redis; then
-      "${SUDO[@]}" apt-get update -q >>"$apt_log" 2>&1 && apt_install_redis || ok=""
-    fi
-    if [ -n "$own_policy" ]; then "${SUDO[@]}" rm -f "$policy"; fi
-    if [ -z "$ok" ]; then
-      tail -n 20 "$apt_log" >&2
-      die "apt-get install redis-server failed (log: $apt_log)"
-    fi
-    command -v redis-server >/dev/null 2>&1 || die "redis-server installed but not on PATH"
-  else
-    log "WARNING: no redis-server and no apt-get: install Redis 7 for Feast's online store" \
-        "(infra/redis/start.sh)"
+# Redis (Feast's online store), Prometheus and Alertmanager (metrics and alerts): the project's
+# scripts (infra/redis/, infra/prometheus/) run them under $STATE with their own config, so
+# Debian's services must neither start nor matter. Debian starts services through invoke-rc.d,
+# which asks /usr/sbin/policy-rc.d; where there is none, one that forbids every start (exit 101)
+# is put in place for the install and removed afterwards (Docker images ship exactly that file
+# permanently).
+# apt_install_service WHAT COMMAND PACKAGE...: install PACKAGEs unless COMMAND is on PATH
+apt_install_service() {
+  local what="$1" command="$2"; shift 2
+  command -v "$command" >/dev/null 2>&1 && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "WARNING: no $command and no apt-get: install $* yourself ($what)"
+    return 0
   fi
-fi
+  local SUDO=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "$command missing and not root without sudo: \
+install it yourself (apt-get install --no-install-recommends $*)"
+    SUDO=(sudo)
+  fi
+  local apt_log="$STATE/logs/apt-$command.log" policy=/usr/sbin/policy-rc.d own_policy="" ok=1
+  log "$what: apt-get install $* (log: $apt_log)"
+  if [ ! -e "$policy" ]; then
+    printf '%s\n' '#!/bin/sh' "# bookstream (infra/install.sh), removed after the install: \
+no service starts" 'exit 101' | "${SUDO[@]}" tee "$policy" >/dev/null
+    "${SUDO[@]}" chmod 0755 "$policy"
+    own_policy=1
+  fi
+  apt_install() {
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -q --no-install-recommends "$@" >>"$apt_log" 2>&1
+  }
+  # a fresh machine has no package lists: update only when the first attempt fails
+  if ! apt_install "$@"; then
+    "${SUDO[@]}" apt-get update -q >>"$apt_log" 2>&1 && apt_install "$@" || ok=""
+  fi
+  if [ -n "$own_policy" ]; then "${SUDO[@]}" rm -f "$policy"; fi
+  if [ -z "$ok" ]; then
+    tail -n 20 "$apt_log" >&2
+    die "apt-get install $* failed (log: $apt_log)"
+  fi
+  command -v "$command" >/dev/null 2>&1 || die "$* installed but $command is not on PATH"
+}
+apt_install_service "Redis server" redis-server redis-server
+apt_install_service "Prometheus and Alertmanager" prometheus-alertmanager \
+  prometheus prometheus-alertmanager
 log "install complete"

@@ -240,6 +240,25 @@ def _state_dir(cfg: Config) -> tuple[bool, str]:
     return True, f"{cfg.state_dir} (mode {mode:o})"
 
 
+def _monitoring(cfg: Config) -> list[tuple[str, bool, str]]:
+    """The project's Prometheus and Alertmanager (`make monitor`): checked when ours runs."""
+    if not _pid_alive(cfg.state_dir / "run" / "prometheus.pid"):
+        return []
+    import urllib.request
+
+    mc = cfg.metrics
+    out = []
+    for name, port in (("prometheus", mc.prometheus_port), ("alertmanager", mc.alertmanager_port)):
+        url = f"http://{mc.host}:{port}/-/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                out.append((name, resp.status == 200, f"ready at {mc.host}:{port}"))
+        except OSError as exc:
+            fix = f"run `make monitor`; its log: {cfg.logs_dir / (name + '.log')}"
+            out.append((name, False, f"not ready at {mc.host}:{port} ({exc}): {fix}"))
+    return out
+
+
 def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
     checks: list[tuple[str, bool, str]] = []
     checks.append(
@@ -256,6 +275,7 @@ def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
     checks.append(("listeners", *_listeners(cfg)))
     checks.extend(_postgres(cfg))
     checks.extend(_redis(cfg, services=need_broker))
+    checks.extend(_monitoring(cfg))
     checks.append(("lake", *_lake(cfg)))
     if need_broker:
         from jobs.kafka_io import BrokerUnavailableError, check_broker, existing_topics

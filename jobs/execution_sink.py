@@ -32,6 +32,7 @@ import logging
 import pickle
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import cast
 
 from confluent_kafka import Producer, TopicPartition
 
+from jobs import metrics
 from jobs.kafka_io import (
     KafkaRecord,
     PartitionReader,
@@ -50,6 +52,7 @@ from jobs.kafka_io import (
     topic_end_offsets,
     wait_stable,
 )
+from jobs.stopping import StopFlag
 from udfs.config import Config
 from udfs.execution.engine import ExecutionEngine, Output
 from udfs.execution.portfolio import Portfolio
@@ -372,6 +375,27 @@ def _save_snapshot(cfg: Config, group: str, snap: SinkSnapshot) -> None:
     tmp.replace(path)
 
 
+METRICS_PROCESS = "exec-sink"
+
+
+def _observe_commit(
+    cfg: Config,
+    engine: ExecutionEngine,
+    reader: PartitionReader,
+    outputs: list[Output],
+    letters: list[DeadLetter],
+) -> None:
+    """Prometheus figures of one committed transaction (jobs/metrics.py)."""
+    for topic, n in Counter(_topic_for(cfg, out)[0] for out in outputs).items():
+        metrics.count_out(METRICS_PROCESS, topic, n)
+    metrics.count_out(METRICS_PROCESS, cfg.topics.dead_letter, len(letters))
+    metrics.count_dead(METRICS_PROCESS, letters)
+    metrics.count_reports(out for out in outputs if isinstance(out, ExecReport))
+    metrics.set_book(engine.pnl(), engine.positions(), engine.risk.mode.value)
+    for topic, lag in reader.lag().items():
+        metrics.CONSUMER_LAG.labels(METRICS_PROCESS, topic).set(lag)
+
+
 def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loop
     cfg: Config,
     *,
@@ -490,6 +514,10 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     last_input = time.monotonic()
     dead: list[DeadLetter] = []
 
+    metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.exec_sink_port)
+    for limit in ("max_drawdown", "max_position_notional", "max_order_notional"):
+        metrics.RISK_LIMIT.labels(limit).set(getattr(cfg.risk, limit))
+
     def publish(outputs: list[Output]) -> None:
         for out in outputs:
             topic, key = _topic_for(cfg, out)
@@ -509,11 +537,13 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
             producer.produce(
                 cfg.topics.dead_letter, key=letter.key or None, value=letter.to_json().encode()
             )
+        letters = list(dead)
         dead.clear()
         # what was fed, never the consumer's position (it may lie past records not yet read)
         positions = reader.positions()
         producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(60)
+        _observe_commit(cfg, engine, reader, outputs, letters)
         if snapshot:
             log_end = {
                 p: high
@@ -524,7 +554,11 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
             offsets = {(tp.topic, tp.partition): tp.offset for tp in positions}
             _save_snapshot(cfg, group, SinkSnapshot(offsets, sequencer, log_end))
 
+    stop = StopFlag("exec-sink")
+    restore_signals = stop.install()
     for poll in reader.polls():
+        for topic, n in Counter(rec.topic for rec in poll.records).items():
+            metrics.count_in(METRICS_PROCESS, topic, n)
         for rec in poll.records:
             if not _decode(sequencer, cfg, rec, dead):
                 result.skipped += 1
@@ -545,8 +579,14 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
             commit(sequencer.drain(), snapshot=take)
             pending_inputs = 0
             since_snapshot = 0 if take else since_snapshot
+        if stop.stop:
+            # what was fed is committed with its outputs and a snapshot; what is in flight
+            # stays in the snapshot's sequencer, resolved by the next run
+            commit(sequencer.drain(), snapshot=True)
+            break
         if idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:
             break
+    restore_signals()
     producer.flush(30)
     consumer.close()
     if bounded:  # what this run committed is readable read_committed when it returns

@@ -27,13 +27,14 @@ checked row by row only when it does not convert as a whole, so the common case 
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
 
+from jobs import metrics
 from jobs.kafka_io import (
     PartitionReader,
     create_topics,
@@ -48,6 +49,7 @@ from jobs.lake import (
     history_streams,
     open_catalog,
 )
+from jobs.stopping import StopFlag
 from udfs.config import Config
 from udfs.history import Stream, fit_rows, rows_to_table
 from udfs.schema import DeadLetter, Reason, SchemaError
@@ -87,13 +89,7 @@ class _Pending:
     since: float = 0.0
 
 
-class _StopFlag:
-    def __init__(self) -> None:
-        self.stop = False
-
-    def __call__(self, signum: int, _frame: object) -> None:
-        logger.info("signal %d: committing what is buffered and stopping", signum)
-        self.stop = True
+METRICS_PROCESS = "history-sink"
 
 
 def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offsets
@@ -138,8 +134,8 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
     consumer = make_consumer(cfg, "bookstream-history")
     producer = make_producer(cfg)
     pending = {topic: _Pending() for topic in by_topic}
-    stop = _StopFlag()
-    previous = [signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)]
+    stop = StopFlag("history-sink")
+    restore_signals = stop.install()
     interval_s = cfg.lake.commit_interval_ms / 1000
     batch = max(1, min(20_000, cfg.lake.commit_rows))
 
@@ -179,16 +175,24 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
             arrow = rows_to_table(stream, rows, parts, offs)
         producer.flush(30)  # the refusals are on the dead-letter topic before the commit
         table = tables[stream.name]
+        t_commit = time.perf_counter()
         tables[stream.name] = append_with_offsets(table, arrow, topic, buf.next_offsets)
+        metrics.ICEBERG_COMMIT.labels(stream.name).observe(time.perf_counter() - t_commit)
+        metrics.count_out(METRICS_PROCESS, stream.name, len(rows))
         stored[topic].update(buf.next_offsets)
         result.rows[stream.name] += len(rows)
         result.commits += 1
         pending[topic] = _Pending()
 
     reader = PartitionReader(consumer, starts, ends if bounded else None, batch_size=batch)
+    metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.history_sink_port)
     try:
         for poll in reader.polls():
             now = time.monotonic()
+            for topic, n in Counter(rec.topic for rec in poll.records).items():
+                metrics.count_in(METRICS_PROCESS, topic, n)
+            for topic, lag in reader.lag().items():
+                metrics.CONSUMER_LAG.labels(METRICS_PROCESS, topic).set(lag)
             for rec in poll.records:
                 buf = pending[rec.topic]
                 if not buf.next_offsets:
@@ -221,8 +225,7 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
     finally:
         consumer.close()
         producer.flush(30)
-        for sig, handler in zip((signal.SIGTERM, signal.SIGINT), previous, strict=True):
-            signal.signal(sig, handler)
+        restore_signals()
         result.wall_s = time.perf_counter() - t0
     return result
 
@@ -253,6 +256,7 @@ def _refuse(
         stage="history",
         ts_dead=time.time_ns(),
     )
+    metrics.count_dead(METRICS_PROCESS, [dead])
     if stream.name == "dead_letters":
         return stream.decode(dead.to_json().encode())
     producer.produce(cfg.topics.dead_letter, key=None, value=dead.to_json().encode())

@@ -387,6 +387,21 @@ class PartitionReader:
         """Next offset per partition after what this reader has yielded."""
         return [TopicPartition(t, p, o) for (t, p), o in self.next_offsets.items()]
 
+    def lag(self) -> dict[str, int]:
+        """topic -> records not yet yielded (the high watermark last seen by the client's
+        fetches, no broker round trip, minus :meth:`positions`); a partition not fetched
+        yet counts 0."""
+        lag: dict[str, int] = {}
+        for (topic, partition), offset in self.next_offsets.items():
+            try:
+                _low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+            except KafkaException:
+                high = -1
+            lag[topic] = lag.get(topic, 0) + (max(0, high - offset) if high >= 0 else 0)
+        return lag
+
     def polls(self) -> Iterator[Poll]:
         """One :class:`Poll` per consume (empty ones included, so the owner can flush on time
         and check its stop flag); bounded, it ends after the poll with ``done``."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Producer
 from tqdm import tqdm
 
+from jobs import metrics
 from jobs.kafka_io import DeliveryErrors, make_producer
 from udfs.config import Config
 from udfs.market.adapters.sources import Source
@@ -45,6 +46,9 @@ class PublishResult:
         return self.published / self.wall_s if self.wall_s else 0.0
 
 
+METRICS_PROCESS = "publisher"
+
+
 def publish(
     cfg: Config,
     source: Source,
@@ -53,6 +57,7 @@ def publish(
     progress: bool | None = None,
 ) -> PublishResult:
     source.check_files()
+    metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.publisher_port)
     producer = make_producer(cfg)
     on_delivery = DeliveryErrors()
     start = time.perf_counter()
@@ -109,6 +114,7 @@ def _dead_letter_bad_lines(
             cfg.topics.dead_letter, value=dead.to_json().encode(), on_delivery=on_delivery
         )
         logger.warning("dead-lettered %s:%d: %s", bad.file, bad.line, bad.reason)
+        metrics.count_dead(METRICS_PROCESS, [dead])
     n = len(source.bad_lines)
     source.bad_lines.clear()
     return n
@@ -159,9 +165,12 @@ def produce_events(
             except BufferError:  # local queue full: let librdkafka drain it
                 producer.poll(0.05)
         published += 1
-        if published % 10_000 == 0:
-            producer.poll(0)
-            bar.update(10_000)
+        if published % 1000 == 0:
+            metrics.count_out(METRICS_PROCESS, topic, 1000)
+            if published % 10_000 == 0:
+                producer.poll(0)
+                bar.update(10_000)
+    metrics.count_out(METRICS_PROCESS, topic, published % 1000)
     bar.update(published % 10_000)
     bar.close()
     return published

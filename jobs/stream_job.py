@@ -467,6 +467,8 @@ def _export_flink_log_dir(cfg: Config) -> None:
     os.environ.setdefault("FLINK_IDENT_STRING", f"bookstream-{os.getpid()}")
 
 
+PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
 LOOPBACK_BIND_OPTIONS = (
     "rest.bind-address",
     "rest.address",
@@ -551,6 +553,11 @@ def job_environment(
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
     if restore_from is not None:
         conf.set_string("execution.state-recovery.path", restore_from.as_uri())
+    if cfg.metrics.enabled and cfg.metrics.flink_reporter:
+        # the reporter's plugin ships in the wheel (pyflink/plugins/metrics-prometheus), which
+        # PyFlink's gateway passes on as FLINK_PLUGINS_DIR
+        conf.set_string("metrics.reporter.prom.factory.class", PROMETHEUS_REPORTER)
+        conf.set_string("metrics.reporter.prom.port", cfg.metrics.flink_ports)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.flink.parallelism)
     env.enable_checkpointing(cfg.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)

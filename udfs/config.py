@@ -345,6 +345,35 @@ class FeastConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """Prometheus metrics (jobs/metrics.py) and the project's Prometheus and Alertmanager
+    (infra/prometheus/). Loopback only."""
+
+    enabled: bool = True
+    """Each stage serves ``/metrics``; off: none does (Flink's reporter included)."""
+    host: str = "127.0.0.1"
+    publisher_port: int = field(default=0, metadata=_range(0, 65535))
+    """0: any free port, announced to Prometheus by a target file (file service discovery)."""
+    exec_sink_port: int = field(default=0, metadata=_range(0, 65535))
+    history_sink_port: int = field(default=0, metadata=_range(0, 65535))
+    flink_reporter: bool = False
+    """Flink's own Prometheus reporter (the plugin in the PyFlink wheel) in the job's JVM.
+    Off by default: that reporter has no bind-address option and listens on every interface,
+    which the project's loopback-only rule does not allow unless you choose it."""
+    flink_ports: str = "19450-19459"
+    """Port range of Flink's Prometheus reporter (one port per JobManager/TaskManager)."""
+    prometheus_port: int = field(default=19490, metadata=_range(1, 65535))
+    alertmanager_port: int = field(default=19491, metadata=_range(1, 65535))
+    scrape_interval_s: int = field(default=5, metadata=_range(1, 3600))
+    """How often Prometheus scrapes and evaluates the alert rules."""
+    alert_webhook_url: str = ""
+    """Where Alertmanager posts alerts (its webhook JSON: a pager bridge, chat, a test);
+    empty: alerts stay in Alertmanager's UI and API."""
+    alert_group_wait_s: int = field(default=10, metadata=_range(1, 3600))
+    """How long Alertmanager gathers alerts of a group before the first notification."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class EnergyConfig:
     """Energy and emissions of a run (udfs/energy.py): CPU seconds of every process, converted
     with these factors where the machine has no energy counter (RAPL) to read."""
@@ -466,6 +495,7 @@ class Config:
     lake: LakeConfig = field(default_factory=LakeConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     feast: FeastConfig = field(default_factory=FeastConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
 
     def for_run(self, run: str) -> Config:
@@ -512,6 +542,8 @@ class Config:
             "kafka": self.logs_dir / "kafka.log",
             "postgres": self.logs_dir / "postgres.log",
             "redis": self.logs_dir / "redis.log",
+            "prometheus": self.logs_dir / "prometheus.log",
+            "alertmanager": self.logs_dir / "alertmanager.log",
             "flink": flink[-1] if flink else self.flink_logs_dir,
         }
 
@@ -596,6 +628,7 @@ _SECTIONS: dict[str, type] = {
     "lake": LakeConfig,
     "redis": RedisConfig,
     "feast": FeastConfig,
+    "metrics": MetricsConfig,
     "energy": EnergyConfig,
 }
 
@@ -780,6 +813,14 @@ def shell_values(cfg: Config) -> dict[str, str]:
         "REDIS_HOST": cfg.redis.host,
         "REDIS_PORT": cfg.redis.port,
         "REDIS_PASSWORD_FILE": cfg.redis_password_file,
+        "METRICS_HOST": cfg.metrics.host,
+        "FLINK_METRICS_PORTS": cfg.metrics.flink_ports,
+        "FLINK_METRICS_REPORTER": cfg.metrics.flink_reporter,
+        "ALERT_WEBHOOK_URL": cfg.metrics.alert_webhook_url,
+        "ALERT_GROUP_WAIT_S": cfg.metrics.alert_group_wait_s,
+        "PROMETHEUS_PORT": cfg.metrics.prometheus_port,
+        "ALERTMANAGER_PORT": cfg.metrics.alertmanager_port,
+        "SCRAPE_INTERVAL_S": cfg.metrics.scrape_interval_s,
     }
     return {k: str(v) for k, v in values.items()}
 

@@ -34,6 +34,13 @@ def test_a_jobs_flink_log_is_under_state_logs(kafka_topics) -> None:
     assert after == before, "the job wrote into site-packages/pyflink/log"
 
     report, _proc, _elapsed = run_cli(["doctor", "--offline"], env)
-    assert set(report["logs"]) == {"kafka", "postgres", "redis", "flink"}
+    assert set(report["logs"]) == {
+        "kafka",
+        "postgres",
+        "redis",
+        "prometheus",
+        "alertmanager",
+        "flink",
+    }
     for path in report["logs"].values():
         assert path.startswith(str(cfg.logs_dir)), report["logs"]

@@ -1,0 +1,165 @@
+"""Prometheus metrics of bookstream's own processes (publisher, execution sink, history sink):
+every metric declared here, once; Flink's come from its own Prometheus reporter
+(jobs/stream_job.py). Alert rules over them: infra/prometheus/rules/.
+
+Each process serves ``/metrics`` on 127.0.0.1 at a port of its own (``[metrics]``; 0: any free
+one) and announces itself to Prometheus by a file-based service-discovery target file,
+``<state>/prometheus/targets/<process>-<pid>.json``, removed when it exits: any number of
+processes, no port to plan. Serving is best effort: a stage never stops because its metrics
+cannot be served (the reason is logged).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from udfs.config import Config
+from udfs.schema import DeadLetter, ExecKind, ExecReport
+
+logger = logging.getLogger(__name__)
+
+REGISTRY = CollectorRegistry()
+"""This process's metrics (not the client library's default registry: no stray collectors)."""
+
+RECORDS_IN = Counter(
+    "bookstream_records_in", "Records a stage read", ["process", "topic"], registry=REGISTRY
+)
+RECORDS_OUT = Counter(
+    "bookstream_records_out", "Records a stage wrote", ["process", "topic"], registry=REGISTRY
+)
+LAST_RECORD = Gauge(
+    "bookstream_last_record_timestamp_seconds",
+    "Wall-clock time a stage last read a record of the topic (feed staleness)",
+    ["process", "topic"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "bookstream_consumer_lag_records",
+    "Records of the topic not yet read by the stage (log end - position)",
+    ["process", "topic"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "bookstream_dead_letters",
+    "Records a stage refused, by stage and reason",
+    ["process", "stage", "reason"],
+    registry=REGISTRY,
+)
+EXEC_REPORTS = Counter(
+    "bookstream_execution_reports",
+    "Execution reports by kind (ack, reject, canceled, fill)",
+    ["kind"],
+    registry=REGISTRY,
+)
+REJECTS = Counter(
+    "bookstream_rejects",
+    "Rejected orders by rule (the reason's first word: a risk rule or the venue's)",
+    ["rule"],
+    registry=REGISTRY,
+)
+FILLED_LOTS = Counter("bookstream_filled_lots", "Lots filled", registry=REGISTRY)
+PNL = Gauge(
+    "bookstream_pnl",
+    "Money in quote currency: realised, unrealised, fees, equity, drawdown",
+    ["component"],
+    registry=REGISTRY,
+)
+POSITION = Gauge("bookstream_position_lots", "Position in lots", ["instrument"], registry=REGISTRY)
+TRADING_MODE = Gauge(
+    "bookstream_trading_mode",
+    "1 for the risk engine's current global mode (ACTIVE, REDUCING, HALTED), 0 for the others",
+    ["mode"],
+    registry=REGISTRY,
+)
+ICEBERG_COMMIT = Histogram(
+    "bookstream_iceberg_commit_seconds",
+    "Wall time of one Iceberg append (the history sink)",
+    ["table"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+RISK_LIMIT = Gauge(
+    "bookstream_risk_limit",
+    "The execution sink's configured risk limits ([risk]), for alert thresholds relative to them",
+    ["limit"],
+    registry=REGISTRY,
+)
+
+MODES = ("ACTIVE", "REDUCING", "HALTED")
+
+
+_served: dict[str, int] = {}
+
+
+def serve(cfg: Config, process: str, port: int) -> int | None:
+    """Serve this process's ``/metrics`` (once per process: the demo runs every stage in one,
+    and each metric carries its stage in ``process``) and announce it to Prometheus; the
+    port, or None when metrics are off (``[metrics] enabled``) or could not be served."""
+    if not cfg.metrics.enabled:
+        return None
+    if "port" in _served:
+        return _served["port"]
+    try:
+        server, _thread = start_http_server(port, addr=cfg.metrics.host, registry=REGISTRY)
+    except OSError as exc:
+        logger.warning("%s: metrics not served on %s:%d: %s", process, cfg.metrics.host, port, exc)
+        return None
+    bound = _served["port"] = int(server.server_port)
+    targets = cfg.state_dir / "prometheus" / "targets"
+    targets.mkdir(parents=True, exist_ok=True)
+    target = targets / f"{process}-{os.getpid()}.json"
+    doc = [{"targets": [f"{cfg.metrics.host}:{bound}"], "labels": {"job": "bookstream"}}]
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(target)  # Prometheus never reads a half-written file
+    atexit.register(_forget, target)
+    logger.info("%s: metrics on http://%s:%d/metrics", process, cfg.metrics.host, bound)
+    return bound
+
+
+def _forget(target: Path) -> None:
+    target.unlink(missing_ok=True)
+
+
+def count_in(process: str, topic: str, n: int) -> None:
+    if n:
+        RECORDS_IN.labels(process, topic).inc(n)
+        LAST_RECORD.labels(process, topic).set(time.time())
+
+
+def count_out(process: str, topic: str, n: int = 1) -> None:
+    if n:
+        RECORDS_OUT.labels(process, topic).inc(n)
+
+
+def count_dead(process: str, letters: Iterable[DeadLetter]) -> None:
+    for letter in letters:
+        DEAD_LETTERS.labels(process, letter.stage, letter.reason_code.value).inc()
+
+
+def count_reports(reports: Iterable[ExecReport]) -> None:
+    """Execution reports of one commit: by kind, rejects by rule, filled lots."""
+    for rep in reports:
+        EXEC_REPORTS.labels(rep.kind.value).inc()
+        if rep.kind is ExecKind.REJECT:
+            REJECTS.labels(rep.reason.split(":", 1)[0][:40] or "unknown").inc()
+        elif rep.kind is ExecKind.FILL:
+            FILLED_LOTS.inc(rep.fill_qty)
+
+
+def set_book(pnl: dict[str, float], positions: dict[str, int], mode: str) -> None:
+    """The engine's money, positions and trading mode after a commit."""
+    for component, value in pnl.items():
+        PNL.labels(component).set(value)
+    for instrument, lots in positions.items():
+        POSITION.labels(instrument).set(lots)
+    for m in MODES:
+        TRADING_MODE.labels(m).set(1 if m == mode else 0)
