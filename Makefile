@@ -6,7 +6,7 @@ BS := .venv/bin/bookstream
 PYTEST := .venv/bin/pytest
 
 .PHONY: install install-dev install-python install-python-dev up demo check test test-unit \
-	test-integration bench stop clean lint types doctor audit monitor
+	test-integration bench stop clean lint types doctor audit monitor live
 
 install:            ## runtime Python env (uv.lock) + JVM jars (infra/pom.xml) + PostgreSQL; idempotent
 	bash infra/install.sh
@@ -29,6 +29,9 @@ up: install         ## start the services that are not running; create topics
 
 monitor: install    ## Prometheus (scrapes every stage, alert rules) + Alertmanager, under .state/prometheus
 	bash infra/prometheus/start.sh
+
+live: up monitor    ## the pipeline as supervised long-running processes, paced (ARGS="--speed 5"), until Ctrl-C or `make stop`
+	$(BS) live $(ARGS)
 
 demo: up            ## the whole pipeline on the shipped sample; JSON summary on the last line
 	$(BS) demo $(ARGS)
@@ -61,7 +64,8 @@ lint: install-python-dev  ## ruff (rules, complexity, format) and the import rul
 types: install-python-dev  ## mypy on udfs/ and jobs/ ([tool.mypy] in pyproject.toml)
 	.venv/bin/mypy
 
-stop:               ## stop exactly what this project started
+stop:               ## stop exactly what this project started (a live session first: it commits)
+	bash infra/live/stop.sh
 	bash infra/kafka/stop.sh
 	bash infra/postgres/stop.sh
 	bash infra/redis/stop.sh

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -164,7 +165,21 @@ def cmd_publish(args: argparse.Namespace) -> int:
             **res.problems,
         }
     )
+    if args.wait:  # supervised (bookstream live): one process ending would stop the others
+        from jobs.stopping import StopFlag
+
+        stop = StopFlag("publisher")
+        restore = stop.install()
+        while not stop.stop:
+            time.sleep(0.2)
+        restore()
     return 1 if res.problems else 0
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from jobs.live import run_live
+
+    return run_live(load_config(), _source(args), speed=args.speed, print_procfile=args.procfile)
 
 
 def cmd_stream_job(args: argparse.Namespace) -> int:
@@ -417,6 +432,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay at N x the recorded pace (default: as fast as possible)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="after the source ends, stay until SIGTERM/SIGINT (for a supervisor)",
+    )
+
+    p = _command(
+        sub,
+        "live",
+        "run the pipeline live: paced publisher, stream job, execution and history sinks, "
+        "supervised, on a topic set of the session's own, until Ctrl-C or `make stop`",
+        "bookstream live --speed 5",
+        cmd_live,
+        parents=common,
+    )
+    _add_source_args(p)
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="publish at N x the recorded pace (default 1: as recorded)",
+    )
+    p.add_argument(
+        "--procfile", action="store_true", help="print the session as a Procfile and exit"
+    )
 
     p = _command(
         sub,

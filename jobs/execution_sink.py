@@ -52,6 +52,7 @@ from jobs.kafka_io import (
     topic_end_offsets,
     wait_stable,
 )
+from jobs.status import StatusLine
 from jobs.stopping import StopFlag
 from udfs.config import Config
 from udfs.execution.engine import ExecutionEngine, Output
@@ -556,6 +557,7 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
 
     stop = StopFlag("exec-sink")
     restore_signals = stop.install()
+    status = StatusLine(METRICS_PROCESS)
     for poll in reader.polls():
         for topic, n in Counter(rec.topic for rec in poll.records).items():
             metrics.count_in(METRICS_PROCESS, topic, n)
@@ -579,6 +581,14 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
             commit(sequencer.drain(), snapshot=take)
             pending_inputs = 0
             since_snapshot = 0 if take else since_snapshot
+        if status.due():
+            status.emit(
+                inputs=result.inputs,
+                outputs=result.outputs,
+                refused=result.skipped,
+                lag=sum(reader.lag().values()),
+                mode=engine.risk.mode.value,
+            )
         if stop.stop:
             # what was fed is committed with its outputs and a snapshot; what is in flight
             # stays in the snapshot's sequencer, resolved by the next run

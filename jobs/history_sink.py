@@ -49,6 +49,7 @@ from jobs.lake import (
     history_streams,
     open_catalog,
 )
+from jobs.status import StatusLine
 from jobs.stopping import StopFlag
 from udfs.config import Config
 from udfs.history import Stream, fit_rows, rows_to_table
@@ -136,6 +137,7 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
     pending = {topic: _Pending() for topic in by_topic}
     stop = StopFlag("history-sink")
     restore_signals = stop.install()
+    status = StatusLine(METRICS_PROCESS)
     interval_s = cfg.lake.commit_interval_ms / 1000
     batch = max(1, min(20_000, cfg.lake.commit_rows))
 
@@ -218,6 +220,13 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
                     or not poll.records
                 ):
                     flush(topic)
+            if status.due():
+                status.emit(
+                    rows=result.total_rows,
+                    commits=result.commits,
+                    dead_lettered=result.dead_lettered,
+                    lag=sum(reader.lag().values()),
+                )
             if stop.stop:
                 break
         for topic in pending:

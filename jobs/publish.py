@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from jobs import metrics
 from jobs.kafka_io import DeliveryErrors, make_producer
+from jobs.status import StatusLine
 from udfs.config import Config
 from udfs.market.adapters.sources import Source
 from udfs.schema import DeadLetter, L2Event, Reason, encode_event
@@ -139,6 +140,7 @@ def produce_events(
         desc=desc, unit=" ev", unit_scale=True, disable=not show, file=sys.stderr, mininterval=0.5
     )
     start = time.perf_counter()
+    status = StatusLine(desc)
     first_ts: int | None = None
     published = 0
     produce = producer.produce
@@ -167,6 +169,10 @@ def produce_events(
         published += 1
         if published % 1000 == 0:
             metrics.count_out(METRICS_PROCESS, topic, 1000)
+            if not show and status.due():
+                status.emit(
+                    published=published, rate=f"{published / (time.perf_counter() - start):.0f}/s"
+                )
             if published % 10_000 == 0:
                 producer.poll(0)
                 bar.update(10_000)
