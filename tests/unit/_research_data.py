@@ -52,9 +52,9 @@ def lobster_level1_mid2(symbol: str) -> tuple[np.ndarray, np.ndarray]:
 
     folder = SHARED_LOBSTER / f"LOBSTER_SampleFile_{symbol}_2012-06-21_1"
     stem = f"{symbol}_2012-06-21_34200000_57600000"
-    times = pd.read_csv(
-        folder / f"{stem}_message_1.csv", header=None, usecols=[0], dtype=str
-    )[0].str.split(".", expand=True)
+    times = pd.read_csv(folder / f"{stem}_message_1.csv", header=None, usecols=[0], dtype=str)[
+        0
+    ].str.split(".", expand=True)
     ts = times[0].astype(np.int64).to_numpy() * 10**9 + (
         times[1].str.ljust(9, "0").str[:9].astype(np.int64).to_numpy()
     )

@@ -61,7 +61,13 @@ def check_against_naive(
     sl: float,
 ) -> dict[int, int]:
     out = triple_barrier(
-        ts, px, events, horizon_ns=HORIZON_NS, profit_take=pt, stop_loss=sl, volatility=vol,
+        ts,
+        px,
+        events,
+        horizon_ns=HORIZON_NS,
+        profit_take=pt,
+        stop_loss=sl,
+        volatility=vol,
         side=sides,
     )
     ts_l, px_l = ts.tolist(), px.tolist()
@@ -81,7 +87,11 @@ def check_against_naive(
         k = by_event[i]
         touch, j, end, exit_px = expected
         assert (out.touch[k], out.exit_index[k], out.end_ns[k], out.exit_price[k]) == (
-            touch, j, end, exit_px), f"sample at {i}"
+            touch,
+            j,
+            end,
+            exit_px,
+        ), f"sample at {i}"
         assert out.start_ns[k] == ts_l[i] and out.entry_price[k] == px_l[i]
         assert out.profit_take_price[k] == px_l[i] + s * w_pt
         assert out.stop_loss_price[k] == px_l[i] - s * w_sl
@@ -116,7 +126,12 @@ def test_triple_barrier_on_a_hand_path() -> None:
     px = np.array([100, 101, 103, 99, 97, 100, 100], dtype=np.int64)
     vol = np.full(7, 0.01)  # width = ceil(100 * 2 * 0.01) = 2 ticks
     out = triple_barrier(
-        ts, px, np.array([0, 2, 3, 5]), horizon_ns=20, profit_take=2.0, stop_loss=2.0,
+        ts,
+        px,
+        np.array([0, 2, 3, 5]),
+        horizon_ns=20,
+        profit_take=2.0,
+        stop_loss=2.0,
         volatility=vol,
     )
     # 0: the second event at ns 10 (after the entry in the feed) reaches 103 >= 102
@@ -154,7 +169,13 @@ def test_meta_labels_on_a_primary_imbalance_signal_match_a_naive_loop() -> None:
     sides = np.where(imbalance[events] > 0, 1, -1).astype(np.int64)
     assert (sides == 1).any() and (sides == -1).any()
     outcome, meta = meta_labels(
-        ts, mid2, events, sides, horizon_ns=HORIZON_NS, profit_take=1.0, stop_loss=2.0,
+        ts,
+        mid2,
+        events,
+        sides,
+        horizon_ns=HORIZON_NS,
+        profit_take=1.0,
+        stop_loss=2.0,
         volatility=vol,
     )
     counts = check_against_naive(ts, mid2, vol, events, sides, 1.0, 2.0)

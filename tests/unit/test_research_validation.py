@@ -34,15 +34,18 @@ def triple_barrier_spans() -> tuple[np.ndarray, np.ndarray]:
     variable label horizons (a touch after a few ms or the 1 s vertical barrier)."""
     ts, mid2 = sample_mid2()
     out = triple_barrier(
-        ts, mid2, np.arange(ts.size), horizon_ns=1_000_000_000, profit_take=2.0,
-        stop_loss=2.0, volatility=ewm_volatility(mid2, 50),
+        ts,
+        mid2,
+        np.arange(ts.size),
+        horizon_ns=1_000_000_000,
+        profit_take=2.0,
+        stop_loss=2.0,
+        volatility=ewm_volatility(mid2, 50),
     )
     return out.start_ns, out.end_ns
 
 
-def naive_train(
-    start: np.ndarray, end: np.ndarray, test: np.ndarray, embargo: int
-) -> list[int]:
+def naive_train(start: np.ndarray, end: np.ndarray, test: np.ndarray, embargo: int) -> list[int]:
     """Train set by the definition, one sample at a time: not tested, its span meets no test
     sample's span, and not among the first `embargo` samples that start after a test block's
     last label end."""
@@ -112,8 +115,9 @@ def test_walk_forward_purges_train_labels_reaching_into_the_test_block() -> None
         window = np.arange(lo - 200, lo)
         assert split.train.tolist() == [j for j in window if end[j] < start[lo]]
     expanded = list(
-        walk_forward_splits(start, end, train_size=200, test_size=150, expand_train=True,
-                            reduce_test=True)
+        walk_forward_splits(
+            start, end, train_size=200, test_size=150, expand_train=True, reduce_test=True
+        )
     )
     assert len(expanded) == math.ceil((n - 200) / 150)
     assert expanded[-1].test[-1] == n - 1 and expanded[-1].train[0] == 0
@@ -137,7 +141,11 @@ def test_deflated_sharpe_ratio_reproduces_the_papers_numerical_example() -> None
     sr0 = expected_max_sharpe(100, PAPER_VAR)
     assert sr0 == pytest.approx(PAPER_SR0, abs=5e-5)
     dsr = deflated_sharpe_ratio(
-        PAPER_SR, n_trials=100, sharpe_variance=PAPER_VAR, n_obs=1250, skewness=-3.0,
+        PAPER_SR,
+        n_trials=100,
+        sharpe_variance=PAPER_VAR,
+        n_obs=1250,
+        skewness=-3.0,
         kurtosis=10.0,
     )
     assert dsr == pytest.approx(PAPER_DSR, abs=5e-5)
@@ -145,7 +153,11 @@ def test_deflated_sharpe_ratio_reproduces_the_papers_numerical_example() -> None
     # more trials deflate it further
     assert probabilistic_sharpe_ratio(PAPER_SR, 0.0, 1250, -3.0, 10.0) > 0.999
     more = deflated_sharpe_ratio(
-        PAPER_SR, n_trials=1000, sharpe_variance=PAPER_VAR, n_obs=1250, skewness=-3.0,
+        PAPER_SR,
+        n_trials=1000,
+        sharpe_variance=PAPER_VAR,
+        n_obs=1250,
+        skewness=-3.0,
         kurtosis=10.0,
     )
     assert more < dsr

@@ -53,8 +53,10 @@ def grid_log_returns(
         at = np.searchsorted(ts, grid, side="right") - 1
         if at[0] < 0:
             raise ValueError(f"instrument {k}: no price at or before the grid start {start_ns}")
-        sampled = px[at].astype(np.float64)
-        columns.append(np.diff(np.log(sampled)))
+        sampled = px[at]
+        # ln(p1 / p0) = log1p((p1 - p0) / p0): the tick difference is exact, so a small move
+        # keeps its digits (log(p1) - log(p0) would cancel them)
+        columns.append(np.log1p((sampled[1:] - sampled[:-1]) / sampled[:-1]))
     return np.column_stack(columns)
 
 
