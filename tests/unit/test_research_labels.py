@@ -123,7 +123,7 @@ def test_barrier_width_rounds_up_to_whole_ticks() -> None:
 def test_triple_barrier_on_a_hand_path() -> None:
     # ns:    0    10   10   20   30   40   50
     ts = np.array([0, 10, 10, 20, 30, 40, 50], dtype=np.int64)
-    px = np.array([100, 101, 103, 99, 97, 100, 100], dtype=np.int64)
+    px = np.array([100, 101, 102, 99, 97, 100, 100], dtype=np.int64)
     vol = np.full(7, 0.01)  # width = ceil(100 * 2 * 0.01) = 2 ticks
     out = triple_barrier(
         ts,
@@ -134,8 +134,8 @@ def test_triple_barrier_on_a_hand_path() -> None:
         stop_loss=2.0,
         volatility=vol,
     )
-    # 0: the second event at ns 10 (after the entry in the feed) reaches 103 >= 102
-    # 2: 103 -> 99 at ns 20 is a stop-loss (<= 101); 3: 99 -> 97 at ns 30 (<= 97)
+    # 0: the second event at ns 10 (after the entry in the feed) touches 102 exactly
+    # 2: 102 -> 99 at ns 20 is a stop-loss (<= 100); 3: 99 -> 97 at ns 30 touches 97 exactly
     # 5: vertical barrier at 60 > last event 50, nothing touched: unresolved
     assert out.event.tolist() == [0, 2, 3]
     assert out.touch.tolist() == [PROFIT_TAKE, STOP_LOSS, STOP_LOSS]
