@@ -11,6 +11,8 @@ Slow: importing skfolio (cvxpy, plotly) costs several CPU seconds; `make test` r
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from _research_data import SHARED_LOBSTER, lobster_level1_mid2, sample_mid2
@@ -20,7 +22,13 @@ from udfs.research.portfolio import grid_log_returns, hrp_weights
 from udfs.research.validation import combinatorial_purged_splits, walk_forward_splits
 
 pytestmark = pytest.mark.slow
-skfolio_cv = pytest.importorskip("skfolio.model_selection")
+
+
+@pytest.fixture(scope="module")
+def skfolio_cv() -> Any:
+    """skfolio.model_selection, imported only when a test here runs (not at collection: the
+    fast lane deselects this module and must not pay for the import)."""
+    return pytest.importorskip("skfolio.model_selection")
 
 
 def event_index(n_folds: int) -> np.ndarray:
@@ -42,7 +50,7 @@ def horizon_spans(start: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
     [(6, 2, 0, 0), (6, 2, 4, 3), (8, 3, 7, 0), (5, 4, 2, 9), (10, 2, 15, 10)],
 )
 def test_cpcv_splits_equal_skfolio_combinatorial_purged_cv(
-    n_folds: int, n_test_folds: int, h: int, embargo: int
+    skfolio_cv: Any, n_folds: int, n_test_folds: int, h: int, embargo: int
 ) -> None:
     start, end = horizon_spans(event_index(n_folds), h)
     ours = list(combinatorial_purged_splits(start, end, n_folds, n_test_folds, embargo))
@@ -66,7 +74,7 @@ def test_cpcv_splits_equal_skfolio_combinatorial_purged_cv(
     ],
 )
 def test_walk_forward_splits_equal_skfolio_walk_forward(
-    train_size: int, test_size: int, h: int, expand: bool, reduce: bool
+    skfolio_cv: Any, train_size: int, test_size: int, h: int, expand: bool, reduce: bool
 ) -> None:
     start, end = horizon_spans(event_index(1), h)
     ours = list(
@@ -93,7 +101,7 @@ def test_walk_forward_splits_equal_skfolio_walk_forward(
         assert split.test.tolist() == test.tolist()
 
 
-def test_on_real_triple_barrier_spans_a_fixed_purge_count_leaks() -> None:
+def test_on_real_triple_barrier_spans_a_fixed_purge_count_leaks(skfolio_cv: Any) -> None:
     """Where the two part: labels end at their barrier touch, so no one count fits; skfolio's
     purge of h observations, with h the median label length, leaves train labels overlapping
     test labels, which span purging never does."""
@@ -131,9 +139,8 @@ def test_on_real_triple_barrier_spans_a_fixed_purge_count_leaks() -> None:
 
 
 def hrp_of(returns: np.ndarray) -> np.ndarray:
-    from skfolio.optimization import HierarchicalRiskParity
-
-    return HierarchicalRiskParity().fit(returns).weights_
+    optimization = pytest.importorskip("skfolio.optimization")
+    return optimization.HierarchicalRiskParity().fit(returns).weights_
 
 
 @pytest.mark.skipif(not SHARED_LOBSTER.is_dir(), reason="../shared/data not present")
