@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 from _research_data import sample_mid2
-from sklearn.model_selection import KFold
 
 from udfs.research.labels import ewm_volatility, triple_barrier
 from udfs.research.validation import (
@@ -69,6 +68,8 @@ def naive_train(start: np.ndarray, end: np.ndarray, test: np.ndarray, embargo: i
 
 
 def test_folds_are_sized_like_array_split_and_sklearn_kfold() -> None:
+    from sklearn.model_selection import KFold  # here: the import costs a second at collection
+
     for n, k in ((998, 5), (1000, 10), (17, 4)):
         bounds = fold_bounds(n, k)
         assert [hi - lo for lo, hi in bounds] == [a.size for a in np.array_split(np.arange(n), k)]
