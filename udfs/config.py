@@ -429,6 +429,11 @@ class SizingConfig:
     """Fraction of the Kelly-optimal size allowed (fractional Kelly cap)."""
     max_position_notional: float = field(default=20_000.0, metadata=_range(0.0))
     """Hard cap on |target position| x price, quote currency."""
+    capital_weights_path: str = ""
+    """Per-instrument share of ``capital``: a JSON object ``{instrument: weight}`` (relative to
+    the project root), e.g. hierarchical-risk-parity weights from the lake's returns
+    (``udfs.research.portfolio``). An instrument is then sized against ``capital * weight`` (0
+    when it has no weight). Empty (default): every instrument against the whole capital."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,9 @@ import pytest
 from udfs.config import SizingConfig
 from udfs.market.features import FeatureRow
 from udfs.strategy.sizing import (
+    instrument_capital,
     kelly_fraction_cap,
+    load_capital_weights,
     qty_to_lots,
     row_price,
     target_position_lots,
@@ -235,3 +237,31 @@ def test_on_a_feature_row_dict() -> None:
     assert target_position_lots(1, fr.to_dict(), cfg) == 42
     # Kelly: f = 0.25 * 2e-6 / 4e-6 = 0.125 -> 12_500 ccy / 585.33 = 21.36 -> 21
     assert target_position_lots(1, fr.to_dict(), cfg, 2e-6) == 21
+
+
+# --- per-instrument capital weights (SizingConfig.capital_weights_path, e.g. HRP) -----------
+
+
+def test_capital_weights_default_off_and_share_of_capital(tmp_path) -> None:
+    cfg = SizingConfig()
+    assert cfg.capital_weights_path == ""  # default: every instrument on the whole capital
+    assert instrument_capital(cfg, None, "AAPL.XNAS") == cfg.capital
+    path = tmp_path / "w.json"
+    path.write_text('{"AAPL.XNAS": 0.6, "AMZN.XNAS": 0.4}')
+    weights = load_capital_weights(path)
+    assert instrument_capital(cfg, weights, "AAPL.XNAS") == pytest.approx(60_000.0, **EXACT)
+    assert instrument_capital(cfg, weights, "GOOG.XNAS") == 0.0  # no allocation, no position
+    row = {"rv": 0.002, "mid_px": 250.0, "size_exp": 0}
+    # C = 60_000: 0.0005 * 60_000 / (250 * 0.002) = 60 units (the notional cap allows 80)
+    assert target_position_lots(1, row, cfg, capital=60_000.0) == 60
+    assert target_position_lots(1, row, cfg) == target_position_lots(1, row, cfg, capital=None)
+
+
+@pytest.mark.parametrize(
+    "text", ['{"A": 0.7, "B": 0.4}', '{"A": -0.1}', '{"A": "0.5"}', "[0.5]", "{}", "not json"]
+)
+def test_capital_weights_refused_with_the_reason(tmp_path, text: str) -> None:
+    path = tmp_path / "w.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="capital weights"):
+        load_capital_weights(path)

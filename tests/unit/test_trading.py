@@ -137,3 +137,20 @@ def test_feed_latency_drawn_from_a_recorded_distribution_repeats_exactly(tmp_pat
             latest_beat = max(latest_beat, o.ts_event)
         elif o.action is OrderAction.NEW:
             assert o.ts_event >= latest_beat, o
+
+
+def test_capital_weights_size_each_instrument_on_its_share(tmp_path, direct) -> None:
+    # HRP-style weights (udfs.research.portfolio): AAPL sized on a 2**-10 share of the capital
+    # trades exactly as with that capital configured (100_000 * 2**-10 = 97.65625, exact); the
+    # share is small enough that the volatility target, not the notional cap, binds
+    weights = tmp_path / "weights.json"
+    weights.write_text('{"AAPL.XNAS": 0.0009765625, "MSFT.XNAS": 0.9990234375}\n')
+    weighted = _run_with({"BOOKSTREAM_SIZING_CAPITAL_WEIGHTS_PATH": str(weights)})
+    share = _run_with({"BOOKSTREAM_SIZING_CAPITAL": "97.65625"})
+    assert weighted == share
+
+    def traded(orders: list[Order]) -> int:
+        return sum(o.quantity for o in orders if o.action is OrderAction.NEW)
+
+    # and smaller than on the whole capital (the default run: no weights)
+    assert 0 < traded(weighted) < traded(direct[0])

@@ -6,7 +6,8 @@ is the standard deviation of the mid's log return over that window.
 
 Units and notation
 ------------------
-* ``C``      capital, quote currency (``SizingConfig.capital``);
+* ``C``      capital, quote currency (``SizingConfig.capital``; times the instrument's share
+  ``w`` when ``SizingConfig.capital_weights_path`` names per-instrument weights, e.g. HRP's);
 * ``tv``     volatility target, a fraction of ``C`` per horizon (``SizingConfig.target_vol``);
 * ``P``      price, quote currency per instrument *unit* (``mid_px`` = ``mid * 10**price_exp``);
 * ``sigma``  the instrument's return volatility over ``H`` (dimensionless, e.g. ``rv``);
@@ -29,14 +30,18 @@ Formulas (each repeated next to its code):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from udfs.config import SizingConfig
 
 __all__ = [
+    "instrument_capital",
     "kelly_fraction_cap",
+    "load_capital_weights",
     "qty_to_lots",
     "row_price",
     "target_position_lots",
@@ -127,8 +132,46 @@ def row_price(row: Mapping[str, Any]) -> float:
     return float(mid * 10**exp) if exp >= 0 else mid / 10**-exp
 
 
+def load_capital_weights(path: str | Path) -> dict[str, float]:
+    """``{instrument: share of capital}`` from the JSON file ``SizingConfig.capital_weights_path``
+    names (e.g. written by ``udfs.research.portfolio.write_capital_weights``). Each weight must
+    be a finite number >= 0 and together at most 1 (a relative 1e-9 of rounding allowed): shares
+    above the whole capital would lever the book past what the volatility target assumes."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"capital weights {path}: {exc}") from exc
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"capital weights {path}: expected a non-empty JSON object")
+    weights: dict[str, float] = {}
+    for name, w in raw.items():
+        if isinstance(w, bool) or not isinstance(w, int | float) or not _finite(w) or w < 0:
+            raise ValueError(
+                f"capital weights {path}: {name!r} has weight {w!r}, not a number >= 0"
+            )
+        weights[name] = float(w)
+    total = math.fsum(weights.values())
+    if total > 1.0 + 1e-9:
+        raise ValueError(f"capital weights {path}: they sum to {total!r} > 1")
+    return weights
+
+
+def instrument_capital(
+    cfg: SizingConfig, weights: Mapping[str, float] | None, instrument: str
+) -> float:
+    """The capital ``instrument`` is sized against: ``cfg.capital``, or ``cfg.capital * w``
+    with its weight ``w`` (0 for an instrument the weights leave out: it has no allocation)."""
+    if weights is None:
+        return cfg.capital
+    return cfg.capital * weights.get(instrument, 0.0)
+
+
 def target_position_lots(
-    signal_direction: int, row: Mapping[str, Any], cfg: SizingConfig, edge: float | None = None
+    signal_direction: int,
+    row: Mapping[str, Any],
+    cfg: SizingConfig,
+    edge: float | None = None,
+    capital: float | None = None,
 ) -> int:
     """Target position in lots (signed) for a signal ``direction`` after feature ``row``.
 
@@ -145,7 +188,9 @@ def target_position_lots(
     ``edge`` is the instrument's signed expected return over the feature window (see
     :func:`kelly_fraction_cap`); ``None`` means no model edge is known and the Kelly cap is not
     applied. An edge against the direction gives 0. Direction 0, ``rv <= 0`` (see
-    :func:`vol_target_position`) or a non-positive price give 0.
+    :func:`vol_target_position`) or a non-positive price give 0. ``capital`` replaces
+    ``cfg.capital`` as ``C`` (the instrument's share, :func:`instrument_capital`); None: the
+    configured capital.
     """
     if signal_direction not in (-1, 0, 1):
         raise ValueError(f"signal_direction must be -1, 0 or +1, got {signal_direction!r}")
@@ -156,13 +201,14 @@ def target_position_lots(
         return 0
     sigma = float(row["rv"])
     size_exp = int(row.get("size_exp", 0))
+    cap = cfg.capital if capital is None else capital
 
     # |q_vol| = tv * C / (P * sigma), units
-    q = vol_target_position(cfg.capital, cfg.target_vol, sigma, price)
+    q = vol_target_position(cap, cfg.target_vol, sigma, price)
     if edge is not None:
         # f = k * mu / sigma^2 (leverage); |q_kelly| = max(0, d * f) * C / P, units
         f = kelly_fraction_cap(edge, sigma * sigma, cfg.kelly_fraction)
-        q = min(q, max(0.0, signal_direction * f) * cfg.capital / price)
+        q = min(q, max(0.0, signal_direction * f) * cap / price)
     # |q_max| = N_max / P, units
     q = min(q, max(0.0, cfg.max_position_notional) / price)
     # lots = d * floor(|q| / 10**size_exp)

@@ -44,7 +44,7 @@ from udfs.schema import TRADE_KINDS, L2Event, Order, OrderAction, OrderSide, Ord
 from udfs.strategy.model import ModelState, OnnxModel, model_signal
 from udfs.strategy.orders import PovSlicer, orders_for_target, twap_children
 from udfs.strategy.signals import RULE_STRATEGY, RuleState, model_traded, rule_signal
-from udfs.strategy.sizing import target_position_lots
+from udfs.strategy.sizing import instrument_capital, load_capital_weights, target_position_lots
 
 __all__ = ["Trader", "TradingState", "heartbeat"]
 
@@ -101,6 +101,11 @@ class Trader:
     ) -> None:
         self.strategy = cfg.strategy
         self.sizing = cfg.sizing
+        weights_path = cfg.sizing.capital_weights_path
+        self.capital_weights = (
+            load_capital_weights(PROJECT_ROOT / weights_path) if weights_path else None
+        )
+        """per-instrument capital shares (e.g. HRP), None: each sized on the whole capital"""
         self.feed_latency_model = LatencyModel.from_config(
             cfg.venue.feed_latency_ms, cfg.venue.feed_latency_samples_path
         )
@@ -188,7 +193,12 @@ class Trader:
             if model_arm:
                 p = state.model.last_score
                 edge = (2 * p - 1) * float(row["rv"]) if math.isfinite(p) else None
-            target = target_position_lots(traded.direction, row, self.sizing, edge)
+            capital = (
+                None
+                if self.capital_weights is None
+                else instrument_capital(self.sizing, self.capital_weights, instrument)
+            )
+            target = target_position_lots(traded.direction, row, self.sizing, edge, capital)
             strategy = traded.strategy if model_arm else RULE_STRATEGY
             parents = [
                 replace(order, ts_event=decision_ts, trigger_ts_recv=row["ts_recv"])
