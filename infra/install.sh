@@ -194,4 +194,7 @@ no service starts" 'exit 101' | "${SUDO[@]}" tee "$policy" >/dev/null
 apt_install_service "Redis server" redis-server redis-server
 apt_install_service "Prometheus and Alertmanager" prometheus-alertmanager \
   prometheus prometheus-alertmanager
+if [ "$PROFILE" = dev ]; then  # tests/integration/test_live.py drives it through Playwright
+  apt_install_service "Chromium (the live page's browser test)" chromium chromium
+fi
 log "install complete"

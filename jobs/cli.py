@@ -176,6 +176,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 1 if res.problems else 0
 
 
+def cmd_page(args: argparse.Namespace) -> int:
+    from jobs.live_page import run_page
+
+    run_page(load_config(), port=args.port)
+    return 0
+
+
 def cmd_live(args: argparse.Namespace) -> int:
     from jobs.live import run_live
 
@@ -457,6 +464,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--procfile", action="store_true", help="print the session as a Procfile and exit"
     )
+
+    p = _command(
+        sub,
+        "page",
+        "serve the live desk page: orders, fills, positions, PnL, risk mode, latencies "
+        "(Server-Sent Events)",
+        "bookstream page --port 19480",
+        cmd_page,
+        parents=common,
+    )
+    p.add_argument("--port", type=int, default=None, help="default: [metrics] page_port")
 
     p = _command(
         sub,

@@ -1,8 +1,9 @@
 """``bookstream live``: the pipeline as long-running processes under one supervisor.
 
-A paced publisher, the Flink stream job, the execution sink and the history sink, each its
-own ``bookstream`` process, run by honcho's process manager (the Procfile model: their output
-interleaved, each line prefixed with its name). Every live session has a topic set of its own
+A paced publisher, the Flink stream job, the execution sink, the history sink and the live
+desk page (jobs/live_page.py), each its own ``bookstream`` process, run by honcho's process
+manager (the Procfile model: their output interleaved, each line prefixed with its name).
+Every live session has a topic set of its own
 (``live.<time>.<topic>``, :meth:`TopicsConfig.for_run`), so it never mixes with a demo's or an
 earlier session's records; the history sink stores them in the same lake tables.
 
@@ -44,6 +45,7 @@ def live_processes(source: Source, *, speed: float, run: str) -> dict[str, list[
         "stream-job": [bookstream, "stream-job", "--group-id", f"{run}.job", "--restore-latest"],
         "exec-sink": [bookstream, "exec-sink", "--group-id", f"{run}.sink"],
         "history-sink": [bookstream, "history-sink"],
+        "page": [bookstream, "page"],
         "publisher": [
             bookstream,
             "publish",

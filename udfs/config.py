@@ -362,6 +362,8 @@ class MetricsConfig:
     which the project's loopback-only rule does not allow unless you choose it."""
     flink_ports: str = "19450-19459"
     """Port range of Flink's Prometheus reporter (one port per JobManager/TaskManager)."""
+    page_port: int = field(default=19480, metadata=_range(0, 65535))
+    """The live desk page (``bookstream page``, jobs/live_page.py)."""
     prometheus_port: int = field(default=19490, metadata=_range(1, 65535))
     alertmanager_port: int = field(default=19491, metadata=_range(1, 65535))
     scrape_interval_s: int = field(default=5, metadata=_range(1, 3600))

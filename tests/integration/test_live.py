@@ -1,24 +1,33 @@
-"""``bookstream live`` (what ``make live`` runs): the paced publisher, the Flink job and both
-sinks as supervised processes on the session's own topics; status lines while it runs; a
-SIGTERM (what ``make stop`` sends) ends every process, the sinks with their summaries."""
+"""``bookstream live`` (what ``make live`` runs): the paced publisher, the Flink job, both sinks
+and the desk page as supervised processes on the session's own topics; the page watched in a
+real browser (Debian's chromium driven by Playwright) while the session runs: its order count
+grows, its PnL card updates, and a KILL on the control topic shows as HALTED; status lines while it
+runs; a SIGTERM (what ``make stop`` sends) ends every process, the sinks with their summaries."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 from it_helpers import BOOKSTREAM, PROJECT_ROOT, config_for, wait_for
 
-from jobs.kafka_io import delete_topics
+from jobs.kafka_io import delete_topics, make_producer
 from udfs.config import topics_env
+from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_LOBSTER
+from udfs.schema import Control, ControlCommand, encode_record
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 LINE = re.compile(r"^\S+ (?P<name>[\w-]+)\s+\| (?P<text>.*)$")
 
@@ -40,13 +49,75 @@ def _summary(log: Path, process: str) -> dict:
     return dict(json.loads(found[-1]))
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _watch_the_page(url: str, cfg_env: dict[str, str], proc: subprocess.Popen, log: Path) -> None:
+    """The desk page in headless chromium while the session runs: the order count grows, the
+    equity moves, and a KILL sent to the session's control topic turns the mode to HALTED."""
+    from playwright.sync_api import sync_playwright
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(url + "state", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    wait_for(up, 120, "the live page", proc, log)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+
+            shown_equity: set[str] = set()
+
+            def count() -> int:
+                shown_equity.add(page.text_content("#equity") or "")  # what the desk saw
+                return int(page.text_content("#n-orders") or 0)
+
+            first = int(wait_for(count, 240, "orders on the page", proc, log, poll_s=0.2))  # type: ignore[arg-type]
+            wait_for(lambda: count() > first, 180, "the order count growing", proc, log, poll_s=0.2)
+            rows = page.locator("#orders tr.order").count()
+            assert rows > 0, "the orders table is empty"
+            # the PnL card moves while the session runs (from nothing to a figure when the
+            # sink's first risk report arrives, then between figures)
+
+            def equity_shown() -> bool:
+                count()
+                return bool(shown_equity - {"-", ""})
+
+            wait_for(equity_shown, 180, "the PnL on the page", proc, log, poll_s=0.2)
+            assert len(shown_equity) >= 2, shown_equity
+            assert page.text_content("#mode-value") == "ACTIVE"
+
+            cfg = config_for(cfg_env)
+            first_ts = next(iter(iter_lobster_events(*SAMPLE_LOBSTER))).ts_event
+            producer = make_producer(cfg)
+            kill = Control(ControlCommand.KILL, "", "it: desk kill", first_ts)
+            producer.produce(cfg.topics.control, value=encode_record(kill))
+            assert producer.flush(30) == 0
+            wait_for(lambda: page.text_content("#mode-value") == "HALTED", 60, "HALTED", proc, log)
+            assert "desk kill" in (page.text_content("#mode-reason") or "")
+        finally:
+            browser.close()
+
+
 def test_a_live_session_runs_reports_and_stops_gracefully(tmp_path: Path) -> None:
-    env = {"BOOKSTREAM_LAKE_ROOT": str(tmp_path / "lake")}
+    page_port = _free_port()
+    env = {
+        "BOOKSTREAM_LAKE_ROOT": str(tmp_path / "lake"),
+        "BOOKSTREAM_METRICS_PAGE_PORT": str(page_port),
+    }
     log = tmp_path / "live.log"
     message, book = SAMPLE_LOBSTER
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(BOOKSTREAM), "live", "--speed", "2000", "--lobster", str(message), str(book)],
+            [str(BOOKSTREAM), "live", "--speed", "300", "--lobster", str(message), str(book)],
             cwd=PROJECT_ROOT,
             env={**os.environ, **env},
             stdout=out,
@@ -61,6 +132,8 @@ def test_a_live_session_runs_reports_and_stops_gracefully(tmp_path: Path) -> Non
             return m.group(1) if m else ""
 
         run = str(wait_for(session, 60, "the session's name", proc, log))
+        session_env = {**env, **topics_env(config_for(env).topics.for_run(run))}
+        _watch_the_page(f"http://127.0.0.1:{page_port}/", session_env, proc, log)
         # the market is published, and the execution sink turns the job's orders into reports
         wait_for(
             lambda: any(n == "publisher" and t.startswith("{") for n, t in _lines(log)),
@@ -98,7 +171,7 @@ def test_a_live_session_runs_reports_and_stops_gracefully(tmp_path: Path) -> Non
             delete_topics(cfg, list(cfg.topics.names().values()))
 
     sink = _summary(log, "exec-sink")
-    assert sink["new_orders"] > 0 and sink["inputs"] >= published
+    assert sink["new_orders"] > 0 and sink["inputs"] >= published and sink["kills"] == 1
     assert sink["accepted"] + sink["rejected"] == sink["new_orders"]
     history = _summary(log, "history-sink")
     assert history["rows"]["events"] == published
