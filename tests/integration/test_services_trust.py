@@ -11,6 +11,8 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from jobs.doctor import is_loopback, listening_addresses
 from jobs.lake import open_catalog
@@ -106,13 +108,72 @@ def test_catalog_reaches_postgres_with_the_password_file(cfg: Config, tmp_path: 
     assert (pg.lake.namespace,) in open_catalog(pg).list_namespaces()
 
 
-def test_no_password_in_any_log(cfg: Config) -> None:
+def _secrets(cfg: Config) -> dict[str, bytes]:
+    """Every secret the project generated: PostgreSQL's role passwords and Redis'."""
+    found = {f"postgres:{role}": pw.encode() for role, pw in _passwords(cfg).items()}
+    if cfg.redis_password_file.is_file():
+        found["redis"] = cfg.redis_password_file.read_text().strip().encode()
+    assert all(len(v) >= 16 for v in found.values()), "a generated secret is too short"
+    return found
+
+
+def test_no_secret_in_any_log_or_topic(cfg: Config, demo_history: object) -> None:
+    """No generated secret in any file under the logs directory (services, Flink, apt) nor in
+    any record (key or value) of any topic on the broker, aborted transactions included (the
+    session's demo makes sure every stream has records to scan)."""
+    secrets = _secrets(cfg)
+    assert "redis" in secrets, "the project's Redis has no password file (make up)"
     logs = [p for p in cfg.logs_dir.rglob("*") if p.is_file()]
     assert logs
     for path in logs:
         text = path.read_bytes()
-        for role, password in _passwords(cfg).items():
-            assert password.encode() not in text, (path, role)
+        for name, secret in secrets.items():
+            assert secret not in text, (path, name)
+
+    admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    topics = admin.list_topics(timeout=10).topics
+    consumer = Consumer(
+        {
+            "bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "group.id": "it-secret-scan",
+            "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    scanned = 0
+    try:
+        for name, meta in topics.items():
+            if name.startswith("__"):
+                continue  # the broker's own offsets and transaction state
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(name, p)) for p in meta.partitions
+            }
+            todo = {p: (lo, hi) for p, (lo, hi) in ends.items() if hi > lo}
+            if not todo:
+                continue
+            consumer.assign([TopicPartition(name, p, lo) for p, (lo, _hi) in todo.items()])
+            left = set(todo)
+            while left:
+                msgs = consumer.consume(num_messages=10_000, timeout=1.0)
+                if not msgs:
+                    left = {
+                        tp.partition
+                        for tp in consumer.position([TopicPartition(name, p) for p in left])
+                        if tp.offset < todo[tp.partition][1]
+                    }
+                    continue
+                for m in msgs:
+                    if m.error():
+                        continue
+                    blob = (m.key() or b"") + b"\0" + (m.value() or b"")
+                    for secret_name, secret in secrets.items():
+                        assert secret not in blob, (name, m.partition(), m.offset(), secret_name)
+                    scanned += 1
+                    if m.offset() + 1 >= todo[m.partition()][1]:
+                        left.discard(m.partition())
+    finally:
+        consumer.close()
+    assert scanned > 0, "no record on the broker to scan"
 
 
 def test_services_listen_on_loopback_only(cfg: Config) -> None:
