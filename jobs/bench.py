@@ -632,6 +632,7 @@ def stage_soak_exec(group: str) -> dict:
         "inputs": res.inputs,
         "outputs": res.outputs,
         "fills": res.stats.get("fills", 0),
+        "read_pauses": res.read_pauses,
     }
 
 

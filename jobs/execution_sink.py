@@ -85,6 +85,9 @@ class SinkResult:
     skipped: int = 0
     """inputs refused (do not decode, or made the engine raise): each one is dead-lettered"""
     rebuilt_inputs: int = 0
+    read_pauses: int = 0
+    """input partitions paused for reading too far ahead of the safe time
+    (``execution.read_ahead_ms``)"""
     stats: dict = field(default_factory=dict)
     positions: dict = field(default_factory=dict)
     pnl: dict = field(default_factory=dict)
@@ -199,6 +202,14 @@ def _complete(sequencer: Sequencer, cfg: Config, key: tuple[str, int]) -> None:
         sequencer.market_complete(partition)
     elif topic == cfg.topics.orders:
         sequencer.orders_complete(partition)
+
+
+def _hold_read_ahead(reader: PartitionReader, sequencer: Sequencer, cfg: Config) -> None:
+    """Pause the input partitions read too far past the sequencer's safe time (their records
+    would only queue: memory grew with a backlog), resume them once it has caught up
+    (``execution.read_ahead_ms``)."""
+    events, orders = sequencer.read_ahead(cfg.execution.read_ahead_ms * 1_000_000)
+    reader.hold({(cfg.topics.events, p) for p in events} | {(cfg.topics.orders, p) for p in orders})
 
 
 def _topic_for(cfg: Config, out: Output) -> tuple[str, str]:
@@ -502,6 +513,8 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
                 result.rebuilt_inputs += 1
             sequencer.drain()
             _take_refused(sequencer, None)
+            _hold_read_ahead(rebuild, sequencer, cfg)
+        rebuild.hold(set())
         logger.info("%s: replayed %d inputs of its history", group, result.rebuilt_inputs)
     if replay or snapshot is not None:
         _check_against_log(cfg, engine, group, log_start)
@@ -569,6 +582,7 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
             since_snapshot += 1
         for k in poll.completed:
             _complete(sequencer, cfg, k)
+        _hold_read_ahead(reader, sequencer, cfg)
         if poll.records:
             last_input = time.monotonic()
         if poll.done:
@@ -604,6 +618,7 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     in_flight = sum(engine.pending().values())
     if in_flight:  # sent to a venue, not arrived by the last market time seen
         logger.info("%s: %d requests still in flight at exit", group, in_flight)
+    result.read_pauses = reader.pauses
     result.stats = dict(engine.stats)
     result.positions = engine.positions()
     result.pnl = engine.pnl()

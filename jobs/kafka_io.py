@@ -381,7 +381,23 @@ class PartitionReader:
             else {}
         )
         self._untouched = [k for k in starts if self.bounded and k not in self.remaining]
+        self.paused: set[PartitionKey] = set()
+        self.pauses = 0
+        """how many times a partition was paused (:meth:`hold`)"""
         consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+
+    def hold(self, partitions: set[PartitionKey]) -> None:
+        """Read none of ``partitions`` until a later call leaves them out (Kafka pause/resume:
+        the broker keeps what the owner is not ready for, not this process's memory). A
+        resumed partition goes on after the last record yielded."""
+        if partitions == self.paused:
+            return
+        if stop := partitions - self.paused:
+            self.consumer.pause([TopicPartition(t, p) for t, p in stop])
+            self.pauses += len(stop)
+        if go := self.paused - partitions:
+            self.consumer.resume([TopicPartition(t, p) for t, p in go])
+        self.paused = set(partitions)
 
     def positions(self) -> list[TopicPartition]:
         """Next offset per partition after what this reader has yielded."""
@@ -428,6 +444,8 @@ class PartitionReader:
                 offset = m.offset()
                 if self.bounded and (k not in self.remaining or offset >= self.remaining[k]):
                     continue
+                if offset < self.next_offsets[k]:
+                    continue  # yielded already (a fetch from before a pause), never twice
                 records.append(
                     KafkaRecord(k[0], k[1], offset, m.key(), m.value(), m.timestamp()[1])
                 )

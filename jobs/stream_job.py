@@ -3,8 +3,8 @@ dead-letter topic, per-instrument counters to the stats topic, data-quality rows
 topic, and (trading) signals and orders.
 
     events topic --(Kafka source, EventDeserializer.java: key=instrument, partition, offset;
-    event time = record timestamp = exchange time, bounded out-of-orderness watermarks, idle
-    partitions released)
+    event time = record timestamp = exchange time, bounded out-of-orderness watermarks that one
+    far-future record cannot move (PlausibleWatermarks.java), idle partitions released)
     --> MicroBatcher.java (all queued records of one instrument -> one batch; flushed on a size
         bound, a short timer, every watermark, every checkpoint barrier, end of input)
     --> keyed by instrument on the JVM (no shuffle at parallelism 1)
@@ -61,8 +61,8 @@ from pyflink.java_gateway import get_gateway
 from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.quality import QualityState, flush
-from udfs.pipeline import InstrumentState, RecordSource, process_record
-from udfs.schema import StatsRow, encode_record, encode_row
+from udfs.pipeline import InstrumentState, ProcessResult, RecordSource, process_record
+from udfs.schema import Reason, StatsRow, encode_record, encode_row
 from udfs.strategy.trading import Trader, heartbeat
 
 __all__ = [
@@ -247,8 +247,9 @@ class StreamJobFunction(KeyedProcessFunction):
                 n = 0
             else:
                 to_log.append(raw)
-            if state is not None and ts is not None:
-                # counters to the stats topic at the next event-time minute
+            if state is not None and ts is not None and not _refused_as_future(result):
+                # counters to the stats topic at the next event-time minute (not after a
+                # record whose exchange time is not trusted: its minute may be years ahead)
                 fire_at = (ts // STATS_INTERVAL_MS + 1) * STATS_INTERVAL_MS
                 if self.stats_timer.get(key, -1) < fire_at:
                     timers.register_event_time_timer(fire_at)
@@ -329,6 +330,10 @@ class StreamJobFunction(KeyedProcessFunction):
         yield RECORD.join(out)
 
 
+def _refused_as_future(result: ProcessResult) -> bool:
+    return any(d.reason_code == Reason.FUTURE for d in result.dead_letters)
+
+
 def keyed_by_field0(ds: DataStream, *, shuffle: bool) -> KeyedStream:
     """Key a stream of rows ``(key, value, ...)`` by their first field on the JVM side.
 
@@ -381,6 +386,7 @@ def kafka_source(
     *,
     bounded: bool,
     start_offsets: dict[int, int] | None,
+    stop_offsets: dict[int, int] | None = None,
     deserializer: str = "EventDeserializer",
 ) -> KafkaSource:
     gateway = get_gateway()
@@ -402,11 +408,30 @@ def kafka_source(
         builder.set_starting_offsets(
             KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
         )
-    if bounded:
+    if bounded and stop_offsets:
+        builder.set_bounded(
+            KafkaOffsetsInitializer.offsets(
+                {KafkaTopicPartition(topic, p): o for p, o in stop_offsets.items()}
+            )
+        )
+    elif bounded:
         builder.set_bounded(KafkaOffsetsInitializer.latest())
     # PyFlink only wraps value-only deserialisers: set ours on the Java builder
     builder._j_builder.setDeserializer(getattr(gateway.jvm.io.bookstream.flink, deserializer)())
     return builder.build()
+
+
+def plausible_watermarks(cfg: Config) -> WatermarkStrategy:
+    """Bounded out-of-orderness watermarks on the record timestamp (= exchange time) that one
+    record far ahead cannot move (PlausibleWatermarks.java: the ``future`` rule of
+    :mod:`udfs.pipeline`, same ``flink.max_ahead_ms`` and ``flink.future_confirm``, per source
+    partition), and idleness: a partition silent for ``flink.idle_timeout_ms`` stops holding the
+    watermark back."""
+    flink = cfg.flink
+    j_strategy = get_gateway().jvm.io.bookstream.flink.PlausibleWatermarks.strategy(
+        flink.out_of_orderness_ms, flink.max_ahead_ms, flink.future_confirm
+    )
+    return WatermarkStrategy(j_strategy).with_idleness(Duration.of_millis(flink.idle_timeout_ms))
 
 
 def kafka_sink(cfg: Config, topics: Sequence[str], *, linger_ms: int | None = None) -> KafkaSink:
@@ -572,13 +597,15 @@ def build_stream_job(
     group_id: str = "bookstream-features",
     restore_from: Path | None = None,
     start_offsets: dict[int, int] | None = None,
+    stop_offsets: dict[int, int] | None = None,
     trading: bool = True,
     shuffle: bool | None = None,
 ) -> StreamExecutionEnvironment:
     """The whole pipeline on a StreamExecutionEnvironment (not yet executed: ``env.execute``).
 
-    ``bounded``: stop at the events topic's end offsets as of the start (demo, tests, replay);
-    otherwise run until cancelled. ``trading``: also run the signal/order stage (signals and
+    ``bounded``: stop at the events topic's end offsets as of the start (demo, tests, replay),
+    or at ``stop_offsets`` (partition -> offset, every partition) when given; otherwise run
+    until cancelled. ``trading``: also run the signal/order stage (signals and
     orders topics); without it the job computes features only. The job starts from the group's
     committed offsets (committed on checkpoints), or the earliest when the group has none;
     ``start_offsets`` (partition -> offset) overrides that. A job restored from a checkpoint
@@ -590,11 +617,14 @@ def build_stream_job(
     topics = cfg.topics
     env = job_environment(cfg, restore_from, group_id)
     # source: event time = Kafka record timestamp = exchange time (set by the publisher)
-    watermark_strategy = WatermarkStrategy.for_bounded_out_of_orderness(
-        Duration.of_millis(cfg.flink.out_of_orderness_ms)
-    ).with_idleness(Duration.of_millis(cfg.flink.idle_timeout_ms))
+    watermark_strategy = plausible_watermarks(cfg)
     source = kafka_source(
-        cfg, topics.events, group_id, bounded=bounded, start_offsets=start_offsets
+        cfg,
+        topics.events,
+        group_id,
+        bounded=bounded,
+        start_offsets=start_offsets,
+        stop_offsets=stop_offsets,
     )
     ds = env.from_source(source, watermark_strategy, "events").uid("events-source")
 

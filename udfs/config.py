@@ -486,6 +486,17 @@ class VenueConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExecutionConfig:
+    read_ahead_ms: int = field(default=120_000, metadata=_range(0))
+    """The execution sink stops reading (Kafka pause) an input partition whose newest record is
+    more than this past the sequencer's safe time, and reads it again once the safe time has
+    caught up: its inputs would only wait in the sequencer's queues, so over a backlog the
+    queues hold about this much exchange time of input instead of all of it. Above the stream
+    job's heartbeat period (one exchange-time minute), so a live sink keeping up never pauses.
+    The output does not depend on it (the sequencer's order depends on the records only)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     state_dir: Path = field(default_factory=lambda: PROJECT_ROOT / ".state")
     """Every service's data, logs and pids live under here; delete it for a clean slate."""
@@ -498,6 +509,7 @@ class Config:
     sizing: SizingConfig = field(default_factory=SizingConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
     venue: VenueConfig = field(default_factory=VenueConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -631,6 +643,7 @@ _SECTIONS: dict[str, type] = {
     "sizing": SizingConfig,
     "risk": RiskConfig,
     "venue": VenueConfig,
+    "execution": ExecutionConfig,
     "quality": QualityConfig,
     "lake": LakeConfig,
     "redis": RedisConfig,

@@ -167,6 +167,10 @@ def process_event(
                 f"{newest} (bound {max_ahead_ms} ms; {state.future_run} such in a row, "
                 f"{future_confirm} make a genuine jump)",
             )
+        # a genuine jump: the clock moves now, whatever the book makes of this record (the run
+        # dropped before it has usually broken its chain: without this, the book's refusal left
+        # the clock behind and the next run of far-ahead records began again)
+        state.max_ts_event = newest = ev.ts_event
     state.future_run = 0
     if ev.ts_event < newest - bound_ns:
         observe(state.quality, ev, Reason.LATE, state.book, stale_ns)

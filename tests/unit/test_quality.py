@@ -787,6 +787,36 @@ def test_a_run_of_far_ahead_records_is_a_genuine_jump(lob: list[L2Event]) -> Non
     assert state is not None and state.max_ts_event == lob[59].ts_event + jump
 
 
+def test_a_genuine_jump_moves_the_clock_even_when_the_book_refuses_its_record(
+    lob: list[L2Event],
+) -> None:
+    """The next session of a chained feed (the soak's second copy of the LOBSTER day): the
+    records before the confirming one are dropped, so the book refuses it as a gap. Before, the
+    clock stayed behind and every later run of records began a new ``future`` run (thousands of
+    records per instrument lost); now the jump is taken at the confirming record, the book is
+    out of sync and re-syncs at its next snapshot."""
+    state = None
+    cfg = FeatureConfig()
+    for ev in lob[:50]:
+        state, _ = process_record(state, AAPL, encode_event(ev), SRC, cfg, BOUND_MS)
+    jump = 86_400 * 10**9
+    codes = []
+    for ev in lob[50:60]:
+        state, res = process_record(
+            state,
+            AAPL,
+            encode_event(replace(ev, ts_event=ev.ts_event + jump)),
+            SRC,
+            cfg,
+            BOUND_MS,
+            future_confirm=3,
+        )
+        codes.append([d.reason_code for d in res.dead_letters])
+    assert codes[:2] == [[Reason.FUTURE], [Reason.FUTURE]]
+    assert all(Reason.FUTURE not in c for c in codes[2:]), codes
+    assert state is not None and state.max_ts_event >= lob[52].ts_event + jump
+
+
 def _rows_by_record(events: list[L2Event], keep: list[int]) -> tuple[dict[int, dict], list]:
     """Feed ``events[i] for i in keep`` through process_record: the feature row of each record
     index (``ts_proc`` left out), the dead letters by record index, and the final state."""

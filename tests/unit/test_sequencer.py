@@ -219,3 +219,77 @@ def test_events_the_job_never_keys_or_refuses_as_future_hold_nothing_back(stream
     seq = _feed_one_partition(events, orders, [(stray, events[5].instrument), (ahead, None)])
     assert (seq.unkeyed_skipped, seq.future_skipped) == (1, 1)
     assert seq.engine.fed == clean.engine.fed
+
+
+def _read_ahead_run(
+    streams, preference: list[tuple[str, int, int]], bound_ns: int | None
+) -> tuple[list, int]:
+    """A reader taking chunks ``(kind, partition, size)`` in ``preference`` order, but skipping
+    the partitions :meth:`Sequencer.read_ahead` says to pause (``bound_ns``; None: never);
+    a partition read to its end is complete (a bounded run). Returns what the engine was fed
+    and the largest number of inputs queued after a drain."""
+    engine = RecordingEngine()
+    seq = Sequencer(
+        engine, lateness_ns=BOUND_NS, expected_partitions={0, 1}, expected_order_partitions={0, 1}
+    )
+    cursors = {("market", p): 0 for p in streams} | {("orders", p): 0 for p in streams}
+    todo = list(preference)
+    peak = 0
+    while todo:
+        paused: set[tuple[str, int]] = set()
+        if bound_ns is not None:
+            events, orders = seq.read_ahead(bound_ns)
+            paused = {("market", p) for p in events} | {("orders", p) for p in orders}
+        i = next((i for i, (k, p, _) in enumerate(todo) if (k, p) not in paused), None)
+        assert i is not None, f"every partition left is paused ({paused}): the reader stalls"
+        kind, p, size = todo.pop(i)
+        items = streams[p][0] if kind == "market" else streams[p][1]
+        start = cursors[(kind, p)]
+        for item in items[start : start + size]:
+            if kind == "market":
+                seq.add_market(item, p)
+            else:
+                seq.add_order(item, p)
+        cursors[(kind, p)] = start + size
+        if start + size >= len(items):
+            (seq.market_complete if kind == "market" else seq.orders_complete)(p)
+        seq.drain()
+        peak = max(peak, seq.pending())
+    assert seq.pending() == 0
+    return engine.fed, peak
+
+
+def test_partitions_read_far_past_the_safe_time_are_paused_and_the_queues_stay_bounded(
+    streams,
+) -> None:
+    """The soak's backlog: the orders topic read after the whole events topic, partition 0
+    before 1. Without flow control every market event waits in the queues; pausing what
+    read_ahead names keeps them to about the bound's worth of input past the safe time, and the
+    engine is fed exactly the same. (AAPL's 49 s on both partitions, the second copy under
+    another name: the Binance slice spans too little time to show a bound of seconds.)"""
+    aapl_events, aapl_orders = streams[0]
+    other = "AAPL2.XNAS"
+    streams = {
+        0: streams[0],
+        1: (
+            [replace(ev, instrument=other) for ev in aapl_events],
+            [replace(o, instrument=other, order_id=f"2-{o.order_id}") for o in aapl_orders],
+        ),
+    }
+    lagging = sorted(_schedule(streams, None, first=0), key=lambda c: (c[0] == "orders", c[1]))
+    reference, unbounded_peak = _read_ahead_run(streams, lagging, None)
+    bound_ns = 1_000_000_000
+    fed, peak = _read_ahead_run(streams, lagging, bound_ns)
+    assert fed == reference
+    # inputs (market events and orders) in the densest window of bound + lateness, plus one
+    # chunk per partition read before its pause took effect
+    stamps = sorted(
+        [ev.ts_event for events, _ in streams.values() for ev in events]
+        + [o.ts_event for _, orders in streams.values() for o in orders]
+    )
+    j, densest = 0, 0
+    for i, ts in enumerate(stamps):
+        while stamps[j] < ts - bound_ns - BOUND_NS:
+            j += 1
+        densest = max(densest, i - j + 1)
+    assert peak <= densest + 2 * 250 + 2 * 20 < unbounded_peak // 2, (peak, densest, unbounded_peak)

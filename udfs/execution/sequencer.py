@@ -29,6 +29,10 @@ only:
 
 So a live run, a replay and a run restarted from its inputs feed the engine identically.
 
+What waits in the queues is bounded by the reader, not here: :meth:`Sequencer.read_ahead` names
+the partitions read more than a bound past the safe time (``execution.read_ahead_ms``), which the
+sink pauses until the safe time catches up; what is fed does not depend on it.
+
 An input that makes the engine raise (it passed the schema, so this is a defect) is set aside
 in :attr:`Sequencer.refused` with where it came from (``origin``, given when it was added) and
 the exception; the inputs after it are fed as usual. The sink dead-letters it: one record can
@@ -161,6 +165,57 @@ class Sequencer:
             safe = min(safe, self.frontier.get(inst, float("-inf")))
         # nothing seen and nothing complete yet: nothing is known to be safe
         return safe if safe != float("inf") or self.market_done else float("-inf")
+
+    def read_ahead(self, bound_ns: int) -> tuple[set[int], set[int]]:
+        """``(events partitions, orders partitions)`` worth not reading for now: the newest input
+        received on each is more than ``bound_ns`` past the safe time. What they would deliver
+        next can only wait in the queues, so a reader that pauses them (until they are no longer
+        returned here) keeps the queues within about ``bound_ns`` of exchange time past the safe
+        time, however long its backlog. The order of what is fed does not change (it depends on
+        the records only).
+
+        Never a partition whose next input can move the safe time, so pausing cannot stall it:
+        not the events partition it stands on, nor the orders partition of an instrument whose
+        heartbeat it waits for. While the safe time is minus infinity (an expected events
+        partition has not delivered, or an instrument has had no heartbeat yet), the bound counts
+        from the oldest input queued, no orders partition is paused (which one will bring the
+        missing heartbeat is unknown) and an events partition that has not delivered is never
+        paused either."""
+        safe = self.safe_time()
+        if safe == float("inf"):
+            return set(), set()
+        finite = safe != float("-inf")
+        if finite:
+            since = safe
+        else:
+            heads = [q[0].ts_event for q in self.market.values() if q]
+            heads += [q[0].ts_event for q in self.orders.values() if q]
+            if not heads:
+                return set(), set()
+            since = min(heads)
+        limit = since + bound_ns
+        events = {
+            p
+            for p, seen in self.partition_seen.items()
+            if p not in self.market_done and seen > limit and seen - self.lateness_ns > safe
+        }
+        if not finite:
+            return events, set()
+        newest: dict[int, int] = {}
+        holders: set[int] = set()
+        for inst, part in self.order_partition.items():
+            beat = self.frontier.get(inst)
+            if beat is None or beat <= safe:
+                holders.add(part)  # its instrument's next heartbeat moves the safe time
+            queued = self.orders.get(inst)
+            ts = max(beat or 0, queued[-1].ts_event if queued else 0)
+            newest[part] = max(newest.get(part, ts), ts)
+        orders = {
+            p
+            for p, ts in newest.items()
+            if p not in self.orders_done and p not in holders and ts > limit
+        }
+        return events, orders
 
     def pending(self) -> int:
         return (
