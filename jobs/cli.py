@@ -176,6 +176,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 1 if res.problems else 0
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from jobs.tail import tail
+
+    last = None if args.from_beginning else args.lines
+    tail(load_config(), args.topic, last=last, follow=args.follow)
+    return 0
+
+
 def cmd_page(args: argparse.Namespace) -> int:
     from jobs.live_page import run_page
 
@@ -467,6 +475,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "tail",
+        "print a topic's records decoded, one JSON object per line (bad ones with their reason)",
+        "bookstream tail orders --from-beginning",
+        cmd_tail,
+        parents=common,
+    )
+    p.add_argument("topic", help="a topic name, or its [topics] field: events, orders, ...")
+    p.add_argument("-n", "--lines", type=int, default=10, help="last N records per partition")
+    p.add_argument("--from-beginning", action="store_true", help="every record from the first")
+    p.add_argument("-f", "--follow", action="store_true", help="then keep printing new ones")
+
+    p = _command(
+        sub,
         "page",
         "serve the live desk page: orders, fills, positions, PnL, risk mode, latencies "
         "(Server-Sent Events)",
@@ -659,6 +680,7 @@ def _expected_error(exc: BaseException) -> str | None:
     for module, name in (
         ("jobs.stream_job", "StartRefusedError"),
         ("jobs.execution_sink", "SinkStateError"),
+        ("jobs.tail", "TopicNotFoundError"),
     ):
         if module in sys.modules:
             fixes.append((getattr(sys.modules[module], name), ""))
