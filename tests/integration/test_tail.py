@@ -47,3 +47,26 @@ def test_tail_decodes_records_and_shows_a_bad_one_with_its_reason(kafka_topics) 
     # by its topic name, the last record only
     last = _tail([cfg.topics.control, "-n", "1"], env)
     assert [line["offset"] for line in last] == [2]
+
+
+def test_kafka_s_own_tools_run_against_the_project_s_broker(kafka_topics) -> None:
+    """infra/kafka/bin wraps the kafka-tools jar (Maven Central) with the configured broker."""
+    import os
+
+    cfg, env = kafka_topics("tools")
+    proc = subprocess.run(
+        [
+            str(PROJECT_ROOT / "infra/kafka/bin/kafka-topics"),
+            "--describe",
+            "--topic",
+            cfg.topics.orders,
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Topic: {cfg.topics.orders}" in proc.stdout
+    assert f"PartitionCount: {cfg.topics.partitions}" in proc.stdout
