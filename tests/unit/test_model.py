@@ -8,10 +8,8 @@ exactly what the training script produces from the sample."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,20 +34,9 @@ V1, V2 = MODELS / "book_lr_v1.onnx", MODELS / "book_lr_v2.onnx"
 TOL = 1e-6
 
 
-def _load_train_module():
-    spec = importlib.util.spec_from_file_location("train_model", MODELS / "train_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_model", mod)  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train_model = _load_train_module()
-
-
 @pytest.fixture(scope="module")
-def rows_by_instrument() -> dict[str, list[dict]]:
-    return train_model.feature_rows(Source.sample())
+def rows_by_instrument(sample_feature_rows) -> dict[str, list[dict]]:
+    return sample_feature_rows
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +87,7 @@ def test_stream_equals_batch_equals_graph_numpy(model, rows):
 
 
 @pytest.mark.slow  # retrains on the whole sample
-def test_onnx_equals_sklearn_retrained_identically(model, rows_by_instrument, rows):
+def test_onnx_equals_sklearn_retrained_identically(model, rows_by_instrument, rows, train_model):
     meta = model.metadata
     horizon = meta["label"]["horizon_rows"]
     labelled = train_model.label_rows(rows_by_instrument, horizon)
@@ -114,7 +101,7 @@ def test_onnx_equals_sklearn_retrained_identically(model, rows_by_instrument, ro
 
 
 @pytest.mark.slow  # retrains both models on the whole sample
-def test_committed_models_are_reproducible_from_the_sample(tmp_path):
+def test_committed_models_are_reproducible_from_the_sample(tmp_path, train_model):
     """models/*.onnx + *.json are byte for byte what train_model.py writes from data/ alone."""
     train_model.train_all(Source.sample(), tmp_path)
     for name in ("book_lr_v1", "book_lr_v2"):

@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from udfs.config import FeatureConfig, StrategyConfig
-from udfs.market.adapters.sources import Source
-from udfs.pipeline import RecordSource, process_record
-from udfs.schema import Signal, encode_event
+from udfs.config import StrategyConfig
+from udfs.schema import Signal
 from udfs.strategy.signals import (
     RULE_STRATEGY,
     RuleState,
@@ -147,17 +145,8 @@ def test_state_pickles():
 
 
 @pytest.fixture(scope="module")
-def sample_rows() -> dict[str, list[dict]]:
-    states: dict = {}
-    rows: dict[str, list[dict]] = {}
-    src = RecordSource("test", 0, 0)
-    for ev in Source.sample().events():
-        k = ev.instrument
-        states[k], res = process_record(
-            states.get(k), k, encode_event(ev), src, FeatureConfig(), 2000
-        )
-        rows.setdefault(k, []).extend(res.features)
-    return rows
+def sample_rows(sample_feature_rows) -> dict[str, list[dict]]:
+    return sample_feature_rows  # every record through process_record (tests/unit/conftest.py)
 
 
 def _no_hysteresis_changes(rs: list[dict], cfg: StrategyConfig) -> int:

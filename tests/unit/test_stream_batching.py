@@ -19,6 +19,7 @@ import pickle
 import random
 from collections import defaultdict
 from dataclasses import replace
+from itertools import islice
 from typing import Any
 
 import pytest
@@ -98,7 +99,7 @@ class _Runtime:
 @pytest.fixture(scope="module")
 def records() -> list[Raw]:
     lob = list(iter_lobster_events(*SAMPLE_LOBSTER))[:6000]
-    btc = list(BinanceAdapter(list(SAMPLE_BINANCE)))[:6000]
+    btc = list(islice(BinanceAdapter(list(SAMPLE_BINANCE)), 6000))  # parse no further
     merged = sorted(lob + btc, key=lambda e: e.ts_event)
     out: list[Raw] = []
     for i, ev in enumerate(merged):
