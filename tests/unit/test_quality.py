@@ -20,7 +20,7 @@ import json
 import pickle
 from collections import Counter
 from dataclasses import dataclass, replace
-from itertools import accumulate
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,22 @@ def btc(btc_capture: Path) -> list[L2Event]:
     return events
 
 
+CHECKPOINT_EVERY = 2_000
+
+
+@dataclass
+class Checkpoint:
+    """A run after its first ``position`` records: the states pickled (as the Flink job
+    checkpoints them), and how much of each output existed then."""
+
+    position: int
+    states: bytes
+    rows: int
+    live: frozenset[tuple[str, int]]
+    dead: int
+    features: int
+
+
 @dataclass
 class Run:
     rows: dict[tuple[str, int], dict]
@@ -119,14 +135,32 @@ class Run:
     dead: list[DeadLetter]
     features: list[dict]
     """feature rows in emission order (``ts_proc`` left out: processing time)"""
+    feature_at: list[int]
+    """for each feature row, the position in the input of the record that made it"""
+    dead_at: list[int]
+    """for each dead letter, the position in the input of its record"""
+    records: list[Record]
+    stale_after_ms: int
+    checkpoints: list[Checkpoint]
 
     def faults(self, name: str) -> dict[tuple[str, int], int]:
         return {k: r[name] for k, r in self.rows.items() if r[name]}
 
 
-def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
+def run(
+    records: list[Record],
+    stale_after_ms: int = 5000,
+    base: Run | None = None,
+    checkpoints: bool = False,
+) -> Run:
     """Feed records through process_record (one state per key), collect the quality rows
-    (closed minutes while running, then the end-of-input flush) and check the invariants."""
+    (closed minutes while running, then the end-of-input flush) and check the invariants.
+
+    ``checkpoints``: keep a :class:`Checkpoint` every ``CHECKPOINT_EVERY`` records. ``base``: a
+    run with checkpoints (the clean one); a faulted run starts from the last of its checkpoints
+    before the first record where the two inputs differ, instead of recomputing the same
+    records from the start (process_record is a function of the state and the record): the
+    fast lane's share of the cost of running the whole sample once per fault."""
     qcfg = QualityConfig(stale_after_ms=stale_after_ms)
     fcfg = FeatureConfig()
     states: dict[str, InstrumentState] = {}
@@ -134,6 +168,23 @@ def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
     live: set[tuple[str, int]] = set()
     dead: list[DeadLetter] = []
     features: list[dict] = []
+    feature_at: list[int] = []
+    dead_at: list[int] = []
+    kept: list[Checkpoint] = []
+    start = 0
+    if base is not None and base.stale_after_ms == stale_after_ms:
+        same = 0  # records that are the base's, in the same order, from the first on
+        limit = min(len(records), len(base.records))
+        while same < limit and records[same] is base.records[same]:
+            same += 1
+        resume = [c for c in base.checkpoints if c.position <= same]
+        if resume:
+            c = resume[-1]
+            start, states = c.position, pickle.loads(c.states)
+            rows = dict(islice(base.rows.items(), c.rows))  # in emission order
+            live = set(c.live)
+            dead, dead_at = base.dead[: c.dead], base.dead_at[: c.dead]
+            features, feature_at = base.features[: c.features], base.feature_at[: c.features]
 
     def add(record: QualityRow) -> tuple[str, int]:
         row = json.loads(encode_row(record))  # the wire form
@@ -145,7 +196,14 @@ def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
         rows[k] = row
         return k
 
-    for rec in records:
+    for pos in range(start, len(records)):
+        if checkpoints and pos % CHECKPOINT_EVERY == 0:
+            kept.append(
+                Checkpoint(
+                    pos, pickle.dumps(states), len(rows), frozenset(live), len(dead), len(features)
+                )
+            )
+        rec = records[pos]
         if isinstance(rec, L2Event):
             key, raw = rec.instrument, _ENCODED.get(id(rec)) or encode_event(rec)
         else:
@@ -156,7 +214,9 @@ def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
         if state is not None:
             states[key] = state
         dead += res.dead_letters
+        dead_at += [pos] * len(res.dead_letters)
         features += [{k: v for k, v in f.items() if k != "ts_proc"} for f in res.features]
+        feature_at += [pos] * len(res.features)
         for row in res.quality:
             live.add(add(row))
     for state in states.values():
@@ -169,7 +229,9 @@ def run(records: list[Record], stale_after_ms: int = 5000) -> Run:
         assert sum(r["late"] for r in mine) == sum(
             1 for d in dead if d.key == key and d.reason_code is Reason.LATE
         )
-    return Run(rows, live, states, dead, features)
+    return Run(
+        rows, live, states, dead, features, feature_at, dead_at, records, stale_after_ms, kept
+    )
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +242,7 @@ def clean_sample(lob: list[L2Event], btc_sample: list[L2Event]) -> Run:
 @pytest.fixture(scope="module")
 def clean(lob: list[L2Event], btc: list[L2Event]) -> Run:
     """The faults' clean run: AAPL and the head of the Binance capture."""
-    return run(lob + btc)
+    return run(lob + btc, checkpoints=True)
 
 
 def assert_rows_equal_except(got: Run, clean: Run, changes: dict[tuple[str, int], dict]) -> None:
@@ -316,7 +378,7 @@ def test_dropped_record_is_one_gap_in_the_minute_it_is_seen(
     while btc[first - 1].seq == btc[last].seq and btc[first - 1].kind is Kind.LEVEL:
         first -= 1
     nxt = next(i for i in range(last + 1, len(btc)) if btc[i].seq_prev)
-    res = run(lob + btc[:first] + btc[last + 1 :])
+    res = run(lob + btc[:first] + btc[last + 1 :], base=clean)
     assert res.faults("sequence_gaps") == {(BTC, minute_of(btc[nxt].ts_event)): 1}
     assert res.faults("duplicates") == {}
     assert (
@@ -355,7 +417,7 @@ def test_duplicates_are_counted_once_and_leave_the_book_alone(
     assert {e.kind for e in run_} >= {Kind.LEVEL, Kind.BBO}
     assert len({e.seq for e in run_ if e.kind is Kind.LEVEL}) > 1
     assert all(minute_of(e.ts_event) == m1 for e in run_)
-    res = run(lob + btc[: i + 40] + run_ + btc[i + 40 :])
+    res = run(lob + btc[: i + 40] + run_ + btc[i + 40 :], base=clean)
     assert_rows_equal_except(res, clean, {(BTC, m1): {"events": 40, "duplicates": 40}})
     assert res.states[BTC].book.bids.sizes == clean.states[BTC].book.bids.sizes
     assert res.states[BTC].book.asks.sizes == clean.states[BTC].book.asks.sizes
@@ -371,7 +433,7 @@ def test_duplicates_are_counted_once_and_leave_the_book_alone(
         and btc[j + DUP_WINDOW + 500].ts_event - btc[j].ts_event < BOUND_NS - 10**8
     )
     at = r + DUP_WINDOW + 500
-    res = run(lob + btc[:at] + [btc[r]] + btc[at:])
+    res = run(lob + btc[:at] + [btc[r]] + btc[at:], base=clean)
     assert_rows_equal_except(
         res, clean, {(BTC, minute_of(btc[r].ts_event)): {"events": 1, "duplicates": 1}}
     )
@@ -415,7 +477,7 @@ def test_swapped_records_are_out_of_order_in_their_own_minute(
     assert minute_of(btc[r].ts_event) == m1
     assert btc[first_m2].ts_event - btc[r].ts_event < BOUND_NS
     moved = btc[:r] + btc[r + 1 : first_m2 + 1] + [btc[r]] + btc[first_m2 + 1 :]
-    res = run(lob + moved)
+    res = run(lob + moved, base=clean)
     assert_rows_equal_except(res, clean, {(BTC, m1): {"out_of_order": 1}})
 
 
@@ -450,7 +512,7 @@ def test_late_record_is_dead_lettered_and_counted_where_it_arrives(
         j += 1
         top = newest(btc[:j])
         assert top - btc[r].ts_event > BOUND_NS and minute_of(top) == m2
-        res = run(lob + btc[:r] + btc[r + 1 : j] + [btc[r]] + btc[j:])
+        res = run(lob + btc[:r] + btc[r + 1 : j] + [btc[r]] + btc[j:], base=clean)
         assert [(d.key, d.reason_code, d.ts_event) for d in res.dead] == [
             (BTC, Reason.LATE, btc[r].ts_event)
         ]
@@ -502,7 +564,7 @@ def test_crossing_level_is_refused_and_counted_crossed(
         price=bid - 3 * TICK_BTC,
         size=10**8,
     )
-    res = run(lob + btc[: k + 1] + [bad] + btc[k + 1 :])
+    res = run(lob + btc[: k + 1] + [bad] + btc[k + 1 :], base=clean)
     assert minute_of(bad.ts_event) == m2
     assert_rows_equal_except(res, clean, {(BTC, m2): {"events": 1, "crossed": 1}})
     assert [d.reason_code for d in res.dead] == [Reason.CROSSED_BOOK]
@@ -557,7 +619,7 @@ def test_removed_time_span_is_a_stale_gap_where_the_feed_resumes(
     m2 = sorted(m for i, m in clean.rows if i == BTC)[1]
     kept, before, after = _without_span(btc, m2 - 3 * 10**9, m2 + 3 * 10**9)
     assert minute_of(before) == m2 - MINUTE_NS and minute_of(after) == m2
-    res = run(lob + kept)
+    res = run(lob + kept, base=clean)
     assert res.faults("stale_gaps") == {(BTC, m2): 1}
     assert res.rows[(BTC, m2)]["max_gap_ms"] == round((after - before) / 1e6, 3) > 6000
     assert res.faults("sequence_gaps") == {(BTC, m2): 1}
@@ -855,39 +917,23 @@ def test_a_genuine_jump_moves_the_clock_even_when_the_book_refuses_its_record(
     assert state is not None and state.max_ts_event >= lob[52].ts_event + jump
 
 
-def _rows_by_record(events: list[L2Event], keep: list[int]) -> tuple[dict[int, dict], list]:
-    """Feed ``events[i] for i in keep`` through process_record: the feature row of each record
-    index (``ts_proc`` left out), the dead letters by record index, and the final state."""
-    state = None
-    rows: dict[int, dict] = {}
-    dead: dict[int, DeadLetter] = {}
-    for i in keep:
-        ev = events[i]
-        state, res = process_record(
-            state, ev.instrument, _ENCODED[id(ev)], SRC, FeatureConfig(), BOUND_MS
-        )
-        for f in res.features:
-            rows[i] = {k: v for k, v in f.items() if k != "ts_proc"}
-        for d in res.dead_letters:
-            dead[i] = d
-    return rows, [dead, state]
-
-
 def _check_resync(events: list[L2Event], inst: str, first: int, last: int) -> None:
     """Records ``first..last`` of ``events`` lost: one gap, one re-sync at the next refresh,
     nothing refused after it, no row from the out-of-sync book, the clean book from then on."""
-    everything = list(range(len(events)))
-    faulted = [i for i in everything if not first <= i <= last]
-    clean_rows, (_, clean_state) = _rows_by_record(events, everything)
-    rows, (dead, state) = _rows_by_record(events, faulted)
+    faulted = [i for i in range(len(events)) if not first <= i <= last]
+    clean_run = run(events, checkpoints=True)
+    res = run([events[i] for i in faulted], base=clean_run)
+    # by record index (of ``events``): the feature row each record made, its dead letter
+    clean_rows = dict(zip(clean_run.feature_at, clean_run.features, strict=True))
+    rows = {faulted[at]: row for at, row in zip(res.feature_at, res.features, strict=True)}
+    dead = {faulted[at]: d for at, d in zip(res.dead_at, res.dead, strict=True)}
     nxt = next(i for i in range(last + 1, len(events)) if events[i].seq_prev)  # gap seen here
     refresh = next(i for i in range(last + 1, len(events)) if events[i].kind is Kind.CLEAR)
     end = next(i for i in range(refresh, len(events)) if events[i].is_last)  # its last record
     # quality: one gap where it is seen, one re-sync where the snapshot completes
-    res = run([events[i] for i in faulted])
     assert res.faults("sequence_gaps") == {(inst, minute_of(events[nxt].ts_event)): 1}
     assert res.faults("resyncs") == {(inst, minute_of(events[end].ts_event)): 1}
-    assert run(events).faults("resyncs") == {}  # a refresh of a book in sync is no re-sync
+    assert clean_run.faults("resyncs") == {}  # a refresh of a book in sync is no re-sync
     # refused: chained records between the gap and the re-sync, nothing else
     assert dead and set(dead) <= set(range(nxt, refresh))
     assert all(d.reason_code is Reason.SEQUENCE_GAP for d in dead.values())
@@ -906,7 +952,7 @@ def _check_resync(events: list[L2Event], inst: str, first: int, last: int) -> No
         assert [rows[i][f"imbalance_{n}"] for n in range(1, 6)] == [
             clean_rows[i][f"imbalance_{n}"] for n in range(1, 6)
         ]
-    book, clean_book = state.book, clean_state.book
+    book, clean_book = res.states[inst].book, clean_run.states[inst].book
     assert book.synced and book.resyncs == 1 and book.gaps == 1
     assert (book.bids.sizes, book.asks.sizes) == (clean_book.bids.sizes, clean_book.asks.sizes)
 
