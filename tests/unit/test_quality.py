@@ -1,8 +1,8 @@
 """Data-quality stage (``udfs.market.quality``) through the stream job's own ``process_record``, on
 the shipped real sample (LOBSTER AAPL, 1 minute; Binance USD-M BTCUSDT, 4 minutes).
 
-The clean sample's counts are checked on all of it; the faults are injected into the first
-65 s of the Binance capture (exchange time 23:57:02.5 to 23:58:07.5: most of one minute and
+The clean sample's counts are checked on all of it; a real silence is found and the faults
+are injected in the first 65 s of the Binance capture (exchange time 23:57:02.5 to 23:58:07.5: most of one minute and
 the start of the next, about 38,000 records), so that each faulted run reads a third of the
 sample, not all of it (the fast lane, ``make check``).
 
@@ -20,7 +20,7 @@ import json
 import pickle
 from collections import Counter
 from dataclasses import dataclass, replace
-from itertools import accumulate, islice
+from itertools import accumulate, islice, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -340,17 +340,18 @@ def test_replay_gives_identical_rows(clean: Run, lob: list[L2Event], btc: list[L
     assert json.dumps(sorted(again.rows.items())) == json.dumps(sorted(clean.rows.items()))
 
 
-def test_stale_threshold_below_the_real_longest_silence_finds_it(
-    btc_sample: list[L2Event],
-) -> None:
-    btc = btc_sample  # the silence is in its last second
+def test_stale_threshold_below_the_real_longest_silence_finds_it(btc: list[L2Event]) -> None:
     _, _, gap = _reference(btc)
     longest_minute, longest = max(gap.items(), key=lambda kv: kv[1])
-    assert longest // 1_000_000 == 429  # the sample's one silence above 300 ms
-    assert sorted(g for g in gap.values() if g > 300_000_000) == [longest]
-    res = run(btc, stale_after_ms=300)
+    # the head's one silence above 90 ms (the next longest is 90 ms: a silence must be longer
+    # than the threshold to be stale; Binance times are whole milliseconds)
+    assert longest == 91_000_000
+    newest_to = list(accumulate((e.ts_event for e in btc), max))
+    silences = sorted(b - a for a, b in pairwise(newest_to) if b > a)
+    assert silences[-2:] == [90_000_000, longest]
+    res = run(btc, stale_after_ms=90)
     assert res.faults("stale_gaps") == {(BTC, longest_minute): 1}
-    assert res.rows[(BTC, longest_minute)]["max_gap_ms"] == 429.0
+    assert res.rows[(BTC, longest_minute)]["max_gap_ms"] == 91.0
 
 
 # -- sequence gaps ------------------------------------------------------------------------------
