@@ -2,9 +2,10 @@
 the shipped real sample (LOBSTER AAPL, 1 minute; Binance USD-M BTCUSDT, 4 minutes).
 
 The clean sample's counts are checked on all of it; a real silence is found and the faults
-are injected in the first 65 s of the Binance capture (exchange time 23:57:02.5 to 23:58:07.5: most of one minute and
-the start of the next, about 38,000 records), so that each faulted run reads a third of the
-sample, not all of it (the fast lane, ``make check``).
+are injected in the first 65 s of the Binance capture (exchange time 23:57:02.5 to
+23:58:07.5: most of one minute and the start of the next, about 38,000 records), so that each
+faulted run reads a third of the sample, not all of it (the fast lane, ``make check``); a
+faulted run resumes from the clean run's checkpoint before its fault (see :func:`run`).
 
 Every fault is injected into the real event sequence; the test asserts it is counted, on the
 right instrument and in the right exchange-time minute (computed from the records involved),
