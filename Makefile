@@ -36,7 +36,7 @@ live: up monitor    ## the pipeline as supervised long-running processes, paced 
 demo: up            ## the whole pipeline on the shipped sample; JSON summary on the last line
 	$(BS) demo $(ARGS)
 
-check: lint types    ## the fast lane (~100 s of CPU once installed, no services, no root): lint, types, unit tests but the slow ones
+check: lint types    ## the fast lane (~105 s of CPU once installed, no services, no root): lint, types, unit tests but the slow ones
 	$(PYTEST) -q -p no:cacheprovider -m "not slow" tests/unit
 
 test: install-dev up lint types  ## every test: unit (slow ones too) + integration (real broker, real Flink)
