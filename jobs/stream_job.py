@@ -366,16 +366,21 @@ def micro_batched(ds: DataStream, max_records: int, max_delay_ms: int) -> DataSt
         gateway.jvm.io.bookstream.flink.MicroBatcher.outputType(),
         gateway.jvm.io.bookstream.flink.MicroBatcher(max_records, max_delay_ms),
     )
-    return DataStream(j_batched)
+    return DataStream(j_batched).uid("micro-batcher")
 
 
 def routed_records(ds: DataStream) -> DataStream:
     """The Python operator's one string per batch -> one string per routed record (Java)."""
     gateway = get_gateway()
-    return DataStream(
-        ds._j_data_stream.flatMap(
-            gateway.jvm.io.bookstream.flink.RoutedSplitter(), Types.STRING().get_java_type_info()
+    return (
+        DataStream(
+            ds._j_data_stream.flatMap(
+                gateway.jvm.io.bookstream.flink.RoutedSplitter(),
+                Types.STRING().get_java_type_info(),
+            )
         )
+        .name("routed-splitter")
+        .uid("routed-splitter")
     )
 
 
@@ -541,20 +546,50 @@ def worker_pool_on_loopback() -> None:
     BeamFnLoopbackWorkerPoolServicer.start = start_on_loopback
 
 
-def job_environment(
-    cfg: Config, restore_from: Path | None = None, group_id: str = "bookstream-features"
-) -> StreamExecutionEnvironment:
-    """A StreamExecutionEnvironment configured for the stream job (thread mode, jars,
-    checkpoints of ``group_id``'s own directory, restarts), with no job on it yet."""
-    _export_python_path()
-    _export_flink_log_dir(cfg)
-    worker_pool_on_loopback()
-    conf = Configuration()
-    for option in LOOPBACK_BIND_OPTIONS:  # every listener on loopback, like Kafka and PostgreSQL
-        conf.set_string(option, "127.0.0.1")
-    # the workers must run this venv's interpreter (pemja, udfs, numpy live there)
-    conf.set_string("python.executable", sys.executable)
-    conf.set_string("python.client.executable", sys.executable)
+MAX_PARALLELISM = 128
+"""Key groups of the keyed state: fixed, so a savepoint restores at any parallelism up to it
+(Flink derives it from the first run's parallelism otherwise)."""
+
+
+def submitted_to_cluster() -> bool:
+    """True when this process is the Python driver of ``flink run -py`` (the client JVM hands
+    it its gateway through ``PYFLINK_GATEWAY_PORT``): the cluster's configuration and ``flink
+    run``'s options then decide parallelism, checkpoint storage, restart strategy, memory,
+    the Python executable, the jars and the savepoint to restore."""
+    return "PYFLINK_GATEWAY_PORT" in os.environ
+
+
+def submitted_restore_path() -> str | None:
+    """The savepoint or checkpoint ``flink run -s`` restores (None: none), read from the
+    client's configuration."""
+    gateway = get_gateway()
+    j_env = gateway.jvm.org.apache.flink.streaming.api.environment.StreamExecutionEnvironment
+    conf = j_env.getExecutionEnvironment().getConfiguration().toMap()
+    path = conf.get("execution.state-recovery.path")
+    return str(path) if path else None
+
+
+def free_local_rest_port(cfg: Config) -> int:
+    """``flink.rest_port``, or the next free one of the nine above it (another local job on
+    this machine holds it): the local MiniCluster's web UI."""
+    import socket
+
+    for port in range(cfg.flink.rest_port, cfg.flink.rest_port + 10):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(
+        f"no free port in 127.0.0.1:{cfg.flink.rest_port}-{cfg.flink.rest_port + 9} for the "
+        "local Flink web UI: set flink.rest_port (BOOKSTREAM_FLINK_REST_PORT)"
+    )
+
+
+def _pipeline_settings(conf: Configuration, cfg: Config) -> None:
+    """The job's own settings, the same on a MiniCluster and on a cluster."""
     # auto: thread mode, with or without models (udfs.strategy.model keeps onnxruntime working in
     # it)
     mode = "thread" if cfg.flink.execution_mode == "auto" else cfg.flink.execution_mode
@@ -562,11 +597,27 @@ def job_environment(
     conf.set_string("python.fn-execution.bundle.size", str(cfg.flink.bundle_size))
     conf.set_string("python.fn-execution.bundle.time", str(cfg.flink.bundle_time_ms))
     conf.set_string("execution.buffer-timeout.interval", f"{cfg.flink.buffer_timeout_ms} ms")
+
+
+def _local_deployment(
+    conf: Configuration, cfg: Config, restore_from: Path | str | None, group_id: str
+) -> None:
+    """What a cluster's configuration decides, set for the local MiniCluster."""
+    for option in LOOPBACK_BIND_OPTIONS:  # every listener on loopback, like Kafka and PostgreSQL
+        conf.set_string(option, "127.0.0.1")
+    port = free_local_rest_port(cfg)
+    conf.set_string("rest.bind-port", str(port))
+    conf.set_string("rest.port", str(port))
+    logger.info("Flink web UI (local MiniCluster): http://127.0.0.1:%d/", port)
+    # the workers must run this venv's interpreter (pemja, udfs, numpy live there)
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
     conf.set_string(
         "pipeline.jars", ";".join(jar.as_uri() for jar in (cfg.kafka_connector_jar, cfg.glue_jar))
     )
     # one directory per consumer group: --restore-latest picks among this job's checkpoints
-    conf.set_string("execution.checkpointing.dir", checkpoint_dir(cfg, group_id).as_uri())
+    conf.set_string("execution.checkpointing.dir", checkpoint_uri(cfg, group_id))
+    conf.set_string("execution.checkpointing.savepoint-dir", cfg.savepoint_uri)
     conf.set_string(
         "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
     )
@@ -577,14 +628,41 @@ def job_environment(
     conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.flink.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
     if restore_from is not None:
-        conf.set_string("execution.state-recovery.path", restore_from.as_uri())
+        conf.set_string("execution.state-recovery.path", _as_uri(restore_from))
     if cfg.metrics.enabled and cfg.metrics.flink_reporter:
         # the reporter's plugin ships in the wheel (pyflink/plugins/metrics-prometheus), which
         # PyFlink's gateway passes on as FLINK_PLUGINS_DIR
         conf.set_string("metrics.reporter.prom.factory.class", PROMETHEUS_REPORTER)
         conf.set_string("metrics.reporter.prom.port", cfg.metrics.flink_ports)
+
+
+def _as_uri(location: Path | str) -> str:
+    text = str(location)
+    return text if "://" in text else Path(text).resolve().as_uri()
+
+
+def job_environment(
+    cfg: Config, restore_from: Path | str | None = None, group_id: str = "bookstream-features"
+) -> StreamExecutionEnvironment:
+    """A StreamExecutionEnvironment configured for the stream job, with no job on it yet.
+
+    Local (a MiniCluster in this process): thread mode, jars, checkpoints of ``group_id``'s own
+    directory, restarts, memory, web UI port, all set here. Submitted with ``flink run``
+    (:func:`submitted_to_cluster`): only the job's pipeline settings; the deployment's keys
+    come from the cluster's configuration and ``flink run``'s options."""
+    submitted = submitted_to_cluster()
+    if not submitted:
+        _export_python_path()
+        _export_flink_log_dir(cfg)
+        worker_pool_on_loopback()
+    conf = Configuration()
+    _pipeline_settings(conf, cfg)
+    if not submitted:
+        _local_deployment(conf, cfg, restore_from, group_id)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
-    env.set_parallelism(cfg.flink.parallelism)
+    if not submitted:
+        env.set_parallelism(cfg.flink.parallelism)
+    env.set_max_parallelism(MAX_PARALLELISM)
     env.enable_checkpointing(cfg.flink.checkpoint_interval_ms, CheckpointingMode.EXACTLY_ONCE)
 
     return env
@@ -626,13 +704,16 @@ def build_stream_job(
         start_offsets=start_offsets,
         stop_offsets=stop_offsets,
     )
+    # every operator has a uid: its state (and a savepoint's) is matched by it, not by the
+    # shape of the graph (see the README: "Upgrading the job's code")
     ds = env.from_source(source, watermark_strategy, "events").uid("events-source")
 
     # transformations: records of one instrument in batches to one Python call each
     batches = micro_batched(ds, cfg.flink.batch_max_records, cfg.flink.batch_max_delay_ms)
     trader = Trader.load(cfg) if trading else None
+    parallelism = env.get_parallelism()  # submitted: flink run -p, or the cluster's default
     outputs = (
-        keyed_by_field0(batches, shuffle=cfg.flink.parallelism > 1 if shuffle is None else shuffle)
+        keyed_by_field0(batches, shuffle=parallelism > 1 if shuffle is None else shuffle)
         .process(StreamJobFunction(cfg, trader), output_type=Types.STRING())
         .name("book-features")
         .uid("book-features")
@@ -644,14 +725,24 @@ def build_stream_job(
     written = [t for r, t in zip(ROUTES, routes, strict=True) if trading or r not in TRADING_ROUTES]
     routed_records(outputs).sink_to(kafka_sink(cfg, routes)).name(
         f"{SINK_NAME_PREFIX}{','.join(written)}"
-    )
+    ).uid("kafka-sink")
     return env
 
 
+def _group_dir_name(group_id: str) -> str:
+    return group_id.replace("/", "_").replace(os.sep, "_")
+
+
 def checkpoint_dir(cfg: Config, group_id: str) -> Path:
-    """Where the job of consumer group ``group_id`` keeps its checkpoints (``<job-id>/chk-N``
-    below it): a job's state belongs to its group, whose offsets it commits."""
-    return cfg.checkpoint_dir / group_id.replace("/", "_").replace(os.sep, "_")
+    """Where the local job of consumer group ``group_id`` keeps its checkpoints
+    (``<job-id>/chk-N`` below it): a job's state belongs to its group, whose offsets it
+    commits. A ``file://`` location only (:func:`checkpoint_uri` for any)."""
+    return cfg.checkpoint_dir / _group_dir_name(group_id)
+
+
+def checkpoint_uri(cfg: Config, group_id: str) -> str:
+    """:func:`checkpoint_dir` as a URI, for any scheme (``file://``, ``s3://``, ``hdfs://``)."""
+    return f"{cfg.checkpoint_uri}/{_group_dir_name(group_id)}"
 
 
 def latest_checkpoint(cfg: Config, group_id: str) -> Path | None:
@@ -717,12 +808,25 @@ def run_stream_job(
     or until killed); ``restore_latest`` resumes from the newest retained checkpoint of
     ``group_id``. Without a checkpoint, :func:`check_start` decides where to start (or refuses,
     :class:`StartRefusedError`)."""
-    restore = restore or (latest_checkpoint(cfg, group_id) if restore_latest else None)
     start_offsets = None
-    if restore is not None:
-        logger.info("restoring from %s", restore)
+    if submitted_to_cluster():
+        # flink run -s restores; --restore* name local directories of a MiniCluster's runs
+        if restore is not None or restore_latest:
+            raise StartRefusedError(
+                "refused: --restore/--restore-latest are for a local run; a job submitted to "
+                "a cluster restores with flink run -s PATH (bookstream submit --from-savepoint)"
+            )
+        restored = submitted_restore_path()
+        if restored is not None:
+            logger.info("restoring from %s (flink run -s)", restored)
+        else:
+            start_offsets = check_start(cfg, group_id, from_start=from_start)
     else:
-        start_offsets = check_start(cfg, group_id, from_start=from_start)
+        restore = restore or (latest_checkpoint(cfg, group_id) if restore_latest else None)
+        if restore is not None:
+            logger.info("restoring from %s", restore)
+        else:
+            start_offsets = check_start(cfg, group_id, from_start=from_start)
     env = build_stream_job(
         cfg,
         bounded=bounded,

@@ -244,7 +244,28 @@ class FlinkConfig:
     its sessions on a thread of their own (on a PEMJA task thread, pybind11's
     ``PyGILState_Ensure`` deadlocks)."""
     checkpoint_dir: str = ""
-    """Where checkpoints go; empty: ``<state_dir>/flink/checkpoints``."""
+    """Where checkpoints go: a directory or a URI (``file://``, ``s3://``, ``hdfs://``: any
+    scheme whose Flink filesystem plugin the cluster has); empty:
+    ``<state_dir>/flink/checkpoints``."""
+    savepoint_dir: str = ""
+    """Where savepoints go (``bookstream savepoint`` / ``stop --savepoint``), a directory or a
+    URI like ``checkpoint_dir``; empty: ``<state_dir>/flink/savepoints``."""
+    rest_port: int = field(default=18082, metadata=_range(1, 65535 - 9))
+    """Web UI / REST port of a local MiniCluster job (``bookstream stream-job``, ``demo``) on
+    127.0.0.1, printed at its start; when another local job holds it, the next free one of
+    the nine above it."""
+    cluster_rest_port: int = field(default=18081, metadata=_range(1, 65535))
+    """REST API and web UI of the standalone session cluster (``make cluster-up``,
+    infra/flink/) on 127.0.0.1: what ``flink run`` and ``bookstream submit|jobs|savepoint|stop``
+    talk to."""
+    cluster_rpc_port: int = field(default=16123, metadata=_range(1, 65535))
+    """The session cluster's JobManager RPC port (its TaskManagers register there), loopback."""
+    cluster_taskmanagers: int = field(default=2, metadata=_range(1, 64))
+    """TaskManagers of the session cluster, one slot each: PyFlink runs every thread-mode
+    operator of one TaskManager in one interpreter, so Python parallelism needs separate
+    TaskManagers."""
+    cluster_taskmanager_memory: str = "1280m"
+    """taskmanager.memory.process.size of each TaskManager of the session cluster."""
     restart_attempts: int = field(default=2, metadata=_range(0, 1000))
     """Task restarts (from the last checkpoint) before the job fails."""
     bundle_size: int = field(default=1000, metadata=_range(1))
@@ -539,10 +560,30 @@ class Config:
         return self.jars_dir / "flink" / "bookstream-flink-glue.jar"
 
     @property
+    def checkpoint_uri(self) -> str:
+        """``flink.checkpoint_dir`` as a URI (no trailing slash)."""
+        return _dir_uri(self.flink.checkpoint_dir, self.state_dir / "flink" / "checkpoints")
+
+    @property
+    def savepoint_uri(self) -> str:
+        """``flink.savepoint_dir`` as a URI (no trailing slash)."""
+        return _dir_uri(self.flink.savepoint_dir, self.state_dir / "flink" / "savepoints")
+
+    @property
     def checkpoint_dir(self) -> Path:
-        if self.flink.checkpoint_dir:
-            return Path(self.flink.checkpoint_dir).resolve()
-        return self.state_dir / "flink" / "checkpoints"
+        """The checkpoint directory on this machine (``file://`` only: finding the latest
+        checkpoint lists it)."""
+        return _local_dir(self.checkpoint_uri, "flink.checkpoint_dir")
+
+    @property
+    def flink_cluster_dir(self) -> Path:
+        """The session cluster's generated configuration (``conf/``), logs (``log/``) and pids
+        (``run/``): infra/flink/."""
+        return self.state_dir / "flink-cluster"
+
+    @property
+    def flink_cluster_rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.flink.cluster_rest_port}"
 
     @property
     def logs_dir(self) -> Path:
@@ -631,6 +672,26 @@ class Config:
             f"{lk.postgres_port}/{quote(self.feast.registry_db, safe='')}"
             f"?passfile={quote(str(self.postgres_passfile), safe='/')}"
         )
+
+
+def _dir_uri(value: str, default: Path) -> str:
+    """A directory setting as a URI: a URI (``scheme://...``) as given, a path resolved to a
+    ``file://`` URI, empty: ``default``."""
+    if "://" in value:
+        return value.rstrip("/")
+    return (Path(value).resolve() if value else default).as_uri()
+
+
+def _local_dir(uri: str, key: str) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise ConfigError(
+            f"{key}={uri}: not a directory of this machine; only a file:// location can be "
+            "listed here (pass the checkpoint or savepoint URI explicitly)"
+        )
+    return Path(unquote(parsed.path))
 
 
 _SECTIONS: dict[str, type] = {
@@ -824,6 +885,10 @@ def shell_values(cfg: Config) -> dict[str, str]:
         "KAFKA_PORT": cfg.kafka.port,
         "KAFKA_CONTROLLER_PORT": cfg.kafka.controller_port,
         "FLINK_KAFKA_CONNECTOR_VERSION": cfg.flink.kafka_connector_version,
+        "FLINK_CLUSTER_DIR": cfg.flink_cluster_dir,
+        "FLINK_CLUSTER_REST_PORT": cfg.flink.cluster_rest_port,
+        "FLINK_CLUSTER_RPC_PORT": cfg.flink.cluster_rpc_port,
+        "FLINK_CLUSTER_TASKMANAGERS": cfg.flink.cluster_taskmanagers,
         "POSTGRES_HOST": cfg.lake.postgres_host,
         "POSTGRES_PORT": cfg.lake.postgres_port,
         "POSTGRES_DB": cfg.lake.postgres_db,
