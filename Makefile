@@ -6,7 +6,7 @@ BS := .venv/bin/bookstream
 PYTEST := .venv/bin/pytest
 
 .PHONY: install install-dev install-python install-python-dev up demo check test test-unit \
-	test-integration bench stop clean lint types doctor audit monitor live
+	test-integration bench stop clean lint types doctor audit monitor live cluster-up cluster-down
 
 install:            ## runtime Python env (uv.lock) + JVM jars (infra/pom.xml) + PostgreSQL; idempotent
 	bash infra/install.sh
@@ -32,6 +32,12 @@ monitor: install    ## Prometheus (scrapes every stage, alert rules) + Alertmana
 
 live: up monitor    ## the pipeline as supervised long-running processes, paced (ARGS="--speed 5"), until Ctrl-C or `make stop`
 	$(BS) live $(ARGS)
+
+cluster-up: install ## the Flink session cluster (1 JobManager, 2 TaskManagers; web UI on flink.cluster_rest_port)
+	bash infra/flink/start.sh
+
+cluster-down:       ## stop the Flink session cluster (its jobs end with it)
+	bash infra/flink/stop.sh
 
 demo: up            ## the whole pipeline on the shipped sample; JSON summary on the last line
 	$(BS) demo $(ARGS)
@@ -66,6 +72,7 @@ types: install-python-dev  ## mypy on udfs/ and jobs/ ([tool.mypy] in pyproject.
 
 stop:               ## stop exactly what this project started (a live session first: it commits)
 	bash infra/live/stop.sh
+	bash infra/flink/stop.sh
 	bash infra/kafka/stop.sh
 	bash infra/postgres/stop.sh
 	bash infra/redis/stop.sh

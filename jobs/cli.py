@@ -13,6 +13,11 @@
     bookstream verify-book --binance F...   rebuild the book from files, compare with ground truth
     bookstream demo                         the whole pipeline on the shipped sample (or --lobster /
                                             --binance files), summary as the last JSON line
+    bookstream submit [--parallelism N]     the stream job on the Flink session cluster (flink run;
+                      [--from-savepoint P]  make cluster-up), restored from a savepoint
+    bookstream jobs                         the cluster's jobs and their states
+    bookstream savepoint JOB                a savepoint of a running job (it keeps running)
+    bookstream stop JOB [--savepoint]       stop a job, with a savepoint to resume from
 
 Commands that produce a result print it as one JSON object on the last line of stdout.
 An expected error (a bad setting, a stopped broker, a missing file, a bad SQL statement) is one
@@ -306,6 +311,115 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {key:<{width}}  {value}", file=sys.stderr)
     _emit(summary)
     return 0 if summary["reconciled"] else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from jobs.cluster import submit
+
+    cfg = load_config()
+    job_args = ["--group-id", args.group_id]
+    if args.bounded:
+        job_args.append("--bounded")
+    if args.from_start:
+        job_args.append("--from-start")
+    done = submit(
+        cfg, job_args, parallelism=args.parallelism, from_savepoint=args.from_savepoint
+    )
+    _emit(
+        {
+            "job_id": done.job_id,
+            "parallelism": args.parallelism,
+            "from_savepoint": args.from_savepoint,
+            "group_id": args.group_id,
+            "web_ui": f"{cfg.flink_cluster_rest_url}/#/job/running/{done.job_id}/overview",
+        }
+    )
+    return 0
+
+
+def cmd_jobs(_args: argparse.Namespace) -> int:
+    from jobs.cluster import list_jobs
+
+    cfg = load_config()
+    _emit({"cluster": cfg.flink_cluster_rest_url, "jobs": list_jobs(cfg)})
+    return 0
+
+
+def cmd_savepoint(args: argparse.Namespace) -> int:
+    from jobs.cluster import savepoint
+
+    _emit(savepoint(load_config(), args.job_id, args.target_dir))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from jobs.cluster import stop_job
+
+    _emit(
+        stop_job(load_config(), args.job_id, with_savepoint=args.savepoint, target=args.target_dir)
+    )
+    return 0
+
+
+def _add_cluster_commands(sub: argparse._SubParsersAction, common: tuple) -> None:
+    p = _command(
+        sub,
+        "submit",
+        "submit the stream job to the Flink session cluster with flink run (make cluster-up)",
+        "bookstream submit --parallelism 2 --from-savepoint file:///.../savepoint-1a2b3c-0123",
+        cmd_submit,
+        description="Runs the wheel's `flink run -d -p N [-s PATH] -C <jars> -py "
+        "jobs/stream_job.py -pyfs <udfs+jobs zip> ARGS` against the cluster's configuration "
+        "(<state>/flink-cluster/conf): parallelism, checkpoint storage, restart strategy and "
+        "memory come from it and from Flink's options, not from the job's code.",
+        parents=common,
+    )
+    p.add_argument("--parallelism", "-p", type=int, default=None, help="default: the cluster's")
+    p.add_argument(
+        "--from-savepoint", "-s", metavar="PATH", help="a savepoint (or retained checkpoint) URI"
+    )
+    p.add_argument("--group-id", default="bookstream-features", help="Kafka consumer group")
+    p.add_argument(
+        "--bounded", action="store_true", help="stop at the events topic's end as of the start"
+    )
+    p.add_argument(
+        "--from-start",
+        action="store_true",
+        help="without a savepoint: rebuild the books from the events topic's first offset",
+    )
+    _command(
+        sub,
+        "jobs",
+        "list the session cluster's jobs (id, name, state)",
+        "bookstream jobs",
+        cmd_jobs,
+        parents=common,
+    )
+    p = _command(
+        sub,
+        "savepoint",
+        "take a savepoint of a running job on the cluster (the job keeps running)",
+        "bookstream savepoint 0656f7c526b4032728f2d45261f36d62",
+        cmd_savepoint,
+        parents=common,
+    )
+    p.add_argument("job_id", metavar="JOB")
+    p.add_argument("--target-dir", metavar="URI", help="default: flink.savepoint_dir")
+    p = _command(
+        sub,
+        "stop",
+        "stop a job on the cluster: with --savepoint (resumable), else cancel",
+        "bookstream stop 0656f7c526b4032728f2d45261f36d62 --savepoint",
+        cmd_stop,
+        parents=common,
+    )
+    p.add_argument("job_id", metavar="JOB")
+    p.add_argument(
+        "--savepoint",
+        action="store_true",
+        help="stop with a savepoint (no drain): submit --from-savepoint continues exactly there",
+    )
+    p.add_argument("--target-dir", metavar="URI", help="default: flink.savepoint_dir")
 
 
 class UsageError(ValueError):
@@ -658,6 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish at N x the recorded pace (default: as fast as possible)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_cluster_commands(sub, common)
     return parser
 
 
@@ -681,6 +796,7 @@ def _expected_error(exc: BaseException) -> str | None:
         ("jobs.stream_job", "StartRefusedError"),
         ("jobs.execution_sink", "SinkStateError"),
         ("jobs.tail", "TopicNotFoundError"),
+        ("jobs.cluster", "ClusterError"),
     ):
         if module in sys.modules:
             fixes.append((getattr(sys.modules[module], name), ""))
@@ -717,6 +833,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd_verify_book,
             cmd_feast_env,
             cmd_feast_export,
+            cmd_jobs,
+            cmd_savepoint,
+            cmd_stop,
         ):
             _check_broker()  # before any client of a stopped broker logs or waits forever
         return int(args.func(args) or 0)

@@ -11,8 +11,9 @@ to it does not set itself (``jobs.stream_job.job_environment``).
 A job is submitted the way a Flink user does it (:func:`flink_run_command`)::
 
     FLINK_CONF_DIR=.state/flink-cluster/conf $FLINK_HOME/bin/flink run -d -p 2 \\
-        -Dpipeline.jars='file:///.../flink-sql-connector-kafka.jar;file:///.../glue.jar' \\
-        -py jobs/stream_job.py -pyfs udfs,jobs --group-id G
+        -C file:///.../flink-sql-connector-kafka-5.0.0-2.2.jar \\
+        -C file:///.../bookstream-flink-glue.jar \\
+        -py jobs/stream_job.py -pyfs .state/flink-cluster/bookstream-python.zip --group-id G
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ __all__ = [
 
 JOB_SCRIPT = "jobs/stream_job.py"
 """The stream job's entry point, relative to the project root (``flink run -py``)."""
-PY_FILES = "udfs,jobs"
-"""The job's Python packages, shipped with it to the TaskManagers (``flink run -pyfs``)."""
+PY_PACKAGES = ("udfs", "jobs")
+"""The job's Python packages, shipped with it to the TaskManagers (``flink run -pyfs``) in one
+zip: Flink puts a *directory* given to ``-pyfs`` itself on the workers' ``PYTHONPATH`` (its
+modules become top-level ones), a zip's root, so packages go in a zip."""
 TERMINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELED"})
 
 
@@ -106,6 +109,8 @@ def cluster_conf(cfg: Config) -> dict[str, str]:
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": str(fl.restart_attempts),
         "restart-strategy.fixed-delay.delay": "2 s",
+        # PEMJA (libpython in the TaskManager) from the cluster's class path: write_cluster_lib
+        "classloader.parent-first-patterns.additional": "pemja.",
         "env.log.dir": str(cluster / "log"),
         "env.pid.dir": str(cluster / "run"),
     }
@@ -140,7 +145,25 @@ def write_cluster_conf(cfg: Config) -> Path:
     (conf_dir / "config.yaml").write_text(text)
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
         (conf_dir / name).write_bytes((home / "conf" / name).read_bytes())
+    write_cluster_lib(cfg)
     return conf_dir
+
+
+def write_cluster_lib(cfg: Config) -> Path:
+    """``<state>/flink-cluster/lib`` (``FLINK_LIB_DIR``): links to the wheel's ``lib/*.jar`` and
+    its ``opt/flink-python*.jar``. PEMJA, which loads libpython into the TaskManager, must be
+    loaded once per JVM: from a job's own class loader (the wheel ships flink-python in
+    ``opt/``, so ``flink run`` adds it to each job) a second Python job on the same TaskManager
+    fails (``NoSuchFieldException: loadedLibraryNames``). On the cluster's class path, and
+    parent-first (:func:`cluster_conf`), every job shares it."""
+    home = flink_home()
+    lib = cfg.flink_cluster_dir / "lib"
+    lib.mkdir(parents=True, exist_ok=True)
+    for old in lib.glob("*.jar"):
+        old.unlink()
+    for jar in [*sorted((home / "lib").glob("*.jar")), *sorted((home / "opt").glob("flink-python*.jar"))]:
+        (lib / jar.name).symlink_to(jar)
+    return lib
 
 
 def cluster_env(cfg: Config) -> dict[str, str]:
@@ -149,10 +172,13 @@ def cluster_env(cfg: Config) -> dict[str, str]:
     cluster = cfg.flink_cluster_dir
     return {
         "FLINK_CONF_DIR": str(cluster / "conf"),
+        "FLINK_LIB_DIR": str(cluster / "lib"),
         "FLINK_LOG_DIR": str(cluster / "log"),
         "FLINK_PID_DIR": str(cluster / "run"),
         "FLINK_IDENT_STRING": "bookstream",
         "PYTHONPATH": _python_path(),
+        # the driver imports udfs from the shipped zip: where the checkout is
+        "BOOKSTREAM_PROJECT_ROOT": str(PROJECT_ROOT),
     }
 
 
@@ -269,6 +295,22 @@ def stop_job(
 # -- flink run ------------------------------------------------------------------------------
 
 
+def python_files_zip(cfg: Config) -> Path:
+    """``<state>/flink-cluster/bookstream-python.zip``: the ``.py`` files of
+    :data:`PY_PACKAGES` as of now (rewritten at every submit), for ``flink run -pyfs``."""
+    import zipfile
+
+    target = cfg.flink_cluster_dir / "bookstream-python.zip"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".zip.{os.getpid()}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for package in PY_PACKAGES:
+            for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
+                zf.write(path, path.relative_to(PROJECT_ROOT).as_posix())
+    tmp.replace(target)
+    return target
+
+
 def flink_run_command(
     cfg: Config,
     job_args: list[str],
@@ -278,8 +320,10 @@ def flink_run_command(
     detached: bool = True,
 ) -> list[str]:
     """``flink run`` of the stream job on the session cluster (run in the project root with
-    :func:`cluster_env`). The connector and glue jars go in as ``pipeline.jars`` (``-j`` takes
-    one jar only); parallelism and the savepoint to restore are Flink's own options."""
+    :func:`cluster_env`). The connector and glue jars go in with ``-C`` (``-j`` takes one jar
+    only; ``-Dpipeline.jars`` reaches the cluster but not the client's class loader, where the
+    Python driver builds the Kafka source); parallelism and the savepoint to restore are
+    Flink's own options."""
     cmd = [str(flink_home() / "bin" / "flink"), "run"]
     if detached:
         cmd.append("-d")
@@ -289,7 +333,7 @@ def flink_run_command(
         cmd += ["-s", from_savepoint]
     for jar in (cfg.kafka_connector_jar, cfg.glue_jar):
         cmd += ["-C", jar.as_uri()]
-    cmd += ["-py", JOB_SCRIPT, "-pyfs", PY_FILES, *job_args]
+    cmd += ["-py", JOB_SCRIPT, "-pyfs", str(python_files_zip(cfg)), *job_args]
     return cmd
 
 

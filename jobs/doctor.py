@@ -51,6 +51,8 @@ def _listeners(cfg: Config) -> tuple[bool, str]:
         "kafka": cfg.kafka.port,
         "kafka-controller": cfg.kafka.controller_port,
         "postgres": cfg.lake.postgres_port,
+        "flink-cluster-rest": cfg.flink.cluster_rest_port,
+        "flink-cluster-rpc": cfg.flink.cluster_rpc_port,
     }
     exposed = []
     for name, port in ports.items():
@@ -230,6 +232,46 @@ def _lake(cfg: Config) -> tuple[bool, str]:
     return True, f"{cfg.lake.catalog} catalog, rows: {' '.join(tables)}"
 
 
+def _flink_cluster(cfg: Config) -> tuple[bool, str]:
+    """The optional session cluster (``make cluster-up``): when the project started one, its
+    REST API must answer with every TaskManager registered."""
+    from jobs.cluster import ClusterError, overview
+
+    pids = cfg.flink_cluster_dir / "run" / "flink-bookstream-standalonesession.pid"
+    running = pids.is_file() and any(
+        _pid_alive_text(line) for line in pids.read_text().split()
+    )
+    if not running:
+        return True, (
+            "not running (optional: `make cluster-up` for `bookstream submit`; the demo runs "
+            "a local MiniCluster)"
+        )
+    where = cfg.flink_cluster_rest_url
+    logs = cfg.flink_cluster_dir / "log"
+    try:
+        ov = overview(cfg)
+    except ClusterError as exc:
+        return False, f"started but {where} does not answer ({exc}); logs: {logs}"
+    tms = int(ov.get("taskmanagers", 0))
+    want = cfg.flink.cluster_taskmanagers
+    detail = (
+        f"Flink {ov.get('flink-version')} at {where}: {tms}/{want} TaskManager(s), "
+        f"{ov.get('slots-available')}/{ov.get('slots-total')} slot(s) free, "
+        f"{ov.get('jobs-running')} job(s) running"
+    )
+    if tms < want:
+        return False, f"{detail}; logs: {logs} (restart: make cluster-down cluster-up)"
+    return True, detail
+
+
+def _pid_alive_text(text: str) -> bool:
+    try:
+        os.kill(int(text), 0)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def _state_dir(cfg: Config) -> tuple[bool, str]:
     if not cfg.state_dir.is_dir():
         return False, f"{cfg.state_dir} missing: run `make install`"
@@ -277,6 +319,7 @@ def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
     checks.extend(_redis(cfg, services=need_broker))
     checks.extend(_monitoring(cfg))
     checks.append(("lake", *_lake(cfg)))
+    checks.append(("flink-cluster", *_flink_cluster(cfg)))
     if need_broker:
         from jobs.kafka_io import BrokerUnavailableError, check_broker, existing_topics
 

@@ -55,7 +55,14 @@ __all__ = [
     "topics_env",
 ]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = (
+    Path(os.environ["BOOKSTREAM_PROJECT_ROOT"]).resolve()
+    if os.environ.get("BOOKSTREAM_PROJECT_ROOT")
+    else Path(__file__).resolve().parent.parent
+)
+"""The checkout (state, models, data, feature repo below it). ``BOOKSTREAM_PROJECT_ROOT``
+overrides where this file lies: the Python driver of ``flink run`` imports it from the zip the
+job ships (``flink run -pyfs``), extracted to a temporary directory."""
 
 
 class ConfigError(ValueError):
@@ -605,6 +612,7 @@ class Config:
             "prometheus": self.logs_dir / "prometheus.log",
             "alertmanager": self.logs_dir / "alertmanager.log",
             "flink": flink[-1] if flink else self.flink_logs_dir,
+            "flink-cluster": self.flink_cluster_dir / "log",
         }
 
     @property
@@ -823,7 +831,9 @@ def load_config_with_origins(
     return Config(**sections, **extra), origins
 
 
-_OTHER_ENV = frozenset({"BOOKSTREAM_CONFIG", "BOOKSTREAM_STATE_DIR", "BOOKSTREAM_VENV"})
+_OTHER_ENV = frozenset(
+    {"BOOKSTREAM_CONFIG", "BOOKSTREAM_STATE_DIR", "BOOKSTREAM_VENV", "BOOKSTREAM_PROJECT_ROOT"}
+)
 """``BOOKSTREAM_*`` variables that are not ``<SECTION>_<FIELD>`` settings."""
 
 

@@ -13,6 +13,7 @@ SVC=flink
 FLINK_HOME="$("$PY" -c 'import os, pyflink; print(os.path.dirname(os.path.abspath(pyflink.__file__)))')" \
   || die "pyflink is not installed in $VENV: run infra/install.sh (make install)"
 export FLINK_CONF_DIR="$FLINK_CLUSTER_DIR/conf"
+export FLINK_LIB_DIR="$FLINK_CLUSTER_DIR/lib"  # the wheel's lib/ + flink-python: jobs/cluster.py
 export FLINK_LOG_DIR="$FLINK_CLUSTER_DIR/log"
 export FLINK_PID_DIR="$FLINK_CLUSTER_DIR/run"
 export FLINK_IDENT_STRING=bookstream
