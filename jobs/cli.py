@@ -322,9 +322,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         job_args.append("--bounded")
     if args.from_start:
         job_args.append("--from-start")
-    done = submit(
-        cfg, job_args, parallelism=args.parallelism, from_savepoint=args.from_savepoint
-    )
+    done = submit(cfg, job_args, parallelism=args.parallelism, from_savepoint=args.from_savepoint)
     _emit(
         {
             "job_id": done.job_id,

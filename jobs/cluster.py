@@ -119,7 +119,7 @@ def cluster_conf(cfg: Config) -> dict[str, str]:
 def write_cluster_conf(cfg: Config) -> Path:
     """``<state>/flink-cluster/conf``: the wheel's ``config.yaml`` (its JVM options) with
     :func:`cluster_conf` on top, and its log4j files. Rewritten at every cluster start."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]  # PyYAML (apache-beam needs it) has no stubs
 
     home = flink_home()
     conf_dir = cfg.flink_cluster_dir / "conf"
@@ -140,7 +140,9 @@ def write_cluster_conf(cfg: Config) -> Path:
     # the wheel's defaults name hosts and memory this project sets itself
     flat = {k: v for k, v in flat.items() if k.startswith("env.java.")}
     flat.update(cluster_conf(cfg))
-    text = "# written by infra/flink/start.sh (jobs/cluster.py) at every start: edit udfs/config.py\n"
+    text = (
+        "# written by infra/flink/start.sh (jobs/cluster.py) at every start: edit udfs/config.py\n"
+    )
     text += yaml.safe_dump({k: str(v) for k, v in flat.items()}, default_flow_style=False)
     (conf_dir / "config.yaml").write_text(text)
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
@@ -161,7 +163,10 @@ def write_cluster_lib(cfg: Config) -> Path:
     lib.mkdir(parents=True, exist_ok=True)
     for old in lib.glob("*.jar"):
         old.unlink()
-    for jar in [*sorted((home / "lib").glob("*.jar")), *sorted((home / "opt").glob("flink-python*.jar"))]:
+    for jar in [
+        *sorted((home / "lib").glob("*.jar")),
+        *sorted((home / "opt").glob("flink-python*.jar")),
+    ]:
         (lib / jar.name).symlink_to(jar)
     return lib
 

@@ -238,9 +238,7 @@ def _flink_cluster(cfg: Config) -> tuple[bool, str]:
     from jobs.cluster import ClusterError, overview
 
     pids = cfg.flink_cluster_dir / "run" / "flink-bookstream-standalonesession.pid"
-    running = pids.is_file() and any(
-        _pid_alive_text(line) for line in pids.read_text().split()
-    )
+    running = pids.is_file() and any(_pid_alive_text(line) for line in pids.read_text().split())
     if not running:
         return True, (
             "not running (optional: `make cluster-up` for `bookstream submit`; the demo runs "

@@ -1,0 +1,229 @@
+"""The stream job on a real Flink session cluster (infra/flink: one JobManager, two
+TaskManagers of one slot each, started from the wheel's own scripts), submitted with Flink's
+own CLI (``bookstream submit`` runs ``flink run -py jobs/stream_job.py -pyfs ... -C <jars>``):
+
+* at parallelism 2 it computes exactly the features and orders of the local MiniCluster run on
+  the same events (the repo's sample);
+* stopped with a savepoint mid-stream and resumed at another parallelism (2 -> 1 -> 2, one
+  savepoint each way), the union of its runs' output is the uninterrupted run's, record for
+  record: nothing lost, nothing twice.
+
+One cluster for the module (started unless one of this checkout is up; stopped only if started
+here), the sample's events produced once per topic set. The uninterrupted reference is the local
+run of the first test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from it_helpers import config_for, read_topic, run_cli, topic_env, topic_names, wait_for
+
+from jobs.cluster import TERMINAL_STATES, list_jobs, stop_job, wait_job
+from jobs.kafka_io import create_topics, delete_topics, end_offsets, make_producer
+from udfs.config import PROJECT_ROOT, Config, load_config
+from udfs.market.adapters.sources import Source
+from udfs.schema import L2Event, encode_event
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+
+WAIT_S = 600  # the shared machine can be slow; a stuck job still fails
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Config]:
+    """The session cluster of this checkout: started by infra/flink/start.sh unless it is up
+    already, stopped at the end only when started here."""
+    cfg = load_config()
+    check = [sys.executable, "-m", "jobs.cluster", "check", str(cfg.flink.cluster_taskmanagers)]
+    was_up = subprocess.run(check, cwd=PROJECT_ROOT, capture_output=True).returncode == 0
+    if not was_up:
+        start = subprocess.run(
+            ["bash", "infra/flink/start.sh"], cwd=PROJECT_ROOT, capture_output=True, text=True
+        )
+        assert start.returncode == 0, f"cluster start failed:\n{start.stderr[-4000:]}"
+    yield cfg
+    for job in list_jobs(cfg):  # a failed test may leave its job running
+        if job["state"] not in TERMINAL_STATES:
+            stop_job(cfg, job["job_id"], with_savepoint=False)
+    if not was_up:
+        subprocess.run(["bash", "infra/flink/stop.sh"], cwd=PROJECT_ROOT, check=True)
+
+
+@pytest.fixture(scope="module")
+def events() -> list[L2Event]:
+    return list(Source.sample().events())
+
+
+def _produce(cfg: Config, events: list[L2Event]) -> None:
+    """Events to the events topic as the publisher sends them: key = instrument, record
+    timestamp = exchange time (ms)."""
+    producer = make_producer(cfg)
+    for ev in events:
+        producer.produce(
+            cfg.topics.events,
+            key=ev.instrument,
+            value=encode_event(ev),
+            timestamp=ev.ts_event // 1_000_000,
+        )
+    assert producer.flush(60) == 0
+
+
+@dataclass(frozen=True)
+class Output:
+    """A run's features (without the processing time) and orders (without heartbeats, which
+    follow the watermark), per instrument, in order, each as canonical JSON."""
+
+    features: dict[str, list[str]]
+    orders: dict[str, list[str]]
+
+    @classmethod
+    def read(cls, cfg: Config) -> Output:
+        def per_key(topic: str, keep) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for rec in read_topic(cfg, topic):
+                row = json.loads(rec.value)
+                if keep(row):
+                    row.pop("ts_proc", None)
+                    out.setdefault(row["instrument"], []).append(json.dumps(row, sort_keys=True))
+            return out
+
+        return cls(
+            features=per_key(cfg.topics.features, lambda r: True),
+            orders=per_key(cfg.topics.orders, lambda r: r.get("action") != "heartbeat"),
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "features": sum(map(len, self.features.values())),
+            "orders": sum(map(len, self.orders.values())),
+        }
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    cfg: Config
+    env: dict[str, str]
+    output: Output
+
+
+@pytest.fixture(scope="module")
+def local_run(events: list[L2Event]) -> Iterator[LocalRun]:
+    """The sample through the local MiniCluster (``bookstream stream-job --bounded``): the
+    reference, uninterrupted run."""
+    env = topic_env("clulocal")
+    cfg = config_for(env)
+    create_topics(cfg)
+    _produce(cfg, events)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "stream-job", "--bounded", "--group-id", "it-local"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    output = Output.read(cfg)
+    assert output.counts()["features"] > 1000 and output.counts()["orders"] > 10, output.counts()
+    yield LocalRun(cfg=cfg, env=env, output=output)
+    delete_topics(cfg, topic_names(cfg))
+
+
+def _submit(env: dict[str, str], *args: str) -> str:
+    summary, _proc, _s = run_cli(["submit", *args], env, timeout_s=WAIT_S)
+    return str(summary["job_id"])
+
+
+def _features_written(cfg: Config) -> int:
+    return sum(end_offsets(cfg, cfg.topics.features).values())
+
+
+def test_cluster_at_parallelism_2_matches_the_local_run(cluster: Config, local_run: LocalRun):
+    # the cluster's own topic set, reading the local run's events topic
+    env = {**topic_env("clu2"), "BOOKSTREAM_TOPICS_EVENTS": local_run.cfg.topics.events}
+    cfg = config_for(env)
+    create_topics(cfg)
+    try:
+        job = _submit(env, "--parallelism", "2", "--bounded", "--group-id", "it-cluster-p2")
+        assert wait_job(cfg, job, TERMINAL_STATES, WAIT_S) == "FINISHED"
+        detail = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "jobs.cli", "jobs"],
+                cwd=PROJECT_ROOT,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.splitlines()[-1]
+        )
+        assert any(j["job_id"] == job for j in detail["jobs"])
+        vertices = _vertex_parallelism(cluster, job)
+        assert set(vertices.values()) == {2}, vertices
+        got = Output.read(cfg)
+        assert got.counts() == local_run.output.counts()
+        assert got.features == local_run.output.features
+        assert got.orders == local_run.output.orders
+    finally:
+        delete_topics(cfg, [t for t in topic_names(cfg) if t != local_run.cfg.topics.events])
+
+
+def _vertex_parallelism(cfg: Config, job_id: str) -> dict[str, int]:
+    from jobs.cluster import job_detail
+
+    return {v["name"]: v["parallelism"] for v in job_detail(cfg, job_id)["vertices"]}
+
+
+def test_savepoint_mid_stream_resumes_at_another_parallelism(
+    cluster: Config, local_run: LocalRun, events: list[L2Event], tmp_path
+) -> None:
+    env = topic_env("clusp", BOOKSTREAM_FLINK_SAVEPOINT_DIR=(tmp_path / "savepoints").as_uri())
+    cfg = config_for(env)
+    create_topics(cfg)
+    group = f"it-savepoint-{uuid.uuid4().hex[:6]}"
+
+    def cut_after(i: int) -> int:  # split after a batch's last record
+        return next(j + 1 for j in range(i, len(events)) if events[j].is_last)
+
+    cuts = [0, cut_after(len(events) // 3), cut_after(2 * len(events) // 3), len(events)]
+    parts = [events[a:b] for a, b in itertools.pairwise(cuts)]
+    expected = local_run.output
+    try:
+        savepoint: str | None = None
+        for n, (part, parallelism) in enumerate(zip(parts, (2, 1, 2), strict=True)):
+            args = ["--parallelism", str(parallelism), "--group-id", group]
+            if savepoint is not None:
+                args += ["--from-savepoint", savepoint]
+            job = _submit(env, *args)
+            before = _features_written(cfg)
+            _produce(cfg, part)
+            if n == len(parts) - 1:
+                wait_for(
+                    lambda: _features_written(cfg) >= expected.counts()["features"],
+                    WAIT_S,
+                    "every feature of the sample",
+                )
+                stop_job(cfg, job, with_savepoint=False)
+                break
+            # mid-stream: some of this part's features are out, not necessarily all
+            wait_for(lambda b=before: _features_written(cfg) > b, WAIT_S, f"part {n} features")
+            vertices = _vertex_parallelism(cfg, job)
+            assert set(vertices.values()) == {parallelism}, vertices
+            stopped, _proc, _s = run_cli(["stop", job, "--savepoint"], env, timeout_s=WAIT_S)
+            assert stopped["state"] == "FINISHED", stopped
+            savepoint = stopped["savepoint"]
+            assert savepoint.startswith((tmp_path / "savepoints").as_uri()), savepoint
+        got = Output.read(cfg)
+        assert got.counts() == expected.counts()
+        assert got.features == expected.features
+        assert got.orders == expected.orders
+    finally:
+        delete_topics(cfg, topic_names(cfg))
