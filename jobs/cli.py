@@ -212,6 +212,7 @@ def cmd_stream_job(args: argparse.Namespace) -> int:
         restore=args.restore,
         restore_latest=args.restore_latest,
         from_start=args.from_start,
+        start_offsets=args.start_offsets,
     )
     return 0
 
@@ -297,14 +298,27 @@ def cmd_verify_book(args: argparse.Namespace) -> int:
     return 0 if result["matched"] == result["checked"] else 1
 
 
+def _partition_offsets(text: str) -> dict[int, int]:
+    """``0:15,1:0,2:7`` -> {0: 15, 1: 0, 2: 7}."""
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item]
+        return {int(p): int(o) for p, o in pairs}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PARTITION:OFFSET,...") from exc
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from jobs.demo import run_demo
 
+    if args.parallelism is not None and not args.cluster:
+        raise UsageError("--parallelism goes with --cluster (a local run takes flink.parallelism)")
     summary = run_demo(
         load_config(),
         _source(args),
         speed=args.speed,
         progress=False if args.no_progress else None,
+        cluster=args.cluster,
+        parallelism=args.parallelism,
     )
     width = max(len(k) for k in summary)
     for key, value in summary.items():
@@ -639,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="without a checkpoint: rebuild the books from the events topic's first offset",
     )
+    p.add_argument(
+        "--start-offsets",
+        type=_partition_offsets,
+        metavar="P:O,...",
+        help="start at these offsets of the events topic (no state restored; the demo's own run)",
+    )
 
     p = _command(
         sub,
@@ -770,6 +790,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish at N x the recorded pace (default: as fast as possible)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the stream job on the Flink session cluster (make cluster-up), not a local "
+        "MiniCluster",
+    )
+    p.add_argument(
+        "--parallelism", "-p", type=int, default=None, help="with --cluster: the job's parallelism"
+    )
     _add_cluster_commands(sub, common)
     return parser
 

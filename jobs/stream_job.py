@@ -803,13 +803,16 @@ def run_stream_job(
     restore: Path | None = None,
     restore_latest: bool = False,
     from_start: bool = False,
+    start_offsets: dict[int, int] | None = None,
 ) -> None:
     """``bookstream stream-job``: build the job and execute it (until the bounded input ends,
     or until killed); ``restore_latest`` resumes from the newest retained checkpoint of
     ``group_id``. Without a checkpoint, :func:`check_start` decides where to start (or refuses,
-    :class:`StartRefusedError`)."""
-    start_offsets = None
-    if submitted_to_cluster():
+    :class:`StartRefusedError`); ``start_offsets`` (partition -> offset, no state restored)
+    overrides it (the demo: exactly its own run's events)."""
+    if start_offsets is not None:
+        pass
+    elif submitted_to_cluster():
         # flink run -s restores; --restore* name local directories of a MiniCluster's runs
         if restore is not None or restore_latest:
             raise StartRefusedError(
