@@ -52,7 +52,7 @@ def test_cluster_conf_is_loopback_with_one_slot_and_this_venvs_python(tmp_path: 
     assert conf["classloader.parent-first-patterns.additional"] == "pemja."
 
 
-def test_flink_run_passes_each_jar_with_classpath_and_the_packages_in_one_zip(tmp_path: Path) -> None:
+def test_flink_run_gets_each_jar_with_classpath_and_the_packages_in_a_zip(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     cmd = flink_run_command(cfg, ["--group-id", "g"], parallelism=2, from_savepoint="file:///sp")
     assert cmd[1] == "run" and cmd[cmd.index("-p") + 1] == "2"
