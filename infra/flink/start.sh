@@ -34,12 +34,16 @@ log "starting flink session cluster on 127.0.0.1:$FLINK_CLUSTER_REST_PORT: 1 Job
 $FLINK_CLUSTER_TASKMANAGERS TaskManager(s) (logs: $FLINK_LOG_DIR)"
 # setsid: their own session, so a Ctrl-C in the terminal that ran `make cluster-up` does not
 # reach them
-(cd / && setsid "$FLINK_HOME/bin/jobmanager.sh" start) >>"$(logfile "$SVC")" 2>&1 \
-  || die "jobmanager.sh failed (log: $(logfile "$SVC"))"
+# the JobManager's script runs beside the TaskManagers' (each parses the configuration with a
+# JVM of its own: seconds); TaskManagers retry until the JobManager answers. The TaskManagers'
+# own scripts run one after the other: each numbers its log by the pids already recorded.
+(cd / && setsid "$FLINK_HOME/bin/jobmanager.sh" start) >>"$(logfile "$SVC")" 2>&1 &
+jm_script=$!
 for _ in $(seq 1 "$FLINK_CLUSTER_TASKMANAGERS"); do
   (cd / && setsid "$FLINK_HOME/bin/taskmanager.sh" start) >>"$(logfile "$SVC")" 2>&1 \
     || die "taskmanager.sh failed (log: $(logfile "$SVC"))"
 done
+wait "$jm_script" || die "jobmanager.sh failed (log: $(logfile "$SVC"))"
 deadline=$((SECONDS + 120))
 until cluster_ready >/dev/null 2>&1; do
   if [ -z "$(our_pids "$JM_PIDS")" ]; then
