@@ -61,6 +61,11 @@ CASES = {
         {},
         r"file\(\) reaches outside the lake",
     ),
+    "stopped Flink cluster": (
+        ["jobs"],
+        {"BOOKSTREAM_FLINK_CLUSTER_REST_PORT": "FREE"},
+        r"no Flink session cluster answers at http://127\.0\.0\.1:\d+.*make cluster-up",
+    ),
     "missing config file": (
         ["config"],
         {"BOOKSTREAM_CONFIG": "/no/such/bookstream.toml"},
