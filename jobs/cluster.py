@@ -251,6 +251,40 @@ def wait_job(cfg: Config, job_id: str, states: frozenset[str], timeout_s: float)
         time.sleep(0.5)
 
 
+NOT_ALL_RUNNING = "Not all required tasks are currently running"
+"""Flink refuses a savepoint while a task is still being deployed or initialised (a Python
+operator opens its interpreter first): the request is repeated once all run."""
+
+
+def wait_all_running(cfg: Config, job_id: str, timeout_s: float) -> bool:
+    """Poll until every task of the job runs (True), or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        vertices = job_detail(cfg, job_id).get("vertices", [])
+        if vertices and all(v.get("status") == "RUNNING" for v in vertices):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
+def _savepoint_request(
+    cfg: Config, job_id: str, path: str, body: dict[str, Any], timeout_s: float
+) -> str:
+    """POST a savepoint (or stop-with-savepoint) request and wait for its location; repeated
+    while Flink answers that not all tasks run yet."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        wait_all_running(cfg, job_id, max(deadline - time.monotonic(), 0))
+        request = _rest(cfg, "POST", path, body)
+        try:
+            return _wait_savepoint(cfg, job_id, request["request-id"], timeout_s)
+        except ClusterError as exc:
+            if NOT_ALL_RUNNING not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(1)
+
+
 def _wait_savepoint(cfg: Config, job_id: str, request_id: str, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -271,8 +305,7 @@ def savepoint(
 ) -> dict[str, Any]:
     """Trigger a savepoint of a running job (it keeps running); its location when complete."""
     body = {"target-directory": target or cfg.savepoint_uri, "cancel-job": False}
-    request = _rest(cfg, "POST", f"/jobs/{job_id}/savepoints", body)
-    location = _wait_savepoint(cfg, job_id, request["request-id"], timeout_s)
+    location = _savepoint_request(cfg, job_id, f"/jobs/{job_id}/savepoints", body, timeout_s)
     return {"job_id": job_id, "savepoint": location}
 
 
@@ -288,8 +321,7 @@ def stop_job(
     job can continue from it exactly where it stopped); otherwise cancel."""
     if with_savepoint:
         body = {"targetDirectory": target or cfg.savepoint_uri, "drain": False}
-        request = _rest(cfg, "POST", f"/jobs/{job_id}/stop", body)
-        location = _wait_savepoint(cfg, job_id, request["request-id"], timeout_s)
+        location = _savepoint_request(cfg, job_id, f"/jobs/{job_id}/stop", body, timeout_s)
         state = wait_job(cfg, job_id, TERMINAL_STATES, timeout_s)
         return {"job_id": job_id, "state": state, "savepoint": location}
     _rest(cfg, "PATCH", f"/jobs/{job_id}?mode=cancel")
