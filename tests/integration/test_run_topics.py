@@ -69,7 +69,9 @@ def test_every_operator_and_sink_has_a_uid(parallelism: str) -> None:
     cfg = config_for({"BOOKSTREAM_FLINK_PARALLELISM": parallelism}).for_run("it.uids")
     env = build_stream_job(cfg, bounded=True)
     graph = env._generate_stream_graph(clear_transformations=False)
-    nodes = {str(n.getOperatorName()): n.getTransformationUID() for n in graph.getStreamNodes()}
+    nodes = {
+        str(n.getOperatorName()): n.getTransformationUID() for n in graph.getStreamNodes().toArray()
+    }
     assert len(nodes) >= 5, nodes
     assert all(nodes.values()), {name: uid for name, uid in nodes.items() if not uid}
     assert len(set(nodes.values())) == len(nodes), nodes
