@@ -219,6 +219,10 @@ def test_savepoint_mid_stream_resumes_at_another_parallelism(
             wait_for(lambda b=before: _features_written(cfg) > b, WAIT_S, f"part {n} features")
             vertices = _vertex_parallelism(cfg, job)
             assert set(vertices.values()) == {parallelism}, vertices
+            if n == 0:  # a savepoint of a running job: it goes on running
+                taken, _proc, _s = run_cli(["savepoint", job], env, timeout_s=WAIT_S)
+                assert (Path(urlparse(taken["savepoint"]).path) / "_metadata").is_file(), taken
+                assert wait_job(cfg, job, frozenset({"RUNNING"}), WAIT_S) == "RUNNING"
             stopped, _proc, _s = run_cli(["stop", job, "--savepoint"], env, timeout_s=WAIT_S)
             assert stopped["state"] == "FINISHED", stopped
             savepoint = stopped["savepoint"]
@@ -230,3 +234,11 @@ def test_savepoint_mid_stream_resumes_at_another_parallelism(
         assert got.orders == expected.orders
     finally:
         delete_topics(cfg, topic_names(cfg))
+
+
+def test_doctor_reports_the_cluster(cluster: Config) -> None:
+    report, _proc, _s = run_cli(["doctor", "--offline"], {}, timeout_s=WAIT_S)
+    check = report["checks"]["flink-cluster"]
+    want = cluster.flink.cluster_taskmanagers
+    assert check["ok"] and f"{want}/{want} TaskManager(s)" in check["detail"], check
+    assert report["logs"]["flink-cluster"] == str(cluster.flink_cluster_dir / "log")
