@@ -3,7 +3,7 @@ TaskManagers of one slot each, started from the wheel's own scripts), submitted 
 own CLI (``bookstream submit`` runs ``flink run -py jobs/stream_job.py -pyfs ... -C <jars>``):
 
 * at parallelism 2 it computes exactly the features and orders of the local MiniCluster run on
-  the same events (the repo's sample);
+  the same events (the head of the repo's sample: :data:`SAMPLE_EVENTS`);
 * stopped with a savepoint mid-stream and resumed at another parallelism (2 -> 1 -> 2, one
   savepoint each way), the union of its runs' output is the uninterrupted run's, record for
   record: nothing lost, nothing twice.
@@ -60,9 +60,19 @@ def cluster() -> Iterator[Config]:
         subprocess.run(["bash", "infra/flink/stop.sh"], cwd=PROJECT_ROOT, check=True)
 
 
+SAMPLE_EVENTS = 30_000
+"""The sample's first events (its LOBSTER day, then the head of its Binance capture), cut after
+a complete update: each cluster job costs seconds per 10k events on a 2-core machine, and these
+tests run four of them plus the local reference."""
+
+
 @pytest.fixture(scope="module")
 def events() -> list[L2Event]:
-    return list(Source.sample().events())
+    sample = list(Source.sample().events())
+    cut = next(j + 1 for j in range(SAMPLE_EVENTS, len(sample)) if sample[j].is_last)
+    head = sample[:cut]
+    assert len({ev.instrument for ev in head}) == 2  # both instruments: keys for both subtasks
+    return head
 
 
 def _produce(cfg: Config, events: list[L2Event]) -> None:
@@ -135,7 +145,7 @@ def local_run(events: list[L2Event]) -> Iterator[LocalRun]:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     output = Output.read(cfg)
-    assert output.counts()["features"] > 1000 and output.counts()["orders"] > 10, output.counts()
+    assert output.counts()["features"] > 500 and output.counts()["orders"] > 0, output.counts()
     yield LocalRun(cfg=cfg, env=env, output=output)
     delete_topics(cfg, topic_names(cfg))
 
