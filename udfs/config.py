@@ -725,6 +725,10 @@ Origin = str
 """Where a setting's value came from: ``default``, ``file <path>`` or ``env <NAME>``."""
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
 def _check(value: Any, cls: type, name: str, where: str) -> Any:
     """``value`` (from a file or the environment) as the field's type, or a ConfigError that
     names ``where`` (the key and its origin), the value and what is allowed."""
@@ -737,8 +741,15 @@ def _check(value: Any, cls: type, name: str, where: str) -> Any:
             )
         return value
     kind = hint
+    if kind is bool:  # TOML true/false; from the environment the usual spellings
+        if isinstance(value, bool):
+            return value
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
     try:
-        if kind is bool or isinstance(value, bool):
+        if isinstance(value, bool):  # a bool is no number or text here
             raise TypeError
         if kind is int:
             coerced: Any = int(value) if not isinstance(value, float) else None

@@ -219,6 +219,7 @@ def test_a_run_replaces_every_topic_and_hands_them_on_whole():
         ({"BOOKSTREAM_KAFKA_PORT": "70000"}, "kafka.port", "[1, 65535]"),
         ({"BOOKSTREAM_STRATEGY_MODEL_SHARE": "1.5"}, "strategy.model_share", "[0, 1]"),
         ({"BOOKSTREAM_TOPICS_PARTITIONS": "0"}, "topics.partitions", "[1, 10000]"),
+        ({"BOOKSTREAM_METRICS_ENABLED": "maybe"}, "metrics.enabled", "true or false"),
     ],
 )
 def test_a_bad_env_value_is_refused_with_key_value_and_allowed(env, key, allowed):
@@ -290,3 +291,16 @@ def test_every_json_row_table_follows_its_dataclass():
     assert by_name["quality"].decode(encode_row(quality).encode()) == dataclasses.asdict(quality)
     with pytest.raises(SchemaError, match="missing"):
         by_name["quality"].decode(b'{"instrument":"X"}')
+
+
+def test_a_switch_reads_true_and_false_from_the_file_and_the_environment(tmp_path):
+    toml = tmp_path / "bookstream.toml"
+    toml.write_text("[metrics]\nenabled = false\n")
+    assert load_config(toml, env={}).metrics.enabled is False
+    assert load_config(toml, env={"BOOKSTREAM_METRICS_ENABLED": "yes"}).metrics.enabled is True
+    toml.write_text("[metrics]\nenabled = 1\n")  # a number is no switch in a file
+    with pytest.raises(ConfigError, match=r"metrics\.enabled"):
+        load_config(toml, env={})
+    toml.write_text("[kafka]\nport = true\n")  # nor a switch a number
+    with pytest.raises(ConfigError, match=r"kafka\.port"):
+        load_config(toml, env={})
