@@ -24,7 +24,6 @@ as plain strings, the cheapest crossing PyFlink has; the small Java classes live
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -62,7 +61,7 @@ from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, ProcessResult, RecordSource, process_record
-from udfs.schema import Reason, StatsRow, encode_record, encode_row
+from udfs.schema import Reason, StatsRow, compact_json, encode_record, encode_row
 from udfs.strategy.trading import Trader, heartbeat
 
 __all__ = [
@@ -260,7 +259,7 @@ class StreamJobFunction(KeyedProcessFunction):
                 timers.register_event_time_timer(END_OF_INPUT_MS)
                 self.end_timer.add(key)
             for row in result.features:
-                out.append(routed(FEATURES, key, ts, json.dumps(row, separators=(",", ":"))))
+                out.append(routed(FEATURES, key, ts, compact_json(row)))
             for signal in result.signals:
                 out.append(routed(SIGNALS, key, ts, encode_record(signal).decode()))
             if result.orders:
