@@ -950,6 +950,12 @@ def _report(results: dict) -> dict:
             f"{_fmt(steady / b if steady else None, '.2f'):>9}"
             f"{cpu['flink_jvm']:>10.3f}{cpu['broker_jvm']:>8.3f}{cpu['client']:>8.3f}"
         )
+    for name, r in ladder.items():
+        threads = r.get("flink_threads_cpu_s_per_1k_events") or {}
+        print(
+            f"  {name} Flink JVM threads (CPU s / 1k events): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in list(threads.items())[:6])
+        )
     job = ladder.get("batched", {})
     job_steady = job.get("steady_events_per_s") or 0.0
     lat = results.get("latency")

@@ -13,7 +13,8 @@ that add one part at a time, so what bounds the stream job is a number, not a gu
 Each rung is run in one process (one JVM), one after the other. Figures per rung: events/s
 end to end (bounded job, incl. job start-up), steady events/s (Probe.java: first record read to
 last record written, so start-up is out), CPU seconds of the Flink JVM (its embedded Python
-included), of the broker JVM and of this client process.
+included), of the broker JVM and of this client process, and the Flink JVM's CPU per thread
+group (task thread, Kafka client threads, GC, JIT ...).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 from pyflink.common import Types
 from pyflink.datastream import (
@@ -66,6 +68,69 @@ RUNGS = (
     "batched_shuffle",
     "batched",
 )
+
+
+def thread_group(name: str) -> str:
+    """A JVM thread's name without its numbers (``GC Thread#1`` and ``GC Thread#0`` are one
+    group; the Flink task thread is named after its chained operators)."""
+    import re
+
+    return re.sub(r"[#\-_ ]?\d+$", "", re.sub(r"\s*\(\d+/\d+\)#?\d*", "", name)).strip()
+
+
+class ThreadCpu:
+    """CPU seconds per thread group of some processes while a rung runs: /proc/<pid>/task/*
+    sampled every ``period`` s on a thread of this process (a thread that exits takes its
+    figures with it, so the last sample before its end counts: figures are a lower bound by at
+    most one period of each thread that ended)."""
+
+    def __init__(self, pids: list[int], period: float = 0.2) -> None:
+        import threading
+
+        self.pids, self.period = pids, period
+        self.first: dict[tuple[int, int], float] = {}
+        self.last: dict[tuple[int, int], tuple[str, float]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="thread-cpu", daemon=True)
+
+    def _sample(self) -> None:
+        import os
+
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in self.pids:
+            for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+                try:
+                    stat = (task / "stat").read_text()
+                    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+                    fields = stat.rsplit(")", 1)[1].split()
+                    cpu = (int(fields[11]) + int(fields[12])) / tick
+                except (OSError, ValueError, IndexError):
+                    continue
+                key = (pid, int(task.name))
+                self.first.setdefault(key, cpu)
+                self.last[key] = (comm, cpu)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.period):
+            self._sample()
+
+    def __enter__(self) -> ThreadCpu:
+        self._sample()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+
+    def groups(self) -> dict[str, float]:
+        """CPU seconds used during the run per thread group, largest first."""
+        out: dict[str, float] = {}
+        for key, (comm, cpu) in self.last.items():
+            group = thread_group(comm)
+            out[group] = out.get(group, 0.0) + cpu - self.first[key]
+        return dict(sorted(((k, v) for k, v in out.items() if v > 0), key=lambda kv: -kv[1]))
 
 
 class _PythonNoop(KeyedProcessFunction):
@@ -263,7 +328,8 @@ def run_rung(cfg: Config, rung: str, prefix: str, total: int, broker_pid: int) -
     cpu0 = {"flink_jvm": sum(proc_cpu_s(p) for p in jvms), "broker_jvm": proc_cpu_s(broker_pid)}
     cpu0["client"] = proc_cpu_s(me)
     t = time.perf_counter()
-    env.execute(f"bench-{rung}")
+    with ThreadCpu(jvms) as threads:
+        env.execute(f"bench-{rung}")
     wall = time.perf_counter() - t
     cpu = {
         "flink_jvm": sum(proc_cpu_s(p) for p in jvms) - cpu0["flink_jvm"],
@@ -284,4 +350,10 @@ def run_rung(cfg: Config, rung: str, prefix: str, total: int, broker_pid: int) -
         "steady_events_per_s": read / steady_s if steady_s else None,
         "cpu_s": cpu,
         "cpu_s_per_1k_events": {k: 1000 * v / max(total, 1) for k, v in cpu.items()},
+        # where the Flink JVM's CPU went: the task thread runs the chained source reader,
+        # batcher, Python (thread mode), splitter and sink writer; the Kafka client threads,
+        # GC and JIT beside it
+        "flink_threads_cpu_s_per_1k_events": {
+            k: 1000 * v / max(total, 1) for k, v in list(threads.groups().items())[:8]
+        },
     }

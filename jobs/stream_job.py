@@ -24,7 +24,6 @@ as plain strings, the cheapest crossing PyFlink has; the small Java classes live
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -62,7 +61,7 @@ from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, ProcessResult, RecordSource, process_record
-from udfs.schema import Reason, StatsRow, encode_record, encode_row
+from udfs.schema import Reason, StatsRow, compact_json, encode_record, encode_row
 from udfs.strategy.trading import Trader, heartbeat
 
 __all__ = [
@@ -225,42 +224,57 @@ class StreamJobFunction(KeyedProcessFunction):
         n = self.log_len[key]
         to_log: list[str] = []
         timers = ctx.timer_service()
+        # per record below: locals, not attribute look-ups (this loop is the job's hot path)
+        topic, snapshot_every = self.topic, self.snapshot_every
+        feature_cfg, out_of_orderness_ms = self.feature_cfg, self.out_of_orderness_ms
+        trader, quality_cfg = self.trader, self.quality_cfg
+        max_ahead_ms, future_confirm = self.max_ahead_ms, self.future_confirm
+        stats_at = self.stats_timer.get(key, -1)  # on_timer, which moves it, is not called here
         for partition, offset, ts, read_ns, raw in parse_batch(value):
             state, result = process_record(
                 state,
                 key,
                 raw,
-                RecordSource(self.topic, partition, offset),
-                self.feature_cfg,
-                self.out_of_orderness_ms,
-                self.trader,
-                self.quality_cfg,
-                self.max_ahead_ms,
-                self.future_confirm,
+                RecordSource(topic, partition, offset),
+                feature_cfg,
+                out_of_orderness_ms,
+                trader,
+                quality_cfg,
+                max_ahead_ms,
+                future_confirm,
             )
             # persist: log the record, or fold everything into a new snapshot
             n += 1
-            if n >= self.snapshot_every and state is not None:
+            if n >= snapshot_every and state is not None:
                 self.snapshot.update(state)
                 self.log.clear()
                 to_log.clear()
                 n = 0
             else:
                 to_log.append(raw)
-            if state is not None and ts is not None and not _refused_as_future(result):
-                # counters to the stats topic at the next event-time minute (not after a
-                # record whose exchange time is not trusted: its minute may be years ahead)
-                fire_at = (ts // STATS_INTERVAL_MS + 1) * STATS_INTERVAL_MS
-                if self.stats_timer.get(key, -1) < fire_at:
-                    timers.register_event_time_timer(fire_at)
-                    self.stats_timer[key] = fire_at
-            if state is not None and key not in self.end_timer:
-                # the quality minutes still open at the end of input are flushed by this timer
-                # (registering it again after a restore is a no-op for Flink)
-                timers.register_event_time_timer(END_OF_INPUT_MS)
-                self.end_timer.add(key)
+            if state is not None:
+                if ts is not None and not (result.dead_letters and _refused_as_future(result)):
+                    # counters to the stats topic at the next event-time minute (not after a
+                    # record whose exchange time is not trusted: its minute may be years ahead)
+                    fire_at = (ts // STATS_INTERVAL_MS + 1) * STATS_INTERVAL_MS
+                    if stats_at < fire_at:
+                        timers.register_event_time_timer(fire_at)
+                        self.stats_timer[key] = stats_at = fire_at
+                if key not in self.end_timer:
+                    # the quality minutes still open at the end of input are flushed by this
+                    # timer (registering it again after a restore is a no-op for Flink)
+                    timers.register_event_time_timer(END_OF_INPUT_MS)
+                    self.end_timer.add(key)
+            if not (
+                result.features
+                or result.signals
+                or result.orders
+                or result.dead_letters
+                or result.quality
+            ):
+                continue  # most records: nothing to write
             for row in result.features:
-                out.append(routed(FEATURES, key, ts, json.dumps(row, separators=(",", ":"))))
+                out.append(routed(FEATURES, key, ts, compact_json(row)))
             for signal in result.signals:
                 out.append(routed(SIGNALS, key, ts, encode_record(signal).decode()))
             if result.orders:

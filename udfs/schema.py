@@ -52,9 +52,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
+
+import msgspec
 
 try:  # orjson parses ~4x faster; the stdlib parser gives the same values
     from orjson import loads as _orjson_loads
@@ -97,6 +99,7 @@ __all__ = [
     "SchemaError",
     "Side",
     "Signal",
+    "compact_json",
     "decode_dead_letter",
     "decode_event",
     "decode_record",
@@ -233,6 +236,11 @@ _SIDES = {s.value: s for s in Side}
 
 _json_str = json.JSONEncoder(ensure_ascii=True).encode
 
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+"""``json.dumps(value, separators=(",", ":"))``, the same text, without building an encoder per
+call (``json.dumps`` with any option does): every JSON row the stream job writes goes through
+it."""
+
 
 def encode_event(e: L2Event) -> bytes:
     """Compact JSON with the schema version first; field order is fixed (stable bytes).
@@ -330,78 +338,81 @@ def validate_fields(d: dict[str, Any]) -> L2Event:  # noqa: C901 - one check per
     return L2Event(**values)
 
 
-_FIELD_NAMES = frozenset(name for name, _ in _FIELDS)
-_INT_FIELDS = tuple(name for name, typ in _FIELDS if typ is int)
+_Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+_NonNegative = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+_Exp = Annotated[int, msgspec.Meta(ge=EXP_RANGE.start, le=EXP_RANGE.stop - 1)]
 
 
-def _fast_event(d: Any) -> L2Event | None:
-    """The common case -- a well-formed current-version record -- checked in one pass; None
-    sends the record through :func:`validate_fields` for the precise error (or the rare
-    valid record this shortcut does not cover)."""
-    if type(d) is not dict or d.keys() != _FIELD_NAMES or d["v"] != SCHEMA_VERSION:
-        return None
-    for name in _INT_FIELDS:
-        value = d[name]
-        if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
-            return None
-    kind_text, side_text, instrument = d["kind"], d["side"], d["instrument"]
-    if type(kind_text) is not str or type(side_text) is not str:
-        return None  # a list or an object is not a key of the enum tables (unhashable)
-    kind = _KINDS.get(kind_text)
-    side = _SIDES.get(side_text)
-    if (
-        kind is None
-        or side is None
-        or type(instrument) is not str
-        or not 0 < len(instrument) <= MAX_NAME_LEN
-        or type(d["venue"]) is not str
-        or len(d["venue"]) > MAX_NAME_LEN
-        or d["size"] < 0
-        or d["ts_event"] <= 0
-        or d["price_exp"] not in EXP_RANGE
-        or d["size_exp"] not in EXP_RANGE
-        or d["seq"] < 0
-        or d["seq_first"] < 0
-        or d["seq_prev"] < 0
-        or d["ts_recv"] < 0
-        or d["ts_proc"] < 0
-        or d["flags"] & ~_KNOWN_FLAGS
-        or d["flags"] < 0
-    ):
-        return None
-    if (kind in BOOK_KINDS or kind in TRADE_KINDS) and (side is Side.NONE or d["price"] <= 0):
-        return None
-    if kind is Kind.HALT and d["price"] not in (-1, 0, 1):
-        return None
-    return L2Event(
-        instrument,
-        d["venue"],
-        kind,
-        side,
-        d["price"],
-        d["size"],
-        d["ts_event"],
-        d["ts_recv"],
-        d["price_exp"],
-        d["size_exp"],
-        d["order_id"],
-        d["seq"],
-        d["seq_first"],
-        d["seq_prev"],
-        d["ts_proc"],
-        d["flags"],
-        d["v"],
-    )
+class _WireEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """The schema's per-field bounds as a typed decoder (the fields of :data:`_FIELDS`, every
+    one required, nothing else allowed): msgspec checks them while it parses. Bounds only; the
+    messages are :func:`validate_fields`'s (see :func:`decode_event`). Current version only: a
+    record of another supported version takes the dict path."""
+
+    v: Annotated[int, msgspec.Meta(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]
+    instrument: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
+    venue: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)]
+    kind: Kind
+    side: Side
+    price: _Int64
+    size: _NonNegative
+    price_exp: _Exp
+    size_exp: _Exp
+    order_id: _Int64
+    seq: _NonNegative
+    seq_first: _NonNegative
+    seq_prev: _NonNegative
+    ts_event: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+    ts_recv: _NonNegative
+    ts_proc: _NonNegative
+    flags: Annotated[int, msgspec.Meta(ge=0, le=_KNOWN_FLAGS)]
+
+
+_decode_wire_event = msgspec.json.Decoder(_WireEvent).decode
 
 
 def decode_event(raw: bytes | str) -> L2Event:
-    """Parse one serialised record; :class:`SchemaError` names the field and reason."""
+    """Parse one serialised record; :class:`SchemaError` names the field and reason.
+
+    The common case -- a well-formed current-version record -- is parsed and bounds-checked in
+    one pass by a typed decoder (msgspec, ~4x the dict path). Anything it refuses goes through
+    the dict path (:func:`validate_fields`), which gives the precise error (or accepts the rare
+    valid record the typed decoder does not, e.g. a lone surrogate in a name), so what is
+    accepted and every refusal's message are exactly the dict path's."""
+    try:
+        w = _decode_wire_event(raw)
+    except msgspec.MsgspecError:
+        pass
+    else:
+        kind, side, price = w.kind, w.side, w.price
+        if not (
+            ((kind in BOOK_KINDS or kind in TRADE_KINDS) and (side is Side.NONE or price <= 0))
+            or (kind is Kind.HALT and price not in (-1, 0, 1))
+        ):
+            return L2Event(
+                w.instrument,
+                w.venue,
+                kind,
+                side,
+                price,
+                w.size,
+                w.ts_event,
+                w.ts_recv,
+                w.price_exp,
+                w.size_exp,
+                w.order_id,
+                w.seq,
+                w.seq_first,
+                w.seq_prev,
+                w.ts_proc,
+                w.flags,
+                w.v,
+            )
     try:
         d = _loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:  # orjson and json errors are ValueErrors
         raise SchemaError("record", f"malformed JSON: {exc}") from exc
-    event = _fast_event(d)
-    return event if event is not None else validate_fields(d)
+    return validate_fields(d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,9 +481,7 @@ class DeadLetter:
         self.reason = _clip(self.reason, MAX_DEAD_REASON_CHARS)
 
     def to_json(self) -> str:
-        d = asdict(self)
-        d["reason_code"] = self.reason_code.value
-        return json.dumps(d, separators=(",", ":"))
+        return compact_json({name: getattr(self, name) for name in self.__dataclass_fields__})
 
 
 def _json_object(raw: bytes | str) -> dict[str, Any]:
@@ -679,8 +688,12 @@ class RiskReport:
 
 
 def encode_record(record: Signal | Order | ExecReport | Control | RiskReport) -> bytes:
-    """Stable JSON (fields in declaration order) for the trading records."""
-    return json.dumps(asdict(record), separators=(",", ":")).encode()
+    """Stable JSON (fields in declaration order) for the trading records. The same text as
+    ``json.dumps(asdict(record), separators=(",", ":"))``: the records are flat (enum values
+    are strings, ``RiskReport.positions`` a dict of ints), so asdict's deep copy is only cost."""
+    return compact_json(
+        {name: getattr(record, name) for name in record.__dataclass_fields__}
+    ).encode()
 
 
 _TRADING_ENUMS: dict[type, dict[str, type]] = {
@@ -826,9 +839,8 @@ class QualityRow:
 
 def encode_row(row: StatsRow | QualityRow) -> str:
     """A row as one JSON object, fields in declaration order, ``None`` fields left out."""
-    return json.dumps(
-        {f: v for f in row.__dataclass_fields__ if (v := getattr(row, f)) is not None},
-        separators=(",", ":"),
+    return compact_json(
+        {f: v for f in row.__dataclass_fields__ if (v := getattr(row, f)) is not None}
     )
 
 

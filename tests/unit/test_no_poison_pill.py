@@ -55,7 +55,9 @@ from udfs.schema import (
     decode_record,
     encode_event,
     encode_record,
+    validate_fields,
 )
+from udfs.schema import _loads as _loads  # the parser of the dict path
 from udfs.strategy.trading import Trader
 
 CFG = load_config()
@@ -177,6 +179,90 @@ def test_decode_event_accepts_or_names_the_field(raw: bytes) -> None:
         assert exc.field and exc.reason
         return
     _bounded_event(ev)
+
+
+def _dict_path(raw: bytes | str) -> L2Event:
+    """The schema's reference decoder (as it was before the typed one): parse to a dict (orjson,
+    the stdlib where orjson refuses), then :func:`validate_fields`."""
+    try:
+        d = _loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError("record", f"malformed JSON: {exc}") from exc
+    return validate_fields(d)
+
+
+def _outcome(decode: Any, raw: bytes | str) -> tuple[str, Any]:
+    try:
+        return "event", decode(raw)
+    except SchemaError as exc:
+        return "refused", (exc.field, exc.reason)
+
+
+EDGE_VALUES = st.sampled_from(
+    [
+        "",
+        "\U0001f4c8" * 64,  # 64 characters (non-BMP): the longest name allowed
+        "\U0001f4c8" * 65,
+        "x" * 64,
+        "x" * 65,
+        "\ud800",  # a lone surrogate: the stdlib parser takes it, orjson and msgspec do not
+        "N",
+        "halt",
+        "bbo",
+        "level",
+        True,
+        1.0,
+        -0.0,
+        -1,
+        0,
+        2,
+        3,
+        4,
+        18,
+        19,
+        -18,
+        -19,
+        2**63 - 1,
+        2**63,
+        -(2**63),
+        -(2**63) - 1,
+    ]
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+@given(
+    st.dictionaries(
+        st.sampled_from([*TEMPLATES[L2Event], "extra"]), EDGE_VALUES | json_scalars, max_size=3
+    ),
+    st.sets(st.sampled_from(sorted(TEMPLATES[L2Event])), max_size=1),
+    st.sampled_from(["", ', "price": 7', ', "kind": "zzz"', ', "v": 2']),
+    st.booleans(),
+    st.sampled_from(list(Kind)),
+    st.sampled_from(list(Side)),
+    st.integers(min_value=-2, max_value=2),
+)
+def test_typed_event_decoder_agrees_with_the_dict_path(
+    changes: dict[str, Any],
+    dropped: set[str],
+    duplicate: str,
+    as_text: bool,
+    kind: Kind,
+    side: Side,
+    price: int,
+) -> None:
+    """decode_event's typed fast path accepts exactly what the dict path accepts, with the same
+    event, and every refusal names the same field with the same reason (a duplicate key: the
+    last one counts in both). Every kind, side and a few prices around the rules' edges."""
+    base = {**TEMPLATES[L2Event], "kind": kind.value, "side": side.value, "price": price}
+    record = {k: v for k, v in {**base, **changes}.items() if k not in dropped}
+    text = json.dumps(record, ensure_ascii=False)
+    if duplicate and text.endswith("}"):
+        text = text[:-1] + duplicate + "}"
+    raw: bytes | str = text if as_text else text.encode("utf-8", "surrogatepass")
+    assert _outcome(decode_event, raw) == _outcome(_dict_path, raw)
 
 
 @FAST

@@ -5,8 +5,9 @@ ends depends on a size bound, a timer, watermarks and checkpoint barriers, i.e. 
 the same records (the shipped sample, both instruments, plus refused records: malformed, wrong
 key, late) go through :class:`jobs.stream_job.StreamJobFunction` cut into batches of 1, 7 and
 1,000 records and at random flush points; features, signals, orders, dead letters, quality and
-stats must be byte-identical per topic and instrument (wall-clock fields aside), and every
-record stamped with its event's exchange time.
+stats must be byte-identical per topic and instrument (wall-clock fields aside), every record
+stamped with its event's exchange time, and every value the text the stdlib's JSON encoder
+writes for it (the job's encoders are faster ways to the same bytes).
 
 No JVM: keyed state, context and timers are fakes (dicts); the Java batcher's batch format is
 written by :func:`jobs.stream_job.encode_batch`, the inverse of the parser the function uses.
@@ -17,8 +18,9 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import re
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import asdict, replace
 from itertools import islice
 from typing import Any
 
@@ -28,7 +30,7 @@ from udfs.config import Config
 from udfs.market.adapters.binance import BinanceAdapter
 from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER
-from udfs.schema import encode_event
+from udfs.schema import Order, Signal, decode_record, encode_event, encode_record
 
 pytest.importorskip("pyflink")
 
@@ -131,8 +133,12 @@ def _cut(records: list[Raw], size: int, rng: random.Random | None) -> list[tuple
     return batches
 
 
+WALL_CLOCK = re.compile(r'("(?:' + "|".join(WALL_CLOCK_FIELDS) + r')":)\d+')
+
+
 def _run(records: list[Raw], size: int, rng: random.Random | None = None) -> dict:
-    """Every routed record out, per (route, key) in order, wall-clock fields removed."""
+    """Every routed record out, per (route, key) in order: its timestamp and its value's exact
+    text with the wall-clock fields' values set to 0."""
     cfg = Config()
     rt = _Runtime()
     fn = StreamJobFunction(cfg, Trader.load(cfg), snapshot_every=500)
@@ -143,10 +149,7 @@ def _run(records: list[Raw], size: int, rng: random.Random | None = None) -> dic
         for batch in strings:
             for record in batch.split(RECORD):
                 route, key, ts, _hops, value = record.split(FIELD, 4)
-                row = json.loads(value)
-                for name in WALL_CLOCK_FIELDS:
-                    row.pop(name, None)
-                out[(ROUTES[int(route)], key)].append((ts, json.dumps(row, sort_keys=True)))
+                out[(ROUTES[int(route)], key)].append((ts, WALL_CLOCK.sub(r"\g<1>0", value)))
 
     for n, (key, batch) in enumerate(_cut(records, size, rng)):
         if n % 50 == 49:
@@ -204,3 +207,20 @@ def test_records_carry_their_events_exchange_time(records: list[Raw], one_by_one
 def test_values_with_separators_survive_the_batch_format() -> None:
     batch = [(3, 9, None, 5, "a\x1e\x1f\nb"), (3, 10, 7, 6, "\U0001f600x"), (0, 0, 1, 1, "")]
     assert list(parse_batch(encode_batch(batch))) == batch
+
+
+def test_values_are_the_stdlib_encoders_bytes(one_by_one: dict) -> None:
+    """Each row's text is ``json.dumps(..., separators=(",", ":"))`` of its fields in order and
+    each trading record's ``json.dumps(asdict(record), ...)``: what the job wrote before its
+    encoders were made cheaper (``udfs.schema.compact_json``, ``encode_record``)."""
+    kinds = {"signals": Signal, "orders": Order}
+    seen = defaultdict(int)
+    for (route, _key), rows in one_by_one.items():
+        for _ts, value in rows:
+            assert json.dumps(json.loads(value), separators=(",", ":")) == value, route
+            if route in kinds:
+                record = decode_record(kinds[route], value)
+                reference = json.dumps(asdict(record), separators=(",", ":")).encode()
+                assert encode_record(record) == reference
+            seen[route] += 1
+    assert set(seen) == set(ROUTES)
