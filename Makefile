@@ -42,8 +42,8 @@ cluster-down:       ## stop the Flink session cluster (its jobs end with it)
 demo: up            ## the whole pipeline on the shipped sample; JSON summary on the last line
 	$(BS) demo $(ARGS)
 
-check: lint types    ## the fast lane (~105 s of CPU once installed, no services, no root): lint, types, unit tests but the slow ones
-	$(PYTEST) -q -p no:cacheprovider -m "not slow" tests/unit
+check: lint types    ## the fast lane (~1 min on an idle 2-core machine once installed; no services, no root): lint, types, unit tests but the slow ones, on every core
+	$(PYTEST) -q -p no:cacheprovider -n auto -m "not slow" tests/unit
 
 test: install-dev up lint types  ## every test: unit (slow ones too) + integration (real broker, real Flink)
 	$(PYTEST) -q -p no:cacheprovider tests

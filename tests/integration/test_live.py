@@ -6,6 +6,7 @@ runs; a SIGTERM (what ``make stop`` sends) ends every process, the sinks with th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -163,8 +164,9 @@ def test_a_live_session_runs_reports_and_stops_gracefully(tmp_path: Path) -> Non
         proc.send_signal(signal.SIGTERM)  # what `make stop` (infra/live/stop.sh) sends
         assert proc.wait(timeout=150) == 0, log.read_text()[-4000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # the whole session: the supervisor and every process of it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         if run:
             cfg = config_for({**env, **topics_env(config_for(env).topics.for_run(run))})
