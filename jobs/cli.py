@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -218,9 +219,14 @@ def cmd_stream_job(args: argparse.Namespace) -> int:
 
 
 def cmd_exec_sink(args: argparse.Namespace) -> int:
-    from jobs.execution_sink import run_sink
+    from jobs.execution_sink import TransactionStuckError, run_sink
 
-    res = run_sink(load_config(), group=args.group_id, bounded=args.bounded)
+    try:
+        res = run_sink(load_config(), group=args.group_id, bounded=args.bounded)
+    except TransactionStuckError as exc:
+        # a thread is stuck inside librdkafka: no clean shutdown can join it
+        print(f"bookstream exec-sink: error: {exc}", file=sys.stderr, flush=True)
+        os._exit(3)
     _emit(
         {
             "inputs": res.inputs,

@@ -31,9 +31,10 @@ import json
 import logging
 import pickle
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -330,6 +331,44 @@ class SinkStateError(RuntimeError):
     """The sink cannot rebuild a state it can vouch for; the message says why."""
 
 
+class TransactionStuckError(RuntimeError):
+    """A transactional call did not return: librdkafka can wait forever for a group
+    coordinator, past the call's own timeout (confluentinc/librdkafka#5456, #5511). Nothing
+    of the open transaction is visible to read_committed readers, so a restart resumes exactly
+    from the last committed one."""
+
+
+TXN_WATCHDOG_S = 120.0
+"""How long a transactional call may take before the sink gives up on it (its own timeout is
+30-60 s; past this it is the librdkafka hang above)."""
+
+
+def _within(what: str, call: Callable[[], object], timeout_s: float = TXN_WATCHDOG_S) -> None:
+    """Run ``call`` on a watchdog thread: its exception is raised here; if it has not returned
+    after ``timeout_s``, :class:`TransactionStuckError` (the stuck thread is left behind: the
+    process must end, which the CLI does)."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"txn-{what}", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise TransactionStuckError(
+            f"{what} did not return in {timeout_s:.0f} s (a librdkafka coordinator hang, "
+            "confluentinc/librdkafka#5456): exiting; a restart resumes from the last committed "
+            "transaction"
+        )
+    if failure:
+        raise failure[0]
+
+
 @dataclass
 class SinkSnapshot:
     """The sink's whole state (sequencer with its engine) as of committed input offsets, and
@@ -555,8 +594,12 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
         dead.clear()
         # what was fed, never the consumer's position (it may lie past records not yet read)
         positions = reader.positions()
-        producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
-        producer.commit_transaction(60)
+        group_metadata = consumer.consumer_group_metadata()
+        _within(
+            "send_offsets_to_transaction",
+            lambda: producer.send_offsets_to_transaction(positions, group_metadata, 30),
+        )
+        _within("commit_transaction", lambda: producer.commit_transaction(60))
         _observe_commit(cfg, engine, reader, outputs, letters)
         if snapshot:
             log_end = {
