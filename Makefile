@@ -45,11 +45,12 @@ demo: up            ## the whole pipeline on the shipped sample; JSON summary on
 check: lint types    ## the fast lane (~1 min on an idle 2-core machine once installed; no services, no root): lint, types, unit tests but the slow ones, on every core
 	$(PYTEST) -q -p no:cacheprovider -n auto -m "not slow" tests/unit
 
-test: install-dev up lint types  ## every test: unit (slow ones too) + integration (real broker, real Flink)
-	$(PYTEST) -q -p no:cacheprovider tests
+test: install-dev up lint types  ## every test: integration (real broker, real Flink; one at a time: they share the services) + unit (slow ones too, on every core)
+	$(PYTEST) -q -p no:cacheprovider tests/integration
+	$(PYTEST) -q -p no:cacheprovider -n auto tests/unit
 
 test-unit: install-python-dev  ## every unit test (slow ones too), no services
-	$(PYTEST) -q -p no:cacheprovider tests/unit
+	$(PYTEST) -q -p no:cacheprovider -n auto tests/unit
 
 test-integration: install-dev up
 	$(PYTEST) -q -p no:cacheprovider tests/integration

@@ -111,7 +111,7 @@ def cluster_conf(cfg: Config) -> dict[str, str]:
         "restart-strategy.fixed-delay.delay": "2 s",
         # PEMJA (libpython in the TaskManager) from the cluster's class path: write_cluster_lib
         "classloader.parent-first-patterns.additional": "pemja.",
-        "env.log.dir": str(cluster / "log"),
+        "env.log.dir": str(cfg.flink_cluster_logs_dir),
         "env.pid.dir": str(cluster / "run"),
     }
 
@@ -124,8 +124,8 @@ def write_cluster_conf(cfg: Config) -> Path:
     home = flink_home()
     conf_dir = cfg.flink_cluster_dir / "conf"
     conf_dir.mkdir(parents=True, exist_ok=True)
-    for sub in ("log", "run"):
-        (cfg.flink_cluster_dir / sub).mkdir(parents=True, exist_ok=True)
+    (cfg.flink_cluster_dir / "run").mkdir(parents=True, exist_ok=True)
+    cfg.flink_cluster_logs_dir.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((home / "conf" / "config.yaml").read_text()) or {}
     flat: dict[str, Any] = {}
 
@@ -178,7 +178,7 @@ def cluster_env(cfg: Config) -> dict[str, str]:
     return {
         "FLINK_CONF_DIR": str(cluster / "conf"),
         "FLINK_LIB_DIR": str(cluster / "lib"),
-        "FLINK_LOG_DIR": str(cluster / "log"),
+        "FLINK_LOG_DIR": str(cfg.flink_cluster_logs_dir),
         "FLINK_PID_DIR": str(cluster / "run"),
         "FLINK_IDENT_STRING": "bookstream",
         "PYTHONPATH": _python_path(),

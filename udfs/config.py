@@ -584,9 +584,14 @@ class Config:
 
     @property
     def flink_cluster_dir(self) -> Path:
-        """The session cluster's generated configuration (``conf/``), logs (``log/``) and pids
-        (``run/``): infra/flink/."""
+        """The session cluster's generated configuration (``conf/``), libraries (``lib/``) and
+        pids (``run/``): infra/flink/. Its logs: :attr:`flink_cluster_logs_dir`."""
         return self.state_dir / "flink-cluster"
+
+    @property
+    def flink_cluster_logs_dir(self) -> Path:
+        """The session cluster's JobManager and TaskManager logs: with every other log."""
+        return self.logs_dir / "flink-cluster"
 
     @property
     def flink_cluster_rest_url(self) -> str:
@@ -612,7 +617,7 @@ class Config:
             "prometheus": self.logs_dir / "prometheus.log",
             "alertmanager": self.logs_dir / "alertmanager.log",
             "flink": flink[-1] if flink else self.flink_logs_dir,
-            "flink-cluster": self.flink_cluster_dir / "log",
+            "flink-cluster": self.flink_cluster_logs_dir,
         }
 
     @property
@@ -907,6 +912,7 @@ def shell_values(cfg: Config) -> dict[str, str]:
         "KAFKA_CONTROLLER_PORT": cfg.kafka.controller_port,
         "FLINK_KAFKA_CONNECTOR_VERSION": cfg.flink.kafka_connector_version,
         "FLINK_CLUSTER_DIR": cfg.flink_cluster_dir,
+        "FLINK_CLUSTER_LOG_DIR": cfg.flink_cluster_logs_dir,
         "FLINK_CLUSTER_REST_PORT": cfg.flink.cluster_rest_port,
         "FLINK_CLUSTER_RPC_PORT": cfg.flink.cluster_rpc_port,
         "FLINK_CLUSTER_TASKMANAGERS": cfg.flink.cluster_taskmanagers,

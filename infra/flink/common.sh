@@ -14,7 +14,7 @@ FLINK_HOME="$("$PY" -c 'import os, pyflink; print(os.path.dirname(os.path.abspat
   || die "pyflink is not installed in $VENV: run infra/install.sh (make install)"
 export FLINK_CONF_DIR="$FLINK_CLUSTER_DIR/conf"
 export FLINK_LIB_DIR="$FLINK_CLUSTER_DIR/lib"  # the wheel's lib/ + flink-python: jobs/cluster.py
-export FLINK_LOG_DIR="$FLINK_CLUSTER_DIR/log"
+export FLINK_LOG_DIR="$FLINK_CLUSTER_LOG_DIR"
 export FLINK_PID_DIR="$FLINK_CLUSTER_DIR/run"
 export FLINK_IDENT_STRING=bookstream
 JM_PIDS="$FLINK_PID_DIR/flink-$FLINK_IDENT_STRING-standalonesession.pid"

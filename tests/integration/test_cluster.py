@@ -259,4 +259,4 @@ def test_doctor_reports_the_cluster(cluster: Config) -> None:
     check = report["checks"]["flink-cluster"]
     want = cluster.flink.cluster_taskmanagers
     assert check["ok"] and f"{want}/{want} TaskManager(s)" in check["detail"], check
-    assert report["logs"]["flink-cluster"] == str(cluster.flink_cluster_dir / "log")
+    assert report["logs"]["flink-cluster"] == str(cluster.flink_cluster_logs_dir)

@@ -16,10 +16,15 @@ def test_a_jobs_flink_log_is_under_state_logs(kafka_topics) -> None:
     cfg, env = kafka_topics("logs")
     pyflink_log_dir = Path(pyflink.__file__).parent / "log"
     before = {p: p.stat().st_mtime for p in pyflink_log_dir.glob("*.log")}
+    # the job chooses its own log file: nothing of an in-process job run earlier by this
+    # pytest process (which exports FLINK_LOG_DIR / FLINK_IDENT_STRING for its gateway) leaks in
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("FLINK_LOG_DIR", "FLINK_IDENT_STRING")
+    }
     proc = subprocess.Popen(
         [str(BOOKSTREAM), "stream-job", "--bounded", "--group-id", f"it-{cfg.topics.events}"],
         cwd=PROJECT_ROOT,
-        env={**os.environ, **env},
+        env={**clean, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -41,6 +46,7 @@ def test_a_jobs_flink_log_is_under_state_logs(kafka_topics) -> None:
         "prometheus",
         "alertmanager",
         "flink",
+        "flink-cluster",
     }
     for path in report["logs"].values():
         assert path.startswith(str(cfg.logs_dir)), report["logs"]
