@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -151,3 +152,10 @@ def run_cli(
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert lines, f"bookstream {' '.join(args)} printed nothing\n{proc.stderr[-4000:]}"
     return json.loads(lines[-1]), proc, elapsed
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from it_helpers import BOOKSTREAM, PROJECT_ROOT
+from it_helpers import BOOKSTREAM, PROJECT_ROOT, free_port
 
 from jobs.cli import build_parser
 
@@ -27,14 +27,6 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CASES = {
@@ -77,7 +69,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_expected_error_is_one_line_exit_2_and_v_shows_the_traceback(case: str) -> None:
     args, env, pattern = CASES[case]
-    env = {k: str(_free_port()) if v == "FREE" else v for k, v in env.items()}
+    env = {k: str(free_port()) if v == "FREE" else v for k, v in env.items()}
     proc = _run(args, **env)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]

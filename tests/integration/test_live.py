@@ -12,13 +12,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
-from it_helpers import BOOKSTREAM, PROJECT_ROOT, config_for, wait_for
+from it_helpers import BOOKSTREAM, PROJECT_ROOT, config_for, free_port, wait_for
 
 from jobs.kafka_io import delete_topics, make_producer
 from udfs.config import topics_env
@@ -48,12 +47,6 @@ def _summary(log: Path, process: str) -> dict:
     found = [t for name, t in _lines(log) if name == process and t.startswith("{")]
     assert found, f"{process} printed no summary:\n{log.read_text()[-3000:]}"
     return dict(json.loads(found[-1]))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _watch_the_page(url: str, cfg_env: dict[str, str], proc: subprocess.Popen, log: Path) -> None:
@@ -109,7 +102,7 @@ def _watch_the_page(url: str, cfg_env: dict[str, str], proc: subprocess.Popen, l
 
 
 def test_a_live_session_runs_reports_and_stops_gracefully(tmp_path: Path) -> None:
-    page_port = _free_port()
+    page_port = free_port()
     env = {
         "BOOKSTREAM_LAKE_ROOT": str(tmp_path / "lake"),
         "BOOKSTREAM_METRICS_PAGE_PORT": str(page_port),

@@ -9,7 +9,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import threading
 import urllib.parse
@@ -19,21 +18,22 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from it_helpers import PROJECT_ROOT, config_for, start_job, topic_env, topic_names, wait_for
+from it_helpers import (
+    PROJECT_ROOT,
+    config_for,
+    free_port,
+    start_job,
+    topic_env,
+    topic_names,
+    wait_for,
+)
 
 from jobs.kafka_io import create_topics, delete_topics, make_producer
 from jobs.publish import publish
 from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
-from udfs.schema import (
-    Control,
-    ControlCommand,
-    Order,
-    OrderAction,
-    OrderSide,
-    OrderType,
-    encode_record,
-)
+from udfs.schema import Control, ControlCommand, encode_record
+from udfs.strategy.trading import heartbeat
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -56,12 +56,6 @@ def test_alert_rules_check_and_pass_their_unit_tests() -> None:
     )
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -93,29 +87,11 @@ def _query(port: int, promql: str) -> list[dict]:
         return list(json.load(resp)["data"]["result"])
 
 
-def _heartbeat(instrument: str, ts: int) -> Order:
-    """What the trading stage publishes when it has decided every order up to ``ts``."""
-    return Order(
-        order_id=f"hb-{ts}",
-        instrument=instrument,
-        strategy="it-monitoring",
-        action=OrderAction.HEARTBEAT,
-        side=OrderSide.BUY,
-        order_type=OrderType.LIMIT,
-        price=0,
-        quantity=0,
-        price_exp=0,
-        size_exp=0,
-        ts_event=ts,
-        source_seq=0,
-    )
-
-
 def test_a_kill_switch_trips_the_alert_through_alertmanager_to_the_webhook(
     tmp_path: Path, webhook: tuple[str, queue.Queue[dict]]
 ) -> None:
     url, received = webhook
-    prom_port, am_port = _free_port(), _free_port()
+    prom_port, am_port = free_port(), free_port()
     env = topic_env(
         "mon",
         BOOKSTREAM_STATE_DIR=str(tmp_path / "state"),
@@ -141,10 +117,9 @@ def test_a_kill_switch_trips_the_alert_through_alertmanager_to_the_webhook(
             events
         )
         producer = make_producer(cfg)
-        inst = events[0].instrument
-        producer.produce(
-            cfg.topics.orders, key=inst, value=encode_record(_heartbeat(inst, events[-1].ts_event))
-        )
+        inst, last = events[0].instrument, events[-1]
+        done = heartbeat(inst, last.ts_event, last.seq)  # the trading stage decided up to here
+        producer.produce(cfg.topics.orders, key=inst, value=encode_record(done))
         kill_ts = events[len(events) // 2].ts_event
         kill = Control(ControlCommand.KILL, "", "it: operator kill", kill_ts)
         producer.produce(cfg.topics.control, value=encode_record(kill))
