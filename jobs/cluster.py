@@ -98,6 +98,9 @@ def cluster_conf(cfg: Config) -> dict[str, str]:
         "taskmanager.memory.process.size": fl.cluster_taskmanager_memory,
         "taskmanager.memory.managed.size": "256m",
         "jobmanager.execution.failover-strategy": "region",
+        # a dead TaskManager is noticed after two failed heartbeat RPCs: 4 s, not Flink's 20 s
+        # (10 s interval); loopback, so a missed beat is a dead process, not a slow network
+        "heartbeat.interval": "2 s",
         # the Python of the job's workers and of `flink run -py`'s driver: this venv's
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
@@ -249,6 +252,24 @@ def wait_job(cfg: Config, job_id: str, states: frozenset[str], timeout_s: float)
         if time.monotonic() > deadline:
             raise ClusterError(f"job {job_id} still {state} after {timeout_s:.0f} s")
         time.sleep(0.5)
+
+
+def checkpoint_stats(cfg: Config, job_id: str) -> dict[str, Any]:
+    """``GET /jobs/<id>/checkpoints``, reduced: checkpoints completed and failed, the latest
+    completed one (id, trigger time in ms) and the one the job last restored (id or None)."""
+    stats = _rest(cfg, "GET", f"/jobs/{job_id}/checkpoints")
+    latest = stats.get("latest") or {}
+    completed = latest.get("completed") or {}
+    restored = latest.get("restored") or {}
+    counts = stats.get("counts") or {}
+    return {
+        "completed": int(counts.get("completed", 0)),
+        "failed": int(counts.get("failed", 0)),
+        "restored_count": int(counts.get("restored", 0)),
+        "latest_id": completed.get("id"),
+        "latest_trigger_ms": completed.get("trigger_timestamp"),
+        "restored_id": restored.get("id"),
+    }
 
 
 NOT_ALL_RUNNING = "Not all required tasks are currently running"

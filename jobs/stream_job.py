@@ -620,7 +620,10 @@ def _local_deployment(
     for option in LOOPBACK_BIND_OPTIONS:  # every listener on loopback, like Kafka and PostgreSQL
         conf.set_string(option, "127.0.0.1")
     port = free_local_rest_port(cfg)
-    conf.set_string("rest.bind-port", str(port))
+    last = cfg.flink.rest_port + 9
+    # a range: another job starting at the same moment may take the port found free just now;
+    # Flink then binds the next free one
+    conf.set_string("rest.bind-port", f"{port}-{last}" if port < last else str(port))
     conf.set_string("rest.port", str(port))
     logger.info("Flink web UI (local MiniCluster): http://127.0.0.1:%d/", port)
     # the workers must run this venv's interpreter (pemja, udfs, numpy live there)

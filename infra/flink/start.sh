@@ -11,6 +11,16 @@ for jar in "$STATE/jars/flink/flink-sql-connector-kafka-$FLINK_KAFKA_CONNECTOR_V
 done
 
 if [ -n "$(our_pids "$JM_PIDS")" ]; then
+  # a TaskManager that died (crash, OOM kill) is started again: its slots come back and a job
+  # waiting for them restarts from its last checkpoint
+  PYTHONPATH="$("$PY" -c 'import os, site; print(os.pathsep.join(site.getsitepackages()))')"
+  export PYTHONPATH
+  alive=$(our_pids "$TM_PIDS" | grep -c . || true)
+  for _ in $(seq $((alive + 1)) "$FLINK_CLUSTER_TASKMANAGERS"); do
+    log "flink: $alive of $FLINK_CLUSTER_TASKMANAGERS TaskManager(s) alive: starting one"
+    (cd / && setsid "$FLINK_HOME/bin/taskmanager.sh" start) >>"$(logfile "$SVC")" 2>&1 \
+      || die "taskmanager.sh failed (log: $(logfile "$SVC"))"
+  done
   until_ready=$((SECONDS + 90))
   until cluster_ready >/dev/null 2>&1; do
     [ "$SECONDS" -lt "$until_ready" ] || die "flink cluster running but not ready (log: $FLINK_LOG_DIR)"

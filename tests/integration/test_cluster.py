@@ -18,8 +18,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,10 +29,18 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from confluent_kafka import TopicPartition
 from it_helpers import config_for, read_topic, run_cli, topic_env, topic_names, wait_for
 
-from jobs.cluster import TERMINAL_STATES, list_jobs, stop_job, wait_job
-from jobs.kafka_io import create_topics, delete_topics, end_offsets, make_producer
+from jobs.cluster import TERMINAL_STATES, job_state, list_jobs, stop_job, wait_job
+from jobs.kafka_io import (
+    committed_offsets,
+    create_topics,
+    delete_topics,
+    end_offsets,
+    make_consumer,
+    make_producer,
+)
 from udfs.config import PROJECT_ROOT, Config, load_config
 from udfs.market.adapters.sources import Source
 from udfs.schema import L2Event, encode_event
@@ -260,3 +270,122 @@ def test_doctor_reports_the_cluster(cluster: Config) -> None:
     want = cluster.flink.cluster_taskmanagers
     assert check["ok"] and f"{want}/{want} TaskManager(s)" in check["detail"], check
     assert report["logs"]["flink-cluster"] == str(cluster.flink_cluster_logs_dir)
+
+
+def _first_of_each(lines: list[str]) -> list[str]:
+    """The rows in order, each exact row once: what the at-least-once sink wrote, minus the
+    rows a restore emitted again."""
+    return list(dict.fromkeys(lines))
+
+
+def _taskmanager_pids(cfg: Config) -> list[int]:
+    pidfile = cfg.flink_cluster_dir / "run" / "flink-bookstream-taskexecutor.pid"
+    alive = []
+    for line in pidfile.read_text().split():
+        try:
+            os.kill(int(line), 0)
+        except OSError:
+            continue
+        alive.append(int(line))
+    return alive
+
+
+def _executions(cfg: Config, tmp_path: Path, tag: str) -> dict[str, list[str]]:
+    """The execution sink over a topic set's orders and events (bounded, its own state): each
+    order's execution reports, in the order it published them."""
+    from jobs.execution_sink import run_sink
+
+    sink_cfg = config_for(
+        {
+            **topic_env(tag),
+            "BOOKSTREAM_STATE_DIR": str(tmp_path / tag),
+            "BOOKSTREAM_TOPICS_EVENTS": cfg.topics.events,
+            "BOOKSTREAM_TOPICS_ORDERS": cfg.topics.orders,
+        }
+    )
+    create_topics(sink_cfg)
+    try:
+        run_sink(sink_cfg, group=f"it-tmkill-{tag}-{uuid.uuid4().hex[:6]}", bounded=True)
+        out: dict[str, list[str]] = {}
+        for rec in sorted(
+            read_topic(sink_cfg, sink_cfg.topics.executions), key=lambda r: (r.partition, r.offset)
+        ):
+            row = json.loads(rec.value)
+            out.setdefault(row["order_id"], []).append(json.dumps(row, sort_keys=True))
+        return out
+    finally:
+        keep = {cfg.topics.events, cfg.topics.orders}
+        delete_topics(sink_cfg, [t for t in topic_names(sink_cfg) if t not in keep])
+
+
+def test_taskmanager_killed_mid_stream_recovers_from_its_checkpoint(
+    cluster: Config, local_run: LocalRun, events: list[L2Event], tmp_path
+) -> None:
+    """SIGKILL of one of the job's two TaskManagers mid-stream: Flink restarts the job from its
+    last completed checkpoint once ``make cluster-up`` (infra/flink/start.sh) has started a
+    TaskManager again. The sink is at-least-once, so the restore re-emits what followed the
+    checkpoint; those rows are exact repeats, and downstream of the execution sink (which drops
+    an order id it has seen) no order is lost and none is executed twice."""
+    from jobs.cluster import checkpoint_stats
+
+    env = topic_env("clutm")
+    cfg = config_for(env)
+    create_topics(cfg)
+    cut = next(j + 1 for j in range(2 * len(events) // 3, len(events)) if events[j].is_last)
+    expected = local_run.output
+    try:
+        group = f"it-tmkill-{uuid.uuid4().hex[:6]}"
+        job = _submit(env, "--parallelism", "2", "--group-id", group)
+        _produce(cfg, events[:cut])
+        wait_for(lambda: _features_written(cfg) > 0, WAIT_S, "the first features")
+        # a checkpoint completed after output began: the restore has state to start from
+        seen_ms = int(time.time() * 1000)
+        wait_for(
+            lambda: (checkpoint_stats(cfg, job)["latest_trigger_ms"] or 0) > seen_ms,
+            WAIT_S,
+            "a checkpoint after the first features",
+        )
+        before_kill = checkpoint_stats(cfg, job)
+        t_kill = time.monotonic()
+        victims = _taskmanager_pids(cfg)
+        assert len(victims) == cfg.flink.cluster_taskmanagers, victims
+        os.kill(victims[0], signal.SIGKILL)
+        wait_for(lambda: victims[0] not in _taskmanager_pids(cfg), 30, "the TaskManager gone")
+        healed = subprocess.run(
+            ["bash", "infra/flink/start.sh"], cwd=PROJECT_ROOT, capture_output=True, text=True
+        )
+        assert healed.returncode == 0, healed.stderr[-4000:]
+        assert len(_taskmanager_pids(cfg)) == cfg.flink.cluster_taskmanagers
+        _produce(cfg, events[cut:])
+
+        # offsets are committed on checkpoints, after the sink flushed what they cover
+        end = {p: o for p, o in end_offsets(cfg, cfg.topics.events).items() if o > 0}
+        tps = [TopicPartition(cfg.topics.events, p) for p in end]
+        watcher = make_consumer(cfg, group)
+
+        def caught_up() -> bool:
+            state = job_state(cfg, job)
+            assert state == "RUNNING" or state not in TERMINAL_STATES, f"job {job} is {state}"
+            return {tp.partition: tp.offset for tp in committed_offsets(watcher, tps)} == end
+
+        try:
+            wait_for(caught_up, WAIT_S, "a checkpoint covering every event after the restore")
+        finally:
+            watcher.close()
+        print(f"kill -> every event checkpointed: {time.monotonic() - t_kill:.1f} s")
+        stats = checkpoint_stats(cfg, job)
+        assert stats["restored_count"] >= 1 and stats["restored_id"] is not None, stats
+        assert stats["restored_id"] >= before_kill["latest_id"], (before_kill, stats)
+        assert job_state(cfg, job) == "RUNNING"
+        stop_job(cfg, job, with_savepoint=False)
+        got = Output.read(cfg)
+        features = {k: _first_of_each(v) for k, v in got.features.items()}
+        orders = {k: _first_of_each(v) for k, v in got.orders.items()}
+        assert features == expected.features
+        assert orders == expected.orders
+        # downstream of the execution sink: each order executed once, as in the local run
+        t_sink = time.monotonic()
+        assert _executions(cfg, tmp_path, "tmk") == _executions(local_run.cfg, tmp_path, "tmref")
+        print(f"two execution sink runs: {time.monotonic() - t_sink:.1f} s")
+    finally:
+        delete_topics(cfg, topic_names(cfg))
