@@ -30,6 +30,7 @@ Binance USD-M 2024-08-08 capture (~600k events), so the job runs long enough to 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -250,6 +251,82 @@ def stage_ladder(run: str, rungs: str) -> dict:
         out[rung] = run_rung(cfg, rung, f"{run}.{rung}", total, broker)
         print(json.dumps(out[rung]), file=sys.stderr, flush=True)
     return {"events": total, "events_per_s": 0.0, "rungs": out}
+
+
+def stage_cluster(run: str, parallelisms: str) -> dict:
+    """The trading job on the Flink session cluster (``bookstream submit --bounded``) at each
+    parallelism, on the run's events, outputs to topics of its own: events/s over the job's
+    RUNNING -> FINISHED span (each subtask's Python start-up included: Flink reports no
+    first-record time) and the CPU seconds of the JobManager, the TaskManagers (their Python
+    runs inside, thread mode) and the broker. Starts the cluster unless it is up (stopped again
+    only then)."""
+    from jobs.cluster import TERMINAL_STATES, ClusterError, job_detail, overview, submit, wait_job
+    from jobs.energy import proc_cpu_s
+    from jobs.kafka_io import count_records, create_topics, delete_topics
+
+    cfg = run_config(run)
+    total = count_records(cfg, cfg.topics.events)
+    try:
+        overview(cfg)
+        started = False
+    except ClusterError:
+        # as many one-slot TaskManagers as the highest parallelism asks for
+        most = max(int(x) for x in parallelisms.split(","))
+        subprocess.run(
+            ["bash", "infra/flink/start.sh"],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "BOOKSTREAM_FLINK_CLUSTER_TASKMANAGERS": str(most)},
+            check=True,
+        )
+        started = True
+
+    def pids(kind: str) -> list[int]:
+        path = cfg.flink_cluster_dir / "run" / f"flink-bookstream-{kind}.pid"
+        return [int(x) for x in path.read_text().split()] if path.is_file() else []
+
+    out: dict[str, dict] = {}
+    try:
+        for p in (int(x) for x in parallelisms.split(",")):
+            if p > int(overview(cfg).get("slots-total", 0)):
+                out[str(p)] = {"skipped": f"{p} slots needed, the cluster has fewer"}
+                continue
+            job_cfg = cfg.for_run(f"{run}.clu{p}")
+            job_cfg = dataclasses.replace(
+                job_cfg, topics=dataclasses.replace(job_cfg.topics, events=cfg.topics.events)
+            )
+            specs = [s for s in job_cfg.topics.specs() if s.name != cfg.topics.events]
+            create_topics(job_cfg, specs)
+            env = topics_env(job_cfg.topics)
+            procs = {"jobmanager": pids("standalonesession"), "taskmanagers": pids("taskexecutor")}
+            procs["broker_jvm"] = [_broker_pid(cfg)]
+            cpu0 = {k: sum(proc_cpu_s(x) for x in v) for k, v in procs.items()}
+            try:
+                job = submit(
+                    job_cfg,
+                    ["--bounded", "--group-id", f"bench-clu{p}-{uuid.uuid4().hex[:6]}"],
+                    parallelism=p,
+                    env=env,
+                )
+                state = wait_job(cfg, job.job_id, TERMINAL_STATES, 3600)
+                stamps = job_detail(cfg, job.job_id).get("timestamps", {})
+                span_s = (stamps.get("FINISHED", 0) - stamps.get("RUNNING", 0)) / 1000
+                cpu = {k: sum(proc_cpu_s(x) for x in v) - cpu0[k] for k, v in procs.items()}
+                out[str(p)] = {
+                    "parallelism": p,
+                    "state": state,
+                    "events": total,
+                    "running_s": span_s,
+                    "events_per_s": total / span_s if span_s > 0 else None,
+                    "cpu_s": cpu,
+                    "cpu_s_per_1k_events": {k: 1000 * v / max(total, 1) for k, v in cpu.items()},
+                }
+                print(json.dumps(out[str(p)]), file=sys.stderr, flush=True)
+            finally:
+                delete_topics(job_cfg, [s.name for s in specs])
+    finally:
+        if started:
+            subprocess.run(["bash", "infra/flink/stop.sh"], cwd=PROJECT_ROOT, check=False)
+    return {"events": total, "events_per_s": 0.0, "parallelism": out}
 
 
 def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
@@ -729,6 +806,7 @@ def _run_stage_here(argv: list[str]) -> int:
         "record": stage_record,
         "broker": stage_broker,
         "ladder": stage_ladder,
+        "cluster": stage_cluster,
         "broker_tools": stage_broker_tools,
         "latency": stage_latency,
         "latency_reader": stage_latency_reader,
@@ -790,6 +868,18 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the ablation ladder's rungs, in order (default: {LADDER})",
     )
     parser.add_argument("--no-latency", action="store_true", help="skip the latency run")
+    parser.add_argument(
+        "--no-cluster",
+        action="store_true",
+        help="skip the trading job on the Flink session cluster (started for the bench unless "
+        "`make cluster-up` already did)",
+    )
+    parser.add_argument(
+        "--cluster-parallelism",
+        default="1,2,4",
+        help="the cluster job's parallelisms (default 1,2,4; one above the cluster's slots is "
+        "reported as skipped)",
+    )
     parser.add_argument(
         "--no-lake",
         action="store_true",
@@ -866,6 +956,8 @@ def main(argv: list[str] | None = None) -> int:
             payload.unlink(missing_ok=True)
         results["ladder"] = _run_stage(["ladder", run, ",".join(rungs)])
         results["load_after_ladder"] = os.getloadavg()[0]
+        if not args.no_cluster:
+            results["cluster"] = _run_stage(["cluster", run, args.cluster_parallelism])
         if not args.no_latency:
             # the full LOBSTER day first: its orders run through the whole paced window (the
             # sample's come in its first seconds, inside the warm-up)
@@ -978,6 +1070,25 @@ def _report(results: dict) -> dict:
         for hop, q in lat["hops"].items():
             print(
                 f"  {hop:<18}" + " / ".join(_fmt(q[k], ".2f") for k in ("p50", "p95", "p99", "max"))
+            )
+    clu = results.get("cluster")
+    if clu:
+        print(
+            f"\ntrading job on the Flink session cluster (bookstream submit --bounded, same "
+            f"{clu['events']:,} events; events/s over RUNNING -> FINISHED, Python start-up "
+            "included; CPU s per 1k events):"
+        )
+        print(
+            f"{'parallelism':<13}{'events/s':>10}{'running s':>11}{'TMs':>8}{'JM':>7}{'broker':>8}"
+        )
+        for p, r in clu["parallelism"].items():
+            if "skipped" in r:
+                print(f"{p:<13}skipped: {r['skipped']}")
+                continue
+            c = r["cpu_s_per_1k_events"]
+            print(
+                f"{p:<13}{_fmt(r['events_per_s']):>10}{r['running_s']:>11.1f}"
+                f"{c['taskmanagers']:>8.3f}{c['jobmanager']:>7.3f}{c['broker_jvm']:>8.3f}"
             )
     a = results["core"]["events_per_s"]
     verdicts = {
