@@ -160,7 +160,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     source = _source(args)
     source.check_files()
     create_topics(cfg)
-    res = publish(cfg, source, speed=args.speed, progress=False if args.no_progress else None)
+    res = publish(
+        cfg,
+        source,
+        speed=args.speed,
+        progress=False if args.no_progress else None,
+        loops=args.loop,
+    )
     _emit(
         {
             "events_in": res.events_in,
@@ -200,7 +206,13 @@ def cmd_page(args: argparse.Namespace) -> int:
 def cmd_live(args: argparse.Namespace) -> int:
     from jobs.live import run_live
 
-    return run_live(load_config(), _source(args), speed=args.speed, print_procfile=args.procfile)
+    return run_live(
+        load_config(),
+        _source(args),
+        speed=args.speed,
+        loops=args.loop,
+        print_procfile=args.procfile,
+    )
 
 
 def cmd_stream_job(args: argparse.Namespace) -> int:
@@ -578,6 +590,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="replay at N x the recorded pace (default: as fast as possible)",
     )
+    p.add_argument(
+        "--loop",
+        type=int,
+        default=1,
+        metavar="N",
+        help="send the source N times over, each pass a later day of the same market (times "
+        "and sequence numbers moved forward); 0: until stopped (default 1)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--wait",
@@ -600,6 +620,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="publish at N x the recorded pace (default 1: as recorded)",
+    )
+    p.add_argument(
+        "--loop",
+        type=int,
+        default=1,
+        metavar="N",
+        help="send the source N times over, each pass a later day of the same market (times "
+        "and sequence numbers moved forward); 0: until stopped (default 1)",
     )
     p.add_argument(
         "--procfile", action="store_true", help="print the session as a Procfile and exit"

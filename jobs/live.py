@@ -33,7 +33,9 @@ STOP_WAIT_S = 60
 less than an Iceberg commit of every table may take)."""
 
 
-def live_processes(source: Source, *, speed: float, run: str) -> dict[str, list[str]]:
+def live_processes(
+    source: Source, *, speed: float, run: str, loops: int = 1
+) -> dict[str, list[str]]:
     """name -> argv of each supervised process (``bookstream`` subcommands)."""
     bookstream = str(Path(sys.executable).with_name("bookstream"))
     files: list[str] = []
@@ -52,6 +54,8 @@ def live_processes(source: Source, *, speed: float, run: str) -> dict[str, list[
             *files,
             "--speed",
             str(speed),
+            "--loop",
+            str(loops),
             "--no-progress",
             "--wait",
         ],
@@ -64,7 +68,9 @@ def procfile(processes: dict[str, list[str]], env: dict[str, str]) -> str:
     return "".join(f"{name}: {prefix} {shlex.join(argv)}\n" for name, argv in processes.items())
 
 
-def run_live(cfg: Config, source: Source, *, speed: float, print_procfile: bool = False) -> int:
+def run_live(
+    cfg: Config, source: Source, *, speed: float, loops: int = 1, print_procfile: bool = False
+) -> int:
     """Run a live session until stopped; its exit status (0 after a requested stop)."""
     from honcho import manager as honcho_manager
 
@@ -72,7 +78,7 @@ def run_live(cfg: Config, source: Source, *, speed: float, print_procfile: bool 
     run = f"live.{time.strftime('%Y%m%dT%H%M%S')}"
     live_cfg = cfg.for_run(run)
     env = topics_env(live_cfg.topics)
-    processes = live_processes(source, speed=speed, run=run)
+    processes = live_processes(source, speed=speed, run=run, loops=loops)
     if print_procfile:
         sys.stdout.write(procfile(processes, env))
         return 0

@@ -25,7 +25,7 @@ from jobs import metrics
 from jobs.kafka_io import DeliveryErrors, make_producer
 from jobs.status import StatusLine
 from udfs.config import Config
-from udfs.market.adapters.sources import Source
+from udfs.market.adapters.sources import Source, looped, paced_due_ns
 from udfs.schema import DeadLetter, L2Event, Reason, encode_event
 
 __all__ = ["PublishResult", "produce_events", "publish"]
@@ -56,7 +56,11 @@ def publish(
     *,
     speed: float | None = None,
     progress: bool | None = None,
+    loops: int = 1,
 ) -> PublishResult:
+    """``source`` to the events topic (its unreadable lines to the dead-letter topic), paced
+    at ``speed`` x the recorded pace (gaps cut to ``feed.pace_max_gap_ms``) or as fast as
+    possible; ``loops`` passes over it (0: until stopped; :func:`looped`)."""
     source.check_files()
     metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.publisher_port)
     producer = make_producer(cfg)
@@ -67,7 +71,7 @@ def publish(
     def events_then_bad_lines() -> Iterator[L2Event]:
         # bad lines go out as they are found, not kept to the end: memory stays bounded
         nonlocal dead
-        for ev in source.events(cfg.feed.refresh_interval_ms):
+        for ev in looped(lambda: source.events(cfg.feed.refresh_interval_ms), loops):
             if source.bad_lines:
                 dead += _dead_letter_bad_lines(cfg, producer, source, on_delivery)
             yield ev
@@ -78,6 +82,7 @@ def publish(
         events_then_bad_lines(),
         on_delivery,
         speed=speed,
+        max_gap_ms=cfg.feed.pace_max_gap_ms,
         progress=progress,
     )
     dead += _dead_letter_bad_lines(cfg, producer, source, on_delivery)
@@ -128,11 +133,14 @@ def produce_events(
     on_delivery: Callable[..., None],
     *,
     speed: float | None = None,
+    max_gap_ms: int | None = None,
     progress: bool | None = None,
     desc: str = "publish",
 ) -> int:
     """Send ``events`` in order, key = instrument, record timestamp = exchange time (ms);
-    ``speed``: N x the recorded pace (exchange-time gaps / N), ``None``: as fast as possible.
+    ``speed``: N x the recorded pace (exchange-time gaps / N, each gap cut to ``max_gap_ms``
+    when given: :func:`~udfs.market.adapters.sources.paced_due_ns`), ``None``: as fast as
+    possible.
     A progress bar on a terminal (or when ``progress``). Returns how many were sent (call
     ``producer.flush`` afterwards)."""
     show = sys.stderr.isatty() if progress is None else progress
@@ -141,14 +149,13 @@ def produce_events(
     )
     start = time.perf_counter()
     status = StatusLine(desc)
-    first_ts: int | None = None
+    pace: list[int] = []
+    max_gap_ns = (1 << 62) if max_gap_ms is None else max_gap_ms * 1_000_000
     published = 0
     produce = producer.produce
     for ev in events:
         if speed is not None:
-            if first_ts is None:
-                first_ts = ev.ts_event
-            due = (ev.ts_event - first_ts) / 1e9 / speed
+            due = paced_due_ns(ev.ts_event, pace, max_gap_ns) / 1e9 / speed
             ahead = due - (time.perf_counter() - start)
             if ahead > 0.001:
                 producer.poll(0)

@@ -310,6 +310,10 @@ class FeedConfig:
     a snapshot (``clear`` + ``snapshot`` levels, ``seq`` = the chain head), as a market-data
     feed's refresh does: a consumer that lost a record re-syncs there (its features are
     withheld meanwhile), a consumer in sync replaces its book with the same one. 0: never."""
+    pace_max_gap_ms: int = field(default=1000, metadata=_range(0))
+    """``publish --speed N`` / ``live``: a gap of exchange time between two events longer than
+    this is paced as this long, so a paced replay skips closed markets and the gap between
+    inputs of different days (or years) instead of sleeping through them."""
 
 
 @dataclass(frozen=True, kw_only=True)
