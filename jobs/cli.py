@@ -18,6 +18,8 @@
     bookstream jobs                         the cluster's jobs and their states
     bookstream savepoint JOB                a savepoint of a running job (it keeps running)
     bookstream stop JOB [--savepoint]       stop a job, with a savepoint to resume from
+    bookstream model status|canary|promote|rollback [NAME]
+                                            the model registry: live model, canary and share
 
 Commands that produce a result print it as one JSON object on the last line of stdout.
 An expected error (a bad setting, a stopped broker, a missing file, a bad SQL statement) is one
@@ -372,6 +374,45 @@ def cmd_jobs(_args: argparse.Namespace) -> int:
 
     cfg = load_config()
     _emit({"cluster": cfg.flink_cluster_rest_url, "jobs": list_jobs(cfg)})
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """The model registry: show it, or make one change and show the result."""
+    from udfs.config import PROJECT_ROOT
+    from udfs.strategy.registry import Registry
+
+    cfg = load_config()
+    path = cfg.model_registry_path
+    reg = Registry.load(path, live=cfg.strategy.model_path, canary=cfg.strategy.shadow_model_path)
+    if args.action == "status":
+        _emit({"registry": str(path), **reg.view()})
+        return 0
+    if not args.name:
+        raise UsageError(f"`bookstream model {args.action}` needs a model NAME")
+    model = f"models/{args.name}.onnx"
+    if not (PROJECT_ROOT / model).is_file():
+        raise FileNotFoundError(f"no model {args.name}: {PROJECT_ROOT / model} does not exist")
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if args.action == "canary":
+        if args.share is None:
+            raise UsageError("`bookstream model canary NAME` needs --share X (0 to 1)")
+        new = reg.with_canary(model, args.share, at)
+    elif args.action == "promote":
+        new = reg.promote(args.name, at)
+    else:
+        new = reg.rollback(args.name, at)
+    new.save(path)
+    _emit(
+        {
+            "registry": str(path),
+            "action": args.action,
+            **new.view(),
+            "previous_live": reg.view()["live"],
+            "takes_effect": "at the stream job's next start (stream-job --restore-latest keeps "
+            "its state)",
+        }
+    )
     return 0
 
 
@@ -834,6 +875,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--parallelism", "-p", type=int, default=None, help="with --cluster: the job's parallelism"
     )
     _add_cluster_commands(sub, common)
+
+    p = _command(
+        sub,
+        "model",
+        "the model registry: which ONNX model is live, which is the canary and its share",
+        "bookstream model canary book_lr_v2 --share 0.2; bookstream model promote book_lr_v2",
+        cmd_model,
+        description="status: the registry. canary NAME --share X: models/NAME.onnx trades X of "
+        "the instruments the model trades (by a stable hash; 0: scored and recorded only). "
+        "promote NAME: the canary becomes live, the live model the canary at share 0. rollback "
+        "NAME: a model that was live before is live again. A change takes effect at the stream "
+        "job's next start; with --restore-latest its state (each model's, by name) is kept.",
+        parents=common,
+    )
+    p.add_argument("action", choices=("status", "canary", "promote", "rollback"))
+    p.add_argument("name", nargs="?", metavar="NAME", help="a model in models/ (its file stem)")
+    p.add_argument("--share", type=float, default=None, help="with canary: 0 to 1")
     return parser
 
 
@@ -858,6 +916,7 @@ def _expected_error(exc: BaseException) -> str | None:
         ("jobs.execution_sink", "SinkStateError"),
         ("jobs.tail", "TopicNotFoundError"),
         ("jobs.cluster", "ClusterError"),
+        ("udfs.strategy.registry", "RegistryError"),
     ):
         if module in sys.modules:
             fixes.append((getattr(sys.modules[module], name), ""))

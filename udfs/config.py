@@ -435,9 +435,14 @@ class StrategyConfig:
     exit_threshold: float = field(default=0.2, metadata=_range(0.0, 1.0))
     """|imbalance| below this goes flat: the gap to ``enter_threshold`` is the hysteresis."""
     model_path: str = "models/book_lr_v1.onnx"
-    """Traded ONNX model (relative to the project root); its ``.json`` metadata sits beside."""
+    """Traded ONNX model (relative to the project root); its ``.json`` metadata sits beside.
+    The live model until the model registry (``registry_path``) records a change."""
     shadow_model_path: str = "models/book_lr_v2.onnx"
-    """Scored side by side on the same rows, recorded, never traded; empty: none."""
+    """Scored side by side on the same rows, recorded, never traded; empty: none. The canary
+    (at share 0) until the model registry records a change."""
+    registry_path: str = ""
+    """The model registry (:mod:`udfs.strategy.registry`: live model, canary and its share),
+    changed by ``bookstream model``; empty: ``<state>/models/registry.json``."""
     model_share: float = field(default=0.5, metadata=_range(0.0, 1.0))
     """A/B split: instruments whose stable hash falls below this share are traded by the model,
     the others by the rule strategy."""
@@ -585,6 +590,12 @@ class Config:
         """The checkpoint directory on this machine (``file://`` only: finding the latest
         checkpoint lists it)."""
         return _local_dir(self.checkpoint_uri, "flink.checkpoint_dir")
+
+    @property
+    def model_registry_path(self) -> Path:
+        """``strategy.registry_path``, or ``<state>/models/registry.json``."""
+        path = self.strategy.registry_path
+        return Path(path) if path else self.state_dir / "models" / "registry.json"
 
     @property
     def flink_cluster_dir(self) -> Path:

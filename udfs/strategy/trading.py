@@ -43,6 +43,7 @@ from udfs.latency import LatencyModel
 from udfs.schema import TRADE_KINDS, L2Event, Order, OrderAction, OrderSide, OrderType, Signal
 from udfs.strategy.model import ModelState, OnnxModel, model_signal
 from udfs.strategy.orders import PovSlicer, orders_for_target, twap_children
+from udfs.strategy.registry import Registry, canary_routed
 from udfs.strategy.signals import RULE_STRATEGY, RuleState, model_traded, rule_signal
 from udfs.strategy.sizing import instrument_capital, load_capital_weights, target_position_lots
 
@@ -61,6 +62,10 @@ class TradingState:
     rule: RuleState = field(default_factory=RuleState)
     model: ModelState = field(default_factory=ModelState)
     shadow: ModelState = field(default_factory=ModelState)
+    """``model``, ``shadow``: unused since the registry (kept so that older snapshots, which
+    hold them, still unpickle; their values seed ``models`` there)"""
+    models: dict[str, ModelState] = field(default_factory=dict)
+    """per model name: a promoted or rolled-back model keeps its state"""
     position: int = 0
     """lots ordered so far by the traded strategy (open loop)"""
     signals: int = 0
@@ -97,7 +102,11 @@ class Trader:
     function can carry it to its workers. Models travel as bytes inside :class:`OnnxModel`."""
 
     def __init__(
-        self, cfg: Config, model: OnnxModel | None = None, shadow: OnnxModel | None = None
+        self,
+        cfg: Config,
+        model: OnnxModel | None = None,
+        shadow: OnnxModel | None = None,
+        canary_share: float = 0.0,
     ) -> None:
         self.strategy = cfg.strategy
         self.sizing = cfg.sizing
@@ -114,11 +123,17 @@ class Trader:
         """heartbeats use the smallest possible feed latency: no later decision can be
         stamped before a heartbeat already sent"""
         self.model = model
+        """the registry's live model"""
         self.shadow = shadow
+        """the registry's canary: scored on every row, trades ``canary_share`` of the
+        instruments the model trades (0: a shadow)"""
+        self.canary_share = canary_share
 
     @staticmethod
     def load(cfg: Config) -> Trader:
-        """The configured traded and shadow models (paths relative to the project root)."""
+        """The registry's live and canary models (:mod:`udfs.strategy.registry`; paths
+        relative to the project root): the configured ``model_path`` and
+        ``shadow_model_path`` until ``bookstream model`` changes them."""
 
         def _load(path: str) -> OnnxModel | None:
             if not path:
@@ -132,7 +147,24 @@ class Trader:
                 )
             return OnnxModel.load(full)
 
-        return Trader(cfg, _load(cfg.strategy.model_path), _load(cfg.strategy.shadow_model_path))
+        reg = Registry.load(
+            cfg.model_registry_path,
+            live=cfg.strategy.model_path,
+            canary=cfg.strategy.shadow_model_path,
+        )
+        return Trader(cfg, _load(reg.live), _load(reg.canary), reg.canary_share)
+
+    def _model_states(self, state: TradingState) -> dict[str, ModelState]:
+        try:
+            return state.models
+        except AttributeError:  # a snapshot from before the registry: its two slots by name
+            seeded = {}
+            if self.model is not None:
+                seeded[self.model.name] = state.model
+            if self.shadow is not None:
+                seeded[self.shadow.name] = state.shadow
+            state.models = seeded
+            return seeded
 
     def feed_latency(self, state: TradingState, instrument: str) -> int:
         """Exchange -> decision latency, ns: the constant, or a draw from the recorded
@@ -168,30 +200,48 @@ class Trader:
         (its trades feed a POV parent)."""
         instrument = row["instrument"]
         model_arm = self.model is not None and model_traded(instrument, self.strategy.model_share)
+        canary_arm = (
+            model_arm
+            and self.shadow is not None
+            and self.canary_share > 0
+            and canary_routed(instrument, self.canary_share)
+        )
         signals: list[Signal] = []
 
         rule = rule_signal(state.rule, row, self.strategy)
         if rule is not None:
             rule.traded = not model_arm
             signals.append(rule)
-        model = None
+        models = self._model_states(state)
+        model = live_state = None
         if self.model is not None:
-            model = model_signal(self.model, state.model, row, self.strategy, traded=model_arm)
+            live_state = models.get(self.model.name) or models.setdefault(
+                self.model.name, ModelState()
+            )
+            model = model_signal(
+                self.model, live_state, row, self.strategy, traded=model_arm and not canary_arm
+            )
             if model is not None:
                 signals.append(model)
+        shadow = canary_state = None
         if self.shadow is not None:
-            shadow = model_signal(self.shadow, state.shadow, row, self.strategy, traded=False)
+            canary_state = models.get(self.shadow.name) or models.setdefault(
+                self.shadow.name, ModelState()
+            )
+            shadow = model_signal(self.shadow, canary_state, row, self.strategy, traded=canary_arm)
             if shadow is not None:
                 signals.append(shadow)
         state.signals += len(signals)
 
         orders: list[Order] = []
-        traded = model if model_arm else rule
+        traded = (shadow if canary_arm else model) if model_arm else rule
         if traded is not None:
             decision_ts = row["ts_event"] + self.feed_latency(state, instrument)
             edge = None
             if model_arm:
-                p = state.model.last_score
+                traded_state = canary_state if canary_arm else live_state
+                assert traded_state is not None
+                p = traded_state.last_score
                 edge = (2 * p - 1) * float(row["rv"]) if math.isfinite(p) else None
             capital = (
                 None
