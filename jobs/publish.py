@@ -22,6 +22,7 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from jobs import metrics
+from jobs.audit import publish_config
 from jobs.kafka_io import DeliveryErrors, make_producer
 from jobs.status import StatusLine
 from udfs.config import Config
@@ -58,6 +59,7 @@ def publish(
     progress: bool | None = None,
 ) -> PublishResult:
     source.check_files()
+    publish_config(cfg, METRICS_PROCESS)
     metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.publisher_port)
     producer = make_producer(cfg)
     on_delivery = DeliveryErrors()

@@ -57,6 +57,7 @@ from pyflink.datastream.state import (
 )
 from pyflink.java_gateway import get_gateway
 
+from jobs.audit import publish_config
 from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.quality import QualityState, flush
@@ -710,6 +711,8 @@ def build_stream_job(
     at parallelism > 1, see :func:`keyed_by_field0`).
     """
     topics = cfg.topics
+    # the settings (strategy, sizing, thresholds) the job decides orders under, for the audit
+    publish_config(cfg, "stream-job" if trading else "features-job")
     env = job_environment(cfg, restore_from, group_id)
     # source: event time = Kafka record timestamp = exchange time (set by the publisher)
     watermark_strategy = plausible_watermarks(cfg)

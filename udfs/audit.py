@@ -16,7 +16,8 @@ What is audited (:data:`AUDITED_TOPICS`), read ``read_committed`` like the rest 
 
 A record that does not decode is audited too (kind ``malformed``): its raw text is evidence.
 
-The chains. One chain per source partition (``<topic field>/<partition>``, e.g. ``orders/0``),
+The chains. One chain per source partition (``<topic>/<partition>``, e.g.
+``bookstream.orders.v1/0``),
 its rows in Kafka offset order, numbered ``seq`` = 1, 2, ... Each row's
 
     hash = SHA-256( prev_hash + "\\n" + canonical(row) )      (hex, lower case)
@@ -168,9 +169,13 @@ def row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
 
 
 def extend_chain(
-    heads: Mapping[str, Head], field: str, records: Iterable[tuple[int, int, bytes]]
+    heads: Mapping[str, Head],
+    field: str,
+    topic: str,
+    records: Iterable[tuple[int, int, bytes]],
 ) -> tuple[list[dict[str, Any]], dict[str, Head]]:
-    """The audit rows of ``records`` ((partition, offset, value) of topic ``field``), chained on
+    """The audit rows of ``records`` ((partition, offset, value) of ``topic``, the topic of
+    ``TopicsConfig.field``), chained on
     ``heads`` (chain -> its last row; absent: a new chain), and the new heads (every chain of
     ``heads`` included). Records are taken in (partition, offset) order whatever order they
     come in; the caller passes only records past what the chains already hold."""
@@ -181,7 +186,7 @@ def extend_chain(
         if classified is None:
             continue
         kind, instrument, ts_event = classified
-        chain = f"{field}/{partition}"
+        chain = f"{topic}/{partition}"
         head = new_heads.get(chain, Head(0, GENESIS))
         row: dict[str, Any] = {
             "chain": chain,

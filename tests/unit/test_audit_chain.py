@@ -55,7 +55,7 @@ def _order(i: int, action: OrderAction = OrderAction.NEW) -> bytes:
 
 def _chain(n: int = 6) -> tuple[list[dict], dict[str, Head]]:
     """n orders on partition 0 (offsets 10, 12, 14...: offsets may skip, seqs may not)."""
-    return extend_chain({}, "orders", [(0, 10 + 2 * i, _order(i)) for i in range(n)])
+    return extend_chain({}, "orders", "o", [(0, 10 + 2 * i, _order(i)) for i in range(n)])
 
 
 def test_chain_rows_are_numbered_linked_and_hashed_over_canonical_bytes() -> None:
@@ -66,7 +66,7 @@ def test_chain_rows_are_numbered_linked_and_hashed_over_canonical_bytes() -> Non
     first = rows[0]
     canonical = json.dumps(
         {
-            "chain": "orders/0",
+            "chain": "o/0",
             "seq": 1,
             "kind": "order",
             "instrument": "AAPL.XNAS",
@@ -80,21 +80,21 @@ def test_chain_rows_are_numbered_linked_and_hashed_over_canonical_bytes() -> Non
     ).encode()
     assert canonical_bytes(first) == canonical
     assert first["hash"] == hashlib.sha256(GENESIS.encode() + b"\n" + canonical).hexdigest()
-    assert heads == {"orders/0": Head(3, rows[-1]["hash"])}
+    assert heads == {"o/0": Head(3, rows[-1]["hash"])}
     assert verify_rows(rows, heads).ok
 
 
 def test_chain_is_deterministic_in_offset_order_and_continues_after_a_restart() -> None:
     records = [(p, o, _order(10 * p + o)) for p in (0, 1) for o in range(4)]
-    whole, heads = extend_chain({}, "orders", records)
+    whole, heads = extend_chain({}, "orders", "o", records)
     # the same records in another arrival order, stored in two commits (a restart between)
     shuffled = list(reversed(records))
-    first, mid = extend_chain({}, "orders", [r for r in shuffled if r[1] < 2])
-    second, end = extend_chain(mid, "orders", [r for r in shuffled if r[1] >= 2])
+    first, mid = extend_chain({}, "orders", "o", [r for r in shuffled if r[1] < 2])
+    second, end = extend_chain(mid, "orders", "o", [r for r in shuffled if r[1] >= 2])
     assert sorted(first + second, key=lambda r: (r["chain"], r["seq"])) == sorted(
         whole, key=lambda r: (r["chain"], r["seq"])
     )
-    assert end == heads and set(heads) == {"orders/0", "orders/1"}
+    assert end == heads and set(heads) == {"o/0", "o/1"}
     assert verify_rows(first + second, end).as_dict()["ok"] is True
 
 
@@ -102,11 +102,11 @@ def test_what_is_audited_and_how_it_is_classified() -> None:
     reject = ExecReport("r1", "o1", "AAPL.XNAS", ExecKind.REJECT, 5, reason="max_position")
     fill = ExecReport("r2", "o2", "AAPL.XNAS", ExecKind.FILL, 6, fill_qty=1)
     rows, _ = extend_chain(
-        {}, "executions", [(0, 0, encode_record(reject)), (0, 1, encode_record(fill))]
+        {}, "executions", "x", [(0, 0, encode_record(reject)), (0, 1, encode_record(fill))]
     )
     assert [r["kind"] for r in rows] == ["risk_decision", "execution"]
     kill = Control(ControlCommand.KILL, reason="desk", ts_event=7)
-    (row,), _ = extend_chain({}, "control", [(0, 3, encode_record(kill))])
+    (row,), _ = extend_chain({}, "control", "c", [(0, 3, encode_record(kill))])
     assert (row["kind"], row["ts_event"], row["record"]) == (
         "control",
         7,
@@ -114,11 +114,11 @@ def test_what_is_audited_and_how_it_is_classified() -> None:
     )
     # a heartbeat is not an order; a record that does not decode is evidence all the same
     rows, _ = extend_chain(
-        {}, "orders", [(0, 0, _order(1, OrderAction.HEARTBEAT)), (0, 1, b"{not json")]
+        {}, "orders", "o", [(0, 0, _order(1, OrderAction.HEARTBEAT)), (0, 1, b"{not json")]
     )
     assert [(r["kind"], r["seq"], r["record"]) for r in rows] == [("malformed", 1, "{not json")]
     with pytest.raises(ValueError, match="not an audited topic"):
-        extend_chain({}, "events", [(0, 0, b"{}")])
+        extend_chain({}, "events", "e", [(0, 0, b"{}")])
 
 
 def _edit(rows: list[dict], i: int, **changes: object) -> list[dict]:
@@ -130,7 +130,7 @@ def _edit(rows: list[dict], i: int, **changes: object) -> list[dict]:
 def test_an_edited_row_is_named() -> None:
     rows, heads = _chain()
     verdict = verify_rows(_edit(rows, 2, record=rows[2]["record"].replace("o2", "oX")), heads)
-    assert (verdict.reason, verdict.chain, verdict.first_bad_seq) == ("edited", "orders/0", 3)
+    assert (verdict.reason, verdict.chain, verdict.first_bad_seq) == ("edited", "o/0", 3)
 
 
 def test_an_edited_row_whose_hash_was_recomputed_is_named_by_its_successor() -> None:
@@ -163,7 +163,7 @@ def test_an_inserted_row_is_named() -> None:
     verdict = verify_rows(duplicate, heads)
     assert (verdict.reason, verdict.first_bad_seq) == ("inserted", 3)
     # a well-formed row appended after the head: only the anchor knows it is not the writer's
-    (extra,), _ = extend_chain(heads, "orders", [(0, 99, _order(99))])
+    (extra,), _ = extend_chain(heads, "orders", "o", [(0, 99, _order(99))])
     assert verify_rows([*rows, extra]).ok
     verdict = verify_rows([*rows, extra], heads)
     assert (verdict.reason, verdict.first_bad_seq) == ("inserted", 7)
@@ -176,7 +176,7 @@ def test_rows_deleted_at_the_tail_are_caught_by_the_anchor_only() -> None:
     assert (verdict.reason, verdict.first_bad_seq) == ("deleted", 5)
     # a whole chain gone
     verdict = verify_rows([], heads)
-    assert (verdict.reason, verdict.chain, verdict.first_bad_seq) == ("deleted", "orders/0", 1)
+    assert (verdict.reason, verdict.chain, verdict.first_bad_seq) == ("deleted", "o/0", 1)
 
 
 def test_a_rewritten_chain_is_caught_by_an_anchor_kept_elsewhere() -> None:
@@ -184,8 +184,9 @@ def test_a_rewritten_chain_is_caught_by_an_anchor_kept_elsewhere() -> None:
     copied = dict(heads)  # a copy of the head taken earlier, kept outside the lake
     # rewrite from seq 3 on (edited record, every later hash recomputed) and re-anchor
     rewritten, new_heads = extend_chain(
-        {"orders/0": Head(2, rows[1]["hash"])},
+        {"o/0": Head(2, rows[1]["hash"])},
         "orders",
+        "o",
         [(0, r["_offset"], r["record"].replace("imbalance", "forged").encode()) for r in rows[2:]],
     )
     tampered = rows[:2] + rewritten
@@ -193,7 +194,7 @@ def test_a_rewritten_chain_is_caught_by_an_anchor_kept_elsewhere() -> None:
     verdict = verify_rows(tampered, copied, exact=False)
     assert (verdict.reason, verdict.first_bad_seq) == ("edited", 6)
     # an earlier copy is a prefix anchor: a chain that grew since still passes
-    assert verify_rows(rows, {"orders/0": Head(4, rows[3]["hash"])}, exact=False).ok
+    assert verify_rows(rows, {"o/0": Head(4, rows[3]["hash"])}, exact=False).ok
 
 
 def test_event_time_is_checked_against_ts_event() -> None:
