@@ -251,6 +251,7 @@ def cmd_history_sink(args: argparse.Namespace) -> int:
         {
             "rows": res.rows,
             "total_rows": res.total_rows,
+            "audit_rows": res.audit_rows,
             "dead_lettered": res.dead_lettered,
             "commits": res.commits,
             "lost_to_retention": res.lost_to_retention,

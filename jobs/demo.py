@@ -13,6 +13,8 @@ were before this run published, so a second demo in a row processes exactly its 
 * ``orders_rejected``, ``fills``, ``pnl`` (equity: realised + unrealised - fees, quote
   currency) from the execution sink, which runs after the job over the same run's records
 * ``history_rows``     rows the history sink stored in Iceberg (every topic, up to its end)
+* ``audit_rows``       rows it chained into the audit table (orders, risk decisions, kill
+                       switches, configurations: ``udfs/audit.py``)
 * ``energy``           CPU seconds of each process (this one, its Flink JVM, the broker,
   PostgreSQL, Redis) over the run, and the energy and emissions they stand for, in total, per
   1,000 events and per trade (fill): jobs/energy.py, udfs/energy.py, ``[energy]`` factors
@@ -155,6 +157,7 @@ def run_demo(
         "fills": fills,
         "pnl": round(sink.pnl.get("equity", 0.0), 6),
         "history_rows": history.total_rows,
+        "audit_rows": history.audit_rows,
         "wall_s": round(time.perf_counter() - t0, 3),
         "run_id": run_id,
         "published": pub.published,
