@@ -138,21 +138,19 @@ def verify_audit(cfg: Config, anchor_file: Path | None = None) -> dict[str, Any]
     event_us = arrow["event_time"].cast("int64").to_pylist()
     for row, us in zip(rows, event_us, strict=True):
         row["event_time_us"] = us
-    checks: list[tuple[str, dict[str, Head], bool]] = [("table property", audit_heads(table), True)]
+    kept: list[tuple[str, dict[str, Head]]] = []
     local = audit_anchor_path(cfg)
     if local.is_file():
-        checks.append((str(local), read_anchor_file(local), False))
+        kept.append((str(local), read_anchor_file(local)))
     else:
         logger.warning("no anchor file at %s: checking against the table property only", local)
     if anchor_file is not None:
-        checks.append((str(anchor_file), read_anchor_file(anchor_file), False))
-    verdict = None
-    for name, anchors, exact in checks:
-        verdict = verify_rows(rows, anchors, exact=exact)
-        if not verdict.ok:
-            return {**verdict.as_dict(), "anchor": name}
-    assert verdict is not None
+        kept.append((str(anchor_file), read_anchor_file(anchor_file)))
+    verdict = verify_rows(rows, audit_heads(table), exact=True, kept=kept).as_dict()
+    if not verdict["ok"]:
+        verdict["anchor"] = verdict["anchor"] or "rows / table property"
+        return verdict
     kinds: dict[str, int] = {}
     for row in rows:
         kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
-    return {**verdict.as_dict(), "anchors": [name for name, _, _ in checks], "kinds": kinds}
+    return {**verdict, "anchors": ["table property", *(n for n, _ in kept)], "kinds": kinds}

@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -216,6 +216,8 @@ class Verdict:
     first_bad_seq: int | None = None
     reason: str | None = None
     detail: str = ""
+    anchor: str = ""
+    """which of the ``kept`` anchors the chain broke (empty: the rows or the exact anchor)"""
 
     @property
     def ok(self) -> bool:
@@ -230,6 +232,7 @@ class Verdict:
             "first_bad_seq": self.first_bad_seq,
             "reason": self.reason,
             "detail": self.detail,
+            "anchor": self.anchor or None,
         }
 
 
@@ -286,30 +289,35 @@ def verify_rows(
     anchors: Mapping[str, Head] | None = None,
     *,
     exact: bool = True,
+    kept: Sequence[tuple[str, Mapping[str, Head]]] = (),
 ) -> Verdict:
     """Recompute every chain of ``rows`` (audit rows in any order; ``event_time_us``, when a
     row has it, is checked against ``ts_event``) and check each against its anchor in
     ``anchors``: ``exact`` -- the chain must end at the anchor (the head the writer committed);
-    not ``exact`` -- the anchor must be a row of the chain (a copy taken earlier). A chain of
-    the anchors that has no row at all was deleted. The first bad row of the first broken
-    chain (in chain-name order) is reported."""
+    not ``exact`` -- the anchor must be a row of the chain (a copy taken earlier). ``kept``:
+    more anchors of the second kind, each with a name the verdict gives when it fails. A
+    chain of the anchors that has no row at all was deleted. The first bad row of the first
+    broken chain (in chain-name order) is reported."""
     by_chain: dict[str, list[Mapping[str, Any]]] = {}
     count = 0
     for r in rows:
         by_chain.setdefault(r["chain"], []).append(r)
         count += 1
-    anchors = anchors or {}
-    verdict = Verdict(rows=count, chains=len(by_chain))
-    for chain in sorted(set(by_chain) | set(anchors)):
+    checks = [("", anchors or {}, exact), *((name, a, False) for name, a in kept)]
+    chains = set(by_chain).union(*(a for _, a, _ in checks))
+    for chain in sorted(chains):
         chain_rows = sorted(by_chain.get(chain, []), key=lambda r: (r["seq"], r["_offset"]))
         bad, head = _check_rows(chain_rows)
-        anchor = anchors.get(chain)
-        if bad is None and anchor is not None:
-            bad = _against_anchor(chain_rows, head, anchor, exact)
+        failed = ""
+        for name, anchor_set, is_exact in checks:
+            anchor = anchor_set.get(chain)
+            if bad is None and anchor is not None:
+                bad = _against_anchor(chain_rows, head, anchor, is_exact)
+                failed = name
         if bad is not None:
             seq, reason, detail = bad
-            return Verdict(count, len(by_chain), chain, seq, reason, f"{chain}: {detail}")
-    return verdict
+            return Verdict(count, len(by_chain), chain, seq, reason, f"{chain}: {detail}", failed)
+    return Verdict(rows=count, chains=len(by_chain))
 
 
 def _against_anchor(

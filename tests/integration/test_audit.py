@@ -78,14 +78,14 @@ def test_every_order_decision_kill_and_configuration_is_chained(demo_history) ->
 @pytest.fixture(scope="module")
 def audit_lake(demo_history, tmp_path_factory) -> dict[str, str]:
     """A second lake holding only the audit table of the run's topics, stored in small commits
-    (25 rows) by a sink of its own; its sinks record their configuration on a topic of their
+    (500 records) by a sink of its own; its sinks record their configuration on a topic of their
     own, so the run's topics (and the tables other tests compare with them) stay as they are."""
     config_topic = f"{demo_history.cfg.topics.config}.second"
     env = {
         **demo_history.env,
         "BOOKSTREAM_LAKE_ROOT": str(tmp_path_factory.mktemp("audit-lake")),
         "BOOKSTREAM_TOPICS_CONFIG": config_topic,
-        "BOOKSTREAM_LAKE_COMMIT_ROWS": "25",
+        "BOOKSTREAM_LAKE_COMMIT_ROWS": "500",
     }
     run_cli(["history-sink", "--bounded", "--only", "audit"], env)
     yield env
@@ -174,9 +174,9 @@ def test_a_copy_of_the_heads_kept_elsewhere_catches_a_rewritten_anchor(
     heads = json.loads(table.properties["bookstream.audit.heads"])
     chain = next(c for c, (seq, _) in heads.items() if seq >= 2 and ".orders" in c)
     seq = heads[chain][0]
-    prev = original.filter(
-        (original["chain"] == chain) & (original["seq"] == seq - 1)  # type: ignore[operator]
-    )["hash"][0].as_py()
+    prev = next(
+        r["hash"] for r in original.to_pylist() if r["chain"] == chain and r["seq"] == seq - 1
+    )
     # drop the last row and move both anchors back to its predecessor: consistent again...
     heads[chain] = [seq - 1, prev]
     anchor_file = cfg.lake_dir / "audit-heads.json"
@@ -193,6 +193,7 @@ def test_a_copy_of_the_heads_kept_elsewhere_catches_a_rewritten_anchor(
             chain,
             seq,
         )
+        assert verdict["anchor"] == str(kept)
     finally:
         table = _audit_table(audit_lake)
         table.overwrite(original)

@@ -155,6 +155,14 @@ def test_reordered_rows_are_named() -> None:
     assert (verdict.reason, verdict.first_bad_seq) == ("reordered", 3)
     # the order rows are read in does not matter (a table has none): only seq and offsets do
     assert verify_rows(list(reversed(rows)), heads).ok
+    # a chain rebuilt in another order, every hash recomputed: consistent, but not the topic's
+    forged, prev = [], GENESIS
+    for seq, r in enumerate([rows[0], rows[2], rows[1], *rows[3:]], 1):
+        row = {**r, "seq": seq, "prev_hash": prev}
+        row["hash"] = prev = row_hash(prev, row)
+        forged.append(row)
+    verdict = verify_rows(forged)
+    assert (verdict.reason, verdict.first_bad_seq) == ("reordered", 3)
 
 
 def test_an_inserted_row_is_named() -> None:
@@ -193,6 +201,12 @@ def test_a_rewritten_chain_is_caught_by_an_anchor_kept_elsewhere() -> None:
     assert verify_rows(tampered, new_heads).ok  # the writer's own anchor was rewritten too
     verdict = verify_rows(tampered, copied, exact=False)
     assert (verdict.reason, verdict.first_bad_seq) == ("edited", 6)
+    verdict = verify_rows(tampered, new_heads, kept=[("copy kept elsewhere", copied)])
+    assert (verdict.reason, verdict.first_bad_seq, verdict.anchor) == (
+        "edited",
+        6,
+        "copy kept elsewhere",
+    )
     # an earlier copy is a prefix anchor: a chain that grew since still passes
     assert verify_rows(rows, {"o/0": Head(4, rows[3]["hash"])}, exact=False).ok
 
