@@ -31,12 +31,13 @@ import time
 import uuid
 from pathlib import Path
 
+from jobs.audit import publish_config
 from jobs.energy import EnergyMeter
 from jobs.execution_sink import run_sink
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import create_topics, drain_topic, end_offsets, record_value
 from jobs.publish import publish
-from jobs.stream_job import build_stream_job
+from jobs.stream_job import CONFIG_PROCESS, build_stream_job
 from udfs.config import Config
 from udfs.market.adapters.sources import Source
 from udfs.schema import StatsRow, decode_dead_letter, decode_row
@@ -87,6 +88,7 @@ def run_demo(
         env = build_stream_job(
             cfg, bounded=True, group_id=group, start_offsets=before[topics.events]
         )
+        publish_config(cfg, CONFIG_PROCESS)
         env.execute("bookstream-demo")
     job_s = time.perf_counter() - t_job
 

@@ -66,6 +66,7 @@ from udfs.schema import Reason, StatsRow, compact_json, encode_record, encode_ro
 from udfs.strategy.trading import Trader, heartbeat
 
 __all__ = [
+    "CONFIG_PROCESS",
     "StartRefusedError",
     "build_stream_job",
     "check_start",
@@ -711,8 +712,6 @@ def build_stream_job(
     at parallelism > 1, see :func:`keyed_by_field0`).
     """
     topics = cfg.topics
-    # the settings (strategy, sizing, thresholds) the job decides orders under, for the audit
-    publish_config(cfg, "stream-job" if trading else "features-job")
     env = job_environment(cfg, restore_from, group_id)
     # source: event time = Kafka record timestamp = exchange time (set by the publisher)
     watermark_strategy = plausible_watermarks(cfg)
@@ -815,6 +814,10 @@ def check_start(cfg: Config, group_id: str, *, from_start: bool) -> dict[int, in
     return None
 
 
+CONFIG_PROCESS = "stream-job"
+"""The job's name in the audit trail's configuration records (``udfs/audit.py``)."""
+
+
 def run_stream_job(
     cfg: Config,
     *,
@@ -857,6 +860,8 @@ def run_stream_job(
         restore_from=restore,
         start_offsets=start_offsets,
     )
+    # the settings (strategy, sizing, thresholds) the job decides orders under, for the audit
+    publish_config(cfg, CONFIG_PROCESS)
     env.execute("bookstream-stream-job")
 
 
