@@ -10,6 +10,8 @@
     bookstream history-sink [--bounded]     store every topic in its Iceberg table, exactly once
     bookstream replay [--run ID] [--verify] replay recorded history through the same jobs
     bookstream sql FILE_OR_QUERY            ClickHouse SQL (chDB) over the Iceberg history
+    bookstream audit verify [--anchor F]    recompute the audit table's hash chains (exit 1 if
+                                            a row was edited, deleted, reordered or inserted)
     bookstream verify-book --binance F...   rebuild the book from files, compare with ground truth
     bookstream demo                         the whole pipeline on the shipped sample (or --lobster /
                                             --binance files), summary as the last JSON line
@@ -263,6 +265,7 @@ def cmd_history_sink(args: argparse.Namespace) -> int:
         {
             "rows": res.rows,
             "total_rows": res.total_rows,
+            "audit_rows": res.audit_rows,
             "dead_lettered": res.dead_lettered,
             "commits": res.commits,
             "lost_to_retention": res.lost_to_retention,
@@ -293,6 +296,17 @@ def cmd_sql(args: argparse.Namespace) -> int:
         ddl=args.ddl,
         write=args.write_ddl,
     )
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from jobs.audit import audit_head, verify_audit
+
+    if args.action == "head":
+        _emit(audit_head(load_config()))
+        return 0
+    verdict = verify_audit(load_config(), args.anchor)
+    _emit(verdict)
+    return 0 if verdict["ok"] else 1
 
 
 def cmd_verify_book(args: argparse.Namespace) -> int:
@@ -840,6 +854,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "audit",
+        "verify the hash-chained audit table (orders, risk decisions, kill switches, "
+        "configurations), or print its heads",
+        "bookstream audit verify",
+        cmd_audit,
+        description="verify: recompute every chain of the lake's audit table and check it "
+        "against the heads committed with it, the anchor file and --anchor; the last line is "
+        "JSON (ok, rows, chain, first_bad_seq, reason: edited / deleted / reordered / "
+        "inserted); exit status 1 when a chain is broken. head: the heads to keep elsewhere "
+        "(give them back with verify --anchor FILE).",
+        parents=common,
+    )
+    p.add_argument("action", choices=("verify", "head"))
+    p.add_argument(
+        "--anchor",
+        type=Path,
+        metavar="FILE",
+        help="a copy of `audit head` (or of the anchor file) kept elsewhere: each head in it "
+        "must still be a row of its chain",
+    )
+
+    p = _command(
+        sub,
         "verify-book",
         "rebuild the book from files and compare it with the ground truth they carry",
         "bookstream verify-book --lobster MSG.csv OB.csv",
@@ -950,6 +987,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_doctor,
             cmd_config,
             cmd_sql,
+            cmd_audit,
             cmd_verify_book,
             cmd_feast_env,
             cmd_feast_export,

@@ -13,6 +13,8 @@ were before this run published, so a second demo in a row processes exactly its 
 * ``orders_rejected``, ``fills``, ``pnl`` (equity: realised + unrealised - fees, quote
   currency) from the execution sink, which runs after the job over the same run's records
 * ``history_rows``     rows the history sink stored in Iceberg (every topic, up to its end)
+* ``audit_rows``       rows it chained into the audit table (orders, risk decisions, kill
+                       switches, configurations: ``udfs/audit.py``)
 * ``energy``           CPU seconds of each process (this one, its Flink JVM, the broker,
   PostgreSQL, Redis) over the run, and the energy and emissions they stand for, in total, per
   1,000 events and per trade (fill): jobs/energy.py, udfs/energy.py, ``[energy]`` factors
@@ -29,12 +31,13 @@ import time
 import uuid
 from pathlib import Path
 
+from jobs.audit import publish_config
 from jobs.energy import EnergyMeter
 from jobs.execution_sink import run_sink
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import create_topics, drain_topic, end_offsets, record_value
 from jobs.publish import publish
-from jobs.stream_job import build_stream_job
+from jobs.stream_job import CONFIG_PROCESS, build_stream_job
 from udfs.config import Config
 from udfs.market.adapters.sources import Source
 from udfs.schema import StatsRow, decode_dead_letter, decode_row
@@ -85,6 +88,7 @@ def run_demo(
         env = build_stream_job(
             cfg, bounded=True, group_id=group, start_offsets=before[topics.events]
         )
+        publish_config(cfg, CONFIG_PROCESS)
         env.execute("bookstream-demo")
     job_s = time.perf_counter() - t_job
 
@@ -155,6 +159,7 @@ def run_demo(
         "fills": fills,
         "pnl": round(sink.pnl.get("equity", 0.0), 6),
         "history_rows": history.total_rows,
+        "audit_rows": history.audit_rows,
         "wall_s": round(time.perf_counter() - t0, 3),
         "run_id": run_id,
         "published": pub.published,

@@ -42,6 +42,7 @@ from typing import cast
 from confluent_kafka import Producer, TopicPartition
 
 from jobs import metrics
+from jobs.audit import publish_config
 from jobs.kafka_io import (
     KafkaRecord,
     PartitionReader,
@@ -462,6 +463,7 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     partition -> offset): where the sink's history begins on its first start.
     ``snapshot_every``: inputs between two snapshots of the state (and one at the end of a
     bounded run), so a cold start replays at most that many."""
+    publish_config(cfg, METRICS_PROCESS)  # the risk limits and venue this run decides under
     topics = [cfg.topics.events, cfg.topics.orders, cfg.topics.control]
     history = _history_start(cfg, group, topics, start_offsets)
     consumer = make_consumer(cfg, group)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Producer
 
 from jobs import metrics
+from jobs.audit import audit_anchor_path, publish_config, write_audit_anchor
 from jobs.kafka_io import (
     PartitionReader,
     create_topics,
@@ -43,6 +44,7 @@ from jobs.kafka_io import (
     topic_end_offsets,
 )
 from jobs.lake import (
+    append_audit,
     append_with_offsets,
     committed_offsets,
     ensure_table,
@@ -51,6 +53,7 @@ from jobs.lake import (
 )
 from jobs.status import StatusLine
 from jobs.stopping import StopFlag
+from udfs.audit import AUDIT_STREAM, AUDITED_TOPICS
 from udfs.config import Config
 from udfs.history import Stream, fit_rows, rows_to_table
 from udfs.schema import DeadLetter, Reason, SchemaError
@@ -74,6 +77,9 @@ class HistoryResult:
     lost_to_retention: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
     """table -> partition -> (first offset not stored, first offset Kafka still has): records
     retention deleted before the table stored them"""
+    audit_rows: int = 0
+    """rows appended to the audit table by this run (not in ``rows``: they restate records
+    the other tables hold)"""
     wall_s: float = 0.0
 
     @property
@@ -101,40 +107,62 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
     start."""
     t0 = time.perf_counter()
     create_topics(cfg)
+    publish_config(cfg, METRICS_PROCESS)
     catalog = open_catalog(cfg)
+    known = [s.name for s in history_streams(cfg)]
     chosen = [s for s in history_streams(cfg) if only is None or s.name in only]
-    if only is not None and len(chosen) != len(set(only)):
-        known = [s.name for s in history_streams(cfg)]
-        raise ValueError(f"unknown table(s) in {only}; known: {known}")
+    audit_on = only is None or AUDIT_STREAM.name in only
+    if only is not None and len(chosen) + audit_on != len(set(only)):
+        raise ValueError(f"unknown table(s) in {only}; known: {[*known, AUDIT_STREAM.name]}")
     by_topic: dict[str, Stream] = {getattr(cfg.topics, s.topic_field): s for s in chosen}
+    # the audit table chains the records of its topics (udfs/audit.py), read with the rest
+    audited: dict[str, str] = (
+        {getattr(cfg.topics, f): f for f in AUDITED_TOPICS} if audit_on else {}
+    )
     tables = {s.name: ensure_table(catalog, cfg, s) for s in chosen}
+    if audit_on:
+        tables[AUDIT_STREAM.name] = ensure_table(catalog, cfg, AUDIT_STREAM)
+    anchor_file = audit_anchor_path(cfg)
 
     result = HistoryResult(rows={s.name: 0 for s in chosen})
     starts: dict[tuple[str, int], int] = {}
     ends: dict[tuple[str, int], int] = {}
+    # topic -> partition -> next offset each sink holds; a topic read for the audit alone (or
+    # for its table alone) has no entry in the other
     stored: dict[str, dict[int, int]] = {}
-    for topic, stream in by_topic.items():
-        stored[topic] = committed_offsets(tables[stream.name]).get(topic, {})
+    audit_stored: dict[str, dict[int, int]] = {}
+    for topic in [*by_topic, *(t for t in audited if t not in by_topic)]:
+        holders: list[tuple[str, dict[int, int]]] = []
+        if topic in by_topic:
+            stream = by_topic[topic]
+            stored[topic] = committed_offsets(tables[stream.name]).get(topic, {})
+            holders.append((stream.name, stored[topic]))
+        if topic in audited:
+            audit_stored[topic] = committed_offsets(tables[AUDIT_STREAM.name]).get(topic, {})
+            holders.append((AUDIT_STREAM.name, audit_stored[topic]))
         for p, (low, high) in topic_end_offsets(cfg, topic).items():
-            have = stored[topic].get(p, 0)
-            if have < low:
-                # deleted by retention before this table stored them: said, never skipped quietly
-                result.lost_to_retention.setdefault(stream.name, {})[p] = (have, low)
-                logger.error(
-                    "%s <- %s partition %d: offsets [%d, %d) were deleted by retention before "
-                    "they were stored; the table has a hole there",
-                    stream.name,
-                    topic,
-                    p,
-                    have,
-                    low,
-                )
-            starts[(topic, p)] = max(low, have)
+            for name, have_by_p in holders:
+                have = have_by_p.get(p, 0)
+                if have < low:
+                    # deleted by retention before this table stored them: said, never skipped
+                    result.lost_to_retention.setdefault(name, {})[p] = (have, low)
+                    logger.error(
+                        "%s <- %s partition %d: offsets [%d, %d) were deleted by retention "
+                        "before they were stored; the table has a hole there",
+                        name,
+                        topic,
+                        p,
+                        have,
+                        low,
+                    )
+            # from the first offset a sink of this topic has not stored
+            starts[(topic, p)] = max(low, min(h.get(p, 0) for _, h in holders))
             ends[(topic, p)] = high
-        logger.info("%s <- %s from %s", stream.name, topic, stored[topic] or "the first offset")
+        for name, have_by_p in holders:
+            logger.info("%s <- %s from %s", name, topic, have_by_p or "the first offset")
     consumer = make_consumer(cfg, "bookstream-history")
     producer = make_producer(cfg)
-    pending = {topic: _Pending() for topic in by_topic}
+    pending = {topic: _Pending() for topic in (*by_topic, *audited)}
     stop = StopFlag("history-sink")
     restore_signals = stop.install()
     status = StatusLine(METRICS_PROCESS)
@@ -145,9 +173,45 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
         buf = pending[topic]
         if not buf.next_offsets:
             return
+        if topic in audited:
+            flush_audit(topic, buf)
+        if topic in by_topic:
+            flush_table(topic, buf)
+        pending[topic] = _Pending()
+
+    def flush_audit(topic: str, buf: _Pending) -> None:
+        have = audit_stored[topic]
+        offsets = {p: o for p, o in buf.next_offsets.items() if o > have.get(p, 0)}
+        if not offsets:
+            return
+        records = [
+            (p, o, v)
+            for v, p, o in zip(buf.values, buf.partitions, buf.offsets, strict=True)
+            if o >= have.get(p, 0)
+        ]
+        t_commit = time.perf_counter()
+        table, n, heads = append_audit(
+            tables[AUDIT_STREAM.name], audited[topic], topic, records, offsets
+        )
+        tables[AUDIT_STREAM.name] = table
+        metrics.ICEBERG_COMMIT.labels(AUDIT_STREAM.name).observe(time.perf_counter() - t_commit)
+        metrics.count_out(METRICS_PROCESS, AUDIT_STREAM.name, n)
+        # a copy of the heads outside the table (after the commit: it may lag, never lead)
+        write_audit_anchor(anchor_file, heads)
+        have.update(offsets)
+        result.audit_rows += n
+        result.commits += 1
+
+    def flush_table(topic: str, buf: _Pending) -> None:
+        have = stored[topic]
+        next_offsets = {p: o for p, o in buf.next_offsets.items() if o > have.get(p, 0)}
+        if not next_offsets:
+            return
         stream = by_topic[topic]
         rows, parts, offs = [], [], []
         for value, p, o in zip(buf.values, buf.partitions, buf.offsets, strict=True):
+            if o < have.get(p, 0):  # read again for the audit table: this one is stored
+                continue
             try:
                 rows.append(stream.decode(value))
             except _DECODE_ERRORS as exc:
@@ -178,13 +242,12 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
         producer.flush(30)  # the refusals are on the dead-letter topic before the commit
         table = tables[stream.name]
         t_commit = time.perf_counter()
-        tables[stream.name] = append_with_offsets(table, arrow, topic, buf.next_offsets)
+        tables[stream.name] = append_with_offsets(table, arrow, topic, next_offsets)
         metrics.ICEBERG_COMMIT.labels(stream.name).observe(time.perf_counter() - t_commit)
         metrics.count_out(METRICS_PROCESS, stream.name, len(rows))
-        stored[topic].update(buf.next_offsets)
+        have.update(next_offsets)
         result.rows[stream.name] += len(rows)
         result.commits += 1
-        pending[topic] = _Pending()
 
     reader = PartitionReader(consumer, starts, ends if bounded else None, batch_size=batch)
     metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.history_sink_port)
@@ -207,7 +270,8 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
                 # a partition read to its end (through commit markers, too): the table records
                 # that it holds everything up to there (so "stored up to the end" is checkable)
                 end = reader.next_offsets[(topic, p)]
-                if end > max(starts[(topic, p)], stored[topic].get(p, -1)):
+                held = [h[topic].get(p, -1) for h in (stored, audit_stored) if topic in h]
+                if end > max(starts[(topic, p)], min(held)):
                     buf = pending[topic]
                     if not buf.next_offsets:
                         buf.since = now

@@ -45,12 +45,16 @@ from pyiceberg.types import (
     TimestampType,
 )
 
+from udfs.audit import AUDIT_STREAM, Head, extend_chain
 from udfs.config import Config
-from udfs.history import Stream, streams
+from udfs.history import Stream, rows_to_table, streams
 
 __all__ = [
+    "AUDIT_HEADS_PROPERTY",
     "OFFSETS_PROPERTY",
+    "append_audit",
     "append_with_offsets",
+    "audit_heads",
     "committed_offsets",
     "ensure_table",
     "history_streams",
@@ -63,6 +67,11 @@ logger = logging.getLogger(__name__)
 OFFSETS_PROPERTY = "bookstream.kafka.offsets"
 """Table-property and snapshot-summary key: JSON ``{topic: {partition: next offset}}`` of what
 the table holds."""
+
+AUDIT_HEADS_PROPERTY = "bookstream.audit.heads"
+"""Table-property and snapshot-summary key of the audit table: JSON ``{chain: [seq, hash]}``,
+the head of every chain as of this commit (the anchor ``bookstream audit verify`` checks the
+data files against)."""
 
 _ICEBERG: dict[pa.DataType, IcebergType] = {
     pa.string(): StringType(),
@@ -244,3 +253,59 @@ def table_dir(table: Table) -> Path:
     if loc.scheme not in ("", "file"):
         raise ValueError(f"{table.name()} lives at {table.location()}, not on a local disk")
     return Path(loc.path)
+
+
+def audit_heads(table: Table) -> dict[str, Head]:
+    """chain -> its head as the audit table's last commit recorded it (empty: no row yet)."""
+    raw = table.properties.get(AUDIT_HEADS_PROPERTY)
+    if not raw:
+        return {}
+    return {chain: Head(int(seq), str(h)) for chain, (seq, h) in json.loads(raw).items()}
+
+
+def encode_heads(heads: dict[str, Head]) -> str:
+    return json.dumps({c: [h.seq, h.hash] for c, h in sorted(heads.items())}, separators=(",", ":"))
+
+
+def append_audit(
+    table: Table,
+    field: str,
+    topic: str,
+    records: list[tuple[int, int, bytes]],
+    offsets: dict[int, int],
+    attempts: int = 5,
+) -> tuple[Table, int, dict[str, Head]]:
+    """Chain ``records`` ((partition, offset, value) of the topic of ``TopicsConfig.field``)
+    onto the audit table's heads and append them, with the offsets they reach and the new
+    heads, in one commit: (table, rows appended, heads). The chain is computed inside each
+    attempt from the heads the table holds then, so a commit conflict (another writer went
+    first) never forks a chain: the retry chains only the records the other writer did not
+    store onto its heads."""
+    for attempt in range(attempts):
+        known = committed_offsets(table)
+        have = known.get(topic, {})
+        if have and all(have.get(p, -1) >= o for p, o in offsets.items()):
+            return table, 0, audit_heads(table)
+        fresh = [r for r in records if r[1] >= have.get(r[0], -1)]
+        rows, heads = extend_chain(audit_heads(table), field, topic, fresh)
+        merged = {t: {str(p): o for p, o in parts.items()} for t, parts in known.items()}
+        merged.setdefault(topic, {}).update(
+            {str(p): max(o, have.get(p, -1)) for p, o in offsets.items()}
+        )
+        props = {
+            OFFSETS_PROPERTY: json.dumps(merged, sort_keys=True, separators=(",", ":")),
+            AUDIT_HEADS_PROPERTY: encode_heads(heads),
+        }
+        arrow = rows_to_table(
+            AUDIT_STREAM, rows, [r["_partition"] for r in rows], [r["_offset"] for r in rows]
+        )
+        try:
+            with table.transaction() as tx:
+                tx.append(arrow, snapshot_properties=props)
+                tx.set_properties(props)
+            return table, len(rows), heads
+        except CommitFailedException:
+            if attempt == attempts - 1:
+                raise
+            table = table.refresh()
+    return table, 0, audit_heads(table)

@@ -22,6 +22,7 @@ from confluent_kafka import Producer
 from tqdm import tqdm
 
 from jobs import metrics
+from jobs.audit import publish_config
 from jobs.kafka_io import DeliveryErrors, make_producer
 from jobs.status import StatusLine
 from udfs.config import Config
@@ -62,6 +63,7 @@ def publish(
     at ``speed`` x the recorded pace (gaps cut to ``feed.pace_max_gap_ms``) or as fast as
     possible; ``loops`` passes over it (0: until stopped; :func:`looped`)."""
     source.check_files()
+    publish_config(cfg, METRICS_PROCESS)
     metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.publisher_port)
     producer = make_producer(cfg)
     on_delivery = DeliveryErrors()

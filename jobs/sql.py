@@ -94,6 +94,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
+from udfs.audit import AUDIT_STREAM
 from udfs.config import PROJECT_ROOT, Config, FeatureConfig
 from udfs.history import Stream, streams
 
@@ -169,7 +170,12 @@ class LakeTable:
 
 
 def _history_streams(cfg: Config) -> tuple[Stream, ...]:
-    return streams(cfg.features.depth_levels)
+    return _tables(cfg.features.depth_levels)
+
+
+def _tables(depth_levels: int) -> tuple[Stream, ...]:
+    """Every table of the lake: one per topic, and the audit table (udfs/audit.py)."""
+    return (*streams(depth_levels), AUDIT_STREAM)
 
 
 def lake_tables(cfg: Config) -> list[LakeTable]:
@@ -265,6 +271,8 @@ def _ch_type(t: pa.DataType) -> str:
 
 
 def _key_columns(stream: Stream) -> tuple[str, ...]:
+    if stream is AUDIT_STREAM:  # its own order: chain by chain, row by row
+        return ("chain", "seq", "event_time")
     lead = ("instrument",) if "instrument" in stream.columns else ()
     return (*lead, "event_time", "_partition", "_offset")
 
@@ -282,7 +290,7 @@ def ddl_statements(depth_levels: int | None = None, database: str = DATABASE) ->
     Iceberg (every column optional), so a query gives the same result on both engines."""
     depth = FeatureConfig().depth_levels if depth_levels is None else depth_levels
     out: dict[str, str] = {}
-    for stream in streams(depth):
+    for stream in _tables(depth):
         keys = _key_columns(stream)
         width = max(len(f.name) for f in stream.arrow_schema) + 2
         cols = []
@@ -292,9 +300,14 @@ def ddl_statements(depth_levels: int | None = None, database: str = DATABASE) ->
             if f.name in _LOW_CARDINALITY or f.name == "instrument":
                 typ = f"LowCardinality({typ})"
             cols.append(f"    {'`' + f.name + '`':<{width}} {typ}")
+        source = (
+            f"the history table of the topics.{stream.topic_field} topic"
+            if stream.topic_field
+            else "the hash-chained audit table (udfs/audit.py)"
+        )
         header = (
-            f"{database}.{stream.name}: the history table of the topics.{stream.topic_field} "
-            f"topic as a MergeTree table of a ClickHouse server. Generated from "
+            f"{database}.{stream.name}: {source} as a MergeTree table of a ClickHouse server. "
+            f"Generated from "
             f"udfs/history.py by jobs/sql.py (`bookstream sql --write-ddl`); "
             f"tests/unit/test_sql_runner.py keeps this file equal to the generated text. "
             f"Columns: the record's own fields in wire order ({', '.join(stream.columns)}), "

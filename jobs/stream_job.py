@@ -57,6 +57,7 @@ from pyflink.datastream.state import (
 )
 from pyflink.java_gateway import get_gateway
 
+from jobs.audit import publish_config
 from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.quality import QualityState, flush
@@ -65,6 +66,7 @@ from udfs.schema import Reason, StatsRow, compact_json, encode_record, encode_ro
 from udfs.strategy.trading import Trader, heartbeat
 
 __all__ = [
+    "CONFIG_PROCESS",
     "StartRefusedError",
     "build_stream_job",
     "check_start",
@@ -812,6 +814,10 @@ def check_start(cfg: Config, group_id: str, *, from_start: bool) -> dict[int, in
     return None
 
 
+CONFIG_PROCESS = "stream-job"
+"""The job's name in the audit trail's configuration records (``udfs/audit.py``)."""
+
+
 def run_stream_job(
     cfg: Config,
     *,
@@ -854,6 +860,8 @@ def run_stream_job(
         restore_from=restore,
         start_offsets=start_offsets,
     )
+    # the settings (strategy, sizing, thresholds) the job decides orders under, for the audit
+    publish_config(cfg, CONFIG_PROCESS)
     env.execute("bookstream-stream-job")
 
 

@@ -150,6 +150,9 @@ class TopicsConfig:
     quality: str = "bookstream.quality.v1"
     """Data-quality counters per instrument and exchange-time minute (gaps, re-syncs, crossed or
     locked books, stale feed, out-of-order, late and duplicate events)."""
+    config: str = "bookstream.config.v1"
+    """Each process's effective configuration when it starts (hash + non-secret settings), key =
+    process: the audit trail of configuration changes."""
     partitions: int = field(default=3, metadata=_range(1, 10_000))
     retention_ms: int = field(default=-1, metadata=_range(-1))
     """Time retention. Kafka ages a segment by its records' timestamps, which here are exchange
@@ -218,6 +221,8 @@ class TopicsConfig:
                 retention_ms=self.retention_ms,
                 retention_bytes=self.retention_bytes,
             ),
+            # audit evidence: one partition (one order of starts), kept forever
+            TopicSpec(name=self.config, partitions=1, retention_ms=-1),
         ]
 
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from udfs.market.features import FeatureRow, feature_columns
 from udfs.schema import (
+    ConfigRecord,
     Control,
     DeadLetter,
     ExecReport,
@@ -255,6 +256,7 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
                 ("executions", ExecReport),
                 ("control", Control),
                 ("risk", RiskReport),
+                ("config", ConfigRecord),
             )
         ),
         Stream(

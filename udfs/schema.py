@@ -83,6 +83,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUPPORTED_VERSIONS",
     "TRADE_KINDS",
+    "ConfigRecord",
     "Control",
     "ControlCommand",
     "DeadLetter",
@@ -687,7 +688,29 @@ class RiskReport:
     v: int = TRADING_VERSION
 
 
-def encode_record(record: Signal | Order | ExecReport | Control | RiskReport) -> bytes:
+@dataclass(slots=True)
+class ConfigRecord:
+    """One process's effective configuration when it started (config topic): the audit trail
+    of configuration changes. Two starts of the same ``process`` with different
+    ``config_hash`` are a change; ``settings`` says what it was."""
+
+    process: str
+    """which stage started (``exec-sink``, ``history-sink``, ``stream-job``, ``publish``)"""
+    config_hash: str
+    """SHA-256 (hex) of ``settings``"""
+    settings: str
+    """the effective settings as one JSON object ``{"section.field": value}`` (sorted keys,
+    compact), secrets redacted (``udfs.audit.redacted_settings``)"""
+    ts_event: int
+    """wall clock of the start, ns (a configuration has no exchange time)"""
+    host: str = ""
+    pid: int = 0
+    v: int = TRADING_VERSION
+
+
+def encode_record(
+    record: Signal | Order | ExecReport | Control | RiskReport | ConfigRecord,
+) -> bytes:
     """Stable JSON (fields in declaration order) for the trading records. The same text as
     ``json.dumps(asdict(record), separators=(",", ":"))``: the records are flat (enum values
     are strings, ``RiskReport.positions`` a dict of ints), so asdict's deep copy is only cost."""
@@ -702,6 +725,7 @@ _TRADING_ENUMS: dict[type, dict[str, type]] = {
     Control: {"command": ControlCommand},
     Signal: {},
     RiskReport: {},
+    ConfigRecord: {},
 }
 _EXP_FIELDS = frozenset({"price_exp", "size_exp"})
 _SIGNED_INT_FIELDS = frozenset({"position", "direction", "partition"})
@@ -758,7 +782,9 @@ def _check_trading(cls: type, d: dict[str, Any]) -> None:
         raise SchemaError("direction", f"must be -1, 0 or 1, got {d.get('direction')}")
 
 
-_TradingRecord = TypeVar("_TradingRecord", Signal, Order, ExecReport, Control, RiskReport)
+_TradingRecord = TypeVar(
+    "_TradingRecord", Signal, Order, ExecReport, Control, RiskReport, ConfigRecord
+)
 
 
 def decode_record(cls: type[_TradingRecord], raw: bytes | str) -> _TradingRecord:

@@ -34,6 +34,7 @@ from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
 from udfs.pipeline import RecordSource, process_record
 from udfs.schema import (
     EXP_RANGE,
+    ConfigRecord,
     Control,
     ControlCommand,
     DeadLetter,
@@ -129,6 +130,7 @@ TEMPLATES: dict[type, dict[str, Any]] = {
     DeadLetter: json.loads(
         DeadLetter("kafka:t", 0, 1, "k", Reason.SCHEMA, "why", "raw", "features").to_json()
     ),
+    ConfigRecord: json.loads(encode_record(ConfigRecord("p", "0" * 64, "{}", 1, "h", 2))),
 }
 
 
@@ -266,7 +268,7 @@ def test_typed_event_decoder_agrees_with_the_dict_path(
 
 
 @FAST
-@given(st.sampled_from([Order, Control, ExecReport, Signal, RiskReport]), st.data())
+@given(st.sampled_from([Order, Control, ExecReport, Signal, RiskReport, ConfigRecord]), st.data())
 def test_decode_record_accepts_or_names_the_field(cls: type, data: st.DataObject) -> None:
     raw = data.draw(record_bytes(TEMPLATES[cls]))
     try:
@@ -423,6 +425,7 @@ _TABLE_TEMPLATES = {
     "signals": TEMPLATES[Signal],
     "risk": TEMPLATES[RiskReport],
     "dead_letters": TEMPLATES[DeadLetter],
+    "config": TEMPLATES[ConfigRecord],
     "stats": {"instrument": "AAPL.XNAS", "watermark_ms": 60_000, "events_in": 3},
     "quality": {"instrument": "AAPL.XNAS", "minute_start": 60_000_000_000, "events": 3},
     "features": {"instrument": "AAPL.XNAS", "ts_event": 1, "seq": 2, "spread": 100, "mid": 1.5},
