@@ -12,6 +12,7 @@
     bookstream sql FILE_OR_QUERY            ClickHouse SQL (chDB) over the Iceberg history
     bookstream audit verify [--anchor F]    recompute the audit table's hash chains (exit 1 if
                                             a row was edited, deleted, reordered or inserted)
+    bookstream report [--run ID] --out F    one self-contained HTML report of a recorded run
     bookstream verify-book --binance F...   rebuild the book from files, compare with ground truth
     bookstream demo                         the whole pipeline on the shipped sample (or --lobster /
                                             --binance files), summary as the last JSON line
@@ -282,6 +283,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     summary = run_from_args(args)
     _emit(summary)
     return 1 if summary.get("identical") is False else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from jobs.report import write_report
+
+    _emit(write_report(load_config(), Path(args.out), args.run))
+    return 0
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
@@ -819,6 +827,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "report",
+        "one self-contained HTML report of a recorded run, from the lake",
+        "bookstream report --run latest --out report.html",
+        cmd_report,
+        description="KPIs (PnL, Sharpe, Sortino, drawdown, hit ratio, turnover, slippage, fill "
+        "and reject rates, latency, feature freshness, energy), equity and drawdown curves, TCA, "
+        "fill latency, spread and depth by hour, data quality per minute, the replay verdict. "
+        "JSON last line: run_id, out, kpis.",
+        parents=common,
+    )
+    p.add_argument("--run", default="latest", help="a recorded run id, or 'latest' (default)")
+    p.add_argument("--out", default="report.html", help="the HTML file to write")
+
+    p = _command(
+        sub,
         "sql",
         "ClickHouse SQL (chDB) over the Iceberg history: a file of sql/, a path or a query",
         "bookstream sql ohlcv_1m --format csv",
@@ -988,6 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_config,
             cmd_sql,
             cmd_audit,
+            cmd_report,
             cmd_verify_book,
             cmd_feast_env,
             cmd_feast_export,

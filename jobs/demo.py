@@ -20,7 +20,9 @@ were before this run published, so a second demo in a row processes exactly its 
   1,000 events and per trade (fill): jobs/energy.py, udfs/energy.py, ``[energy]`` factors
 
 The run's offset ranges of every topic are written to ``<lake root>/runs/<run_id>.json`` (and the
-newest to ``latest.json``): ``bookstream replay --run latest`` replays exactly this run.
+newest to ``latest.json``): ``bookstream replay --run latest`` replays exactly this run. The
+summary goes beside it, ``<run_id>.summary.json`` (``bookstream report`` takes the run's energy
+from there).
 """
 
 from __future__ import annotations
@@ -175,6 +177,10 @@ def run_demo(
         "reconciled": pub.events_in == processed + len(dead) and job_in == pub.published,
         "energy": energy,
     }
+    # beside the run's offsets, for `bookstream report` (its energy figures)
+    (cfg.lake_dir / "runs" / f"{run_id}.summary.json").write_text(
+        json.dumps(summary, sort_keys=True, default=str)
+    )
     return summary
 
 

@@ -31,6 +31,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -316,12 +317,44 @@ def replay(
         }
         if verify:
             summary.update(_verify(catalog, cfg, rcfg, rng, streams, event_rows))
+            if rng.run_id is not None:
+                record_verdict(cfg, rng.run_id, summary)
         summary["wall_s"] = round(time.perf_counter() - t0, 3)
         summary["replay_topics"] = None if not keep_topics else replay_run(replay_id) + ".*"
         return summary
     finally:
         if not keep_topics:
             delete_topics(rcfg, [s.name for s in rcfg.topics.specs()])
+
+
+def record_verdict(cfg: Config, run_id: str, summary: dict[str, Any]) -> Path:
+    """Keep a run's newest replay verdict beside its offsets (``<run_id>.replay.json``), for
+    ``bookstream report``: it shows the last verdict instead of replaying again."""
+    keys = (
+        "replay_id",
+        "identical",
+        "orders_live",
+        "orders_replayed",
+        "orders_identical",
+        "fills_live",
+        "fills_replayed",
+        "fills_identical",
+        "executions_live",
+        "executions_replayed",
+        "executions_identical",
+        "determinism",
+    )
+    first = summary.get("first_divergence")
+    doc = {
+        **{k: summary.get(k) for k in keys},
+        "verified_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "first_divergence": None
+        if not first
+        else {k: first.get(k) for k in ("stream", "key", "position")},
+    }
+    path = cfg.lake_dir / "runs" / f"{run_id}.replay.json"
+    path.write_text(json.dumps(doc, sort_keys=True, default=str))
+    return path
 
 
 def _verify(

@@ -706,13 +706,23 @@ class SqlSession:
     :meth:`analyst_query` first (as :func:`run_sql` and :func:`query_rows` do)."""
 
     def __init__(
-        self, cfg: Config, engine: str = "lake", ddl: dict[str, str] | None = None
+        self,
+        cfg: Config,
+        engine: str = "lake",
+        ddl: dict[str, str] | None = None,
+        row_filters: dict[str, str] | None = None,
     ) -> None:
         if engine not in ("lake", "mergetree"):
             raise ValueError(f"engine must be 'lake' or 'mergetree', not {engine!r}")
+        if row_filters is not None and engine != "lake":
+            raise ValueError("row_filters work on the lake engine only")
         self.cfg = cfg
         self.engine = engine
         self.ddl = ddl
+        self.row_filters = row_filters
+        """table -> a ClickHouse condition: ``bookstream.<table>`` is then a view of the
+        Iceberg table's rows that meet it (e.g. one run's Kafka positions), so every query,
+        the library's included, reads only those rows"""
         self.tables = lake_tables(cfg)
         present = [t.path for t in self.tables if t.path is not None]
         self.root = Path(os.path.commonpath(present)) if present else None
@@ -754,7 +764,9 @@ class SqlSession:
             self.execute(stmt)
         names = self.arrow("SELECT lower(name) AS name FROM system.table_functions")
         self.table_functions = frozenset(names.column("name").to_pylist())
-        lake_db = DATABASE if self.engine == "lake" else LAKE_DATABASE
+        lake_db = (
+            DATABASE if self.engine == "lake" and self.row_filters is None else LAKE_DATABASE
+        )
         self.execute(f"CREATE DATABASE IF NOT EXISTS {lake_db}")
         for t in self.tables:
             if t.path is None:
@@ -771,6 +783,20 @@ class SqlSession:
             )
         if self.engine == "mergetree":
             self._copy_to_mergetree()
+        elif self.row_filters is not None:
+            self._filtered_views(self.row_filters)
+
+    def _filtered_views(self, row_filters: dict[str, str]) -> None:
+        self.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+        for t in self.tables:
+            if t.path is None:  # keep the clear error of a missing table
+                self.execute(_missing_view(t, DATABASE, self.cfg))
+                continue
+            where = row_filters.get(t.name, "1")
+            self.execute(
+                f"CREATE VIEW {DATABASE}.{t.name} AS SELECT * FROM {LAKE_DATABASE}.{t.name} "
+                f"WHERE {where}"
+            )
 
     def _copy_to_mergetree(self) -> None:
         ddl = self.ddl if self.ddl is not None else ddl_statements(self.cfg.features.depth_levels)

@@ -432,6 +432,23 @@ class EnergyConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReportConfig:
+    """``bookstream report`` (udfs/report.py): how the run's figures are annualised and drawn."""
+
+    seconds_per_year: float = field(default=5_896_800.0, metadata=_range(1.0))
+    """Sharpe and Sortino are computed on the equity's changes between the execution sink's
+    risk reports (one per risk interval of exchange time with market activity, 1 s) and
+    annualised by the square root of the risk intervals in this many seconds: 252 days x
+    6.5 h, an equity-market trading year; set 31,536,000 for a market that trades around the
+    clock."""
+    freshness_step_ms: int = field(default=100, metadata=_range(1))
+    """Feature freshness samples each instrument's newest feature row's age every this many ms
+    of exchange time."""
+    histogram_bins: int = field(default=20, metadata=_range(1, 1000))
+    """Bins of the slippage histogram."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class StrategyConfig:
     imbalance_level: int = field(default=3, metadata=_range(1, 100))
     """The rule strategy reads ``imbalance_<k>`` (top-k depth imbalance)."""
@@ -558,6 +575,7 @@ class Config:
     feast: FeastConfig = field(default_factory=FeastConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def for_run(self, run: str) -> Config:
         """This configuration with the topic set of one run (:meth:`TopicsConfig.for_run`)."""
@@ -744,6 +762,7 @@ _SECTIONS: dict[str, type] = {
     "feast": FeastConfig,
     "metrics": MetricsConfig,
     "energy": EnergyConfig,
+    "report": ReportConfig,
 }
 
 Origin = str
