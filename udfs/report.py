@@ -262,7 +262,7 @@ def num(key: str, value: Any, tag: str = "span", extra: str = "") -> str:
 
 # ------------------------------------------------------------------------------------- SVG
 
-_W, _H, _PAD = 720, 220, 46
+_W, _H, _PAD = 720, 220, 64
 
 
 def _scale(lo: float, hi: float, a: float, b: float):  # noqa: ANN202 - a small closure
@@ -295,7 +295,13 @@ def _tspan(key: str, value: Any) -> str:
     return num(key, value, "tspan")
 
 
-def line_svg(key: str, ys: Sequence[float], title: str, css: str, x_lo: str, x_hi: str) -> str:
+def line_svg(
+    key: str,
+    ys: Sequence[float],
+    title: str,
+    css: str,
+    x_labels: tuple[tuple[str, Any], tuple[str, Any]],
+) -> str:
     """A line over the observations' index (the x axis is observation order, not time, so a
     gap between sessions takes no width); y from the series' min to max (``key.min/.max``)."""
     if not ys:
@@ -309,7 +315,15 @@ def line_svg(key: str, ys: Sequence[float], title: str, css: str, x_lo: str, x_h
         f'<line x1="{_PAD}" x2="{_W - 10}" y1="{zero:.2f}" y2="{zero:.2f}" class="zero"/>'
         f'<path d="{svg_path(pts)}" class="{css}"/>'
     )
-    return _frame(body, title, _tspan(f"{key}.min", lo), _tspan(f"{key}.max", hi), x_lo, x_hi)
+    (lo_key, lo_value), (hi_key, hi_value) = x_labels
+    return _frame(
+        body,
+        title,
+        _tspan(f"{key}.min", lo),
+        _tspan(f"{key}.max", hi),
+        _tspan(lo_key, lo_value),
+        _tspan(hi_key, hi_value),
+    )
 
 
 def bars_svg(key: str, edges: Sequence[float], counts: Sequence[int], title: str) -> str:
@@ -384,16 +398,16 @@ def heatmap_svg(
             f"{html.escape(n)}</text>"
         )
     height = 20 + len(instruments) * ch + 30
-    width = 160 + len(minutes) * cw + 10
+    width = max(160 + len(minutes) * cw + 10, 440)
     last = len(minutes) - 1
     parts.append(
-        f'<text x="160" y="{height - 8}" class="ax">'
+        f'<text x="8" y="{height - 8}" class="ax">'
         f"{_tspan('quality.minutes.0', minutes[0])}</text>"
         f'<text x="{width - 10:.2f}" y="{height - 8}" class="ax" text-anchor="end">'
         f"{_tspan(f'quality.minutes.{last}', minutes[last])}</text>"
     )
     return (
-        f'<svg class="plot" viewBox="0 0 {max(width, 400):.0f} {height}" role="img" '
+        f'<svg class="heat" width="{width:.0f}" height="{height}" role="img" '
         f'xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>'
     )
 
@@ -419,6 +433,7 @@ td:first-child,th:first-child{text-align:left}
 .plot{width:100%;height:auto;background:#fff;border:1px solid #e3e5ee;border-radius:6px}
 .frame{fill:none;stroke:#ccd}.zero{stroke:#99a;stroke-dasharray:3 3}
 .line{fill:none;stroke:#2456c7;stroke-width:1.5}.dd{fill:none;stroke:#c0392b;stroke-width:1.5}
+.heat{max-width:100%;background:#fff;border:1px solid #e3e5ee;border-radius:6px}
 .bar{fill:#5b7fd6}.ax{font-size:11px;fill:#556}.cell{stroke:#fff}
 .ok{color:#17803d;font-weight:600}.bad{color:#b42318;font-weight:600}.none{color:#889}
 """
@@ -519,8 +534,7 @@ def render_html(model: dict[str, Any]) -> str:
     embedded as JSON (``<script type="application/json" id="report-data">``)."""
     k = model["kpis"]
     eq = model["equity"]
-    x_lo = num("equity.first_time", eq["first_time"])
-    x_hi = num("equity.last_time", eq["last_time"])
+    x_labels = (("equity.first_time", eq["first_time"]), ("equity.last_time", eq["last_time"]))
     slip = model["slippage_hist"]
     cdf = model["latency_cdf"]
     q = model["quality"]
@@ -547,9 +561,9 @@ def render_html(model: dict[str, Any]) -> str:
             "demo</code> records one)</p>"
         ),
         "<h2>Equity</h2>"
-        + line_svg("equity", eq["equity"], "equity", "line", x_lo, x_hi)
+        + line_svg("equity", eq["equity"], "equity", "line", x_labels)
         + "<h2>Drawdown</h2>"
-        + line_svg("drawdown", [-d for d in eq["drawdown"]], "drawdown", "dd", x_lo, x_hi)
+        + line_svg("drawdown", [-d for d in eq["drawdown"]], "drawdown", "dd", x_labels)
         + f"<p class='sub'>{num('equity.observations', eq['observations'])} risk reports in "
         "order (x is the report's rank, so idle time takes no width)</p>",
         "<h2>TCA: slippage per fill (bps of the arrival mid)</h2>"
