@@ -24,6 +24,7 @@ import json
 import logging
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def time_text(ns: int, unit: str = "s") -> str:
     """Exchange time (ns) as UTC text: ``s`` seconds, ``m`` minutes, ``h`` the hour."""
     t = _EPOCH + timedelta(microseconds=ns // 1000)
-    return t.strftime({"s": "%Y-%m-%d %H:%M:%S", "m": "%Y-%m-%d %H:%M", "h": "%Y-%m-%d %H:00"}[unit])
+    return t.strftime(
+        {"s": "%Y-%m-%d %H:%M:%S", "m": "%Y-%m-%d %H:%M", "h": "%Y-%m-%d %H:00"}[unit]
+    )
 
 
 def _dt_ns(value: datetime) -> int:
@@ -104,7 +107,9 @@ _RISK = """
 SELECT ts_event, equity, realised_pnl, unrealised_pnl, fees, _partition, _offset
 FROM bookstream.risk ORDER BY _partition, _offset LIMIT 1 BY ts_event
 """
-_FEATURE_TIMES = "SELECT instrument, ts_event FROM bookstream.features ORDER BY instrument, ts_event"
+_FEATURE_TIMES = (
+    "SELECT instrument, ts_event FROM bookstream.features ORDER BY instrument, ts_event"
+)
 _EVENTS = "SELECT instrument, count() AS n FROM bookstream.events GROUP BY instrument"
 
 
@@ -135,14 +140,12 @@ def _trading_kpis(cfg: Config, rows: dict[str, list[dict[str, Any]]]) -> tuple[d
     risk = sorted(rows["risk"], key=lambda r: (r["ts_event"], r["_partition"], r["_offset"]))
     equity = [float(r["equity"]) for r in risk]
     times = [int(r["ts_event"]) for r in risk]
-    steps = [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
+    steps = [b - a for a, b in pairwise(times) if b > a]
     per_year = cfg.report.seconds_per_year / (min(steps) / 1e9) if steps else None
     rets = returns_of(equity, capital)
     dd = drawdowns(equity)
     last = risk[-1] if risk else {}
-    fills_rows = sorted(
-        rows["fills"], key=lambda r: (r["ts_event"], r["_partition"], r["_offset"])
-    )
+    fills_rows = sorted(rows["fills"], key=lambda r: (r["ts_event"], r["_partition"], r["_offset"]))
     fills = [
         Fill(
             r["instrument"],

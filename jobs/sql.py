@@ -764,9 +764,7 @@ class SqlSession:
             self.execute(stmt)
         names = self.arrow("SELECT lower(name) AS name FROM system.table_functions")
         self.table_functions = frozenset(names.column("name").to_pylist())
-        lake_db = (
-            DATABASE if self.engine == "lake" and self.row_filters is None else LAKE_DATABASE
-        )
+        lake_db = DATABASE if self.engine == "lake" and self.row_filters is None else LAKE_DATABASE
         self.execute(f"CREATE DATABASE IF NOT EXISTS {lake_db}")
         for t in self.tables:
             if t.path is None:

@@ -35,7 +35,7 @@ import html
 import json
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -265,16 +265,14 @@ def num(key: str, value: Any, tag: str = "span", extra: str = "") -> str:
 _W, _H, _PAD = 720, 220, 64
 
 
-def _scale(lo: float, hi: float, a: float, b: float):  # noqa: ANN202 - a small closure
+def _scale(lo: float, hi: float, a: float, b: float) -> Callable[[float], float]:
     span = (hi - lo) or 1.0
     return lambda v: a + (v - lo) / span * (b - a)
 
 
 def svg_path(points: Sequence[tuple[float, float]]) -> str:
     """An SVG path through ``points`` (already in pixel space), 2 decimals."""
-    return " ".join(
-        f"{'M' if i == 0 else 'L'}{x:.2f},{y:.2f}" for i, (x, y) in enumerate(points)
-    )
+    return " ".join(f"{'M' if i == 0 else 'L'}{x:.2f},{y:.2f}" for i, (x, y) in enumerate(points))
 
 
 def _frame(body: str, title: str, y_lo: str, y_hi: str, x_lo: str, x_hi: str) -> str:
@@ -492,9 +490,7 @@ def _table(key: str, rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str
         return '<p class="none">no rows</p>'
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
     body = "".join(
-        "<tr>"
-        + "".join(num(f"{key}.{i}.{c}", r.get(c), "td") for c, _ in columns)
-        + "</tr>"
+        "<tr>" + "".join(num(f"{key}.{i}.{c}", r.get(c), "td") for c, _ in columns) + "</tr>"
         for i, r in enumerate(rows)
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -545,9 +541,7 @@ def render_html(model: dict[str, Any]) -> str:
         f"{num('run_id', model['run_id'])} &middot; exchange time "
         f"{num('equity.first_time', eq['first_time'])} to "
         f"{num('equity.last_time', eq['last_time'])} (UTC) &middot; instruments: "
-        + ", ".join(
-            num(f"instruments.{i}", name) for i, name in enumerate(model["instruments"])
-        )
+        + ", ".join(num(f"instruments.{i}", name) for i, name in enumerate(model["instruments"]))
         + "</p>",
         "<h2>Key figures</h2>" + _cards("kpis", k, KPI_LABELS),
         "<h2>Energy</h2>"
