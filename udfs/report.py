@@ -393,7 +393,7 @@ def heatmap_svg(
     for n, i in row.items():
         parts.append(
             f'<text x="154" y="{20 + i * ch + 15}" class="ax" text-anchor="end">'
-            f"{html.escape(n)}</text>"
+            f"{_tspan(f'quality.instruments.{i}', n)}</text>"
         )
     height = 20 + len(instruments) * ch + 30
     width = max(160 + len(minutes) * cw + 10, 440)
