@@ -170,24 +170,29 @@ class _Shown(HTMLParser):
         self.found: list[tuple[str, str, str]] = []
         self._open: list[list] = []
         self.data = ""
+        self.other = ""
         self._in_data = False
+        self._in_style = False
 
     def handle_starttag(self, tag, attrs) -> None:
         a = dict(attrs)
         self._in_data = a.get("id") == "report-data"
+        self._in_style = tag == "style"
         if "data-key" in a:
             self._open.append([a["data-key"], a["data-value"], ""])
 
     def handle_endtag(self, tag) -> None:
         if self._open and tag in ("span", "td", "tspan"):
             self.found.append(tuple(self._open.pop()))
-        self._in_data = False
+        self._in_data = self._in_style = False
 
     def handle_data(self, data) -> None:
         if self._in_data:
             self.data += data
         elif self._open:
             self._open[-1][2] += data
+        elif not self._in_style:
+            self.other += " " + data
 
 
 def _at(doc, key: str):
@@ -226,6 +231,9 @@ def test_every_shown_number_is_the_embedded_json(replay) -> None:
         assert (json.loads(value) if value else None) == expected, key
         assert text == fmt(expected), key
     assert "http" not in re.sub(r'xmlns="[^"]+"', "", page)  # nothing fetched
+    # any other digit is a fixed label
+    stray = set(re.findall(r"[\w.,:/-]*\d[\w.,:/-]*", shown.other))
+    assert stray <= {"p50", "p95", "p99", "gCO2e", "1,000", "0", "1"}, stray
     if replay is None:
         assert "not verified" in page
     else:
