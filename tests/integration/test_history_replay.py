@@ -77,6 +77,11 @@ def test_replay_reproduces_the_live_run(demo_history) -> None:
     assert summary["fills_identical"] == summary["fills_live"]
     assert summary["executions_identical"] == summary["executions_live"]
     assert summary["identical"] is True and summary["first_divergence"] is None
+    # the verdict is kept beside the run's offsets, for `bookstream report`
+    cfg = demo_history.cfg
+    verdict = json.loads((cfg.lake_dir / "runs" / f"{live['run_id']}.replay.json").read_text())
+    assert verdict["replay_id"] == summary["replay_id"] and verdict["identical"] is True
+    assert verdict["orders_identical"] == summary["orders_live"] == verdict["orders_live"]
 
 
 def test_replay_names_the_first_divergence(demo_history) -> None:
@@ -98,6 +103,10 @@ def test_replay_names_the_first_divergence(demo_history) -> None:
     assert first["stream"] == "orders"
     assert first["key"] in demo_history.summary["instruments"]
     assert isinstance(first["position"], int)
+    recorded = demo_history.cfg.lake_dir / "runs" / f"{summary['run_id']}.replay.json"
+    assert json.loads(recorded.read_text())["first_divergence"] == {
+        k: first[k] for k in ("stream", "key", "position")
+    }
     live, replayed = first["live"], first["replayed"]
     assert live != replayed
     # the input event behind it is the recorded event of the divergent order

@@ -140,7 +140,7 @@ def _minute_text(ns: int) -> str:
     return pd.Timestamp(ns, unit="ns").strftime("%Y-%m-%d %H:%M")
 
 
-def _expected(demo_history, rows: dict[str, pd.DataFrame]) -> dict:  # noqa: C901 - one figure after another
+def _expected(demo_history, rows: dict[str, pd.DataFrame]) -> dict:
     cfg = demo_history.cfg
     capital = cfg.sizing.capital
     summary = demo_history.summary
@@ -393,7 +393,7 @@ def _expected(demo_history, rows: dict[str, pd.DataFrame]) -> dict:  # noqa: C90
 def test_every_number_of_the_report_is_recomputed_from_the_lake(
     report, run_rows, demo_history
 ) -> None:
-    printed, page, model = report
+    printed, _page, model = report
     assert printed["run_id"] == demo_history.summary["run_id"]
     expected = _expected(demo_history, run_rows)
     for key, value in expected.items():
