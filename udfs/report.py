@@ -293,6 +293,11 @@ def _tspan(key: str, value: Any) -> str:
     return num(key, value, "tspan")
 
 
+_FIXED_0 = '<tspan class="fixed">0</tspan>'
+_FIXED_1 = '<tspan class="fixed">1</tspan>'
+"""An axis end that is the same on every plot (a count from 0, a share up to 1): no figure."""
+
+
 def line_svg(
     key: str,
     ys: Sequence[float],
@@ -339,7 +344,7 @@ def bars_svg(key: str, edges: Sequence[float], counts: Sequence[int], title: str
     return _frame(
         body,
         title,
-        "0",
+        _FIXED_0,
         _tspan(f"{key}.count_max", max(counts)),
         _tspan(f"{key}.edges.0", edges[0]),
         _tspan(f"{key}.edges.{len(edges) - 1}", edges[-1]),
@@ -361,8 +366,8 @@ def step_svg(key: str, xs: Sequence[float], ps: Sequence[float], title: str) -> 
     return _frame(
         body,
         title,
-        "0",
-        "1",
+        _FIXED_0,
+        _FIXED_1,
         _tspan(f"{key}.x_min", min(xs[0], 0.0)),
         _tspan(f"{key}.x_max", xs[-1]),
     )
