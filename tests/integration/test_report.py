@@ -21,9 +21,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
-from it_helpers import run_cli
 
 from jobs.lake import open_catalog
+from jobs.report import write_report
 from udfs.report import fmt
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -95,8 +95,10 @@ def _same(a, b, key: str) -> None:
 
 @pytest.fixture(scope="module")
 def report(demo_history, tmp_path_factory) -> tuple[dict, _Page, dict]:
+    # in process (what `bookstream report --out F` calls): the interpreter and its imports
+    # (chDB, pyiceberg: ~13 s on a loaded machine) are the test run's already
     out = tmp_path_factory.mktemp("report") / "report.html"
-    printed, _proc, _s = run_cli(["report", "--out", str(out)], demo_history.env, timeout_s=240)
+    printed = write_report(demo_history.cfg, out)
     page = _Page()
     page.feed(out.read_text())
     return printed, page, json.loads(page.data)
