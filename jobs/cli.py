@@ -122,6 +122,21 @@ def cmd_feast_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_training_set(args: argparse.Namespace) -> int:
+    from jobs.training_set import TrainingSetRequest, build_training_set, parse_time
+
+    request = TrainingSetRequest(
+        start_ns=parse_time(args.time_from),
+        end_ns=parse_time(args.time_to),
+        mode="event_time" if args.event_time else "as_known_at",
+        step_ms=args.step_ms,
+        views=tuple(args.view) if args.view else TrainingSetRequest.views,
+    )
+    summary = build_training_set(load_config(), request, args.out)
+    _emit({k: v for k, v in summary.items() if k != "feature_views"})
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from udfs.config import effective_settings, load_config_with_origins
 
@@ -555,6 +570,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "features",
+        "quants' feature-store commands (see `bookstream features training-set --help`)",
+        "bookstream features training-set --from 2012-06-21T13:30 --to 2012-06-21T13:31 "
+        "--out train.parquet",
+        cmd_training_set,
+        parents=common,
+    )
+    features_sub = p.add_subparsers(dest="features_command", required=True, metavar="COMMAND")
+    p = _command(
+        features_sub,
+        "training-set",
+        "a point-in-time training set from the lake through Feast's get_historical_features",
+        "bookstream features training-set --from 2012-06-21T13:30 --to 2012-06-21T13:31 "
+        "--out train.parquet",
+        cmd_training_set,
+        description="Entity rows: per instrument, a grid every --step-ms of exchange time "
+        "over its feature rows inside [--from, --to). Joined as known at each entity row "
+        "(the feature row's availability time: exchange time + modelled feed and processing "
+        "latency) or, with --event-time, on the exchange time. The Parquet file keeps the "
+        "lake snapshot id, the feature views' versions and the entity rows' timestamps; "
+        "entity rows with no value inside a view's TTL are kept (nulls) and counted.",
+        parents=common,
+    )
+    p.add_argument(
+        "--from", dest="time_from", required=True, metavar="T", help="ISO-8601 (UTC) or ns"
+    )
+    p.add_argument("--to", dest="time_to", required=True, metavar="T", help="exclusive end")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument(
+        "--as-known-at",
+        action="store_true",
+        help="join on availability time (default): what the live path could have known",
+    )
+    when.add_argument(
+        "--event-time", action="store_true", help="join on exchange time (look-ahead, to compare)"
+    )
+    p.add_argument("--step-ms", type=int, default=1000, help="entity grid step (default 1000)")
+    p.add_argument(
+        "--view",
+        action="append",
+        metavar="NAME",
+        help="a feature view (repeatable; default book_features and window_features)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the Parquet file to write")
+
+    p = _command(
+        sub,
         "config",
         "print the effective configuration and where each value came from",
         "BOOKSTREAM_KAFKA_PORT=29092 bookstream config",
@@ -858,6 +920,7 @@ def _expected_error(exc: BaseException) -> str | None:
         ("jobs.execution_sink", "SinkStateError"),
         ("jobs.tail", "TopicNotFoundError"),
         ("jobs.cluster", "ClusterError"),
+        ("jobs.training_set", "TrainingSetError"),
     ):
         if module in sys.modules:
             fixes.append((getattr(sys.modules[module], name), ""))
@@ -894,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_verify_book,
             cmd_feast_env,
             cmd_feast_export,
+            cmd_training_set,
             cmd_jobs,
             cmd_savepoint,
             cmd_stop,

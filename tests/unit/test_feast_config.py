@@ -38,10 +38,12 @@ def test_feast_env_shell_never_prints_the_password(tmp_path: Path) -> None:
 
 def test_push_frame_keeps_the_last_row_per_instrument_in_topic_order() -> None:
     rows = [
-        {"instrument": "A", "ts_event": 10, "seq": 1, "mid_px": 1.0},
-        {"instrument": "B", "ts_event": 11, "seq": 1, "mid_px": 2.0},
-        {"instrument": "A", "ts_event": 12, "seq": 2, "mid_px": 3.0},
+        {"instrument": "A", "ts_event": 10, "ts_avail": 1010, "seq": 1, "mid_px": 1.0},
+        {"instrument": "B", "ts_event": 11, "ts_avail": 1011, "seq": 1, "mid_px": 2.0},
+        {"instrument": "A", "ts_event": 12, "ts_avail": 6001, "seq": 2, "mid_px": 3.0},
     ]
     frame = _to_push_frame(rows).set_index("instrument")
     assert frame.loc["A", "mid_px"] == 3.0 and frame.loc["B", "mid_px"] == 2.0
     assert frame.loc["A", "event_time"].value == 12
+    # the views' timestamp: availability in microseconds, rounded up (6.001 us -> 7 us)
+    assert frame.loc["A", "available_time"].value == 7_000
