@@ -149,7 +149,7 @@ def offline_frames(cfg: Config, data: pa.Table) -> tuple[dict[str, pa.Table], in
         keys = pa.table({"i": data["instrument"], "t": data[column].cast(pa.int64())})
         last = keys.append_column("n", pa.array(range(data.num_rows), pa.int64()))
         last = last.group_by(["i", "t"], use_threads=False).aggregate([("n", "max")])
-        kept = data.take(pc.sort_indices(last["n_max"]))
+        kept = data.take(last["n_max"])
         frames[name] = kept.sort_by([("instrument", "ascending"), (column, "ascending")])
     return frames, derived
 

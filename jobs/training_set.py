@@ -48,7 +48,7 @@ from jobs.feast_store import export_offline, offline_event_time_path, open_store
 from udfs.config import Config
 
 if TYPE_CHECKING:
-    from feast import FeatureStore, FeatureView
+    from feast import FeatureStore, FeatureView, FileSource
 
 __all__ = [
     "DEFAULT_VIEWS",
@@ -150,8 +150,9 @@ def _retrieve(
         ).to_df()
     # the same view and join, on the exchange time of the same lake snapshot
     view = copy.deepcopy(view)
-    view.batch_source.timestamp_field = "event_time"
-    view.batch_source.file_options.uri = str(offline_event_time_path(cfg))
+    source = _file_source(view)
+    source.timestamp_field = "event_time"
+    source.file_options.uri = str(offline_event_time_path(cfg))
     job = store._get_provider().get_historical_features(
         config=store.config,
         feature_views=[view],
@@ -164,12 +165,25 @@ def _retrieve(
     return job.to_df()
 
 
+def _file_source(view: FeatureView) -> FileSource:
+    from feast import FileSource
+
+    source = view.batch_source
+    if not isinstance(source, FileSource):
+        raise TrainingSetError(
+            f"feature view {view.name}: its batch source is {type(source).__name__}, not the "
+            "lake's FileSource (feature_repo/data_sources.py)"
+        )
+    return source
+
+
 def _check_source(cfg: Config, view: FeatureView) -> None:
     want = cfg.feast_dir / "offline" / "features.parquet"
-    got = Path(view.batch_source.path)
-    if got.resolve() != want.resolve() or view.batch_source.timestamp_field != "available_time":
+    source = _file_source(view)
+    got = Path(source.path)
+    if got.resolve() != want.resolve() or source.timestamp_field != "available_time":
         raise TrainingSetError(
-            f"feature view {view.name} reads {got} on {view.batch_source.timestamp_field!r}, "
+            f"feature view {view.name} reads {got} on {source.timestamp_field!r}, "
             f"the export writes {want} keyed on 'available_time': run `feast -c "
             f"{cfg.feast_repo} apply` again with this state directory"
         )

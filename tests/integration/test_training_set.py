@@ -156,3 +156,45 @@ def test_event_time_joins_rows_not_yet_available(built: Built) -> None:
             # where the row was available, both joins agree on it (constant latencies)
             assert k["book_features__ts_event"] == n["book_features__ts_event"], t
     assert ahead > 0
+
+
+def test_train_builds_labels_validates_and_exports_a_model_the_stream_loads(
+    feast_repo, built: Built, tmp_path: Path
+) -> None:
+    import json
+
+    import numpy as np
+
+    from jobs.train import MODEL_FEATURES, TRIALS, TrainRequest, train
+    from udfs.strategy.model import OnnxModel
+
+    request = TrainRequest(parse_time(FROM), parse_time(TO), step_ms=STEP_MS, out_dir=tmp_path)
+    result = train(feast_repo.cfg, request, open_store(feast_repo.cfg))
+    assert {"rows", "features", "folds", "deflated_sharpe", "model", "onnx_equals_offline"} <= set(
+        result
+    )
+    assert result["onnx_equals_offline"] is True
+    assert result["features"] == len(MODEL_FEATURES) and result["folds"] == request.folds
+    assert 0.0 <= result["deflated_sharpe"] <= 1.0
+    card = json.loads((tmp_path / "book_lr_feast.json").read_text())
+    assert card["features"] == list(MODEL_FEATURES)
+    assert card["lake"]["snapshot_id"] == built.snapshot_id
+    assert card["training_set"]["mode"] == "as_known_at"
+    assert [v["name"] for v in card["training_set"]["feature_views"]] == [
+        "book_features",
+        "window_features",
+    ]
+    counts = card["label"]["counts"]
+    dropped = sum(counts[k] for k in counts if k != "entity_rows")
+    assert card["rows"] == result["rows"] == counts["entity_rows"] - dropped > 0
+    assert [t["C"] for t in card["validation"]["trials"]] == list(TRIALS)
+    for trial in card["validation"]["trials"]:
+        assert len(trial["folds"]) == request.folds
+        assert sum(f["rows"] for f in trial["folds"]) == card["rows"]  # each sample tested once
+    assert card["deflated_sharpe"]["n_trials"] == len(TRIALS)
+    # the stream's own loader takes the model and its card as they are
+    model = OnnxModel.load(result["model"])
+    assert model.features == MODEL_FEATURES and model.name == "book_lr_feast"
+    p = model.score_matrix(np.zeros((1, len(MODEL_FEATURES)), np.float32))
+    z = card["model"]["intercept"]
+    assert abs(float(p[0]) - 1 / (1 + np.exp(-z))) < 1e-6
