@@ -222,8 +222,10 @@ def build_training_set(
         joined = _retrieve(store, cfg, view, refs, entities, request.mode)
         for name in names:
             # a NaN would have made pandas turn the column into float (ns times lose digits)
-            if name in int_columns and joined[name].dtype.kind != "i":
-                raise TrainingSetError(f"{name} came back as {joined[name].dtype}, not integers")
+            if name in int_columns:
+                if joined[name].dtype.kind != "i":
+                    raise TrainingSetError(f"{name} came back as {joined[name].dtype}")
+                joined[name] = joined[name].astype("Int64")  # nullable: the join back keeps ints
         # every entity row, whether Feast returned it or not (step 4 of the module doc)
         full = full.merge(
             joined[["instrument", "entity_ts_ns", *names]],
