@@ -31,6 +31,11 @@ book_features = FeatureView(
         Field(name="ask_depth_qty", dtype=Float64, description="Ask depth, all levels."),
         Field(name="ofi", dtype=Float64, description="Order-flow imbalance of this event."),
         Field(name="ts_event", dtype=Int64, description="Exchange time of the event, ns."),
+        Field(
+            name="ts_avail",
+            dtype=Int64,
+            description="When the live path could first use the row (event time, ns).",
+        ),
     ],
     online=True,
     source=book_push,

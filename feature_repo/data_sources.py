@@ -3,7 +3,13 @@
 Batch: the Parquet export of one recorded Iceberg snapshot (``bookstream feast-export`` writes
 it under ``<state>/feast/offline/`` with the snapshot id beside it). Stream: one
 ``PushSource`` per stream-fed view (``bookstream feast-push`` pushes the features topic there).
-``event_time`` is the exchange time of the row's event (the lake's timestamp column)."""
+The source's timestamp is ``available_time``: when the live path could first have used the
+row, in event time (the row's ``ts_avail``: exchange time + modelled feed and processing
+latency, rounded *up* to Feast's microseconds so no value is joined before it was available).
+Feast's point-in-time join on it gives training sets "as known at" each entity row's time;
+``event_time`` (the exchange time, the lake's timestamp column) stays in the file, and
+``bookstream features training-set --event-time`` joins on it instead, to show the
+difference."""
 
 from feast import FileSource, PushSource
 from feast.data_format import ParquetFormat
@@ -18,7 +24,7 @@ features_batch = FileSource(
     name="features_lake",
     path=str(OFFLINE_FEATURES),
     file_format=ParquetFormat(),
-    timestamp_field="event_time",
+    timestamp_field="available_time",
     description="The lake's features table at a recorded Iceberg snapshot.",
     owner="quant@bookstream",
     tags={"lake_table": "features"},

@@ -44,7 +44,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from udfs.config import ConfigError, load_config, secure_state_dir
+from udfs.config import PROJECT_ROOT, ConfigError, load_config, secure_state_dir
 
 if TYPE_CHECKING:  # imported where used: the command starts without the adapters
     from udfs.market.adapters.sources import Source
@@ -124,6 +124,39 @@ def cmd_feast_push(args: argparse.Namespace) -> int:
     from jobs.feast_store import run_pusher
 
     _emit(run_pusher(load_config(), bounded=args.bounded))
+    return 0
+
+
+def cmd_training_set(args: argparse.Namespace) -> int:
+    from jobs.training_set import TrainingSetRequest, build_training_set, parse_time
+
+    request = TrainingSetRequest(
+        start_ns=parse_time(args.time_from),
+        end_ns=parse_time(args.time_to),
+        mode="event_time" if args.event_time else "as_known_at",
+        step_ms=args.step_ms,
+        views=tuple(args.view) if args.view else TrainingSetRequest.views,
+    )
+    summary = build_training_set(load_config(), request, args.out)
+    _emit({k: v for k, v in summary.items() if k != "feature_views"})
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from jobs.train import TrainRequest, train
+    from jobs.training_set import parse_time
+
+    request = TrainRequest(
+        start_ns=parse_time(args.time_from),
+        end_ns=parse_time(args.time_to),
+        name=args.name,
+        out_dir=args.out_dir,
+        step_ms=args.step_ms,
+        horizon_ms=args.horizon_ms,
+        folds=args.folds,
+        embargo=args.embargo,
+    )
+    _emit(train(load_config(), request))
     return 0
 
 
@@ -618,6 +651,78 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "features",
+        "quants' feature-store commands (see `bookstream features training-set --help`)",
+        "bookstream features training-set --from 2012-06-21T13:30 --to 2012-06-21T13:31 "
+        "--out train.parquet",
+        cmd_training_set,
+        parents=common,
+    )
+    features_sub = p.add_subparsers(dest="features_command", required=True, metavar="COMMAND")
+    p = _command(
+        features_sub,
+        "training-set",
+        "a point-in-time training set from the lake through Feast's get_historical_features",
+        "bookstream features training-set --from 2012-06-21T13:30 --to 2012-06-21T13:31 "
+        "--out train.parquet",
+        cmd_training_set,
+        description="Entity rows: per instrument, a grid every --step-ms of exchange time "
+        "over its feature rows inside [--from, --to). Joined as known at each entity row "
+        "(the feature row's availability time: exchange time + modelled feed and processing "
+        "latency) or, with --event-time, on the exchange time. The Parquet file keeps the "
+        "lake snapshot id, the feature views' versions and the entity rows' timestamps; "
+        "entity rows with no value inside a view's TTL are kept (nulls) and counted.",
+        parents=common,
+    )
+    p.add_argument(
+        "--from", dest="time_from", required=True, metavar="T", help="ISO-8601 (UTC) or ns"
+    )
+    p.add_argument("--to", dest="time_to", required=True, metavar="T", help="exclusive end")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument(
+        "--as-known-at",
+        action="store_true",
+        help="join on availability time (default): what the live path could have known",
+    )
+    when.add_argument(
+        "--event-time", action="store_true", help="join on exchange time (look-ahead, to compare)"
+    )
+    p.add_argument("--step-ms", type=int, default=1000, help="entity grid step (default 1000)")
+    p.add_argument(
+        "--view",
+        action="append",
+        metavar="NAME",
+        help="a feature view (repeatable; default book_features and window_features)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the Parquet file to write")
+
+    p = _command(
+        sub,
+        "train",
+        "train a model from the lake through Feast: label, validate, export ONNX + model card",
+        "bookstream train --from 2012-06-21T13:30 --to 2012-06-21T13:31 --step-ms 100",
+        cmd_train,
+        description="The training set as known at each entity row (bookstream features "
+        "training-set), triple-barrier labels on the lake's exact mid path, purged K-fold "
+        "over a grid of regularisation strengths with the deflated Sharpe ratio of the one "
+        "selected, logistic regression exported to <out-dir>/<name>.onnx with its model card "
+        "<name>.json (features and order, window, lake snapshot, scores, hashes). Last line: "
+        "JSON with rows, features, folds, deflated_sharpe, model, onnx_equals_offline.",
+        parents=common,
+    )
+    p.add_argument(
+        "--from", dest="time_from", required=True, metavar="T", help="ISO-8601 (UTC) or ns"
+    )
+    p.add_argument("--to", dest="time_to", required=True, metavar="T", help="exclusive end")
+    p.add_argument("--name", default="book_lr_feast", help="model name (default book_lr_feast)")
+    p.add_argument("--out-dir", type=Path, default=PROJECT_ROOT / "models", help="default models/")
+    p.add_argument("--step-ms", type=int, default=250, help="entity grid step (default 250)")
+    p.add_argument("--horizon-ms", type=int, default=2000, help="vertical barrier (default 2000)")
+    p.add_argument("--folds", type=int, default=5, help="purged K-fold folds (default 5)")
+    p.add_argument("--embargo", type=int, default=5, help="embargo, samples (default 5)")
+
+    p = _command(
+        sub,
         "config",
         "print the effective configuration and where each value came from",
         "BOOKSTREAM_KAFKA_PORT=29092 bookstream config",
@@ -977,6 +1082,7 @@ def _expected_error(exc: BaseException) -> str | None:
         ("jobs.tail", "TopicNotFoundError"),
         ("jobs.cluster", "ClusterError"),
         ("udfs.strategy.registry", "RegistryError"),
+        ("jobs.training_set", "TrainingSetError"),
     ):
         if module in sys.modules:
             fixes.append((getattr(sys.modules[module], name), ""))
@@ -1015,6 +1121,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_verify_book,
             cmd_feast_env,
             cmd_feast_export,
+            cmd_training_set,
+            cmd_train,
             cmd_jobs,
             cmd_savepoint,
             cmd_stop,

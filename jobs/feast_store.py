@@ -14,10 +14,12 @@ import os
 import shlex
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from udfs.config import Config
@@ -32,6 +34,8 @@ __all__ = [
     "export_offline",
     "feast_env",
     "feast_env_shell",
+    "offline_event_time_path",
+    "offline_frames",
     "open_store",
     "push_rows",
     "redis_password",
@@ -89,12 +93,75 @@ def _features_stream(cfg: Config) -> Stream:
     return next(s for s in streams(cfg.features.depth_levels) if s.name == "features")
 
 
+def _ceil_us(ns: pa.Array) -> pa.Array:
+    """ns -> microseconds rounded up (Feast keeps microseconds): a value available at
+    1.5 us is taken as available at 2 us, never at 1."""
+    return pc.divide(pc.add(ns, 999), 1000)  # integer division: times are positive
+
+
+def offline_frames(cfg: Config, data: pa.Table) -> tuple[dict[str, pa.Table], int]:
+    """The lake's feature rows as the two offline files Feast reads: ``as_known_at`` (timestamp
+    ``available_time``: the registered source) and ``event_time`` (timestamp ``event_time``:
+    what ``--event-time`` joins on), and how many rows had no ``ts_avail`` (rows written
+    before it existed: derived from their exchange time with the configured latencies).
+
+    Of rows of one instrument with the same timestamp (Feast keeps microseconds; Binance
+    stamps milliseconds), each file keeps the last in stream order: it is what the live path
+    held at that instant, and Feast's join would otherwise pick one of the tied rows in
+    an order its sort does not fix. Sorted by instrument and timestamp, so the same lake
+    snapshot gives the same bytes."""
+    from udfs.latency import AvailabilityModel
+
+    data = data.sort_by(
+        [("instrument", "ascending"), ("_partition", "ascending"), ("_offset", "ascending")]
+    )
+    derived = 0
+    if "ts_avail" in data.column_names:
+        ts_avail = data["ts_avail"]
+    else:
+        ts_avail = pa.nulls(data.num_rows, pa.int64())
+    if ts_avail.null_count:
+        model = AvailabilityModel.from_config(cfg)
+        fixed = [
+            a if a is not None else model.ts_avail(i, q, e)
+            for a, i, q, e in zip(
+                ts_avail.to_pylist(),
+                data["instrument"].to_pylist(),
+                data["seq"].to_pylist(),
+                data["ts_event"].to_pylist(),
+                strict=True,
+            )
+        ]
+        derived = ts_avail.null_count
+        ts_avail = pa.array(fixed, pa.int64())
+    if "ts_avail" in data.column_names:
+        data = data.set_column(data.schema.get_field_index("ts_avail"), "ts_avail", ts_avail)
+    else:
+        data = data.append_column("ts_avail", ts_avail)
+    # the FileSource's timestamp columns must be tz-aware (Feast compares with UTC datetimes)
+    utc_us = pa.timestamp("us", "UTC")
+    idx = data.schema.get_field_index("event_time")
+    data = data.set_column(idx, "event_time", data["event_time"].cast(utc_us))
+    available = _ceil_us(ts_avail.cast(pa.int64())).cast(pa.int64()).cast(utc_us)
+    data = data.append_column("available_time", available)
+    frames = {}
+    for name, column in (("as_known_at", "available_time"), ("event_time", "event_time")):
+        keys = pa.table({"i": data["instrument"], "t": data[column].cast(pa.int64())})
+        last = keys.append_column("n", pa.array(range(data.num_rows), pa.int64()))
+        last = last.group_by(["i", "t"], use_threads=False).aggregate([("n", "max")])
+        kept = data.take(last["n_max"])
+        frames[name] = kept.sort_by([("instrument", "ascending"), (column, "ascending")])
+    return frames, derived
+
+
 def export_offline(cfg: Config) -> dict[str, Any]:
     """Write the lake's ``features`` table at its current Iceberg snapshot to
-    ``<state>/feast/offline/features.parquet`` (what the FileSource reads), and the snapshot id
-    with row count beside it (``features.snapshot.json``), so a training set built from it
-    names the lake state it came from and can be rebuilt. Atomic: a reader sees the old or the
-    new pair, never half a file."""
+    ``<state>/feast/offline/features.parquet`` (what the FileSource reads; timestamp
+    ``available_time``) and ``features.event_time.parquet`` (timestamp ``event_time``), see
+    :func:`offline_frames`, and the snapshot id with row counts beside them
+    (``features.snapshot.json``), so a training set built from it names the lake state it
+    came from and can be rebuilt. Atomic per file: a reader sees an old or a new file, never
+    half of one."""
     from jobs.lake import open_catalog
 
     catalog = open_catalog(cfg)
@@ -103,26 +170,37 @@ def export_offline(cfg: Config) -> dict[str, Any]:
     if snap is None:
         raise ValueError("the lake's features table has no snapshot yet: run `make demo` first")
     data = table.scan(snapshot_id=snap.snapshot_id).to_arrow()
-    # the FileSource's timestamp column must be tz-aware (Feast compares with UTC datetimes)
-    idx = data.schema.get_field_index("event_time")
-    data = data.set_column(idx, "event_time", data["event_time"].cast(pa.timestamp("us", "UTC")))
+    frames, derived = offline_frames(cfg, data)
     out_dir = cfg.feast_dir / "offline"
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / "features.parquet"
-    tmp = target.with_suffix(".parquet.tmp")
-    pq.write_table(data, tmp)
+    paths = {
+        "as_known_at": out_dir / "features.parquet",
+        **{"event_time": offline_event_time_path(cfg)},
+    }
+    for name, target in paths.items():
+        tmp = target.with_suffix(".parquet.tmp")
+        pq.write_table(frames[name], tmp)
+        os.replace(tmp, target)
     record = {
         "table": f"{cfg.lake.namespace}.features",
         "snapshot_id": snap.snapshot_id,
         "rows": data.num_rows,
-        "parquet": str(target),
+        "rows_as_known_at": frames["as_known_at"].num_rows,
+        "rows_event_time": frames["event_time"].num_rows,
+        "availability_derived": derived,
+        "parquet": str(paths["as_known_at"]),
+        "parquet_event_time": str(paths["event_time"]),
     }
     meta = out_dir / "features.snapshot.json"
     meta_tmp = meta.with_suffix(".json.tmp")
     meta_tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, target)
     os.replace(meta_tmp, meta)
     return record
+
+
+def offline_event_time_path(cfg: Config) -> Path:
+    """The offline file keyed on exchange time (``--event-time`` training sets)."""
+    return cfg.feast_dir / "offline" / "features.event_time.parquet"
 
 
 def _to_push_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -133,6 +211,9 @@ def _to_push_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     newest = {row["instrument"]: row for row in rows}
     frame = pd.DataFrame(list(newest.values()))
     frame["event_time"] = pd.to_datetime(frame["ts_event"], unit="ns", utc=True)
+    # the views' timestamp (feature_repo/data_sources.py): availability, microseconds rounded up
+    avail_us = -(-frame["ts_avail"].astype("int64") // 1000)
+    frame["available_time"] = pd.to_datetime(avail_us, unit="us", utc=True)
     return frame
 
 

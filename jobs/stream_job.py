@@ -60,6 +60,7 @@ from pyflink.java_gateway import get_gateway
 from jobs.audit import publish_config
 from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
 from udfs.config import PROJECT_ROOT, Config
+from udfs.latency import AvailabilityModel
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, ProcessResult, RecordSource, process_record
 from udfs.schema import Reason, StatsRow, compact_json, encode_record, encode_row
@@ -165,6 +166,7 @@ class StreamJobFunction(KeyedProcessFunction):
         self.topic = cfg.topics.events  # a dead letter names where its record was read
         self.max_ahead_ms = cfg.flink.max_ahead_ms
         self.future_confirm = cfg.flink.future_confirm
+        self.availability = AvailabilityModel.from_config(cfg)
         self.snapshot_every = snapshot_every
         # keyed state: set by open(), before any element or timer
         self.snapshot: ValueState | None = None
@@ -209,6 +211,7 @@ class StreamJobFunction(KeyedProcessFunction):
                 self.quality_cfg,
                 self.max_ahead_ms,
                 self.future_confirm,
+                self.availability,
             )
             replayed += 1
         if state is not None or replayed:
@@ -231,6 +234,7 @@ class StreamJobFunction(KeyedProcessFunction):
         feature_cfg, out_of_orderness_ms = self.feature_cfg, self.out_of_orderness_ms
         trader, quality_cfg = self.trader, self.quality_cfg
         max_ahead_ms, future_confirm = self.max_ahead_ms, self.future_confirm
+        availability = self.availability
         stats_at = self.stats_timer.get(key, -1)  # on_timer, which moves it, is not called here
         for partition, offset, ts, read_ns, raw in parse_batch(value):
             state, result = process_record(
@@ -244,6 +248,7 @@ class StreamJobFunction(KeyedProcessFunction):
                 quality_cfg,
                 max_ahead_ms,
                 future_confirm,
+                availability,
             )
             # persist: log the record, or fold everything into a new snapshot
             n += 1

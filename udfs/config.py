@@ -304,6 +304,13 @@ class FeatureConfig:
     """N for depth imbalance over the top 1..N levels and depth per side."""
     window_ms: int = field(default=1000, metadata=_range(1))
     """Event-time window for realised volatility and trade flow."""
+    processing_latency_us: int = field(default=5000, metadata=_range(0))
+    """The job's modelled processing latency (record read -> feature row usable by the
+    trading stage), microseconds. With the feed latency (``venue.feed_latency_ms`` or its
+    recorded distribution) it makes each feature row's availability time ``ts_avail`` =
+    ``ts_event`` + feed + processing, in event time (``udfs.latency.AvailabilityModel``): what a
+    training set "as known at" joins on. A model, not a measurement, so a replay gives the same
+    value (the job's measured latencies are ``make bench``'s)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,14 +7,15 @@ job draws the same sequence; all values are integer nanoseconds, parsed exactly 
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from udfs.config import PROJECT_ROOT
+from udfs.config import PROJECT_ROOT, Config
 
-__all__ = ["NS_PER_MS", "LatencyModel", "load_latency_samples"]
+__all__ = ["NS_PER_MS", "AvailabilityModel", "LatencyModel", "load_latency_samples"]
 
 NS_PER_MS = 1_000_000
 
@@ -66,3 +67,41 @@ class LatencyModel:
         if self.samples is None:
             return self.constant_ns
         return rng.choice(self.samples)
+
+    def keyed(self, key: str) -> int:
+        """One latency chosen by ``key`` alone (a stable hash of it, no stream state): the same
+        key gives the same latency in every process, replay and restore, whatever was drawn
+        before."""
+        if self.samples is None:
+            return self.constant_ns
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        return self.samples[int.from_bytes(digest, "big") % len(self.samples)]
+
+
+@dataclass(frozen=True, slots=True)
+class AvailabilityModel:
+    """When the live path could first have used a feature row, in event time:
+    ``ts_avail = ts_event + feed latency + processing latency`` (ns).
+
+    The feed latency is the trading stage's (``venue.feed_latency_ms``, or one sample of
+    ``venue.feed_latency_samples_path`` chosen by the row's instrument, ``seq`` and exchange
+    time: :meth:`LatencyModel.keyed`), the processing latency ``features.processing_latency_us``.
+    A function of the row alone, so a replay gives the same value."""
+
+    feed: LatencyModel
+    processing_ns: int
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> AvailabilityModel:
+        return cls(
+            feed=LatencyModel.from_config(
+                cfg.venue.feed_latency_ms, cfg.venue.feed_latency_samples_path
+            ),
+            processing_ns=cfg.features.processing_latency_us * 1000,
+            seed=cfg.venue.latency_seed,
+        )
+
+    def ts_avail(self, instrument: str, seq: int, ts_event: int) -> int:
+        feed = self.feed.keyed(f"avail:{self.seed}:{instrument}:{seq}:{ts_event}")
+        return ts_event + feed + self.processing_ns

@@ -41,7 +41,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from udfs.config import FeatureConfig, FlinkConfig, QualityConfig
+from udfs.config import Config, FeatureConfig, FlinkConfig, QualityConfig
+from udfs.latency import AvailabilityModel
 from udfs.market.book import BookError, OrderBook
 from udfs.market.features import FeatureState, on_event
 from udfs.market.quality import MINUTE_NS, QualityState, close_before, observe
@@ -63,6 +64,8 @@ __all__ = ["InstrumentState", "ProcessResult", "process_event", "process_record"
 _STALE_AFTER_MS = QualityConfig().stale_after_ms
 _MAX_AHEAD_MS = FlinkConfig().max_ahead_ms
 _FUTURE_CONFIRM = FlinkConfig().future_confirm
+_AVAILABILITY = AvailabilityModel.from_config(Config())
+"""The default settings' availability model (the stream job passes its configured one)."""
 
 _BOOK_REASONS = {
     "sequence gap": Reason.SEQUENCE_GAP,
@@ -208,6 +211,7 @@ def process_record(
     quality_cfg: QualityConfig | None = None,
     max_ahead_ms: int = _MAX_AHEAD_MS,
     future_confirm: int = _FUTURE_CONFIRM,
+    availability: AvailabilityModel = _AVAILABILITY,
 ) -> tuple[InstrumentState | None, ProcessResult]:
     """Steps 1-6 for one Kafka record, then the trading stage (``udfs.strategy.trading``) on each
     feature row when a ``trader`` is given. ``state`` is None for a key seen for the first
@@ -260,6 +264,7 @@ def process_record(
             refuse,
             max_ahead_ms,
             future_confirm,
+            availability,
         )
     except Exception as exc:  # no record may stop the job: set it aside
         result.features.clear()
@@ -281,6 +286,7 @@ def _process_decoded(
     refuse: Callable[[Reason, str, int], None],
     max_ahead_ms: int = _MAX_AHEAD_MS,
     future_confirm: int = _FUTURE_CONFIRM,
+    availability: AvailabilityModel = _AVAILABILITY,
 ) -> ProcessResult:
     """Steps 3-6 and trading for a decoded event of ``state``'s instrument."""
     row, refusal = process_event(
@@ -299,6 +305,8 @@ def _process_decoded(
         refuse(*refusal, ev.ts_event)
         return result
     if row is not None:
+        # event time the live path could first use the row (deterministic: replay-safe)
+        row["ts_avail"] = availability.ts_avail(ev.instrument, row["seq"], row["ts_event"])
         if trader is not None:
             result.signals, result.orders = trader.on_features(state.trading, row, ev)
         row["ts_proc"] = time.time_ns()

@@ -4,10 +4,11 @@
 -- own fields in wire order (instrument, ts_event, ts_recv, seq, price_exp, size_exp, best_bid,
 -- best_ask, bid_size, ask_size, spread, mid, microprice, imbalance_1, imbalance_2, imbalance_3,
 -- imbalance_4, imbalance_5, bid_depth, ask_depth, ofi, ofi_window, rv, trade_volume,
--- trade_signed_volume, trade_count, ts_proc, v, best_bid_px, best_ask_px, spread_px, mid_px,
--- microprice_px, bid_size_qty, ask_size_qty, bid_depth_qty, ask_depth_qty, trade_volume_qty,
--- trade_signed_volume_qty), then event_time (exchange time, UTC), _partition and _offset (its
--- Kafka position). Key columns are not Nullable; every other column is, as in Iceberg.
+-- trade_signed_volume, trade_count, ts_proc, ts_avail, v, best_bid_px, best_ask_px, spread_px,
+-- mid_px, microprice_px, bid_size_qty, ask_size_qty, bid_depth_qty, ask_depth_qty,
+-- trade_volume_qty, trade_signed_volume_qty), then event_time (exchange time, UTC), _partition and
+-- _offset (its Kafka position). Key columns are not Nullable; every other column is, as in
+-- Iceberg.
 CREATE TABLE IF NOT EXISTS bookstream.features
 (
     `instrument`              LowCardinality(String),
@@ -37,6 +38,7 @@ CREATE TABLE IF NOT EXISTS bookstream.features
     `trade_signed_volume`     Nullable(Int64),
     `trade_count`             Nullable(Int64),
     `ts_proc`                 Nullable(Int64),
+    `ts_avail`                Nullable(Int64),
     `v`                       Nullable(Int64),
     `best_bid_px`             Nullable(Float64),
     `best_ask_px`             Nullable(Float64),

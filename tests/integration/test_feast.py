@@ -2,50 +2,20 @@
 ``bookstream feast-push`` through Feast's push API into the project's Redis, with the
 repository applied by the shipped ``feast`` CLI to the shared SQL registry (PostgreSQL).
 
-The repository is a copy of ``feature_repo/`` under a Feast project of its own (so the test
-never touches the user's registered views), plus the README's throwaway view: a quant's
-"add a view, apply, read it online" exactly as the README walks through it."""
+The repository (conftest's ``feast_repo``) is a copy of ``feature_repo/`` under a Feast
+project of its own (so the test never touches the user's registered views), plus the README's
+throwaway view: a quant's "add a view, apply, read it online" exactly as the README walks
+through it."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from it_helpers import VENV_BIN, config_for, read_json, run_cli
+from it_helpers import read_json, run_cli
 
-from jobs.feast_store import feast_env, open_store
-from udfs.config import PROJECT_ROOT, Config
-
-# the README's "Quants: Feast" example, verbatim
-THROWAWAY_VIEW = """\
-from datetime import timedelta
-
-from feast import FeatureView, Field
-from feast.types import Float64
-
-from data_sources import book_push
-from entities import instrument
-
-touch_liquidity = FeatureView(
-    name="touch_liquidity",
-    entities=[instrument],
-    ttl=timedelta(minutes=10),
-    schema=[
-        Field(name="bid_size_qty", dtype=Float64),
-        Field(name="ask_size_qty", dtype=Float64),
-        Field(name="microprice_px", dtype=Float64),
-    ],
-    source=book_push,
-    description="Size at the touch and the microprice, for a liquidity model.",
-    owner="you@bookstream",
-    tags={"team": "quant"},
-)
-"""
+from jobs.feast_store import open_store
+from udfs.config import Config
 
 BOOK = (
     "best_bid_px",
@@ -62,6 +32,7 @@ BOOK = (
     "ask_depth_qty",
     "ofi",
     "ts_event",
+    "ts_avail",
 )
 WINDOW = (
     "rv",
@@ -82,46 +53,13 @@ class PushedStore:
 
 
 @pytest.fixture(scope="module")
-def pushed(demo_history, tmp_path_factory) -> Iterator[PushedStore]:
-    repo = tmp_path_factory.mktemp("feature_repo")
-    shutil.copytree(
-        PROJECT_ROOT / "feature_repo",
-        repo,
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    project = f"it_{uuid.uuid4().hex[:8]}"
-    yaml_path = repo / "feature_store.yaml"
-    text = yaml_path.read_text()
-    assert "\nproject: bookstream\n" in text
-    yaml_path.write_text(text.replace("\nproject: bookstream\n", f"\nproject: {project}\n"))
-    (repo / "liquidity_views.py").write_text(THROWAWAY_VIEW)
-
-    env = {**demo_history.env, "BOOKSTREAM_FEAST_REPO": str(repo)}
-    cfg = config_for(env)
-    applied = subprocess.run(
-        [str(VENV_BIN / "feast"), "-c", str(repo), "apply"],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env, **feast_env(cfg)},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert applied.returncode == 0, f"feast apply failed:\n{applied.stderr[-4000:]}"
+def pushed(feast_repo) -> PushedStore:
+    env, cfg = feast_repo.env, feast_repo.cfg
     summary, _proc, _elapsed = run_cli(["feast-push", "--bounded"], env, timeout_s=900)
     rows = read_json(cfg, cfg.topics.features)
     assert summary["read"] == len(rows) and summary["refused"] == 0, summary
     newest = {row["instrument"]: row for row in rows}
-    store = open_store(cfg)
-    try:
-        yield PushedStore(cfg, project, summary, newest)
-    finally:
-        # only this project: FeatureStore.teardown() would delete every project of the
-        # shared registry
-        store._get_provider().teardown_infra(
-            project, store.list_feature_views(), store.list_entities()
-        )
-        store.delete_project(project)
+    return PushedStore(cfg, feast_repo.project, summary, newest)
 
 
 def _online(cfg: Config, refs: list[str], instruments: list[str], **request: list) -> dict:

@@ -512,6 +512,7 @@ def test_to_dict_order_units_and_json() -> None:
         "trade_signed_volume",
         "trade_count",
         "ts_proc",
+        "ts_avail",
         "v",
         "best_bid_px",
         "best_ask_px",

@@ -232,9 +232,13 @@ class FeatureRow:
     trade_count: int
 
     ts_proc: int = 0
-    """When the row became available to the live path (the job's wall clock, ns; set by
-    ``udfs.pipeline`` after the trading stage): a training set "as known at" a decision joins
-    on this, not on ``ts_event``. 0 until then."""
+    """When the job emitted the row (its wall clock, ns; set by ``udfs.pipeline`` after the
+    trading stage): for latency measurement, not deterministic. 0 until then."""
+    ts_avail: int = 0
+    """When the live path could first have used the row, in event time (ns): ``ts_event`` +
+    the modelled feed and processing latency (``udfs.latency.AvailabilityModel``, set by
+    ``udfs.pipeline``). A training set "as known at" joins on this; a replay gives the same
+    value. 0 until then (and absent from rows written before it existed)."""
     v: int = FEATURE_VERSION
     """schema version of the feature row"""
 
