@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from udfs.config import PROJECT_ROOT, ConfigError, load_config, secure_state_dir
 
 if TYPE_CHECKING:  # imported where used: the command starts without the adapters
+    from udfs.config import Config
     from udfs.market.adapters.sources import Source
 
 __all__ = ["main"]
@@ -443,6 +444,8 @@ def cmd_model(args: argparse.Namespace) -> int:
     if args.action == "status":
         _emit({"registry": str(path), **reg.view()})
         return 0
+    if args.action == "drift":
+        return _model_drift(args, cfg, reg)
     if not args.name:
         raise UsageError(f"`bookstream model {args.action}` needs a model NAME")
     model = f"models/{args.name}.onnx"
@@ -469,6 +472,26 @@ def cmd_model(args: argparse.Namespace) -> int:
         }
     )
     return 0
+
+
+def _model_drift(args: argparse.Namespace, cfg: Config, reg: Any) -> int:
+    from jobs.drift import check_drift
+    from jobs.training_set import parse_time
+    from udfs.strategy.registry import model_name
+
+    name = args.name or model_name(reg.live)
+    if (args.time_from is None) != (args.time_to is None):
+        raise UsageError("give both --from and --to, or neither (the whole lake)")
+    start = parse_time(args.time_from) if args.time_from else 0
+    end = parse_time(args.time_to) if args.time_to else 2**63 - 1
+    reference = None
+    if args.reference_from or args.reference_to:
+        if not (args.reference_from and args.reference_to):
+            raise UsageError("give both --reference-from and --reference-to")
+        reference = (parse_time(args.reference_from), parse_time(args.reference_to))
+    summary = check_drift(cfg, name, start, end, reference)
+    _emit(summary)
+    return 1 if summary["alert"] else 0
 
 
 def cmd_savepoint(args: argparse.Namespace) -> int:
@@ -1051,12 +1074,25 @@ def build_parser() -> argparse.ArgumentParser:
         "the instruments the model trades (by a stable hash; 0: scored and recorded only). "
         "promote NAME: the canary becomes live, the live model the canary at share 0. rollback "
         "NAME: a model that was live before is live again. A change takes effect at the stream "
-        "job's next start; with --restore-latest its state (each model's, by name) is kept.",
+        "job's next start; with --restore-latest its state (each model's, by name) is kept. "
+        "drift [NAME] [--from T --to T]: population stability index of each feature of NAME "
+        "(default: the live model) against its training distribution, a row per feature in "
+        "the lake table model_drift; exit 1 when one is above strategy.drift_psi_alert.",
         parents=common,
     )
-    p.add_argument("action", choices=("status", "canary", "promote", "rollback"))
+    p.add_argument("action", choices=("status", "canary", "promote", "rollback", "drift"))
     p.add_argument("name", nargs="?", metavar="NAME", help="a model in models/ (its file stem)")
     p.add_argument("--share", type=float, default=None, help="with canary: 0 to 1")
+    p.add_argument(
+        "--from", dest="time_from", metavar="T", help="with drift: window start (ISO or ns)"
+    )
+    p.add_argument("--to", dest="time_to", metavar="T", help="with drift: window end, exclusive")
+    p.add_argument(
+        "--reference-from",
+        metavar="T",
+        help="with drift: a lake window as the reference (models without a drift_reference)",
+    )
+    p.add_argument("--reference-to", metavar="T", help="with drift: its end, exclusive")
     return parser
 
 
@@ -1083,6 +1119,7 @@ def _expected_error(exc: BaseException) -> str | None:
         ("jobs.cluster", "ClusterError"),
         ("udfs.strategy.registry", "RegistryError"),
         ("jobs.training_set", "TrainingSetError"),
+        ("jobs.drift", "DriftError"),
     ):
         if module in sys.modules:
             fixes.append((getattr(sys.modules[module], name), ""))

@@ -310,6 +310,7 @@ def train(cfg: Config, request: TrainRequest, store: Any = None) -> dict[str, An
     import skl2onnx
     import sklearn
 
+    from udfs.research.drift import reference_of
     from udfs.strategy.model import DERIVED, OnnxModel, feature_vector
 
     train_dir = cfg.state_dir / "train"
@@ -403,6 +404,12 @@ def train(cfg: Config, request: TrainRequest, store: Any = None) -> dict[str, An
             "trials": trials,
         },
         "deflated_sharpe": dsr,
+        # deciles of each feature of the training rows: `bookstream model drift` compares a
+        # later window of the stream with them
+        "drift_reference": {
+            f: reference_of([float(v) for v in x[:, j]]).to_json()
+            for j, f in enumerate(MODEL_FEATURES)
+        },
         "software": {
             "scikit-learn": sklearn.__version__,
             "skl2onnx": skl2onnx.__version__,

@@ -469,6 +469,9 @@ class StrategyConfig:
     shadow_model_path: str = "models/book_lr_v2.onnx"
     """Scored side by side on the same rows, recorded, never traded; empty: none. The canary
     (at share 0) until the model registry records a change."""
+    drift_psi_alert: float = field(default=0.25, metadata=_range(0.0, lo_open=True))
+    """``bookstream model drift``: a feature whose population stability index against the
+    model's training distribution is above this is an alert (0.25: a significant shift)."""
     registry_path: str = ""
     """The model registry (:mod:`udfs.strategy.registry`: live model, canary and its share),
     changed by ``bookstream model``; empty: ``<state>/models/registry.json``."""
