@@ -101,12 +101,21 @@ def existing_topics(cfg: Config) -> dict[str, int]:
     return {name: len(t.partitions) for name, t in md.topics.items()}
 
 
+def topic_replicas(cfg: Config) -> dict[str, int]:
+    """topic -> replicas of its first partition."""
+    md = _admin(cfg).list_topics(timeout=10)
+    return {
+        name: len(t.partitions[0].replicas) for name, t in md.topics.items() if 0 in t.partitions
+    }
+
+
 def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str]:
     """Create the configured topics that do not exist yet (idempotent). Returns those created.
     An existing topic with another partition count is reported, not altered."""
     check_broker(cfg)
     specs = cfg.topics.specs() if specs is None else specs
     have = existing_topics(cfg)
+    replicas = topic_replicas(cfg)
     for spec in specs:
         if spec.name in have and have[spec.name] != spec.partitions:
             logger.warning(
@@ -115,12 +124,20 @@ def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str
                 have[spec.name],
                 spec.partitions,
             )
+        if spec.name in replicas and replicas[spec.name] != cfg.replication(spec)[0]:
+            logger.warning(
+                "topic %s has %d replicas, config says %d (left as is)",
+                spec.name,
+                replicas[spec.name],
+                cfg.replication(spec)[0],
+            )
     wanted = [
         NewTopic(
             s.name,
             num_partitions=s.partitions,
-            replication_factor=1,
+            replication_factor=cfg.replication(s)[0],
             config={
+                "min.insync.replicas": str(cfg.replication(s)[1]),
                 "retention.ms": str(s.retention_ms),
                 "retention.bytes": str(s.retention_bytes),
                 # record timestamps are exchange times: see TopicSpec.timestamp_after_max_ms

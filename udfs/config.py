@@ -376,6 +376,10 @@ class TopicSpec:
     """-1 keeps records forever (Kafka's convention)."""
     retention_bytes: int = -1
     """Per-partition size limit; -1 means none."""
+    replication_factor: int | None = None
+    """None: ``topics.replication_factor`` (see :meth:`Config.replication`)."""
+    min_insync_replicas: int | None = None
+    """None: ``topics.min_insync_replicas`` (see :meth:`Config.replication`)."""
     timestamp_after_max_ms: int = 2**63 - 1
     """``message.timestamp.after.max.ms``: how far a record's timestamp may be ahead of the
     broker's clock. Kafka 4 refuses records more than an hour ahead by default (KIP-1030); our
@@ -418,6 +422,13 @@ class TopicsConfig:
     times (years old for LOBSTER 2012): a time limit would delete replayed history at once, so
     the default keeps records by size only (``retention_bytes`` per partition)."""
     retention_bytes: int = field(default=2 * 1024**3, metadata=_range(-1))
+    replication_factor: int = field(default=0, metadata=_range(0, 32))
+    """Replicas of every topic; 0: the project's own node count (``kafka.brokers``, at most 3),
+    so ``make up KAFKA_BROKERS=3`` gives every topic 3. Set it for another deployment."""
+    min_insync_replicas: int = field(default=0, metadata=_range(0, 32))
+    """``min.insync.replicas`` of every topic: with ``acks=all`` (every producer of the
+    project) a write is acknowledged once this many replicas have it; 0: replication factor - 1
+    (at least 1), e.g. 2 of 3, so one broker may be down without stopping producers."""
 
     def for_run(self, run: str) -> TopicsConfig:
         """The topic set of one run (a test, a benchmark, a replay): every topic, named
@@ -851,6 +862,21 @@ class Config:
             / "flink"
             / f"flink-sql-connector-kafka-{self.flink.kafka_connector_version}.jar"
         )
+
+    def replication(self, spec: TopicSpec | None = None) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) of ``spec`` (or of a topic with no values
+        of its own) from the configuration: ``topics.replication_factor`` (0: ``kafka.brokers``,
+        at most 3), ``topics.min_insync_replicas`` (0: replicas - 1, at least 1)."""
+        rf = spec.replication_factor if spec and spec.replication_factor else None
+        rf = rf or self.topics.replication_factor or min(self.kafka.brokers, 3)
+        isr = spec.min_insync_replicas if spec and spec.min_insync_replicas else None
+        isr = isr or self.topics.min_insync_replicas or max(rf - 1, 1)
+        if isr > rf:
+            raise ConfigError(
+                f"topics.min_insync_replicas={isr} > replication factor {rf}: "
+                "no write could ever be acknowledged"
+            )
+        return rf, isr
 
     @property
     def glue_jar(self) -> Path:

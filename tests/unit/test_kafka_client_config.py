@@ -206,3 +206,40 @@ def test_kafka_io_clients_carry_the_passthrough(monkeypatch: pytest.MonkeyPatch)
         assert conf["sasl.mechanisms"] == "SCRAM-SHA-512" and conf["sasl.password"] == SECRET
         assert "sasl.jaas.config" not in conf
     assert built[0]["acks"] == "all" and built[0]["enable.idempotence"] is True
+
+
+def test_replication_and_min_isr_come_from_the_configuration() -> None:
+    one = load_config(env={})
+    assert one.replication() == (1, 1)
+    three = load_config(env={"BOOKSTREAM_KAFKA_BROKERS": "3"})
+    assert all(three.replication(s) == (3, 2) for s in three.topics.specs())
+    given = load_config(
+        env={
+            "BOOKSTREAM_TOPICS_REPLICATION_FACTOR": "5",
+            "BOOKSTREAM_TOPICS_MIN_INSYNC_REPLICAS": "3",
+        }
+    )
+    assert given.replication() == (5, 3)
+    with pytest.raises(ConfigError, match="min_insync_replicas=4 > replication factor 3"):
+        load_config(
+            env={"BOOKSTREAM_KAFKA_BROKERS": "3", "BOOKSTREAM_TOPICS_MIN_INSYNC_REPLICAS": "4"}
+        ).replication()
+
+
+def test_create_topics_asks_for_the_configured_replication(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[Any] = []
+
+    class Admin:
+        def create_topics(self, topics: list[Any], **_kw: Any) -> dict[str, Any]:
+            asked.extend(topics)
+            return {}
+
+    cfg = load_config(env={"BOOKSTREAM_KAFKA_BROKERS": "3"})
+    monkeypatch.setattr(kafka_io, "check_broker", lambda _cfg: 3)
+    monkeypatch.setattr(kafka_io, "existing_topics", lambda _cfg: {})
+    monkeypatch.setattr(kafka_io, "topic_replicas", lambda _cfg: {})
+    monkeypatch.setattr(kafka_io, "_admin", lambda _cfg: Admin())
+    kafka_io.create_topics(cfg)
+    assert len(asked) == len(cfg.topics.specs())
+    for topic in asked:
+        assert topic.replication_factor == 3 and topic.config["min.insync.replicas"] == "2"
