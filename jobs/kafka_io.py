@@ -95,6 +95,14 @@ def check_broker(cfg: Config, timeout_s: float = 5.0) -> int:
     return len(md.brokers)
 
 
+def broker_list(cfg: Config, timeout_s: float = 5.0) -> list[str]:
+    """``id@host:port`` of each broker the cluster reports (sorted by id), or
+    :class:`BrokerUnavailableError`."""
+    check_broker(cfg, timeout_s)
+    md = _admin(cfg).list_topics(timeout=timeout_s)
+    return [f"{b.id}@{b.host}:{b.port}" for b in sorted(md.brokers.values(), key=lambda b: b.id)]
+
+
 def existing_topics(cfg: Config) -> dict[str, int]:
     """topic -> partition count."""
     md = _admin(cfg).list_topics(timeout=10)

@@ -1252,6 +1252,13 @@ def shell_values(cfg: Config) -> dict[str, str]:
         "KAFKA_HOST": cfg.kafka.host,
         "KAFKA_PORT": cfg.kafka.port,
         "KAFKA_CONTROLLER_PORT": cfg.kafka.controller_port,
+        "KAFKA_BROKERS": cfg.kafka.brokers,
+        # node i (1-based): "port controller_port", space separated, one per node
+        "KAFKA_NODE_PORTS": ",".join(f"{p} {c}" for p, c in cfg.kafka.node_ports),
+        "KAFKA_BOOTSTRAP": cfg.kafka.bootstrap_servers,
+        # the brokers' internal topics (offsets, transactions): as replicated as the nodes allow
+        "KAFKA_INTERNAL_RF": min(cfg.kafka.brokers, 3),
+        "KAFKA_INTERNAL_MIN_ISR": max(min(cfg.kafka.brokers, 3) - 1, 1),
         "FLINK_KAFKA_CONNECTOR_VERSION": cfg.flink.kafka_connector_version,
         "FLINK_CLUSTER_DIR": cfg.flink_cluster_dir,
         "FLINK_CLUSTER_LOG_DIR": cfg.flink_cluster_logs_dir,
