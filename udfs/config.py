@@ -1308,5 +1308,12 @@ if __name__ == "__main__":
         print(shell_exports(load_config()))
     elif sys.argv[1:] == ["shell-nul"]:
         sys.stdout.buffer.write(shell_values_nul(load_config()))
+    elif sys.argv[1:] == ["java-client-properties"]:
+        # the passthrough for Kafka's own (unshaded) Java tools, as a properties file's text:
+        # infra/kafka/bin/kafka-tool writes it to a 0600 file, never to a terminal or a log
+        java = java_properties(load_config().kafka.client_properties(), shaded=False)
+        for key, value in java.items():
+            escaped = value.replace("\\", "\\\\").replace("\n", "\\n")
+            sys.stdout.write(f"{key}={escaped}\n")
     else:
         print(load_config())
