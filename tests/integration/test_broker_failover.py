@@ -44,6 +44,7 @@ from udfs.schema import ExecReport, decode_record
 
 pytestmark = pytest.mark.integration
 
+SECRET = f"it-secret-{uuid.uuid4().hex}"
 STEP = 2  # node i on base + 2(i-1), its controller one above
 
 
@@ -105,6 +106,8 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
                 "reconnect.backoff.ms": "100",
                 "librdkafka.socket.nagle.disable": "true",
                 "java.ssl.protocol": "TLSv1.3",
+                # a secret (unused on PLAINTEXT) that must never reach a log
+                "ssl.key.password": SECRET,
             }
         ),
     }
@@ -288,4 +291,7 @@ def test_a_broker_killed_and_restarted_loses_nothing_and_transactions_survive(
     assert not [i for i, c in Counter(ids).items() if c > 1]
     assert after == expected  # byte for byte, in the same order
     assert resumed.positions == ref_res.positions
+    # the passthrough's secret is in no log: the live sink's, the nodes'
+    logs = [log_path, *cluster.state.glob("kafka/node-*/kafka.log")]
+    assert len(logs) == 4 and not [p for p in logs if SECRET in p.read_text(errors="replace")]
     _phase("checked")
