@@ -4,6 +4,10 @@
 SHELL := /bin/bash
 BS := .venv/bin/bookstream
 PYTEST := .venv/bin/pytest
+# `make up KAFKA_BROKERS=3`: three KRaft nodes (kafka.brokers; bookstream.toml for a lasting choice)
+ifdef KAFKA_BROKERS
+export BOOKSTREAM_KAFKA_BROKERS := $(KAFKA_BROKERS)
+endif
 
 .PHONY: install install-dev install-python install-python-dev up demo check test test-unit \
 	test-integration bench stop clean lint types doctor audit monitor live cluster-up cluster-down

@@ -48,8 +48,19 @@ secure_state_dir() {
   fi
 }
 
-pidfile() { echo "$STATE/run/$1.pid"; }
-logfile() { echo "$STATE/logs/$1.log"; }
+# a node of a multi-node Kafka (kafka-node-N) keeps its pid and log beside its data
+pidfile() {
+  case "$1" in
+    kafka-node-*) echo "$STATE/kafka/node-${1#kafka-node-}/kafka.pid" ;;
+    *) echo "$STATE/run/$1.pid" ;;
+  esac
+}
+logfile() {
+  case "$1" in
+    kafka-node-*) echo "$STATE/kafka/node-${1#kafka-node-}/kafka.log" ;;
+    *) echo "$STATE/logs/$1.log" ;;
+  esac
+}
 
 # is_running SERVICE: the pid we recorded is alive
 is_running() {

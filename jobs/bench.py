@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from udfs.config import PROJECT_ROOT, Config, load_config, topics_env
+from udfs.config import PROJECT_ROOT, Config, java_properties, load_config, topics_env
 
 if TYPE_CHECKING:
     from pyflink.datastream import StreamExecutionEnvironment
@@ -175,19 +175,21 @@ def run_config(run: str) -> Config:
 def stage_broker(run: str) -> dict:
     from confluent_kafka import Consumer
 
-    from jobs.kafka_io import count_records, make_producer
+    from jobs.kafka_io import client_config, count_records, make_producer
 
     cfg = run_config(run)
     topic, copy_topic = cfg.topics.events, broker_copy_topic(cfg)
     total = count_records(cfg, topic)
     consumer = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": f"bench-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "fetch.max.bytes": 52428800,
-        }
+        client_config(
+            cfg,
+            {
+                "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "fetch.max.bytes": 52428800,
+            },
+        )
     )
     consumer.subscribe([topic])
     producer = make_producer(cfg)
@@ -343,11 +345,24 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
     broker = _broker_pid(cfg)
     from jobs.energy import proc_cpu_s
 
+    # the passthrough (kafka.client) for the tools' Java clients: a 0600 file, no secret in argv
+    client_file = cfg.state_dir / "run" / f"bench-client-{os.getpid()}.properties"
+    client_file.parent.mkdir(parents=True, exist_ok=True)
+    client_file.touch(mode=0o600)
+    client_file.write_text(
+        "".join(
+            # a Java properties file: a backslash escapes, a newline ends the value
+            f"{k}={v.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}\n"
+            for k, v in java_properties(cfg.kafka.client_properties(), shaded=False).items()
+        )
+    )
     cpu0 = proc_cpu_s(broker)
     prod = subprocess.run(
         [
             *java,
             "org.apache.kafka.tools.ProducerPerformance",
+            "--producer.config",
+            str(client_file),
             "--topic",
             topic,
             "--num-records",
@@ -379,6 +394,8 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
         [
             *java,
             "org.apache.kafka.tools.ConsumerPerformance",
+            "--consumer.config",
+            str(client_file),
             "--bootstrap-server",
             cfg.kafka.bootstrap_servers,
             "--topic",
@@ -396,6 +413,7 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
     lines = [ln for ln in cons.stdout.splitlines() if ln.strip()]
     header = [h.strip() for h in lines[-2].split(",")]
     values = dict(zip(header, (v.strip() for v in lines[-1].split(",")), strict=False))
+    client_file.unlink(missing_ok=True)
     cons_rate = float(values["fetch.nMsg.sec"])
     return {
         "events": n,
@@ -419,16 +437,18 @@ def stage_latency_reader(
     wait) from its end, and writes ``trigger_ts_recv hops received_ns`` per new order."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from jobs.kafka_io import end_offsets
+    from jobs.kafka_io import client_config, end_offsets
 
     cfg = run_config(run)
     consumer = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": f"bench-lat-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
+        client_config(
+            cfg,
+            {
+                "group.id": f"bench-lat-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            },
+        )
     )
     consumer.assign([TopicPartition(topic, p, hi) for p, hi in end_offsets(cfg, topic).items()])
     consumer.poll(0.5)  # connected before the clock starts

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from udfs.config import Config, TopicSpec, load_config
+from udfs.config import Config, TopicSpec, librdkafka_properties, load_config
 
 Records = list[tuple[bytes, bytes]]
 
@@ -53,11 +53,37 @@ def produce_confluent(cfg: Config, topic: str, records: Records) -> float:
     return len(records) / (time.perf_counter() - t)
 
 
+_KAFKA_PYTHON_NAMES = {
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_plain_username",
+    "sasl.password": "sasl_plain_password",
+    "ssl.ca.location": "ssl_cafile",
+    "ssl.certificate.location": "ssl_certfile",
+    "ssl.key.location": "ssl_keyfile",
+    "ssl.key.password": "ssl_password",
+    "client.id": "client_id",
+}
+"""The passthrough's names kafka-python knows (its own spelling)."""
+
+
+def kafka_python_options(cfg: Config) -> dict[str, str]:
+    """The passthrough (``kafka.client``) as kafka-python options; a property it has no name
+    for is refused (the comparison would not be like for like)."""
+    props = librdkafka_properties(cfg.kafka.client_properties())
+    unknown = sorted(set(props) - set(_KAFKA_PYTHON_NAMES))
+    if unknown:
+        raise ValueError(f"kafka-python: no option for client properties {unknown}")
+    return {_KAFKA_PYTHON_NAMES[k]: v for k, v in props.items()}
+
+
 def produce_kafka_python(cfg: Config, topic: str, records: Records) -> float:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(
-        bootstrap_servers=cfg.kafka.bootstrap_servers,
+        **kafka_python_options(cfg),
+        bootstrap_servers=cfg.kafka.bootstrap_servers.split(","),
         enable_idempotence=True,
         acks="all",
         linger_ms=20,

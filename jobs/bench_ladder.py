@@ -43,6 +43,7 @@ from jobs.stream_job import (
     RECORD,
     StreamJobFunction,
     build_stream_job,
+    flink_client_properties,
     job_environment,
     kafka_sink,
     kafka_source,
@@ -243,6 +244,8 @@ def _legacy_sink(cfg: Config, topic: str) -> KafkaSink:
         .set_property("enable.idempotence", "true")
         .set_property("acks", "all")
     )
+    for key, value in flink_client_properties(cfg).items():
+        builder.set_property(key, value)
     builder._j_builder.setRecordSerializer(
         gateway.jvm.io.bookstream.flink.KeyedStringSerializer(topic)
     )

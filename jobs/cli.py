@@ -177,6 +177,9 @@ def cmd_config(args: argparse.Namespace) -> int:
             print(f"\n[{head}]")
             section = head
         text = json.dumps(str(value) if isinstance(value, Path) else value)
+        if isinstance(value, dict):  # a TOML inline table (kafka.client, secrets masked)
+            text = "{" + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items())
+            text += "}"
         print(f"{name or key} = {text}  # {origins[key]}")
     return 0
 

@@ -48,8 +48,8 @@ def _listeners(cfg: Config) -> tuple[bool, str]:
     """The project's services listen on loopback only (they have no network authentication:
     Kafka PLAINTEXT; PostgreSQL has passwords but is not meant to be reached from outside)."""
     ports = {
-        "kafka": cfg.kafka.port,
-        "kafka-controller": cfg.kafka.controller_port,
+        **{f"kafka-node-{i}": p for i, (p, _c) in enumerate(cfg.kafka.node_ports, 1)},
+        **{f"kafka-controller-{i}": c for i, (_p, c) in enumerate(cfg.kafka.node_ports, 1)},
         "postgres": cfg.lake.postgres_port,
         "flink-cluster-rest": cfg.flink.cluster_rest_port,
         "flink-cluster-rpc": cfg.flink.cluster_rpc_port,
@@ -319,11 +319,26 @@ def run_doctor(cfg: Config, *, need_broker: bool = True) -> tuple[bool, dict]:
     checks.append(("lake", *_lake(cfg)))
     checks.append(("flink-cluster", *_flink_cluster(cfg)))
     if need_broker:
-        from jobs.kafka_io import BrokerUnavailableError, check_broker, existing_topics
+        from jobs.kafka_io import BrokerUnavailableError, broker_list, existing_topics
 
         try:
-            n = check_broker(cfg)
-            checks.append(("broker", True, f"{n} broker(s) at {cfg.kafka.bootstrap_servers}"))
+            brokers = broker_list(cfg)
+            # the project's own nodes: as many as kafka.brokers says; another deployment's: any
+            enough = bool(cfg.kafka.bootstrap) or len(brokers) >= cfg.kafka.brokers
+            checks.append(
+                (
+                    "broker",
+                    enough,
+                    f"{len(brokers)} broker(s) at {cfg.kafka.bootstrap_servers}: "
+                    + ", ".join(brokers)
+                    + (
+                        ""
+                        if enough
+                        else f"; kafka.brokers = {cfg.kafka.brokers}: start them (make up)"
+                    )
+                    + "; topics: replication factor {}, min ISR {}".format(*cfg.replication()),
+                )
+            )
             have = existing_topics(cfg)
             for spec in cfg.topics.specs():
                 got = have.get(spec.name)

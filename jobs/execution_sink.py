@@ -46,6 +46,7 @@ from jobs.audit import publish_config
 from jobs.kafka_io import (
     KafkaRecord,
     PartitionReader,
+    client_config,
     committed_offsets,
     drain_topic,
     end_offsets,
@@ -492,12 +493,14 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     # first of all, fence a killed predecessor: init_transactions aborts its open transaction,
     # so the log we check below and the offsets we resume from are final
     producer = Producer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "transactional.id": f"{group}-tx",
-            "linger.ms": 20,
-            "partitioner": "murmur2_random",
-        }
+        client_config(
+            cfg,
+            {
+                "transactional.id": f"{group}-tx",
+                "linger.ms": 20,
+                "partitioner": "murmur2_random",
+            },
+        )
     )
     producer.init_transactions(30)
     committed = {

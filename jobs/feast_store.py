@@ -273,13 +273,17 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
     else:
         from confluent_kafka import Consumer, KafkaError, KafkaException
 
+        from jobs.kafka_io import client_config
+
         consumer = Consumer(
-            {
-                "bootstrap.servers": cfg.kafka.bootstrap_servers,
-                "group.id": "bookstream-feast-push",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
+            client_config(
+                cfg,
+                {
+                    "group.id": "bookstream-feast-push",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                },
+            )
         )
         consumer.subscribe([topic])
         try:

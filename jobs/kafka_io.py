@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from udfs.config import Config, TopicSpec
+from udfs.config import Config, TopicSpec, librdkafka_properties
 from udfs.schema import SchemaError
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "KafkaRecord",
     "PartitionReader",
     "Poll",
+    "client_config",
     "create_topics",
     "drain_topic",
     "end_offsets",
@@ -64,14 +65,26 @@ def record_value(rec: KafkaRecord) -> bytes:
     return rec.value
 
 
+def client_config(cfg: Config, conf: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+    """The configuration of every confluent-kafka client of the project: ``conf`` (the client's
+    own settings), the bootstrap list (``kafka.bootstrap``) and the passthrough
+    (``kafka.client``, ``kafka.client_properties_file``: SASL/SSL and any librdkafka property),
+    which wins over the client's own tuning (bookstream's guarantees cannot be in it)."""
+    return {
+        **conf,
+        "bootstrap.servers": cfg.kafka.bootstrap_servers,
+        **librdkafka_properties(cfg.kafka.client_properties()),
+    }
+
+
 def _admin(cfg: Config) -> AdminClient:
-    return AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    return AdminClient(client_config(cfg, {}))
 
 
 def check_broker(cfg: Config, timeout_s: float = 5.0) -> int:
     """Number of brokers answering, or :class:`BrokerUnavailableError`."""
     # a probe: its failure is reported once, by the error below, not by librdkafka's log too
-    probe = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers, "log_level": 0})
+    probe = AdminClient(client_config(cfg, {"log_level": 0}))
     try:
         md = probe.list_topics(timeout=timeout_s)
     except KafkaException as exc:
@@ -82,10 +95,26 @@ def check_broker(cfg: Config, timeout_s: float = 5.0) -> int:
     return len(md.brokers)
 
 
+def broker_list(cfg: Config, timeout_s: float = 5.0) -> list[str]:
+    """``id@host:port`` of each broker the cluster reports (sorted by id), or
+    :class:`BrokerUnavailableError`."""
+    check_broker(cfg, timeout_s)
+    md = _admin(cfg).list_topics(timeout=timeout_s)
+    return [f"{b.id}@{b.host}:{b.port}" for b in sorted(md.brokers.values(), key=lambda b: b.id)]
+
+
 def existing_topics(cfg: Config) -> dict[str, int]:
     """topic -> partition count."""
     md = _admin(cfg).list_topics(timeout=10)
     return {name: len(t.partitions) for name, t in md.topics.items()}
+
+
+def topic_replicas(cfg: Config) -> dict[str, int]:
+    """topic -> replicas of its first partition."""
+    md = _admin(cfg).list_topics(timeout=10)
+    return {
+        name: len(t.partitions[0].replicas) for name, t in md.topics.items() if 0 in t.partitions
+    }
 
 
 def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str]:
@@ -94,6 +123,7 @@ def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str
     check_broker(cfg)
     specs = cfg.topics.specs() if specs is None else specs
     have = existing_topics(cfg)
+    replicas = topic_replicas(cfg)
     for spec in specs:
         if spec.name in have and have[spec.name] != spec.partitions:
             logger.warning(
@@ -102,12 +132,20 @@ def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str
                 have[spec.name],
                 spec.partitions,
             )
+        if spec.name in replicas and replicas[spec.name] != cfg.replication(spec)[0]:
+            logger.warning(
+                "topic %s has %d replicas, config says %d (left as is)",
+                spec.name,
+                replicas[spec.name],
+                cfg.replication(spec)[0],
+            )
     wanted = [
         NewTopic(
             s.name,
             num_partitions=s.partitions,
-            replication_factor=1,
+            replication_factor=cfg.replication(s)[0],
             config={
+                "min.insync.replicas": str(cfg.replication(s)[1]),
                 "retention.ms": str(s.retention_ms),
                 "retention.bytes": str(s.retention_bytes),
                 # record timestamps are exchange times: see TopicSpec.timestamp_after_max_ms
@@ -146,8 +184,7 @@ def delete_topics(cfg: Config, names: list[str]) -> None:
 def make_producer(cfg: Config, **overrides: str | int) -> Producer:
     """An idempotent producer (no duplicates on retry, order kept per partition), batching
     for throughput; flush() before exit."""
-    conf: dict[str, str | int] = {
-        "bootstrap.servers": cfg.kafka.bootstrap_servers,
+    conf: dict[str, str | int | bool] = {
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 20,
@@ -160,7 +197,7 @@ def make_producer(cfg: Config, **overrides: str | int) -> Producer:
         "partitioner": "murmur2_random",
     }
     conf.update(overrides)
-    return Producer(conf)
+    return Producer(client_config(cfg, conf))
 
 
 class DeliveryErrors:
@@ -191,12 +228,14 @@ def topic_end_offsets(
     log end. Right after a transaction commits, its markers may still be on their way, so the
     stable offset can lag the log end for a moment."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": "bookstream-offsets",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed" if committed else "read_uncommitted",
-        }
+        client_config(
+            cfg,
+            {
+                "group.id": "bookstream-offsets",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed" if committed else "read_uncommitted",
+            },
+        )
     )
     try:
         md = consumer.list_topics(topic, timeout=10)
@@ -284,14 +323,16 @@ def make_consumer(cfg: Config, group: str, *, read_committed: bool = True) -> Co
     """A consumer for :class:`PartitionReader`: no auto commit (each reader's owner decides
     what is stored where), large fetches."""
     return Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-            "fetch.max.bytes": 52428800,
-        }
+        client_config(
+            cfg,
+            {
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+                "fetch.max.bytes": 52428800,
+            },
+        )
     )
 
 

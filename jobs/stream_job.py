@@ -59,7 +59,7 @@ from pyflink.java_gateway import get_gateway
 
 from jobs.audit import publish_config
 from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
-from udfs.config import PROJECT_ROOT, Config
+from udfs.config import PROJECT_ROOT, Config, java_properties
 from udfs.latency import AvailabilityModel
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, ProcessResult, RecordSource, process_record
@@ -405,6 +405,13 @@ def routed_records(ds: DataStream) -> DataStream:
     )
 
 
+def flink_client_properties(cfg: Config) -> dict[str, str]:
+    """The passthrough (``kafka.client``) for the Flink Kafka source and sinks: Java names
+    (:func:`udfs.config.java_properties`), class names relocated into the SQL connector's
+    shaded package."""
+    return java_properties(cfg.kafka.client_properties(), shaded=True)
+
+
 def kafka_source(
     cfg: Config,
     topic: str,
@@ -424,6 +431,8 @@ def kafka_source(
         .set_property("commit.offsets.on.checkpoint", "true")
         .set_property("partition.discovery.interval.ms", "10000")
     )
+    for key, value in flink_client_properties(cfg).items():
+        builder.set_property(key, value)
     if start_offsets:
         builder.set_starting_offsets(
             KafkaOffsetsInitializer.offsets(
@@ -476,6 +485,8 @@ def kafka_sink(cfg: Config, topics: Sequence[str], *, linger_ms: int | None = No
         .set_property("enable.idempotence", "true")
         .set_property("acks", "all")
     )
+    for key, value in flink_client_properties(cfg).items():
+        builder.set_property(key, value)
     j_topics = gateway.new_array(gateway.jvm.String, len(topics))
     for i, topic in enumerate(topics):
         j_topics[i] = topic

@@ -19,6 +19,7 @@ without ``eval``: shell and Python read one source, and no value is ever run as 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -47,8 +48,13 @@ __all__ = [
     "TopicSpec",
     "TopicsConfig",
     "VenueConfig",
+    "is_secret_property",
+    "java_properties",
+    "librdkafka_properties",
     "load_config",
     "load_config_with_origins",
+    "parse_properties",
+    "redacted_properties",
     "secure_state_dir",
     "shell_exports",
     "shell_values",
@@ -103,10 +109,263 @@ class KafkaConfig:
     """Client listener port (not 9092, so a user's own broker is never touched)."""
     controller_port: int = field(default=19093, metadata=_range(1, 65535))
     """KRaft controller listener port."""
+    brokers: int = field(default=1, metadata=_range(1, 9))
+    """The project's own KRaft nodes (infra/kafka/, ``make up KAFKA_BROKERS=3``): 1, or e.g. 3
+    combined broker+controller nodes (a 3-voter quorum). Node ``i`` (1-based) listens on
+    ``port + (i-1)*node_port_step`` and ``controller_port + (i-1)*node_port_step``."""
+    node_port_step: int = field(default=10, metadata=_range(1, 1000))
+    """Port distance between the project's nodes (see ``brokers``): 19092, 19102, 19112 and
+    controllers 19093, 19103, 19113 by default."""
+    bootstrap: str = ""
+    """Comma list of ``host:port`` every client starts from (a real deployment's brokers);
+    empty: the project's own node(s) on ``host``."""
+    client: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """Client properties (SASL/SSL and any other librdkafka / Java client property) applied to
+    every Kafka client of the project: the confluent-kafka producers, consumers and admin clients
+    and the Flink source and sink. In the TOML file the table ``[kafka.client]``; in the
+    environment ``BOOKSTREAM_KAFKA_CLIENT`` as a JSON object. A key prefixed ``librdkafka.`` goes
+    to the confluent-kafka clients only, ``java.`` to the Java ones only; see
+    :func:`librdkafka_properties` / :func:`java_properties` for the names translated between the
+    two. Values are secrets as far as bookstream is concerned: never printed or logged."""
+    client_properties_file: str = ""
+    """A Java-style properties file (``key=value`` lines, ``#`` comments, a trailing ``\\``
+    continues a line) with more client properties, read when a client is built (so secrets can
+    stay in a 0600 file, out of the environment and the TOML); ``kafka.client`` wins over it."""
+
+    @property
+    def node_ports(self) -> list[tuple[int, int]]:
+        """(client port, controller port) of each of the project's own nodes."""
+        step = self.node_port_step
+        return [
+            (self.port + i * step, self.controller_port + i * step) for i in range(self.brokers)
+        ]
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
+        if self.bootstrap:
+            return self.bootstrap
+        return ",".join(f"{self.host}:{port}" for port, _ in self.node_ports)
+
+    def client_properties(self) -> dict[str, str]:
+        """The passthrough as given (file, then ``kafka.client``), prefixes not yet applied."""
+        props: dict[str, str] = {}
+        if self.client_properties_file:
+            path = Path(self.client_properties_file)
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise ConfigError(f"kafka.client_properties_file={path}: {exc}") from exc
+            props.update(_check_client(parse_properties(text), f"file {path}"))
+        props.update(self.client)
+        return props
+
+
+CLIENT_RESERVED = frozenset(
+    {
+        "bootstrap.servers",
+        "acks",
+        "enable.idempotence",
+        "transactional.id",
+        "isolation.level",
+        "group.id",
+        "enable.auto.commit",
+        "partitioner",
+        "key.serializer",
+        "value.serializer",
+        "key.deserializer",
+        "value.deserializer",
+    }
+)
+"""Client properties bookstream sets itself (its delivery guarantees, groups, partitioning and
+bootstrap list: ``kafka.bootstrap``); the passthrough refuses them."""
+
+_LIBRDKAFKA_ONLY = frozenset(
+    {
+        "sasl.username",
+        "sasl.password",
+        "sasl.mechanisms",
+        "ssl.ca.location",
+        "ssl.ca.pem",
+        "ssl.ca.certificate.stores",
+        "ssl.certificate.location",
+        "ssl.certificate.pem",
+        "ssl.key.location",
+        "ssl.key.pem",
+        "ssl.crl.location",
+        "enable.ssl.certificate.verification",
+        "sasl.kerberos.principal",
+        "sasl.kerberos.keytab",
+        "sasl.kerberos.kinit.cmd",
+    }
+)
+"""librdkafka names the Java client does not have (translated where it has an equivalent)."""
+
+_JAVA_ONLY_PREFIXES = (
+    "sasl.jaas.config",
+    "sasl.login.",
+    "sasl.client.callback.handler.class",
+    "ssl.truststore.",
+    "ssl.keystore.type",
+    "ssl.keystore.key",
+    "ssl.keystore.certificate.chain",
+    "ssl.protocol",
+    "ssl.enabled.protocols",
+    "ssl.trustmanager.",
+    "ssl.keymanager.",
+    "ssl.engine.factory.class",
+    "ssl.secure.random.implementation",
+)
+"""Java client names librdkafka does not have (it refuses an unknown property)."""
+
+_SECRET_WORDS = ("password", "secret", "jaas", "token", "credential", "key.pem", "keystore.key")
+
+FLINK_KAFKA_SHADED = "org.apache.flink.kafka.shaded."
+"""Where flink-sql-connector-kafka relocates the Kafka client's classes: a class named in a Java
+property (a JAAS login module, a callback handler) must carry it to load in the Flink job."""
+
+
+def is_secret_property(key: str) -> bool:
+    """Whether a client property's value must never be shown (passwords, JAAS configs, keys)."""
+    k = key.lower()
+    return any(word in k for word in _SECRET_WORDS)
+
+
+def redacted_properties(props: dict[str, str]) -> dict[str, str]:
+    """``props`` with every secret value (:func:`is_secret_property`) replaced by ``***``."""
+    return {k: "***" if is_secret_property(k) else v for k, v in props.items()}
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """A Java-style properties text: ``key=value`` or ``key: value`` lines, ``#``/``!``
+    comments, a trailing backslash continues the line (leading blanks of the next one dropped).
+    No other escapes: a value is taken as written."""
+    props: dict[str, str] = {}
+    logical = ""
+    for raw in [*text.splitlines(), ""]:
+        line = raw.strip() if not logical else raw.lstrip()
+        if not logical and (not line or line[0] in "#!"):
+            continue
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            logical += line[:-1]
+            continue
+        logical += line
+        if not logical:
+            continue
+        cut = min((i for i in (logical.find("="), logical.find(":")) if i >= 0), default=-1)
+        if cut <= 0:
+            raise ConfigError(f"client properties: no key=value in line {logical[:40]!r}...")
+        props[logical[:cut].strip()] = logical[cut + 1 :].strip()
+        logical = ""
+    return props
+
+
+def _check_client(props: dict[str, Any], where: str) -> dict[str, str]:
+    """The passthrough's keys and values as text, reserved keys refused."""
+    out: dict[str, str] = {}
+    for key, value in props.items():
+        bare = key.removeprefix("librdkafka.").removeprefix("java.")
+        if not isinstance(key, str) or not bare or isinstance(value, dict | list):
+            raise ConfigError(f"kafka.client ({where}): {key!r} must be a property = text")
+        if bare in CLIENT_RESERVED:
+            raise ConfigError(
+                f"kafka.client ({where}): {key} is set by bookstream itself "
+                "(its delivery guarantees, groups and partitioning; the brokers: kafka.bootstrap)"
+            )
+        out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """TOML reads ``sasl.mechanism = "PLAIN"`` as nested tables: back to dotted names."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def librdkafka_properties(props: dict[str, str]) -> dict[str, str]:
+    """The passthrough for a confluent-kafka (librdkafka) client: ``librdkafka.<key>`` and
+    unprefixed keys, minus the Java-only names; ``sasl.mechanism`` spelled ``sasl.mechanisms``."""
+    out: dict[str, str] = {}
+    for key, value in props.items():
+        if key.startswith("java."):
+            continue
+        if key.startswith("librdkafka."):
+            continue
+        if key == "sasl.mechanism":
+            out["sasl.mechanisms"] = value
+        elif not key.startswith(_JAVA_ONLY_PREFIXES):
+            out[key] = value
+    for key, value in props.items():  # a librdkafka.-prefixed key wins over the unprefixed one
+        if key.startswith("librdkafka."):
+            out[key.removeprefix("librdkafka.")] = value
+    return out
+
+
+def _jaas_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def java_properties(props: dict[str, str], *, shaded: bool) -> dict[str, str]:
+    """The passthrough for a Java client: ``java.<key>`` and unprefixed keys, minus the
+    librdkafka-only names, translated:
+
+    - ``sasl.mechanisms`` -> ``sasl.mechanism``;
+    - ``sasl.username`` + ``sasl.password`` with mechanism PLAIN or SCRAM-SHA-256/512 ->
+      ``sasl.jaas.config`` (``PlainLoginModule`` / ``ScramLoginModule required username=...
+      password=...;``) unless one is given;
+    - ``ssl.ca.location`` (a PEM file) -> ``ssl.truststore.location`` + ``ssl.truststore.type``
+      ``PEM`` unless a truststore is given;
+    - ``ssl.endpoint.identification.algorithm`` ``none`` -> empty (Java's "off").
+
+    ``shaded``: for flink-sql-connector-kafka, whose Kafka classes are relocated: a value naming
+    an ``org.apache.kafka.`` class (JAAS login module, callback handlers) gets
+    :data:`FLINK_KAFKA_SHADED` in front."""
+    out: dict[str, str] = {}
+    for key, value in props.items():
+        if key.startswith("librdkafka."):
+            continue
+        bare = key.removeprefix("java.")
+        if bare == "sasl.mechanisms":
+            bare = "sasl.mechanism"
+        if bare in _LIBRDKAFKA_ONLY and not key.startswith("java."):
+            continue
+        if bare == "ssl.endpoint.identification.algorithm" and value.lower() == "none":
+            value = ""
+        out[bare] = value
+    for key, value in props.items():  # a java.-prefixed key wins over the unprefixed one
+        if key.startswith("java."):
+            out[key.removeprefix("java.")] = value
+    mechanism = out.get("sasl.mechanism", props.get("sasl.mechanisms", "")).upper()
+    user, password = props.get("sasl.username"), props.get("sasl.password")
+    if user is not None and password is not None and "sasl.jaas.config" not in out:
+        modules = {
+            "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+            "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+            "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+        }
+        if mechanism not in modules:
+            raise ConfigError(
+                f"kafka.client: sasl.username/sasl.password with sasl.mechanism={mechanism or '?'}"
+                ": give the Java clients a java.sasl.jaas.config"
+            )
+        out["sasl.jaas.config"] = (
+            f"{modules[mechanism]} required username={_jaas_quote(user)} "
+            f"password={_jaas_quote(password)};"
+        )
+    if "ssl.ca.location" in props and "ssl.truststore.location" not in out:
+        out["ssl.truststore.location"] = props["ssl.ca.location"]
+        out["ssl.truststore.type"] = "PEM"
+    if shaded:
+        out = {
+            k: FLINK_KAFKA_SHADED + v.lstrip() if v.lstrip().startswith("org.apache.kafka.") else v
+            for k, v in out.items()
+        }
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +376,10 @@ class TopicSpec:
     """-1 keeps records forever (Kafka's convention)."""
     retention_bytes: int = -1
     """Per-partition size limit; -1 means none."""
+    replication_factor: int | None = None
+    """None: ``topics.replication_factor`` (see :meth:`Config.replication`)."""
+    min_insync_replicas: int | None = None
+    """None: ``topics.min_insync_replicas`` (see :meth:`Config.replication`)."""
     timestamp_after_max_ms: int = 2**63 - 1
     """``message.timestamp.after.max.ms``: how far a record's timestamp may be ahead of the
     broker's clock. Kafka 4 refuses records more than an hour ahead by default (KIP-1030); our
@@ -159,6 +422,13 @@ class TopicsConfig:
     times (years old for LOBSTER 2012): a time limit would delete replayed history at once, so
     the default keeps records by size only (``retention_bytes`` per partition)."""
     retention_bytes: int = field(default=2 * 1024**3, metadata=_range(-1))
+    replication_factor: int = field(default=0, metadata=_range(0, 32))
+    """Replicas of every topic; 0: the project's own node count (``kafka.brokers``, at most 3),
+    so ``make up KAFKA_BROKERS=3`` gives every topic 3. Set it for another deployment."""
+    min_insync_replicas: int = field(default=0, metadata=_range(0, 32))
+    """``min.insync.replicas`` of every topic: with ``acks=all`` (every producer of the
+    project) a write is acknowledged once this many replicas have it; 0: replication factor - 1
+    (at least 1), e.g. 2 of 3, so one broker may be down without stopping producers."""
 
     def for_run(self, run: str) -> TopicsConfig:
         """The topic set of one run (a test, a benchmark, a replay): every topic, named
@@ -603,6 +873,21 @@ class Config:
             / f"flink-sql-connector-kafka-{self.flink.kafka_connector_version}.jar"
         )
 
+    def replication(self, spec: TopicSpec | None = None) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) of ``spec`` (or of a topic with no values
+        of its own) from the configuration: ``topics.replication_factor`` (0: ``kafka.brokers``,
+        at most 3), ``topics.min_insync_replicas`` (0: replicas - 1, at least 1)."""
+        rf = spec.replication_factor if spec and spec.replication_factor else None
+        rf = rf or self.topics.replication_factor or min(self.kafka.brokers, 3)
+        isr = spec.min_insync_replicas if spec and spec.min_insync_replicas else None
+        isr = isr or self.topics.min_insync_replicas or max(rf - 1, 1)
+        if isr > rf:
+            raise ConfigError(
+                f"topics.min_insync_replicas={isr} > replication factor {rf}: "
+                "no write could ever be acknowledged"
+            )
+        return rf, isr
+
     @property
     def glue_jar(self) -> Path:
         """jobs/java compiled by infra/install.sh."""
@@ -783,6 +1068,20 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
 
+def _check_client_table(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """``kafka.client``: a TOML table, or a JSON object in the environment. Errors name the
+    key, never a value (they may be secrets)."""
+    table = value
+    if isinstance(value, str):
+        try:
+            table = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: expected a JSON object of properties") from exc
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table of properties")
+    return tuple(sorted(_check_client(_flatten(table), where).items()))
+
+
 def _check(value: Any, cls: type, name: str, where: str) -> Any:
     """``value`` (from a file or the environment) as the field's type, or a ConfigError that
     names ``where`` (the key and its origin), the value and what is allowed."""
@@ -794,6 +1093,8 @@ def _check(value: Any, cls: type, name: str, where: str) -> Any:
                 f"{where}: {value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
             )
         return value
+    if get_origin(hint) is tuple:
+        return _check_client_table(value, where)
     kind = hint
     if kind is bool:  # TOML true/false; from the environment the usual spellings
         if isinstance(value, bool):
@@ -916,6 +1217,8 @@ def effective_settings(cfg: Config) -> dict[str, Any]:
         section = getattr(cfg, name)
         for f in fields(section):
             values[f"{name}.{f.name}"] = getattr(section, f.name)
+    # the passthrough may hold credentials: shown with its secrets masked
+    values["kafka.client"] = redacted_properties(dict(cfg.kafka.client))
     return values
 
 
@@ -959,6 +1262,13 @@ def shell_values(cfg: Config) -> dict[str, str]:
         "KAFKA_HOST": cfg.kafka.host,
         "KAFKA_PORT": cfg.kafka.port,
         "KAFKA_CONTROLLER_PORT": cfg.kafka.controller_port,
+        "KAFKA_BROKERS": cfg.kafka.brokers,
+        # node i (1-based): "port controller_port", space separated, one per node
+        "KAFKA_NODE_PORTS": ",".join(f"{p} {c}" for p, c in cfg.kafka.node_ports),
+        "KAFKA_BOOTSTRAP": cfg.kafka.bootstrap_servers,
+        # the brokers' internal topics (offsets, transactions): as replicated as the nodes allow
+        "KAFKA_INTERNAL_RF": min(cfg.kafka.brokers, 3),
+        "KAFKA_INTERNAL_MIN_ISR": max(min(cfg.kafka.brokers, 3) - 1, 1),
         "FLINK_KAFKA_CONNECTOR_VERSION": cfg.flink.kafka_connector_version,
         "FLINK_CLUSTER_DIR": cfg.flink_cluster_dir,
         "FLINK_CLUSTER_LOG_DIR": cfg.flink_cluster_logs_dir,
@@ -1008,5 +1318,12 @@ if __name__ == "__main__":
         print(shell_exports(load_config()))
     elif sys.argv[1:] == ["shell-nul"]:
         sys.stdout.buffer.write(shell_values_nul(load_config()))
+    elif sys.argv[1:] == ["java-client-properties"]:
+        # the passthrough for Kafka's own (unshaded) Java tools, as a properties file's text:
+        # infra/kafka/bin/kafka-tool writes it to a 0600 file, never to a terminal or a log
+        java = java_properties(load_config().kafka.client_properties(), shaded=False)
+        for key, value in java.items():
+            escaped = value.replace("\\", "\\\\").replace("\n", "\\n")
+            sys.stdout.write(f"{key}={escaped}\n")
     else:
         print(load_config())

@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
-# Health check: the broker answers a metadata request (not just an open port).
+# Health check: every node of the project's Kafka (kafka.brokers) listens, and the cluster
+# answers a metadata request with all of them (not just an open port). The project's nodes are
+# PLAINTEXT on loopback: probed without the client passthrough (kafka.client).
 source "$(dirname "$0")/../lib.sh"
 load_config
-port_open "$KAFKA_HOST" "$KAFKA_PORT" || { echo "kafka: nothing listens on $KAFKA_HOST:$KAFKA_PORT"; exit 1; }
-"$PY" - <<PYEOF
+IFS=, read -r -a NODES <<<"$KAFKA_NODE_PORTS"
+own=""
+for node in "${NODES[@]}"; do
+  read -r port _cport <<<"$node"
+  port_open "$KAFKA_HOST" "$port" || { echo "kafka: nothing listens on $KAFKA_HOST:$port"; exit 1; }
+  own="${own:+$own,}$KAFKA_HOST:$port"
+done
+KAFKA_OWN="$own" "$PY" - <<'PYEOF'
+import os
 import sys
+
 from confluent_kafka.admin import AdminClient
-admin = AdminClient({"bootstrap.servers": "$KAFKA_HOST:$KAFKA_PORT"})
+
+own, want = os.environ["KAFKA_OWN"], int(os.environ["KAFKA_BROKERS"])
+admin = AdminClient({"bootstrap.servers": own})
 try:
     md = admin.list_topics(timeout=5)
 except Exception as exc:
-    print(f"kafka: no metadata from $KAFKA_HOST:$KAFKA_PORT: {exc}")
+    print(f"kafka: no metadata from {own}: {exc}")
     sys.exit(1)
-print(f"kafka: ok, {len(md.brokers)} broker(s), {len(md.topics)} topic(s)")
+if len(md.brokers) < want:
+    print(f"kafka: {len(md.brokers)} of {want} broker(s) registered at {own}")
+    sys.exit(1)
+print(f"kafka: ok, {len(md.brokers)} broker(s) at {own}, {len(md.topics)} topic(s)")
 PYEOF
