@@ -93,6 +93,25 @@ RISK_LIMIT = Gauge(
     registry=REGISTRY,
 )
 
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)  # fmt: skip
+"""Bucket bounds of the latency histograms, seconds: ms-level, 0.5 ms to 1 min (the venue's
+ack-to-fill can rest for seconds). 0.01 is the tick-to-order SLO's bound (rules)."""
+HOP_LATENCY = Histogram(
+    "bookstream_hop_latency_seconds",
+    "Latency of one hop of the trading path (udfs.latency.HOPS; each on its own clock)",
+    ["hop"],
+    buckets=LATENCY_BUCKETS_S,
+    registry=REGISTRY,
+)
+TICK_TO_ORDER = Histogram(
+    "bookstream_tick_to_order_seconds",
+    "The stream job's read of the triggering event to the order's send to Kafka (wall clock)",
+    buckets=LATENCY_BUCKETS_S,
+    registry=REGISTRY,
+)
+
 MODES = ("ACTIVE", "REDUCING", "HALTED")
 
 
@@ -153,6 +172,19 @@ def count_reports(reports: Iterable[ExecReport]) -> None:
             REJECTS.labels(rep.reason.split(":", 1)[0][:40] or "unknown").inc()
         elif rep.kind is ExecKind.FILL:
             FILLED_LOTS.inc(rep.fill_qty)
+
+
+def observe_hops(hops: Iterable[tuple[str, int]]) -> None:
+    """(hop, ns) pairs of udfs.latency into the per-hop histogram."""
+    for hop, ns in hops:
+        HOP_LATENCY.labels(hop).observe(ns / 1e9)
+
+
+def announce_hops(hops: Iterable[str]) -> None:
+    """Create the hops' series a process measures (zero counts until the first observation),
+    so a dashboard tells "nothing measured yet" from "not measured here"."""
+    for hop in hops:
+        HOP_LATENCY.labels(hop)
 
 
 def set_book(pnl: dict[str, float], positions: dict[str, int], mode: str) -> None:

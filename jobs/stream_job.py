@@ -60,7 +60,7 @@ from pyflink.java_gateway import get_gateway
 from jobs.audit import publish_config
 from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
 from udfs.config import PROJECT_ROOT, Config, java_properties
-from udfs.latency import AvailabilityModel
+from udfs.latency import AvailabilityModel, hops_trace
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, ProcessResult, RecordSource, process_record
 from udfs.schema import Reason, StatsRow, compact_json, encode_record, encode_row
@@ -285,8 +285,10 @@ class StreamJobFunction(KeyedProcessFunction):
             for signal in result.signals:
                 out.append(routed(SIGNALS, key, ts, encode_record(signal).decode()))
             if result.orders:
-                # the latency trace: read by the source, batch into Python, order out of Python
-                hops = f"{read_ns},{py_in_ns},{time.time_ns()}"
+                # the latency trace (udfs.latency): read by the source, batch into Python,
+                # features, traded signal, order made; orders come only from a trader
+                signal_ns = trader.signal_ns if trader is not None else 0
+                hops = hops_trace(read_ns, py_in_ns, result.feature_ns, signal_ns, time.time_ns())
                 for order in result.orders:
                     out.append(routed(ORDERS, key, ts, encode_record(order).decode(), hops))
             for dead in result.dead_letters:
