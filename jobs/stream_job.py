@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from confluent_kafka import TopicPartition
@@ -59,6 +59,7 @@ from pyflink.java_gateway import get_gateway
 
 from jobs.audit import publish_config
 from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
+from jobs.status import JobCounts, JobStatus
 from udfs.config import PROJECT_ROOT, Config, java_properties
 from udfs.latency import AvailabilityModel, hops_trace
 from udfs.market.quality import QualityState, flush
@@ -533,6 +534,55 @@ def _export_flink_log_dir(cfg: Config) -> None:
 
 PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
 
+
+def _export_reporter_classpath(cfg: Config) -> None:
+    """Flink's Prometheus reporter on the local JVM's class path. A MiniCluster loads metric
+    reporters from the class path only (no plugin manager: the wheel's ``plugins/`` is not
+    searched, "Available factories: []"), and PyFlink's local gateway builds that class path
+    from ``lib/`` plus ``HADOOP_CLASSPATH`` (``pyflink_gateway_server``): the one hook to
+    extend it, set before the gateway starts."""
+    if not (cfg.metrics.enabled and cfg.metrics.flink_reporter):
+        return
+    import pyflink
+
+    jars = sorted((Path(pyflink.__file__).parent / "plugins" / "metrics-prometheus").glob("*.jar"))
+    if not jars:
+        logger.warning("metrics.flink_reporter: no Prometheus reporter jar in the PyFlink wheel")
+        return
+    current = os.environ.get("HADOOP_CLASSPATH", "")
+    if str(jars[0]) not in current.split(os.pathsep):
+        os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(
+            [*([current] if current else []), str(jars[0])]
+        )
+
+
+def local_rest_url(env: StreamExecutionEnvironment) -> str | None:
+    """The REST API of the local MiniCluster ``env`` will run on (None: submitted to a
+    cluster, whose own UI tells)."""
+    if submitted_to_cluster():
+        return None
+    port = env._j_stream_execution_environment.getConfiguration().toMap().get("rest.port")
+    return f"http://127.0.0.1:{port}" if port else None
+
+
+def execute_with_status(
+    env: StreamExecutionEnvironment,
+    name: str,
+    on_counts: Callable[[JobCounts], None] | None = None,
+    *,
+    lines: bool = True,
+) -> None:
+    """``env.execute(name)`` with a status line every few seconds from the job's own metrics
+    (jobs/status.py: inputs, outputs, lag; not with ``lines`` off), and ``on_counts`` on each
+    poll (a progress bar)."""
+    url = local_rest_url(env)
+    if url is None:
+        env.execute(name)
+        return
+    with JobStatus(url, on_counts=on_counts, lines=lines):
+        env.execute(name)
+
+
 LOOPBACK_BIND_OPTIONS = (
     "rest.bind-address",
     "rest.address",
@@ -691,6 +741,7 @@ def job_environment(
     if not submitted:
         _export_python_path()
         _export_flink_log_dir(cfg)
+        _export_reporter_classpath(cfg)
         worker_pool_on_loopback()
     conf = Configuration()
     _pipeline_settings(conf, cfg)
@@ -880,7 +931,7 @@ def run_stream_job(
     )
     # the settings (strategy, sizing, thresholds) the job decides orders under, for the audit
     publish_config(cfg, CONFIG_PROCESS)
-    env.execute("bookstream-stream-job")
+    execute_with_status(env, "bookstream-stream-job")
 
 
 def main(argv: list[str] | None = None) -> int:
