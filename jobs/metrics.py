@@ -15,13 +15,14 @@ import atexit
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from udfs.config import Config
+from udfs.config import PROJECT_ROOT, Config
 from udfs.schema import DeadLetter, ExecKind, ExecReport
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,46 @@ TICK_TO_ORDER = Histogram(
 )
 
 MODES = ("ACTIVE", "REDUCING", "HALTED")
+
+FLINK_METRICS = (
+    "flink_taskmanager_job_task_operator_numRecordsOut",
+    "flink_taskmanager_job_task_operator_numRecordsSend",
+    "flink_taskmanager_job_task_operator_pendingRecords",
+    "flink_jobmanager_job_lastCheckpointDuration",
+    "flink_taskmanager_job_task_busyTimeMsPerSecond",
+    "flink_taskmanager_job_task_backPressuredTimeMsPerSecond",
+)
+"""The Flink job's own metrics (its Prometheus reporter, ``metrics.flink_reporter``) that the
+dashboards use: declared here with ours, so a dashboard names no metric nobody exports."""
+
+DASHBOARDS_DIR = PROJECT_ROOT / "infra" / "grafana"
+"""Grafana dashboards, one per flow (ingest, job, trading, lake): importable JSON with a
+Prometheus data source variable."""
+METRIC_NAME = re.compile(r"\b(?:bookstream[_:]|flink_)[A-Za-z0-9_:]+")
+
+
+def dashboard_queries(path: Path) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query of a dashboard file."""
+    doc = json.loads(path.read_text())
+    return [
+        (panel["title"], target["expr"])
+        for panel in doc["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def exported_names() -> set[str]:
+    """Every series name this module's metrics export (counters as ``_total``, histograms as
+    ``_bucket``/``_count``/``_sum``), and the Flink ones the dashboards use."""
+    names = set(FLINK_METRICS)
+    for family in REGISTRY.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names.update(f"{family.name}_{s}" for s in ("bucket", "count", "sum"))
+        else:
+            names.add(family.name)
+    return names
 
 
 _served: dict[str, int] = {}
