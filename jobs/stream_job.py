@@ -601,10 +601,18 @@ def worker_pool_on_loopback() -> None:
     workers on request) on every interface: ``add_insecure_port('[::]:0')`` in
     ``BeamFnLoopbackWorkerPoolServicer.start`` (pyflink/fn_execution/beam/
     beam_worker_pool_service.py), called by every ``env.execute``. That method is replaced by
-    the same server bound to loopback (idempotent)."""
+    the same server bound to loopback (idempotent).
+
+    That module also sets the root logger to WARNING when imported, which silenced every
+    INFO line of this process after it (the status lines of the job, and of the sinks the demo
+    runs after it): the level is put back."""
+    root = logging.getLogger()
+    level = root.level
     from pyflink.fn_execution.beam.beam_worker_pool_service import (
         BeamFnLoopbackWorkerPoolServicer,
     )
+
+    root.setLevel(level)
 
     if getattr(BeamFnLoopbackWorkerPoolServicer.start, "bookstream_loopback", False):
         return

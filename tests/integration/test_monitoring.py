@@ -138,7 +138,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         BOOKSTREAM_METRICS_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{server.server_port}/alerts",
         # Flink's own metrics (off by default: its reporter binds every interface)
         BOOKSTREAM_METRICS_FLINK_REPORTER="true",
-        BOOKSTREAM_METRICS_FLINK_PORTS=f"{flink_port}-{flink_port}",
+        BOOKSTREAM_METRICS_FLINK_PORTS=str(flink_port),  # one JVM: one port
         BOOKSTREAM_FLINK_REST_PORT=str(free_port()),
     )
     cfg = config_for(env)
