@@ -89,28 +89,48 @@ def poll_job_counts(rest_url: str) -> JobCounts | None:
     return job_counts(job["state"], values)
 
 
+def owns(rest_url: str, marker: tuple[str, str]) -> bool:
+    """The cluster at ``rest_url`` has the configuration entry ``marker`` (key, value)."""
+    key, value = marker
+    return any(
+        e["key"] == key and e["value"] == value for e in _get(f"{rest_url}/jobmanager/config")
+    )
+
+
 class JobStatus:
     """A status line every few seconds for a Flink job this process runs (a local
     MiniCluster: ``env.execute`` blocks, so a thread polls its REST API), and optionally a
     callback with each poll's counts (the demo's progress bar). Cheap: three or four small
-    HTTP requests per line. A poll that fails (the job not up yet, or ending) is skipped."""
+    HTTP requests per line. A poll that fails (the job not up yet, or ending) is skipped.
+    ``rest_urls``: where the cluster's REST API may be; the one whose configuration holds
+    ``marker`` is this process's."""
 
     def __init__(
         self,
-        rest_url: str,
+        rest_urls: list[str],
+        marker: tuple[str, str],
         stage: str = "stream-job",
         every_s: float = STATUS_EVERY_S,
         on_counts: Callable[[JobCounts], None] | None = None,
         *,
         lines: bool = True,
     ) -> None:
-        self.rest_url = rest_url
+        self.rest_urls = rest_urls
+        self.marker = marker
+        self.rest_url: str | None = None
         self.lines = lines
         self.line = StatusLine(stage, every_s)
         self.on_counts = on_counts
         self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"status-{stage}", daemon=True)
+
+    def _find(self) -> str | None:
+        for url in self.rest_urls:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if owns(url, self.marker):
+                    return url
+        return None
 
     def __enter__(self) -> JobStatus:
         self._thread.start()
@@ -123,6 +143,10 @@ class JobStatus:
     def _run(self) -> None:
         while not self._stop.wait(min(self.every_s, 1.0) if self.on_counts else self.every_s):
             try:
+                if self.rest_url is None:
+                    self.rest_url = self._find()
+                    if self.rest_url is None:
+                        continue
                 counts = poll_job_counts(self.rest_url)
             except (OSError, ValueError, KeyError):
                 continue  # not up yet, or going away

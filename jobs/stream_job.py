@@ -556,13 +556,23 @@ def _export_reporter_classpath(cfg: Config) -> None:
         )
 
 
-def local_rest_url(env: StreamExecutionEnvironment) -> str | None:
-    """The REST API of the local MiniCluster ``env`` will run on (None: submitted to a
-    cluster, whose own UI tells)."""
+PROCESS_KEY = "bookstream.process"
+"""A configuration entry of the local MiniCluster naming the process that runs it (its pid):
+the status thread finds its own cluster's REST API by it (``GET /jobmanager/config``), even
+when another local job starting at the same moment took the port it was offered."""
+
+
+def local_rest_urls(env: StreamExecutionEnvironment) -> list[str]:
+    """Where the REST API of the local MiniCluster ``env`` will run may be: every port of its
+    bind range (empty: submitted to a cluster, whose own UI tells)."""
     if submitted_to_cluster():
-        return None
-    port = env._j_stream_execution_environment.getConfiguration().toMap().get("rest.port")
-    return f"http://127.0.0.1:{port}" if port else None
+        return []
+    conf = env._j_stream_execution_environment.getConfiguration().toMap()
+    ports = str(conf.get("rest.bind-port") or conf.get("rest.port") or "")
+    if not ports:
+        return []
+    first, _, last = ports.partition("-")
+    return [f"http://127.0.0.1:{p}" for p in range(int(first), int(last or first) + 1)]
 
 
 def execute_with_status(
@@ -575,11 +585,11 @@ def execute_with_status(
     """``env.execute(name)`` with a status line every few seconds from the job's own metrics
     (jobs/status.py: inputs, outputs, lag; not with ``lines`` off), and ``on_counts`` on each
     poll (a progress bar)."""
-    url = local_rest_url(env)
-    if url is None:
+    urls = local_rest_urls(env)
+    if not urls:
         env.execute(name)
         return
-    with JobStatus(url, on_counts=on_counts, lines=lines):
+    with JobStatus(urls, (PROCESS_KEY, str(os.getpid())), on_counts=on_counts, lines=lines):
         env.execute(name)
 
 
@@ -697,6 +707,7 @@ def _local_deployment(
     """What a cluster's configuration decides, set for the local MiniCluster."""
     for option in LOOPBACK_BIND_OPTIONS:  # every listener on loopback, like Kafka and PostgreSQL
         conf.set_string(option, "127.0.0.1")
+    conf.set_string(PROCESS_KEY, str(os.getpid()))  # the status thread finds its cluster by it
     port = free_local_rest_port(cfg)
     last = cfg.flink.rest_port + 9
     # a range: another job starting at the same moment may take the port found free just now;
