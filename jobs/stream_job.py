@@ -288,7 +288,9 @@ class StreamJobFunction(KeyedProcessFunction):
             if result.orders:
                 # the latency trace (udfs.latency): read by the source, batch into Python,
                 # features, traded signal, order made; orders come only from a trader
+                # (0 when no traded signal of this record made them: a POV child on a trade)
                 signal_ns = trader.signal_ns if trader is not None else 0
+                signal_ns = signal_ns if signal_ns >= result.feature_ns else 0
                 hops = hops_trace(read_ns, py_in_ns, result.feature_ns, signal_ns, time.time_ns())
                 for order in result.orders:
                     out.append(routed(ORDERS, key, ts, encode_record(order).decode(), hops))

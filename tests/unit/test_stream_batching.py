@@ -253,13 +253,15 @@ def test_every_order_carries_its_latency_trace_in_order(records: list[Raw]) -> N
                     traces.append(trace)
     assert len(traces) > 10
     for trace in traces:
-        assert list(trace) == sorted(trace), trace
+        signal = trace[3]  # 0: an order of no traded signal of this record (a POV child)
+        stamps = [t for t in trace if t]
+        assert stamps == sorted(stamps) and len(stamps) == len(trace) - (signal == 0), trace
         hops, tick_to_order = job_hops(0, trace)
-        assert [h for h, _ in hops] == [
-            "read_feature",
-            "feature_signal",
-            "signal_order",
-            "order_out",
-        ]
+        expected = ["read_feature", "feature_signal", "signal_order", "order_out"]
+        if not signal:
+            expected = ["read_feature", "order_out"]
+        assert [h for h, _ in hops] == expected
         assert {h for h, _ in hops} <= set(HOPS)
-        assert tick_to_order == trace[-1] - trace[0] == sum(ns for _, ns in hops)
+        assert tick_to_order == trace[-1] - trace[0]
+        if signal:
+            assert tick_to_order == sum(ns for _, ns in hops)
