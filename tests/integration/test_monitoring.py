@@ -267,13 +267,14 @@ def test_latency_histograms_count_every_order_hop_by_hop(run: LiveRun) -> None:
             for rec in drain_topic(run.cfg, run.cfg.topics.orders, read_committed=True)
             if rec.value and b'"action":"new"' in rec.value and parse_hops_trace(rec.hops)
         ]
-        got = _value(run.prom_port, "bookstream_tick_to_order_seconds_count")
+        # every process exports the (unlabelled) histogram; only the sink observes it
+        got = _value(run.prom_port, "sum(bookstream_tick_to_order_seconds_count)")
         return bool(traced) and got == len(traced)
 
     wait_for(counted, 180, "tick-to-order counted once per order", run.sink, run.sink_log)
     per_hop = {
         r["metric"]["hop"]: float(r["value"][1])
-        for r in _query(run.prom_port, "bookstream_hop_latency_seconds_count")
+        for r in _query(run.prom_port, "sum by (hop) (bookstream_hop_latency_seconds_count)")
     }
     for hop in ("read_feature", "order_out", "out_gateway"):
         assert per_hop[hop] == len(traced), hop
