@@ -424,10 +424,19 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
     }
 
 
-HOPS = ("publish->read", "read->py_in", "py_in->py_out", "py_out->sink", "sink->consumer")
+HOPS = (
+    "publish->read",
+    "read->py_in",
+    "py_in->feature",
+    "feature->signal",
+    "signal->order",
+    "order->sink",
+    "sink->consumer",
+)
 """The tick-to-order path, hop by hop: the publisher's send (ts_recv), the source
-deserialiser's read, the batch's entry into Python, the order's creation in Python, the Java
-sink serialiser, the consumer's receipt (wall clock, one machine)."""
+deserialiser's read, the batch's entry into Python, the features computed, the traded signal,
+the order's creation in Python, the Java sink serialiser, the consumer's receipt (wall clock,
+one machine; the trace is udfs.latency's)."""
 
 
 def stage_latency_reader(

@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import uuid
 from pathlib import Path
+
+from pyflink.datastream import StreamExecutionEnvironment
+from tqdm import tqdm
 
 from jobs.audit import publish_config
 from jobs.energy import EnergyMeter
@@ -39,7 +43,8 @@ from jobs.execution_sink import run_sink
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import create_topics, drain_topic, end_offsets, record_value
 from jobs.publish import publish
-from jobs.stream_job import CONFIG_PROCESS, build_stream_job
+from jobs.status import JobCounts
+from jobs.stream_job import CONFIG_PROCESS, build_stream_job, execute_with_status
 from udfs.config import Config
 from udfs.market.adapters.sources import Source
 from udfs.schema import StatsRow, decode_dead_letter, decode_row
@@ -91,7 +96,7 @@ def run_demo(
             cfg, bounded=True, group_id=group, start_offsets=before[topics.events]
         )
         publish_config(cfg, CONFIG_PROCESS)
-        env.execute("bookstream-demo")
+        _run_with_progress(env, pub.published, progress)
     job_s = time.perf_counter() - t_job
 
     # execution sink over this run's orders and market data
@@ -182,6 +187,29 @@ def run_demo(
         json.dumps(summary, sort_keys=True, default=str)
     )
     return summary
+
+
+def _run_with_progress(env: StreamExecutionEnvironment, events: int, progress: bool | None) -> None:
+    """The demo's longest phase, the local stream job, with a progress bar on a terminal (or
+    when ``progress``): events its source has read of this run's ``events``, records sent,
+    lag; otherwise its status lines (jobs/status.py)."""
+    show = sys.stderr.isatty() if progress is None else progress
+    if not show:
+        execute_with_status(env, "bookstream-demo")
+        return
+    bar = tqdm(desc="stream job", total=events, unit=" ev", unit_scale=True, file=sys.stderr)
+
+    def on_counts(counts: JobCounts) -> None:
+        bar.n = min(counts.inputs, events)
+        bar.set_postfix(out=counts.outputs, lag=counts.lag, refresh=False)
+        bar.refresh()
+
+    try:
+        execute_with_status(env, "bookstream-demo", on_counts, lines=False)
+        bar.n = events  # a bounded job that finished read every event
+        bar.refresh()
+    finally:
+        bar.close()
 
 
 def _run_on_cluster(

@@ -61,6 +61,7 @@ from udfs.config import Config
 from udfs.execution.engine import ExecutionEngine, Output
 from udfs.execution.portfolio import Portfolio
 from udfs.execution.sequencer import Sequencer
+from udfs.latency import HOPS, VenueHops, job_hops, parse_hops_trace
 from udfs.schema import (
     Control,
     DeadLetter,
@@ -68,6 +69,7 @@ from udfs.schema import (
     ExecReport,
     L2Event,
     Order,
+    OrderAction,
     Reason,
     RiskReport,
     SchemaError,
@@ -148,10 +150,15 @@ _Origin = tuple[str, int, int, bytes | None, bytes | None]
 
 
 def _decode(
-    sequencer: Sequencer, cfg: Config, rec: KafkaRecord, dead: list[DeadLetter] | None = None
+    sequencer: Sequencer,
+    cfg: Config,
+    rec: KafkaRecord,
+    dead: list[DeadLetter] | None = None,
+    on_order: Callable[[Order, KafkaRecord], None] | None = None,
 ) -> bool:
     """Decode one input and hand it to the sequencer; a refusal goes to ``dead`` (None: the
-    cold-start rebuild, which publishes nothing) and returns False."""
+    cold-start rebuild, which publishes nothing) and returns False. ``on_order`` sees every
+    decoded order (its latency trace)."""
     topic, partition, value = rec.topic, rec.partition, rec.value
     try:
         record = decode_input(cfg, topic, value)
@@ -169,6 +176,8 @@ def _decode(
         kafka_key = rec.key.decode("utf-8", "replace") if rec.key else None
         sequencer.add_market(record, partition, origin, kafka_key)
     elif isinstance(record, Order):
+        if on_order is not None:
+            on_order(record, rec)
         sequencer.add_order(record, partition, origin)
     else:
         sequencer.add_control(record, origin)
@@ -429,6 +438,39 @@ def _save_snapshot(cfg: Config, group: str, snap: SinkSnapshot) -> None:
 
 
 METRICS_PROCESS = "exec-sink"
+MEASURED_HOPS = tuple(h for h in HOPS if h != "exchange_receive")
+"""The hops this sink measures (udfs.latency): every one but the feed's (the publisher's)."""
+
+
+class OrderLatency:
+    """The latency histograms of the orders this sink reads (jobs/metrics.py): the stream
+    job's trace and tick-to-order as each new order arrives, the venue's hops as its reports
+    are committed. ``live``: the job's send to this read is a latency (not in a bounded run,
+    which reads a finished job's orders)."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.venue = VenueHops()
+        metrics.announce_hops(MEASURED_HOPS)
+
+    def on_order(self, order: Order, rec: KafkaRecord) -> None:
+        if order.action is not OrderAction.NEW:
+            return
+        self.venue.order(order.order_id, order.ts_event)
+        trace = parse_hops_trace(rec.hops)
+        if trace is None:
+            return
+        hops, tick_to_order_ns = job_hops(
+            order.trigger_ts_recv, trace, rec.read_ns if self.live else None
+        )
+        metrics.observe_hops(hops)
+        metrics.TICK_TO_ORDER.observe(tick_to_order_ns / 1e9)
+
+    def on_reports(self, reports: Iterable[ExecReport]) -> None:
+        for rep in reports:
+            metrics.observe_hops(
+                self.venue.report(rep.order_id, rep.kind.value, rep.ts_event, rep.leaves_qty)
+            )
 
 
 def _observe_commit(
@@ -437,13 +479,16 @@ def _observe_commit(
     reader: PartitionReader,
     outputs: list[Output],
     letters: list[DeadLetter],
+    latency: OrderLatency,
 ) -> None:
     """Prometheus figures of one committed transaction (jobs/metrics.py)."""
     for topic, n in Counter(_topic_for(cfg, out)[0] for out in outputs).items():
         metrics.count_out(METRICS_PROCESS, topic, n)
     metrics.count_out(METRICS_PROCESS, cfg.topics.dead_letter, len(letters))
     metrics.count_dead(METRICS_PROCESS, letters)
-    metrics.count_reports(out for out in outputs if isinstance(out, ExecReport))
+    reports = [out for out in outputs if isinstance(out, ExecReport)]
+    metrics.count_reports(reports)
+    latency.on_reports(reports)
     metrics.set_book(engine.pnl(), engine.positions(), engine.risk.mode.value)
     for topic, lag in reader.lag().items():
         metrics.CONSUMER_LAG.labels(METRICS_PROCESS, topic).set(lag)
@@ -573,6 +618,7 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     dead: list[DeadLetter] = []
 
     metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.exec_sink_port)
+    latency = OrderLatency(live=not bounded)
     for limit in ("max_drawdown", "max_position_notional", "max_order_notional"):
         metrics.RISK_LIMIT.labels(limit).set(getattr(cfg.risk, limit))
 
@@ -605,7 +651,7 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
             lambda: producer.send_offsets_to_transaction(positions, group_metadata, 30),
         )
         _within("commit_transaction", lambda: producer.commit_transaction(60))
-        _observe_commit(cfg, engine, reader, outputs, letters)
+        _observe_commit(cfg, engine, reader, outputs, letters, latency)
         if snapshot:
             log_end = {
                 p: high
@@ -623,7 +669,7 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
         for topic, n in Counter(rec.topic for rec in poll.records).items():
             metrics.count_in(METRICS_PROCESS, topic, n)
         for rec in poll.records:
-            if not _decode(sequencer, cfg, rec, dead):
+            if not _decode(sequencer, cfg, rec, dead, latency.on_order):
                 result.skipped += 1
             result.inputs += 1
             pending_inputs += 1

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from udfs.config import Config, TopicSpec, librdkafka_properties
+from udfs.latency import HOPS_HEADER
 from udfs.schema import SchemaError
 
 __all__ = [
@@ -53,6 +54,10 @@ class KafkaRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    hops: bytes | None = None
+    """the latency trace header of an order (``udfs.latency.HOPS_HEADER``), when it has one"""
+    read_ns: int = 0
+    """wall clock when this process read it (PartitionReader)"""
 
 
 def record_value(rec: KafkaRecord) -> bytes:
@@ -469,6 +474,7 @@ class PartitionReader:
         last_progress = time.monotonic()
         while True:
             msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
+            read_ns = time.time_ns()
             records: list[KafkaRecord] = []
             completed: list[PartitionKey] = first
             first = []
@@ -487,8 +493,18 @@ class PartitionReader:
                     continue
                 if offset < self.next_offsets[k]:
                     continue  # yielded already (a fetch from before a pause), never twice
+                headers = m.headers()
                 records.append(
-                    KafkaRecord(k[0], k[1], offset, m.key(), m.value(), m.timestamp()[1])
+                    KafkaRecord(
+                        k[0],
+                        k[1],
+                        offset,
+                        m.key(),
+                        m.value(),
+                        m.timestamp()[1],
+                        dict(headers).get(HOPS_HEADER) if headers else None,
+                        read_ns,
+                    )
                 )
                 self.next_offsets[k] = offset + 1
                 if self.bounded and offset + 1 >= self.remaining[k]:

@@ -15,13 +15,14 @@ import atexit
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from udfs.config import Config
+from udfs.config import PROJECT_ROOT, Config
 from udfs.schema import DeadLetter, ExecKind, ExecReport
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,66 @@ RISK_LIMIT = Gauge(
     registry=REGISTRY,
 )
 
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)  # fmt: skip
+"""Bucket bounds of the latency histograms, seconds: ms-level, 0.5 ms to 1 min (the venue's
+ack-to-fill can rest for seconds). 0.01 is the tick-to-order SLO's bound (rules)."""
+HOP_LATENCY = Histogram(
+    "bookstream_hop_latency_seconds",
+    "Latency of one hop of the trading path (udfs.latency.HOPS; each on its own clock)",
+    ["hop"],
+    buckets=LATENCY_BUCKETS_S,
+    registry=REGISTRY,
+)
+TICK_TO_ORDER = Histogram(
+    "bookstream_tick_to_order_seconds",
+    "The stream job's read of the triggering event to the order's send to Kafka (wall clock)",
+    buckets=LATENCY_BUCKETS_S,
+    registry=REGISTRY,
+)
+
 MODES = ("ACTIVE", "REDUCING", "HALTED")
+
+FLINK_METRICS = (
+    "flink_taskmanager_job_task_operator_numRecordsOut",
+    "flink_taskmanager_job_task_operator_numRecordsSend",
+    "flink_taskmanager_job_task_operator_pendingRecords",
+    "flink_jobmanager_job_lastCheckpointDuration",
+    "flink_taskmanager_job_task_busyTimeMsPerSecond",
+    "flink_taskmanager_job_task_backPressuredTimeMsPerSecond",
+)
+"""The Flink job's own metrics (its Prometheus reporter, ``metrics.flink_reporter``) that the
+dashboards use: declared here with ours, so a dashboard names no metric nobody exports."""
+
+DASHBOARDS_DIR = PROJECT_ROOT / "infra" / "grafana"
+"""Grafana dashboards, one per flow (ingest, job, trading, lake): importable JSON with a
+Prometheus data source variable."""
+METRIC_NAME = re.compile(r"\b(?:bookstream[_:]|flink_)[A-Za-z0-9_:]+")
+
+
+def dashboard_queries(path: Path) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query of a dashboard file."""
+    doc = json.loads(path.read_text())
+    return [
+        (panel["title"], target["expr"])
+        for panel in doc["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def exported_names() -> set[str]:
+    """Every series name this module's metrics export (counters as ``_total``, histograms as
+    ``_bucket``/``_count``/``_sum``), and the Flink ones the dashboards use."""
+    names = set(FLINK_METRICS)
+    for family in REGISTRY.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names.update(f"{family.name}_{s}" for s in ("bucket", "count", "sum"))
+        else:
+            names.add(family.name)
+    return names
 
 
 _served: dict[str, int] = {}
@@ -153,6 +213,19 @@ def count_reports(reports: Iterable[ExecReport]) -> None:
             REJECTS.labels(rep.reason.split(":", 1)[0][:40] or "unknown").inc()
         elif rep.kind is ExecKind.FILL:
             FILLED_LOTS.inc(rep.fill_qty)
+
+
+def observe_hops(hops: Iterable[tuple[str, int]]) -> None:
+    """(hop, ns) pairs of udfs.latency into the per-hop histogram."""
+    for hop, ns in hops:
+        HOP_LATENCY.labels(hop).observe(ns / 1e9)
+
+
+def announce_hops(hops: Iterable[str]) -> None:
+    """Create the hops' series a process measures (zero counts until the first observation),
+    so a dashboard tells "nothing measured yet" from "not measured here"."""
+    for hop in hops:
+        HOP_LATENCY.labels(hop)
 
 
 def set_book(pnl: dict[str, float], positions: dict[str, int], mode: str) -> None:

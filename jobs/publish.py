@@ -26,6 +26,7 @@ from jobs.audit import publish_config
 from jobs.kafka_io import DeliveryErrors, make_producer
 from jobs.status import StatusLine
 from udfs.config import Config
+from udfs.latency import exchange_receive_ns
 from udfs.market.adapters.sources import Source, looped, paced_due_ns
 from udfs.schema import DeadLetter, L2Event, Reason, encode_event
 
@@ -155,6 +156,7 @@ def produce_events(
     max_gap_ns = (1 << 62) if max_gap_ms is None else max_gap_ms * 1_000_000
     published = 0
     produce = producer.produce
+    exchange_receive = metrics.HOP_LATENCY.labels("exchange_receive")
     for ev in events:
         if speed is not None:
             due = paced_due_ns(ev.ts_event, pace, max_gap_ns) / 1e9 / speed
@@ -162,6 +164,10 @@ def produce_events(
             if ahead > 0.001:
                 producer.poll(0)
                 time.sleep(ahead)
+        if ev.ts_recv != ev.ts_event:  # the feed's latency, when the record has a receive time
+            feed_ns = exchange_receive_ns(ev.ts_event, ev.ts_recv)
+            if feed_ns is not None:
+                exchange_receive.observe(feed_ns / 1e9)
         value = encode_event(ev)
         while True:
             try:

@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from confluent_kafka import TopicPartition
@@ -59,8 +59,9 @@ from pyflink.java_gateway import get_gateway
 
 from jobs.audit import publish_config
 from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
+from jobs.status import JobCounts, JobStatus
 from udfs.config import PROJECT_ROOT, Config, java_properties
-from udfs.latency import AvailabilityModel
+from udfs.latency import AvailabilityModel, hops_trace
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, ProcessResult, RecordSource, process_record
 from udfs.schema import Reason, StatsRow, compact_json, encode_record, encode_row
@@ -285,8 +286,12 @@ class StreamJobFunction(KeyedProcessFunction):
             for signal in result.signals:
                 out.append(routed(SIGNALS, key, ts, encode_record(signal).decode()))
             if result.orders:
-                # the latency trace: read by the source, batch into Python, order out of Python
-                hops = f"{read_ns},{py_in_ns},{time.time_ns()}"
+                # the latency trace (udfs.latency): read by the source, batch into Python,
+                # features, traded signal, order made; orders come only from a trader
+                # (0 when no traded signal of this record made them: a POV child on a trade)
+                signal_ns = trader.signal_ns if trader is not None else 0
+                signal_ns = signal_ns if signal_ns >= result.feature_ns else 0
+                hops = hops_trace(read_ns, py_in_ns, result.feature_ns, signal_ns, time.time_ns())
                 for order in result.orders:
                     out.append(routed(ORDERS, key, ts, encode_record(order).decode(), hops))
             for dead in result.dead_letters:
@@ -531,6 +536,65 @@ def _export_flink_log_dir(cfg: Config) -> None:
 
 PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
 
+
+def _export_reporter_classpath(cfg: Config) -> None:
+    """Flink's Prometheus reporter on the local JVM's class path. A MiniCluster loads metric
+    reporters from the class path only (no plugin manager: the wheel's ``plugins/`` is not
+    searched, "Available factories: []"), and PyFlink's local gateway builds that class path
+    from ``lib/`` plus ``HADOOP_CLASSPATH`` (``pyflink_gateway_server``): the one hook to
+    extend it, set before the gateway starts."""
+    if not (cfg.metrics.enabled and cfg.metrics.flink_reporter):
+        return
+    import pyflink
+
+    jars = sorted((Path(pyflink.__file__).parent / "plugins" / "metrics-prometheus").glob("*.jar"))
+    if not jars:
+        logger.warning("metrics.flink_reporter: no Prometheus reporter jar in the PyFlink wheel")
+        return
+    current = os.environ.get("HADOOP_CLASSPATH", "")
+    if str(jars[0]) not in current.split(os.pathsep):
+        os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(
+            [*([current] if current else []), str(jars[0])]
+        )
+
+
+PROCESS_KEY = "bookstream.process"
+"""A configuration entry of the local MiniCluster naming the process that runs it (its pid):
+the status thread finds its own cluster's REST API by it (``GET /jobmanager/config``), even
+when another local job starting at the same moment took the port it was offered."""
+
+
+def local_rest_urls(env: StreamExecutionEnvironment) -> list[str]:
+    """Where the REST API of the local MiniCluster ``env`` will run may be: every port of its
+    bind range (empty: submitted to a cluster, whose own UI tells)."""
+    if submitted_to_cluster():
+        return []
+    conf = env._j_stream_execution_environment.getConfiguration().toMap()
+    ports = str(conf.get("rest.bind-port") or conf.get("rest.port") or "")
+    if not ports:
+        return []
+    first, _, last = ports.partition("-")
+    return [f"http://127.0.0.1:{p}" for p in range(int(first), int(last or first) + 1)]
+
+
+def execute_with_status(
+    env: StreamExecutionEnvironment,
+    name: str,
+    on_counts: Callable[[JobCounts], None] | None = None,
+    *,
+    lines: bool = True,
+) -> None:
+    """``env.execute(name)`` with a status line every few seconds from the job's own metrics
+    (jobs/status.py: inputs, outputs, lag; not with ``lines`` off), and ``on_counts`` on each
+    poll (a progress bar)."""
+    urls = local_rest_urls(env)
+    if not urls:
+        env.execute(name)
+        return
+    with JobStatus(urls, (PROCESS_KEY, str(os.getpid())), on_counts=on_counts, lines=lines):
+        env.execute(name)
+
+
 LOOPBACK_BIND_OPTIONS = (
     "rest.bind-address",
     "rest.address",
@@ -549,10 +613,18 @@ def worker_pool_on_loopback() -> None:
     workers on request) on every interface: ``add_insecure_port('[::]:0')`` in
     ``BeamFnLoopbackWorkerPoolServicer.start`` (pyflink/fn_execution/beam/
     beam_worker_pool_service.py), called by every ``env.execute``. That method is replaced by
-    the same server bound to loopback (idempotent)."""
+    the same server bound to loopback (idempotent).
+
+    That module also sets the root logger to WARNING when imported, which silenced every
+    INFO line of this process after it (the status lines of the job, and of the sinks the demo
+    runs after it): the level is put back."""
+    root = logging.getLogger()
+    level = root.level
     from pyflink.fn_execution.beam.beam_worker_pool_service import (
         BeamFnLoopbackWorkerPoolServicer,
     )
+
+    root.setLevel(level)
 
     if getattr(BeamFnLoopbackWorkerPoolServicer.start, "bookstream_loopback", False):
         return
@@ -637,6 +709,7 @@ def _local_deployment(
     """What a cluster's configuration decides, set for the local MiniCluster."""
     for option in LOOPBACK_BIND_OPTIONS:  # every listener on loopback, like Kafka and PostgreSQL
         conf.set_string(option, "127.0.0.1")
+    conf.set_string(PROCESS_KEY, str(os.getpid()))  # the status thread finds its cluster by it
     port = free_local_rest_port(cfg)
     last = cfg.flink.rest_port + 9
     # a range: another job starting at the same moment may take the port found free just now;
@@ -689,6 +762,7 @@ def job_environment(
     if not submitted:
         _export_python_path()
         _export_flink_log_dir(cfg)
+        _export_reporter_classpath(cfg)
         worker_pool_on_loopback()
     conf = Configuration()
     _pipeline_settings(conf, cfg)
@@ -878,7 +952,7 @@ def run_stream_job(
     )
     # the settings (strategy, sizing, thresholds) the job decides orders under, for the audit
     publish_config(cfg, CONFIG_PROCESS)
-    env.execute("bookstream-stream-job")
+    execute_with_status(env, "bookstream-stream-job")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -675,7 +675,8 @@ class MetricsConfig:
     Off by default: that reporter has no bind-address option and listens on every interface,
     which the project's loopback-only rule does not allow unless you choose it."""
     flink_ports: str = "19450-19459"
-    """Port range of Flink's Prometheus reporter (one port per JobManager/TaskManager)."""
+    """Port range of Flink's Prometheus reporter (one port per JobManager/TaskManager; a local
+    MiniCluster is one JVM: one port, given alone, as Flink refuses a range ``p-p``)."""
     page_port: int = field(default=19480, metadata=_range(0, 65535))
     """The live desk page (``bookstream page``, jobs/live_page.py)."""
     prometheus_port: int = field(default=19490, metadata=_range(1, 65535))

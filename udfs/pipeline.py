@@ -111,6 +111,8 @@ class ProcessResult:
     """orders and heartbeats for the orders topic"""
     quality: list[QualityRow] = field(default_factory=list)
     """rows of the instrument's minutes closed by this record (``udfs.market.quality``)"""
+    feature_ns: int = 0
+    """wall clock when this record's features were computed (0: none), for the latency trace"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,9 +309,10 @@ def _process_decoded(
     if row is not None:
         # event time the live path could first use the row (deterministic: replay-safe)
         row["ts_avail"] = availability.ts_avail(ev.instrument, row["seq"], row["ts_event"])
+        # the features are done: their time, before trading (the orders' latency trace)
+        row["ts_proc"] = result.feature_ns = time.time_ns()
         if trader is not None:
             result.signals, result.orders = trader.on_features(state.trading, row, ev)
-        row["ts_proc"] = time.time_ns()
         result.features.append(row)
     # counted last: a step that raised above leaves the record to the dead-letter count
     state.events_in += 1

@@ -153,6 +153,14 @@ def test_a_live_session_runs_reports_and_stops_gracefully(tmp_path: Path) -> Non
             return last_status("history-sink", "rows") >= published
 
         wait_for(stored, 120, "the history sink past the published events", proc, log)
+        # the stream job's own status line (its REST metrics): every published event read
+        wait_for(
+            lambda: last_status("stream-job", "inputs") == published,
+            60,
+            "the stream job's status line at every published event",
+            proc,
+            log,
+        )
 
         proc.send_signal(signal.SIGTERM)  # what `make stop` (infra/live/stop.sh) sends
         assert proc.wait(timeout=150) == 0, log.read_text()[-4000:]

@@ -224,3 +224,44 @@ def test_values_are_the_stdlib_encoders_bytes(one_by_one: dict) -> None:
                 assert encode_record(record) == reference
             seen[route] += 1
     assert set(seen) == set(ROUTES)
+
+
+def test_every_order_carries_its_latency_trace_in_order(records: list[Raw]) -> None:
+    """The trace of each order (udfs.latency): the batch's read, its entry into Python, the
+    features, the traded signal and the order, each stamp at or after the one before; the
+    hops and tick-to-order the execution sink takes from it are the stamps' differences."""
+    import time
+
+    from udfs.latency import HOPS, job_hops, parse_hops_trace
+
+    cfg = Config()
+    rt = _Runtime()
+    fn = StreamJobFunction(cfg, Trader.load(cfg), snapshot_every=500)
+    fn.open(rt)
+    traces: list[tuple[int, ...]] = []
+    for key, batch in _cut(records, 7, None):
+        rt.keys["key"] = key
+        read_ns = time.time_ns()
+        text = encode_batch([(p, o, ts, read_ns, v) for p, o, ts, _read, v in batch])
+        for out in fn.process_element(text, rt):
+            for record in out.split(RECORD):
+                route, _key, _ts, hops, value = record.split(FIELD, 4)
+                if ROUTES[int(route)] == "orders" and '"action":"new"' in value:
+                    trace = parse_hops_trace(f"{hops},{time.time_ns()}")  # + the Java sink's
+                    assert trace is not None, hops
+                    assert trace[0] == read_ns
+                    traces.append(trace)
+    assert len(traces) > 10
+    for trace in traces:
+        signal = trace[3]  # 0: an order of no traded signal of this record (a POV child)
+        stamps = [t for t in trace if t]
+        assert stamps == sorted(stamps) and len(stamps) == len(trace) - (signal == 0), trace
+        hops, tick_to_order = job_hops(0, trace)
+        expected = ["read_feature", "feature_signal", "signal_order", "order_out"]
+        if not signal:
+            expected = ["read_feature", "order_out"]
+        assert [h for h, _ in hops] == expected
+        assert {h for h, _ in hops} <= set(HOPS)
+        assert tick_to_order == trace[-1] - trace[0]
+        if signal:
+            assert tick_to_order == sum(ns for _, ns in hops)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass, field, replace
 
 from udfs.config import PROJECT_ROOT, Config
@@ -128,6 +129,8 @@ class Trader:
         """the registry's canary: scored on every row, trades ``canary_share`` of the
         instruments the model trades (0: a shadow)"""
         self.canary_share = canary_share
+        self.signal_ns = 0
+        """wall clock of the last traded signal (the orders' latency trace, udfs.latency)"""
 
     @staticmethod
     def load(cfg: Config) -> Trader:
@@ -236,6 +239,7 @@ class Trader:
         orders: list[Order] = []
         traded = (shadow if canary_arm else model) if model_arm else rule
         if traded is not None:
+            self.signal_ns = time.time_ns()
             decision_ts = row["ts_event"] + self.feed_latency(state, instrument)
             edge = None
             if model_arm:

@@ -12,8 +12,9 @@ import org.apache.flink.kafka.shaded.org.apache.kafka.clients.producer.ProducerR
  * side outputs). An empty {@code ts} lets the broker stamp the record.
  *
  * <p>{@code hops}, when not empty, is the latency trace of the record ({@code readNs,pyInNs,
- * pyOutNs}, wall clock): it goes out as the header {@code bookstream.hops} with the
- * serialisation time appended, for the bench's per-hop latency.
+ * featureNs,signalNs,orderNs}, wall clock; udfs/latency.py): it goes out as the header
+ * {@code bookstream.hops} with the serialisation time appended, for the per-hop latency
+ * histograms of the execution sink and the bench.
  */
 public class RoutedSerializer implements KafkaRecordSerializationSchema<String> {
     private static final long serialVersionUID = 1L;
