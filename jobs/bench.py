@@ -236,7 +236,82 @@ def build_bench_job(
 
 
 def _broker_pid(cfg: Config) -> int:
-    return int((cfg.state_dir / "run" / "kafka.pid").read_text().split()[0])
+    return _broker_pids(cfg)[0]
+
+
+def _broker_pids(cfg: Config) -> list[int]:
+    """The pid of each Kafka node of ``cfg``'s state directory (infra/kafka/start.sh)."""
+    if cfg.kafka.brokers == 1:
+        return [int((cfg.state_dir / "run" / "kafka.pid").read_text().split()[0])]
+    return [
+        int((cfg.state_dir / "kafka" / f"node-{i}" / "kafka.pid").read_text().split()[0])
+        for i in range(1, cfg.kafka.brokers + 1)
+    ]
+
+
+def _free_port_block(width: int) -> int:
+    """A base port with ``width`` consecutive free ports on 127.0.0.1."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + width):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return base
+    raise RuntimeError("bench: no block of free ports for the three Kafka nodes")
+
+
+def brokers3(payload: Path, records: int) -> dict:
+    """Kafka's perf tools (:func:`stage_broker_tools`, same records, same producer settings)
+    against three KRaft nodes of this machine (infra/kafka/start.sh with ``kafka.brokers =
+    3``: a state directory of the bench's own and free ports, the project's broker untouched),
+    the topic replicated 3 times with ``min.insync.replicas`` 2: what replication costs next to
+    the single broker's figure of the same run."""
+    import shutil
+    import tempfile
+
+    from jobs.kafka_io import create_topics
+    from udfs.config import TopicSpec
+
+    state = Path(tempfile.mkdtemp(prefix="bench-kafka3-"))
+    (state / "jars").symlink_to(load_config().jars_dir)
+    base = _free_port_block(6)
+    env = {
+        **os.environ,
+        "BOOKSTREAM_STATE_DIR": str(state),
+        "BOOKSTREAM_KAFKA_BROKERS": "3",
+        "BOOKSTREAM_KAFKA_PORT": str(base),
+        "BOOKSTREAM_KAFKA_CONTROLLER_PORT": str(base + 1),
+        "BOOKSTREAM_KAFKA_NODE_PORT_STEP": "2",
+        "BOOKSTREAM_KAFKA_BOOTSTRAP": "",
+    }
+    script = PROJECT_ROOT / "infra" / "kafka"
+    try:
+        subprocess.run(["bash", str(script / "start.sh")], env=env, check=True)
+        cfg3 = load_config(env={k: v for k, v in env.items() if k.startswith("BOOKSTREAM_")})
+        topic = "bench.perf3"
+        create_topics(
+            cfg3,
+            [TopicSpec(name=topic, partitions=cfg3.topics.partitions, retention_ms=-1)],
+        )
+        result = _run_stage(["broker_tools", topic, str(payload), str(records)], env=env)
+        result["brokers"] = 3
+        result["replication_factor"], result["min_insync_replicas"] = cfg3.replication()
+        return result
+    finally:
+        subprocess.run(["bash", str(script / "stop.sh")], env=env, check=False)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def stage_ladder(run: str, rungs: str) -> dict:
@@ -342,8 +417,11 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
     cp = str(cfg.jars_dir / "perf" / "*")
     n = int(records)
     java = ["java", "-Xmx1g", "-cp", cp]
-    broker = _broker_pid(cfg)
+    brokers = _broker_pids(cfg)
     from jobs.energy import proc_cpu_s
+
+    def broker_cpu() -> float:
+        return sum(proc_cpu_s(pid) for pid in brokers)
 
     # the passthrough (kafka.client) for the tools' Java clients: a 0600 file, no secret in argv
     client_file = cfg.state_dir / "run" / f"bench-client-{os.getpid()}.properties"
@@ -356,7 +434,7 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
             for k, v in java_properties(cfg.kafka.client_properties(), shaded=False).items()
         )
     )
-    cpu0 = proc_cpu_s(broker)
+    cpu0 = broker_cpu()
     prod = subprocess.run(
         [
             *java,
@@ -383,13 +461,13 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
         text=True,
         check=True,
     )
-    cpu_prod = proc_cpu_s(broker) - cpu0
+    cpu_prod = broker_cpu() - cpu0
     last = [ln for ln in prod.stdout.splitlines() if "records sent" in ln][-1]
     rate_match = re.search(r"([\d.]+) records/sec", last)
     if rate_match is None:
         raise RuntimeError(f"bench: no records/sec in ProducerPerformance's output: {last!r}")
     prod_rate = float(rate_match.group(1))
-    cpu0 = proc_cpu_s(broker)
+    cpu0 = broker_cpu()
     cons = subprocess.run(
         [
             *java,
@@ -409,7 +487,7 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
         text=True,
         check=True,
     )
-    cpu_cons = proc_cpu_s(broker) - cpu0
+    cpu_cons = broker_cpu() - cpu0
     lines = [ln for ln in cons.stdout.splitlines() if ln.strip()]
     header = [h.strip() for h in lines[-2].split(",")]
     values = dict(zip(header, (v.strip() for v in lines[-1].split(",")), strict=False))
@@ -898,6 +976,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-latency", action="store_true", help="skip the latency run")
     parser.add_argument(
+        "--no-brokers3",
+        action="store_true",
+        help="skip Kafka's perf tools against three KRaft nodes (RF 3, min ISR 2)",
+    )
+    parser.add_argument(
         "--no-cluster",
         action="store_true",
         help="skip the trading job on the Flink session cluster (started for the bench unless "
@@ -981,6 +1064,8 @@ def main(argv: list[str] | None = None) -> int:
             results["broker_tools"] = _run_stage(
                 ["broker_tools", perf_topic, str(payload), str(max(pub.published, 500_000))]
             )
+            if not args.no_brokers3:
+                results["broker_tools_3"] = brokers3(payload, max(pub.published, 500_000))
         finally:
             payload.unlink(missing_ok=True)
         results["ladder"] = _run_stage(["ladder", run, ",".join(rungs)])
@@ -1047,6 +1132,12 @@ def _report(results: dict) -> dict:
         print(
             f"{label:<48}{r['events']:>10}{r['events_per_s']:>12,.0f}"
             f"{(f'{rss:,.0f}' if rss else '-'):>13}"
+        )
+    bt3 = results.get("broker_tools_3")
+    if bt3:
+        print(
+            f"{'(b3) 3 KRaft nodes, RF 3, min ISR 2, perf tools':<48}{bt3['events']:>10}"
+            f"{bt3['events_per_s']:>12,.0f}{'-':>13}"
         )
     bt = results["broker_tools"]
     print(
