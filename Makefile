@@ -49,9 +49,10 @@ demo: up            ## the whole pipeline on the shipped sample; JSON summary on
 check: lint types    ## the fast lane (~1 min on an idle 2-core machine once installed; no services, no root): lint, types, unit tests but the slow ones, on every core
 	$(PYTEST) -q -p no:cacheprovider -n auto -m "not slow" tests/unit
 
-test: install-dev up lint types  ## every test: integration (real broker, real Flink; one at a time: they share the services) + unit (slow ones too, on every core)
+test: install-dev up lint types  ## every test, each once: the fast unit lane (fails early), integration (real broker, real Flink; one at a time: they share the services), then the slow unit tests (on every core)
+	$(PYTEST) -q -p no:cacheprovider -n auto -m "not slow" tests/unit
 	$(PYTEST) -q -p no:cacheprovider tests/integration
-	$(PYTEST) -q -p no:cacheprovider -n auto tests/unit
+	$(PYTEST) -q -p no:cacheprovider -n auto -m slow tests/unit
 
 test-unit: install-python-dev  ## every unit test (slow ones too), no services
 	$(PYTEST) -q -p no:cacheprovider -n auto tests/unit
