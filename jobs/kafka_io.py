@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -36,6 +37,7 @@ __all__ = [
     "PartitionReader",
     "Poll",
     "apply_acls",
+    "as_role",
     "client_config",
     "create_topics",
     "drain_topic",
@@ -96,6 +98,18 @@ def set_process_role(role: str) -> None:
 
 def process_role() -> str:
     return _process_role
+
+
+@contextmanager
+def as_role(role: str) -> Iterator[None]:
+    """Clients built inside connect as ``role``: one stage of a process that runs several
+    (``bookstream demo``), each under the principal the stage has when it runs alone."""
+    before = _process_role
+    set_process_role(role)
+    try:
+        yield
+    finally:
+        set_process_role(before)
 
 
 def client_config(

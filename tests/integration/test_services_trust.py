@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 
 from jobs.doctor import is_loopback, listening_addresses
 from jobs.lake import open_catalog
-from udfs.config import Config, load_config
+from udfs.config import Config, load_config, parse_properties
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +109,16 @@ def test_catalog_reaches_postgres_with_the_password_file(cfg: Config, tmp_path: 
 
 
 def _secrets(cfg: Config) -> dict[str, bytes]:
-    """Every secret the project generated: PostgreSQL's role passwords and Redis'."""
+    """Every secret the project generated: PostgreSQL's role passwords, Redis' and Kafka's."""
     found = {f"postgres:{role}": pw.encode() for role, pw in _passwords(cfg).items()}
     if cfg.redis_password_file.is_file():
         found["redis"] = cfg.redis_password_file.read_text().strip().encode()
+    # the Kafka roles' (kafka.security=sasl: generated on the broker's first start)
+    if cfg.kafka_credentials_dir.is_dir():
+        for path in cfg.kafka_credentials_dir.glob("*.properties"):
+            found[f"kafka:{path.stem}"] = parse_properties(path.read_text())[
+                "sasl.password"
+            ].encode()
     assert all(len(v) >= 16 for v in found.values()), "a generated secret is too short"
     return found
 
