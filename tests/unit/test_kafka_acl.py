@@ -12,7 +12,13 @@ import pytest
 from jobs.cli import _kafka_role, cmd_demo, cmd_exec_sink, cmd_publish, cmd_stream_job
 from jobs.kafka_security import ensure_credentials, server_properties
 from jobs.stream_job import flink_client_properties
-from udfs.config import ConfigError, librdkafka_properties, load_config, parse_properties
+from udfs.config import (
+    ConfigError,
+    java_properties,
+    librdkafka_properties,
+    load_config,
+    parse_properties,
+)
 from udfs.kafka_acl import ROLES, AclEntry, acl_plan
 
 TOPICS = load_config(env={}).topics.for_run("run7").names()
@@ -100,6 +106,10 @@ def test_each_process_connects_as_its_role(tmp_path: Path) -> None:
     jaas = flink_client_properties(cfg)["sasl.jaas.config"]
     assert jaas.startswith("org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram")
     assert 'username="job"' in jaas
+    # Kafka's own tools (infra/kafka/bin/kafka-tool): the super user, by PLAIN
+    tools = java_properties(cfg.kafka_client_properties("admin"), shaded=False)
+    assert tools["sasl.mechanism"] == "PLAIN" and tools["security.protocol"] == "SASL_PLAINTEXT"
+    assert tools["sasl.jaas.config"].startswith("org.apache.kafka.common.security.plain.")
     # plaintext (the default): no credential, no file read
     plain = load_config(env={"BOOKSTREAM_STATE_DIR": str(tmp_path / "none")})
     assert plain.kafka.security == "plaintext" and plain.kafka_client_properties("job") == {}
