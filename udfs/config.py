@@ -134,6 +134,10 @@ class KafkaConfig:
     only), or ``sasl``: SASL_PLAINTEXT on loopback, one generated credential per role
     (``udfs/kafka_acl.py``) under ``<state>/kafka/credentials/`` (0600), ACLs per role; each
     process connects as its role (SCRAM-SHA-512; the super user ``admin`` by PLAIN)."""
+    credentials_dir: str = ""
+    """Where the roles' credentials of ``security = "sasl"`` are (``<role>.properties``); empty:
+    ``<state>/kafka/credentials``, where the broker's first start generates them. Set it for a
+    process with a state directory of its own (a test's, a run's) on the project's broker."""
     client_properties_file: str = ""
     """A Java-style properties file (``key=value`` lines, ``#`` comments, a trailing ``\\``
     continues a line) with more client properties, read when a client is built (so secrets can
@@ -1004,6 +1008,8 @@ class Config:
     @property
     def kafka_credentials_dir(self) -> Path:
         """One ``<role>.properties`` (0600) per principal of ``kafka.security = "sasl"``."""
+        if self.kafka.credentials_dir:
+            return Path(self.kafka.credentials_dir).resolve()
         return self.state_dir / "kafka" / "credentials"
 
     def kafka_client_properties(self, role: str) -> dict[str, str]:

@@ -106,6 +106,15 @@ def test_each_process_connects_as_its_role(tmp_path: Path) -> None:
     jaas = flink_client_properties(cfg)["sasl.jaas.config"]
     assert jaas.startswith("org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram")
     assert 'username="job"' in jaas
+    # a process with a state dir of its own finds the broker's credentials by kafka.credentials_dir
+    other = load_config(
+        env={
+            **env,
+            "BOOKSTREAM_STATE_DIR": str(tmp_path / "other"),
+            "BOOKSTREAM_KAFKA_CREDENTIALS_DIR": str(cfg.kafka_credentials_dir),
+        }
+    )
+    assert other.kafka_client_properties("job") == cfg.kafka_client_properties("job")
     # Kafka's own tools (infra/kafka/bin/kafka-tool): the super user, by PLAIN
     tools = java_properties(cfg.kafka_client_properties("admin"), shaded=False)
     assert tools["sasl.mechanism"] == "PLAIN" and tools["security.protocol"] == "SASL_PLAINTEXT"
