@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from jobs.doctor import is_loopback, listening_addresses
+from jobs.kafka_io import client_config
 from jobs.lake import open_catalog
 from udfs.config import Config, load_config, parse_properties
 
@@ -136,15 +137,17 @@ def test_no_secret_in_any_log_or_topic(cfg: Config, demo_history: object) -> Non
         for name, secret in secrets.items():
             assert secret not in text, (path, name)
 
-    admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    admin = AdminClient(client_config(cfg, {}))
     topics = admin.list_topics(timeout=10).topics
     consumer = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": "it-secret-scan",
-            "enable.auto.commit": False,
-            "isolation.level": "read_uncommitted",
-        }
+        client_config(
+            cfg,
+            {
+                "group.id": "it-secret-scan",
+                "enable.auto.commit": False,
+                "isolation.level": "read_uncommitted",
+            },
+        )
     )
     scanned = 0
     try:
