@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from udfs.config import PROJECT_ROOT, Config, java_properties, load_config, topics_env
+from udfs.kafka_acl import ADMIN
 
 if TYPE_CHECKING:
     from pyflink.datastream import StreamExecutionEnvironment
@@ -431,7 +432,7 @@ def stage_broker_tools(topic: str, payload_file: str, records: str) -> dict:
         "".join(
             # a Java properties file: a backslash escapes, a newline ends the value
             f"{k}={v.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}\n"
-            for k, v in java_properties(cfg.kafka.client_properties(), shaded=False).items()
+            for k, v in java_properties(cfg.kafka_client_properties(ADMIN), shaded=False).items()
         )
     )
     cpu0 = broker_cpu()

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 
 from udfs.config import Config, TopicSpec, librdkafka_properties, load_config
+from udfs.kafka_acl import ADMIN
 
 Records = list[tuple[bytes, bytes]]
 
@@ -71,7 +72,7 @@ _KAFKA_PYTHON_NAMES = {
 def kafka_python_options(cfg: Config) -> dict[str, str]:
     """The passthrough (``kafka.client``) as kafka-python options; a property it has no name
     for is refused (the comparison would not be like for like)."""
-    props = librdkafka_properties(cfg.kafka.client_properties())
+    props = librdkafka_properties(cfg.kafka_client_properties(ADMIN))
     unknown = sorted(set(props) - set(_KAFKA_PYTHON_NAMES))
     if unknown:
         raise ValueError(f"kafka-python: no option for client properties {unknown}")

@@ -53,6 +53,7 @@ from jobs.stream_job import (
     routed_records,
 )
 from udfs.config import Config
+from udfs.kafka_acl import ADMIN
 from udfs.market.quality import flush
 from udfs.pipeline import RecordSource, process_record
 from udfs.schema import encode_record
@@ -244,7 +245,7 @@ def _legacy_sink(cfg: Config, topic: str) -> KafkaSink:
         .set_property("enable.idempotence", "true")
         .set_property("acks", "all")
     )
-    for key, value in flink_client_properties(cfg).items():
+    for key, value in flink_client_properties(cfg, ADMIN).items():
         builder.set_property(key, value)
     builder._j_builder.setRecordSerializer(
         gateway.jvm.io.bookstream.flink.KeyedStringSerializer(topic)

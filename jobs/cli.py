@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from udfs.config import PROJECT_ROOT, ConfigError, load_config, secure_state_dir
+from udfs.kafka_acl import ADMIN
 
 if TYPE_CHECKING:  # imported where used: the command starts without the adapters
     from udfs.config import Config
@@ -1138,6 +1139,23 @@ def _expected_error(exc: BaseException) -> str | None:
     return None
 
 
+def _kafka_role(func: Any) -> str:
+    """The Kafka principal a command connects as (``kafka.security = "sasl"``,
+    udfs/kafka_acl.py); commands that create topics or run every stage in one process (demo,
+    replay, bench, topics...) are the super user's."""
+    roles: dict[Any, str] = {
+        cmd_publish: "publisher",
+        cmd_stream_job: "job",
+        cmd_submit: "job",
+        cmd_exec_sink: "exec-sink",
+        cmd_history_sink: "history-sink",
+        cmd_tail: "reader",
+        cmd_page: "reader",
+        cmd_feast_push: "reader",
+    }
+    return roles.get(func, ADMIN)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
@@ -1151,6 +1169,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with contextlib.suppress(ConfigError):  # a bad config is the command's own error to report
         secure_state_dir(load_config())
+    from jobs.kafka_io import set_process_role
+
+    set_process_role(_kafka_role(args.func))
     try:
         if args.func not in (
             cmd_doctor,

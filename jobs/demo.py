@@ -41,7 +41,7 @@ from jobs.audit import publish_config
 from jobs.energy import EnergyMeter
 from jobs.execution_sink import run_sink
 from jobs.history_sink import run_history_sink
-from jobs.kafka_io import create_topics, drain_topic, end_offsets, record_value
+from jobs.kafka_io import as_role, create_topics, drain_topic, end_offsets, record_value
 from jobs.publish import publish
 from jobs.status import JobCounts
 from jobs.stream_job import CONFIG_PROCESS, build_stream_job, execute_with_status
@@ -77,7 +77,8 @@ def run_demo(
 
     # ingest
     logger.info("publishing %s to %s", source.describe(), topics.events)
-    pub = publish(cfg, source, speed=speed, progress=progress)
+    with as_role("publisher"):  # each stage as its own Kafka principal (kafka.security=sasl)
+        pub = publish(cfg, source, speed=speed, progress=progress)
     logger.info(
         "published %d events (%d bad lines dead-lettered) in %.2fs: %.0f ev/s",
         pub.published,
@@ -95,18 +96,20 @@ def run_demo(
         env = build_stream_job(
             cfg, bounded=True, group_id=group, start_offsets=before[topics.events]
         )
-        publish_config(cfg, CONFIG_PROCESS)
+        with as_role("job"):
+            publish_config(cfg, CONFIG_PROCESS)
         _run_with_progress(env, pub.published, progress)
     job_s = time.perf_counter() - t_job
 
     # execution sink over this run's orders and market data
     t_sink = time.perf_counter()
-    sink = run_sink(
-        cfg,
-        group=f"bookstream-demo-sink-{uuid.uuid4().hex[:8]}",
-        bounded=True,
-        start_offsets={t: before[t] for t in (topics.events, topics.orders, topics.control)},
-    )
+    with as_role("exec-sink"):
+        sink = run_sink(
+            cfg,
+            group=f"bookstream-demo-sink-{uuid.uuid4().hex[:8]}",
+            bounded=True,
+            start_offsets={t: before[t] for t in (topics.events, topics.orders, topics.control)},
+        )
     sink_s = time.perf_counter() - t_sink
     signals_out = sum(
         1 for _ in drain_topic(cfg, topics.signals, from_offsets=before[topics.signals])
@@ -148,7 +151,8 @@ def run_demo(
     after = {t: end_offsets(cfg, t) for t in all_topics}
     record_run(cfg, run_id, before, after)
     t_hist = time.perf_counter()
-    history = run_history_sink(cfg, bounded=True)
+    with as_role("history-sink"):
+        history = run_history_sink(cfg, bounded=True)
     history_s = time.perf_counter() - t_hist
     fills = sink.stats.get("fills", 0)
     energy = meter.stop().summary(events=pub.events_in, trades=fills)

@@ -11,12 +11,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from udfs.config import Config, TopicSpec, librdkafka_properties
+from udfs.kafka_acl import ADMIN, ROLES, AclEntry, acl_plan
 from udfs.latency import HOPS_HEADER
 from udfs.schema import SchemaError
 
@@ -26,6 +36,8 @@ __all__ = [
     "KafkaRecord",
     "PartitionReader",
     "Poll",
+    "apply_acls",
+    "as_role",
     "client_config",
     "create_topics",
     "drain_topic",
@@ -33,8 +45,10 @@ __all__ = [
     "first_offsets",
     "make_consumer",
     "make_producer",
+    "process_role",
     "reached_end",
     "record_value",
+    "set_process_role",
     "topic_end_offsets",
     "wait_stable",
 ]
@@ -70,20 +84,52 @@ def record_value(rec: KafkaRecord) -> bytes:
     return rec.value
 
 
-def client_config(cfg: Config, conf: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+_process_role = ADMIN
+
+
+def set_process_role(role: str) -> None:
+    """The principal this process's clients connect as when they name none
+    (``kafka.security = "sasl"``): set by the command being run (jobs/cli.py)."""
+    global _process_role
+    if role not in ROLES:
+        raise ValueError(f"kafka role {role!r}: not one of {', '.join(ROLES)}")
+    _process_role = role
+
+
+def process_role() -> str:
+    return _process_role
+
+
+@contextmanager
+def as_role(role: str) -> Iterator[None]:
+    """Clients built inside connect as ``role``: one stage of a process that runs several
+    (``bookstream demo``), each under the principal the stage has when it runs alone."""
+    before = _process_role
+    set_process_role(role)
+    try:
+        yield
+    finally:
+        set_process_role(before)
+
+
+def client_config(
+    cfg: Config, conf: dict[str, str | int | bool], role: str | None = None
+) -> dict[str, str | int | bool]:
     """The configuration of every confluent-kafka client of the project: ``conf`` (the client's
-    own settings), the bootstrap list (``kafka.bootstrap``) and the passthrough
-    (``kafka.client``, ``kafka.client_properties_file``: SASL/SSL and any librdkafka property),
-    which wins over the client's own tuning (bookstream's guarantees cannot be in it)."""
+    own settings), the bootstrap list (``kafka.bootstrap``), the credential of ``role`` (default:
+    the process's, :func:`set_process_role`) when ``kafka.security = "sasl"``, and the
+    passthrough (``kafka.client``, ``kafka.client_properties_file``: SASL/SSL and any
+    librdkafka property), which wins over the client's own tuning (bookstream's guarantees
+    cannot be in it)."""
     return {
         **conf,
         "bootstrap.servers": cfg.kafka.bootstrap_servers,
-        **librdkafka_properties(cfg.kafka.client_properties()),
+        **librdkafka_properties(cfg.kafka_client_properties(role or _process_role)),
     }
 
 
-def _admin(cfg: Config) -> AdminClient:
-    return AdminClient(client_config(cfg, {}))
+def _admin(cfg: Config, role: str | None = None) -> AdminClient:
+    return AdminClient(client_config(cfg, {}, role))
 
 
 def check_broker(cfg: Config, timeout_s: float = 5.0) -> int:
@@ -108,15 +154,15 @@ def broker_list(cfg: Config, timeout_s: float = 5.0) -> list[str]:
     return [f"{b.id}@{b.host}:{b.port}" for b in sorted(md.brokers.values(), key=lambda b: b.id)]
 
 
-def existing_topics(cfg: Config) -> dict[str, int]:
-    """topic -> partition count."""
-    md = _admin(cfg).list_topics(timeout=10)
+def existing_topics(cfg: Config, role: str | None = None) -> dict[str, int]:
+    """topic -> partition count (of the topics ``role`` may see)."""
+    md = _admin(cfg, role).list_topics(timeout=10)
     return {name: len(t.partitions) for name, t in md.topics.items()}
 
 
-def topic_replicas(cfg: Config) -> dict[str, int]:
+def topic_replicas(cfg: Config, role: str | None = None) -> dict[str, int]:
     """topic -> replicas of its first partition."""
-    md = _admin(cfg).list_topics(timeout=10)
+    md = _admin(cfg, role).list_topics(timeout=10)
     return {
         name: len(t.partitions[0].replicas) for name, t in md.topics.items() if 0 in t.partitions
     }
@@ -124,11 +170,13 @@ def topic_replicas(cfg: Config) -> dict[str, int]:
 
 def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str]:
     """Create the configured topics that do not exist yet (idempotent). Returns those created.
-    An existing topic with another partition count is reported, not altered."""
+    An existing topic with another partition count is reported, not altered. With
+    ``kafka.security = "sasl"`` as the super user, and the roles' ACLs over the whole topic set
+    ``cfg.topics`` are (re)applied (udfs/kafka_acl.py), so a run's own topics get them too."""
     check_broker(cfg)
     specs = cfg.topics.specs() if specs is None else specs
-    have = existing_topics(cfg)
-    replicas = topic_replicas(cfg)
+    have = existing_topics(cfg, ADMIN)
+    replicas = topic_replicas(cfg, ADMIN)
     for spec in specs:
         if spec.name in have and have[spec.name] != spec.partitions:
             logger.warning(
@@ -160,9 +208,11 @@ def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str
         for s in specs
         if s.name not in have
     ]
+    if cfg.kafka.security == "sasl":
+        apply_acls(cfg, acl_plan(cfg.topics.names()))
     if not wanted:
         return []
-    admin = _admin(cfg)  # keep a reference: the futures die with the client
+    admin = _admin(cfg, ADMIN)  # keep a reference: the futures die with the client
     futures = admin.create_topics(wanted, request_timeout=30)
     created = []
     for name, fut in futures.items():
@@ -175,8 +225,27 @@ def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str
     return created
 
 
+def apply_acls(cfg: Config, plan: list[AclEntry]) -> None:
+    """Create the ALLOW rules of ``plan`` as the super user (an existing rule is kept as is)."""
+    bindings = [
+        AclBinding(
+            ResourceType[e.resource],
+            e.name,
+            ResourcePatternType[e.pattern],
+            e.principal,
+            "*",
+            AclOperation[e.operation],
+            AclPermissionType.ALLOW,
+        )
+        for e in plan
+    ]
+    admin = _admin(cfg, ADMIN)
+    for fut in admin.create_acls(bindings, request_timeout=30).values():
+        fut.result()
+
+
 def delete_topics(cfg: Config, names: list[str]) -> None:
-    admin = _admin(cfg)
+    admin = _admin(cfg, ADMIN)
     futures = admin.delete_topics(names, operation_timeout=30)
     for fut in futures.values():
         try:

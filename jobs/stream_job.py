@@ -410,11 +410,12 @@ def routed_records(ds: DataStream) -> DataStream:
     )
 
 
-def flink_client_properties(cfg: Config) -> dict[str, str]:
-    """The passthrough (``kafka.client``) for the Flink Kafka source and sinks: Java names
-    (:func:`udfs.config.java_properties`), class names relocated into the SQL connector's
-    shaded package."""
-    return java_properties(cfg.kafka.client_properties(), shaded=True)
+def flink_client_properties(cfg: Config, role: str = "job") -> dict[str, str]:
+    """The client properties of the Flink Kafka source and sinks: the credential of ``role``
+    (``kafka.security = "sasl"``; the job's by default) and the passthrough (``kafka.client``),
+    in Java names (:func:`udfs.config.java_properties`), class names relocated into the SQL
+    connector's shaded package."""
+    return java_properties(cfg.kafka_client_properties(role), shaded=True)
 
 
 def kafka_source(

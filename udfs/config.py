@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import quote
 
+from udfs.kafka_acl import ADMIN, ROLES
+
 __all__ = [
     "PROJECT_ROOT",
     "Config",
@@ -127,6 +129,15 @@ class KafkaConfig:
     to the confluent-kafka clients only, ``java.`` to the Java ones only; see
     :func:`librdkafka_properties` / :func:`java_properties` for the names translated between the
     two. Values are secrets as far as bookstream is concerned: never printed or logged."""
+    security: Literal["plaintext", "sasl"] = "plaintext"
+    """The project's own broker (infra/kafka/): ``plaintext`` (no authentication, loopback
+    only), or ``sasl``: SASL_PLAINTEXT on loopback, one generated credential per role
+    (``udfs/kafka_acl.py``) under ``<state>/kafka/credentials/`` (0600), ACLs per role; each
+    process connects as its role (SCRAM-SHA-512; the super user ``admin`` by PLAIN)."""
+    credentials_dir: str = ""
+    """Where the roles' credentials of ``security = "sasl"`` are (``<role>.properties``); empty:
+    ``<state>/kafka/credentials``, where the broker's first start generates them. Set it for a
+    process with a state directory of its own (a test's, a run's) on the project's broker."""
     client_properties_file: str = ""
     """A Java-style properties file (``key=value`` lines, ``#`` comments, a trailing ``\\``
     continues a line) with more client properties, read when a client is built (so secrets can
@@ -995,6 +1006,40 @@ class Config:
         )
 
     @property
+    def kafka_credentials_dir(self) -> Path:
+        """One ``<role>.properties`` (0600) per principal of ``kafka.security = "sasl"``."""
+        if self.kafka.credentials_dir:
+            return Path(self.kafka.credentials_dir).resolve()
+        return self.state_dir / "kafka" / "credentials"
+
+    def kafka_client_properties(self, role: str) -> dict[str, str]:
+        """The client properties of a process connecting as ``role`` (passthrough names, not
+        yet translated): with ``kafka.security = "sasl"`` the role's credential and mechanism,
+        then the passthrough (``kafka.client``), which wins. Secrets: never print them."""
+        props: dict[str, str] = {}
+        if self.kafka.security == "sasl":
+            if role not in ROLES:
+                raise ConfigError(f"kafka role {role!r}: not one of {', '.join(ROLES)}")
+            path = self.kafka_credentials_dir / f"{role}.properties"
+            try:
+                cred = parse_properties(path.read_text())
+            except OSError as exc:
+                raise ConfigError(
+                    f"kafka.security=sasl: no credential of {role} ({exc}); the broker's first "
+                    "start (make up, infra/kafka/start.sh) generates them"
+                ) from exc
+            props = {
+                "security.protocol": "SASL_PLAINTEXT",
+                # the super user authenticates by PLAIN against the broker's own static list
+                # (no SCRAM credential has to exist before it); every other role by SCRAM
+                "sasl.mechanism": "PLAIN" if role == ADMIN else "SCRAM-SHA-512",
+                "sasl.username": cred["sasl.username"],
+                "sasl.password": cred["sasl.password"],
+            }
+        props.update(self.kafka.client_properties())
+        return props
+
+    @property
     def redis_password_file(self) -> Path:
         if self.redis.password_file:
             return Path(self.redis.password_file).resolve()
@@ -1267,6 +1312,8 @@ def shell_values(cfg: Config) -> dict[str, str]:
         # node i (1-based): "port controller_port", space separated, one per node
         "KAFKA_NODE_PORTS": ",".join(f"{p} {c}" for p, c in cfg.kafka.node_ports),
         "KAFKA_BOOTSTRAP": cfg.kafka.bootstrap_servers,
+        "KAFKA_SECURITY": cfg.kafka.security,
+        "KAFKA_CREDENTIALS_DIR": cfg.kafka_credentials_dir,
         # the brokers' internal topics (offsets, transactions): as replicated as the nodes allow
         "KAFKA_INTERNAL_RF": min(cfg.kafka.brokers, 3),
         "KAFKA_INTERNAL_MIN_ISR": max(min(cfg.kafka.brokers, 3) - 1, 1),
@@ -1322,7 +1369,7 @@ if __name__ == "__main__":
     elif sys.argv[1:] == ["java-client-properties"]:
         # the passthrough for Kafka's own (unshaded) Java tools, as a properties file's text:
         # infra/kafka/bin/kafka-tool writes it to a 0600 file, never to a terminal or a log
-        java = java_properties(load_config().kafka.client_properties(), shaded=False)
+        java = java_properties(load_config().kafka_client_properties(ADMIN), shaded=False)
         for key, value in java.items():
             escaped = value.replace("\\", "\\\\").replace("\n", "\\n")
             sys.stdout.write(f"{key}={escaped}\n")

@@ -10,12 +10,18 @@
 source "$(dirname "$0")/../lib.sh"
 load_config
 JARS="$STATE/jars/kafka"
-# PLAINTEXT without authentication: loopback only, like every listener of the project
+# PLAINTEXT (or SASL_PLAINTEXT, kafka.security=sasl: authenticated, not encrypted): loopback
+# only, like every listener of the project
 case "$KAFKA_HOST" in
   127.*) ;;
-  *) die "kafka.host=$KAFKA_HOST: the project's broker has no authentication, so it only listens \
+  *) die "kafka.host=$KAFKA_HOST: the project's broker has no encryption, so it only listens \
 on loopback (127.x.x.x); point kafka.bootstrap at another deployment's brokers instead" ;;
 esac
+# kafka.security=sasl: one credential per role, generated once (0600 files, never printed)
+if [ "$KAFKA_SECURITY" = sasl ]; then
+  (cd "$PROJECT_ROOT" && umask 077 && "$PY" -m jobs.kafka_security credentials) >&2 \
+    || die "could not generate the Kafka credentials in $KAFKA_CREDENTIALS_DIR"
+fi
 # sed replacement text: \, | and & are literal
 sed_text() { printf '%s' "$1" | sed -e 's/[\\|&]/\\&/g'; }
 [ -f "$JARS/.complete" ] || die "Kafka jars missing in $JARS: run infra/install.sh"
@@ -68,6 +74,11 @@ for i in $(seq 1 "$KAFKA_BROKERS"); do
       -e "s|@VOTERS@|$(sed_text "$voters")|g" -e "s|@DATA_DIR@|$(sed_text "$dir/data")|g" \
       -e "s|@INTERNAL_RF@|$KAFKA_INTERNAL_RF|g" -e "s|@INTERNAL_MIN_ISR@|$KAFKA_INTERNAL_MIN_ISR|g" \
       "$PROJECT_ROOT/infra/kafka/server.properties.template" > "$props"
+  chmod 0600 "$props"   # with kafka.security=sasl it holds the super user's password
+  if [ "$KAFKA_SECURITY" = sasl ]; then
+    (cd "$PROJECT_ROOT" && "$PY" -m jobs.kafka_security server-properties "$KAFKA_HOST" \
+      "$port" "$cport") >>"$props" || die "could not render the SASL settings of $svc"
+  fi
   if [ ! -f "$dir/data/meta.properties" ]; then
     if [ "$KAFKA_BROKERS" -eq 1 ] || [ ! -f "$cluster_id_file" ]; then
       java -cp "$JARS/*" kafka.tools.StorageTool random-uuid > "$cluster_id_file"
@@ -93,4 +104,9 @@ done
 for s in "${started[@]}"; do
   wait_ready "${s%%:*}" 120 "$PROJECT_ROOT/infra/kafka/check.sh"
 done
-log "kafka ready ($KAFKA_BROKERS node(s): $KAFKA_BOOTSTRAP)"
+if [ "$KAFKA_SECURITY" = sasl ]; then
+  # the roles' SCRAM credentials, as the super user (idempotent: after every start)
+  (cd "$PROJECT_ROOT" && "$PY" -m jobs.kafka_security users) >&2 \
+    || die "could not register the Kafka SCRAM users"
+fi
+log "kafka ready ($KAFKA_BROKERS node(s): $KAFKA_BOOTSTRAP, security $KAFKA_SECURITY)"

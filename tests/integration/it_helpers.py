@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from jobs.kafka_io import KafkaRecord, drain_topic
+from jobs.kafka_io import KafkaRecord, client_config, drain_topic
 from udfs.config import PROJECT_ROOT, Config, load_config, topics_env
 
 VENV_BIN = Path(sys.executable).parent
@@ -59,11 +59,9 @@ def read_json(cfg: Config, topic: str, from_offsets: dict[int, int] | None = Non
 def read_at(cfg: Config, topic: str, partition: int, offset: int) -> bytes | None:
     """The value of the one record at ``topic``/``partition``/``offset``."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": f"it-read-at-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            cfg, {"group.id": f"it-read-at-{uuid.uuid4().hex}", "enable.auto.commit": False}
+        )
     )
     try:
         consumer.assign([TopicPartition(topic, partition, offset)])

@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 from it_helpers import config_for, kill_job, read_topic
 
 from jobs.execution_sink import SinkResult, SinkStateError, run_sink
-from jobs.kafka_io import committed_offsets, end_offsets, make_producer
+from jobs.kafka_io import client_config, committed_offsets, end_offsets, make_producer
 from jobs.publish import publish
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.adapters.lobster import iter_lobster_events
@@ -294,7 +294,7 @@ def test_bounded_run_then_restart_on_the_same_group_publishes_nothing_twice(
 
 def _delete_up_to(cfg: Config, topic: str, offsets: dict[int, int]) -> None:
     """What size/time retention does: the records before ``offsets`` are gone."""
-    admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    admin = AdminClient(client_config(cfg, {}))
     futures = admin.delete_records([TopicPartition(topic, p, o) for p, o in offsets.items()])
     for fut in futures.values():
         fut.result()
@@ -344,13 +344,15 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(
 
     def committed_executions(cfg: Config) -> list[bytes]:
         consumer = Consumer(
-            {
-                "bootstrap.servers": cfg.kafka.bootstrap_servers,
-                "group.id": f"it-rc-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "earliest",
-            }
+            client_config(
+                cfg,
+                {
+                    "group.id": f"it-rc-{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                    "auto.offset.reset": "earliest",
+                },
+            )
         )
         try:
             ends = end_offsets(cfg, cfg.topics.executions)
@@ -399,13 +401,7 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(
         f"run_sink(load_config(), group={group!r}, bounded=False, commit_every=200, "
         "idle_exit_s=None)"
     )
-    watcher = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": group,
-            "enable.auto.commit": False,
-        }
-    )
+    watcher = Consumer(client_config(cfg, {"group.id": group, "enable.auto.commit": False}))
     assert committed_inputs(watcher, cfg) == 0  # (and the watcher knows its coordinator)
     with (tmp_path / "live.log").open("ab") as log:
         proc = subprocess.Popen(

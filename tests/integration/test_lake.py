@@ -23,7 +23,7 @@ from it_helpers import config_for, run_cli, start_job, wait_for
 
 from jobs.doctor import run_doctor
 from jobs.history_sink import run_history_sink
-from jobs.kafka_io import drain_topic, end_offsets, make_producer
+from jobs.kafka_io import client_config, drain_topic, end_offsets, make_producer
 from jobs.lake import (
     OFFSETS_PROPERTY,
     append_with_offsets,
@@ -320,7 +320,7 @@ def test_offsets_deleted_by_retention_are_reported(kafka_topics, tmp_path: Path)
     assert first.rows["events"] == 100 and not first.lost_to_retention
     produce(events[100:])
     (partition,) = [p for p, end in end_offsets(cfg, cfg.topics.events).items() if end]
-    admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    admin = AdminClient(client_config(cfg, {}))
     for fut in admin.delete_records([TopicPartition(cfg.topics.events, partition, 150)]).values():
         fut.result()
 

@@ -15,8 +15,9 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from jobs.doctor import is_loopback, listening_addresses
+from jobs.kafka_io import client_config
 from jobs.lake import open_catalog
-from udfs.config import Config, load_config
+from udfs.config import Config, load_config, parse_properties
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +110,16 @@ def test_catalog_reaches_postgres_with_the_password_file(cfg: Config, tmp_path: 
 
 
 def _secrets(cfg: Config) -> dict[str, bytes]:
-    """Every secret the project generated: PostgreSQL's role passwords and Redis'."""
+    """Every secret the project generated: PostgreSQL's role passwords, Redis' and Kafka's."""
     found = {f"postgres:{role}": pw.encode() for role, pw in _passwords(cfg).items()}
     if cfg.redis_password_file.is_file():
         found["redis"] = cfg.redis_password_file.read_text().strip().encode()
+    # the Kafka roles' (kafka.security=sasl: generated on the broker's first start)
+    if cfg.kafka_credentials_dir.is_dir():
+        for path in cfg.kafka_credentials_dir.glob("*.properties"):
+            found[f"kafka:{path.stem}"] = parse_properties(path.read_text())[
+                "sasl.password"
+            ].encode()
     assert all(len(v) >= 16 for v in found.values()), "a generated secret is too short"
     return found
 
@@ -130,15 +137,17 @@ def test_no_secret_in_any_log_or_topic(cfg: Config, demo_history: object) -> Non
         for name, secret in secrets.items():
             assert secret not in text, (path, name)
 
-    admin = AdminClient({"bootstrap.servers": cfg.kafka.bootstrap_servers})
+    admin = AdminClient(client_config(cfg, {}))
     topics = admin.list_topics(timeout=10).topics
     consumer = Consumer(
-        {
-            "bootstrap.servers": cfg.kafka.bootstrap_servers,
-            "group.id": "it-secret-scan",
-            "enable.auto.commit": False,
-            "isolation.level": "read_uncommitted",
-        }
+        client_config(
+            cfg,
+            {
+                "group.id": "it-secret-scan",
+                "enable.auto.commit": False,
+                "isolation.level": "read_uncommitted",
+            },
+        )
     )
     scanned = 0
     try:

@@ -236,9 +236,9 @@ def test_create_topics_asks_for_the_configured_replication(monkeypatch: pytest.M
 
     cfg = load_config(env={"BOOKSTREAM_KAFKA_BROKERS": "3"})
     monkeypatch.setattr(kafka_io, "check_broker", lambda _cfg: 3)
-    monkeypatch.setattr(kafka_io, "existing_topics", lambda _cfg: {})
-    monkeypatch.setattr(kafka_io, "topic_replicas", lambda _cfg: {})
-    monkeypatch.setattr(kafka_io, "_admin", lambda _cfg: Admin())
+    monkeypatch.setattr(kafka_io, "existing_topics", lambda _cfg, _role=None: {})
+    monkeypatch.setattr(kafka_io, "topic_replicas", lambda _cfg, _role=None: {})
+    monkeypatch.setattr(kafka_io, "_admin", lambda _cfg, _role=None: Admin())
     kafka_io.create_topics(cfg)
     assert len(asked) == len(cfg.topics.specs())
     for topic in asked:
