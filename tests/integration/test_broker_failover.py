@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import ConfigResource
-from it_helpers import config_for, kill_job
+from it_helpers import config_for, kill_job, start_job, wait_for
 from test_execution_sink import events, heartbeat, orders, produce, publish_market, run
 
 from jobs.energy import proc_cpu_s
@@ -38,6 +38,7 @@ from jobs.kafka_io import (
     committed_offsets,
     create_topics,
     end_offsets,
+    make_producer,
 )
 from udfs.config import PROJECT_ROOT, Config, load_config
 from udfs.schema import ExecReport, decode_record
@@ -140,33 +141,7 @@ def _config(cluster: Cluster, tag: str) -> tuple[Config, dict[str, str]]:
 def _committed_executions(cfg: Config) -> list[bytes]:
     """Committed (read_committed) values of the executions topic, in (partition, offset)
     order."""
-    consumer = Consumer(
-        client_config(
-            cfg,
-            {
-                "group.id": f"it-rc-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            },
-        )
-    )
-    try:
-        topic = cfg.topics.executions
-        left = {p: hi for p, hi in end_offsets(cfg, topic).items() if hi > 0}
-        consumer.assign([TopicPartition(topic, p, 0) for p in left])
-        got: list[tuple[int, int, bytes]] = []
-        deadline = time.monotonic() + 60
-        while left and time.monotonic() < deadline:
-            for m in consumer.consume(num_messages=10_000, timeout=0.5):
-                if not m.error():
-                    got.append((m.partition(), m.offset(), m.value()))
-            for tp in consumer.position([TopicPartition(topic, p) for p in left]):
-                if tp.offset >= left[tp.partition]:
-                    del left[tp.partition]
-        assert not left, f"executions not read to their end: {left}"
-        return [v for _p, _o, v in sorted(got)]
-    finally:
-        consumer.close()
+    return _committed_values(cfg, cfg.topics.executions)
 
 
 def _committed_inputs(consumer: Consumer, cfg: Config) -> int:
@@ -295,3 +270,116 @@ def test_a_broker_killed_and_restarted_loses_nothing_and_transactions_survive(
     logs = [log_path, *cluster.state.glob("kafka/node-*/kafka.log")]
     assert len(logs) == 4 and not [p for p in logs if SECRET in p.read_text(errors="replace")]
     _phase("checked")
+
+
+JOB_EVENTS = 20_000  # the sample's head: both instruments, a few seconds of the job
+
+
+def test_the_stream_job_goes_on_through_a_broker_failover(cluster: Cluster, tmp_path) -> None:
+    """The Flink stream job (``bookstream stream-job``, Kafka source and sink on the bootstrap
+    list) runs while the node leading its events partition is SIGKILLed and restarted: it
+    continues without a restart from outside, every event is read (its group's committed
+    offsets reach the end) and its features are exactly those of the job's own per-record
+    logic over the same events (repeats of its at-least-once sink dropped)."""
+    import itertools
+
+    from udfs.market.adapters.sources import Source
+    from udfs.pipeline import RecordSource, process_record
+    from udfs.schema import encode_event
+
+    cfg, env = _config(cluster, "job")
+    sample = list(itertools.islice(Source.sample().events(), JOB_EVENTS))
+    cut = next(j + 1 for j in range(len(sample) // 2, len(sample)) if sample[j].is_last)
+
+    def produce(part) -> None:
+        producer = make_producer(cfg)
+        for ev in part:
+            producer.produce(
+                cfg.topics.events,
+                key=ev.instrument,
+                value=encode_event(ev),
+                timestamp=ev.ts_event // 1_000_000,
+            )
+        assert producer.flush(60) == 0
+
+    group = f"it-failover-job-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "job.log"
+    produce(sample[:cut])
+    proc = start_job(["stream-job", "--group-id", group], env, log)
+    try:
+        wait_for(lambda: _count(cfg, cfg.topics.features) > 0, 600, "the first features", proc, log)
+        md = _admin(cfg).list_topics(timeout=10)
+        victim = md.topics[cfg.topics.events].partitions[0].leader
+        killed_pid = cluster.pid(victim)
+        os.kill(killed_pid, signal.SIGKILL)
+        _phase(f"stream job: node {victim} killed")
+        produce(sample[cut:])  # min ISR 2 of 3: writes go on with one node down
+        cluster.script("start.sh")  # restarts exactly the dead node
+        assert len(broker_list(cfg)) == 3 and cluster.pid(victim) != killed_pid
+        _phase("stream job: node restarted")
+        end = {p: o for p, o in end_offsets(cfg, cfg.topics.events).items() if o > 0}
+        tps = [TopicPartition(cfg.topics.events, p) for p in end]
+        watcher = Consumer(client_config(cfg, {"group.id": group, "enable.auto.commit": False}))
+        try:
+            wait_for(
+                lambda: {tp.partition: tp.offset for tp in committed_offsets(watcher, tps)} == end,
+                600,
+                "a checkpoint covering every event",
+                proc,
+                log,
+            )
+        finally:
+            watcher.close()
+    finally:
+        kill_job(proc)
+    want: dict[str, list[str]] = {}
+    states: dict[str, object] = {}
+    for i, ev in enumerate(sample):
+        states[ev.instrument], res = process_record(
+            states.get(ev.instrument),
+            ev.instrument,
+            encode_event(ev),
+            RecordSource(cfg.topics.events, 0, i),
+            cfg.features,
+            cfg.flink.out_of_orderness_ms,
+        )
+        for row in res.features:
+            row = {k: v for k, v in row.items() if k != "ts_proc"}
+            want.setdefault(row["instrument"], []).append(json.dumps(row, sort_keys=True))
+    got: dict[str, list[str]] = {}
+    for row in map(json.loads, _committed_values(cfg, cfg.topics.features)):
+        row.pop("ts_proc", None)
+        got.setdefault(row["instrument"], []).append(json.dumps(row, sort_keys=True))
+    got = {k: list(dict.fromkeys(v)) for k, v in got.items()}
+    assert {k: len(v) for k, v in got.items()} == {k: len(v) for k, v in want.items()}
+    assert got == want
+
+
+def _committed_values(cfg: Config, topic: str) -> list[bytes]:
+    """Committed (read_committed) values of ``topic``, in (partition, offset) order."""
+    consumer = Consumer(
+        client_config(
+            cfg,
+            {
+                "group.id": f"it-rc-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            },
+        )
+    )
+    try:
+        left = {p: hi for p, hi in end_offsets(cfg, topic).items() if hi > 0}
+        consumer.assign([TopicPartition(topic, p, 0) for p in left])
+        got: list[tuple[int, int, bytes]] = []
+        deadline = time.monotonic() + 60
+        while left and time.monotonic() < deadline:
+            for m in consumer.consume(num_messages=10_000, timeout=0.5):
+                if not m.error():
+                    got.append((m.partition(), m.offset(), m.value()))
+            for tp in consumer.position([TopicPartition(topic, p) for p in left]):
+                if tp.offset >= left[tp.partition]:
+                    del left[tp.partition]
+        assert not left, f"{topic} not read to its end: {left}"
+        return [v for _p, _o, v in sorted(got)]
+    finally:
+        consumer.close()
