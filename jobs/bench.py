@@ -1096,6 +1096,8 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
         "events_per_s": achieved,
         "feature_rows": features,
         "follow": follow,
+        "follow_rows_per_s": follow["read"]
+        / max(1e-9, (follow.get("last_push_ns", 0) - follow.get("first_read_ns", 0)) / 1e9),
         "bounded": bounded,
         "bounded_rows_per_s": bounded["read"] / bounded["seconds"],
         "bounded_wall_s": drain_wall,
@@ -1613,7 +1615,8 @@ def _feast_bench(cfg: Config, run: str, day_lines: int, rate: float, seconds: fl
     print(
         f"  push while the job runs: {push['events']:,} events at {push['events_per_s']:,.0f}/s "
         f"-> {push['feature_rows']:,} feature rows; pusher read {follow['read']:,.0f} rows in "
-        f"{follow['pushes']:,.0f} pushes"
+        f"{follow['pushes']:,.0f} pushes, {push['follow_rows_per_s']:,.0f} rows/s over the span "
+        "from its first read to its last push (bounded by the paced input)"
     )
     print(
         f"  push capacity       {push['bounded']['read']:>10,.0f} rows  "

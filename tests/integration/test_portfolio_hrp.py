@@ -4,16 +4,14 @@ lake's rows, independently of the command's own grid (pandas' as-of join)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import numpy as np
 import pandas as pd
 import pytest
-from it_helpers import BOOKSTREAM, run_cli
+from it_helpers import run_cli
 
 from jobs.lake import open_catalog
-from udfs.config import PROJECT_ROOT, Config
+from jobs.portfolio_hrp import PortfolioError, hrp_from_lake
+from udfs.config import Config
 from udfs.research.portfolio import hrp_weights
 from udfs.strategy.sizing import load_capital_weights
 
@@ -66,14 +64,7 @@ def test_hrp_on_a_common_time_grid_says_why_it_cannot(demo_history, tmp_path) ->
     """The sample's instruments were recorded 12 years apart: no common window, a clear
     error naming the way out, no file."""
     out = tmp_path / "weights.json"
-    proc = subprocess.run(
-        [str(BOOKSTREAM), "portfolio", "hrp", "--out", str(out)],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **demo_history.env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode != 0
-    assert "every instrument has a price" in proc.stderr and "--align start" in proc.stderr
+    with pytest.raises(PortfolioError, match="every instrument has a price") as refused:
+        hrp_from_lake(demo_history.cfg, out)
+    assert "--align start" in str(refused.value)
     assert not out.exists()
