@@ -14,6 +14,12 @@ events, with the ratios that say where the time goes. Not a test: it prints figu
                  whole live path into Iceberg: rows/s of the history sink; replay events/s
                  from Iceberg through the same job compared with the live job's; the query
                  time of every ``sql/`` file on that history (``--no-lake`` skips it)
+    feast        (``--feast``, on its own) the LOBSTER day into a lake of its own, then the
+                 training-set build time over it; the trading job live with ``feast-push``
+                 following its features: push rows/s and freshness (tick received ->
+                 readable through ``get_online_features``) p50/p99; a bounded push of the
+                 whole topic (capacity); online read of one instrument's vector p50/p99
+                 with a profile of where the time goes
     soak         (``--soak``, on its own) the full LOBSTER day once, then twice over (the
                  second copy a day later), through the stream job, the execution sink and the
                  history sink: peak RSS of each process at 1x and 2x (bounded state: flat)
