@@ -942,6 +942,79 @@ def _feast_apply(cfg: Config, repo: Path) -> None:
         raise RuntimeError(f"feast apply failed:\n{applied.stderr[-4000:]}")
 
 
+def _feast_training_set(base: Config, run: str, day: list[tuple[Path, Path]], work: Path) -> dict:
+    """The day through the live path into the lake, then the training set's build time."""
+    import pyarrow.parquet as pq
+
+    from jobs.demo import run_demo
+    from jobs.feast_store import export_offline, open_store
+    from jobs.kafka_io import delete_topics
+    from jobs.training_set import TrainingSetRequest, build_training_set
+    from udfs.market.adapters.sources import Source
+
+    cfg = base.for_run(f"{run}.day")
+    try:
+        live = run_demo(cfg, Source(lobster=day), progress=False)
+    finally:
+        delete_topics(cfg, [spec.name for spec in cfg.topics.specs()])
+    store = open_store(cfg)
+    t = time.perf_counter()
+    snap = export_offline(cfg)
+    export_s = time.perf_counter() - t
+    ts = pq.read_table(snap["parquet"], columns=["ts_event"])["ts_event"].to_numpy()
+    request = TrainingSetRequest(start_ns=int(ts.min()), end_ns=int(ts.max()) + 1, step_ms=1000)
+    t = time.perf_counter()
+    summary = build_training_set(cfg, request, work / "train.parquet", store=store)
+    build_s = time.perf_counter() - t
+    return {
+        "events": live["published"],
+        "feature_rows": snap["rows"],
+        "entity_rows": summary.get("rows"),
+        "export_s": export_s,
+        "build_s": build_s,
+        "span_s": (request.end_ns - request.start_ns) / 1e9,
+    }
+
+
+def _feast_online_read(cfg: Config, instrument: str) -> dict:
+    """get_online_features of one instrument's vector: 200 warm-up, 2,000 timed, a profile."""
+    import cProfile
+    import pstats
+
+    from jobs.feast_store import open_store
+
+    store = open_store(cfg)
+    row = [{"instrument": instrument}]
+
+    def read() -> dict:
+        return store.get_online_features(features=FEAST_REFS, entity_rows=row).to_dict()
+
+    for _ in range(200):
+        read()
+    lat = []
+    for _ in range(2000):
+        t0 = time.perf_counter_ns()
+        read()
+        lat.append(time.perf_counter_ns() - t0)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(200):
+        read()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    top = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:12]  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
+    return {
+        "features": len(FEAST_REFS),
+        "instrument": instrument,
+        **_pct_ms(lat),
+        "profile_tottime_share": {
+            f"{Path(f).name}:{ln}:{fn}": round(v[2] / total, 3) for (f, ln, fn), v in top
+        },
+        "profile_ms_per_read": total / 200 * 1000,
+    }
+
+
 def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict:
     """Feast figures on a Feast project and a lake of their own (env of the parent):
 
@@ -957,18 +1030,12 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
     3. online read: ``get_online_features`` of one instrument's 20 features, 200 warm-up
        then 2,000 timed reads, and a cProfile of 200 reads (where the time goes).
     """
-    import cProfile
-    import pstats
     import signal as signals
     import threading
     from dataclasses import replace
 
-    import pyarrow.parquet as pq
-
-    from jobs.demo import run_demo
-    from jobs.feast_store import export_offline, feast_env, open_store
+    from jobs.feast_store import feast_env, open_store
     from jobs.kafka_io import count_records, create_topics, delete_topics, make_producer
-    from jobs.training_set import TrainingSetRequest, build_training_set
     from udfs.market.adapters.sources import Source
     from udfs.schema import encode_event
 
@@ -980,29 +1047,8 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
 
     # 1. the day into the lake, then the training set
     day = _lobster_head(work / "lobster", day_lines)
-    cfg = base.for_run(f"{run}.day")
-    try:
-        live = run_demo(cfg, Source(lobster=day), progress=False)
-    finally:
-        delete_topics(cfg, [spec.name for spec in cfg.topics.specs()])
-    store = open_store(cfg)
-    t = time.perf_counter()
-    snap = export_offline(cfg)
-    export_s = time.perf_counter() - t
-    ts = pq.read_table(snap["parquet"], columns=["ts_event"])["ts_event"].to_numpy()
-    request = TrainingSetRequest(start_ns=int(ts.min()), end_ns=int(ts.max()) + 1, step_ms=1000)
-    t = time.perf_counter()
-    summary = build_training_set(cfg, request, work / "train.parquet", store=store)
-    build_s = time.perf_counter() - t
-    out["training_set"] = {
-        "events": live["published"],
-        "feature_rows": snap["rows"],
-        "day_lines_per_instrument": day_lines or None,
-        "entity_rows": summary.get("rows"),
-        "export_s": export_s,
-        "build_s": build_s,
-        "span_s": (request.end_ns - request.start_ns) / 1e9,
-    }
+    out["training_set"] = _feast_training_set(base, run, day, work)
+    out["training_set"]["day_lines_per_instrument"] = day_lines or None
 
     # 2. push while the job runs, freshness
     cfg = base.for_run(f"{run}.live")
@@ -1056,7 +1102,7 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
             cwd=PROJECT_ROOT,
             env=child_env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
         )
         time.sleep(10)  # the pusher's start (Feast import, registry) and its catch-up
@@ -1076,8 +1122,15 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
         time.sleep(5)
         stop.set()
         poller.join(30)
-        pusher.send_signal(signals.SIGINT)
-        follow = json.loads(pusher.communicate(timeout=60)[0].strip().splitlines()[-1])
+        pusher.send_signal(signals.SIGTERM)
+        try:
+            said, complaint = pusher.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pusher.kill()
+            said, complaint = pusher.communicate()
+        if not said.strip():
+            raise RuntimeError(f"feast-push gave no summary:\n{complaint[-4000:]}")
+        follow = json.loads(said.strip().splitlines()[-1])
         features = count_records(cfg, cfg.topics.features)
         t = time.perf_counter()
         drain = subprocess.run(
@@ -1112,36 +1165,7 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
     }
 
     # 3. online read of one instrument's feature vector
-    store = open_store(cfg)
-    row = [{"instrument": instruments[0]}]
-
-    def read() -> dict:
-        return store.get_online_features(features=FEAST_REFS, entity_rows=row).to_dict()
-
-    for _ in range(200):
-        read()
-    lat = []
-    for _ in range(2000):
-        t0 = time.perf_counter_ns()
-        read()
-        lat.append(time.perf_counter_ns() - t0)
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(200):
-        read()
-    prof.disable()
-    stats = pstats.Stats(prof)
-    top = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:12]  # type: ignore[attr-defined]
-    total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
-    out["online_read"] = {
-        "features": len(FEAST_REFS),
-        "instrument": instruments[0],
-        **_pct_ms(lat),
-        "profile_tottime_share": {
-            f"{Path(f).name}:{ln}:{fn}": round(v[2] / total, 3) for (f, ln, fn), v in top
-        },
-        "profile_ms_per_read": total / 200 * 1000,
-    }
+    out["online_read"] = _feast_online_read(cfg, instruments[0])
     return out
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.stopping import StopFlag
 from udfs.config import Config
 from udfs.history import Stream, streams
 from udfs.schema import SchemaError
@@ -253,9 +254,9 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
     """Read the features topic and push it to the online store. ``bounded``: from the start
     up to the end offsets as of the call, then return; else follow the topic with the project's
     reader (:class:`jobs.kafka_io.PartitionReader`) from consumer group :data:`PUSHER_GROUP`'s
-    committed offsets, committing after each push, until interrupted. Following, the summary
-    adds the wall clock (ns) of the first record read and of the last push's commit: the span
-    the pushes took while rows came in."""
+    committed offsets, committing after each push, until SIGTERM/SIGINT (then it returns its
+    summary). Following, the summary adds the wall clock (ns) of the first record read and of
+    the last push's commit: the span the pushes took while rows came in."""
     from jobs.kafka_io import drain_topic
 
     store = open_store(cfg)
@@ -287,6 +288,8 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
         )
 
         consumer = make_consumer(cfg, PUSHER_GROUP)
+        stop = StopFlag("feast-push")
+        restore = stop.install()
         try:
             marks = topic_end_offsets(cfg, topic)
             stored = committed_offsets(consumer, [TopicPartition(topic, p) for p in marks])
@@ -297,6 +300,8 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
             }
             reader = PartitionReader(consumer, starts, batch_size=batch_rows)
             for poll in reader.polls():
+                if stop.stop:  # SIGTERM/SIGINT: between pushes, everything pushed committed
+                    break
                 if not poll.records:
                     continue
                 if counts["read"] == 0:
@@ -305,9 +310,8 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
                 flush(batch)
                 consumer.commit(offsets=reader.positions(), asynchronous=False)
                 counts["last_push_ns"] = time.time_ns()
-        except KeyboardInterrupt:
-            pass
         finally:
+            restore()
             consumer.close()
     counts["seconds"] = round(time.monotonic() - started, 3)
     return {"topic": topic, **counts}
