@@ -14,6 +14,12 @@ events, with the ratios that say where the time goes. Not a test: it prints figu
                  whole live path into Iceberg: rows/s of the history sink; replay events/s
                  from Iceberg through the same job compared with the live job's; the query
                  time of every ``sql/`` file on that history (``--no-lake`` skips it)
+    feast        (``--feast``, on its own) the LOBSTER day into a lake of its own, then the
+                 training-set build time over it; the trading job live with ``feast-push``
+                 following its features: push rows/s and freshness (tick received ->
+                 readable through ``get_online_features``) p50/p99; a bounded push of the
+                 whole topic (capacity); online read of one instrument's vector p50/p99
+                 with a profile of where the time goes
     soak         (``--soak``, on its own) the full LOBSTER day once, then twice over (the
                  second copy a day later), through the stream job, the execution sink and the
                  history sink: peak RSS of each process at 1x and 2x (bounded state: flat)
@@ -872,6 +878,297 @@ def soak(cfg: Config, run: str, copies_list: tuple[int, ...] = (1, 2)) -> dict:
     return results
 
 
+# --- Feast (issue 12 §7) ---------------------------------------------------------------------
+
+FEAST_REFS = [
+    *(
+        f"book_features:{f}"
+        for f in (
+            "best_bid_px", "best_ask_px", "spread_px", "mid_px", "microprice_px",
+            "bid_size_qty", "ask_size_qty", "imbalance_1", "imbalance_2", "imbalance_3",
+            "bid_depth_qty", "ask_depth_qty", "ofi", "ts_event", "ts_avail",
+        )
+    ),
+    *(
+        f"window_features:{f}"
+        for f in ("rv", "ofi_window", "trade_volume_qty", "trade_signed_volume_qty", "trade_count")
+    ),
+]  # fmt: skip
+
+
+def _pct_ms(values_ns: list[int] | list[float]) -> dict[str, float | None]:
+    import numpy as np
+
+    ms = np.asarray(values_ns, dtype=float) / 1e6
+    if not len(ms):
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    return {
+        "n": len(ms),
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "max": float(ms.max()),
+    }
+
+
+def _lobster_head(out_dir: Path, lines: int) -> list[tuple[Path, Path]]:
+    """The first ``lines`` messages of each instrument of the LOBSTER day (message and
+    orderbook files are line-aligned); 0: the whole day, the files themselves."""
+    if lines <= 0:
+        return [(Path(m), Path(o)) for m, o in LOBSTER_DAY]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for m, o in LOBSTER_DAY:
+        pair = []
+        for src in (m, o):
+            dst = out_dir / src.name
+            with src.open() as fin, dst.open("w") as fout:
+                fout.writelines(itertools.islice(fin, lines))
+            pair.append(dst)
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
+def _feast_apply(cfg: Config, repo: Path) -> None:
+    from jobs.feast_store import feast_env
+
+    applied = subprocess.run(
+        [str(Path(sys.executable).parent / "feast"), "-c", str(repo), "apply"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **feast_env(cfg)},
+        capture_output=True,
+        text=True,
+    )
+    if applied.returncode != 0:
+        raise RuntimeError(f"feast apply failed:\n{applied.stderr[-4000:]}")
+
+
+def _feast_training_set(base: Config, run: str, day: list[tuple[Path, Path]], work: Path) -> dict:
+    """The day through the live path into the lake, then the training set's build time."""
+    import pyarrow.parquet as pq
+
+    from jobs.demo import run_demo
+    from jobs.feast_store import export_offline, open_store
+    from jobs.kafka_io import delete_topics
+    from jobs.training_set import TrainingSetRequest, build_training_set
+    from udfs.market.adapters.sources import Source
+
+    cfg = base.for_run(f"{run}.day")
+    try:
+        live = run_demo(cfg, Source(lobster=day), progress=False)
+    finally:
+        delete_topics(cfg, [spec.name for spec in cfg.topics.specs()])
+    store = open_store(cfg)
+    t = time.perf_counter()
+    snap = export_offline(cfg)
+    export_s = time.perf_counter() - t
+    ts = pq.read_table(snap["parquet"], columns=["ts_event"])["ts_event"].to_numpy()
+    request = TrainingSetRequest(start_ns=int(ts.min()), end_ns=int(ts.max()) + 1, step_ms=1000)
+    t = time.perf_counter()
+    summary = build_training_set(cfg, request, work / "train.parquet", store=store)
+    build_s = time.perf_counter() - t
+    return {
+        "events": live["published"],
+        "feature_rows": snap["rows"],
+        "entity_rows": summary.get("rows"),
+        "export_s": export_s,
+        "build_s": build_s,
+        "span_s": (request.end_ns - request.start_ns) / 1e9,
+    }
+
+
+def _feast_online_read(cfg: Config, instrument: str) -> dict:
+    """get_online_features of one instrument's vector: 200 warm-up, 2,000 timed, a profile."""
+    import cProfile
+    import pstats
+
+    from jobs.feast_store import open_store
+
+    store = open_store(cfg)
+    row = [{"instrument": instrument}]
+
+    def read() -> dict:
+        return store.get_online_features(features=FEAST_REFS, entity_rows=row).to_dict()
+
+    for _ in range(200):
+        read()
+    lat = []
+    for _ in range(2000):
+        t0 = time.perf_counter_ns()
+        read()
+        lat.append(time.perf_counter_ns() - t0)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(200):
+        read()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    top = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:12]  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
+    return {
+        "features": len(FEAST_REFS),
+        "instrument": instrument,
+        **_pct_ms(lat),
+        "profile_tottime_share": {
+            f"{Path(f).name}:{ln}:{fn}": round(v[2] / total, 3) for (f, ln, fn), v in top
+        },
+        "profile_ms_per_read": total / 200 * 1000,
+    }
+
+
+def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict:
+    """Feast figures on a Feast project and a lake of their own (env of the parent):
+
+    1. training set: the LOBSTER day (or its first ``day_lines`` messages per instrument)
+       through the live path into the lake (``run_demo``), then the wall time of
+       ``build_training_set`` over the whole span, as known at, 1 s grid (incl. the export);
+    2. push and freshness: the trading job live, ``bookstream feast-push`` following its
+       features topic, the day's events published at ``rate``/s for ``seconds`` with
+       ``ts_recv`` = wall clock; a poller calls ``get_online_features`` for the day's
+       instruments in a loop: freshness = first poll that returns a row's ``ts_event`` - the
+       ``ts_recv`` of that row's event; then a bounded ``feast-push`` of the whole topic:
+       push capacity in rows/s;
+    3. online read: ``get_online_features`` of one instrument's 20 features, 200 warm-up
+       then 2,000 timed reads, and a cProfile of 200 reads (where the time goes).
+    """
+    import signal as signals
+    import threading
+    from dataclasses import replace
+
+    from jobs.feast_store import feast_env, open_store
+    from jobs.kafka_io import count_records, create_topics, delete_topics, make_producer
+    from udfs.market.adapters.sources import Source
+    from udfs.schema import encode_event
+
+    day_lines, rate, seconds = int(day_lines_s), float(rate_s), float(seconds_s)
+    base = load_config()
+    work = base.state_dir / "bench" / run
+    _feast_apply(base, base.feast_repo)
+    out: dict[str, Any] = {}
+
+    # 1. the day into the lake, then the training set
+    day = _lobster_head(work / "lobster", day_lines)
+    out["training_set"] = _feast_training_set(base, run, day, work)
+    out["training_set"]["day_lines_per_instrument"] = day_lines or None
+
+    # 2. push while the job runs, freshness
+    cfg = base.for_run(f"{run}.live")
+    create_topics(cfg)
+    events = list(Source(lobster=day).events())
+    warmup, events = events[:500], events[500 : 500 + int(rate * seconds)]
+    instruments = sorted({ev.instrument for ev in events})
+    child_env = {**os.environ, **topics_env(cfg.topics), **feast_env(cfg)}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "stream-job", "--group-id", f"bench-feast-{run}"],
+        cwd=PROJECT_ROOT,
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    pusher = None
+    producer = make_producer(cfg, **{"linger.ms": 0})
+    seen: dict[tuple[str, int], int] = {}
+    polls: list[int] = []
+    stop = threading.Event()
+
+    def poll_online() -> None:
+        poll_store = open_store(cfg)
+        rows = [{"instrument": i} for i in instruments]
+        while not stop.is_set():
+            t0 = time.perf_counter_ns()
+            got = poll_store.get_online_features(
+                features=["book_features:ts_event"], entity_rows=rows
+            ).to_dict()
+            now = time.time_ns()
+            polls.append(time.perf_counter_ns() - t0)
+            for inst, ts_event in zip(got["instrument"], got["ts_event"], strict=True):
+                if ts_event is not None:
+                    seen.setdefault((inst, int(ts_event)), now)
+
+    poller = threading.Thread(target=poll_online, daemon=True)
+    recv: dict[tuple[str, int], int] = {}
+    try:
+        for ev in warmup:
+            producer.produce(cfg.topics.events, key=ev.instrument, value=encode_event(ev),
+                             timestamp=ev.ts_event // 1_000_000)  # fmt: skip
+        producer.flush(30)
+        deadline = time.monotonic() + 180
+        while count_records(cfg, cfg.topics.features) == 0:
+            if time.monotonic() > deadline or job.poll() is not None:
+                raise RuntimeError("the trading job did not start")
+            time.sleep(0.5)
+        pusher = subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", "feast-push"],
+            cwd=PROJECT_ROOT,
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(10)  # the pusher's start (Feast import, registry) and its catch-up
+        poller.start()
+        t0 = time.perf_counter()
+        for i, ev in enumerate(events):
+            ahead = t0 + i / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+            ev = replace(ev, ts_recv=time.time_ns())
+            recv[(ev.instrument, ev.ts_event)] = ev.ts_recv  # the last event of that time
+            producer.produce(cfg.topics.events, key=ev.instrument, value=encode_event(ev),
+                             timestamp=ev.ts_event // 1_000_000)  # fmt: skip
+            producer.poll(0)
+        producer.flush(30)
+        achieved = len(events) / (time.perf_counter() - t0)
+        time.sleep(5)
+        stop.set()
+        poller.join(30)
+        pusher.send_signal(signals.SIGTERM)
+        try:
+            said, complaint = pusher.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pusher.kill()
+            said, complaint = pusher.communicate()
+        if not said.strip():
+            raise RuntimeError(f"feast-push gave no summary:\n{complaint[-4000:]}")
+        follow = json.loads(said.strip().splitlines()[-1])
+        features = count_records(cfg, cfg.topics.features)
+        t = time.perf_counter()
+        drain = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "feast-push", "--bounded"],
+            cwd=PROJECT_ROOT,
+            env=child_env,
+            capture_output=True,
+            text=True,
+        )
+        drain_wall = time.perf_counter() - t
+        bounded = json.loads(drain.stdout.strip().splitlines()[-1])
+    finally:
+        stop.set()
+        if pusher is not None and pusher.poll() is None:
+            pusher.kill()
+        os.killpg(job.pid, signals.SIGKILL)
+        job.wait(30)
+        delete_topics(cfg, [spec.name for spec in cfg.topics.specs()])
+    fresh = [at - recv[key] for key, at in seen.items() if key in recv]
+    out["push"] = {
+        "events": len(events),
+        "events_per_s": achieved,
+        "feature_rows": features,
+        "follow": follow,
+        "follow_rows_per_s": follow["read"]
+        / max(1e-9, (follow.get("last_push_ns", 0) - follow.get("first_read_ns", 0)) / 1e9),
+        "bounded": bounded,
+        "bounded_rows_per_s": bounded["read"] / bounded["seconds"],
+        "bounded_wall_s": drain_wall,
+        "freshness_ms": _pct_ms(fresh),
+        "poll_ms": _pct_ms(polls),
+    }
+
+    # 3. online read of one instrument's feature vector
+    out["online_read"] = _feast_online_read(cfg, instruments[0])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -919,6 +1216,7 @@ def _run_stage_here(argv: list[str]) -> int:
         "latency": stage_latency,
         "latency_reader": stage_latency_reader,
         "lake": stage_lake,
+        "feast": stage_feast,
         "soak-publish": stage_soak_publish,
         "soak-job": stage_soak_job,
         "soak-exec": stage_soak_exec,
@@ -1002,6 +1300,25 @@ def main(argv: list[str] | None = None) -> int:
         "--only-lake", action="store_true", help="only the history / replay / SQL figures"
     )
     parser.add_argument(
+        "--feast",
+        action="store_true",
+        help="only the Feast figures: training-set build on the LOBSTER day, push throughput "
+        "and freshness into Redis while the job runs, online read p50/p99",
+    )
+    parser.add_argument(
+        "--feast-day-lines",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --feast: the first N messages per instrument of the day (default 0: all)",
+    )
+    parser.add_argument(
+        "--feast-rate", type=float, default=2000.0, help="with --feast: paced input, events/s"
+    )
+    parser.add_argument(
+        "--feast-seconds", type=float, default=60.0, help="with --feast: paced input duration"
+    )
+    parser.add_argument(
         "--soak",
         action="store_true",
         help="only the soak: the full LOBSTER day once and twice over through the stream job "
@@ -1028,6 +1345,11 @@ def main(argv: list[str] | None = None) -> int:
         if not have_day:
             raise SystemExit(f"the full LOBSTER day is not there: {LOBSTER_DAY}")
         soak(cfg, run, tuple(args.soak_copies))
+        return 0
+    if args.feast:
+        if not have_day:
+            raise SystemExit(f"the full LOBSTER day is not there: {LOBSTER_DAY}")
+        _feast_bench(cfg, run, args.feast_day_lines, args.feast_rate, args.feast_seconds)
         return 0
     if args.only_lake:
         if not have_day:
@@ -1274,6 +1596,74 @@ def _lake_bench(cfg: Config, run: str) -> dict:
     for name, secs in r["query_s"].items():
         print(f"  sql/{name:<32} {secs * 1000:>8.0f} ms (median of 3)")
     print(json.dumps({"lake": r}, default=float), flush=True)
+    return r
+
+
+def _feast_bench(cfg: Config, run: str, day_lines: int, rate: float, seconds: float) -> dict:
+    """The Feast stage on a lake, topics and Feast project of its own (a copy of
+    feature_repo/ under project ``bench_<run>``), printed; all removed afterwards."""
+    import shutil
+
+    from jobs.feast_store import open_store
+    from udfs.config import load_config as load
+
+    root = cfg.state_dir / "bench" / run
+    repo = root / "feature_repo"
+    shutil.copytree(cfg.feast_repo, repo, ignore=shutil.ignore_patterns("__pycache__", ".venv"))
+    project = f"bench_{run.split('.')[-1]}"
+    yaml_path = repo / "feature_store.yaml"
+    yaml_path.write_text(
+        yaml_path.read_text().replace("\nproject: bookstream\n", f"\nproject: {project}\n")
+    )
+    env = {"BOOKSTREAM_LAKE_ROOT": str(root / "lake"), "BOOKSTREAM_FEAST_REPO": str(repo)}
+    load_avg = os.getloadavg()
+    try:
+        r = _run_stage(["feast", run, str(day_lines), str(rate), str(seconds)], env=env)
+    finally:
+        fcfg = load(env={**os.environ, **env})
+        try:
+            store = open_store(fcfg)
+            store._get_provider().teardown_infra(
+                project, store.list_feature_views(), store.list_entities()
+            )
+            store.delete_project(project)
+        except Exception as exc:  # cleanup must not hide the stage's error
+            print(f"feast: could not remove project {project}: {exc}", file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
+    r["load_average_before"] = load_avg
+    r["load_average_after"] = os.getloadavg()
+    ts, push, rd = r["training_set"], r["push"], r["online_read"]
+    part = f"first {day_lines:,} messages per instrument of" if day_lines else "the full"
+    print(f"\nfeast: {part} LOBSTER day ({ts['events']:,} events, 3 instruments); load "
+          f"{load_avg[0]:.1f} {load_avg[1]:.1f} {load_avg[2]:.1f} before")  # fmt: skip
+    print(
+        f"  training set        {ts['entity_rows']:>10,} entity rows over {ts['span_s']:,.0f} s, "
+        f"{ts['feature_rows']:,} feature rows: {ts['build_s']:.1f} s (incl. lake export "
+        f"{ts['export_s']:.1f} s)"
+    )
+    fresh, follow = push["freshness_ms"], push["follow"]
+    print(
+        f"  push while the job runs: {push['events']:,} events at {push['events_per_s']:,.0f}/s "
+        f"-> {push['feature_rows']:,} feature rows; pusher read {follow['read']:,.0f} rows in "
+        f"{follow['pushes']:,.0f} pushes, {push['follow_rows_per_s']:,.0f} rows/s over the span "
+        "from its first read to its last push (bounded by the paced input)"
+    )
+    print(
+        f"  push capacity       {push['bounded']['read']:>10,.0f} rows  "
+        f"{push['bounded_rows_per_s']:>10,.0f} rows/s (bounded feast-push of the topic)"
+    )
+    print(
+        f"  freshness ts_recv -> readable online: p50 {_fmt(fresh['p50'], '.1f')} ms  "
+        f"p99 {_fmt(fresh['p99'], '.1f')} ms  (n={fresh['n']}, poll p50 "
+        f"{_fmt(push['poll_ms']['p50'], '.2f')} ms)"
+    )
+    print(
+        f"  online read ({rd['features']} features, 1 instrument): p50 {rd['p50']:.2f} ms  "
+        f"p99 {rd['p99']:.2f} ms  max {rd['max']:.2f} ms  (n={rd['n']}; goal p99 <= 2 ms)"
+    )
+    for name, share in rd["profile_tottime_share"].items():
+        print(f"    {share * 100:5.1f} %  {name}")
+    print(json.dumps({"feast": r}, default=float), flush=True)
     return r
 
 

@@ -162,6 +162,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_portfolio_hrp(args: argparse.Namespace) -> int:
+    from jobs.portfolio_hrp import hrp_from_lake
+    from jobs.training_set import parse_time
+
+    _emit(
+        hrp_from_lake(
+            load_config(),
+            args.out,
+            start_ns=parse_time(args.time_from) if args.time_from else None,
+            end_ns=parse_time(args.time_to) if args.time_to else None,
+            bar_ms=args.bar_ms,
+            align=args.align,
+        )
+    )
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from udfs.config import effective_settings, load_config_with_origins
 
@@ -750,6 +767,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "portfolio",
+        "portfolio construction from the lake (see `bookstream portfolio hrp --help`)",
+        "bookstream portfolio hrp --bar-ms 1000 --out weights.json",
+        cmd_portfolio_hrp,
+        parents=common,
+    )
+    portfolio_sub = p.add_subparsers(dest="portfolio_command", required=True, metavar="COMMAND")
+    p = _command(
+        portfolio_sub,
+        "hrp",
+        "hierarchical risk parity weights across instruments from the lake's mid returns",
+        "bookstream portfolio hrp --bar-ms 1000 --out weights.json",
+        cmd_portfolio_hrp,
+        description="Log returns of each instrument's mid (lake features table, current "
+        "snapshot) on a --bar-ms grid where every instrument has a price, HRP with "
+        "skfolio's defaults; --out is the file sizing.capital_weights_path reads "
+        "(BOOKSTREAM_SIZING_CAPITAL_WEIGHTS_PATH). Last line: JSON with the weights.",
+        parents=common,
+    )
+    p.add_argument("--from", dest="time_from", metavar="T", help="ISO-8601 (UTC) or ns")
+    p.add_argument("--to", dest="time_to", metavar="T", help="end of the window")
+    p.add_argument("--bar-ms", type=int, default=1000, help="return bar (default 1000)")
+    p.add_argument(
+        "--align",
+        choices=("time", "start"),
+        default="time",
+        help="time: one exchange-time grid where all have prices (default); start: each "
+        "instrument from its own first row (histories of different days)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the weights JSON to write")
+
+    p = _command(
+        sub,
         "config",
         "print the effective configuration and where each value came from",
         "BOOKSTREAM_KAFKA_PORT=29092 bookstream config",
@@ -1123,6 +1173,7 @@ def _expected_error(exc: BaseException) -> str | None:
         ("jobs.cluster", "ClusterError"),
         ("udfs.strategy.registry", "RegistryError"),
         ("jobs.training_set", "TrainingSetError"),
+        ("jobs.portfolio_hrp", "PortfolioError"),
         ("jobs.drift", "DriftError"),
     ):
         if module in sys.modules:

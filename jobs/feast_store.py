@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.stopping import StopFlag
 from udfs.config import Config
 from udfs.history import Stream, streams
 from udfs.schema import SchemaError
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+PUSHER_GROUP = "bookstream-feast-push"
+"""The follow mode's consumer group: its committed offsets are where a restart resumes."""
 
 PUSH_SOURCES = ("book_push", "window_push")
 """The PushSources of feature_repo/data_sources.py: every one is fed the whole feature row
@@ -248,9 +252,12 @@ def _decode(records: Iterable[Any], cfg: Config, counts: dict[str, float]) -> It
 
 def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[str, Any]:
     """Read the features topic and push it to the online store. ``bounded``: from the start
-    up to the end offsets as of the call, then return; else follow the topic as consumer group
-    ``bookstream-feast-push`` (offsets committed after each push) until interrupted."""
-    from jobs.kafka_io import KafkaRecord, drain_topic
+    up to the end offsets as of the call, then return; else follow the topic with the project's
+    reader (:class:`jobs.kafka_io.PartitionReader`) from consumer group :data:`PUSHER_GROUP`'s
+    committed offsets, committing after each push, until SIGTERM/SIGINT (then it returns its
+    summary). Following, the summary adds the wall clock (ns) of the first record read and of
+    the last push's commit: the span the pushes took while rows came in."""
+    from jobs.kafka_io import drain_topic
 
     store = open_store(cfg)
     topic = cfg.topics.features
@@ -271,40 +278,40 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
                 flush(batch)
         flush(batch)
     else:
-        from confluent_kafka import Consumer, KafkaError, KafkaException
+        from confluent_kafka import TopicPartition
 
-        from jobs.kafka_io import client_config
-
-        consumer = Consumer(
-            client_config(
-                cfg,
-                {
-                    "group.id": "bookstream-feast-push",
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                },
-            )
+        from jobs.kafka_io import (
+            PartitionReader,
+            committed_offsets,
+            make_consumer,
+            topic_end_offsets,
         )
-        consumer.subscribe([topic])
+
+        consumer = make_consumer(cfg, PUSHER_GROUP)
+        stop = StopFlag("feast-push")
+        restore = stop.install()
         try:
-            while True:
-                msgs = consumer.consume(num_messages=batch_rows, timeout=0.5)
-                recs = []
-                for m in msgs:
-                    if m.error():
-                        if m.error().code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise KafkaException(m.error())
-                    recs.append(
-                        KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), 0)
-                    )
-                batch.extend(_decode(_counted(recs, counts), cfg, counts))
+            marks = topic_end_offsets(cfg, topic)
+            stored = committed_offsets(consumer, [TopicPartition(topic, p) for p in marks])
+            # resume after the group's last commit; from the start where it has none (or
+            # retention removed what it had)
+            starts = {
+                (topic, tp.partition): max(tp.offset, marks[tp.partition][0]) for tp in stored
+            }
+            reader = PartitionReader(consumer, starts, batch_size=batch_rows)
+            for poll in reader.polls():
+                if stop.stop:  # SIGTERM/SIGINT: between pushes, everything pushed committed
+                    break
+                if not poll.records:
+                    continue
+                if counts["read"] == 0:
+                    counts["first_read_ns"] = poll.records[0].read_ns
+                batch.extend(_decode(_counted(poll.records, counts), cfg, counts))
                 flush(batch)
-                if msgs:
-                    consumer.commit(asynchronous=False)
-        except KeyboardInterrupt:
-            pass
+                consumer.commit(offsets=reader.positions(), asynchronous=False)
+                counts["last_push_ns"] = time.time_ns()
         finally:
+            restore()
             consumer.close()
     counts["seconds"] = round(time.monotonic() - started, 3)
     return {"topic": topic, **counts}

@@ -46,6 +46,7 @@ WINDOW = (
 @dataclass(frozen=True)
 class PushedStore:
     cfg: Config
+    env: dict[str, str]
     project: str
     push_summary: dict
     newest: dict[str, dict]
@@ -59,7 +60,7 @@ def pushed(feast_repo) -> PushedStore:
     rows = read_json(cfg, cfg.topics.features)
     assert summary["read"] == len(rows) and summary["refused"] == 0, summary
     newest = {row["instrument"]: row for row in rows}
-    return PushedStore(cfg, feast_repo.project, summary, newest)
+    return PushedStore(cfg, env, feast_repo.project, summary, newest)
 
 
 def _online(cfg: Config, refs: list[str], instruments: list[str], **request: list) -> dict:
@@ -111,3 +112,51 @@ def test_a_quants_new_view_is_registered_and_read_online(pushed: PushedStore) ->
     for name in names:
         for inst, value in zip(instruments, got[name], strict=True):
             assert value == pushed.newest[inst][name], f"touch_liquidity:{name} of {inst}"
+
+
+def test_follow_mode_pushes_while_running_and_stops_on_sigterm(pushed: PushedStore) -> None:
+    """``bookstream feast-push`` without ``--bounded``: the shared reader from its group's
+    committed offsets; SIGTERM stops it between pushes with its summary, everything it read
+    committed (a restart resumes after the topic's last record)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from confluent_kafka import TopicPartition
+    from it_helpers import BOOKSTREAM
+
+    from jobs.feast_store import PUSHER_GROUP
+    from jobs.kafka_io import committed_offsets, drain_topic, make_consumer
+    from udfs.config import PROJECT_ROOT
+
+    cfg = pushed.cfg
+    topic = cfg.topics.features
+    ends: dict[int, int] = {}  # partition -> after its last record (commit markers follow)
+    for rec in drain_topic(cfg, topic):
+        ends[rec.partition] = rec.offset + 1
+    follower = subprocess.Popen(
+        [str(BOOKSTREAM), "feast-push"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **pushed.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    consumer = make_consumer(cfg, PUSHER_GROUP)
+    try:
+        partitions = [TopicPartition(topic, p) for p in ends]
+        deadline = time.monotonic() + 300
+        while {tp.partition: tp.offset for tp in committed_offsets(consumer, partitions)} != ends:
+            assert follower.poll() is None, follower.stderr.read() if follower.stderr else ""
+            assert time.monotonic() < deadline, "the follower never committed the topic's end"
+            time.sleep(0.5)
+    finally:
+        consumer.close()
+        follower.send_signal(signal.SIGTERM)
+        out, err = follower.communicate(timeout=120)
+    assert follower.returncode == 0, err[-4000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["read"] == pushed.push_summary["read"] and summary["refused"] == 0, summary
+    assert summary["pushes"] >= 1
