@@ -256,8 +256,9 @@ def _broker_pids(cfg: Config) -> list[int]:
     ]
 
 
-def _free_port_block(width: int) -> int:
-    """A base port with ``width`` consecutive free ports on 127.0.0.1."""
+def free_port_block(width: int) -> int:
+    """A base port with ``width`` consecutive free ports on 127.0.0.1 (the bench's three
+    Kafka nodes; tests/integration/test_broker_failover.py's too)."""
     import socket
 
     for _ in range(50):
@@ -293,7 +294,7 @@ def brokers3(payload: Path, records: int) -> dict:
 
     state = Path(tempfile.mkdtemp(prefix="bench-kafka3-"))
     (state / "jars").symlink_to(load_config().jars_dir)
-    base = _free_port_block(6)
+    base = free_port_block(6)
     env = {
         **os.environ,
         "BOOKSTREAM_STATE_DIR": str(state),

@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from jobs.kafka_io import KafkaRecord, client_config, drain_topic
+from jobs.kafka_io import (
+    KafkaRecord,
+    client_config,
+    committed_offsets,
+    drain_topic,
+    end_offsets,
+    make_consumer,
+)
 from udfs.config import PROJECT_ROOT, Config, load_config, topics_env
 
 VENV_BIN = Path(sys.executable).parent
@@ -157,3 +164,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_committed_to_end(
+    cfg: Config,
+    group: str,
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    still_running: Callable[[], None] | None = None,
+) -> None:
+    """Wait until consumer group ``group`` has committed every partition of the events topic
+    that holds records, up to its end: a job that commits its offsets on checkpoints has read
+    every event and its sink has flushed what they produced. ``still_running`` (raises when
+    the job is gone) is called at every poll."""
+    topic = cfg.topics.events
+    end = {p: o for p, o in end_offsets(cfg, topic).items() if o > 0}
+    tps = [TopicPartition(topic, p) for p in end]
+    watcher = make_consumer(cfg, group)
+
+    def caught_up() -> bool:
+        if still_running is not None:
+            still_running()
+        return {tp.partition: tp.offset for tp in committed_offsets(watcher, tps)} == end
+
+    try:
+        wait_for(caught_up, timeout_s, what, proc, log)
+    finally:
+        watcher.close()

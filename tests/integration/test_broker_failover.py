@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,9 +26,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import ConfigResource
-from it_helpers import config_for, kill_job, start_job, wait_for
+from it_helpers import config_for, kill_job, start_job, wait_committed_to_end, wait_for
 from test_execution_sink import events, heartbeat, orders, produce, publish_market, run
 
+from jobs.bench import free_port_block
 from jobs.energy import proc_cpu_s
 from jobs.kafka_io import (
     _admin,
@@ -47,27 +47,6 @@ pytestmark = pytest.mark.integration
 
 SECRET = f"it-secret-{uuid.uuid4().hex}"
 STEP = 2  # node i on base + 2(i-1), its controller one above
-
-
-def _free_block(width: int) -> int:
-    """A base port with ``width`` consecutive free ports on 127.0.0.1 (ephemeral range)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        try:
-            holders = []
-            for p in range(base, base + width):
-                h = socket.socket()
-                holders.append(h)
-                h.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            for h in holders:
-                h.close()
-        return base
-    raise RuntimeError("no block of free ports")
 
 
 @dataclass(frozen=True)
@@ -92,7 +71,7 @@ class Cluster:
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     state = tmp_path_factory.mktemp("kafka3")
     (state / "jars").symlink_to(load_config().jars_dir)  # the installed jars, nothing copied
-    base = _free_block(3 * STEP)
+    base = free_port_block(3 * STEP)
     env = {
         "BOOKSTREAM_STATE_DIR": str(state),
         "BOOKSTREAM_KAFKA_BROKERS": "3",
@@ -317,19 +296,7 @@ def test_the_stream_job_goes_on_through_a_broker_failover(cluster: Cluster, tmp_
         cluster.script("start.sh")  # restarts exactly the dead node
         assert len(broker_list(cfg)) == 3 and cluster.pid(victim) != killed_pid
         _phase("stream job: node restarted")
-        end = {p: o for p, o in end_offsets(cfg, cfg.topics.events).items() if o > 0}
-        tps = [TopicPartition(cfg.topics.events, p) for p in end]
-        watcher = Consumer(client_config(cfg, {"group.id": group, "enable.auto.commit": False}))
-        try:
-            wait_for(
-                lambda: {tp.partition: tp.offset for tp in committed_offsets(watcher, tps)} == end,
-                600,
-                "a checkpoint covering every event",
-                proc,
-                log,
-            )
-        finally:
-            watcher.close()
+        wait_committed_to_end(cfg, group, 600, "a checkpoint covering every event", proc, log)
     finally:
         kill_job(proc)
     want: dict[str, list[str]] = {}

@@ -29,16 +29,21 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from confluent_kafka import TopicPartition
-from it_helpers import config_for, read_topic, run_cli, topic_env, topic_names, wait_for
+from it_helpers import (
+    config_for,
+    read_topic,
+    run_cli,
+    topic_env,
+    topic_names,
+    wait_committed_to_end,
+    wait_for,
+)
 
 from jobs.cluster import TERMINAL_STATES, job_state, list_jobs, stop_job, wait_job
 from jobs.kafka_io import (
-    committed_offsets,
     create_topics,
     delete_topics,
     end_offsets,
-    make_consumer,
     make_producer,
 )
 from udfs.config import PROJECT_ROOT, Config, load_config
@@ -358,20 +363,17 @@ def test_taskmanager_killed_mid_stream_recovers_from_its_checkpoint(
         assert len(_taskmanager_pids(cfg)) == cfg.flink.cluster_taskmanagers
         _produce(cfg, events[cut:])
 
-        # offsets are committed on checkpoints, after the sink flushed what they cover
-        end = {p: o for p, o in end_offsets(cfg, cfg.topics.events).items() if o > 0}
-        tps = [TopicPartition(cfg.topics.events, p) for p in end]
-        watcher = make_consumer(cfg, group)
-
-        def caught_up() -> bool:
+        def still_running() -> None:
             state = job_state(cfg, job)
             assert state == "RUNNING" or state not in TERMINAL_STATES, f"job {job} is {state}"
-            return {tp.partition: tp.offset for tp in committed_offsets(watcher, tps)} == end
 
-        try:
-            wait_for(caught_up, WAIT_S, "a checkpoint covering every event after the restore")
-        finally:
-            watcher.close()
+        wait_committed_to_end(
+            cfg,
+            group,
+            WAIT_S,
+            "a checkpoint covering every event after the restore",
+            still_running=still_running,
+        )
         print(f"kill -> every event checkpointed: {time.monotonic() - t_kill:.1f} s")
         stats = checkpoint_stats(cfg, job)
         assert stats["restored_count"] >= 1 and stats["restored_id"] is not None, stats
