@@ -72,6 +72,7 @@ lint: install-python-dev  ## ruff (rules, complexity, format) and the import rul
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports --cache-dir .state/import_linter_cache
+	$(PYTEST) --collect-only -q -p no:cacheprovider tests/integration >/dev/null  # every integration module imports (they run only after the services start)
 
 types: install-python-dev  ## mypy on udfs/ and jobs/ ([tool.mypy] in pyproject.toml)
 	.venv/bin/mypy

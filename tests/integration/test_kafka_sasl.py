@@ -21,9 +21,9 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from it_helpers import config_for
-from test_broker_failover import _free_block
 from test_execution_sink import N_ORDERS, orders, produce, publish_market, run
 
+from jobs.bench import free_port_block
 from jobs.kafka_io import client_config, create_topics, end_offsets, set_process_role
 from udfs.config import PROJECT_ROOT, Config, load_config, parse_properties, topics_env
 from udfs.kafka_acl import ADMIN, ROLES
@@ -63,7 +63,7 @@ class SaslBroker:
 def broker(tmp_path_factory) -> Iterator[SaslBroker]:
     state = tmp_path_factory.mktemp("kafka-sasl")
     (state / "jars").symlink_to(load_config().jars_dir)  # the installed jars, nothing copied
-    base = _free_block(2)
+    base = free_port_block(2)
     env = {
         "BOOKSTREAM_STATE_DIR": str(state),
         "BOOKSTREAM_KAFKA_SECURITY": "sasl",
