@@ -12,6 +12,7 @@ are not comparable):
     record   ``udfs.pipeline.process_record``: decode, lateness, book, quality, features
     trading  the same with the trader (what the stream job runs per record)
 
+whether a record of an unknown schema version is still refused (the typed decoder's bounds),
 and whether the keyed state pickled by one loads in the other (a checkpoint written by a
 compiled job must restore on a cluster whose Python has only the pure modules, and back).
 """
@@ -19,6 +20,8 @@ compiled job must restore on a cluster whose Python has only the pure modules, a
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import itertools
 import json
 import pickle
@@ -64,6 +67,8 @@ def build(dest: Path) -> None:
         raise SystemExit("bench_compiled: udfs/schema.py's orjson fallback moved; update the copy")
     schema.write_text(text.replace(_ORJSON_FALLBACK, "except ImportError:\n    raise\n"))
     mypyc = Path(sys.executable).parent / "mypyc"
+    if not mypyc.exists() or importlib.util.find_spec("setuptools") is None:
+        raise SystemExit("bench_compiled: needs mypy (dev group) and setuptools in the venv")
     subprocess.run([str(mypyc), *MODULES], cwd=dest, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -76,7 +81,7 @@ def measure(capture: Path, limit: int, state_out: Path | None, state_in: Path | 
     from udfs.market.book import BookError, OrderBook
     from udfs.market.features import FeatureState, on_event
     from udfs.pipeline import InstrumentState, RecordSource, process_record
-    from udfs.schema import Kind, decode_event, encode_event
+    from udfs.schema import Kind, SchemaError, decode_event, encode_event
     from udfs.strategy.trading import Trader
 
     cfg = load_config()
@@ -127,6 +132,13 @@ def measure(capture: Path, limit: int, state_out: Path | None, state_in: Path | 
 
     n = len(events)
     out: dict = {"module": book_module.__file__, "events": n}
+    # the typed decoder's bounds (msgspec.Meta): a record of an unknown schema version
+    unknown_version = encode_event(dataclasses.replace(events[0], v=events[0].v + 1))
+    try:
+        decode_event(unknown_version)
+        out["refuses_unknown_version"] = False
+    except SchemaError:
+        out["refuses_unknown_version"] = True
     out["decode_us"] = min(decode() for _ in range(3)) / n * 1e6
     out["core_us"] = min(core() for _ in range(3)) / n * 1e6
     out["record_us"] = min(record(None) for _ in range(3)) / n * 1e6
