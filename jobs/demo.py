@@ -16,7 +16,8 @@ were before this run published, so a second demo in a row processes exactly its 
 * ``audit_rows``       rows it chained into the audit table (orders, risk decisions, kill
                        switches, configurations: ``udfs/audit.py``)
 * ``energy``           CPU seconds of each process (this one, its Flink JVM, the broker,
-  PostgreSQL, Redis) over the run, and the energy and emissions they stand for, in total, per
+  PostgreSQL, Redis; with ``--cluster`` the session cluster's JobManager, TaskManagers and
+  their Python workers instead of a local JVM) over the run, and the energy and emissions they stand for, in total, per
   1,000 events and per trade (fill): jobs/energy.py, udfs/energy.py, ``[energy]`` factors
 
 The run's offset ranges of every topic are written to ``<lake root>/runs/<run_id>.json`` (and the
@@ -67,7 +68,7 @@ def run_demo(
     ``flink run``, at ``parallelism``, else the cluster's default) instead of a local
     MiniCluster; everything else is the same."""
     t0 = time.perf_counter()
-    meter = EnergyMeter(cfg)
+    meter = EnergyMeter(cfg, cluster=cluster)
     source.check_files()
     create_topics(cfg)
     topics = cfg.topics
