@@ -17,8 +17,9 @@ were before this run published, so a second demo in a row processes exactly its 
                        switches, configurations: ``udfs/audit.py``)
 * ``energy``           CPU seconds of each process (this one, its Flink JVM, the broker,
   PostgreSQL, Redis; with ``--cluster`` the session cluster's JobManager, TaskManagers and
-  their Python workers instead of a local JVM) over the run, and the energy and emissions they stand for, in total, per
-  1,000 events and per trade (fill): jobs/energy.py, udfs/energy.py, ``[energy]`` factors
+  their Python workers instead of a local JVM) over the run, and the energy and emissions
+  they stand for, in total, per 1,000 events and per trade (fill): jobs/energy.py,
+  udfs/energy.py, ``[energy]`` factors
 
 The run's offset ranges of every topic are written to ``<lake root>/runs/<run_id>.json`` (and the
 newest to ``latest.json``): ``bookstream replay --run latest`` replays exactly this run. The
@@ -236,12 +237,22 @@ def _run_on_cluster(
 
 
 def record_run(
-    cfg: Config, run_id: str, before: dict[str, dict[int, int]], after: dict[str, dict[int, int]]
+    cfg: Config,
+    run_id: str,
+    before: dict[str, dict[int, int]],
+    after: dict[str, dict[int, int]],
+    *,
+    topics: dict[str, str] | None = None,
 ) -> Path:
-    """Remember which offsets of every topic one run wrote (``[before, after)``)."""
+    """Remember which offsets of every topic one run wrote (``[before, after)``); ``topics``
+    (field -> name): the run's own topic set, when it is not the configured one (a live
+    session's)."""
     runs = cfg.lake_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    doc = json.dumps({"run_id": run_id, "from": before, "to": after}, sort_keys=True)
+    record: dict[str, object] = {"run_id": run_id, "from": before, "to": after}
+    if topics is not None:
+        record["topics"] = topics
+    doc = json.dumps(record, sort_keys=True)
     path = runs / f"{run_id}.json"
     path.write_text(doc)
     (runs / "latest.json").write_text(doc)

@@ -12,19 +12,33 @@ every process: the sinks commit what they hold and print their summary; the stre
 is in its checkpoints. When one process ends by itself, the others are stopped too (so a
 crash is never half a pipeline); the publisher therefore stays after its input is done
 (``publish --wait``) until the session stops.
+
+A stopped session is recorded as a run, like a demo (:func:`jobs.demo.record_run`): the offsets
+``[from, to)`` it wrote on each of its topics (and their names) in
+``<lake root>/runs/<session>.json``, and its summary beside them (``<session>.summary.json``,
+also the supervisor's last line: events, fills, energy), so ``bookstream report --run
+<session>`` (or ``latest``) covers it. Its energy: CPU seconds of each supervised process (its
+Python; its JVMs as ``flink``) and of the supervisor when the stop begins, then ``stopping``:
+all of their CPU after that (the sinks' last commits, their exit; ended processes count in
+their reaper, the supervisor, where /proc no longer tells them apart), and the services'.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from jobs.kafka_io import create_topics
+from honcho import manager as honcho_manager
+
+from jobs.energy import EnergyMeter, cpu_seconds, proc_cpu_s, process_table, tree_cpu_s
+from jobs.kafka_io import as_role, create_topics, drain_topic, end_offsets
 from udfs.config import Config, topics_env
 from udfs.market.adapters.sources import Source
+from udfs.schema import ExecKind, ExecReport, decode_record
 
 __all__ = ["live_processes", "run_live"]
 
@@ -68,12 +82,85 @@ def procfile(processes: dict[str, list[str]], env: dict[str, str]) -> str:
     return "".join(f"{name}: {prefix} {shlex.join(argv)}\n" for name, argv in processes.items())
 
 
+class _Supervisor(honcho_manager.Manager):
+    """honcho's process manager that takes the CPU seconds of each process of the session at
+    the moment the stop begins (a signal, or one process ending), before any of them exits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.own_cpu_s0 = proc_cpu_s(os.getpid())
+        self.cpu_at_stop: dict[str, float] | None = None
+
+    def cpu_by_process(self) -> dict[str, float]:
+        procs = process_table()
+        cpu = {"supervisor": proc_cpu_s(os.getpid()) - self.own_cpu_s0, "flink": 0.0}
+        for name, proc in self._processes.items():
+            if proc.get("pid") and "returncode" not in proc:
+                tree = tree_cpu_s(int(proc["pid"]), procs)
+                cpu[name] = tree["python"]
+                cpu["flink"] += tree["flink"]
+        return cpu
+
+    def terminate(self) -> None:
+        if self.cpu_at_stop is None:
+            self.cpu_at_stop = self.cpu_by_process()
+        super().terminate()
+
+
+def _fills(cfg: Config, from_offsets: dict[int, int]) -> int:
+    """Fills the session's execution sink committed."""
+    return sum(
+        1
+        for rec in drain_topic(
+            cfg, cfg.topics.executions, from_offsets=from_offsets, read_committed=True
+        )
+        if rec.value is not None and decode_record(ExecReport, rec.value).kind is ExecKind.FILL
+    )
+
+
+def record_session(
+    cfg: Config,
+    run: str,
+    before: dict[str, dict[int, int]],
+    meter: EnergyMeter,
+    supervisor: _Supervisor,
+    wall_s: float,
+) -> dict[str, object]:
+    """Record a stopped session as a run (offsets, topics, summary with its energy)."""
+    end = cpu_seconds(cfg)
+    total = sum(end[g] - meter.start_cpu_s[g] for g in ("bookstream", "flink"))
+    at_stop = supervisor.cpu_at_stop or supervisor.cpu_by_process()
+    used = {**at_stop, "stopping": max(0.0, total - sum(at_stop.values()))}
+    for service in end.keys() - {"bookstream", "flink"}:
+        used[service] = max(0.0, end[service] - meter.start_cpu_s.get(service, 0.0))
+    from jobs.demo import record_run  # imports PyFlink: not at the supervisor's start
+
+    with as_role("history-sink"):  # reads every topic (kafka.security=sasl)
+        after = {t: end_offsets(cfg, t) for t in before}
+        fills = _fills(cfg, before[cfg.topics.executions])
+    record_run(cfg, run, before, after, topics=cfg.topics.names())
+    events = sum(
+        after[cfg.topics.events].get(p, o) - o for p, o in before[cfg.topics.events].items()
+    )
+    summary: dict[str, object] = {
+        "run_id": run,
+        "kind": "live",
+        "events_in": events,
+        "fills": fills,
+        "wall_s": round(wall_s, 3),
+        "energy": meter.stop(used).summary(events=events, trades=fills),
+    }
+    (cfg.lake_dir / "runs" / f"{run}.summary.json").write_text(
+        json.dumps(summary, sort_keys=True, default=str)
+    )
+    return summary
+
+
 def run_live(
     cfg: Config, source: Source, *, speed: float, loops: int = 1, print_procfile: bool = False
 ) -> int:
-    """Run a live session until stopped; its exit status (0 after a requested stop)."""
-    from honcho import manager as honcho_manager
-
+    """Run a live session until stopped, then record it as a run; its exit status (0 after a
+    requested stop)."""
     source.check_files()
     run = f"live.{time.strftime('%Y%m%dT%H%M%S')}"
     live_cfg = cfg.for_run(run)
@@ -83,11 +170,15 @@ def run_live(
         sys.stdout.write(procfile(processes, env))
         return 0
     create_topics(live_cfg)
+    t0 = time.perf_counter()
+    meter = EnergyMeter(cfg)
+    with as_role("history-sink"):
+        before = {t: end_offsets(live_cfg, t) for t in live_cfg.topics.names().values()}
     pid_file = cfg.state_dir / "run" / "live.pid"
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{os.getpid()}\n")
     honcho_manager.KILL_WAIT = STOP_WAIT_S
-    supervisor = honcho_manager.Manager()
+    supervisor = _Supervisor()
     for name, argv in processes.items():
         supervisor.add_process(name, shlex.join(argv), env={**os.environ, **env})
     print(
@@ -97,6 +188,8 @@ def run_live(
     )
     try:
         supervisor.loop()
+        summary = record_session(live_cfg, run, before, meter, supervisor, time.perf_counter() - t0)
+        print(json.dumps(summary, sort_keys=True, default=str), flush=True)
     finally:
         pid_file.unlink(missing_ok=True)
     # a stop we were asked for (SIGINT/SIGTERM) is a normal end
