@@ -39,6 +39,7 @@ from pathlib import Path
 from pyflink.datastream import StreamExecutionEnvironment
 from tqdm import tqdm
 
+from jobs import metrics
 from jobs.audit import publish_config
 from jobs.energy import EnergyMeter
 from jobs.execution_sink import run_sink
@@ -70,6 +71,8 @@ def run_demo(
     MiniCluster; everything else is the same."""
     t0 = time.perf_counter()
     meter = EnergyMeter(cfg, cluster=cluster)
+    # one process runs every stage: its CPU (its JVM's too) under process="demo"
+    metrics.serve(cfg, "demo", cfg.metrics.publisher_port)
     source.check_files()
     create_topics(cfg)
     topics = cfg.topics

@@ -137,6 +137,8 @@ def record_session(
 
     with as_role("history-sink"):  # reads every topic (kafka.security=sasl)
         after = {t: end_offsets(cfg, t) for t in before}
+        # a partition the start did not see yet (the topic was just created) starts at 0
+        before = {t: {p: before[t].get(p, 0) for p in after[t]} for t in after}
         fills = _fills(cfg, before[cfg.topics.executions])
     record_run(cfg, run, before, after, topics=cfg.topics.names())
     events = sum(

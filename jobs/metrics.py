@@ -1,6 +1,6 @@
-"""Prometheus metrics of bookstream's own processes (publisher, execution sink, history sink):
-every metric declared here, once; Flink's come from its own Prometheus reporter
-(jobs/stream_job.py). Alert rules over them: infra/prometheus/rules/.
+"""Prometheus metrics of bookstream's own processes (publisher, execution sink, history sink,
+the local stream job's driver, the demo): every metric declared here, once; Flink's come from
+its own Prometheus reporter (jobs/stream_job.py). Alert rules over them: infra/prometheus/rules/.
 
 Each process serves ``/metrics`` on 127.0.0.1 at a port of its own (``[metrics]``; 0: any free
 one) and announces itself to Prometheus by a file-based service-discovery target file,
@@ -17,12 +17,16 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from jobs.energy import process_table, service_cpu_seconds, tree_cpu_s
 from udfs.config import PROJECT_ROOT, Config
+from udfs.energy import JOULES_PER_KWH
 from udfs.schema import DeadLetter, ExecKind, ExecReport
 
 logger = logging.getLogger(__name__)
@@ -113,6 +117,44 @@ TICK_TO_ORDER = Histogram(
     registry=REGISTRY,
 )
 
+ENERGY_FACTOR = Gauge(
+    "bookstream_energy_factor",
+    "The [energy] model's factors (udfs/energy.py): kwh_per_cpu_second (watts_per_cpu x pue), "
+    "g_co2e_per_kwh (the grid's carbon intensity)",
+    ["factor"],
+    registry=REGISTRY,
+)
+
+
+class _CpuSeconds(Collector):
+    """``bookstream_cpu_seconds_total``, read from /proc at each scrape (jobs/energy.py): the
+    serving process's own tree, ``group`` ``python`` (it and its Python children) and
+    ``flink`` (its JVMs: the stream job's MiniCluster), and each service the project started
+    (``process`` kafka/postgres/redis, ``group`` ``service``). Every process reports the
+    services alike: aggregate ``max by (process, group)`` before summing."""
+
+    def __init__(self) -> None:
+        self.process = ""
+        self.cfg: Config | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "bookstream_cpu_seconds",
+            "CPU seconds (user + system, reaped children included) by process and group",
+            labels=["process", "group"],
+        )
+        if self.cfg is not None:
+            procs = process_table()
+            for group, cpu in tree_cpu_s(os.getpid(), procs).items():
+                family.add_metric([self.process, group], cpu)
+            for service, cpu in service_cpu_seconds(self.cfg, procs).items():
+                family.add_metric([service, "service"], cpu)
+        yield family
+
+
+CPU_SECONDS = _CpuSeconds()
+REGISTRY.register(CPU_SECONDS)
+
 MODES = ("ACTIVE", "REDUCING", "HALTED")
 
 FLINK_METRICS = (
@@ -173,6 +215,12 @@ def serve(cfg: Config, process: str, port: int) -> int | None:
         logger.warning("%s: metrics not served on %s:%d: %s", process, cfg.metrics.host, port, exc)
         return None
     bound = _served["port"] = int(server.server_port)
+    CPU_SECONDS.process, CPU_SECONDS.cfg = process, cfg
+    energy = cfg.energy
+    ENERGY_FACTOR.labels("kwh_per_cpu_second").set(
+        energy.watts_per_cpu * energy.pue / JOULES_PER_KWH
+    )
+    ENERGY_FACTOR.labels("g_co2e_per_kwh").set(energy.grid_g_co2e_per_kwh)
     targets = cfg.state_dir / "prometheus" / "targets"
     targets.mkdir(parents=True, exist_ok=True)
     target = targets / f"{process}-{os.getpid()}.json"
