@@ -20,7 +20,8 @@ also the supervisor's last line: events, fills, energy), so ``bookstream report 
 <session>`` (or ``latest``) covers it. Its energy: CPU seconds of each supervised process (its
 Python; its JVMs as ``flink``) and of the supervisor when the stop begins, then ``stopping``:
 all of their CPU after that (the sinks' last commits, their exit; ended processes count in
-their reaper, the supervisor, where /proc no longer tells them apart), and the services'.
+their reaper, the supervisor, where /proc no longer tells them apart; a JVM stopped with its
+parent is reaped by init, so it counts up to the stop), and the services'.
 """
 
 from __future__ import annotations
@@ -130,7 +131,11 @@ def record_session(
     end = cpu_seconds(cfg)
     total = sum(end[g] - meter.start_cpu_s[g] for g in ("bookstream", "flink"))
     at_stop = supervisor.cpu_at_stop or supervisor.cpu_by_process()
-    used = {**at_stop, "stopping": max(0.0, total - sum(at_stop.values()))}
+    # what ran after the stop began, as the supervisor reaped it; the stream job's JVM, when
+    # stopped with its driver at once, is reaped by init, not through the supervisor: then
+    # ``total`` lacks it, and it counts up to the stop only
+    reaped = sum(at_stop.values()) - (at_stop["flink"] if total < sum(at_stop.values()) else 0.0)
+    used = {**at_stop, "stopping": max(0.0, total - reaped)}
     for service in end.keys() - {"bookstream", "flink"}:
         used[service] = max(0.0, end[service] - meter.start_cpu_s.get(service, 0.0))
     from jobs.demo import record_run  # imports PyFlink: not at the supervisor's start

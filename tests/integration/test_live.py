@@ -204,7 +204,9 @@ def test_a_live_session_runs_reports_and_stops_gracefully(tmp_path: Path) -> Non
     check_energy(
         summary, ("stream-job", "flink", "exec-sink", "history-sink", "publisher", "page", "kafka")
     )
-    assert {"supervisor", "stopping"} <= summary["energy"]["cpu_s"].keys()
+    # the supervisor's own, and the sinks' last commits after the stop
+    assert summary["energy"]["cpu_s"]["supervisor"] > 0
+    assert summary["energy"]["cpu_s"]["stopping"] > 0, summary["energy"]
     # what the report shows of it: the recorded energy per event and fill of the lake
     shown = _energy(session, run, published, summary["fills"])
     assert shown is not None and shown["kwh"] == summary["energy"]["kwh"]
