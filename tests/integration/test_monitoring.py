@@ -345,6 +345,11 @@ def test_each_process_exports_its_cpu_seconds_and_the_energy_factors(run: LiveRu
     assert math.isclose(factor, energy.watts_per_cpu * energy.pue / 3.6e6, rel_tol=1e-9)
     grid = _value(run.prom_port, 'max(bookstream_energy_factor{factor="g_co2e_per_kwh"})')
     assert grid == energy.grid_g_co2e_per_kwh
+    # the energy dashboard's figures per 1,000 events and per trade, now
+    shown = dict(dashboard_queries(DASHBOARDS_DIR / "energy.json"))
+    for title in ("Emissions per 1,000 events (gCO2e)", "Emissions per trade (gCO2e)"):
+        got = _value(run.prom_port, shown[title])
+        assert got is not None and math.isfinite(got) and got > 0, (title, got)
 
 
 def test_a_graceful_stop_commits_and_withdraws_the_target(run: LiveRun) -> None:
