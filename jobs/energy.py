@@ -45,8 +45,9 @@ def proc_cpu_s(pid: int, *, reaped_children: bool = False) -> float:
     return sum(int(f) for f in fields[11 : 15 if reaped_children else 13]) * _TICK_S
 
 
-def _processes() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command name, CPU seconds incl. reaped children) of every process."""
+def _processes(*, reaped_children: bool = True) -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds) of every process (with
+    ``reaped_children``: its waited-for children's included)."""
     found: dict[int, tuple[int, str, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -55,7 +56,7 @@ def _processes() -> dict[int, tuple[int, str, float]]:
             comm, fields = _stat(entry.name)
         except (OSError, ValueError):  # exited while we looked
             continue
-        ticks = sum(int(f) for f in fields[11:15])
+        ticks = sum(int(f) for f in fields[11 : 15 if reaped_children else 13])
         found[int(entry.name)] = (int(fields[1]), comm, ticks * _TICK_S)
     return found
 
@@ -83,9 +84,15 @@ def tree_cpu_s(root: int, procs: dict[int, tuple[int, str, float]]) -> dict[str,
     return groups
 
 
-def process_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command name, CPU seconds incl. reaped children) of every process."""
-    return _processes()
+def process_table(*, reaped_children: bool = True) -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command name, CPU seconds) of every process (with
+    ``reaped_children``: its waited-for children's included)."""
+    return _processes(reaped_children=reaped_children)
+
+
+def tree_pids(root: int, procs: dict[int, tuple[int, str, float]]) -> set[int]:
+    """``root`` and every live process below it."""
+    return _tree(root, procs)
 
 
 def descendant_pids(root: int) -> list[int]:

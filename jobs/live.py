@@ -18,30 +18,35 @@ A stopped session is recorded as a run, like a demo (:func:`jobs.demo.record_run
 ``<lake root>/runs/<session>.json``, and its summary beside them (``<session>.summary.json``,
 also the supervisor's last line: events, fills, energy), so ``bookstream report --run
 <session>`` (or ``latest``) covers it. Its energy: CPU seconds of each supervised process (its
-Python; its JVMs as ``flink``) and of the supervisor when the stop begins, then ``stopping``:
-all of their CPU after that (the sinks' last commits, their exit; ended processes count in
-their reaper, the supervisor, where /proc no longer tells them apart; a JVM stopped with its
-parent is reaped by init, so it counts up to the stop), and the services'.
+Python; its JVMs as ``flink``) up to its exit, as :class:`_Supervisor` last read them, the
+supervisor's own, and the services' over the session.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 
 from honcho import manager as honcho_manager
 
-from jobs.energy import EnergyMeter, cpu_seconds, proc_cpu_s, process_table, tree_cpu_s
+from jobs.energy import EnergyMeter, cpu_seconds, proc_cpu_s, process_table, tree_pids
 from jobs.kafka_io import as_role, create_topics, drain_topic, end_offsets
 from udfs.config import Config, topics_env
 from udfs.market.adapters.sources import Source
 from udfs.schema import ExecKind, ExecReport, decode_record
 
 __all__ = ["live_processes", "run_live"]
+
+SAMPLE_S = 2.0
+"""How often the supervisor reads its processes' CPU time while the session runs (s)."""
+STOP_SAMPLE_S = 0.1
+"""... and while they stop (s): what a process used after its last reading is not counted."""
 
 STOP_WAIT_S = 60
 """How long stopped processes get to commit before they are killed (honcho's default is 5 s,
@@ -84,27 +89,66 @@ def procfile(processes: dict[str, list[str]], env: dict[str, str]) -> str:
 
 
 class _Supervisor(honcho_manager.Manager):
-    """honcho's process manager that takes the CPU seconds of each process of the session at
-    the moment the stop begins (a signal, or one process ending), before any of them exits."""
+    """honcho's process manager that follows the CPU seconds of each process of the session.
+
+    honcho runs each command under a shell that a stop kills at once, so the processes
+    themselves end orphaned, reaped by init: their CPU time never reaches the supervisor's
+    reaped-children counters. A thread therefore reads each one's own CPU time (and its
+    descendants': the stream job's JVM as ``flink``) from /proc while it lives, every
+    :data:`SAMPLE_S` (:data:`STOP_SAMPLE_S` once the stop has begun: the sinks' last commits);
+    a process counts what it had used when last seen (one that ends by itself loses up to
+    :data:`SAMPLE_S` of its CPU)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.own_cpu_s0 = proc_cpu_s(os.getpid())
+        self.last_seen: dict[int, tuple[str, float]] = {}
+        """pid -> (process name or ``flink``, own CPU seconds when last seen)"""
         self.cpu_at_stop: dict[str, float] | None = None
+        self._stopping = threading.Event()
+        self._ended = threading.Event()
+        self._sampler = threading.Thread(target=self._sample_until_ended, daemon=True)
+
+    def _sample(self, procs: dict[int, tuple[int, str, float]]) -> None:
+        for name, proc in list(self._processes.items()):
+            if not proc.get("pid"):
+                continue
+            for pid in tree_pids(int(proc["pid"]), procs):
+                _ppid, comm, cpu = procs[pid]
+                self.last_seen[pid] = ("flink" if comm == "java" else name, cpu)
+
+    def _sample_until_ended(self) -> None:
+        while not self._ended.is_set():
+            if self._stopping.is_set():  # no new process now: re-read the known ones only
+                for pid, (group, _cpu) in list(self.last_seen.items()):
+                    with contextlib.suppress(OSError, ValueError):
+                        self.last_seen[pid] = (group, proc_cpu_s(pid))
+                self._ended.wait(STOP_SAMPLE_S)
+            else:
+                self._sample(process_table(reaped_children=False))
+                self._ended.wait(SAMPLE_S)
 
     def cpu_by_process(self) -> dict[str, float]:
-        procs = process_table()
-        cpu = {"supervisor": proc_cpu_s(os.getpid()) - self.own_cpu_s0, "flink": 0.0}
-        for name, proc in self._processes.items():
-            if proc.get("pid") and "returncode" not in proc:
-                tree = tree_cpu_s(int(proc["pid"]), procs)
-                cpu[name] = tree["python"]
-                cpu["flink"] += tree["flink"]
-        return cpu
+        """CPU seconds of each process as last seen, and the supervisor's own."""
+        cpu = {name: 0.0 for name in self._processes} | {"flink": 0.0}
+        for group, seconds in list(self.last_seen.values()):
+            cpu[group] += seconds
+        own = proc_cpu_s(os.getpid()) - self.own_cpu_s0
+        return cpu | {"supervisor": own}
+
+    def loop(self) -> None:
+        self._sampler.start()
+        try:
+            super().loop()
+        finally:
+            self._ended.set()
+            self._sampler.join()
 
     def terminate(self) -> None:
         if self.cpu_at_stop is None:
+            self._sample(process_table(reaped_children=False))
             self.cpu_at_stop = self.cpu_by_process()
+            self._stopping.set()
         super().terminate()
 
 
@@ -129,13 +173,8 @@ def record_session(
 ) -> dict[str, object]:
     """Record a stopped session as a run (offsets, topics, summary with its energy)."""
     end = cpu_seconds(cfg)
-    total = sum(end[g] - meter.start_cpu_s[g] for g in ("bookstream", "flink"))
-    at_stop = supervisor.cpu_at_stop or supervisor.cpu_by_process()
-    # what ran after the stop began, as the supervisor reaped it; the stream job's JVM, when
-    # stopped with its driver at once, is reaped by init, not through the supervisor: then
-    # ``total`` lacks it, and it counts up to the stop only
-    reaped = sum(at_stop.values()) - (at_stop["flink"] if total < sum(at_stop.values()) else 0.0)
-    used = {**at_stop, "stopping": max(0.0, total - reaped)}
+    used = supervisor.cpu_by_process()
+    at_stop = supervisor.cpu_at_stop or used
     for service in end.keys() - {"bookstream", "flink"}:
         used[service] = max(0.0, end[service] - meter.start_cpu_s.get(service, 0.0))
     from jobs.demo import record_run  # imports PyFlink: not at the supervisor's start
@@ -156,6 +195,8 @@ def record_session(
         "fills": fills,
         "wall_s": round(wall_s, 3),
         "energy": meter.stop(used).summary(events=events, trades=fills),
+        # of which after the stop began (the sinks' last commits, every process's exit)
+        "cpu_s_after_stop": round(sum(used.values()) - sum(at_stop.values()), 3),
     }
     (cfg.lake_dir / "runs" / f"{run}.summary.json").write_text(
         json.dumps(summary, sort_keys=True, default=str)
