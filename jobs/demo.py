@@ -34,7 +34,6 @@ import logging
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from pyflink.datastream import StreamExecutionEnvironment
 from tqdm import tqdm
@@ -46,13 +45,14 @@ from jobs.execution_sink import run_sink
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import as_role, create_topics, drain_topic, end_offsets, record_value
 from jobs.publish import publish
+from jobs.runs import load_run, record_run
 from jobs.status import JobCounts
 from jobs.stream_job import CONFIG_PROCESS, build_stream_job, execute_with_status
 from udfs.config import Config
 from udfs.market.adapters.sources import Source
 from udfs.schema import StatsRow, decode_dead_letter, decode_row
 
-__all__ = ["run_demo"]
+__all__ = ["load_run", "record_run", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,39 +237,3 @@ def _run_on_cluster(
             f"the demo's stream job {done.job_id} ended {state}: see "
             f"{cfg.flink_cluster_rest_url}/#/job/completed/{done.job_id}/exceptions"
         )
-
-
-def record_run(
-    cfg: Config,
-    run_id: str,
-    before: dict[str, dict[int, int]],
-    after: dict[str, dict[int, int]],
-    *,
-    topics: dict[str, str] | None = None,
-) -> Path:
-    """Remember which offsets of every topic one run wrote (``[before, after)``); ``topics``
-    (field -> name): the run's own topic set, when it is not the configured one (a live
-    session's)."""
-    runs = cfg.lake_dir / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    record: dict[str, object] = {"run_id": run_id, "from": before, "to": after}
-    if topics is not None:
-        record["topics"] = topics
-    doc = json.dumps(record, sort_keys=True)
-    path = runs / f"{run_id}.json"
-    path.write_text(doc)
-    (runs / "latest.json").write_text(doc)
-    return path
-
-
-def load_run(cfg: Config, run_id: str = "latest") -> dict:
-    """A recorded run: ``{"run_id", "from": {topic: {partition: offset}}, "to": ...}``."""
-    path = cfg.lake_dir / "runs" / f"{run_id}.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no recorded run {run_id!r} ({path}); `bookstream demo` records one"
-        )
-    doc = json.loads(path.read_text())
-    for side in ("from", "to"):
-        doc[side] = {t: {int(p): o for p, o in parts.items()} for t, parts in doc[side].items()}
-    return doc

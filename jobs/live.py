@@ -37,6 +37,7 @@ from honcho import manager as honcho_manager
 
 from jobs.energy import EnergyMeter, cpu_seconds, proc_cpu_s, process_table, tree_pids
 from jobs.kafka_io import as_role, create_topics, drain_topic, end_offsets
+from jobs.runs import record_run
 from udfs.config import Config, topics_env
 from udfs.market.adapters.sources import Source
 from udfs.schema import ExecKind, ExecReport, decode_record
@@ -177,8 +178,6 @@ def record_session(
     at_stop = supervisor.cpu_at_stop or used
     for service in end.keys() - {"bookstream", "flink"}:
         used[service] = max(0.0, end[service] - meter.start_cpu_s.get(service, 0.0))
-    from jobs.demo import record_run  # imports PyFlink: not at the supervisor's start
-
     with as_role("history-sink"):  # reads every topic (kafka.security=sasl)
         after = {t: end_offsets(cfg, t) for t in before}
         # a partition the start did not see yet (the topic was just created) starts at 0

@@ -30,7 +30,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from jobs.demo import load_run
+from jobs.runs import load_run
 from jobs.sql import SqlSession, read_query
 from udfs.config import Config
 from udfs.history import streams

@@ -21,7 +21,7 @@ import pytest
 from it_helpers import BOOKSTREAM, PROJECT_ROOT, config_for, free_port, wait_for
 from test_demo_cli import check_energy
 
-from jobs.demo import load_run
+from jobs.runs import load_run
 from jobs.kafka_io import delete_topics, make_producer
 from jobs.report import _energy, run_config, run_filters
 from udfs.config import topics_env
