@@ -21,9 +21,9 @@ import pytest
 from it_helpers import BOOKSTREAM, PROJECT_ROOT, config_for, free_port, wait_for
 from test_demo_cli import check_energy
 
-from jobs.runs import load_run
 from jobs.kafka_io import delete_topics, make_producer
 from jobs.report import _energy, run_config, run_filters
+from jobs.runs import load_run
 from udfs.config import topics_env
 from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_LOBSTER
