@@ -45,6 +45,13 @@ def proc_cpu_s(pid: int, *, reaped_children: bool = False) -> float:
     return sum(int(f) for f in fields[11 : 15 if reaped_children else 13]) * _TICK_S
 
 
+def proc_start_and_cpu_s(pid: int) -> tuple[int, float]:
+    """(start time in clock ticks since boot: with the pid, the process's identity, as pids are
+    reused; its own CPU seconds so far)."""
+    fields = _stat(pid)[1]
+    return int(fields[19]), sum(int(f) for f in fields[11:13]) * _TICK_S
+
+
 def _processes(*, reaped_children: bool = True) -> dict[int, tuple[int, str, float]]:
     """pid -> (parent pid, command name, CPU seconds) of every process (with
     ``reaped_children``: its waited-for children's included)."""

@@ -35,7 +35,14 @@ from pathlib import Path
 
 from honcho import manager as honcho_manager
 
-from jobs.energy import EnergyMeter, cpu_seconds, proc_cpu_s, process_table, tree_pids
+from jobs.energy import (
+    EnergyMeter,
+    cpu_seconds,
+    proc_cpu_s,
+    proc_start_and_cpu_s,
+    process_table,
+    tree_pids,
+)
 from jobs.kafka_io import as_role, create_topics, drain_topic, end_offsets
 from jobs.runs import record_run
 from udfs.config import Config, topics_env
@@ -106,6 +113,8 @@ class _Supervisor(honcho_manager.Manager):
         self.last_seen: dict[int, tuple[str, float]] = {}
         """pid -> (process name or ``flink``, own CPU seconds when last seen)"""
         self.cpu_at_stop: dict[str, float] | None = None
+        self._alive_at_stop: dict[int, int] = {}
+        """pid -> start time (clock ticks) of the session's processes alive at the stop"""
         self._stopping = threading.Event()
         self._ended = threading.Event()
         self._sampler = threading.Thread(target=self._sample_until_ended, daemon=True)
@@ -120,10 +129,14 @@ class _Supervisor(honcho_manager.Manager):
 
     def _sample_until_ended(self) -> None:
         while not self._ended.is_set():
-            if self._stopping.is_set():  # no new process now: re-read the known ones only
-                for pid, (group, _cpu) in list(self.last_seen.items()):
+            if self._stopping.is_set():
+                # orphaned as their shells die, they are in no tree of ours any more: re-read
+                # those alive at the stop by pid, while it is still the same process
+                for pid, started in list(self._alive_at_stop.items()):
                     with contextlib.suppress(OSError, ValueError):
-                        self.last_seen[pid] = (group, proc_cpu_s(pid))
+                        start, cpu = proc_start_and_cpu_s(pid)
+                        if start == started:
+                            self.last_seen[pid] = (self.last_seen[pid][0], cpu)
                 self._ended.wait(STOP_SAMPLE_S)
             else:
                 self._sample(process_table(reaped_children=False))
@@ -147,7 +160,11 @@ class _Supervisor(honcho_manager.Manager):
 
     def terminate(self) -> None:
         if self.cpu_at_stop is None:
-            self._sample(process_table(reaped_children=False))
+            procs = process_table(reaped_children=False)
+            self._sample(procs)
+            for pid in self.last_seen.keys() & procs.keys():
+                with contextlib.suppress(OSError, ValueError):
+                    self._alive_at_stop[pid] = proc_start_and_cpu_s(pid)[0]
             self.cpu_at_stop = self.cpu_by_process()
             self._stopping.set()
         super().terminate()

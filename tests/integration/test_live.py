@@ -196,7 +196,7 @@ def test_a_live_session_runs_reports_and_stops_gracefully(tmp_path: Path) -> Non
     )
     assert run_filters(session, recorded)["events"] != "0"
     summary = json.loads(
-        next(ln for ln in reversed(log.read_text().splitlines()) if ln.startswith('{"energy"'))
+        next(ln for ln in reversed(log.read_text().splitlines()) if '"kind": "live"' in ln)
     )
     assert summary == json.loads((session.lake_dir / "runs" / f"{run}.summary.json").read_text())
     assert summary["events_in"] == published and summary["fills"] == sink["fills"] > 0
