@@ -119,13 +119,17 @@ class _Supervisor(honcho_manager.Manager):
         self._ended = threading.Event()
         self._sampler = threading.Thread(target=self._sample_until_ended, daemon=True)
 
-    def _sample(self, procs: dict[int, tuple[int, str, float]]) -> None:
+    def _sample(self, procs: dict[int, tuple[int, str, float]]) -> set[int]:
+        """Read the session's processes in ``procs``; their pids."""
+        seen: set[int] = set()
         for name, proc in list(self._processes.items()):
             if not proc.get("pid"):
                 continue
             for pid in tree_pids(int(proc["pid"]), procs):
                 _ppid, comm, cpu = procs[pid]
                 self.last_seen[pid] = ("flink" if comm == "java" else name, cpu)
+                seen.add(pid)
+        return seen
 
     def _sample_until_ended(self) -> None:
         while not self._ended.is_set():
@@ -160,9 +164,8 @@ class _Supervisor(honcho_manager.Manager):
 
     def terminate(self) -> None:
         if self.cpu_at_stop is None:
-            procs = process_table(reaped_children=False)
-            self._sample(procs)
-            for pid in self.last_seen.keys() & procs.keys():
+            # the session's processes now (a pid seen earlier may belong to another one now)
+            for pid in self._sample(process_table(reaped_children=False)):
                 with contextlib.suppress(OSError, ValueError):
                     self._alive_at_stop[pid] = proc_start_and_cpu_s(pid)[0]
             self.cpu_at_stop = self.cpu_by_process()
