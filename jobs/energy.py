@@ -112,14 +112,21 @@ def service_cpu_seconds(
 ) -> dict[str, float]:
     """CPU seconds so far of each service the project started (its pid file), children in."""
     procs = _processes() if procs is None else procs
-    groups: dict[str, float] = {}
+    return {
+        service: sum(procs[p][2] for p in _tree(root, procs))
+        for service, root in service_roots(cfg).items()
+    }
+
+
+def service_roots(cfg: Config) -> dict[str, int]:
+    """service -> pid of each service the project started (its pid file)."""
+    roots: dict[str, int] = {}
     for service in SERVICES:
         try:
-            root = int((cfg.state_dir / "run" / f"{service}.pid").read_text().strip())
+            roots[service] = int((cfg.state_dir / "run" / f"{service}.pid").read_text().strip())
         except (OSError, ValueError):
             continue
-        groups[service] = sum(procs[p][2] for p in _tree(root, procs))
-    return groups
+    return roots
 
 
 def cluster_cpu_seconds(

@@ -12,8 +12,10 @@ cannot be served (the reason is logged).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -24,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jobs.energy import process_table, service_cpu_seconds, tree_cpu_s
+from jobs.energy import proc_cpu_s, process_table, service_roots, tree_pids
 from udfs.config import PROJECT_ROOT, Config
 from udfs.energy import JOULES_PER_KWH
 from udfs.schema import DeadLetter, ExecKind, ExecReport
@@ -131,11 +133,40 @@ class _CpuSeconds(Collector):
     serving process's own tree, ``group`` ``python`` (it and its Python children) and
     ``flink`` (its JVMs: the stream job's MiniCluster), and each service the project started
     (``process`` kafka/postgres/redis, ``group`` ``service``). Every process reports the
-    services alike: aggregate ``max by (process, group)`` before summing."""
+    services alike: aggregate ``max by (process, group)`` before summing.
+
+    Scanning every process of the machine for the trees costs tens of ms on a loaded one: the
+    trees are found again every :data:`CPU_TREE_REFRESH_S`, in between only their processes
+    are read. A value never goes down (a child that ended unreaped takes its CPU time with
+    it): Prometheus would take that for a counter reset."""
 
     def __init__(self) -> None:
         self.process = ""
         self.cfg: Config | None = None
+        self._trees: dict[tuple[str, str], set[int]] = {}
+        self._trees_at = -math.inf
+        self._reported: dict[tuple[str, str], float] = {}
+
+    def _find_trees(self, cfg: Config) -> dict[tuple[str, str], float]:
+        procs = process_table()
+        self._trees = {(self.process, "python"): set(), (self.process, "flink"): set()}
+        for pid in tree_pids(os.getpid(), procs):
+            group = "flink" if procs[pid][1] == "java" else "python"
+            self._trees[(self.process, group)].add(pid)
+        for service, root in service_roots(cfg).items():
+            if root in procs:
+                self._trees[(service, "service")] = tree_pids(root, procs)
+        self._trees_at = time.monotonic()
+        return {key: sum(procs[p][2] for p in pids) for key, pids in self._trees.items()}
+
+    def _read_trees(self) -> dict[tuple[str, str], float]:
+        found: dict[tuple[str, str], float] = {}
+        for key, pids in self._trees.items():
+            found[key] = 0.0
+            for pid in pids:
+                with contextlib.suppress(OSError, ValueError):  # ended since
+                    found[key] += proc_cpu_s(pid, reaped_children=True)
+        return found
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
@@ -144,14 +175,18 @@ class _CpuSeconds(Collector):
             labels=["process", "group"],
         )
         if self.cfg is not None:
-            procs = process_table()
-            for group, cpu in tree_cpu_s(os.getpid(), procs).items():
-                family.add_metric([self.process, group], cpu)
-            for service, cpu in service_cpu_seconds(self.cfg, procs).items():
-                family.add_metric([service, "service"], cpu)
+            if time.monotonic() - self._trees_at > CPU_TREE_REFRESH_S:
+                now = self._find_trees(self.cfg)
+            else:
+                now = self._read_trees()
+            for key, cpu in now.items():
+                self._reported[key] = max(cpu, self._reported.get(key, 0.0))
+                family.add_metric(list(key), self._reported[key])
         yield family
 
 
+CPU_TREE_REFRESH_S = 15.0
+"""How often the CPU collector finds its process trees again (s)."""
 CPU_SECONDS = _CpuSeconds()
 REGISTRY.register(CPU_SECONDS)
 
