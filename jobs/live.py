@@ -13,7 +13,7 @@ is in its checkpoints. When one process ends by itself, the others are stopped t
 crash is never half a pipeline); the publisher therefore stays after its input is done
 (``publish --wait``) until the session stops.
 
-A stopped session is recorded as a run, like a demo (:func:`jobs.demo.record_run`): the offsets
+A stopped session is recorded as a run, like a demo (:func:`jobs.runs.record_run`): the offsets
 ``[from, to)`` it wrote on each of its topics (and their names) in
 ``<lake root>/runs/<session>.json``, and its summary beside them (``<session>.summary.json``,
 also the supervisor's last line: events, fills, energy), so ``bookstream report --run
@@ -33,6 +33,7 @@ import threading
 import time
 from pathlib import Path
 
+from confluent_kafka import KafkaException
 from honcho import manager as honcho_manager
 
 from jobs.energy import (
@@ -99,9 +100,9 @@ def procfile(processes: dict[str, list[str]], env: dict[str, str]) -> str:
 class _Supervisor(honcho_manager.Manager):
     """honcho's process manager that follows the CPU seconds of each process of the session.
 
-    honcho runs each command under a shell that a stop kills at once, so the processes
-    themselves end orphaned, reaped by init: their CPU time never reaches the supervisor's
-    reaped-children counters. A thread therefore reads each one's own CPU time (and its
+    honcho runs each command under a shell, which the stop's signal kills before it reaps its
+    command: the processes end orphaned, reaped by init, and their CPU time never reaches the
+    supervisor's reaped-children counters. A thread therefore reads each one's own CPU time (and its
     descendants': the stream job's JVM as ``flink``) from /proc while it lives, every
     :data:`SAMPLE_S` (:data:`STOP_SAMPLE_S` once the stop has begun: the sinks' last commits);
     a process counts what it had used when last seen (one that ends by itself loses up to
@@ -255,8 +256,13 @@ def run_live(
     )
     try:
         supervisor.loop()
-        summary = record_session(live_cfg, run, before, meter, supervisor, time.perf_counter() - t0)
-        print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+        try:
+            summary = record_session(
+                live_cfg, run, before, meter, supervisor, time.perf_counter() - t0
+            )
+            print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+        except (KafkaException, OSError) as exc:  # the session still ends with its status
+            print(f"live session {run}: not recorded as a run: {exc}", file=sys.stderr)
     finally:
         pid_file.unlink(missing_ok=True)
     # a stop we were asked for (SIGINT/SIGTERM) is a normal end
