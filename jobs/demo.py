@@ -16,8 +16,10 @@ were before this run published, so a second demo in a row processes exactly its 
 * ``audit_rows``       rows it chained into the audit table (orders, risk decisions, kill
                        switches, configurations: ``udfs/audit.py``)
 * ``energy``           CPU seconds of each process (this one, its Flink JVM, the broker,
-  PostgreSQL, Redis) over the run, and the energy and emissions they stand for, in total, per
-  1,000 events and per trade (fill): jobs/energy.py, udfs/energy.py, ``[energy]`` factors
+  PostgreSQL, Redis; with ``--cluster`` the session cluster's JobManager, TaskManagers and
+  their Python workers instead of a local JVM) over the run, and the energy and emissions
+  they stand for, in total, per 1,000 events and per trade (fill): jobs/energy.py,
+  udfs/energy.py, ``[energy]`` factors
 
 The run's offset ranges of every topic are written to ``<lake root>/runs/<run_id>.json`` (and the
 newest to ``latest.json``): ``bookstream replay --run latest`` replays exactly this run. The
@@ -32,24 +34,25 @@ import logging
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from pyflink.datastream import StreamExecutionEnvironment
 from tqdm import tqdm
 
+from jobs import metrics
 from jobs.audit import publish_config
 from jobs.energy import EnergyMeter
 from jobs.execution_sink import run_sink
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import as_role, create_topics, drain_topic, end_offsets, record_value
 from jobs.publish import publish
+from jobs.runs import load_run, record_run
 from jobs.status import JobCounts
 from jobs.stream_job import CONFIG_PROCESS, build_stream_job, execute_with_status
 from udfs.config import Config
 from udfs.market.adapters.sources import Source
 from udfs.schema import StatsRow, decode_dead_letter, decode_row
 
-__all__ = ["run_demo"]
+__all__ = ["load_run", "record_run", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,9 @@ def run_demo(
     ``flink run``, at ``parallelism``, else the cluster's default) instead of a local
     MiniCluster; everything else is the same."""
     t0 = time.perf_counter()
-    meter = EnergyMeter(cfg)
+    meter = EnergyMeter(cfg, cluster=cluster)
+    # one process runs every stage: its CPU (its JVM's too) under process="demo"
+    metrics.serve(cfg, "demo", cfg.metrics.publisher_port)
     source.check_files()
     create_topics(cfg)
     topics = cfg.topics
@@ -232,29 +237,3 @@ def _run_on_cluster(
             f"the demo's stream job {done.job_id} ended {state}: see "
             f"{cfg.flink_cluster_rest_url}/#/job/completed/{done.job_id}/exceptions"
         )
-
-
-def record_run(
-    cfg: Config, run_id: str, before: dict[str, dict[int, int]], after: dict[str, dict[int, int]]
-) -> Path:
-    """Remember which offsets of every topic one run wrote (``[before, after)``)."""
-    runs = cfg.lake_dir / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    doc = json.dumps({"run_id": run_id, "from": before, "to": after}, sort_keys=True)
-    path = runs / f"{run_id}.json"
-    path.write_text(doc)
-    (runs / "latest.json").write_text(doc)
-    return path
-
-
-def load_run(cfg: Config, run_id: str = "latest") -> dict:
-    """A recorded run: ``{"run_id", "from": {topic: {partition: offset}}, "to": ...}``."""
-    path = cfg.lake_dir / "runs" / f"{run_id}.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no recorded run {run_id!r} ({path}); `bookstream demo` records one"
-        )
-    doc = json.loads(path.read_text())
-    for side in ("from", "to"):
-        doc[side] = {t: {int(p): o for p, o in parts.items()} for t, parts in doc[side].items()}
-    return doc

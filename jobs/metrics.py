@@ -1,6 +1,6 @@
-"""Prometheus metrics of bookstream's own processes (publisher, execution sink, history sink):
-every metric declared here, once; Flink's come from its own Prometheus reporter
-(jobs/stream_job.py). Alert rules over them: infra/prometheus/rules/.
+"""Prometheus metrics of bookstream's own processes (publisher, execution sink, history sink,
+the local stream job's driver, the demo): every metric declared here, once; Flink's come from
+its own Prometheus reporter (jobs/stream_job.py). Alert rules over them: infra/prometheus/rules/.
 
 Each process serves ``/metrics`` on 127.0.0.1 at a port of its own (``[metrics]``; 0: any free
 one) and announces itself to Prometheus by a file-based service-discovery target file,
@@ -12,17 +12,23 @@ cannot be served (the reason is logged).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
+import math
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from jobs.energy import proc_cpu_s, process_table, service_roots, tree_pids
 from udfs.config import PROJECT_ROOT, Config
+from udfs.energy import JOULES_PER_KWH
 from udfs.schema import DeadLetter, ExecKind, ExecReport
 
 logger = logging.getLogger(__name__)
@@ -113,6 +119,77 @@ TICK_TO_ORDER = Histogram(
     registry=REGISTRY,
 )
 
+ENERGY_FACTOR = Gauge(
+    "bookstream_energy_factor",
+    "The [energy] model's factors (udfs/energy.py): kwh_per_cpu_second (watts_per_cpu x pue), "
+    "g_co2e_per_kwh (the grid's carbon intensity)",
+    ["factor"],
+    registry=REGISTRY,
+)
+
+
+class _CpuSeconds(Collector):
+    """``bookstream_cpu_seconds_total``, read from /proc at each scrape (jobs/energy.py): the
+    serving process's own tree, ``group`` ``python`` (it and its Python children) and
+    ``flink`` (its JVMs: the stream job's MiniCluster), and each service the project started
+    (``process`` kafka/postgres/redis, ``group`` ``service``). Every process reports the
+    services alike: aggregate ``max by (process, group)`` before summing.
+
+    Scanning every process of the machine for the trees costs tens of ms on a loaded one: the
+    trees are found again every :data:`CPU_TREE_REFRESH_S`, in between only their processes
+    are read. A value never goes down (a child that ended unreaped takes its CPU time with
+    it): Prometheus would take that for a counter reset."""
+
+    def __init__(self) -> None:
+        self.process = ""
+        self.cfg: Config | None = None
+        self._trees: dict[tuple[str, str], set[int]] = {}
+        self._trees_at = -math.inf
+        self._reported: dict[tuple[str, str], float] = {}
+
+    def _find_trees(self, cfg: Config) -> dict[tuple[str, str], float]:
+        procs = process_table()
+        self._trees = {(self.process, "python"): set(), (self.process, "flink"): set()}
+        for pid in tree_pids(os.getpid(), procs):
+            group = "flink" if procs[pid][1] == "java" else "python"
+            self._trees[(self.process, group)].add(pid)
+        for service, root in service_roots(cfg).items():
+            if root in procs:
+                self._trees[(service, "service")] = tree_pids(root, procs)
+        self._trees_at = time.monotonic()
+        return {key: sum(procs[p][2] for p in pids) for key, pids in self._trees.items()}
+
+    def _read_trees(self) -> dict[tuple[str, str], float]:
+        found: dict[tuple[str, str], float] = {}
+        for key, pids in self._trees.items():
+            found[key] = 0.0
+            for pid in pids:
+                with contextlib.suppress(OSError, ValueError):  # ended since
+                    found[key] += proc_cpu_s(pid, reaped_children=True)
+        return found
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "bookstream_cpu_seconds",
+            "CPU seconds (user + system, reaped children included) by process and group",
+            labels=["process", "group"],
+        )
+        if self.cfg is not None:
+            if time.monotonic() - self._trees_at > CPU_TREE_REFRESH_S:
+                now = self._find_trees(self.cfg)
+            else:
+                now = self._read_trees()
+            for key, cpu in now.items():
+                self._reported[key] = max(cpu, self._reported.get(key, 0.0))
+                family.add_metric(list(key), self._reported[key])
+        yield family
+
+
+CPU_TREE_REFRESH_S = 15.0
+"""How often the CPU collector finds its process trees again (s)."""
+CPU_SECONDS = _CpuSeconds()
+REGISTRY.register(CPU_SECONDS)
+
 MODES = ("ACTIVE", "REDUCING", "HALTED")
 
 FLINK_METRICS = (
@@ -173,6 +250,12 @@ def serve(cfg: Config, process: str, port: int) -> int | None:
         logger.warning("%s: metrics not served on %s:%d: %s", process, cfg.metrics.host, port, exc)
         return None
     bound = _served["port"] = int(server.server_port)
+    CPU_SECONDS.process, CPU_SECONDS.cfg = process, cfg
+    energy = cfg.energy
+    ENERGY_FACTOR.labels("kwh_per_cpu_second").set(
+        energy.watts_per_cpu * energy.pue / JOULES_PER_KWH
+    )
+    ENERGY_FACTOR.labels("g_co2e_per_kwh").set(energy.grid_g_co2e_per_kwh)
     targets = cfg.state_dir / "prometheus" / "targets"
     targets.mkdir(parents=True, exist_ok=True)
     target = targets / f"{process}-{os.getpid()}.json"

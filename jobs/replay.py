@@ -46,7 +46,6 @@ from pyiceberg.expressions import (
     Or,
 )
 
-from jobs.demo import load_run
 from jobs.execution_sink import run_sink
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import (
@@ -59,6 +58,7 @@ from jobs.kafka_io import (
 )
 from jobs.lake import committed_offsets, history_streams, open_catalog
 from jobs.publish import produce_events
+from jobs.runs import load_run
 from jobs.stream_job import build_stream_job
 from udfs.config import Config, load_config
 from udfs.history import Stream

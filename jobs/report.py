@@ -1,8 +1,9 @@
 """``bookstream report [--run ID] --out report.html``: one self-contained HTML page of a run.
 
-A run is what ``bookstream demo`` recorded in ``<lake root>/runs/<run_id>.json``: the Kafka
-offsets ``[from, to)`` it wrote on every topic (``latest``: the newest run). Every history table
-is read through chDB with ``bookstream.<table>`` narrowed to those positions
+A run is what ``bookstream demo`` or a stopped ``bookstream live`` session recorded in
+``<lake root>/runs/<run_id>.json``: the Kafka offsets ``[from, to)`` it wrote on every topic
+(a session's on its own topic set, named in the record; ``latest``: the newest run). Every
+history table is read through chDB with ``bookstream.<table>`` narrowed to those positions
 (:class:`jobs.sql.SqlSession` ``row_filters``), so the analysts' library (``sql/tca.sql``,
 ``fill_latency.sql``, ``signal_order_fill_funnel.sql``, ``spread_depth_hourly.sql``,
 ``data_quality_report.sql``) runs unchanged over the run alone; the figures are computed by the
@@ -10,9 +11,9 @@ pure ``udfs/report.py``.
 
 Beside the lake's tables, two records of the run sit next to its offsets:
 
-* ``<run_id>.summary.json``: the demo's summary, written at its end; the report takes the
-  run's CPU seconds and energy (``energy``: kWh, gCO2e, method) from it and divides them by the
-  run's events and fills as the lake holds them;
+* ``<run_id>.summary.json``: the demo's (or session's) summary, written at its end; the
+  report takes the run's CPU seconds and energy (``energy``: kWh, gCO2e, method) from it and
+  divides them by the run's events and fills as the lake holds them;
 * ``<run_id>.replay.json``: the verdict of the newest ``bookstream replay --run ID --verify``
   of the run. Without one the page says "not verified" (a replay takes minutes: the report
   does not run one).
@@ -20,6 +21,7 @@ Beside the lake's tables, two records of the run sit next to its offsets:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import defaultdict
@@ -28,7 +30,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from jobs.demo import load_run
+from jobs.runs import load_run
 from jobs.sql import SqlSession, read_query
 from udfs.config import Config
 from udfs.history import streams
@@ -69,6 +71,13 @@ def _dt_ns(value: datetime) -> int:
         value = value.replace(tzinfo=UTC)
     delta = value - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def run_config(cfg: Config, run: dict) -> Config:
+    """``cfg`` with the run's own topic set when it recorded one (a live session's)."""
+    if "topics" not in run:
+        return cfg
+    return dataclasses.replace(cfg, topics=dataclasses.replace(cfg.topics, **run["topics"]))
 
 
 def run_filters(cfg: Config, run: dict) -> dict[str, str]:
@@ -304,6 +313,7 @@ def _replay(cfg: Config, run_id: str) -> dict[str, Any] | None:
 def build_model(cfg: Config, run_id: str = "latest") -> dict[str, Any]:
     """Every figure of the report of one recorded run, as plain JSON values."""
     run = load_run(cfg, run_id)
+    cfg = run_config(cfg, run)
     rows = _query_run(cfg, run_filters(cfg, run))
     kpis, curve = _trading_kpis(cfg, rows)
     latencies = _latencies(rows)

@@ -953,6 +953,10 @@ def run_stream_job(
     )
     # the settings (strategy, sizing, thresholds) the job decides orders under, for the audit
     publish_config(cfg, CONFIG_PROCESS)
+    if not submitted_to_cluster():  # a local MiniCluster: its JVM is this process's child
+        from jobs import metrics
+
+        metrics.serve(cfg, CONFIG_PROCESS, cfg.metrics.stream_job_port)
     execute_with_status(env, "bookstream-stream-job")
 
 

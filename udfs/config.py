@@ -681,6 +681,8 @@ class MetricsConfig:
     """0: any free port, announced to Prometheus by a target file (file service discovery)."""
     exec_sink_port: int = field(default=0, metadata=_range(0, 65535))
     history_sink_port: int = field(default=0, metadata=_range(0, 65535))
+    stream_job_port: int = field(default=0, metadata=_range(0, 65535))
+    """The local stream job's driver (its CPU and its MiniCluster JVM's, jobs/metrics.py)."""
     flink_reporter: bool = False
     """Flink's own Prometheus reporter (the plugin in the PyFlink wheel) in the job's JVM.
     Off by default: that reporter has no bind-address option and listens on every interface,

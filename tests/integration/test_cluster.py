@@ -40,6 +40,7 @@ from it_helpers import (
 )
 
 from jobs.cluster import TERMINAL_STATES, job_state, list_jobs, stop_job, wait_job
+from jobs.energy import cluster_cpu_seconds
 from jobs.kafka_io import (
     create_topics,
     delete_topics,
@@ -180,8 +181,12 @@ def test_cluster_at_parallelism_2_matches_the_local_run(cluster: Config, local_r
     cfg = config_for(env)
     create_topics(cfg)
     try:
+        cpu_before = cluster_cpu_seconds(cluster)  # what `demo --cluster` charges to its run
         job = _submit(env, "--parallelism", "2", "--bounded", "--group-id", "it-cluster-p2")
         assert wait_job(cfg, job, TERMINAL_STATES, WAIT_S) == "FINISHED"
+        cpu_used = {k: v - cpu_before.get(k, 0.0) for k, v in cluster_cpu_seconds(cluster).items()}
+        # the JobManager and both TaskManagers (one group) worked for the job
+        assert cpu_used["flink-jobmanager"] > 0 and cpu_used["flink-taskmanager"] > 0, cpu_used
         detail = json.loads(
             subprocess.run(
                 [sys.executable, "-m", "jobs.cli", "jobs"],

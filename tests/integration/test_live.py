@@ -2,7 +2,8 @@
 and the desk page as supervised processes on the session's own topics; the page watched in a
 real browser (Debian's chromium driven by Playwright) while the session runs: its order count
 grows, its PnL card updates, and a KILL on the control topic shows as HALTED; status lines while it
-runs; a SIGTERM (what ``make stop`` sends) ends every process, the sinks with their summaries."""
+runs; a SIGTERM (what ``make stop`` sends) ends every process, the sinks with their summaries,
+and the session is recorded as a run with its energy, which ``bookstream report`` reads."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from pathlib import Path
 
 import pytest
 from it_helpers import BOOKSTREAM, PROJECT_ROOT, config_for, free_port, wait_for
+from test_demo_cli import check_energy
 
 from jobs.kafka_io import delete_topics, make_producer
+from jobs.report import _energy, run_config, run_filters
+from jobs.runs import load_run
 from udfs.config import topics_env
 from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_LOBSTER
@@ -180,3 +184,30 @@ def test_a_live_session_runs_reports_and_stops_gracefully(tmp_path: Path) -> Non
     assert history["rows"]["events"] == published
     assert history["dead_lettered"] == 0
     assert not (config_for(env).state_dir / "run" / "live.pid").exists()
+
+    # the stopped session is a recorded run (its offsets, topics and energy), the newest one
+    recorded = load_run(config_for(env), run)
+    assert load_run(config_for(env))["run_id"] == run
+    session = run_config(config_for(env), recorded)
+    assert session.topics == config_for(env).topics.for_run(run)
+    events = session.topics.events
+    assert (
+        sum(recorded["to"][events].values()) - sum(recorded["from"][events].values()) == published
+    )
+    assert run_filters(session, recorded)["events"] != "0"
+    summary = json.loads(
+        next(ln for ln in reversed(log.read_text().splitlines()) if '"kind": "live"' in ln)
+    )
+    assert summary == json.loads((session.lake_dir / "runs" / f"{run}.summary.json").read_text())
+    assert summary["events_in"] == published and summary["fills"] == sink["fills"] > 0
+    # each process of the session (the job's JVM apart), the broker
+    check_energy(
+        summary, ("stream-job", "flink", "exec-sink", "history-sink", "publisher", "page", "kafka")
+    )
+    # the supervisor's own, and the processes' CPU while they stop (the sinks' last commits)
+    assert summary["energy"]["cpu_s"]["supervisor"] > 0
+    assert summary["cpu_s_after_stop"] > 0, summary
+    # what the report shows of it: the recorded energy per event and fill of the lake
+    shown = _energy(session, run, published, summary["fills"])
+    assert shown is not None and shown["kwh"] == summary["energy"]["kwh"]
+    assert shown["g_co2e_per_trade"] == summary["energy"]["g_co2e_per_trade"]

@@ -302,7 +302,8 @@ def _range(port: int, promql: str, start: float) -> dict:
 def test_every_dashboard_query_parses_and_returns_data(run: LiveRun) -> None:
     """Grafana runs each panel's query as a range query over the dashboard's time range: so
     does this test, over the run, with Grafana's ``$__rate_interval`` at 1m. Flink's own
-    metrics are among them (the job dashboard)."""
+    metrics are among them (the job dashboard), and the energy dashboard's CPU seconds, kWh
+    and gCO2e per 1,000 events and per trade."""
     wait_for(
         lambda: _value(run.prom_port, "sum(bookstream_iceberg_commit_seconds_count)"),
         120,
@@ -326,6 +327,29 @@ def test_every_dashboard_query_parses_and_returns_data(run: LiveRun) -> None:
                 empty[title] = expr
     assert not failed
     assert set(empty) == set(KNOWN_EMPTY), empty
+
+
+def test_each_process_exports_its_cpu_seconds_and_the_energy_factors(run: LiveRun) -> None:
+    """What the energy dashboard is made of: every process's CPU seconds, the stream job's
+    MiniCluster JVM apart (its driver serves them), and the [energy] model's factors."""
+    cpu = {
+        (r["metric"]["process"], r["metric"]["group"]): float(r["value"][1])
+        for r in _query(run.prom_port, "max by (process, group) (bookstream_cpu_seconds_total)")
+    }
+    assert cpu[("stream-job", "flink")] > cpu[("stream-job", "python")] > 0, cpu
+    for process in ("exec-sink", "history-sink", "publisher"):
+        assert cpu[(process, "python")] > 0, cpu
+    energy = run.cfg.energy
+    factor = _value(run.prom_port, 'max(bookstream_energy_factor{factor="kwh_per_cpu_second"})')
+    assert factor is not None
+    assert math.isclose(factor, energy.watts_per_cpu * energy.pue / 3.6e6, rel_tol=1e-9)
+    grid = _value(run.prom_port, 'max(bookstream_energy_factor{factor="g_co2e_per_kwh"})')
+    assert grid == energy.grid_g_co2e_per_kwh
+    # the energy dashboard's figures per 1,000 events and per trade, now
+    shown = dict(dashboard_queries(DASHBOARDS_DIR / "energy.json"))
+    for title in ("Emissions per 1,000 events (gCO2e)", "Emissions per trade (gCO2e)"):
+        got = _value(run.prom_port, shown[title])
+        assert got is not None and math.isfinite(got) and got > 0, (title, got)
 
 
 def test_a_graceful_stop_commits_and_withdraws_the_target(run: LiveRun) -> None:

@@ -1,6 +1,7 @@
-"""The Grafana dashboards (infra/grafana/, one per flow) are importable as they are and name
-only metrics that exist: ours (jobs/metrics.py), the Flink reporter's that jobs/metrics.py
-declares, and the recording rules of infra/prometheus/rules. Renaming a metric fails here.
+"""The Grafana dashboards (infra/grafana/, one per flow, and energy) are importable as they
+are and name only metrics that exist: ours (jobs/metrics.py), the Flink reporter's that
+jobs/metrics.py declares, and the recording rules of infra/prometheus/rules. Renaming a metric
+fails here.
 Their queries run against a live Prometheus in tests/integration/test_monitoring.py."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from jobs.metrics import (
 )
 from udfs.config import PROJECT_ROOT
 
-FLOWS = ("ingest", "job", "trading", "lake")
+FLOWS = ("ingest", "job", "trading", "lake", "energy")
 RULES = PROJECT_ROOT / "infra" / "prometheus" / "rules" / "bookstream.rules.yml"
 
 
