@@ -4,6 +4,13 @@
 SHELL := /bin/bash
 BS := .venv/bin/bookstream
 PYTEST := .venv/bin/pytest
+# integration modules run on this many workers, one module per worker at a time (every module
+# has topics, ports and state of its own; the services are shared); 0 = one after the other.
+# The modules whose faults are timed against a heartbeat, a leader election, an alert or a
+# browser (cluster, broker failover, monitoring, live) run after them, alone.
+IT_WORKERS ?= 2
+IT_ALONE := tests/integration/test_cluster.py tests/integration/test_broker_failover.py \
+	tests/integration/test_monitoring.py tests/integration/test_live.py
 # `make up KAFKA_BROKERS=3`: three KRaft nodes (kafka.brokers; bookstream.toml for a lasting choice)
 ifdef KAFKA_BROKERS
 export BOOKSTREAM_KAFKA_BROKERS := $(KAFKA_BROKERS)
@@ -49,16 +56,18 @@ demo: up            ## the whole pipeline on the shipped sample; JSON summary on
 check: lint types    ## the fast lane (~1 min on an idle 2-core machine once installed; no services, no root): lint, types, unit tests but the slow ones, on every core
 	$(PYTEST) -q -p no:cacheprovider -n auto -m "not slow" tests/unit
 
-test: install-dev up lint types  ## every test, each once: the fast unit lane (fails early), integration (real broker, real Flink; one at a time: they share the services), then the slow unit tests (on every core)
+test: install-dev up lint types  ## every test, each once: the fast unit lane (fails early), integration (real broker, real Flink; IT_WORKERS modules at a time, then IT_ALONE's alone), then the slow unit tests (on every core)
 	$(PYTEST) -q -p no:cacheprovider -n auto -m "not slow" tests/unit
-	$(PYTEST) -q -p no:cacheprovider tests/integration
+	$(PYTEST) -q -p no:cacheprovider -n $(IT_WORKERS) --dist loadfile $(addprefix --ignore=,$(IT_ALONE)) tests/integration
+	$(PYTEST) -q -p no:cacheprovider $(IT_ALONE)
 	$(PYTEST) -q -p no:cacheprovider -n auto -m slow tests/unit
 
 test-unit: install-python-dev  ## every unit test (slow ones too), no services
 	$(PYTEST) -q -p no:cacheprovider -n auto tests/unit
 
 test-integration: install-dev up
-	$(PYTEST) -q -p no:cacheprovider tests/integration
+	$(PYTEST) -q -p no:cacheprovider -n $(IT_WORKERS) --dist loadfile $(addprefix --ignore=,$(IT_ALONE)) tests/integration
+	$(PYTEST) -q -p no:cacheprovider $(IT_ALONE)
 
 bench: up           ## throughput and memory figures with ratios (not a test)
 	bash infra/install.sh --bench --python-only
