@@ -35,6 +35,7 @@ from udfs.schema import (
     ConfigRecord,
     Control,
     DeadLetter,
+    DriftRow,
     ExecReport,
     L2Event,
     Order,
@@ -211,6 +212,7 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
     feature_fields = _feature_fields(depth_levels)
     stats_fields = tuple(_dataclass_fields(StatsRow))
     quality_fields = tuple(_dataclass_fields(QualityRow))
+    drift_fields = tuple(_dataclass_fields(DriftRow))
     return (
         Stream(
             "events",
@@ -265,6 +267,14 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
             quality_fields,
             _json_decoder(quality_fields, _required(QualityRow)),
             lambda r: r["minute_start"],
+        ),
+        # the stream job's drift rows; `bookstream model drift` writes its own model_drift
+        Stream(
+            "drift",
+            "drift",
+            drift_fields,
+            _json_decoder(drift_fields, _required(DriftRow)),
+            lambda r: r["window_to_ns"],
         ),
     )
 

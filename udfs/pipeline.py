@@ -51,6 +51,7 @@ from udfs.schema import (
     Kind,
     L2Event,
     Order,
+    DriftRow,
     QualityRow,
     Reason,
     SchemaError,
@@ -111,6 +112,8 @@ class ProcessResult:
     """orders and heartbeats for the orders topic"""
     quality: list[QualityRow] = field(default_factory=list)
     """rows of the instrument's minutes closed by this record (``udfs.market.quality``)"""
+    drift: list[DriftRow] = field(default_factory=list)
+    """the live model's drift rows of the windows this record closed (``udfs.strategy.drift``)"""
     feature_ns: int = 0
     """wall clock when this record's features were computed (0: none), for the latency trace"""
 
@@ -272,6 +275,7 @@ def process_record(
         result.features.clear()
         result.signals.clear()
         result.orders.clear()
+        result.drift.clear()
         result.dead_letters.clear()
         refuse(Reason.UNPROCESSABLE, f"{type(exc).__name__}: {exc}", ev.ts_event)
         return state, result
@@ -313,6 +317,9 @@ def _process_decoded(
         row["ts_proc"] = result.feature_ns = time.time_ns()
         if trader is not None:
             result.signals, result.orders = trader.on_features(state.trading, row, ev)
+            if trader.drift is not None:
+                watermark = state.max_ts_event - out_of_orderness_ms * 1_000_000
+                result.drift = trader.on_drift(state.trading, row, watermark)
         result.features.append(row)
     # counted last: a step that raised above leaves the record to the dead-letter count
     state.events_in += 1
