@@ -48,10 +48,10 @@ from udfs.market.features import FeatureState, on_event
 from udfs.market.quality import MINUTE_NS, QualityState, close_before, observe
 from udfs.schema import (
     DeadLetter,
+    DriftRow,
     Kind,
     L2Event,
     Order,
-    DriftRow,
     QualityRow,
     Reason,
     SchemaError,

@@ -152,9 +152,7 @@ class DriftMonitor:
 
     def _rows(self, window: DriftWindow, instrument: str) -> list[DriftRow]:
         out = []
-        for feature, ref, counts in zip(
-            self.features, self.references, window.counts, strict=True
-        ):
+        for feature, ref, counts in zip(self.features, self.references, window.counts, strict=True):
             value = psi_of_counts(ref, counts)
             known = value == value
             out.append(
