@@ -5,9 +5,9 @@ ends depends on a size bound, a timer, watermarks and checkpoint barriers, i.e. 
 the same records (the shipped sample, both instruments, plus refused records: malformed, wrong
 key, late) go through :class:`jobs.stream_job.StreamJobFunction` cut into batches of 1, 7 and
 1,000 records and at random flush points; features, signals, orders, dead letters, quality,
-drift and stats must be byte-identical per topic and instrument (wall-clock fields aside), every record
-stamped with its event's exchange time, and every value the text the stdlib's JSON encoder
-writes for it (the job's encoders are faster ways to the same bytes).
+drift and stats must be byte-identical per topic and instrument (wall-clock fields aside), every
+record stamped with its event's exchange time, and every value the text the stdlib's JSON
+encoder writes for it (the job's encoders are faster ways to the same bytes).
 
 No JVM: keyed state, context and timers are fakes (dicts); the Java batcher's batch format is
 written by :func:`jobs.stream_job.encode_batch`, the inverse of the parser the function uses.
