@@ -7,7 +7,8 @@ of each feature of the training rows), or a reference window of the lake (``--re
 / ``--reference-to``) for a model without one. Every check appends one row per feature to the
 lake table ``model_drift`` (the window, the reference, the PSI, the threshold, ``alert``):
 the alert record analysts and the report can query (``SELECT * FROM bookstream.model_drift
-WHERE alert``).
+WHERE alert``). ``--instrument`` restricts the window to one instrument: over a stream drift
+row's window (``udfs/strategy/drift.py``, lake table ``drift``) it gives the row's PSI.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ Per record, in this order:
    late and duplicate events). A minute's row is emitted in :attr:`ProcessResult.quality` once
    the instrument's watermark (step 3) has passed its end, so no record that is not late can
    still land in it and a replay emits the same rows; the job flushes the open minutes at the
-   end of input (:func:`udfs.market.quality.flush`).
+   end of input (:func:`udfs.market.quality.flush`);
+7. with a trader: signals and orders (``udfs.strategy.trading``), and the live model's drift
+   rows (``udfs.strategy.drift``) of the windows the instrument's watermark has closed.
 
 Every record read ends up either processed or dead-lettered, never both and never neither:
 ``events_in == events_processed + dead_lettered`` holds per instrument. That includes a record

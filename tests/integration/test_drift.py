@@ -121,5 +121,6 @@ def test_the_stream_jobs_drift_rows_are_the_lake_commands_psi(demo_history) -> N
         assert set(check["instrument"].to_pylist()) == {instrument}
         for row in check.to_pylist():
             mine = per_feature[row["feature"]]
-            assert mine["psi"] == row["psi"], (instrument, start, row["feature"])
-            assert (mine["threshold"], mine["alert"]) == (row["threshold"], row["alert"])
+            why = (instrument, start, end, mine, row)
+            assert mine["psi"] == row["psi"], why
+            assert (mine["threshold"], mine["alert"]) == (row["threshold"], row["alert"]), why

@@ -107,7 +107,7 @@ class DriftMonitor:
         )
 
     def on_row(
-        self, window: DriftWindow, instrument: str, row: Mapping[str, Any], watermark: int
+        self, window: DriftWindow, instrument: str, row: dict[str, Any], watermark: int
     ) -> list[DriftRow]:
         """Count feature ``row`` in ``window`` (or hold it for the next one); the drift rows of
         every window the instrument's ``watermark`` (exchange time, ns) has closed."""
