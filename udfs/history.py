@@ -150,6 +150,7 @@ def _json_decoder(
     integers = {n for n, t in fields if pa.types.is_integer(t)}
     floats = {n for n, t in fields if pa.types.is_floating(t)}
     strings = {n for n, t in fields if pa.types.is_string(t)}
+    booleans = {n for n, t in fields if pa.types.is_boolean(t)}
 
     def to_row(raw: bytes) -> dict[str, Any]:
         try:
@@ -175,6 +176,8 @@ def _json_decoder(
                     raise SchemaError(name, f"expected a finite number, got {value!r}")
                 if name in strings and not isinstance(value, str):
                     raise SchemaError(name, f"expected a string, got {value!r}")
+                if name in booleans and type(value) is not bool:
+                    raise SchemaError(name, f"expected true or false, got {value!r}")
             row[name] = value
         return row
 
