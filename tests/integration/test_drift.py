@@ -117,8 +117,14 @@ def test_the_stream_jobs_drift_rows_are_the_lake_commands_psi(demo_history) -> N
         assert lake["rows"] == per_feature[live["features"][0]]["rows"] >= every
         stored = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.{DRIFT_TABLE}").scan()
         table = stored.to_arrow()
-        check = table.filter(pc.field("checked_at_ns") == pc.max(table["checked_at_ns"]).as_py())
-        assert set(check["instrument"].to_pylist()) == {instrument}
+        # this check's rows: its instrument and window (not the newest wall-clock stamp: a
+        # clock step would pick another check's)
+        check = table.filter(
+            (pc.field("instrument") == instrument)
+            & (pc.field("window_from_ns") == start)
+            & (pc.field("window_to_ns") == end)
+        )
+        assert check.num_rows == len(per_feature)
         for row in check.to_pylist():
             mine = per_feature[row["feature"]]
             why = (instrument, start, end, mine, row)
