@@ -36,6 +36,7 @@ from udfs.config import Config
 from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
 from udfs.pipeline import RecordSource, process_record
 from udfs.schema import L2Event, Signal, decode_dead_letter, decode_record, encode_event
+from udfs.strategy.registry import canary_routed
 from udfs.strategy.trading import Trader
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -44,6 +45,7 @@ WAIT_S = 300  # the shared machine can be slow; a stuck job still fails
 
 
 MALFORMED = b'{"v":1,"kind":'
+CANARY_SHARE = 0.2
 
 
 def _produce(cfg: Config, events: list[L2Event], malformed_after: int | None = None) -> None:
@@ -208,8 +210,10 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
     said = (tmp_path / "refused.log").read_text()
     assert "refused" in said and "--restore-latest" in said and group in said
 
-    # the shadow v2 becomes the canary, then live, while the job is down
-    run_cli(["model", "canary", "book_lr_v2", "--share", "0.5"], env)
+    # the shadow v2 becomes the canary, then live, while the job is down (at this share the
+    # canary alone would not trade AAPL: only the promotion makes v2 trade it)
+    assert not canary_routed(events[0].instrument, CANARY_SHARE)
+    run_cli(["model", "canary", "book_lr_v2", "--share", str(CANARY_SHARE)], env)
     promoted, _, _ = run_cli(["model", "promote", "book_lr_v2"], env)
     assert (promoted["live"], promoted["canary"]) == ("book_lr_v2", "book_lr_v1")
 
@@ -251,6 +255,8 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
     # part) on, the signals are the pure pipeline's under the promoted registry, and each
     # model's equal the uninterrupted run's (v1 live throughout): no model lost its state
     after_cfg = config_for(env)
+    live = Trader.load(after_cfg).model
+    assert live is not None and live.name == "book_lr_v2"
     before_cfg = replace(
         after_cfg, strategy=replace(after_cfg.strategy, registry_path=str(tmp_path / "none.json"))
     )
