@@ -510,7 +510,7 @@ def _model_drift(args: argparse.Namespace, cfg: Config, reg: Any) -> int:
         if not (args.reference_from and args.reference_to):
             raise UsageError("give both --reference-from and --reference-to")
         reference = (parse_time(args.reference_from), parse_time(args.reference_to))
-    summary = check_drift(cfg, name, start, end, reference)
+    summary = check_drift(cfg, name, start, end, reference, args.instrument)
     _emit(summary)
     return 1 if summary["alert"] else 0
 
@@ -1147,6 +1147,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with drift: a lake window as the reference (models without a drift_reference)",
     )
     p.add_argument("--reference-to", metavar="T", help="with drift: its end, exclusive")
+    p.add_argument(
+        "--instrument",
+        help="with drift: this instrument's rows only (a stream drift row's window)",
+    )
     return parser
 
 

@@ -7,7 +7,8 @@ of each feature of the training rows), or a reference window of the lake (``--re
 / ``--reference-to``) for a model without one. Every check appends one row per feature to the
 lake table ``model_drift`` (the window, the reference, the PSI, the threshold, ``alert``):
 the alert record analysts and the report can query (``SELECT * FROM bookstream.model_drift
-WHERE alert``).
+WHERE alert``). ``--instrument`` restricts the window to one instrument: over a stream drift
+row's window (``udfs/strategy/drift.py``, lake table ``drift``) it gives the row's PSI.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from typing import Any
 
 import pyarrow as pa
-from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+from pyiceberg.expressions import And, EqualTo, GreaterThanOrEqual, LessThan
 
 from jobs.lake import open_catalog
 from udfs.config import PROJECT_ROOT, Config
@@ -40,17 +41,24 @@ _SCHEMA = pa.schema(
         pa.field("window_from_ns", pa.int64(), nullable=False),
         pa.field("window_to_ns", pa.int64(), nullable=False),
         pa.field("reference", pa.string(), nullable=False),
+        pa.field("instrument", pa.string()),
     ]
 )
+"""``instrument``: the one instrument checked (null: all of them); added after the table's
+first version, a table without it gets it on the next check."""
 
 
 class DriftError(ValueError):
     """A drift check that cannot run (no model card, no reference, no rows in the window)."""
 
 
-def _rows(cfg: Config, start_ns: int, end_ns: int) -> list[dict[str, Any]]:
+def _rows(
+    cfg: Config, start_ns: int, end_ns: int, instrument: str | None = None
+) -> list[dict[str, Any]]:
     table = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.features")
     window = And(GreaterThanOrEqual("ts_event", start_ns), LessThan("ts_event", end_ns))
+    if instrument is not None:
+        window = And(window, EqualTo("instrument", instrument))
     return table.scan(row_filter=window).to_arrow().sort_by("ts_event").to_pylist()
 
 
@@ -65,19 +73,22 @@ def check_drift(
     start_ns: int,
     end_ns: int,
     reference_window: tuple[int, int] | None = None,
+    instrument: str | None = None,
 ) -> dict[str, Any]:
-    """PSI per feature of ``model`` (``models/<model>.json``) over ``[start_ns, end_ns)``; the
-    rows appended to ``model_drift``; the summary (``alert``: any feature above the bound)."""
+    """PSI per feature of ``model`` (``models/<model>.json``) over ``[start_ns, end_ns)`` (of
+    ``instrument`` only when given: a stream drift row's window); the rows appended to
+    ``model_drift``; the summary (``alert``: any feature above the bound)."""
     card_path = PROJECT_ROOT / "models" / f"{model}.json"
     if not card_path.is_file():
         raise DriftError(f"no model card {card_path}")
     card = json.loads(card_path.read_text())
     features = list(card["features"])
-    rows = _rows(cfg, start_ns, end_ns)
+    rows = _rows(cfg, start_ns, end_ns, instrument)
     if not rows:
-        raise DriftError(f"no feature rows in the lake in [{start_ns}, {end_ns})")
+        of = f" of {instrument}" if instrument is not None else ""
+        raise DriftError(f"no feature rows{of} in the lake in [{start_ns}, {end_ns})")
     if reference_window is not None:
-        ref_rows = _rows(cfg, *reference_window)
+        ref_rows = _rows(cfg, *reference_window, instrument)
         if not ref_rows:
             raise DriftError(f"no feature rows in the reference window {reference_window}")
         refs = {
@@ -112,6 +123,7 @@ def check_drift(
                 "window_from_ns": start_ns,
                 "window_to_ns": end_ns,
                 "reference": source,
+                "instrument": instrument,
             }
             for f, v in values.items()
         ],
@@ -119,10 +131,14 @@ def check_drift(
     )
     catalog = open_catalog(cfg)
     table = catalog.create_table_if_not_exists(f"{cfg.lake.namespace}.{DRIFT_TABLE}", _SCHEMA)
+    if "instrument" not in table.schema().column_names:  # a table of the first version
+        with table.update_schema() as update:
+            update.union_by_name(_SCHEMA)
     table.append(record)
     alerts = sorted(f for f, v in values.items() if v > bound)
     return {
         "model": model,
+        "instrument": instrument,
         "rows": len(rows),
         "reference": source,
         "psi": {f: round(v, 6) for f, v in values.items()},

@@ -7,7 +7,7 @@ history table of ``udfs/history.py`` is exposed under the name a ClickHouse user
 * database ``bookstream``, one table per stream: ``bookstream.events``, ``bookstream.features``,
   ``bookstream.dead_letters``, ``bookstream.stats``, ``bookstream.signals``,
   ``bookstream.orders``, ``bookstream.executions``, ``bookstream.control``, ``bookstream.risk``,
-  ``bookstream.quality``;
+  ``bookstream.quality``, ``bookstream.drift`` (the stream job's drift rows);
 * each is ``CREATE TABLE bookstream.<t> ENGINE = IcebergLocal('<table dir>') SETTINGS
   iceberg_metadata_file_path = '<the catalog's current metadata file>'``: the Parquet files are
   read in place, and the snapshot read is the one the catalog says is current (not "the newest

@@ -1,6 +1,6 @@
 """Flink job: L2 events (Kafka) -> book in keyed state -> features (Kafka), bad input to the
 dead-letter topic, per-instrument counters to the stats topic, data-quality rows to the quality
-topic, and (trading) signals and orders.
+topic, and (trading) signals, orders and the live model's feature drift.
 
     events topic --(Kafka source, EventDeserializer.java: key=instrument, partition, offset;
     event time = record timestamp = exchange time, bounded out-of-orderness watermarks that one
@@ -13,7 +13,8 @@ topic, and (trading) signals and orders.
     --> RoutedSplitter.java --> one Kafka sink, RoutedSerializer.java choosing per record:
         features / dead letters (malformed, late, gap, crossed ... + reason) / stats (event-time
         timer: counters per instrument and minute) / quality (udfs.market.quality) / signals /
-        orders; every record stamped with the exchange time of the event that produced it
+        orders / drift (udfs.strategy.drift); every record stamped with the exchange time of the
+        event that produced it
 
 Why this shape (measured by ``make bench``'s ablation ladder): PyFlink's thread mode makes one
 synchronous Java-to-Python call per record and per yielded row, and each side output adds a
@@ -89,13 +90,15 @@ registered one, whatever the watermark did before: the per-minute stats timers o
 have fired long before the end (another instrument's newer exchange times move the watermark)."""
 
 
-ROUTES = ("features", "dead_letter", "stats", "quality", "signals", "orders")
+ROUTES = ("features", "dead_letter", "stats", "quality", "signals", "orders", "drift")
 """Output topics of the job, by route number: the Java sink (RoutedSerializer.java) sends a
 routed record to ``topics[route]``."""
-(FEATURES, DEAD_LETTER, STATS, QUALITY, SIGNALS, ORDERS) = (str(i) for i in range(len(ROUTES)))
+(FEATURES, DEAD_LETTER, STATS, QUALITY, SIGNALS, ORDERS, DRIFT) = (
+    str(i) for i in range(len(ROUTES))
+)
 FIELD = "\x1f"
 """Separates the fields of a routed record: route, key, timestamp (ms), hops, value."""
-TRADING_ROUTES = frozenset({"signals", "orders"})
+TRADING_ROUTES = frozenset({"signals", "orders", "drift"})
 """Routes only the trading stage writes."""
 SINK_NAME_PREFIX = "kafka-sink:"
 """Name of the Kafka sink operator: this prefix and the topics it writes, comma-separated
@@ -279,6 +282,7 @@ class StreamJobFunction(KeyedProcessFunction):
                 or result.orders
                 or result.dead_letters
                 or result.quality
+                or result.drift
             ):
                 continue  # most records: nothing to write
             for row in result.features:
@@ -298,6 +302,8 @@ class StreamJobFunction(KeyedProcessFunction):
                 out.append(routed(DEAD_LETTER, key, ts, dead.to_json()))
             for quality_row in result.quality:
                 out.append(routed(QUALITY, key, ts, encode_row(quality_row)))
+            for drift_row in result.drift:
+                out.append(routed(DRIFT, key, ts, encode_row(drift_row)))
             if state is None and result.dead_letters:
                 # a refused record of a key that has no book yet: still count it
                 stats = encode_row(StatsRow(instrument=key, unkeyed_dead=1))

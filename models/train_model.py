@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from anywhere
 from udfs.config import FeatureConfig, StrategyConfig  # noqa: E402
 from udfs.market.adapters.sources import Source  # noqa: E402
 from udfs.pipeline import RecordSource, process_record  # noqa: E402
+from udfs.research.drift import reference_of  # noqa: E402
 from udfs.schema import encode_event  # noqa: E402
 from udfs.strategy.model import DERIVED, feature_vector  # noqa: E402
 
@@ -261,6 +262,37 @@ def window(pairs: list[tuple[dict, int]]) -> dict[str, Any]:
     }
 
 
+def drift_reference(x: np.ndarray, features: tuple[str, ...]) -> dict[str, Any]:
+    """The deciles of each feature of the training rows (``udfs.research.drift``): what
+    ``bookstream model drift`` and the stream job's drift rows compare a live window with."""
+    return {f: reference_of([float(v) for v in x[:, j]]).to_json() for j, f in enumerate(features)}
+
+
+def add_drift_references(source: Source, out: Path, horizon: int = HORIZON) -> list[str]:
+    """Write the ``drift_reference`` of each model's training rows into its card in ``out``,
+    before ``software`` (where :func:`train_all` puts it), without refitting: a card written
+    before the key existed gets it, its model file stays as it is. Returns the cards written."""
+    labelled = label_rows(feature_rows(source), horizon)
+    written = []
+    for spec in MODELS:
+        path = out / f"{spec.name}.json"
+        card = json.loads(path.read_text())
+        if card["features"] != list(spec.features):
+            raise SystemExit(f"{path}: features {card['features']} are not {spec.features}")
+        x, _y = design(labelled, spec.features)
+        reference = drift_reference(x, spec.features)
+        updated: dict[str, Any] = {}
+        for key, value in card.items():
+            if key == "software":
+                updated["drift_reference"] = reference
+            if key != "drift_reference":
+                updated[key] = value
+        updated.setdefault("drift_reference", reference)
+        path.write_text(json.dumps(updated, indent=2) + "\n")
+        written.append(str(path))
+    return written
+
+
 def train_all(source: Source, out: Path, horizon: int = HORIZON) -> list[dict[str, Any]]:
     """Train and write every model of :data:`MODELS`; returns their metadata."""
     import onnx
@@ -332,6 +364,7 @@ def train_all(source: Source, out: Path, horizon: int = HORIZON) -> list[dict[st
                     "test": metrics(holdout_clf, x_te, y_te),
                 },
             },
+            "drift_reference": drift_reference(x, spec.features),
             "software": {
                 "scikit-learn": sklearn.__version__,
                 "skl2onnx": skl2onnx.__version__,
@@ -368,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="one Binance capture, its files in order (repeatable)",
     )
+    ap.add_argument(
+        "--drift-reference-only",
+        action="store_true",
+        help="only add each model's drift_reference to its card in --out (no refit)",
+    )
     args = ap.parse_args(argv)
     if args.lobster or args.binance:
         source = Source(
@@ -377,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         source = Source.sample()
     source.check_files()
+    if args.drift_reference_only:
+        for path in add_drift_references(source, args.out, args.horizon):
+            print(f"{path}: drift_reference written")
+        return 0
     for meta in train_all(source, args.out, args.horizon):
         tr, te = meta["metrics"]["train"], meta["metrics"]["holdout"]["test"]
         print(

@@ -424,6 +424,9 @@ class TopicsConfig:
     quality: str = "bookstream.quality.v1"
     """Data-quality counters per instrument and exchange-time minute (gaps, re-syncs, crossed or
     locked books, stale feed, out-of-order, late and duplicate events)."""
+    drift: str = "bookstream.drift.v1"
+    """The live model's feature drift per instrument and window (PSI per feature against its
+    training distribution, ``alert`` above ``strategy.drift_psi_alert``), key = instrument."""
     config: str = "bookstream.config.v1"
     """Each process's effective configuration when it starts (hash + non-secret settings), key =
     process: the audit trail of configuration changes."""
@@ -498,6 +501,12 @@ class TopicsConfig:
             ),
             TopicSpec(
                 name=self.quality,
+                partitions=1,
+                retention_ms=self.retention_ms,
+                retention_bytes=self.retention_bytes,
+            ),
+            TopicSpec(
+                name=self.drift,
                 partitions=1,
                 retention_ms=self.retention_ms,
                 retention_bytes=self.retention_bytes,
@@ -755,7 +764,13 @@ class StrategyConfig:
     (at share 0) until the model registry records a change."""
     drift_psi_alert: float = field(default=0.25, metadata=_range(0.0, lo_open=True))
     """``bookstream model drift``: a feature whose population stability index against the
-    model's training distribution is above this is an alert (0.25: a significant shift)."""
+    model's training distribution is above this is an alert (0.25: a significant shift); the
+    stream job's drift rows (``drift_every_rows``) flag an alert with the same bound."""
+    drift_every_rows: int = field(default=1000, metadata=_range(0))
+    """The stream job's drift window (:mod:`udfs.strategy.drift`): per instrument, the live
+    model's input features of this many feature rows (more when rows arrive out of exchange-time
+    order) make one window, whose PSI per feature against the model card's
+    ``drift_reference`` goes to the drift topic; 0: no drift rows."""
     registry_path: str = ""
     """The model registry (:mod:`udfs.strategy.registry`: live model, canary and its share),
     changed by ``bookstream model``; empty: ``<state>/models/registry.json``."""

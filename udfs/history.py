@@ -35,6 +35,7 @@ from udfs.schema import (
     ConfigRecord,
     Control,
     DeadLetter,
+    DriftRow,
     ExecReport,
     L2Event,
     Order,
@@ -149,6 +150,7 @@ def _json_decoder(
     integers = {n for n, t in fields if pa.types.is_integer(t)}
     floats = {n for n, t in fields if pa.types.is_floating(t)}
     strings = {n for n, t in fields if pa.types.is_string(t)}
+    booleans = {n for n, t in fields if pa.types.is_boolean(t)}
 
     def to_row(raw: bytes) -> dict[str, Any]:
         try:
@@ -174,6 +176,8 @@ def _json_decoder(
                     raise SchemaError(name, f"expected a finite number, got {value!r}")
                 if name in strings and not isinstance(value, str):
                     raise SchemaError(name, f"expected a string, got {value!r}")
+                if name in booleans and type(value) is not bool:
+                    raise SchemaError(name, f"expected true or false, got {value!r}")
             row[name] = value
         return row
 
@@ -211,6 +215,7 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
     feature_fields = _feature_fields(depth_levels)
     stats_fields = tuple(_dataclass_fields(StatsRow))
     quality_fields = tuple(_dataclass_fields(QualityRow))
+    drift_fields = tuple(_dataclass_fields(DriftRow))
     return (
         Stream(
             "events",
@@ -265,6 +270,14 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
             quality_fields,
             _json_decoder(quality_fields, _required(QualityRow)),
             lambda r: r["minute_start"],
+        ),
+        # the stream job's drift rows; `bookstream model drift` writes its own model_drift
+        Stream(
+            "drift",
+            "drift",
+            drift_fields,
+            _json_decoder(drift_fields, _required(DriftRow)),
+            lambda r: r["window_to_ns"],
         ),
     )
 

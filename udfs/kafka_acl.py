@@ -48,7 +48,16 @@ _READS: dict[Role, tuple[str, ...] | Literal["all"]] = {
 }
 _WRITES: dict[Role, tuple[str, ...]] = {
     "publisher": ("events", "dead_letter", "config"),
-    "job": ("features", "dead_letter", "stats", "quality", "signals", "orders", "config"),
+    "job": (
+        "features",
+        "dead_letter",
+        "stats",
+        "quality",
+        "signals",
+        "orders",
+        "drift",
+        "config",
+    ),
     # executions are the sink's alone; control: its own kill trips
     "exec-sink": ("executions", "risk", "control", "config"),
     "history-sink": ("dead_letter", "config"),

@@ -26,7 +26,9 @@ Per record, in this order:
    late and duplicate events). A minute's row is emitted in :attr:`ProcessResult.quality` once
    the instrument's watermark (step 3) has passed its end, so no record that is not late can
    still land in it and a replay emits the same rows; the job flushes the open minutes at the
-   end of input (:func:`udfs.market.quality.flush`).
+   end of input (:func:`udfs.market.quality.flush`);
+7. with a trader: signals and orders (``udfs.strategy.trading``), and the live model's drift
+   rows (``udfs.strategy.drift``) of the windows the instrument's watermark has closed.
 
 Every record read ends up either processed or dead-lettered, never both and never neither:
 ``events_in == events_processed + dead_lettered`` holds per instrument. That includes a record
@@ -48,6 +50,7 @@ from udfs.market.features import FeatureState, on_event
 from udfs.market.quality import MINUTE_NS, QualityState, close_before, observe
 from udfs.schema import (
     DeadLetter,
+    DriftRow,
     Kind,
     L2Event,
     Order,
@@ -111,6 +114,8 @@ class ProcessResult:
     """orders and heartbeats for the orders topic"""
     quality: list[QualityRow] = field(default_factory=list)
     """rows of the instrument's minutes closed by this record (``udfs.market.quality``)"""
+    drift: list[DriftRow] = field(default_factory=list)
+    """the live model's drift rows of the windows this record closed (``udfs.strategy.drift``)"""
     feature_ns: int = 0
     """wall clock when this record's features were computed (0: none), for the latency trace"""
 
@@ -272,6 +277,7 @@ def process_record(
         result.features.clear()
         result.signals.clear()
         result.orders.clear()
+        result.drift.clear()
         result.dead_letters.clear()
         refuse(Reason.UNPROCESSABLE, f"{type(exc).__name__}: {exc}", ev.ts_event)
         return state, result
@@ -313,6 +319,9 @@ def _process_decoded(
         row["ts_proc"] = result.feature_ns = time.time_ns()
         if trader is not None:
             result.signals, result.orders = trader.on_features(state.trading, row, ev)
+            if trader.drift is not None:
+                watermark = state.max_ts_event - out_of_orderness_ms * 1_000_000
+                result.drift = trader.on_drift(state.trading, row, watermark)
         result.features.append(row)
     # counted last: a step that raised above leaves the record to the dead-letter count
     state.events_in += 1

@@ -863,14 +863,42 @@ class QualityRow:
     v: int = QUALITY_VERSION
 
 
-def encode_row(row: StatsRow | QualityRow) -> str:
+DRIFT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriftRow:
+    """The population stability index of one input feature of the live model over one window
+    of an instrument's feature rows, against the model card's training deciles
+    (``udfs.strategy.drift``); the stream's counterpart of a ``bookstream model drift`` row.
+    ``alert``: ``psi`` above ``threshold`` (``strategy.drift_psi_alert``): the alert record."""
+
+    instrument: str
+    model: str
+    model_version: str
+    feature: str
+    psi: float | None
+    """None: no value of the feature in the window (every one NaN)"""
+    threshold: float
+    alert: bool
+    rows: int
+    """feature rows in the window"""
+    window_from_ns: int
+    """exchange time, inclusive: the lake command over ``[window_from_ns, window_to_ns)`` and
+    this instrument reads exactly the window's rows"""
+    window_to_ns: int
+    """exchange time, exclusive"""
+    v: int = DRIFT_VERSION
+
+
+def encode_row(row: StatsRow | QualityRow | DriftRow) -> str:
     """A row as one JSON object, fields in declaration order, ``None`` fields left out."""
     return compact_json(
         {f: v for f in row.__dataclass_fields__ if (v := getattr(row, f)) is not None}
     )
 
 
-_Row = TypeVar("_Row", StatsRow, QualityRow)
+_Row = TypeVar("_Row", StatsRow, QualityRow, DriftRow)
 
 
 def decode_row(cls: type[_Row], raw: bytes | str) -> _Row:

@@ -10,12 +10,20 @@ checkpoint: same book, the slice computed again (identical rows), and the union 
 features equal to what the pure pipeline computes over the whole sample. The history sink then
 stores every topic, and the lake's SQL counts each feature row, dead letter and quality minute
 once.
+
+While it is down, the canary (``book_lr_v2``, scored as a shadow by the first run) is promoted
+with ``bookstream model canary`` + ``promote``: the restored job trades it, and every signal it
+emits equals the one the pure pipeline computes from the checkpoint's state under the promoted
+registry (each model continues from its own state, kept by name; v2 now traded, v1 recorded
+only), and its orders and drift rows are v2's.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,7 +35,9 @@ from jobs.stream_job import checkpoint_dir, latest_checkpoint
 from udfs.config import Config
 from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
 from udfs.pipeline import RecordSource, process_record
-from udfs.schema import L2Event, decode_dead_letter, encode_event
+from udfs.schema import L2Event, Signal, decode_dead_letter, decode_record, encode_event
+from udfs.strategy.registry import canary_routed
+from udfs.strategy.trading import Trader
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -35,6 +45,7 @@ WAIT_S = 300  # the shared machine can be slow; a stuck job still fails
 
 
 MALFORMED = b'{"v":1,"kind":'
+CANARY_SHARE = 0.2
 
 
 def _produce(cfg: Config, events: list[L2Event], malformed_after: int | None = None) -> None:
@@ -65,6 +76,36 @@ def _expected_features(cfg: Config, events: list[L2Event]) -> list[dict]:
         assert not res.dead_letters
         rows += res.features
     return rows
+
+
+def _trading_run(
+    cfg: Config, events: list[L2Event], state=None
+) -> tuple[object, list[Signal], list]:
+    """The pure pipeline with the trader of ``cfg``'s registry: state, signals, drift rows."""
+    trader = Trader.load(cfg)
+    signals: list[Signal] = []
+    drift: list = []
+    for ev in events:
+        state, res = process_record(
+            state,
+            ev.instrument,
+            encode_event(ev),
+            RecordSource(cfg.topics.events, 0, 0),
+            cfg.features,
+            cfg.flink.out_of_orderness_ms,
+            trader,
+        )
+        signals += res.signals
+        drift += res.drift
+    return state, signals, drift
+
+
+def _model_keys(signals: list[Signal]) -> list[tuple]:
+    return sorted(
+        (s.ts_event, s.seq, s.strategy, s.direction, s.score)
+        for s in signals
+        if s.strategy.startswith("onnx:")
+    )
 
 
 def _without_ts_proc(row: dict) -> dict:
@@ -110,6 +151,8 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
         BOOKSTREAM_FLINK_CHECKPOINT_DIR=str(ckpt_dir),
         BOOKSTREAM_FLINK_CHECKPOINT_INTERVAL_MS="20000",
         BOOKSTREAM_LAKE_ROOT=str(tmp_path / "lake"),
+        BOOKSTREAM_STRATEGY_REGISTRY_PATH=str(tmp_path / "registry.json"),
+        BOOKSTREAM_STRATEGY_DRIFT_EVERY_ROWS="150",
     )
     group = f"it-restore-{cfg.topics.events}"
     events = list(Source(lobster=[SAMPLE_LOBSTER]).events())
@@ -157,12 +200,22 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
     )
     first_run_end = end_offsets(cfg, cfg.topics.features)
     first_run = read_json(cfg, cfg.topics.features)
+    first_signals_end = end_offsets(cfg, cfg.topics.signals)
+    first_orders_end = end_offsets(cfg, cfg.topics.orders)
+    first_drift_end = end_offsets(cfg, cfg.topics.drift)
 
     # without its state the job would build the rest from an empty book: refused, with the fix
     refused = start_job(["stream-job", "--group-id", group], env, tmp_path / "refused.log")
     assert refused.wait(timeout=120) == 2
     said = (tmp_path / "refused.log").read_text()
     assert "refused" in said and "--restore-latest" in said and group in said
+
+    # the shadow v2 becomes the canary, then live, while the job is down (at this share the
+    # canary alone would not trade AAPL: only the promotion makes v2 trade it)
+    assert not canary_routed(events[0].instrument, CANARY_SHARE)
+    run_cli(["model", "canary", "book_lr_v2", "--share", str(CANARY_SHARE)], env)
+    promoted, _, _ = run_cli(["model", "promote", "book_lr_v2"], env)
+    assert (promoted["live"], promoted["canary"]) == ("book_lr_v2", "book_lr_v1")
 
     _produce(cfg, rest)
     proc = start_job(["stream-job", "--group-id", group, "--restore-latest"], env, log2)
@@ -197,6 +250,41 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
     dead = read_topic(cfg, cfg.topics.dead_letter)
     assert len(dead) == 2  # the malformed record, refused by both runs
     assert {decode_dead_letter(d.value).raw for d in dead} == {MALFORMED.decode()}
+
+    # the promotion took effect on the restored state: from the checkpoint (after the first
+    # part) on, the signals are the pure pipeline's under the promoted registry, and each
+    # model's equal the uninterrupted run's (v1 live throughout): no model lost its state
+    after_cfg = config_for(env)
+    live = Trader.load(after_cfg).model
+    assert live is not None and live.name == "book_lr_v2"
+    before_cfg = replace(
+        after_cfg, strategy=replace(after_cfg.strategy, registry_path=str(tmp_path / "none.json"))
+    )
+    state, first_signals, first_drift = _trading_run(before_cfg, first)
+    _, rest_signals, _ = _trading_run(before_cfg, extra + rest, copy.deepcopy(state))
+    _, promoted_signals, promoted_drift = _trading_run(after_cfg, extra + rest, state)
+    restored_signals = [
+        decode_record(Signal, r.value)
+        for r in read_topic(cfg, cfg.topics.signals, from_offsets=first_signals_end)
+    ]
+    assert restored_signals == promoted_signals
+    assert _model_keys(promoted_signals) == _model_keys(rest_signals)
+    by_model = {
+        s.strategy: {x.traded for x in restored_signals if x.strategy == s.strategy}
+        for s in restored_signals
+    }
+    assert by_model["onnx:book_lr_v2"] == {True} and by_model["onnx:book_lr_v1"] == {False}
+    first_models = {s.strategy: s.traded for s in first_signals if s.strategy.startswith("onnx:")}
+    assert first_models == {"onnx:book_lr_v1": True, "onnx:book_lr_v2": False}
+    new_orders = [
+        o
+        for o in read_json(cfg, cfg.topics.orders, from_offsets=first_orders_end)
+        if o["action"] == "new"
+    ]
+    assert new_orders and {o["strategy"] for o in new_orders} == {"onnx:book_lr_v2"}
+    drift_after = read_json(cfg, cfg.topics.drift, from_offsets=first_drift_end)
+    assert first_drift and promoted_drift and drift_after
+    assert {d["model"] for d in drift_after} == {"book_lr_v2"}
 
     # downstream: the lake holds the duplicates, its SQL counts each once
     run_cli(["history-sink", "--bounded"], env)

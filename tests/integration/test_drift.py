@@ -1,6 +1,7 @@
 """``bookstream model drift`` on the demo's lake (``demo_history``): the population stability
 index of the live model's features between two windows of the stream, recorded in the lake's
-``model_drift`` table, an alert (exit 1) above ``strategy.drift_psi_alert``."""
+``model_drift`` table, an alert (exit 1) above ``strategy.drift_psi_alert``; and the stream
+job's own drift rows (lake table ``drift``) equal to the command's over the same windows."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from it_helpers import BOOKSTREAM
 
 from jobs.drift import DRIFT_TABLE, check_drift
 from jobs.lake import open_catalog
+from jobs.sql import query_rows
 from udfs.config import PROJECT_ROOT
 from udfs.research.drift import psi, reference_of
 from udfs.strategy.model import feature_vector
@@ -86,3 +88,45 @@ def test_drift_between_two_windows_is_recorded_and_alerts(demo_history) -> None:
     assert last.num_rows == len(features) and set(last["threshold"].to_pylist()) == {bound}
     flagged = last.filter(pc.field("alert")).column("feature").to_pylist()
     assert sorted(flagged) == alerted["drifted"]
+
+
+def test_the_stream_jobs_drift_rows_are_the_lake_commands_psi(demo_history) -> None:
+    """The demo's stream job wrote the live model's drift rows (drift topic -> history sink ->
+    lake table ``drift``, read here with ClickHouse SQL as an analyst would); ``bookstream model
+    drift`` over each row's window and instrument stores the same PSI per feature, bit for bit,
+    and the same alert under the same threshold setting."""
+    cfg = demo_history.cfg
+    stream = query_rows(
+        cfg,
+        "SELECT instrument, model, model_version, feature, psi, threshold, alert, rows, "
+        "window_from_ns, window_to_ns FROM bookstream.drift "
+        "ORDER BY instrument, window_from_ns, feature",
+    )
+    live = json.loads((PROJECT_ROOT / "models" / f"{MODEL}.json").read_text())
+    windows: dict[tuple, dict[str, dict]] = {}
+    for r in stream:
+        windows.setdefault(
+            (r["instrument"], r["model"], r["window_from_ns"], r["window_to_ns"]), {}
+        )[r["feature"]] = r
+    assert windows, "the demo's stream job wrote no drift rows"
+    every = cfg.strategy.drift_every_rows
+    for (instrument, model, start, end), per_feature in windows.items():
+        assert model == MODEL and set(per_feature) == set(live["features"])
+        assert {r["model_version"] for r in per_feature.values()} == {str(live["version"])}
+        lake = check_drift(cfg, model, start, end, instrument=instrument)
+        assert lake["rows"] == per_feature[live["features"][0]]["rows"] >= every
+        stored = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.{DRIFT_TABLE}").scan()
+        table = stored.to_arrow()
+        # this check's rows: its instrument and window (not the newest wall-clock stamp: a
+        # clock step would pick another check's)
+        check = table.filter(
+            (pc.field("instrument") == instrument)
+            & (pc.field("window_from_ns") == start)
+            & (pc.field("window_to_ns") == end)
+        )
+        assert check.num_rows == len(per_feature)
+        for row in check.to_pylist():
+            mine = per_feature[row["feature"]]
+            why = (instrument, start, end, mine, row)
+            assert mine["psi"] == row["psi"], why
+            assert (mine["threshold"], mine["alert"]) == (row["threshold"], row["alert"]), why

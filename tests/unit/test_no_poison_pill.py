@@ -428,6 +428,18 @@ _TABLE_TEMPLATES = {
     "config": TEMPLATES[ConfigRecord],
     "stats": {"instrument": "AAPL.XNAS", "watermark_ms": 60_000, "events_in": 3},
     "quality": {"instrument": "AAPL.XNAS", "minute_start": 60_000_000_000, "events": 3},
+    "drift": {
+        "instrument": "AAPL.XNAS",
+        "model": "book_lr_v1",
+        "model_version": "1",
+        "feature": "imbalance_1",
+        "psi": 0.3,
+        "threshold": 0.25,
+        "alert": True,
+        "rows": 1000,
+        "window_from_ns": 1,
+        "window_to_ns": 2,
+    },
     "features": {"instrument": "AAPL.XNAS", "ts_event": 1, "seq": 2, "spread": 100, "mid": 1.5},
 }
 

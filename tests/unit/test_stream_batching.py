@@ -4,10 +4,10 @@ MicroBatcher.java hands all queued records of one instrument to one Python call;
 ends depends on a size bound, a timer, watermarks and checkpoint barriers, i.e. on timing. Here
 the same records (the shipped sample, both instruments, plus refused records: malformed, wrong
 key, late) go through :class:`jobs.stream_job.StreamJobFunction` cut into batches of 1, 7 and
-1,000 records and at random flush points; features, signals, orders, dead letters, quality and
-stats must be byte-identical per topic and instrument (wall-clock fields aside), every record
-stamped with its event's exchange time, and every value the text the stdlib's JSON encoder
-writes for it (the job's encoders are faster ways to the same bytes).
+1,000 records and at random flush points; features, signals, orders, dead letters, quality,
+drift and stats must be byte-identical per topic and instrument (wall-clock fields aside), every
+record stamped with its event's exchange time, and every value the text the stdlib's JSON
+encoder writes for it (the job's encoders are faster ways to the same bytes).
 
 No JVM: keyed state, context and timers are fakes (dicts); the Java batcher's batch format is
 written by :func:`jobs.stream_job.encode_batch`, the inverse of the parser the function uses.
@@ -44,6 +44,10 @@ from jobs.stream_job import (
     parse_batch,
 )
 from udfs.strategy.trading import Trader
+
+CONFIG = replace(Config(), strategy=replace(Config().strategy, drift_every_rows=150))
+"""Small drift windows: the live model's drift rows (udfs.strategy.drift) close several times
+per instrument in these records, across batches and restores."""
 
 WALL_CLOCK_FIELDS = ("ts_proc", "ts_dead")
 """Set from the wall clock when a row is made: the only fields allowed to differ."""
@@ -139,7 +143,7 @@ WALL_CLOCK = re.compile(r'("(?:' + "|".join(WALL_CLOCK_FIELDS) + r')":)\d+')
 def _run(records: list[Raw], size: int, rng: random.Random | None = None) -> dict:
     """Every routed record out, per (route, key) in order: its timestamp and its value's exact
     text with the wall-clock fields' values set to 0."""
-    cfg = Config()
+    cfg = CONFIG
     rt = _Runtime()
     fn = StreamJobFunction(cfg, Trader.load(cfg), snapshot_every=500)
     fn.open(rt)

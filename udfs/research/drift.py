@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["FLOOR", "DriftReference", "psi", "reference_of"]
+__all__ = ["FLOOR", "DriftReference", "bin_of", "psi", "psi_of_counts", "reference_of"]
 
 FLOOR = 1e-4
 """A bin's share is never taken below this: ln(0) would make one empty bin infinite."""
@@ -37,12 +37,21 @@ class DriftReference:
         return cls(tuple(map(float, raw["edges"])), tuple(map(float, raw["proportions"])))
 
 
-def _shares(edges: Sequence[float], values: Sequence[float]) -> list[float]:
+def bin_of(edges: Sequence[float], value: float) -> int:
+    """The bin of ``value``: 0 below ``edges[0]``, ``len(edges)`` at or above ``edges[-1]``."""
+    return bisect.bisect_right(edges, value)
+
+
+def _counts(edges: Sequence[float], values: Sequence[float]) -> list[int]:
     counts = [0] * (len(edges) + 1)
     for v in values:
-        counts[bisect.bisect_right(edges, v)] += 1
+        counts[bin_of(edges, v)] += 1
+    return counts
+
+
+def _shares(edges: Sequence[float], values: Sequence[float]) -> list[float]:
     n = max(len(values), 1)
-    return [c / n for c in counts]
+    return [c / n for c in _counts(edges, values)]
 
 
 def reference_of(values: Sequence[float], bins: int = 10) -> DriftReference:
@@ -59,9 +68,17 @@ def reference_of(values: Sequence[float], bins: int = 10) -> DriftReference:
 def psi(reference: DriftReference, values: Sequence[float]) -> float:
     """The PSI of ``values`` against ``reference`` (NaN dropped; NaN when nothing is left)."""
     clean = [v for v in values if not math.isnan(v)]
-    if not clean:
+    return psi_of_counts(reference, _counts(reference.edges, clean))
+
+
+def psi_of_counts(reference: DriftReference, counts: Sequence[int]) -> float:
+    """The PSI of a window given as its count per bin of ``reference`` (:func:`bin_of`): what
+    the stream job keeps instead of the values (NaN when the window is empty). The same
+    arithmetic as :func:`psi`, so both give the same float for the same values."""
+    n = sum(counts)
+    if not n:
         return math.nan
-    actual = _shares(reference.edges, clean)
+    actual = [c / n for c in counts]
     total = 0.0
     for e, a in zip(reference.proportions, actual, strict=True):
         e, a = max(e, FLOOR), max(a, FLOOR)

@@ -41,7 +41,17 @@ from dataclasses import dataclass, field, replace
 
 from udfs.config import PROJECT_ROOT, Config
 from udfs.latency import LatencyModel
-from udfs.schema import TRADE_KINDS, L2Event, Order, OrderAction, OrderSide, OrderType, Signal
+from udfs.schema import (
+    TRADE_KINDS,
+    DriftRow,
+    L2Event,
+    Order,
+    OrderAction,
+    OrderSide,
+    OrderType,
+    Signal,
+)
+from udfs.strategy.drift import DriftMonitor, DriftWindow
 from udfs.strategy.model import ModelState, OnnxModel, model_signal
 from udfs.strategy.orders import PovSlicer, orders_for_target, twap_children
 from udfs.strategy.registry import Registry, canary_routed
@@ -79,6 +89,8 @@ class TradingState:
     """the POV parent being worked, released against the instrument's trades"""
     feed_rng: random.Random | None = None
     """seeded stream of feed-latency draws (when a recorded distribution is configured)"""
+    drift: DriftWindow = field(default_factory=DriftWindow)
+    """the live model's open drift window (``udfs.strategy.drift``)"""
 
 
 def heartbeat(instrument: str, ts_event: int, seq: int) -> Order:
@@ -131,6 +143,14 @@ class Trader:
         self.canary_share = canary_share
         self.signal_ns = 0
         """wall clock of the last traded signal (the orders' latency trace, udfs.latency)"""
+        self.drift = (
+            None
+            if model is None
+            else DriftMonitor.of_model(
+                model.metadata, cfg.strategy.drift_every_rows, cfg.strategy.drift_psi_alert
+            )
+        )
+        """the live model's drift windows (None: off, or its card has no drift_reference)"""
 
     @staticmethod
     def load(cfg: Config) -> Trader:
@@ -168,6 +188,17 @@ class Trader:
                 seeded[self.shadow.name] = state.shadow
             state.models = seeded
             return seeded
+
+    def on_drift(self, state: TradingState, row: dict, watermark: int) -> list[DriftRow]:
+        """The drift rows of the live model's windows that feature ``row`` and the
+        instrument's ``watermark`` (exchange time, ns) close (``udfs.strategy.drift``)."""
+        if self.drift is None:
+            return []
+        try:
+            window = state.drift
+        except AttributeError:  # a snapshot from before drift windows: a first window
+            window = state.drift = DriftWindow()
+        return self.drift.on_row(window, row["instrument"], row, watermark)
 
     def feed_latency(self, state: TradingState, instrument: str) -> int:
         """Exchange -> decision latency, ns: the constant, or a draw from the recorded
