@@ -138,9 +138,12 @@ def cmd_training_set(args: argparse.Namespace) -> int:
         mode="event_time" if args.event_time else "as_known_at",
         step_ms=args.step_ms,
         views=tuple(args.view) if args.view else TrainingSetRequest.views,
+        chunk_s=TrainingSetRequest.chunk_s if args.chunk_s is None else args.chunk_s,
     )
+    started = time.perf_counter()
     summary = build_training_set(load_config(), request, args.out)
-    _emit({k: v for k, v in summary.items() if k != "feature_views"})
+    seconds = round(time.perf_counter() - started, 3)  # printed only: the file has no clock
+    _emit({**{k: v for k, v in summary.items() if k != "feature_views"}, "seconds": seconds})
     return 0
 
 
@@ -732,6 +735,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--event-time", action="store_true", help="join on exchange time (look-ahead, to compare)"
     )
     p.add_argument("--step-ms", type=int, default=1000, help="entity grid step (default 1000)")
+    p.add_argument(
+        "--chunk-s",
+        type=int,
+        default=None,
+        help="join the entity rows per this many seconds of event time, each chunk with only "
+        "the feature rows it can use (default: TrainingSetRequest.chunk_s, 600; 0: one "
+        "get_historical_features call for the whole window, memory grows with entity rows x "
+        "feature rows); the same bytes either way",
+    )
     p.add_argument(
         "--view",
         action="append",

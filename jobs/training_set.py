@@ -15,12 +15,23 @@
    row's availability time (``ts_avail``: exchange time + modelled feed and processing
    latency), ``--event-time`` through the same views with the source's timestamp set to the
    exchange time (the lake's ``event_time``);
-4. Feast's file (dask) store drops an entity row whose instrument has rows but none inside
+4. in chunks of ``--chunk-s`` of event time (default 600 s; 0: one call for the whole window
+   through ``FeatureStore.get_historical_features``): Feast's file (dask) store merges every
+   entity row with every feature row of its instrument before it filters by TTL
+   (``feast/infra/offline_stores/dask.py``: ``_merge`` then ``_filter_ttl``), so one call
+   over the full LOBSTER day asked for 52 GiB. A chunk's call sees the chunk's entity rows and
+   a Parquet file of only the feature rows it can join, those with the view's timestamp in
+   ``[first entity time - TTL, last entity time]`` (a copy of the registered view whose file
+   source points there; the provider's ``get_historical_features``, the call the store makes
+   itself), so memory is bounded by the chunk and time grows linearly with the window. The
+   chunks' rows are concatenated in order: the result is the one-shot join's, byte for byte
+   (tested on the sample);
+5. Feast's file (dask) store drops an entity row whose instrument has rows but none inside
    the view's TTL before the entity's time (and with it that row's other views, in a call
    of several): each view is retrieved on its own and the results are joined back onto the
    entity rows here, so every entity row is in the output, with nulls where a view had no
    value, and those are counted per view (``missing``);
-5. the Parquet file: the entity columns (``instrument``, ``event_timestamp``,
+6. the Parquet file: the entity columns (``instrument``, ``event_timestamp``,
    ``entity_ts_ns``), then ``<view>__<feature>`` columns, sorted by instrument and time;
    its schema metadata ``bookstream.training_set`` holds the request, the lake table and
    snapshot id, each view's Feast version number and spec hash, TTL and join timestamp, and
@@ -34,6 +45,8 @@ import copy
 import hashlib
 import json
 import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,12 +104,18 @@ class TrainingSetRequest:
     mode: Mode = "as_known_at"
     step_ms: int = 1000
     views: tuple[str, ...] = DEFAULT_VIEWS
+    chunk_s: int = 600
+    """entity rows are joined per ``chunk_s`` of event time (0: the whole window in one
+    ``get_historical_features`` call). Not part of the result: any chunking gives the same
+    bytes, so it is not in the file's metadata."""
 
     def __post_init__(self) -> None:
         if self.end_ns <= self.start_ns:
             raise TrainingSetError(f"--to ({self.end_ns}) must be after --from ({self.start_ns})")
         if self.step_ms < 1:
             raise TrainingSetError(f"--step-ms must be >= 1, got {self.step_ms}")
+        if self.chunk_s < 0:
+            raise TrainingSetError(f"--chunk-s must be >= 0 (0: one call), got {self.chunk_s}")
         if self.mode not in _TIMESTAMP:
             raise TrainingSetError(f"mode {self.mode!r}: as_known_at or event_time")
 
@@ -143,16 +162,30 @@ def _retrieve(
     entities: pd.DataFrame,
     mode: Mode,
 ) -> pd.DataFrame:
+    """One call for all ``entities`` (``--chunk-s 0``)."""
     if mode == "as_known_at":
         # the registered view: its source's timestamp is the availability time
         return store.get_historical_features(
             entity_df=entities, features=refs, full_feature_names=True
         ).to_df()
     # the same view and join, on the exchange time of the same lake snapshot
+    event_time_view = _view_on(view, offline_event_time_path(cfg), mode)
+    return _provider_retrieve(store, event_time_view, refs, entities)
+
+
+def _view_on(view: FeatureView, path: Path, mode: Mode) -> FeatureView:
+    """A copy of ``view`` whose file source reads ``path`` keyed on the mode's timestamp."""
     view = copy.deepcopy(view)
     source = _file_source(view)
-    source.timestamp_field = "event_time"
-    source.file_options.uri = str(offline_event_time_path(cfg))
+    source.timestamp_field = _TIMESTAMP[mode]
+    source.file_options.uri = str(path)
+    return view
+
+
+def _provider_retrieve(
+    store: FeatureStore, view: FeatureView, refs: list[str], entities: pd.DataFrame
+) -> pd.DataFrame:
+    # what FeatureStore.get_historical_features calls once it has the registered views
     job = store._get_provider().get_historical_features(
         config=store.config,
         feature_views=[view],
@@ -163,6 +196,56 @@ def _retrieve(
         full_feature_names=True,
     )
     return job.to_df()
+
+
+def _chunks(entities: pd.DataFrame, chunk_s: int) -> Iterator[pd.DataFrame]:
+    """The entity rows by ``chunk_s`` of event time (aligned to multiples since the epoch),
+    in time order; each chunk keeps the rows' order (instrument, time)."""
+    chunk_ns = chunk_s * 1_000_000_000
+    key = entities["entity_ts_ns"] // chunk_ns
+    for _, part in entities.groupby(key, sort=True):
+        yield part
+
+
+def _retrieve_chunked(
+    store: FeatureStore,
+    view: FeatureView,
+    refs: list[str],
+    entities: pd.DataFrame,
+    offline: pa.Table,
+    request: TrainingSetRequest,
+    scratch: Path,
+) -> pd.DataFrame:
+    """Step 4 of the module doc: per chunk, the view's feature rows that the chunk's entity
+    rows can join (timestamp in ``[first - TTL, last]``) into a file of their own, one
+    retrieval on it; the chunks' results in order."""
+    mode, ts_column = request.mode, _TIMESTAMP[request.mode]
+    columns = ["instrument", ts_column, *(f.name for f in view.features)]
+    rows = offline.select(columns)
+    ts_us = rows[ts_column].cast(pa.int64())
+    ttl_us = int(view.ttl.total_seconds() * 1_000_000) if view.ttl else 0
+    path = scratch / f"{view.name}.parquet"
+    chunk_view = _view_on(view, path, mode)
+    parts = []
+    for chunk in _chunks(entities, request.chunk_s):
+        # Feast keeps microseconds: floor keeps every row the join can take at both ends
+        first_us = int(chunk["entity_ts_ns"].min()) // 1000
+        last_us = int(chunk["entity_ts_ns"].max()) // 1000
+        mask = pc.less_equal(ts_us, last_us)
+        if ttl_us:  # no TTL: every row up to the chunk's last time can be joined
+            mask = pc.and_(mask, pc.greater_equal(ts_us, first_us - ttl_us))
+        part_rows = rows.filter(mask)
+        # an instrument without rows here has no value in this chunk: Feast's left merge would
+        # give it a NaN row, and a NaN turns an integer column into float
+        present = set(pc.unique(part_rows["instrument"]).to_pylist())
+        chunk = chunk[chunk["instrument"].isin(present)]
+        if chunk.empty:
+            continue
+        pq.write_table(part_rows, path)
+        parts.append(_provider_retrieve(store, chunk_view, refs, chunk))
+    if not parts:
+        return pd.DataFrame(columns=["instrument", "entity_ts_ns"])
+    return pd.concat(parts, ignore_index=True)
 
 
 def _file_source(view: FeatureView) -> FileSource:
@@ -213,17 +296,30 @@ def build_training_set(
         for f in v.features
         if str(f.dtype) in ("Int64", "Int32", "UnixTimestamp")
     }
+    offline_rows = None
+    if request.chunk_s:
+        path = snapshot["parquet" if request.mode == "as_known_at" else "parquet_event_time"]
+        offline_rows = pq.read_table(path)
     # one retrieval per view: the file store drops an entity row that has no value inside a
     # view's TTL, and with several views in one call that row's other views went with it
     full = entities
+    cfg.feast_dir.mkdir(parents=True, exist_ok=True)
     for view in views:
         refs = [f"{view.name}:{f.name}" for f in view.features]
         names = [f"{view.name}__{f.name}" for f in view.features]
-        joined = _retrieve(store, cfg, view, refs, entities, request.mode)
+        if offline_rows is None:
+            joined = _retrieve(store, cfg, view, refs, entities, request.mode)
+        else:
+            with tempfile.TemporaryDirectory(prefix="chunks.", dir=cfg.feast_dir) as scratch:
+                joined = _retrieve_chunked(
+                    store, view, refs, entities, offline_rows, request, Path(scratch)
+                )
         for name in names:
+            if name not in joined.columns:  # no chunk had a value: all missing
+                joined[name] = pd.Series(dtype="Int64" if name in int_columns else "float64")
             # a NaN would have made pandas turn the column into float (ns times lose digits)
             if name in int_columns:
-                if joined[name].dtype.kind != "i":
+                if joined[name].dtype.kind not in "iu" and str(joined[name].dtype) != "Int64":
                     raise TrainingSetError(f"{name} came back as {joined[name].dtype}")
                 joined[name] = joined[name].astype("Int64")  # nullable: the join back keeps ints
         # every entity row, whether Feast returned it or not (step 4 of the module doc)

@@ -5,8 +5,9 @@ the demo's lake (``demo_history``) with conftest's applied repository (``feast_r
 Every value of every entity row is checked against a brute-force join on the lake's
 ``features`` table at the recorded snapshot: as known at the entity row's time, no feature
 row whose availability time is after it; rows with no value inside a view's TTL are kept and
-counted; the same request gives the same bytes; the exchange-time join differs exactly where
-it uses a row that was not yet available."""
+counted; the same request gives the same bytes, whether joined in one call or in event-time
+chunks; the exchange-time join differs exactly where it uses a row that was not yet
+available."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from jobs.lake import open_catalog
 from jobs.training_set import TrainingSetRequest, build_training_set, parse_time, read_metadata
 
 FROM, TO, STEP_MS = "2012-06-21T13:30:00", "2012-06-21T13:31:00", 100
+CHUNK_S = 7
+"""9 chunks over the minute, none aligned with the minute's ends; the 200 ms TTL view
+(``recent_mid``) and the 10 min ones see chunk edges inside and outside their TTL"""
 VIEWS = ("book_features", "window_features", "recent_mid")
 
 
@@ -30,6 +34,9 @@ VIEWS = ("book_features", "window_features", "recent_mid")
 class Built:
     as_known_at: Path
     again: Path
+    """the same request in process, in one ``get_historical_features`` call (``chunk_s=0``)"""
+    chunked: Path
+    """the same request in process, in chunks of ``CHUNK_S``"""
     event_time: Path
     lake: dict[str, list[dict[str, Any]]]
     """the lake's feature rows at the recorded snapshot, per instrument, in stream order"""
@@ -48,10 +55,15 @@ def built(feast_repo, tmp_path_factory) -> Built:
     )
     assert summary["mode"] == "as_known_at" and summary["rows"] > 0, summary
     store = open_store(feast_repo.cfg)
-    for mode, name in (("as_known_at", "b"), ("event_time", "c")):
+    for mode, name, chunk_s in (
+        ("as_known_at", "b", 0),
+        ("as_known_at", "d", CHUNK_S),
+        ("event_time", "c", CHUNK_S),
+    ):
         request = TrainingSetRequest(
-            parse_time(FROM), parse_time(TO), mode=mode, step_ms=STEP_MS, views=VIEWS
-        )
+            parse_time(FROM), parse_time(TO), mode=mode, step_ms=STEP_MS, views=VIEWS,
+            chunk_s=chunk_s,
+        )  # fmt: skip
         build_training_set(feast_repo.cfg, request, out / f"{name}.parquet", store)
     cfg = feast_repo.cfg
     table = open_catalog(cfg).load_table(f"{cfg.lake.namespace}.features")
@@ -63,7 +75,10 @@ def built(feast_repo, tmp_path_factory) -> Built:
     lake: dict[str, list[dict[str, Any]]] = {}
     for row in rows.to_pylist():
         lake.setdefault(row["instrument"], []).append(row)
-    return Built(out / "a.parquet", out / "b.parquet", out / "c.parquet", lake, snapshot_id)
+    return Built(
+        out / "a.parquet", out / "b.parquet", out / "d.parquet", out / "c.parquet", lake,
+        snapshot_id,
+    )  # fmt: skip
 
 
 def _brute(rows: list[dict], t_ns: int, ttl_ns: int, mode: str) -> dict | None:
@@ -138,6 +153,12 @@ def test_as_known_at_uses_no_value_from_after_the_cut_off(built: Built) -> None:
 def test_the_same_request_gives_the_same_bytes(built: Built) -> None:
     # one from the CLI, one in process: same lake snapshot, same request
     assert built.as_known_at.read_bytes() == built.again.read_bytes()
+
+
+def test_chunked_build_equals_the_one_call_build(built: Built) -> None:
+    # 9 event-time chunks, each joined on only the feature rows it can use, concatenated:
+    # the bytes of one get_historical_features call over the whole minute
+    assert built.chunked.read_bytes() == built.again.read_bytes()
 
 
 def test_event_time_joins_rows_not_yet_available(built: Built) -> None:
