@@ -944,13 +944,14 @@ def _feast_apply(cfg: Config, repo: Path) -> None:
 
 
 def _feast_training_set(base: Config, run: str, day: list[tuple[Path, Path]], work: Path) -> dict:
-    """The day through the live path into the lake, then the training set's build time."""
+    """The day through the live path into the lake, then ``bookstream features training-set``
+    over its whole span in a process of its own: its build time and peak RSS (``wait4``)."""
     import pyarrow.parquet as pq
 
     from jobs.demo import run_demo
-    from jobs.feast_store import export_offline, open_store
+    from jobs.feast_store import export_offline
     from jobs.kafka_io import delete_topics
-    from jobs.training_set import TrainingSetRequest, build_training_set
+    from jobs.training_set import TrainingSetRequest
     from udfs.market.adapters.sources import Source
 
     cfg = base.for_run(f"{run}.day")
@@ -958,22 +959,38 @@ def _feast_training_set(base: Config, run: str, day: list[tuple[Path, Path]], wo
         live = run_demo(cfg, Source(lobster=day), progress=False)
     finally:
         delete_topics(cfg, [spec.name for spec in cfg.topics.specs()])
-    store = open_store(cfg)
     t = time.perf_counter()
     snap = export_offline(cfg)
     export_s = time.perf_counter() - t
     ts = pq.read_table(snap["parquet"], columns=["ts_event"])["ts_event"].to_numpy()
-    request = TrainingSetRequest(start_ns=int(ts.min()), end_ns=int(ts.max()) + 1, step_ms=1000)
+    start_ns, end_ns = int(ts.min()), int(ts.max()) + 1
+    argv = [sys.executable, "-m", "jobs.cli", "features", "training-set", "--from",
+            str(start_ns), "--to", str(end_ns), "--step-ms", "1000",
+            "--out", str(work / "train.parquet")]  # fmt: skip
+    work.mkdir(parents=True, exist_ok=True)
+    said_path, complaint_path = work / "training_set.out", work / "training_set.err"
     t = time.perf_counter()
-    summary = build_training_set(cfg, request, work / "train.parquet", store=store)
-    build_s = time.perf_counter() - t
+    with said_path.open("w") as said_file, complaint_path.open("w") as complaint_file:
+        # files, not pipes: wait4 reaps the child itself (its own peak RSS, not a sum)
+        child = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=said_file, stderr=complaint_file)
+        _pid, status, usage = os.wait4(child.pid, 0)
+    wall_s = time.perf_counter() - t
+    child.returncode = os.waitstatus_to_exitcode(status)
+    said, complaint = said_path.read_text(), complaint_path.read_text()
+    if child.returncode != 0 or not said.strip():
+        raise RuntimeError(f"training-set failed ({child.returncode}):\n{complaint[-4000:]}")
+    summary = json.loads(said.strip().splitlines()[-1])
     return {
         "events": live["published"],
         "feature_rows": snap["rows"],
-        "entity_rows": summary.get("rows"),
+        "entity_rows": summary["rows"],
         "export_s": export_s,
-        "build_s": build_s,
-        "span_s": (request.end_ns - request.start_ns) / 1e9,
+        "build_s": summary["seconds"],
+        "wall_s": wall_s,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # kB on Linux
+        "chunk_s": TrainingSetRequest.chunk_s,
+        "missing": summary["missing"],
+        "span_s": (end_ns - start_ns) / 1e9,
     }
 
 
@@ -1640,7 +1657,8 @@ def _feast_bench(cfg: Config, run: str, day_lines: int, rate: float, seconds: fl
     print(
         f"  training set        {ts['entity_rows']:>10,} entity rows over {ts['span_s']:,.0f} s, "
         f"{ts['feature_rows']:,} feature rows: {ts['build_s']:.1f} s (incl. lake export "
-        f"{ts['export_s']:.1f} s)"
+        f"{ts['export_s']:.1f} s; {ts['wall_s']:.1f} s with the process start), peak RSS "
+        f"{ts['peak_rss_mb']:,.0f} MB, {ts['chunk_s']} s chunks"
     )
     fresh, follow = push["freshness_ms"], push["follow"]
     print(
