@@ -52,6 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -207,6 +208,20 @@ def _chunks(entities: pd.DataFrame, chunk_s: int) -> Iterator[pd.DataFrame]:
         yield part
 
 
+def _candidates(ts_us: np.ndarray, entity_us: np.ndarray, ttl_us: int) -> np.ndarray:
+    """Of one instrument's feature rows (``ts_us`` sorted, no equal times: the export keeps
+    the last of equal times), the positions of those a point-in-time join can return for
+    entity rows at ``entity_us``: for each entity time ``t`` the newest row at or before
+    ``t``, if it is not older than ``t - ttl``. Every other row loses to a newer one for
+    every entity row of the chunk, so leaving it out changes no result; it only spares
+    Feast's file store the merge with it."""
+    pos = np.searchsorted(ts_us, entity_us, side="right") - 1
+    keep = pos >= 0
+    if ttl_us:
+        keep &= ts_us[np.maximum(pos, 0)] >= entity_us - ttl_us
+    return np.unique(pos[keep])
+
+
 def _retrieve_chunked(
     store: FeatureStore,
     view: FeatureView,
@@ -217,24 +232,34 @@ def _retrieve_chunked(
     scratch: Path,
 ) -> pd.DataFrame:
     """Step 4 of the module doc: per chunk, the view's feature rows that the chunk's entity
-    rows can join (timestamp in ``[first - TTL, last]``) into a file of their own, one
-    retrieval on it; the chunks' results in order."""
+    rows can join (timestamp in ``[first - TTL, last]``, and of those the newest at or before
+    some entity row: :func:`_candidates`) into a file of their own, one retrieval on it; the
+    chunks' results in order."""
     mode, ts_column = request.mode, _TIMESTAMP[request.mode]
     columns = ["instrument", ts_column, *(f.name for f in view.features)]
-    rows = offline.select(columns)
-    ts_us = rows[ts_column].cast(pa.int64())
+    rows = offline.select(columns)  # sorted by instrument and timestamp (the export)
     ttl_us = int(view.ttl.total_seconds() * 1_000_000) if view.ttl else 0
+    instruments = rows["instrument"].to_numpy(zero_copy_only=False)
+    ts_all = rows[ts_column].cast(pa.int64()).to_numpy()
+    spans: dict[str, tuple[int, np.ndarray]] = {}
+    for inst in np.unique(instruments):
+        lo, hi = (
+            np.searchsorted(instruments, inst, "left"),
+            np.searchsorted(instruments, inst, "right"),
+        )
+        spans[str(inst)] = (int(lo), ts_all[lo:hi])
     path = scratch / f"{view.name}.parquet"
     chunk_view = _view_on(view, path, mode)
     parts = []
     for chunk in _chunks(entities, request.chunk_s):
-        # Feast keeps microseconds: floor keeps every row the join can take at both ends
-        first_us = int(chunk["entity_ts_ns"].min()) // 1000
-        last_us = int(chunk["entity_ts_ns"].max()) // 1000
-        mask = pc.less_equal(ts_us, last_us)
-        if ttl_us:  # no TTL: every row up to the chunk's last time can be joined
-            mask = pc.and_(mask, pc.greater_equal(ts_us, first_us - ttl_us))
-        part_rows = rows.filter(mask)
+        picked = []
+        for inst, times in chunk.groupby("instrument", sort=True)["entity_ts_ns"]:
+            if str(inst) not in spans:
+                continue
+            offset, ts_us = spans[str(inst)]
+            # Feast keeps microseconds: the entity times (a ms grid) are whole ones
+            picked.append(offset + _candidates(ts_us, times.to_numpy() // 1000, ttl_us))
+        part_rows = rows.take(np.concatenate(picked)) if picked else rows.slice(0, 0)
         # an instrument without rows here has no value in this chunk: Feast's left merge would
         # give it a NaN row, and a NaN turns an integer column into float
         present = set(pc.unique(part_rows["instrument"]).to_pylist())
