@@ -20,8 +20,9 @@
    entity row with every feature row of its instrument before it filters by TTL
    (``feast/infra/offline_stores/dask.py``: ``_merge`` then ``_filter_ttl``), so one call
    over the full LOBSTER day asked for 52 GiB. A chunk's call sees the chunk's entity rows and
-   a Parquet file of only the feature rows it can join, those with the view's timestamp in
-   ``[first entity time - TTL, last entity time]`` (a copy of the registered view whose file
+   a Parquet file of only the feature rows it can return: timestamp in ``[first entity time -
+   TTL, last entity time]`` and, of those, the newest at or before some entity row of the
+   chunk (:func:`_candidates`) (a copy of the registered view whose file
    source points there; the provider's ``get_historical_features``, the call the store makes
    itself), so memory is bounded by the chunk and time grows linearly with the window. The
    chunks' rows are concatenated in order: the result is the one-shot join's, byte for byte
