@@ -240,6 +240,7 @@ class StreamJobFunction(KeyedProcessFunction):
         max_ahead_ms, future_confirm = self.max_ahead_ms, self.future_confirm
         availability = self.availability
         stats_at = self.stats_timer.get(key, -1)  # on_timer, which moves it, is not called here
+        result = ProcessResult()  # one per batch, emptied per record (routed before the next)
         for partition, offset, ts, read_ns, raw in parse_batch(value):
             state, result = process_record(
                 state,
@@ -253,6 +254,7 @@ class StreamJobFunction(KeyedProcessFunction):
                 max_ahead_ms,
                 future_confirm,
                 availability,
+                result,
             )
             # persist: log the record, or fold everything into a new snapshot
             n += 1

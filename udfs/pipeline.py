@@ -40,7 +40,6 @@ job (restarts would meet it again and again).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from udfs.config import Config, FeatureConfig, FlinkConfig, QualityConfig
@@ -119,6 +118,21 @@ class ProcessResult:
     feature_ns: int = 0
     """wall clock when this record's features were computed (0: none), for the latency trace"""
 
+    def reset(self) -> None:
+        """Empty again, for the next record (the batch loop reuses one result per batch). A
+        list that holds something is replaced, not cleared: the caller may still hold it."""
+        if self.features:
+            self.features = []
+        if self.dead_letters:
+            self.dead_letters = []
+        if self.signals:
+            self.signals = []
+        if self.orders:
+            self.orders = []
+        if self.quality:
+            self.quality = []
+        self.feature_ns = 0
+
 
 @dataclass(frozen=True, slots=True)
 class RecordSource:
@@ -143,6 +157,24 @@ def _dead(
         ts_event=ts_event,
         ts_dead=time.time_ns(),
     )
+
+
+def _refuse(
+    state: InstrumentState | None,
+    result: ProcessResult,
+    src: RecordSource,
+    key: str,
+    raw: bytes | str,
+    code: Reason,
+    reason: str,
+    ts_event: int = 0,
+) -> None:
+    """Dead-letter the record. A record refused before a book exists for its key has no state
+    to count it in (nor an instrument-minute: it is left out of the quality counters too)."""
+    result.dead_letters.append(_dead(src, key, code, reason, raw, ts_event))
+    if state is not None:
+        state.events_in += 1
+        state.dead_lettered += 1
 
 
 def process_event(
@@ -219,20 +251,17 @@ def process_record(
     max_ahead_ms: int = _MAX_AHEAD_MS,
     future_confirm: int = _FUTURE_CONFIRM,
     availability: AvailabilityModel = _AVAILABILITY,
+    result: ProcessResult | None = None,
 ) -> tuple[InstrumentState | None, ProcessResult]:
     """Steps 1-6 for one Kafka record, then the trading stage (``udfs.strategy.trading``) on each
     feature row when a ``trader`` is given. ``state`` is None for a key seen for the first
-    time. Returns the (possibly new) state and what to emit."""
-    result = ProcessResult()
+    time. Returns the (possibly new) state and what to emit: ``result`` when one is given
+    (emptied first: the batch loop reuses one, saving five lists per record), else a new one."""
+    if result is None:
+        result = ProcessResult()
+    else:
+        result.reset()
     stale_after_ms = quality_cfg.stale_after_ms if quality_cfg is not None else _STALE_AFTER_MS
-
-    def refuse(code: Reason, reason: str, ts_event: int = 0) -> None:
-        # a record refused before a book exists for its key has no state to count it in (nor
-        # an instrument-minute: it is left out of the quality counters too)
-        result.dead_letters.append(_dead(src, key, code, reason, raw, ts_event))
-        if state is not None:
-            state.events_in += 1
-            state.dead_lettered += 1
 
     try:
         ev = decode_event(raw)
@@ -244,12 +273,17 @@ def process_record(
             why = str(exc)
         else:
             code, why = Reason.UNPROCESSABLE, f"{type(exc).__name__}: {exc}"
-        refuse(code, why)
+        _refuse(state, result, src, key, raw, code, why)
         if state is not None:  # no trustworthy exchange time: the instrument's current minute
             observe(state.quality, None, code, None, 0)
         return state, result
     if ev.instrument != key:
-        refuse(
+        _refuse(
+            state,
+            result,
+            src,
+            key,
+            raw,
             Reason.KEY_MISMATCH,
             f"instrument: {ev.instrument!r} does not match the Kafka key {key!r}",
             ev.ts_event,
@@ -268,7 +302,9 @@ def process_record(
             trader,
             stale_after_ms,
             result,
-            refuse,
+            src,
+            key,
+            raw,
             max_ahead_ms,
             future_confirm,
             availability,
@@ -279,7 +315,16 @@ def process_record(
         result.orders.clear()
         result.drift.clear()
         result.dead_letters.clear()
-        refuse(Reason.UNPROCESSABLE, f"{type(exc).__name__}: {exc}", ev.ts_event)
+        _refuse(
+            state,
+            result,
+            src,
+            key,
+            raw,
+            Reason.UNPROCESSABLE,
+            f"{type(exc).__name__}: {exc}",
+            ev.ts_event,
+        )
         return state, result
 
 
@@ -291,7 +336,9 @@ def _process_decoded(
     trader: Trader | None,
     stale_after_ms: int,
     result: ProcessResult,
-    refuse: Callable[[Reason, str, int], None],
+    src: RecordSource,
+    key: str,
+    raw: bytes | str,
     max_ahead_ms: int = _MAX_AHEAD_MS,
     future_confirm: int = _FUTURE_CONFIRM,
     availability: AvailabilityModel = _AVAILABILITY,
@@ -310,7 +357,7 @@ def _process_decoded(
         result.quality = close_before(quality, watermark_minute)
         quality.close_at = watermark_minute + MINUTE_NS + bound_ns
     if refusal is not None:
-        refuse(*refusal, ev.ts_event)
+        _refuse(state, result, src, key, raw, *refusal, ev.ts_event)
         return result
     if row is not None:
         # event time the live path could first use the row (deterministic: replay-safe)

@@ -86,6 +86,25 @@ def test_stream_equals_batch_equals_graph_numpy(model, rows):
     assert batch.min() < 0.3 and batch.max() > 0.7
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="onnxruntime's batch kernel (N >= 2 rows) and its single-row kernel differ in the last "
+    "float32 bit on ~15% of the sample's rows (measured: 771 of 5,297 for v1, 875 for v2; 1 ulp, "
+    "no direction changed), so the stream scores row by row: a signal's score is written as it "
+    "is. Strict: if this passes one day, batched scoring (one session.run per batch) is safe.",
+)
+def test_batched_scores_equal_the_streams_row_by_row_scores_bit_for_bit(model, rows):
+    """What scoring a micro-batch's feature rows in one ``session.run`` would need: every
+    score exactly the stream's (:meth:`OnnxModel.score_one`), whatever the batch size."""
+    stream = np.array([model.score_one(r) for r in rows])
+    x = model.matrix(rows)
+    for size in (2, 7, 1000, len(rows)):
+        batched = np.concatenate(
+            [model.score_matrix(x[i : i + size]) for i in range(0, len(x), size)]
+        )
+        assert batched.tobytes() == stream.tobytes(), size
+
+
 @pytest.mark.slow  # retrains on the whole sample
 def test_onnx_equals_sklearn_retrained_identically(model, rows_by_instrument, rows, train_model):
     meta = model.metadata
