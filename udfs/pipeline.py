@@ -131,6 +131,8 @@ class ProcessResult:
             self.orders = []
         if self.quality:
             self.quality = []
+        if self.drift:
+            self.drift = []
         self.feature_ns = 0
 
 

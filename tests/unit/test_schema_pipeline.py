@@ -304,3 +304,25 @@ def test_a_switch_reads_true_and_false_from_the_file_and_the_environment(tmp_pat
     toml.write_text("[kafka]\nport = true\n")  # nor a switch a number
     with pytest.raises(ConfigError, match=r"kafka\.port"):
         load_config(toml, env={})
+
+
+def test_a_reused_result_starts_every_record_empty() -> None:
+    """The batch loop hands ``process_record`` one result per batch: ``reset`` must empty every
+    list field (a new field the reset forgets would be written again after every record), and
+    replace a list rather than clear it (the previous record's caller may still hold it)."""
+    from dataclasses import fields
+
+    from udfs.pipeline import ProcessResult
+
+    result = ProcessResult()
+    lists = [f.name for f in fields(ProcessResult) if isinstance(getattr(result, f.name), list)]
+    assert {"features", "dead_letters", "signals", "orders", "quality", "drift"} <= set(lists)
+    held = {}
+    for name in lists:
+        getattr(result, name).append(name)
+        held[name] = getattr(result, name)
+    result.feature_ns = 7
+    result.reset()
+    assert all(getattr(result, name) == [] for name in lists)
+    assert all(held[name] == [name] for name in lists)  # what a caller held is untouched
+    assert result.feature_ns == 0
