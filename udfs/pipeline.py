@@ -258,7 +258,7 @@ def process_record(
     """Steps 1-6 for one Kafka record, then the trading stage (``udfs.strategy.trading``) on each
     feature row when a ``trader`` is given. ``state`` is None for a key seen for the first
     time. Returns the (possibly new) state and what to emit: ``result`` when one is given
-    (emptied first: the batch loop reuses one, saving five lists per record), else a new one."""
+    (emptied first: the batch loop reuses one, saving its lists per record), else a new one."""
     if result is None:
         result = ProcessResult()
     else:
