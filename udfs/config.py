@@ -129,11 +129,13 @@ class KafkaConfig:
     to the confluent-kafka clients only, ``java.`` to the Java ones only; see
     :func:`librdkafka_properties` / :func:`java_properties` for the names translated between the
     two. Values are secrets as far as bookstream is concerned: never printed or logged."""
-    security: Literal["plaintext", "sasl"] = "plaintext"
-    """The project's own broker (infra/kafka/): ``plaintext`` (no authentication, loopback
-    only), or ``sasl``: SASL_PLAINTEXT on loopback, one generated credential per role
-    (``udfs/kafka_acl.py``) under ``<state>/kafka/credentials/`` (0600), ACLs per role; each
-    process connects as its role (SCRAM-SHA-512; the super user ``admin`` by PLAIN)."""
+    security: Literal["plaintext", "sasl"] = "sasl"
+    """The project's own broker (infra/kafka/): ``sasl`` (the default): SASL_PLAINTEXT on
+    loopback, one generated credential per role (``udfs/kafka_acl.py``) under
+    ``<state>/kafka/credentials/`` (0600), ACLs per role; each process connects as its role
+    (SCRAM-SHA-512; the super user ``admin`` by PLAIN). ``plaintext``: the explicit opt-out, no
+    authentication and no ACL (anyone on the machine may write orders or a kill), loopback
+    only. Changing it needs the broker restarted (``make stop up``)."""
     credentials_dir: str = ""
     """Where the roles' credentials of ``security = "sasl"`` are (``<role>.properties``); empty:
     ``<state>/kafka/credentials``, where the broker's first start generates them. Set it for a

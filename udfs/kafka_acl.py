@@ -15,10 +15,18 @@ from typing import Literal
 
 __all__ = ["ADMIN", "ROLES", "AclEntry", "acl_plan", "principal"]
 
-Role = Literal["admin", "publisher", "job", "exec-sink", "history-sink", "reader"]
+Role = Literal["admin", "publisher", "job", "exec-sink", "history-sink", "reader", "operator"]
 
 ADMIN: Role = "admin"
-ROLES: tuple[Role, ...] = ("admin", "publisher", "job", "exec-sink", "history-sink", "reader")
+ROLES: tuple[Role, ...] = (
+    "admin",
+    "publisher",
+    "job",
+    "exec-sink",
+    "history-sink",
+    "reader",
+    "operator",
+)
 """Each role is one principal (``User:<role>``) with its own generated credential."""
 
 ResourceType = Literal["TOPIC", "GROUP", "TRANSACTIONAL_ID"]
@@ -45,6 +53,7 @@ _READS: dict[Role, tuple[str, ...] | Literal["all"]] = {
     "exec-sink": ("events", "orders", "control"),
     "history-sink": "all",
     "reader": "all",
+    "operator": "all",
 }
 _WRITES: dict[Role, tuple[str, ...]] = {
     "publisher": ("events", "dead_letter", "config"),
@@ -62,6 +71,8 @@ _WRITES: dict[Role, tuple[str, ...]] = {
     "exec-sink": ("executions", "risk", "control", "config"),
     "history-sink": ("dead_letter", "config"),
     "reader": (),
+    # a person at the desk: sees everything, may trip (or resume) the kill switch, nothing else
+    "operator": ("control",),
 }
 # transactional producers: the Flink job's exactly-once sinks and the execution sink
 _TRANSACTIONAL: tuple[Role, ...] = ("job", "exec-sink")

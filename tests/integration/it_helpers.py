@@ -43,6 +43,16 @@ def topic_env(tag: str, **extra: str) -> dict[str, str]:
     return {**topics_env(run_topics), **extra}
 
 
+def state_env(state_dir: Path) -> dict[str, str]:
+    """``BOOKSTREAM_*`` environment of a run with a state directory of its own on the session's
+    broker: its Kafka credentials stay the broker's (``kafka.security = "sasl"``, generated
+    under the session's state by ``make up``)."""
+    return {
+        "BOOKSTREAM_STATE_DIR": str(state_dir),
+        "BOOKSTREAM_KAFKA_CREDENTIALS_DIR": str(load_config().kafka_credentials_dir),
+    }
+
+
 def config_for(env: dict[str, str]) -> Config:
     """The configuration a subprocess started with ``os.environ | env`` would load."""
     return load_config(env={**os.environ, **env})

@@ -2,7 +2,8 @@
 (``infra/kafka/start.sh`` with ``kafka.brokers = 3``, a state directory and free ports of this
 test, so the session's single broker is never touched), every topic with 3 replicas and
 ``min.insync.replicas=2`` from configuration, clients through the bootstrap list and the
-client passthrough. One node is SIGKILLed while the execution sink runs live and the
+client passthrough, authenticated like every client (``kafka.security = "sasl"``: the nodes'
+own credentials, generated on their first start). One node is SIGKILLed while the execution sink runs live and the
 publisher keeps producing, then restarted: nothing is lost, the sink goes on, and its
 transactions survive the failover (the committed executions equal an uninterrupted run's,
 byte for byte, no report twice).
@@ -82,11 +83,10 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         # the passthrough reaches every client: one name for both families, one for each
         "BOOKSTREAM_KAFKA_CLIENT": json.dumps(
             {
-                "security.protocol": "PLAINTEXT",
                 "reconnect.backoff.ms": "100",
                 "librdkafka.socket.nagle.disable": "true",
                 "java.ssl.protocol": "TLSv1.3",
-                # a secret (unused on PLAINTEXT) that must never reach a log
+                # a secret (unused without SSL) that must never reach a log
                 "ssl.key.password": SECRET,
             }
         ),

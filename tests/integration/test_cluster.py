@@ -33,6 +33,7 @@ from it_helpers import (
     config_for,
     read_topic,
     run_cli,
+    state_env,
     topic_env,
     topic_names,
     wait_committed_to_end,
@@ -308,7 +309,7 @@ def _executions(cfg: Config, tmp_path: Path, tag: str) -> dict[str, list[str]]:
     sink_cfg = config_for(
         {
             **topic_env(tag),
-            "BOOKSTREAM_STATE_DIR": str(tmp_path / tag),
+            **state_env(tmp_path / tag),
             "BOOKSTREAM_TOPICS_EVENTS": cfg.topics.events,
             "BOOKSTREAM_TOPICS_ORDERS": cfg.topics.orders,
         }

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from it_helpers import config_for, kill_job, read_topic
+from it_helpers import config_for, kill_job, read_topic, state_env
 
 from jobs.execution_sink import SinkResult, SinkStateError, run_sink
 from jobs.kafka_io import client_config, committed_offsets, end_offsets, make_producer
@@ -127,7 +127,7 @@ def heartbeat(ts: int) -> Order:
 
 
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"BOOKSTREAM_STATE_DIR": str(tmp_path / "state"), **extra}
+    return {**state_env(tmp_path / "state"), **extra}
 
 
 def publish_market(cfg: Config) -> None:

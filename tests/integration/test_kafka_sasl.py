@@ -1,10 +1,9 @@
-"""Kafka with SASL/SCRAM and ACLs (issue 14 §5): a broker started by the project's own script
-with ``kafka.security = "sasl"`` (a state directory and free ports of this test, so the
-session's broker is never touched). Its credentials are generated on the first start (0600,
-never logged); a client without credentials, or with a wrong password, is refused; each role
-may do what udfs/kafka_acl.py allows and nothing else (the Flink job's principal cannot write
-the kill switch; executions are the execution sink's alone); the execution sink runs end to
-end as its own principal.
+"""Kafka with SASL/SCRAM and ACLs (issue 14 §5), the default (``kafka.security = "sasl"``):
+the session's broker, started by ``make up``. Its credentials were generated on the first start
+(0600, never logged); a client without credentials, or with a wrong password, is refused; each
+role may do what udfs/kafka_acl.py allows and nothing else (the Flink job's principal cannot
+write the kill switch; executions are the execution sink's alone; the history sink reads
+everything); the execution sink runs end to end as its own principal.
 """
 
 from __future__ import annotations
@@ -14,18 +13,22 @@ import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
-from it_helpers import config_for
+from it_helpers import config_for, state_env, topic_env, topic_names
 from test_execution_sink import N_ORDERS, orders, produce, publish_market, run
 
-from jobs.bench import free_port_block
-from jobs.kafka_io import client_config, create_topics, end_offsets, set_process_role
-from udfs.config import PROJECT_ROOT, Config, load_config, parse_properties, topics_env
+from jobs.kafka_io import (
+    client_config,
+    create_topics,
+    delete_topics,
+    end_offsets,
+    set_process_role,
+)
+from udfs.config import PROJECT_ROOT, Config, load_config, parse_properties
 from udfs.kafka_acl import ADMIN, ROLES
 from udfs.schema import Control, ControlCommand, encode_record
 
@@ -34,60 +37,47 @@ pytestmark = pytest.mark.integration
 REFUSED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED)
 
 
-@dataclass(frozen=True)
-class SaslBroker:
-    env: dict[str, str]
-    state: Path
-    outputs: list[bytes] = field(default_factory=list)
-    """stdout + stderr of every script run"""
-
-    def script(self, name: str) -> None:
-        proc = subprocess.run(
-            ["bash", str(PROJECT_ROOT / "infra" / "kafka" / name)],
-            env={**os.environ, **self.env},
-            check=True,
-            capture_output=True,
-            timeout=180,
+@pytest.fixture(scope="module")
+def cfg() -> Config:
+    cfg = load_config()
+    if cfg.kafka.security != "sasl":
+        pytest.fail(
+            f"the session's broker runs kafka.security={cfg.kafka.security}: these tests are "
+            "of the default, sasl",
+            pytrace=False,
         )
-        self.outputs.append(proc.stdout + proc.stderr)
+    return cfg
 
-    def passwords(self) -> dict[str, str]:
-        creds = self.state / "kafka" / "credentials"
-        return {
-            r: parse_properties((creds / f"{r}.properties").read_text())["sasl.password"]
-            for r in ROLES
-        }
+
+def _passwords(cfg: Config) -> dict[str, str]:
+    creds = cfg.kafka_credentials_dir
+    return {
+        r: parse_properties((creds / f"{r}.properties").read_text())["sasl.password"] for r in ROLES
+    }
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory) -> Iterator[SaslBroker]:
-    state = tmp_path_factory.mktemp("kafka-sasl")
-    (state / "jars").symlink_to(load_config().jars_dir)  # the installed jars, nothing copied
-    base = free_port_block(2)
-    env = {
-        "BOOKSTREAM_STATE_DIR": str(state),
-        "BOOKSTREAM_KAFKA_SECURITY": "sasl",
-        "BOOKSTREAM_KAFKA_BROKERS": "1",
-        "BOOKSTREAM_KAFKA_PORT": str(base),
-        "BOOKSTREAM_KAFKA_CONTROLLER_PORT": str(base + 1),
-        "BOOKSTREAM_KAFKA_BOOTSTRAP": "",
-        "BOOKSTREAM_KAFKA_CLIENT": "{}",
-    }
-    b = SaslBroker(env=env, state=state)
-    try:
-        b.script("start.sh")
-        yield b
-    finally:
-        b.script("stop.sh")
-        set_process_role(ADMIN)
+def start_outputs(cfg: Config) -> list[bytes]:
+    """stdout + stderr of the project's start script run again on the running broker (it
+    starts nothing, re-registers the users)."""
+    proc = subprocess.run(
+        ["bash", str(PROJECT_ROOT / "infra" / "kafka" / "start.sh")],
+        env=dict(os.environ),
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    return [proc.stdout + proc.stderr]
 
 
-def _run_config(broker: SaslBroker, tag: str) -> Config:
-    """A topic set of its own on the SASL broker, created (with its ACLs) by the super user."""
-    topics = load_config(env={}).topics.for_run(f"it.{uuid.uuid4().hex[:8]}.{tag}")
-    cfg = config_for({**broker.env, **topics_env(topics)})
+@pytest.fixture
+def run_cfg(tmp_path: Path) -> Iterator[Config]:
+    """A topic set and a state directory of its own on the session's broker, the topics
+    created (with their ACLs) by the super user, deleted at the end."""
+    cfg = config_for(topic_env("sasl", **state_env(tmp_path / "state")))
     create_topics(cfg)
-    return cfg
+    yield cfg
+    delete_topics(cfg, topic_names(cfg))
 
 
 def _produce_error(cfg: Config, role: str, topic: str) -> KafkaError | None:
@@ -114,44 +104,49 @@ def _metadata_errors(conf: dict) -> tuple[Exception | None, list[KafkaError]]:
     return None, seen
 
 
-def test_credentials_are_generated_private_and_stable(broker: SaslBroker) -> None:
-    creds = broker.state / "kafka" / "credentials"
+def test_credentials_are_generated_private_and_stable(
+    cfg: Config, start_outputs: list[bytes]
+) -> None:
+    creds = cfg.kafka_credentials_dir
     assert stat.S_IMODE(creds.stat().st_mode) == 0o700
     assert sorted(p.stem for p in creds.iterdir()) == sorted(ROLES)
     for path in creds.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    # the node's config holds the super user's password: its owner's alone
-    props = broker.state / "kafka" / "server.properties"
-    assert stat.S_IMODE(props.stat().st_mode) == 0o600
-    before = broker.passwords()
+    # each node's config holds the super user's password: its owner's alone
+    nodes = (
+        [cfg.state_dir / "kafka"]
+        if cfg.kafka.brokers == 1
+        else [cfg.state_dir / "kafka" / f"node-{i}" for i in range(1, cfg.kafka.brokers + 1)]
+    )
+    for node in nodes:
+        assert stat.S_IMODE((node / "server.properties").stat().st_mode) == 0o600, node
+    before = _passwords(cfg)
     assert len(set(before.values())) == len(ROLES)  # one secret per principal
-    broker.script("start.sh")  # already running: nothing regenerated
-    assert broker.passwords() == before
+    assert start_outputs  # started again on the running broker: nothing regenerated
+    assert _passwords(cfg) == before
 
 
-def test_client_without_credentials_is_refused(broker: SaslBroker) -> None:
-    cfg = config_for(broker.env)
+def test_client_without_credentials_is_refused(cfg: Config) -> None:
     exc, seen = _metadata_errors({"bootstrap.servers": cfg.kafka.bootstrap_servers})
     assert exc is not None, "a PLAINTEXT client got metadata from the SASL listener"
     # the broker closes a connection that does not open with a SASL handshake
     assert {e.code() for e in seen} <= {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT}
 
 
-def test_wrong_password_is_refused(broker: SaslBroker) -> None:
-    cfg = config_for(broker.env)
+def test_wrong_password_is_refused(cfg: Config) -> None:
     conf = client_config(cfg, {}, "reader")
     exc, seen = _metadata_errors({**conf, "sasl.password": "not-" + str(conf["sasl.password"])})
     assert exc is not None
     assert KafkaError._AUTHENTICATION in {e.code() for e in seen}, seen
     # and another role's password is no better (a principal is its own credential)
-    exc, seen = _metadata_errors({**conf, "sasl.password": broker.passwords()["job"]})
+    exc, seen = _metadata_errors({**conf, "sasl.password": _passwords(cfg)["job"]})
     assert exc is not None and KafkaError._AUTHENTICATION in {e.code() for e in seen}, seen
     # the right one answers
     assert _metadata_errors(conf)[0] is None
 
 
-def test_each_role_may_do_what_its_acls_allow_and_nothing_else(broker: SaslBroker) -> None:
-    cfg = _run_config(broker, "acl")
+def test_each_role_may_do_what_its_acls_allow_and_nothing_else(run_cfg: Config) -> None:
+    cfg = run_cfg
     t = cfg.topics
     denied = KafkaError.TOPIC_AUTHORIZATION_FAILED
     # the kill switch: the Flink job's principal reads it, never writes it
@@ -209,8 +204,8 @@ def _can_read(cfg: Config, role: str, topic: str) -> bool:
         consumer.close()
 
 
-def test_execution_sink_runs_as_its_own_principal(broker: SaslBroker) -> None:
-    cfg = _run_config(broker, "sink")
+def test_execution_sink_runs_as_its_own_principal(run_cfg: Config) -> None:
+    cfg = run_cfg
     try:
         set_process_role("publisher")
         publish_market(cfg)
@@ -224,15 +219,14 @@ def test_execution_sink_runs_as_its_own_principal(broker: SaslBroker) -> None:
     assert sum(end_offsets(cfg, cfg.topics.executions).values()) >= N_ORDERS
 
 
-def test_no_password_reaches_a_log(broker: SaslBroker) -> None:
-    passwords = broker.passwords().values()
-    logs = [p for p in broker.state.rglob("*.log") if p.is_file()]
-    logs += [p for p in (broker.state / "logs").rglob("*") if p.is_file()]
+def test_no_password_reaches_a_log(cfg: Config, start_outputs: list[bytes]) -> None:
+    passwords = _passwords(cfg).values()
+    logs = [p for p in (cfg.state_dir / "logs").rglob("*") if p.is_file()]
+    logs += list((cfg.state_dir / "kafka").glob("node-*/kafka.log"))  # kafka.brokers > 1
     assert any(p.name == "kafka.log" for p in logs)
     for path in set(logs):
         text = path.read_bytes()
         assert not any(pw.encode() in text for pw in passwords), f"a Kafka password in {path}"
-    # nor the scripts' own output (start.sh, check.sh under it)
-    assert broker.outputs
-    for out in broker.outputs:
+    # nor the start script's own output (check.sh and the users' registration under it)
+    for out in start_outputs:
         assert not any(pw.encode() in out for pw in passwords), "a Kafka password in the output"

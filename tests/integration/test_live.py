@@ -21,7 +21,7 @@ import pytest
 from it_helpers import BOOKSTREAM, PROJECT_ROOT, config_for, free_port, wait_for
 from test_demo_cli import check_energy
 
-from jobs.kafka_io import delete_topics, make_producer
+from jobs.kafka_io import as_role, delete_topics, make_producer
 from jobs.report import _energy, run_config, run_filters
 from jobs.runs import load_run
 from udfs.config import topics_env
@@ -95,7 +95,8 @@ def _watch_the_page(url: str, cfg_env: dict[str, str], proc: subprocess.Popen, l
 
             cfg = config_for(cfg_env)
             first_ts = next(iter(iter_lobster_events(*SAMPLE_LOBSTER))).ts_event
-            producer = make_producer(cfg)
+            with as_role("operator"):  # the desk's principal: the kill switch and no more
+                producer = make_producer(cfg)
             kill = Control(ControlCommand.KILL, "", "it: desk kill", first_ts)
             producer.produce(cfg.topics.control, value=encode_record(kill))
             assert producer.flush(30) == 0

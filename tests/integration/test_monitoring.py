@@ -31,6 +31,7 @@ from it_helpers import (
     free_port,
     kill_job,
     start_job,
+    state_env,
     topic_env,
     topic_names,
     wait_for,
@@ -128,7 +129,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
     prom_port, am_port, flink_port = free_port(), free_port(), free_port()
     env = topic_env(
         "mon",
-        BOOKSTREAM_STATE_DIR=str(state),
+        **state_env(state),
         BOOKSTREAM_LAKE_ROOT=str(tmp / "lake"),
         BOOKSTREAM_METRICS_PROMETHEUS_PORT=str(prom_port),
         BOOKSTREAM_METRICS_ALERTMANAGER_PORT=str(am_port),

@@ -51,6 +51,11 @@ def test_acl_plan_gives_each_role_its_topics_and_nothing_more() -> None:
     assert allowed(plan, "history-sink", "WRITE") == {"dead_letter", "config"}
     assert allowed(plan, "reader", "READ") == every
     assert allowed(plan, "reader", "WRITE") == set()
+    # the desk's operator sees everything and may trip the kill switch, nothing more
+    assert allowed(plan, "operator", "READ") == every
+    assert allowed(plan, "operator", "WRITE") == {"control"}
+    writers = {r for r in ROLES if "control" in allowed(plan, r, "WRITE")}
+    assert writers == {"exec-sink", "operator"}
     # the super user needs no rule; every rule names a run topic, a group or a transaction
     assert not [e for e in plan if e.principal == "User:admin"]
     assert {e.name for e in plan if e.resource == "TOPIC"} <= set(TOPICS.values())
