@@ -3,10 +3,10 @@
 test, so the session's single broker is never touched), every topic with 3 replicas and
 ``min.insync.replicas=2`` from configuration, clients through the bootstrap list and the
 client passthrough, authenticated like every client (``kafka.security = "sasl"``: the nodes'
-own credentials, generated on their first start). One node is SIGKILLed while the execution sink runs live and the
-publisher keeps producing, then restarted: nothing is lost, the sink goes on, and its
-transactions survive the failover (the committed executions equal an uninterrupted run's,
-byte for byte, no report twice).
+own credentials, generated on their first start). One node is SIGKILLed while the execution
+sink runs live and the publisher keeps producing, then restarted: nothing is lost, the sink
+goes on, and its transactions survive the failover (the committed executions equal an
+uninterrupted run's, byte for byte, no report twice).
 """
 
 from __future__ import annotations
