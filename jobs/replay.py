@@ -50,6 +50,7 @@ from jobs.execution_sink import run_sink
 from jobs.history_sink import run_history_sink
 from jobs.kafka_io import (
     DeliveryErrors,
+    as_role,
     create_topics,
     delete_topics,
     drain_topic,
@@ -259,7 +260,12 @@ def replay(
         )
         dead += dead_controls
         read_s = time.perf_counter() - t_read
-        producer = make_producer(rcfg)
+        # each stage as the principal it has when it runs alone (kafka.security=sasl); the
+        # recorded kill commands go back to control as the desk's operator would send them
+        with as_role("publisher"):
+            producer = make_producer(rcfg)
+        with as_role("operator"):
+            control_producer = make_producer(rcfg)
         on_delivery = DeliveryErrors()
         t_pub = time.perf_counter()
         for letter in dead:
@@ -278,23 +284,26 @@ def replay(
         )
         for value in controls:
             ctrl = decode_record(Control, value)
-            producer.produce(
+            control_producer.produce(
                 rcfg.topics.control,
                 key=ctrl.instrument or None,
                 value=value,
                 timestamp=max(ctrl.ts_event // 1_000_000, 0),
+                on_delivery=on_delivery,
             )
-        on_delivery.check(rcfg, producer.flush(60))
+        on_delivery.check(rcfg, producer.flush(60) + control_producer.flush(60))
         publish_s = time.perf_counter() - t_pub
 
         # 2. the same job and the same execution sink, bounded
         t_job = time.perf_counter()
-        build_stream_job(rcfg, bounded=True, group_id=f"bookstream-replay-{replay_id}").execute(
-            f"bookstream-replay-{replay_id}"
-        )
+        with as_role("job"):
+            build_stream_job(rcfg, bounded=True, group_id=f"bookstream-replay-{replay_id}").execute(
+                f"bookstream-replay-{replay_id}"
+            )
         job_s = time.perf_counter() - t_job
         t_sink = time.perf_counter()
-        sink = run_sink(rcfg, group=f"bookstream-replay-sink-{replay_id}", bounded=True)
+        with as_role("exec-sink"):
+            sink = run_sink(rcfg, group=f"bookstream-replay-sink-{replay_id}", bounded=True)
         sink_s = time.perf_counter() - t_sink
         (cfg.state_dir / "exec-sink" / f"bookstream-replay-sink-{replay_id}.json").unlink(
             missing_ok=True
@@ -451,7 +460,8 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
         run = load_run(cfg, args.run or "latest")
         rng = ReplayRange(run_id=run["run_id"], offsets_from=run["from"], offsets_to=run["to"])
     if not args.no_history_sink:
-        run_history_sink(cfg, bounded=True)
+        with as_role("history-sink"):
+            run_history_sink(cfg, bounded=True)
     return replay(
         cfg,
         rng,

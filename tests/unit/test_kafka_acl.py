@@ -124,8 +124,16 @@ def test_each_process_connects_as_its_role(tmp_path: Path) -> None:
     tools = java_properties(cfg.kafka_client_properties("admin"), shaded=False)
     assert tools["sasl.mechanism"] == "PLAIN" and tools["security.protocol"] == "SASL_PLAINTEXT"
     assert tools["sasl.jaas.config"].startswith("org.apache.kafka.common.security.plain.")
-    # plaintext (the default): no credential, no file read
-    plain = load_config(env={"BOOKSTREAM_STATE_DIR": str(tmp_path / "none")})
+    # sasl is the default; plaintext the explicit opt-out: no credential, no file read
+    assert load_config(env={"BOOKSTREAM_STATE_DIR": str(tmp_path / "none")}).kafka.security == (
+        "sasl"
+    )
+    plain = load_config(
+        env={
+            "BOOKSTREAM_STATE_DIR": str(tmp_path / "none"),
+            "BOOKSTREAM_KAFKA_SECURITY": "plaintext",
+        }
+    )
     assert plain.kafka.security == "plaintext" and plain.kafka_client_properties("job") == {}
     # the command decides the principal
     assert _kafka_role(cmd_publish) == "publisher" and _kafka_role(cmd_stream_job) == "job"

@@ -234,7 +234,10 @@ def test_create_topics_asks_for_the_configured_replication(monkeypatch: pytest.M
             asked.extend(topics)
             return {}
 
-    cfg = load_config(env={"BOOKSTREAM_KAFKA_BROKERS": "3"})
+    # plaintext: no ACL to apply (the fake admin creates topics only)
+    cfg = load_config(
+        env={"BOOKSTREAM_KAFKA_BROKERS": "3", "BOOKSTREAM_KAFKA_SECURITY": "plaintext"}
+    )
     monkeypatch.setattr(kafka_io, "check_broker", lambda _cfg: 3)
     monkeypatch.setattr(kafka_io, "existing_topics", lambda _cfg, _role=None: {})
     monkeypatch.setattr(kafka_io, "topic_replicas", lambda _cfg, _role=None: {})
