@@ -784,12 +784,13 @@ def _lobster_day_copies(copies: int) -> Iterator[L2Event]:
 
 
 def stage_soak_publish(copies: str) -> dict:
-    from jobs.kafka_io import DeliveryErrors, create_topics, make_producer
+    from jobs.kafka_io import DeliveryErrors, as_role, create_topics, make_producer
     from jobs.publish import produce_events
 
     cfg = load_config()
-    create_topics(cfg)
-    producer = make_producer(cfg)
+    create_topics(cfg)  # as the super user; each soak stage then as its own principal
+    with as_role("publisher"):
+        producer = make_producer(cfg)
     errors = DeliveryErrors()
     published = produce_events(
         producer, cfg.topics.events, _lobster_day_copies(int(copies)), errors, progress=False
@@ -815,10 +816,12 @@ def stage_soak_job(group: str) -> dict:
 
 def stage_soak_exec(group: str) -> dict:
     from jobs.execution_sink import run_sink
+    from jobs.kafka_io import as_role
 
     cfg = load_config()
     t = time.perf_counter()
-    res = run_sink(cfg, group=group, bounded=True)
+    with as_role("exec-sink"):
+        res = run_sink(cfg, group=group, bounded=True)
     return {
         "wall_s": time.perf_counter() - t,
         "inputs": res.inputs,
@@ -830,9 +833,11 @@ def stage_soak_exec(group: str) -> dict:
 
 def stage_soak_history() -> dict:
     from jobs.history_sink import run_history_sink
+    from jobs.kafka_io import as_role
 
     cfg = load_config()
-    res = run_history_sink(cfg, bounded=True)
+    with as_role("history-sink"):
+        res = run_history_sink(cfg, bounded=True)
     return {"wall_s": res.wall_s, "rows": res.total_rows, "commits": res.commits}
 
 
