@@ -26,7 +26,7 @@ from confluent_kafka.admin import (
 )
 
 from udfs.config import Config, TopicSpec, librdkafka_properties
-from udfs.kafka_acl import ADMIN, ROLES, AclEntry, acl_plan
+from udfs.kafka_acl import ADMIN, ROLES, AclEntry, acl_plan, principal
 from udfs.latency import HOPS_HEADER
 from udfs.schema import SchemaError
 
@@ -172,9 +172,13 @@ def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str
     """Create the configured topics that do not exist yet (idempotent). Returns those created.
     An existing topic with another partition count is reported, not altered. With
     ``kafka.security = "sasl"`` as the super user, and the roles' ACLs over the whole topic set
-    ``cfg.topics`` are (re)applied (udfs/kafka_acl.py), so a run's own topics get them too."""
+    ``cfg.topics`` are (re)applied (udfs/kafka_acl.py), so a run's own topics get them too;
+    a process of another role whose own topics all exist (the usual case: ``make up`` created
+    them) stops there, never using the super user's credential."""
     check_broker(cfg)
     specs = cfg.topics.specs() if specs is None else specs
+    if _own_topics_exist(cfg, specs):
+        return []
     have = existing_topics(cfg, ADMIN)
     replicas = topic_replicas(cfg, ADMIN)
     for spec in specs:
@@ -208,7 +212,7 @@ def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str
         for s in specs
         if s.name not in have
     ]
-    if cfg.kafka.security == "sasl":
+    if cfg.kafka.role_credentials:
         apply_acls(cfg, acl_plan(cfg.topics.names()))
     if not wanted:
         return []
@@ -223,6 +227,19 @@ def create_topics(cfg: Config, specs: list[TopicSpec] | None = None) -> list[str
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
+
+
+def _own_topics_exist(cfg: Config, specs: list[TopicSpec]) -> bool:
+    """With the roles' credentials (``kafka.security = "sasl"``, the project's own broker), in
+    a process that is not the super user's: whether every topic of ``specs`` its role has a
+    rule on is there (it cannot see the others, nor use them), asked as that role."""
+    role = _process_role
+    if not cfg.kafka.role_credentials or role == ADMIN:
+        return False
+    who = principal(role)
+    mine = {e.name for e in acl_plan(cfg.topics.names()) if e.principal == who}
+    needed = {s.name for s in specs} & mine
+    return needed <= set(existing_topics(cfg, role))
 
 
 def apply_acls(cfg: Config, plan: list[AclEntry]) -> None:

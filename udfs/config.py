@@ -154,6 +154,14 @@ class KafkaConfig:
         ]
 
     @property
+    def role_credentials(self) -> bool:
+        """Whether each client authenticates as its role with the generated credentials and
+        topics get the roles' ACLs: ``security = "sasl"`` on the project's own broker. With
+        ``bootstrap`` set (another deployment's brokers) the passthrough (``client``) carries
+        the authentication, and that deployment its own ACLs."""
+        return self.security == "sasl" and not self.bootstrap
+
+    @property
     def bootstrap_servers(self) -> str:
         if self.bootstrap:
             return self.bootstrap
@@ -1033,10 +1041,11 @@ class Config:
 
     def kafka_client_properties(self, role: str) -> dict[str, str]:
         """The client properties of a process connecting as ``role`` (passthrough names, not
-        yet translated): with ``kafka.security = "sasl"`` the role's credential and mechanism,
+        yet translated): with ``kafka.security = "sasl"`` on the project's own broker
+        (:attr:`KafkaConfig.role_credentials`) the role's credential and mechanism,
         then the passthrough (``kafka.client``), which wins. Secrets: never print them."""
         props: dict[str, str] = {}
-        if self.kafka.security == "sasl":
+        if self.kafka.role_credentials:
             if role not in ROLES:
                 raise ConfigError(f"kafka role {role!r}: not one of {', '.join(ROLES)}")
             path = self.kafka_credentials_dir / f"{role}.properties"

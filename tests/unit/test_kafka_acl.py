@@ -138,3 +138,19 @@ def test_each_process_connects_as_its_role(tmp_path: Path) -> None:
     # the command decides the principal
     assert _kafka_role(cmd_publish) == "publisher" and _kafka_role(cmd_stream_job) == "job"
     assert _kafka_role(cmd_exec_sink) == "exec-sink" and _kafka_role(cmd_demo) == "admin"
+
+
+def test_another_deployments_brokers_authenticate_through_the_passthrough(tmp_path: Path) -> None:
+    """``kafka.security`` is about the project's own broker: with ``kafka.bootstrap`` set, no
+    generated credential is looked for (there is none), the passthrough alone authenticates."""
+    cfg = load_config(
+        env={
+            "BOOKSTREAM_STATE_DIR": str(tmp_path),
+            "BOOKSTREAM_KAFKA_BOOTSTRAP": "k1:9093",
+            "BOOKSTREAM_KAFKA_CLIENT": '{"security.protocol": "SSL"}',
+        }
+    )
+    assert cfg.kafka.security == "sasl" and not cfg.kafka.role_credentials
+    assert cfg.kafka_client_properties("job") == {"security.protocol": "SSL"}
+    own = load_config(env={"BOOKSTREAM_STATE_DIR": str(tmp_path)})
+    assert own.kafka.role_credentials

@@ -246,3 +246,34 @@ def test_create_topics_asks_for_the_configured_replication(monkeypatch: pytest.M
     assert len(asked) == len(cfg.topics.specs())
     for topic in asked:
         assert topic.replication_factor == 3 and topic.config["min.insync.replicas"] == "2"
+
+
+def test_a_role_whose_topics_exist_never_uses_the_super_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    admins: list[str | None] = []
+
+    class Admin:
+        def create_topics(self, topics: list[Any], **_kw: Any) -> dict[str, Any]:
+            return {}
+
+        def create_acls(self, bindings: list[Any], **_kw: Any) -> dict[str, Any]:
+            return {}
+
+    def admin(_cfg: Any, role: str | None = None) -> Admin:
+        admins.append(role)
+        return Admin()
+
+    cfg = load_config(env={"BOOKSTREAM_STATE_DIR": str(tmp_path)})  # sasl: the default
+    t = cfg.topics
+    visible = {t.events: 3, t.dead_letter: 1, t.config: 1}  # what the publisher may describe
+    monkeypatch.setattr(kafka_io, "check_broker", lambda _cfg: 1)
+    monkeypatch.setattr(kafka_io, "existing_topics", lambda _cfg, _role=None: dict(visible))
+    monkeypatch.setattr(kafka_io, "topic_replicas", lambda _cfg, _role=None: {})
+    monkeypatch.setattr(kafka_io, "_admin", admin)
+    with kafka_io.as_role("publisher"):
+        assert kafka_io.create_topics(cfg) == []
+        assert admins == []  # its topics are there: no admin client, no admin credential
+        del visible[t.events]  # one of its own missing (a run's new topic set): created
+        kafka_io.create_topics(cfg)
+    assert admins and set(admins) == {"admin"}
