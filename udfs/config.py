@@ -578,8 +578,10 @@ class FlinkConfig:
     TaskManagers."""
     cluster_taskmanager_memory: str = "1280m"
     """taskmanager.memory.process.size of each TaskManager of the session cluster."""
-    restart_attempts: int = field(default=2, metadata=_range(0, 1000))
-    """Task restarts (from the last checkpoint) before the job fails."""
+    restart_attempts: int = field(default=10, metadata=_range(0, 1000))
+    """Task restarts (from the last checkpoint, 2 s apart) before the job fails: a lost
+    TaskManager's replacement takes several seconds to register, and every restart without
+    its slot counts as one."""
     bundle_size: int = field(default=1000, metadata=_range(1))
     """python.fn-execution.bundle.size: records per Python bundle."""
     bundle_time_ms: int = field(default=100, metadata=_range(1))
