@@ -44,7 +44,7 @@ def test_stream_job_writes_only_to_its_configs_topics(trading: bool) -> None:
     env = build_stream_job(cfg, bounded=True, trading=trading)
     expected = {"features", "dead_letter", "stats", "quality"}
     if trading:
-        expected |= {"signals", "orders"}
+        expected |= {"signals", "orders", "drift"}  # drift: the live model's input PSI rows
     assert set(_sink_topics(env)) == {getattr(cfg.topics, f) for f in expected}
 
 
