@@ -52,7 +52,7 @@ def proc_start_and_cpu_s(pid: int) -> tuple[int, float]:
     return int(fields[19]), sum(int(f) for f in fields[11:13]) * _TICK_S
 
 
-def _processes(*, reaped_children: bool = True) -> dict[int, tuple[int, str, float]]:
+def process_table(*, reaped_children: bool = True) -> dict[int, tuple[int, str, float]]:
     """pid -> (parent pid, command name, CPU seconds) of every process (with
     ``reaped_children``: its waited-for children's included)."""
     found: dict[int, tuple[int, str, float]] = {}
@@ -68,7 +68,7 @@ def _processes(*, reaped_children: bool = True) -> dict[int, tuple[int, str, flo
     return found
 
 
-def _tree(root: int, procs: dict[int, tuple[int, str, float]]) -> set[int]:
+def tree_pids(root: int, procs: dict[int, tuple[int, str, float]]) -> set[int]:
     """``root`` and every live process below it."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _comm, _cpu) in procs.items():
@@ -85,35 +85,24 @@ def _tree(root: int, procs: dict[int, tuple[int, str, float]]) -> set[int]:
 def tree_cpu_s(root: int, procs: dict[int, tuple[int, str, float]]) -> dict[str, float]:
     """CPU seconds of ``root``'s tree: ``{"python": ..., "flink": ...}`` (JVMs apart)."""
     groups = {"python": 0.0, "flink": 0.0}
-    for pid in _tree(root, procs):
+    for pid in tree_pids(root, procs):
         _ppid, comm, cpu = procs[pid]
         groups["flink" if comm == "java" else "python"] += cpu
     return groups
 
 
-def process_table(*, reaped_children: bool = True) -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command name, CPU seconds) of every process (with
-    ``reaped_children``: its waited-for children's included)."""
-    return _processes(reaped_children=reaped_children)
-
-
-def tree_pids(root: int, procs: dict[int, tuple[int, str, float]]) -> set[int]:
-    """``root`` and every live process below it."""
-    return _tree(root, procs)
-
-
 def descendant_pids(root: int) -> list[int]:
     """Every live process below ``root`` (the PyFlink gateway JVM may sit under a launcher)."""
-    return sorted(_tree(root, _processes()) - {root})
+    return sorted(tree_pids(root, process_table()) - {root})
 
 
 def service_cpu_seconds(
     cfg: Config, procs: dict[int, tuple[int, str, float]] | None = None
 ) -> dict[str, float]:
     """CPU seconds so far of each service the project started (its pid file), children in."""
-    procs = _processes() if procs is None else procs
+    procs = process_table() if procs is None else procs
     return {
-        service: sum(procs[p][2] for p in _tree(root, procs))
+        service: sum(procs[p][2] for p in tree_pids(root, procs))
         for service, root in service_roots(cfg).items()
     }
 
@@ -135,7 +124,7 @@ def cluster_cpu_seconds(
     """CPU seconds so far of the session cluster's processes (see the module's docstring);
     empty when it is not running. A pid counts only while it runs Flink with this checkout's
     configuration (a reused pid is not ours), as infra/flink/common.sh checks."""
-    procs = _processes() if procs is None else procs
+    procs = process_table() if procs is None else procs
     conf_dir = str(cfg.flink_cluster_dir / "conf")
     groups: dict[str, float] = {}
     for group, name in CLUSTER_PID_FILES.items():
@@ -150,7 +139,7 @@ def cluster_cpu_seconds(
                 continue
             if root not in procs or conf_dir not in cmdline:
                 continue
-            for pid in _tree(root, procs):
+            for pid in tree_pids(root, procs):
                 _ppid, comm, cpu = procs[pid]
                 key = group if pid == root or comm == "java" else "flink-python"
                 groups[key] = groups.get(key, 0.0) + cpu
@@ -159,7 +148,7 @@ def cluster_cpu_seconds(
 
 def cpu_seconds(cfg: Config, *, cluster: bool = False) -> dict[str, float]:
     """CPU seconds so far of each group (see the module's docstring)."""
-    procs = _processes()
+    procs = process_table()
     own = tree_cpu_s(os.getpid(), procs)
     groups = {"bookstream": own["python"], "flink": own["flink"]}
     groups.update(service_cpu_seconds(cfg, procs))
