@@ -66,7 +66,7 @@ from udfs.latency import AvailabilityModel, hops_trace
 from udfs.market.quality import QualityState, flush
 from udfs.pipeline import InstrumentState, ProcessResult, RecordSource, process_record
 from udfs.schema import Reason, StatsRow, compact_json, encode_record, encode_row
-from udfs.strategy.trading import Trader, heartbeat
+from udfs.strategy.trading import RecordedTraders, Trader, heartbeat
 
 __all__ = [
     "CONFIG_PROCESS",
@@ -154,17 +154,25 @@ class StreamJobFunction(KeyedProcessFunction):
     * ``log`` (ListState): every raw record of the key since that snapshot (appended once per
       batch); every ``snapshot_every`` records the state is pickled and the log cleared.
 
+    * ``traded_under`` (ValueState): the model assignment (:class:`Assignment` as JSON: live
+      and canary model files with their hashes, the share) the log's records were traded
+      under; written once per key and job start, never per record.
+
     The live state is a per-key cache in this function instance. After a restore from a
     checkpoint (a new instance, empty cache) a key's state is rebuilt on first touch: unpickle
     the snapshot and replay its log through the same pure :func:`process_record`, which is
-    deterministic, so the rebuilt state is exactly the one the checkpoint stood for. The
-    micro-batcher flushes before every checkpoint barrier, so no record is between the two.
+    deterministic, under the recorded assignment, so the rebuilt state is exactly the one the
+    checkpoint stood for even when the registry changed while the job was down (a promotion):
+    that change applies from the next record on. The replayed state is then folded into a new
+    snapshot, so a log never spans two assignments. The micro-batcher flushes before every
+    checkpoint barrier, so no record is between the two.
     """
 
     def __init__(
         self, cfg: Config, trader: Trader | None = None, snapshot_every: int = 20_000
     ) -> None:
         self.trader = trader
+        self.traders = RecordedTraders(cfg, trader)
         self.feature_cfg = cfg.features
         self.out_of_orderness_ms = cfg.flink.out_of_orderness_ms
         self.topic = cfg.topics.events  # a dead letter names where its record was read
@@ -175,6 +183,7 @@ class StreamJobFunction(KeyedProcessFunction):
         # keyed state: set by open(), before any element or timer
         self.snapshot: ValueState | None = None
         self.log: ListState | None = None
+        self.traded_under: ValueState | None = None
         self.cache: dict[str, InstrumentState | None] = {}
         self.log_len: dict[str, int] = {}
         self.stats_timer: dict[str, int] = {}
@@ -188,6 +197,9 @@ class StreamJobFunction(KeyedProcessFunction):
         self.log = runtime_context.get_list_state(
             ListStateDescriptor("records_since_snapshot", Types.STRING())
         )
+        self.traded_under = runtime_context.get_state(
+            ValueStateDescriptor("assignment_traded_under", Types.STRING())
+        )
         self.cache.clear()
         self.log_len.clear()
         self.stats_timer.clear()
@@ -196,11 +208,18 @@ class StreamJobFunction(KeyedProcessFunction):
     def _state_of(self, key: str) -> InstrumentState | None:
         if key in self.cache:
             return self.cache[key]
-        assert self.snapshot is not None and self.log is not None, "open() sets the keyed state"
+        assert (
+            self.snapshot is not None and self.log is not None and self.traded_under is not None
+        ), "open() sets the keyed state"
         state = self.snapshot.value()
         if state is not None and not hasattr(state, "quality"):
             # a snapshot pickled before the quality stage existed: start its counters afresh
             state.quality = QualityState(state.instrument)
+        recorded: str | None = self.traded_under.value()
+        current = self.traders.current_text
+        # None: a new key, or state from before assignments were recorded (replayed under
+        # the current registry, as it always was then)
+        trader = self.trader if recorded is None else self.traders.of(recorded, key)
         replayed = 0
         src = RecordSource(self.topic, -1, -1)
         for raw in self.log.get() or []:
@@ -211,7 +230,7 @@ class StreamJobFunction(KeyedProcessFunction):
                 src,
                 self.feature_cfg,
                 self.out_of_orderness_ms,
-                self.trader,
+                trader,
                 self.quality_cfg,
                 self.max_ahead_ms,
                 self.future_confirm,
@@ -220,6 +239,28 @@ class StreamJobFunction(KeyedProcessFunction):
             replayed += 1
         if state is not None or replayed:
             logger.info("restored %s from keyed state: snapshot + %d logged records", key, replayed)
+        if recorded != current:
+            if recorded is not None and replayed:
+                # the registry changed while the job was down: what was replayed stays as
+                # traded; fold it into a snapshot so the log holds only records traded
+                # under the current assignment from here on
+                logger.info(
+                    "%s: %d logged records replayed under the recorded assignment, trading "
+                    "under the current one from now on",
+                    key,
+                    replayed,
+                )
+                if state is not None:
+                    self.snapshot.update(state)
+                self.log.clear()
+                replayed = 0
+            elif recorded is None and (state is not None or replayed):
+                logger.warning(
+                    "%s: keyed state records no model assignment (checkpoint from before it "
+                    "was recorded): replayed under the current registry",
+                    key,
+                )
+            self.traded_under.update(current)
         self.cache[key] = state
         self.log_len[key] = replayed
         return state

@@ -14,7 +14,7 @@ from udfs.config import load_config
 from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_LOBSTER
 from udfs.pipeline import RecordSource, process_record
-from udfs.schema import L2Event, Order, OrderAction, Signal, encode_event
+from udfs.schema import L2Event, Order, OrderAction, Signal, decode_record, encode_event
 from udfs.strategy.registry import Registry, RegistryError, canary_routed
 from udfs.strategy.signals import model_traded
 from udfs.strategy.trading import Trader
@@ -168,3 +168,138 @@ def test_a_snapshot_from_before_the_registry_continues_by_model_name(tmp_path: P
     del trading.models  # as pickled before the registry existed
     _, after_sig, _ = _run(trader, events[cut:], pickle.loads(pickle.dumps(state)))
     assert first_sig + after_sig == whole_sig
+
+
+# ------------------------------------ the Flink function's restore under a changed registry
+
+
+def _job_cfg(tmp_path: Path, reg: Registry):
+    """The configuration of a job started under ``reg`` (the registry file rewritten)."""
+    path = tmp_path / "registry.json"
+    reg.save(path)
+    return load_config(env={"BOOKSTREAM_STRATEGY_REGISTRY_PATH": str(path)})
+
+
+def _job_orders(fn, rt, events, batch: int = 37) -> list[Order]:
+    """``events`` through the Flink function (fake keyed state ``rt``) in batches, as the
+    micro-batcher hands them over: the orders it routes, heartbeats included."""
+    from jobs.stream_job import FIELD, ORDERS, RECORD, encode_batch
+
+    orders: list[Order] = []
+    for i in range(0, len(events), batch):
+        chunk = events[i : i + batch]
+        rt.keys["key"] = chunk[0].instrument
+        text = encode_batch(
+            (0, i + j, e.ts_event // 1_000_000, 0, encode_event(e).decode())
+            for j, e in enumerate(chunk)
+        )
+        for out in fn.process_element(text, rt):
+            for record in out.split(RECORD):
+                route, _key, _ts, _hops, value = record.split(FIELD, 4)
+                if route == ORDERS:
+                    orders.append(decode_record(Order, value))
+    return orders
+
+
+def _started(cfg, rt, snapshot_every: int = 200):
+    """A job (re)started on ``rt``'s keyed state: a new function instance under ``cfg``."""
+    from jobs.stream_job import StreamJobFunction
+
+    fn = StreamJobFunction(cfg, Trader.load(cfg), snapshot_every=snapshot_every)
+    fn.open(rt)
+    return fn
+
+
+def _traded(state) -> tuple:
+    """What the traded strategy has ordered: position, working orders, POV parent."""
+    t = state.trading
+    return (t.position, list(t.working), t.pov, t.orders)
+
+
+def test_a_restore_replays_under_the_assignment_the_records_were_traded_under(
+    tmp_path: Path,
+) -> None:
+    """v1 live, v2 shadow; checkpoint (snapshot + a log of records since), v2 promoted while
+    the job is down, restored: the restored position and working orders are the ones the job
+    ordered (v1's, as uninterrupted), the orders after it are v2's from that position; a second
+    crash and a rollback to v1 then replay the records since the first restore under v2."""
+    pytest.importorskip("pyflink")
+    from _keyed_state import FakeRuntime
+
+    events = list(_events())
+    # snapshots every 200 records: the first checkpoint holds a snapshot and a log; none is
+    # taken between the two restores, so the second's log would span v1's and v2's records
+    cut = len(events) // 3
+    cut2 = cut + 50
+    reg = Registry(live=V1, canary=V2)
+    promoted = reg.with_canary(V2, 0.5, "t").promote("book_lr_v2", "u")
+    rolled_back = promoted.rollback("book_lr_v1", "v")
+    v1, v2 = _trader(tmp_path, reg), _trader(tmp_path, promoted)
+    v1_at_cut, _, v1_orders = _run(v1, events[:cut])
+    # the case is real: v2 over the same records would have ordered something else
+    assert _traded(_run(v2, events[:cut])[0]) != _traded(v1_at_cut)
+
+    rt = FakeRuntime()
+    assert _job_orders(_started(_job_cfg(tmp_path, reg), rt), rt, events[:cut]) == v1_orders
+    checkpoint = rt.checkpoint()
+    key = events[0].instrument
+    assert checkpoint.states["records_since_snapshot"].data[key]  # a log to replay
+
+    # restart under the promoted registry
+    rt = checkpoint
+    fn = _started(_job_cfg(tmp_path, promoted), rt)
+    rt.keys["key"] = key
+    assert _traded(fn._state_of(key)) == _traded(v1_at_cut)
+    expected_state, _, expected = _run(v2, events[cut:cut2], pickle.loads(pickle.dumps(v1_at_cut)))
+    got = _job_orders(fn, rt, events[cut:cut2])
+    assert got == expected
+    assert {o.strategy for o in _new_orders(got)} == {"onnx:book_lr_v2"}
+    cancelled = {o.order_id for o in got if o.action is OrderAction.CANCEL}
+    assert cancelled & {o.order_id for o in _new_orders(v1_orders)}  # v1's, really sent
+
+    # crash again, v1 rolled back: the records since the first restore replay under v2
+    rt = rt.checkpoint()
+    fn = _started(_job_cfg(tmp_path, rolled_back), rt)
+    rt.keys["key"] = key
+    assert _traded(fn._state_of(key)) == _traded(expected_state)
+    _, _, expected = _run(_trader(tmp_path, rolled_back), events[cut2:], expected_state)
+    got = _job_orders(fn, rt, events[cut2:])
+    assert got == expected
+    assert {o.strategy for o in _new_orders(got)} == {"onnx:book_lr_v1"}
+
+
+@pytest.mark.parametrize("change", ["deleted", "edited"])
+def test_a_recorded_model_file_gone_or_changed_stops_the_restore_naming_it(
+    tmp_path: Path, change: str
+) -> None:
+    """Replaying under another model would rebuild orders the job never sent: refused, with
+    the instrument, the model and its file in the message."""
+    pytest.importorskip("pyflink")
+    import shutil
+
+    from _keyed_state import FakeRuntime
+
+    from udfs.config import PROJECT_ROOT
+    from udfs.strategy.trading import ModelUnavailableError
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for suffix in (".onnx", ".json"):
+        shutil.copy(PROJECT_ROOT / V2.replace(".onnx", suffix), models)
+    copied = models / "book_lr_v2.onnx"
+    events = list(_events())[:300]
+    rt = FakeRuntime()
+    job = _started(_job_cfg(tmp_path, Registry(live=V1, canary=str(copied))), rt, 20_000)
+    _job_orders(job, rt, events)
+    if change == "deleted":
+        copied.unlink()
+    else:
+        card = copied.with_suffix(".json")
+        card.write_text(card.read_text().replace('"version": "2"', '"version": "2b"'))
+    fn = _started(_job_cfg(tmp_path, Registry(live=V1, canary=V2, canary_share=0.5)), rt)
+    rt.keys["key"] = key = events[0].instrument
+    said = "no longer exists" if change == "deleted" else "changed since"
+    with pytest.raises(ModelUnavailableError, match=said) as err:
+        fn._state_of(key)
+    assert key in str(err.value) and "book_lr_v2" in str(err.value)
+    assert str(copied) in str(err.value)

@@ -752,10 +752,11 @@ class _Runtime:
     def __init__(self) -> None:
         self.keys = _Keys()
         self.value, self.list = _Value(self.keys), _List(self.keys)
+        self.values: dict[str, _Value] = {"instrument_snapshot": self.value}
         self.timers: set[tuple[int, str]] = set()
 
-    def get_state(self, _desc: Any) -> _Value:
-        return self.value
+    def get_state(self, desc: Any) -> _Value:
+        return self.values.setdefault(desc.get_name(), _Value(self.keys))
 
     def get_list_state(self, _desc: Any) -> _List:
         return self.list

@@ -16,15 +16,14 @@ written by :func:`jobs.stream_job.encode_batch`, the inverse of the parser the f
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import re
 from collections import defaultdict
 from dataclasses import asdict, replace
 from itertools import islice
-from typing import Any
 
 import pytest
+from _keyed_state import FakeRuntime
 
 from udfs.config import Config
 from udfs.market.adapters.binance import BinanceAdapter
@@ -54,52 +53,6 @@ WALL_CLOCK_FIELDS = ("ts_proc", "ts_dead")
 
 Raw = tuple[str, int, int, str]
 """(key, offset, timestamp ms, value) of one Kafka record."""
-
-
-class _State:
-    """ValueState / ListState of one name, per current key, pickled like Flink's."""
-
-    def __init__(self, keys: dict) -> None:
-        self.keys, self.data = keys, {}
-
-    def value(self) -> Any:
-        raw = self.data.get(self.keys["key"])
-        return None if raw is None else pickle.loads(raw)
-
-    def update(self, value: Any) -> None:
-        self.data[self.keys["key"]] = pickle.dumps(value)
-
-    def get(self) -> list:
-        return list(self.data.get(self.keys["key"], []))
-
-    def add_all(self, values: list) -> None:
-        self.data.setdefault(self.keys["key"], []).extend(values)
-
-    def clear(self) -> None:
-        self.data.pop(self.keys["key"], None)
-
-
-class _Runtime:
-    def __init__(self) -> None:
-        self.keys = {"key": ""}
-        self.value, self.list = _State(self.keys), _State(self.keys)
-        self.timers: set[tuple[int, str]] = set()
-
-    def get_state(self, _desc: Any) -> _State:
-        return self.value
-
-    def get_list_state(self, _desc: Any) -> _State:
-        return self.list
-
-    # the context's part
-    def get_current_key(self) -> str:
-        return self.keys["key"]
-
-    def timer_service(self) -> _Runtime:
-        return self
-
-    def register_event_time_timer(self, ts: int) -> None:
-        self.timers.add((ts, self.keys["key"]))
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +97,7 @@ def _run(records: list[Raw], size: int, rng: random.Random | None = None) -> dic
     """Every routed record out, per (route, key) in order: its timestamp and its value's exact
     text with the wall-clock fields' values set to 0."""
     cfg = CONFIG
-    rt = _Runtime()
+    rt = FakeRuntime()
     fn = StreamJobFunction(cfg, Trader.load(cfg), snapshot_every=500)
     fn.open(rt)
     out: dict[tuple[str, str], list] = defaultdict(list)
@@ -239,7 +192,7 @@ def test_every_order_carries_its_latency_trace_in_order(records: list[Raw]) -> N
     from udfs.latency import HOPS, job_hops, parse_hops_trace
 
     cfg = Config()
-    rt = _Runtime()
+    rt = FakeRuntime()
     fn = StreamJobFunction(cfg, Trader.load(cfg), snapshot_every=500)
     fn.open(rt)
     traces: list[tuple[int, ...]] = []

@@ -51,6 +51,7 @@ import numpy as np
 
 from udfs.config import PROJECT_ROOT, StrategyConfig
 from udfs.schema import Signal
+from udfs.strategy.registry import model_digest
 
 __all__ = [
     "DERIVED",
@@ -162,6 +163,10 @@ class OnnxModel:
         self.version: str = str(metadata["version"])
         self.features: tuple[str, ...] = tuple(metadata["features"])
         self.input_name: str = metadata.get("input_name", "features")
+        self.path = ""
+        """the file it was loaded from, as named by whoever loaded it ("": built from bytes)"""
+        self.sha256: str = model_digest(onnx_bytes, metadata)
+        """what exactly is scored: a model's files reloaded are checked against it"""
         self._session: Any = None
         self._output: str = ""
 
@@ -175,7 +180,9 @@ class OnnxModel:
         meta_path = p.with_suffix(".json")
         if not meta_path.is_file():
             raise FileNotFoundError(f"model metadata not found: {meta_path}")
-        return cls(p.read_bytes(), json.loads(meta_path.read_text()))
+        model = cls(p.read_bytes(), json.loads(meta_path.read_text()))
+        model.path = str(path)
+        return model
 
     # --- lazy session, dropped when pickled -------------------------------------------------
 

@@ -18,10 +18,17 @@ in ``changes`` with its time and the previous live model. A running job takes a 
 next start from its checkpoint (``stream-job --restore-latest``): each model's per-instrument
 state (its last direction) is kept by model name, so a promoted canary trades on from the
 state it built while it was scored in the shadow.
+
+An :class:`Assignment` is what a job actually traded under: the live and canary model files
+(path, name, version and a content hash) and the share. The job keeps the one each
+instrument's logged records were processed under in its keyed state, so a restore replays
+them under that assignment (the orders the job really sent), not under a registry changed
+while it was down; the change applies to the records after the restore.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zlib
@@ -29,7 +36,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CANARY_SALT", "Registry", "RegistryError", "canary_routed", "model_name"]
+__all__ = [
+    "CANARY_SALT",
+    "Assignment",
+    "ModelRef",
+    "Registry",
+    "RegistryError",
+    "canary_routed",
+    "model_digest",
+    "model_name",
+]
 
 CANARY_SALT = "bookstream-canary-v1:"
 """Names the canary assignment; a different string would draw a different set of instruments."""
@@ -47,6 +63,57 @@ def canary_routed(instrument: str, share: float) -> bool:
 def model_name(path: str) -> str:
     """A model's name: its file's stem (``models/book_lr_v2.onnx`` -> ``book_lr_v2``)."""
     return Path(path).stem
+
+
+def model_digest(onnx_bytes: bytes, metadata: dict[str, Any]) -> str:
+    """SHA-256 of a model's ONNX bytes and its metadata (canonical JSON): both decide what it
+    scores (the metadata names the features and their order)."""
+    h = hashlib.sha256(onnx_bytes)
+    h.update(b"\0")
+    h.update(json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One model file exactly: its path as the registry names it (relative to the project
+    root), the name and version of its metadata, and :func:`model_digest` of its content."""
+
+    path: str
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The models a trader trades under: ``live`` and ``canary`` (None: none) and the canary's
+    share. Recorded per instrument in the job's keyed state as :meth:`to_json`."""
+
+    live: ModelRef | None
+    canary: ModelRef | None = None
+    canary_share: float = 0.0
+
+    def to_json(self) -> str:
+        """Canonical text (equal assignments, equal text): compared and stored as is."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Assignment:
+        raw = json.loads(text)
+
+        def ref(value: dict[str, Any] | None) -> ModelRef | None:
+            return None if value is None else ModelRef(**value)
+
+        return cls(ref(raw["live"]), ref(raw["canary"]), float(raw["canary_share"]))
+
+    def describe(self) -> str:
+        """``live book_lr_v1 v1, canary book_lr_v2 v2 at share 0.2`` (logs, errors)."""
+
+        def one(r: ModelRef | None) -> str:
+            return "none" if r is None else f"{r.name} v{r.version}"
+
+        return f"live {one(self.live)}, canary {one(self.canary)} at share {self.canary_share}"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ Every ``heartbeat_ms`` of event time it also emits a heartbeat on the orders top
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -54,11 +55,11 @@ from udfs.schema import (
 from udfs.strategy.drift import DriftMonitor, DriftWindow
 from udfs.strategy.model import ModelState, OnnxModel, model_signal
 from udfs.strategy.orders import PovSlicer, orders_for_target, twap_children
-from udfs.strategy.registry import Registry, canary_routed
+from udfs.strategy.registry import Assignment, ModelRef, Registry, canary_routed
 from udfs.strategy.signals import RULE_STRATEGY, RuleState, model_traded, rule_signal
 from udfs.strategy.sizing import instrument_capital, load_capital_weights, target_position_lots
 
-__all__ = ["Trader", "TradingState", "heartbeat"]
+__all__ = ["ModelUnavailableError", "RecordedTraders", "Trader", "TradingState", "heartbeat"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,41 @@ def heartbeat(instrument: str, ts_event: int, seq: int) -> Order:
     )
 
 
+class ModelUnavailableError(RuntimeError):
+    """A model of a recorded assignment can no longer be loaded as it was (file gone or
+    changed): the records traded under it cannot be replayed as they were traded."""
+
+
+def _ref(model: OnnxModel | None) -> ModelRef | None:
+    if model is None:
+        return None
+    return ModelRef(model.path, model.name, model.version, model.sha256)
+
+
+def _model_file(path: str) -> OnnxModel:
+    """The model at ``path`` (relative to the project root, as the registry names it)."""
+    model = OnnxModel.load(PROJECT_ROOT / path)
+    model.path = path
+    return model
+
+
+def _recorded_model(ref: ModelRef | None) -> OnnxModel | None:
+    if ref is None:
+        return None
+    full = PROJECT_ROOT / ref.path
+    if not ref.path or not full.is_file() or not full.with_suffix(".json").is_file():
+        raise ModelUnavailableError(
+            f"model {ref.name} v{ref.version}: {full} (or its .json) no longer exists"
+        )
+    model = _model_file(ref.path)
+    if model.sha256 != ref.sha256:
+        raise ModelUnavailableError(
+            f"model {ref.name} v{ref.version}: {full} changed since (sha256 "
+            f"{model.sha256[:16]}..., recorded {ref.sha256[:16]}...)"
+        )
+    return model
+
+
 class Trader:
     """Stateless between calls (state lives in :class:`TradingState`); picklable, so the Flink
     function can carry it to its workers. Models travel as bytes inside :class:`OnnxModel`."""
@@ -135,22 +171,30 @@ class Trader:
         self.min_feed_latency_ns = self.feed_latency_model.min_ns
         """heartbeats use the smallest possible feed latency: no later decision can be
         stamped before a heartbeat already sent"""
+        self.signal_ns = 0
+        """wall clock of the last traded signal (the orders' latency trace, udfs.latency)"""
+        self._set_models(model, shadow, canary_share)
+
+    def _set_models(
+        self, model: OnnxModel | None, shadow: OnnxModel | None, canary_share: float
+    ) -> None:
         self.model = model
         """the registry's live model"""
         self.shadow = shadow
         """the registry's canary: scored on every row, trades ``canary_share`` of the
         instruments the model trades (0: a shadow)"""
         self.canary_share = canary_share
-        self.signal_ns = 0
-        """wall clock of the last traded signal (the orders' latency trace, udfs.latency)"""
         self.drift = (
             None
             if model is None
             else DriftMonitor.of_model(
-                model.metadata, cfg.strategy.drift_every_rows, cfg.strategy.drift_psi_alert
+                model.metadata, self.strategy.drift_every_rows, self.strategy.drift_psi_alert
             )
         )
         """the live model's drift windows (None: off, or its card has no drift_reference)"""
+        self.assignment = Assignment(_ref(model), _ref(shadow), canary_share)
+        """the exact models and share this trader trades under (kept per instrument in the
+        job's keyed state: a restore replays under it, see :class:`RecordedTraders`)"""
 
     @staticmethod
     def load(cfg: Config) -> Trader:
@@ -161,14 +205,13 @@ class Trader:
         def _load(path: str) -> OnnxModel | None:
             if not path:
                 return None
-            full = PROJECT_ROOT / path
-            if not full.is_file():
+            if not (PROJECT_ROOT / path).is_file():
                 raise FileNotFoundError(
-                    f"model file {full} not found (strategy.model_path / "
+                    f"model file {PROJECT_ROOT / path} not found (strategy.model_path / "
                     "strategy.shadow_model_path; `python "
                     "models/train_model.py` writes them)"
                 )
-            return OnnxModel.load(full)
+            return _model_file(path)
 
         reg = Registry.load(
             cfg.model_registry_path,
@@ -176,6 +219,20 @@ class Trader:
             canary=cfg.strategy.shadow_model_path,
         )
         return Trader(cfg, _load(reg.live), _load(reg.canary), reg.canary_share)
+
+    def under(self, assignment: Assignment) -> Trader:
+        """This trader's settings with the models of ``assignment``, loaded again from the
+        recorded files and checked against the recorded hashes
+        (:class:`ModelUnavailableError`: a file gone or changed)."""
+        if assignment == self.assignment:
+            return self
+        trader = copy.copy(self)
+        trader._set_models(
+            _recorded_model(assignment.live),
+            _recorded_model(assignment.canary),
+            assignment.canary_share,
+        )
+        return trader
 
     def _model_states(self, state: TradingState) -> dict[str, ModelState]:
         try:
@@ -323,3 +380,34 @@ class Trader:
             orders.append(heartbeat(instrument, ts + self.min_feed_latency_ns, row["seq"]))
             state.last_heartbeat_ts = ts
         return signals, orders
+
+
+class RecordedTraders:
+    """The traders a restore replays under, by recorded assignment (:meth:`Assignment.to_json`;
+    "" for a job without trading), each built once: the current one, and one per assignment
+    the keyed state recorded before the registry changed (:meth:`Trader.under`)."""
+
+    def __init__(self, cfg: Config, current: Trader | None) -> None:
+        self.current_text = "" if current is None else current.assignment.to_json()
+        """what this job trades under: recorded for each key it processes"""
+        self._base = current or Trader(cfg)
+        self._by_text: dict[str, Trader | None] = {"": None, self.current_text: current}
+
+    def of(self, recorded: str, key: str) -> Trader | None:
+        """The trader of ``recorded``, the assignment ``key``'s logged records were traded
+        under. A model file that is gone or changed: :class:`ModelUnavailableError` naming
+        the key, the model and its path (replaying under another model would rebuild orders
+        and a position the job never had)."""
+        if recorded in self._by_text:
+            return self._by_text[recorded]
+        assignment = Assignment.from_json(recorded)
+        try:
+            trader = self._base.under(assignment)
+        except ModelUnavailableError as exc:
+            raise ModelUnavailableError(
+                f"instrument {key}: its records since the last snapshot were traded under "
+                f"{assignment.describe()} and must be replayed under it, but {exc}; restore "
+                "that file (the registry's changes name every model that was live or canary)"
+            ) from exc
+        self._by_text[recorded] = trader
+        return trader
