@@ -15,7 +15,10 @@ While it is down, the canary (``book_lr_v2``, scored as a shadow by the first ru
 with ``bookstream model canary`` + ``promote``: the restored job trades it, and every signal it
 emits equals the one the pure pipeline computes from the checkpoint's state under the promoted
 registry (each model continues from its own state, kept by name; v2 now traded, v1 recorded
-only), and its orders and drift rows are v2's.
+only), and its orders and drift rows are v2's. The records the checkpoint logged are replayed
+under the assignment they were traded under (v1 live), so the position and working orders v2
+starts from are the ones the first run really ordered: the restored orders equal the pure
+pipeline's from v1's state, and the first cancels withdraw v1's orders that went out.
 """
 
 from __future__ import annotations
@@ -34,8 +37,16 @@ from jobs.sql import query_rows
 from jobs.stream_job import checkpoint_dir, latest_checkpoint
 from udfs.config import Config
 from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
-from udfs.pipeline import RecordSource, process_record
-from udfs.schema import L2Event, Signal, decode_dead_letter, decode_record, encode_event
+from udfs.pipeline import ProcessResult, RecordSource, process_record
+from udfs.schema import (
+    L2Event,
+    Order,
+    OrderAction,
+    Signal,
+    decode_dead_letter,
+    decode_record,
+    encode_event,
+)
 from udfs.strategy.registry import canary_routed
 from udfs.strategy.trading import Trader
 
@@ -62,29 +73,12 @@ def _produce(cfg: Config, events: list[L2Event], malformed_after: int | None = N
     assert producer.flush(30) == 0
 
 
-def _expected_features(cfg: Config, events: list[L2Event]) -> list[dict]:
-    state, rows = None, []
-    for ev in events:
-        state, res = process_record(
-            state,
-            ev.instrument,
-            encode_event(ev),
-            RecordSource(cfg.topics.events, 0, 0),
-            cfg.features,
-            cfg.flink.out_of_orderness_ms,
-        )
-        assert not res.dead_letters
-        rows += res.features
-    return rows
-
-
-def _trading_run(
-    cfg: Config, events: list[L2Event], state=None
-) -> tuple[object, list[Signal], list]:
-    """The pure pipeline with the trader of ``cfg``'s registry: state, signals, drift rows."""
-    trader = Trader.load(cfg)
-    signals: list[Signal] = []
-    drift: list = []
+def _pipeline_run(
+    cfg: Config, events: list[L2Event], trader: Trader | None = None, state=None
+) -> tuple[object, list[ProcessResult]]:
+    """The pure pipeline over ``events`` (from ``state``): the state after them and each
+    record's result."""
+    results = []
     for ev in events:
         state, res = process_record(
             state,
@@ -95,9 +89,26 @@ def _trading_run(
             cfg.flink.out_of_orderness_ms,
             trader,
         )
-        signals += res.signals
-        drift += res.drift
-    return state, signals, drift
+        results.append(res)
+    return state, results
+
+
+def _expected_features(cfg: Config, events: list[L2Event]) -> list[dict]:
+    _, results = _pipeline_run(cfg, events)
+    assert not any(res.dead_letters for res in results)
+    return [row for res in results for row in res.features]
+
+
+def _trading_run(
+    cfg: Config, events: list[L2Event], state=None
+) -> tuple[object, list[Signal], list, list[Order]]:
+    """The pure pipeline with the trader of ``cfg``'s registry: state, signals, drift rows,
+    orders (heartbeats left out: the job's timers send more of them)."""
+    state, results = _pipeline_run(cfg, events, Trader.load(cfg), state)
+    signals = [s for res in results for s in res.signals]
+    drift = [d for res in results for d in res.drift]
+    orders = [o for res in results for o in res.orders if o.action is not OrderAction.HEARTBEAT]
+    return state, signals, drift, orders
 
 
 def _model_keys(signals: list[Signal]) -> list[tuple]:
@@ -260,9 +271,11 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
     before_cfg = replace(
         after_cfg, strategy=replace(after_cfg.strategy, registry_path=str(tmp_path / "none.json"))
     )
-    state, first_signals, first_drift = _trading_run(before_cfg, first)
-    _, rest_signals, _ = _trading_run(before_cfg, extra + rest, copy.deepcopy(state))
-    _, promoted_signals, promoted_drift = _trading_run(after_cfg, extra + rest, state)
+    state, first_signals, first_drift, first_orders = _trading_run(before_cfg, first)
+    _, rest_signals, _, _ = _trading_run(before_cfg, extra + rest, copy.deepcopy(state))
+    _, promoted_signals, promoted_drift, promoted_orders = _trading_run(
+        after_cfg, extra + rest, state
+    )
     restored_signals = [
         decode_record(Signal, r.value)
         for r in read_topic(cfg, cfg.topics.signals, from_offsets=first_signals_end)
@@ -276,12 +289,25 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
     assert by_model["onnx:book_lr_v2"] == {True} and by_model["onnx:book_lr_v1"] == {False}
     first_models = {s.strategy: s.traded for s in first_signals if s.strategy.startswith("onnx:")}
     assert first_models == {"onnx:book_lr_v1": True, "onnx:book_lr_v2": False}
-    new_orders = [
+    # the restored position and working orders are the ones the first run ordered (v1's,
+    # replayed under the assignment recorded in the checkpoint, not under the promoted
+    # registry): every order after the restore is the pure pipeline's from the state v1's
+    # trading left, and the first cancels withdraw v1's orders that really went out
+    restored_orders = [
         o
-        for o in read_json(cfg, cfg.topics.orders, from_offsets=first_orders_end)
-        if o["action"] == "new"
+        for o in (
+            decode_record(Order, r.value)
+            for r in read_topic(cfg, cfg.topics.orders, from_offsets=first_orders_end)
+        )
+        if o.action is not OrderAction.HEARTBEAT
     ]
-    assert new_orders and {o["strategy"] for o in new_orders} == {"onnx:book_lr_v2"}
+    assert restored_orders == promoted_orders
+    new_orders = [o for o in restored_orders if o.action is OrderAction.NEW]
+    assert new_orders and {o.strategy for o in new_orders} == {"onnx:book_lr_v2"}
+    cancels = [o for o in restored_orders if o.action is OrderAction.CANCEL]
+    sent = {o["order_id"] for o in read_json(cfg, cfg.topics.orders) if o["action"] == "new"}
+    assert {o.order_id for o in first_orders if o.action is OrderAction.NEW} <= sent
+    assert cancels and cancels[0].strategy == "onnx:book_lr_v1" and cancels[0].order_id in sent
     drift_after = read_json(cfg, cfg.topics.drift, from_offsets=first_drift_end)
     assert first_drift and promoted_drift and drift_after
     assert {d["model"] for d in drift_after} == {"book_lr_v2"}
