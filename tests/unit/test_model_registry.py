@@ -303,3 +303,24 @@ def test_a_recorded_model_file_gone_or_changed_stops_the_restore_naming_it(
         fn._state_of(key)
     assert key in str(err.value) and "book_lr_v2" in str(err.value)
     assert str(copied) in str(err.value)
+
+
+def test_a_checkpoint_from_before_assignments_were_recorded_replays_under_the_registry(
+    tmp_path: Path,
+) -> None:
+    """Keyed state without ``assignment_traded_under`` (the state of an older job): its log
+    replays under the current registry, as it always did, and the assignment is recorded."""
+    pytest.importorskip("pyflink")
+    from _keyed_state import FakeRuntime
+
+    events = list(_events())
+    cut = len(events) // 2
+    cfg = _job_cfg(tmp_path, Registry(live=V1, canary=V2))
+    rt = FakeRuntime()
+    whole = _job_orders(_started(cfg, rt), rt, events[:cut])
+    rt.states.pop("assignment_traded_under")  # as an older job's checkpoint holds it
+    fn = _started(cfg, rt)
+    whole += _job_orders(fn, rt, events[cut:])
+    assert whole == _run(_trader(tmp_path, Registry(live=V1, canary=V2)), events)[2]
+    rt.keys["key"] = events[0].instrument
+    assert rt.states["assignment_traded_under"].value() == fn.traders.current_text

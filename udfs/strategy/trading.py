@@ -390,7 +390,8 @@ class RecordedTraders:
     def __init__(self, cfg: Config, current: Trader | None) -> None:
         self.current_text = "" if current is None else current.assignment.to_json()
         """what this job trades under: recorded for each key it processes"""
-        self._base = current or Trader(cfg)
+        self._current = current
+        self._cfg = cfg if current is None else None  # a job without trading builds one lazily
         self._by_text: dict[str, Trader | None] = {"": None, self.current_text: current}
 
     def of(self, recorded: str, key: str) -> Trader | None:
@@ -401,8 +402,12 @@ class RecordedTraders:
         if recorded in self._by_text:
             return self._by_text[recorded]
         assignment = Assignment.from_json(recorded)
+        base = self._current
+        if base is None:
+            assert self._cfg is not None
+            base = Trader(self._cfg)
         try:
-            trader = self._base.under(assignment)
+            trader = base.under(assignment)
         except ModelUnavailableError as exc:
             raise ModelUnavailableError(
                 f"instrument {key}: its records since the last snapshot were traded under "
