@@ -55,6 +55,7 @@ from udfs.kafka_acl import ADMIN
 if TYPE_CHECKING:
     from pyflink.datastream import StreamExecutionEnvironment
 
+    from udfs.config import FeatureConfig
     from udfs.market.adapters.sources import Source
     from udfs.schema import L2Event
 
@@ -121,33 +122,42 @@ def _source_from(argv: list[str]) -> Source:
 # stages (each run as `python -m jobs.bench --stage NAME ...` in a child process)
 
 
-def stage_core(source_argv: list[str]) -> dict:
+def core_pass(events: list[L2Event], features: FeatureConfig) -> int:
+    """Stage (a)'s loop, shared with ``jobs.bench_compiled``: every event through a fresh book
+    and feature state per instrument (an event the book refuses is skipped, as the job does);
+    returns the number of feature rows emitted. The ``udfs`` modules are imported at call time,
+    so the pure or the compiled copy runs, whichever the interpreter resolves."""
     from udfs.market.book import BookError, OrderBook
     from udfs.market.features import FeatureState, on_event
     from udfs.schema import Kind
 
+    books: dict[str, OrderBook] = {}
+    feats: dict[str, FeatureState] = {}
+    rows = 0
+    for ev in events:
+        book = books.get(ev.instrument)
+        if book is None:
+            book = books[ev.instrument] = OrderBook(ev.instrument)
+            feats[ev.instrument] = FeatureState()
+        try:
+            book.apply(ev)
+        except BookError:
+            continue
+        if (
+            ev.kind is not Kind.BBO
+            and on_event(feats[ev.instrument], book, ev, features) is not None
+        ):
+            rows += 1
+    return rows
+
+
+def stage_core(source_argv: list[str]) -> dict:
     cfg = load_config()
     events = list(_source_from(source_argv).events())
     best = 0.0
     for _ in range(3):
-        books: dict[str, OrderBook] = {}
-        feats: dict[str, FeatureState] = {}
-        rows = 0
         t = time.perf_counter()
-        for ev in events:
-            book = books.get(ev.instrument)
-            if book is None:
-                book = books[ev.instrument] = OrderBook(ev.instrument)
-                feats[ev.instrument] = FeatureState()
-            try:
-                book.apply(ev)
-            except BookError:
-                continue
-            if (
-                ev.kind is not Kind.BBO
-                and on_event(feats[ev.instrument], book, ev, cfg.features) is not None
-            ):
-                rows += 1
+        rows = core_pass(events, cfg.features)
         best = max(best, len(events) / (time.perf_counter() - t))
     return {"events": len(events), "features": rows, "events_per_s": best}
 

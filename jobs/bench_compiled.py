@@ -75,13 +75,11 @@ def build(dest: Path) -> None:
 def measure(capture: Path, limit: int, state_out: Path | None, state_in: Path | None) -> dict:
     """CPU µs per event of each stage in this interpreter (pure or compiled: whatever
     ``udfs`` resolves to), best of a few passes."""
-    from jobs.bench import _source_from
+    from jobs.bench import _source_from, core_pass
     from udfs.config import load_config
     from udfs.market import book as book_module
-    from udfs.market.book import BookError, OrderBook
-    from udfs.market.features import FeatureState, on_event
     from udfs.pipeline import InstrumentState, RecordSource, process_record
-    from udfs.schema import Kind, SchemaError, decode_event, encode_event
+    from udfs.schema import SchemaError, decode_event, encode_event
     from udfs.strategy.trading import Trader
 
     cfg = load_config()
@@ -96,20 +94,8 @@ def measure(capture: Path, limit: int, state_out: Path | None, state_in: Path | 
         return time.process_time() - t
 
     def core() -> float:
-        books: dict[str, OrderBook] = {}
-        feats: dict[str, FeatureState] = {}
         t = time.process_time()
-        for ev in events:
-            book = books.get(ev.instrument)
-            if book is None:
-                book = books[ev.instrument] = OrderBook(ev.instrument)
-                feats[ev.instrument] = FeatureState()
-            try:
-                book.apply(ev)
-            except BookError:
-                continue
-            if ev.kind is not Kind.BBO:
-                on_event(feats[ev.instrument], book, ev, cfg.features)
+        core_pass(events, cfg.features)
         return time.process_time() - t
 
     states: dict[str, InstrumentState | None] = {}
