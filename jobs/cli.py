@@ -80,6 +80,56 @@ def _add_source_args(parser: argparse.ArgumentParser, required: bool = False) ->
     )
 
 
+def _exchange_time(text: str) -> int:
+    """An option's time, ISO-8601 (UTC when no zone) or integer nanoseconds, as ns."""
+    from jobs.training_set import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither ISO-8601 (2012-06-21T13:30, UTC when no zone) nor integer ns"
+        ) from None
+
+
+def _add_window_args(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = False,
+    exclusive: bool = True,
+    context: str = "",
+) -> None:
+    """``--from``/``--to``: a window of exchange time, parsed to ns (``time_from``/``time_to``,
+    None when not given); ``context`` prefixes the help (``with drift: ``)."""
+    parser.add_argument(
+        "--from",
+        dest="time_from",
+        type=_exchange_time,
+        required=required,
+        metavar="T",
+        help=f"{context}window start, exchange time: ISO-8601 (UTC) or ns",
+    )
+    parser.add_argument(
+        "--to",
+        dest="time_to",
+        type=_exchange_time,
+        required=required,
+        metavar="T",
+        help=f"{context}window end, {'exclusive' if exclusive else 'inclusive'}",
+    )
+
+
+def _add_loop_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        type=int,
+        default=1,
+        metavar="N",
+        help="send the source N times over, each pass a later day of the same market (times "
+        "and sequence numbers moved forward); 0: until stopped (default 1)",
+    )
+
+
 def _source(args: argparse.Namespace) -> Source:
     from udfs.market.adapters.sources import Source
 
@@ -130,11 +180,11 @@ def cmd_feast_push(args: argparse.Namespace) -> int:
 
 
 def cmd_training_set(args: argparse.Namespace) -> int:
-    from jobs.training_set import TrainingSetRequest, build_training_set, parse_time
+    from jobs.training_set import TrainingSetRequest, build_training_set
 
     request = TrainingSetRequest(
-        start_ns=parse_time(args.time_from),
-        end_ns=parse_time(args.time_to),
+        start_ns=args.time_from,
+        end_ns=args.time_to,
         mode="event_time" if args.event_time else "as_known_at",
         step_ms=args.step_ms,
         views=tuple(args.view) if args.view else TrainingSetRequest.views,
@@ -149,11 +199,10 @@ def cmd_training_set(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from jobs.train import TrainRequest, train
-    from jobs.training_set import parse_time
 
     request = TrainRequest(
-        start_ns=parse_time(args.time_from),
-        end_ns=parse_time(args.time_to),
+        start_ns=args.time_from,
+        end_ns=args.time_to,
         name=args.name,
         out_dir=args.out_dir,
         step_ms=args.step_ms,
@@ -167,14 +216,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_portfolio_hrp(args: argparse.Namespace) -> int:
     from jobs.portfolio_hrp import hrp_from_lake
-    from jobs.training_set import parse_time
 
     _emit(
         hrp_from_lake(
             load_config(),
             args.out,
-            start_ns=parse_time(args.time_from) if args.time_from else None,
-            end_ns=parse_time(args.time_to) if args.time_to else None,
+            start_ns=args.time_from,
+            end_ns=args.time_to,
             bar_ms=args.bar_ms,
             align=args.align,
         )
@@ -500,19 +548,18 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 def _model_drift(args: argparse.Namespace, cfg: Config, reg: Any) -> int:
     from jobs.drift import check_drift
-    from jobs.training_set import parse_time
     from udfs.strategy.registry import model_name
 
     name = args.name or model_name(reg.live)
     if (args.time_from is None) != (args.time_to is None):
         raise UsageError("give both --from and --to, or neither (the whole lake)")
-    start = parse_time(args.time_from) if args.time_from else 0
-    end = parse_time(args.time_to) if args.time_to else 2**63 - 1
+    start = 0 if args.time_from is None else args.time_from
+    end = 2**63 - 1 if args.time_to is None else args.time_to
     reference = None
-    if args.reference_from or args.reference_to:
-        if not (args.reference_from and args.reference_to):
+    if args.reference_from is not None or args.reference_to is not None:
+        if args.reference_from is None or args.reference_to is None:
             raise UsageError("give both --reference-from and --reference-to")
-        reference = (parse_time(args.reference_from), parse_time(args.reference_to))
+        reference = (args.reference_from, args.reference_to)
     summary = check_drift(cfg, name, start, end, reference, args.instrument)
     _emit(summary)
     return 1 if summary["alert"] else 0
@@ -611,13 +658,14 @@ def _command(
     name: str,
     summary: str,
     example: str,
-    func: Callable[[argparse.Namespace], int],
+    func: Callable[[argparse.Namespace], int] | None,
     *,
     description: str = "",
     aliases: tuple[str, ...] = (),
     parents: tuple[argparse.ArgumentParser, ...] = (),
 ) -> argparse.ArgumentParser:
-    """A subcommand whose ``--help`` has a description and an example."""
+    """A subcommand whose ``--help`` has a description and an example; ``func`` runs it (None:
+    a group's, whose required COMMAND sets the function)."""
     p = sub.add_parser(
         name,
         aliases=list(aliases),
@@ -627,8 +675,23 @@ def _command(
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=list(parents),
     )
-    p.set_defaults(func=func)
+    if func is not None:
+        p.set_defaults(func=func)
     return p
+
+
+def _group(
+    sub: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    example: str,
+    *,
+    parents: tuple[argparse.ArgumentParser, ...] = (),
+) -> argparse._SubParsersAction:
+    """A command of commands (``bookstream NAME COMMAND``): its ``--help`` lists them; returns
+    the action to add them to (each with ``_command``, which sets the function to run)."""
+    p = _command(sub, name, summary, example, None, parents=parents)
+    return p.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -696,16 +759,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="read up to the topic's end offsets as of the start, then stop",
     )
 
-    p = _command(
+    features_sub = _group(
         sub,
         "features",
         "quants' feature-store commands (see `bookstream features training-set --help`)",
         "bookstream features training-set --from 2012-06-21T13:30 --to 2012-06-21T13:31 "
         "--out train.parquet",
-        cmd_training_set,
         parents=common,
     )
-    features_sub = p.add_subparsers(dest="features_command", required=True, metavar="COMMAND")
     p = _command(
         features_sub,
         "training-set",
@@ -721,10 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
         "entity rows with no value inside a view's TTL are kept (nulls) and counted.",
         parents=common,
     )
-    p.add_argument(
-        "--from", dest="time_from", required=True, metavar="T", help="ISO-8601 (UTC) or ns"
-    )
-    p.add_argument("--to", dest="time_to", required=True, metavar="T", help="exclusive end")
+    _add_window_args(p, required=True)
     when = p.add_mutually_exclusive_group()
     when.add_argument(
         "--as-known-at",
@@ -766,10 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON with rows, features, folds, deflated_sharpe, model, onnx_equals_offline.",
         parents=common,
     )
-    p.add_argument(
-        "--from", dest="time_from", required=True, metavar="T", help="ISO-8601 (UTC) or ns"
-    )
-    p.add_argument("--to", dest="time_to", required=True, metavar="T", help="exclusive end")
+    _add_window_args(p, required=True)
     p.add_argument("--name", default="book_lr_feast", help="model name (default book_lr_feast)")
     p.add_argument("--out-dir", type=Path, default=PROJECT_ROOT / "models", help="default models/")
     p.add_argument("--step-ms", type=int, default=250, help="entity grid step (default 250)")
@@ -777,15 +832,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="purged K-fold folds (default 5)")
     p.add_argument("--embargo", type=int, default=5, help="embargo, samples (default 5)")
 
-    p = _command(
+    portfolio_sub = _group(
         sub,
         "portfolio",
         "portfolio construction from the lake (see `bookstream portfolio hrp --help`)",
         "bookstream portfolio hrp --bar-ms 1000 --out weights.json",
-        cmd_portfolio_hrp,
         parents=common,
     )
-    portfolio_sub = p.add_subparsers(dest="portfolio_command", required=True, metavar="COMMAND")
     p = _command(
         portfolio_sub,
         "hrp",
@@ -798,8 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(BOOKSTREAM_SIZING_CAPITAL_WEIGHTS_PATH). Last line: JSON with the weights.",
         parents=common,
     )
-    p.add_argument("--from", dest="time_from", metavar="T", help="ISO-8601 (UTC) or ns")
-    p.add_argument("--to", dest="time_to", metavar="T", help="end of the window")
+    _add_window_args(p, exclusive=False)
     p.add_argument("--bar-ms", type=int, default=1000, help="return bar (default 1000)")
     p.add_argument(
         "--align",
@@ -847,14 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="replay at N x the recorded pace (default: as fast as possible)",
     )
-    p.add_argument(
-        "--loop",
-        type=int,
-        default=1,
-        metavar="N",
-        help="send the source N times over, each pass a later day of the same market (times "
-        "and sequence numbers moved forward); 0: until stopped (default 1)",
-    )
+    _add_loop_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--wait",
@@ -878,14 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="publish at N x the recorded pace (default 1: as recorded)",
     )
-    p.add_argument(
-        "--loop",
-        type=int,
-        default=1,
-        metavar="N",
-        help="send the source N times over, each pass a later day of the same market (times "
-        "and sequence numbers moved forward); 0: until stopped (default 1)",
-    )
+    _add_loop_arg(p)
     p.add_argument(
         "--procfile", action="store_true", help="print the session as a Procfile and exit"
     )
@@ -994,8 +1032,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--run", default=None, help="a recorded run id, or 'latest' (default, unless --from/--to)"
     )
-    p.add_argument("--from", dest="time_from", help="exchange time, ISO-8601 (UTC) or ns")
-    p.add_argument("--to", dest="time_to", help="exchange time (exclusive)")
+    _add_window_args(p)
     p.add_argument(
         "--speed",
         type=float,
@@ -1149,16 +1186,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("status", "canary", "promote", "rollback", "drift"))
     p.add_argument("name", nargs="?", metavar="NAME", help="a model in models/ (its file stem)")
     p.add_argument("--share", type=float, default=None, help="with canary: 0 to 1")
-    p.add_argument(
-        "--from", dest="time_from", metavar="T", help="with drift: window start (ISO or ns)"
-    )
-    p.add_argument("--to", dest="time_to", metavar="T", help="with drift: window end, exclusive")
+    _add_window_args(p, context="with drift: ")
     p.add_argument(
         "--reference-from",
+        type=_exchange_time,
         metavar="T",
         help="with drift: a lake window as the reference (models without a drift_reference)",
     )
-    p.add_argument("--reference-to", metavar="T", help="with drift: its end, exclusive")
+    p.add_argument(
+        "--reference-to", type=_exchange_time, metavar="T", help="with drift: its end, exclusive"
+    )
     p.add_argument(
         "--instrument",
         help="with drift: this instrument's rows only (a stream drift row's window)",

@@ -437,25 +437,12 @@ def _input_event(
     return None
 
 
-def _parse_time(text: str) -> int:
-    """ISO-8601 (UTC when no zone) or integer nanoseconds since the epoch."""
-    if text.lstrip("-").isdigit():
-        return int(text)
-    dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1_000_000) * 1000
-
-
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config()
-    if args.time_from or args.time_to:
+    if args.time_from is not None or args.time_to is not None:  # ns (the CLI parses them)
         if args.run:
             raise SystemExit("bookstream replay: give --run or --from/--to, not both")
-        rng = ReplayRange(
-            time_from_ns=_parse_time(args.time_from) if args.time_from else None,
-            time_to_ns=_parse_time(args.time_to) if args.time_to else None,
-        )
+        rng = ReplayRange(time_from_ns=args.time_from, time_to_ns=args.time_to)
     else:
         run = load_run(cfg, args.run or "latest")
         rng = ReplayRange(run_id=run["run_id"], offsets_from=run["from"], offsets_to=run["to"])
