@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -29,8 +29,10 @@ from jobs.kafka_io import (
     drain_topic,
     end_offsets,
     make_consumer,
+    make_producer,
 )
 from udfs.config import PROJECT_ROOT, Config, load_config, topics_env
+from udfs.schema import L2Event, encode_event
 
 VENV_BIN = Path(sys.executable).parent
 BOOKSTREAM = VENV_BIN / "bookstream"
@@ -71,6 +73,48 @@ def read_topic(
 
 def read_json(cfg: Config, topic: str, from_offsets: dict[int, int] | None = None) -> list[dict]:
     return [json.loads(r.value) for r in read_topic(cfg, topic, from_offsets)]
+
+
+def committed_values(cfg: Config, topic: str) -> list[bytes | None]:
+    """The values of ``topic``'s committed records (read_committed: aborted transactions
+    skipped) up to its current stable end, in (partition, offset) order."""
+    records = drain_topic(cfg, topic, read_committed=True, idle_timeout_s=60)
+    return [r.value for r in sorted(records, key=lambda r: (r.partition, r.offset))]
+
+
+def committed_inputs(consumer: Consumer, cfg: Config) -> int:
+    """Inputs of the execution sink (events and orders topics) that ``consumer``'s group has
+    committed, summed over every partition."""
+    tps = [
+        TopicPartition(t, p)
+        for t in (cfg.topics.events, cfg.topics.orders)
+        for p in range(cfg.topics.partitions)
+    ]
+    return sum(max(tp.offset, 0) for tp in committed_offsets(consumer, tps))
+
+
+def produce_events(cfg: Config, events: Iterable[L2Event]) -> None:
+    """Events to the events topic as the publisher sends them: key = instrument, record
+    timestamp = exchange time (ms)."""
+    producer = make_producer(cfg)
+    for ev in events:
+        producer.produce(
+            cfg.topics.events,
+            key=ev.instrument,
+            value=encode_event(ev),
+            timestamp=ev.ts_event // 1_000_000,
+        )
+    assert producer.flush(60) == 0
+
+
+def rows_by_instrument(rows: Iterable[dict]) -> dict[str, list[str]]:
+    """Feature or order rows per instrument, in order, each as canonical JSON without its
+    processing time (``ts_proc``): what two runs of the job over the same events agree on."""
+    out: dict[str, list[str]] = {}
+    for row in rows:
+        row = {k: v for k, v in row.items() if k != "ts_proc"}
+        out.setdefault(row["instrument"], []).append(json.dumps(row, sort_keys=True))
+    return out
 
 
 def read_at(cfg: Config, topic: str, partition: int, offset: int) -> bytes | None:

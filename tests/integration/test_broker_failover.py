@@ -25,9 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from confluent_kafka.admin import ConfigResource
-from it_helpers import config_for, kill_job, start_job, wait_committed_to_end, wait_for
+from it_helpers import (
+    committed_inputs,
+    committed_values,
+    config_for,
+    kill_job,
+    produce_events,
+    rows_by_instrument,
+    start_job,
+    wait_committed_to_end,
+    wait_for,
+)
 from test_execution_sink import events, heartbeat, orders, produce, publish_market, run
 
 from jobs.bench import free_port_block
@@ -36,10 +46,8 @@ from jobs.kafka_io import (
     _admin,
     broker_list,
     client_config,
-    committed_offsets,
     create_topics,
     end_offsets,
-    make_producer,
 )
 from udfs.config import PROJECT_ROOT, Config, load_config
 from udfs.schema import ExecReport, decode_record
@@ -117,21 +125,6 @@ def _config(cluster: Cluster, tag: str) -> tuple[Config, dict[str, str]]:
     return cfg, env
 
 
-def _committed_executions(cfg: Config) -> list[bytes]:
-    """Committed (read_committed) values of the executions topic, in (partition, offset)
-    order."""
-    return _committed_values(cfg, cfg.topics.executions)
-
-
-def _committed_inputs(consumer: Consumer, cfg: Config) -> int:
-    tps = [
-        TopicPartition(t, p)
-        for t in (cfg.topics.events, cfg.topics.orders)
-        for p in range(cfg.topics.partitions)
-    ]
-    return sum(max(tp.offset, 0) for tp in committed_offsets(consumer, tps))
-
-
 T0 = time.monotonic()
 
 
@@ -169,7 +162,7 @@ def test_a_broker_killed_and_restarted_loses_nothing_and_transactions_survive(
     publish_market(ref)
     produce(ref, ref.topics.orders, inputs)
     ref_res = run(ref)
-    expected = _committed_executions(ref)
+    expected = committed_values(ref, ref.topics.executions)
     assert ref_res.stats["fills"] > 0 and expected
 
     _phase("failover run")
@@ -199,7 +192,7 @@ def test_a_broker_killed_and_restarted_loses_nothing_and_transactions_survive(
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 assert proc.poll() is None, log_path.read_text()[-3000:]
-                n = _committed_inputs(watcher, cfg)
+                n = committed_inputs(watcher, cfg)
                 if n >= at_least:
                     return n
                 time.sleep(0.2)
@@ -240,7 +233,7 @@ def test_a_broker_killed_and_restarted_loses_nothing_and_transactions_survive(
     # nothing lost: every event and order is in its topic once
     assert _count(cfg, cfg.topics.events) == len(events())
     assert _count(cfg, cfg.topics.orders) == len(inputs)
-    after = _committed_executions(cfg)
+    after = committed_values(cfg, cfg.topics.executions)
     ids = [decode_record(ExecReport, v).report_id for v in after]
     assert not [i for i, c in Counter(ids).items() if c > 1]
     assert after == expected  # byte for byte, in the same order
@@ -270,20 +263,9 @@ def test_the_stream_job_goes_on_through_a_broker_failover(cluster: Cluster, tmp_
     sample = list(itertools.islice(Source.sample().events(), JOB_EVENTS))
     cut = next(j + 1 for j in range(len(sample) // 2, len(sample)) if sample[j].is_last)
 
-    def produce(part) -> None:
-        producer = make_producer(cfg)
-        for ev in part:
-            producer.produce(
-                cfg.topics.events,
-                key=ev.instrument,
-                value=encode_event(ev),
-                timestamp=ev.ts_event // 1_000_000,
-            )
-        assert producer.flush(60) == 0
-
     group = f"it-failover-job-{uuid.uuid4().hex[:6]}"
     log = tmp_path / "job.log"
-    produce(sample[:cut])
+    produce_events(cfg, sample[:cut])
     proc = start_job(["stream-job", "--group-id", group], env, log)
     try:
         wait_for(lambda: _count(cfg, cfg.topics.features) > 0, 600, "the first features", proc, log)
@@ -292,14 +274,14 @@ def test_the_stream_job_goes_on_through_a_broker_failover(cluster: Cluster, tmp_
         killed_pid = cluster.pid(victim)
         os.kill(killed_pid, signal.SIGKILL)
         _phase(f"stream job: node {victim} killed")
-        produce(sample[cut:])  # min ISR 2 of 3: writes go on with one node down
+        produce_events(cfg, sample[cut:])  # min ISR 2 of 3: writes go on with one node down
         cluster.script("start.sh")  # restarts exactly the dead node
         assert len(broker_list(cfg)) == 3 and cluster.pid(victim) != killed_pid
         _phase("stream job: node restarted")
         wait_committed_to_end(cfg, group, 600, "a checkpoint covering every event", proc, log)
     finally:
         kill_job(proc)
-    want: dict[str, list[str]] = {}
+    rows: list[dict] = []
     states: dict[str, object] = {}
     for i, ev in enumerate(sample):
         states[ev.instrument], res = process_record(
@@ -310,43 +292,9 @@ def test_the_stream_job_goes_on_through_a_broker_failover(cluster: Cluster, tmp_
             cfg.features,
             cfg.flink.out_of_orderness_ms,
         )
-        for row in res.features:
-            row = {k: v for k, v in row.items() if k != "ts_proc"}
-            want.setdefault(row["instrument"], []).append(json.dumps(row, sort_keys=True))
-    got: dict[str, list[str]] = {}
-    for row in map(json.loads, _committed_values(cfg, cfg.topics.features)):
-        row.pop("ts_proc", None)
-        got.setdefault(row["instrument"], []).append(json.dumps(row, sort_keys=True))
+        rows += res.features
+    want = rows_by_instrument(rows)
+    got = rows_by_instrument(map(json.loads, committed_values(cfg, cfg.topics.features)))
     got = {k: list(dict.fromkeys(v)) for k, v in got.items()}
     assert {k: len(v) for k, v in got.items()} == {k: len(v) for k, v in want.items()}
     assert got == want
-
-
-def _committed_values(cfg: Config, topic: str) -> list[bytes]:
-    """Committed (read_committed) values of ``topic``, in (partition, offset) order."""
-    consumer = Consumer(
-        client_config(
-            cfg,
-            {
-                "group.id": f"it-rc-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            },
-        )
-    )
-    try:
-        left = {p: hi for p, hi in end_offsets(cfg, topic).items() if hi > 0}
-        consumer.assign([TopicPartition(topic, p, 0) for p in left])
-        got: list[tuple[int, int, bytes]] = []
-        deadline = time.monotonic() + 60
-        while left and time.monotonic() < deadline:
-            for m in consumer.consume(num_messages=10_000, timeout=0.5):
-                if not m.error():
-                    got.append((m.partition(), m.offset(), m.value()))
-            for tp in consumer.position([TopicPartition(topic, p) for p in left]):
-                if tp.offset >= left[tp.partition]:
-                    del left[tp.partition]
-        assert not left, f"{topic} not read to its end: {left}"
-        return [v for _p, _o, v in sorted(got)]
-    finally:
-        consumer.close()

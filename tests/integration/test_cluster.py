@@ -31,7 +31,10 @@ from urllib.parse import urlparse
 import pytest
 from it_helpers import (
     config_for,
+    produce_events,
+    read_json,
     read_topic,
+    rows_by_instrument,
     run_cli,
     state_env,
     topic_env,
@@ -46,11 +49,10 @@ from jobs.kafka_io import (
     create_topics,
     delete_topics,
     end_offsets,
-    make_producer,
 )
 from udfs.config import PROJECT_ROOT, Config, load_config
 from udfs.market.adapters.sources import Source
-from udfs.schema import L2Event, encode_event
+from udfs.schema import L2Event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -92,20 +94,6 @@ def events() -> list[L2Event]:
     return head
 
 
-def _produce(cfg: Config, events: list[L2Event]) -> None:
-    """Events to the events topic as the publisher sends them: key = instrument, record
-    timestamp = exchange time (ms)."""
-    producer = make_producer(cfg)
-    for ev in events:
-        producer.produce(
-            cfg.topics.events,
-            key=ev.instrument,
-            value=encode_event(ev),
-            timestamp=ev.ts_event // 1_000_000,
-        )
-    assert producer.flush(60) == 0
-
-
 @dataclass(frozen=True)
 class Output:
     """A run's features (without the processing time) and orders (without heartbeats, which
@@ -116,18 +104,10 @@ class Output:
 
     @classmethod
     def read(cls, cfg: Config) -> Output:
-        def per_key(topic: str, keep) -> dict[str, list[str]]:
-            out: dict[str, list[str]] = {}
-            for rec in read_topic(cfg, topic):
-                row = json.loads(rec.value)
-                if keep(row):
-                    row.pop("ts_proc", None)
-                    out.setdefault(row["instrument"], []).append(json.dumps(row, sort_keys=True))
-            return out
-
+        orders = read_json(cfg, cfg.topics.orders)
         return cls(
-            features=per_key(cfg.topics.features, lambda r: True),
-            orders=per_key(cfg.topics.orders, lambda r: r.get("action") != "heartbeat"),
+            features=rows_by_instrument(read_json(cfg, cfg.topics.features)),
+            orders=rows_by_instrument(r for r in orders if r.get("action") != "heartbeat"),
         )
 
     def counts(self) -> dict[str, int]:
@@ -151,7 +131,7 @@ def local_run(events: list[L2Event]) -> Iterator[LocalRun]:
     env = topic_env("clulocal")
     cfg = config_for(env)
     create_topics(cfg)
-    _produce(cfg, events)
+    produce_events(cfg, events)
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "stream-job", "--bounded", "--group-id", "it-local"],
         cwd=PROJECT_ROOT,
@@ -237,7 +217,7 @@ def test_savepoint_mid_stream_resumes_at_another_parallelism(
                 args += ["--from-savepoint", savepoint]
             job = _submit(env, *args)
             before = _features_written(cfg)
-            _produce(cfg, part)
+            produce_events(cfg, part)
             if n == len(parts) - 1:
                 wait_for(
                     lambda: _features_written(cfg) >= expected.counts()["features"],
@@ -347,7 +327,7 @@ def test_taskmanager_killed_mid_stream_recovers_from_its_checkpoint(
     try:
         group = f"it-tmkill-{uuid.uuid4().hex[:6]}"
         job = _submit(env, "--parallelism", "2", "--group-id", group)
-        _produce(cfg, events[:cut])
+        produce_events(cfg, events[:cut])
         wait_for(lambda: _features_written(cfg) > 0, WAIT_S, "the first features")
         # a checkpoint completed after output began: the restore has state to start from
         seen_ms = int(time.time() * 1000)
@@ -367,7 +347,7 @@ def test_taskmanager_killed_mid_stream_recovers_from_its_checkpoint(
         )
         assert healed.returncode == 0, healed.stderr[-4000:]
         assert len(_taskmanager_pids(cfg)) == cfg.flink.cluster_taskmanagers
-        _produce(cfg, events[cut:])
+        produce_events(cfg, events[cut:])
 
         def still_running() -> None:
             state = job_state(cfg, job)

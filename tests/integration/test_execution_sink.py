@@ -25,10 +25,17 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from it_helpers import config_for, kill_job, read_topic, state_env
+from it_helpers import (
+    committed_inputs,
+    committed_values,
+    config_for,
+    kill_job,
+    read_topic,
+    state_env,
+)
 
 from jobs.execution_sink import SinkResult, SinkStateError, run_sink
-from jobs.kafka_io import client_config, committed_offsets, end_offsets, make_producer
+from jobs.kafka_io import client_config, end_offsets, make_producer
 from jobs.publish import publish
 from udfs.config import PROJECT_ROOT, Config
 from udfs.market.adapters.lobster import iter_lobster_events
@@ -342,53 +349,12 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(
     inputs = [rec for o in orders() for rec in (o, *[heartbeat(o.ts_event)] * beats)]
     total = len(events()) + len(inputs)
 
-    def committed_executions(cfg: Config) -> list[bytes]:
-        consumer = Consumer(
-            client_config(
-                cfg,
-                {
-                    "group.id": f"it-rc-{uuid.uuid4().hex}",
-                    "enable.auto.commit": False,
-                    "isolation.level": "read_committed",
-                    "auto.offset.reset": "earliest",
-                },
-            )
-        )
-        try:
-            ends = end_offsets(cfg, cfg.topics.executions)
-            left = {p: hi for p, hi in ends.items() if hi > 0}
-            consumer.assign([TopicPartition(cfg.topics.executions, p, 0) for p in left])
-            got: list[tuple[int, int, bytes]] = []
-            deadline = time.monotonic() + 60
-            while left and time.monotonic() < deadline:
-                for m in consumer.consume(num_messages=10_000, timeout=0.5):
-                    if not m.error():
-                        got.append((m.partition(), m.offset(), m.value()))
-                for tp in consumer.position(
-                    [TopicPartition(cfg.topics.executions, p) for p in left]
-                ):
-                    if tp.offset >= left[tp.partition]:
-                        del left[tp.partition]
-            assert not left, f"executions not read to their end: {left}"
-            return [v for _p, _o, v in sorted(got)]
-        finally:
-            consumer.close()
-
-    def committed_inputs(consumer: Consumer, cfg: Config) -> int:
-        """Inputs the consumer's group has committed (summed over every input partition)."""
-        tps = [
-            TopicPartition(t, p)
-            for t in (cfg.topics.events, cfg.topics.orders)
-            for p in range(cfg.topics.partitions)
-        ]
-        return sum(max(tp.offset, 0) for tp in committed_offsets(consumer, tps))
-
     # reference: the same inputs, one uninterrupted bounded run
     ref, _ = kafka_topics("kref", **env_for(tmp_path / "ref"))
     publish_market(ref)
     produce(ref, ref.topics.orders, inputs)
     ref_res = run(ref)
-    expected = committed_executions(ref)
+    expected = committed_values(ref, ref.topics.executions)
     assert ref_res.stats["acks"] >= N_ORDERS // 2 and ref_res.stats["fills"] > 0
 
     # killed: a live sink in its own process group, SIGKILLed between two commits
@@ -426,14 +392,14 @@ def test_sigkill_mid_stream_then_restart_gives_the_same_executions(
         watcher.close()
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "live.log").read_text()[-3000:]
     assert progress < seen <= killed_at < total, (seen, killed_at, total)  # killed mid-stream
-    before = committed_executions(cfg)
+    before = committed_values(cfg, cfg.topics.executions)
     assert before and before == expected[: len(before)] and len(before) < len(expected)
 
     resumed = run(cfg, group)
 
     assert resumed.rebuilt_inputs == killed_at > 0  # state rebuilt from the committed history
     assert resumed.inputs == total - killed_at
-    after = committed_executions(cfg)
+    after = committed_values(cfg, cfg.topics.executions)
     ids = [decode_record(ExecReport, v).report_id for v in after]
     assert not [i for i, c in Counter(ids).items() if c > 1]
     assert after == expected  # byte for byte, in the same order
