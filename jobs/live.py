@@ -50,7 +50,7 @@ from udfs.config import Config, topics_env
 from udfs.market.adapters.sources import Source
 from udfs.schema import ExecKind, ExecReport, decode_record
 
-__all__ = ["live_processes", "run_live"]
+__all__ = ["finish_session", "live_processes", "run_live"]
 
 SAMPLE_S = 2.0
 """How often the supervisor reads its processes' CPU time while the session runs (s)."""
@@ -224,6 +224,26 @@ def record_session(
     return summary
 
 
+def finish_session(
+    cfg: Config,
+    run: str,
+    before: dict[str, dict[int, int]],
+    meter: EnergyMeter,
+    supervisor: _Supervisor,
+    wall_s: float,
+) -> dict[str, object] | None:
+    """Record the stopped session (:func:`record_session`) and print its summary as the last
+    line. When it cannot be recorded (its broker gone, the lake not writable): None, and a line
+    on stderr naming the session and why; the session still ends, with its own status."""
+    try:
+        summary = record_session(cfg, run, before, meter, supervisor, wall_s)
+    except (KafkaException, OSError) as exc:
+        print(f"live session {run}: not recorded as a run: {exc}", file=sys.stderr, flush=True)
+        return None
+    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+    return summary
+
+
 def run_live(
     cfg: Config, source: Source, *, speed: float, loops: int = 1, print_procfile: bool = False
 ) -> int:
@@ -256,13 +276,7 @@ def run_live(
     )
     try:
         supervisor.loop()
-        try:
-            summary = record_session(
-                live_cfg, run, before, meter, supervisor, time.perf_counter() - t0
-            )
-            print(json.dumps(summary, sort_keys=True, default=str), flush=True)
-        except (KafkaException, OSError) as exc:  # the session still ends with its status
-            print(f"live session {run}: not recorded as a run: {exc}", file=sys.stderr)
+        finish_session(live_cfg, run, before, meter, supervisor, time.perf_counter() - t0)
     finally:
         pid_file.unlink(missing_ok=True)
     # a stop we were asked for (SIGINT/SIGTERM) is a normal end

@@ -21,7 +21,9 @@ import pytest
 from it_helpers import BOOKSTREAM, PROJECT_ROOT, config_for, free_port, wait_for
 from test_demo_cli import check_energy
 
+from jobs.energy import EnergyMeter
 from jobs.kafka_io import as_role, delete_topics, make_producer
+from jobs.live import _Supervisor, finish_session
 from jobs.report import _energy, run_config, run_filters
 from jobs.runs import load_run
 from udfs.config import topics_env
@@ -212,3 +214,21 @@ def test_a_live_session_runs_reports_and_stops_gracefully(tmp_path: Path) -> Non
     shown = _energy(session, run, published, summary["fills"])
     assert shown is not None and shown["kwh"] == summary["energy"]["kwh"]
     assert shown["g_co2e_per_trade"] == summary["energy"]["g_co2e_per_trade"]
+
+
+def test_a_session_that_cannot_be_recorded_still_ends_and_says_why(tmp_path: Path, capsys) -> None:
+    """Kafka gone when a session stops (its broker's port answers nothing): the session's end
+    reads no offsets, so it is not recorded as a run; the supervisor says so on one line with
+    the reason, raises nothing (the session ends with its own status) and writes no run."""
+    gone = str(free_port())
+    env = {"BOOKSTREAM_LAKE_ROOT": str(tmp_path / "lake"), "BOOKSTREAM_KAFKA_PORT": gone}
+    run = "live.it-unrecorded"
+    cfg = config_for(env).for_run(run)
+    before = {topic: {0: 0} for topic in cfg.topics.names().values()}
+    summary = finish_session(cfg, run, before, EnergyMeter(cfg), _Supervisor(), 1.0)
+    assert summary is None
+    err = capsys.readouterr().err
+    line = rf"live session {re.escape(run)}: not recorded as a run: .*transport failure"
+    assert re.search(line, err), err
+    assert not (cfg.lake_dir / "runs" / f"{run}.json").exists()
+    assert not (cfg.lake_dir / "runs" / f"{run}.summary.json").exists()
