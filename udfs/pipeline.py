@@ -40,6 +40,7 @@ job (restarts would meet it again and again).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from udfs.config import Config, FeatureConfig, FlinkConfig, QualityConfig
@@ -58,10 +59,11 @@ from udfs.schema import (
     SchemaError,
     Signal,
     decode_event,
+    encode_event,
 )
 from udfs.strategy.trading import Trader, TradingState
 
-__all__ = ["InstrumentState", "ProcessResult", "process_event", "process_record"]
+__all__ = ["InstrumentState", "ProcessResult", "process_event", "process_events", "process_record"]
 
 _STALE_AFTER_MS = QualityConfig().stale_after_ms
 _MAX_AHEAD_MS = FlinkConfig().max_ahead_ms
@@ -328,6 +330,41 @@ def process_record(
             ev.ts_event,
         )
         return state, result
+
+
+def process_events(
+    events: Iterable[L2Event],
+    cfg: FeatureConfig,
+    out_of_orderness_ms: int,
+    trader: Trader | None = None,
+    states: dict[str, InstrumentState | None] | None = None,
+    topic: str = "events",
+) -> tuple[dict[str, InstrumentState | None], ProcessResult]:
+    """:func:`process_record` over decoded ``events`` outside the job: each serialised as the
+    publisher sends it, keyed by its instrument as the job keys it, event ``i`` at offset ``i``
+    of one partition of ``topic`` (the reference a job's output is compared with). ``states``
+    (instrument -> state, updated in place) is where each instrument starts; returns them and
+    everything emitted, in order."""
+    states = {} if states is None else states
+    out = ProcessResult()
+    for i, ev in enumerate(events):
+        key = ev.instrument
+        states[key], res = process_record(
+            states.get(key),
+            key,
+            encode_event(ev),
+            RecordSource(topic, 0, i),
+            cfg,
+            out_of_orderness_ms,
+            trader,
+        )
+        out.features += res.features
+        out.dead_letters += res.dead_letters
+        out.signals += res.signals
+        out.orders += res.orders
+        out.quality += res.quality
+        out.drift += res.drift
+    return states, out
 
 
 def _process_decoded(

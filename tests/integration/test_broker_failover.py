@@ -256,8 +256,7 @@ def test_the_stream_job_goes_on_through_a_broker_failover(cluster: Cluster, tmp_
     import itertools
 
     from udfs.market.adapters.sources import Source
-    from udfs.pipeline import RecordSource, process_record
-    from udfs.schema import encode_event
+    from udfs.pipeline import process_events
 
     cfg, env = _config(cluster, "job")
     sample = list(itertools.islice(Source.sample().events(), JOB_EVENTS))
@@ -281,19 +280,10 @@ def test_the_stream_job_goes_on_through_a_broker_failover(cluster: Cluster, tmp_
         wait_committed_to_end(cfg, group, 600, "a checkpoint covering every event", proc, log)
     finally:
         kill_job(proc)
-    rows: list[dict] = []
-    states: dict[str, object] = {}
-    for i, ev in enumerate(sample):
-        states[ev.instrument], res = process_record(
-            states.get(ev.instrument),
-            ev.instrument,
-            encode_event(ev),
-            RecordSource(cfg.topics.events, 0, i),
-            cfg.features,
-            cfg.flink.out_of_orderness_ms,
-        )
-        rows += res.features
-    want = rows_by_instrument(rows)
+    _, reference = process_events(
+        sample, cfg.features, cfg.flink.out_of_orderness_ms, topic=cfg.topics.events
+    )
+    want = rows_by_instrument(reference.features)
     got = rows_by_instrument(map(json.loads, committed_values(cfg, cfg.topics.features)))
     got = {k: list(dict.fromkeys(v)) for k, v in got.items()}
     assert {k: len(v) for k, v in got.items()} == {k: len(v) for k, v in want.items()}

@@ -37,7 +37,7 @@ from jobs.sql import query_rows
 from jobs.stream_job import checkpoint_dir, latest_checkpoint
 from udfs.config import Config
 from udfs.market.adapters.sources import SAMPLE_LOBSTER, Source
-from udfs.pipeline import ProcessResult, RecordSource, process_record
+from udfs.pipeline import ProcessResult, process_events
 from udfs.schema import (
     L2Event,
     Order,
@@ -73,42 +73,31 @@ def _produce(cfg: Config, events: list[L2Event], malformed_after: int | None = N
     assert producer.flush(30) == 0
 
 
-def _pipeline_run(
-    cfg: Config, events: list[L2Event], trader: Trader | None = None, state=None
-) -> tuple[object, list[ProcessResult]]:
-    """The pure pipeline over ``events`` (from ``state``): the state after them and each
-    record's result."""
-    results = []
-    for ev in events:
-        state, res = process_record(
-            state,
-            ev.instrument,
-            encode_event(ev),
-            RecordSource(cfg.topics.events, 0, 0),
-            cfg.features,
-            cfg.flink.out_of_orderness_ms,
-            trader,
-        )
-        results.append(res)
-    return state, results
+def _pure_run(
+    cfg: Config, events: list[L2Event], trader: Trader | None = None, states=None
+) -> tuple[dict, ProcessResult]:
+    """The job's per-record logic over ``events`` from ``states``, with ``trader`` (None:
+    features only): the states after them and everything emitted (no dead letter: the events
+    are clean)."""
+    states, out = process_events(
+        events, cfg.features, cfg.flink.out_of_orderness_ms, trader, states, cfg.topics.events
+    )
+    assert not out.dead_letters
+    return states, out
 
 
 def _expected_features(cfg: Config, events: list[L2Event]) -> list[dict]:
-    _, results = _pipeline_run(cfg, events)
-    assert not any(res.dead_letters for res in results)
-    return [row for res in results for row in res.features]
+    return _pure_run(cfg, events)[1].features
 
 
 def _trading_run(
-    cfg: Config, events: list[L2Event], state=None
-) -> tuple[object, list[Signal], list, list[Order]]:
-    """The pure pipeline with the trader of ``cfg``'s registry: state, signals, drift rows,
+    cfg: Config, events: list[L2Event], states=None
+) -> tuple[dict, list[Signal], list, list[Order]]:
+    """The pure pipeline with the trader of ``cfg``'s registry: states, signals, drift rows,
     orders (heartbeats left out: the job's timers send more of them)."""
-    state, results = _pipeline_run(cfg, events, Trader.load(cfg), state)
-    signals = [s for res in results for s in res.signals]
-    drift = [d for res in results for d in res.drift]
-    orders = [o for res in results for o in res.orders if o.action is not OrderAction.HEARTBEAT]
-    return state, signals, drift, orders
+    states, out = _pure_run(cfg, events, Trader.load(cfg), states)
+    orders = [o for o in out.orders if o.action is not OrderAction.HEARTBEAT]
+    return states, out.signals, out.drift, orders
 
 
 def _model_keys(signals: list[Signal]) -> list[tuple]:
@@ -271,10 +260,10 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
     before_cfg = replace(
         after_cfg, strategy=replace(after_cfg.strategy, registry_path=str(tmp_path / "none.json"))
     )
-    state, first_signals, first_drift, first_orders = _trading_run(before_cfg, first)
-    _, rest_signals, _, _ = _trading_run(before_cfg, extra + rest, copy.deepcopy(state))
+    states, first_signals, first_drift, first_orders = _trading_run(before_cfg, first)
+    _, rest_signals, _, _ = _trading_run(before_cfg, extra + rest, copy.deepcopy(states))
     _, promoted_signals, promoted_drift, promoted_orders = _trading_run(
-        after_cfg, extra + rest, state
+        after_cfg, extra + rest, states
     )
     restored_signals = [
         decode_record(Signal, r.value)

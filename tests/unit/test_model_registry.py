@@ -13,7 +13,7 @@ import pytest
 from udfs.config import load_config
 from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_LOBSTER
-from udfs.pipeline import RecordSource, process_record
+from udfs.pipeline import process_events
 from udfs.schema import L2Event, Order, OrderAction, Signal, decode_record, encode_event
 from udfs.strategy.registry import Registry, RegistryError, canary_routed
 from udfs.strategy.signals import model_traded
@@ -73,22 +73,14 @@ def _trader(tmp_path: Path, reg: Registry) -> Trader:
 
 
 def _run(trader: Trader, events, state=None) -> tuple[object, list[Signal], list[Order]]:
+    """The pure pipeline over ``events`` of the LOBSTER sample (one instrument: one state)."""
     cfg = load_config()
-    signals: list[Signal] = []
-    orders: list[Order] = []
-    for ev in events:
-        state, res = process_record(
-            state,
-            ev.instrument,
-            encode_event(ev).decode(),
-            RecordSource("t", 0, 0),
-            cfg.features,
-            cfg.flink.out_of_orderness_ms,
-            trader,
-        )
-        signals += res.signals
-        orders += res.orders
-    return state, signals, orders
+    states = None if state is None else {events[0].instrument: state}
+    states, out = process_events(
+        events, cfg.features, cfg.flink.out_of_orderness_ms, trader, states
+    )
+    (state,) = states.values()
+    return state, out.signals, out.orders
 
 
 def _by(signals: list[Signal], strategy: str) -> list[Signal]:

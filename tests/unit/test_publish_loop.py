@@ -18,8 +18,8 @@ from udfs.market.adapters.sources import (
     looped,
     paced_due_ns,
 )
-from udfs.pipeline import RecordSource, process_record
-from udfs.schema import L2Event, encode_event
+from udfs.pipeline import process_events
+from udfs.schema import L2Event
 
 HEAD = 6_000  # events of each input: its opening snapshot, trades and features
 
@@ -34,21 +34,10 @@ def _binance() -> Iterator[L2Event]:
 
 def _features(events: list[L2Event]) -> tuple[list[dict], list]:
     cfg = load_config()
-    states: dict[str, object] = {}
-    rows: list[dict] = []
-    dead: list = []
-    for i, ev in enumerate(events):
-        states[ev.instrument], res = process_record(
-            states.get(ev.instrument),
-            ev.instrument,
-            encode_event(ev),
-            RecordSource(cfg.topics.events, 0, i),
-            cfg.features,
-            cfg.flink.out_of_orderness_ms,
-        )
-        rows += res.features
-        dead += res.dead_letters
-    return rows, dead
+    _, out = process_events(
+        events, cfg.features, cfg.flink.out_of_orderness_ms, topic=cfg.topics.events
+    )
+    return out.features, out.dead_letters
 
 
 @pytest.mark.parametrize("passes", [_lobster, _binance], ids=["lobster", "binance"])

@@ -11,8 +11,8 @@ import pytest
 from udfs.config import load_config
 from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_LOBSTER
-from udfs.pipeline import RecordSource, process_record
-from udfs.schema import TRADE_KINDS, Order, OrderAction, encode_event
+from udfs.pipeline import process_events
+from udfs.schema import TRADE_KINDS, Order, OrderAction
 from udfs.strategy.trading import Trader
 
 
@@ -20,19 +20,8 @@ def _run(execution: str) -> tuple[list[Order], list, object]:
     cfg = load_config(env={"BOOKSTREAM_STRATEGY_EXECUTION": execution})
     trader = Trader.load(cfg)
     events = list(iter_lobster_events(*SAMPLE_LOBSTER))
-    state, orders = None, []
-    for ev in events:
-        state, res = process_record(
-            state,
-            ev.instrument,
-            encode_event(ev).decode(),
-            RecordSource("t", 0, 0),
-            cfg.features,
-            cfg.flink.out_of_orderness_ms,
-            trader,
-        )
-        orders += res.orders
-    return orders, events, cfg
+    _, out = process_events(events, cfg.features, cfg.flink.out_of_orderness_ms, trader)
+    return out.orders, events, cfg
 
 
 @pytest.fixture(scope="module")
@@ -104,19 +93,8 @@ def test_pov_children_never_exceed_the_participation_of_traded_volume(direct) ->
 def _run_with(env: dict[str, str]) -> list[Order]:
     cfg = load_config(env=env)
     trader = Trader.load(cfg)
-    state, orders = None, []
-    for ev in iter_lobster_events(*SAMPLE_LOBSTER):
-        state, res = process_record(
-            state,
-            ev.instrument,
-            encode_event(ev).decode(),
-            RecordSource("t", 0, 0),
-            cfg.features,
-            cfg.flink.out_of_orderness_ms,
-            trader,
-        )
-        orders += res.orders
-    return orders
+    events = iter_lobster_events(*SAMPLE_LOBSTER)
+    return process_events(events, cfg.features, cfg.flink.out_of_orderness_ms, trader)[1].orders
 
 
 def test_feed_latency_drawn_from_a_recorded_distribution_repeats_exactly(tmp_path) -> None:
