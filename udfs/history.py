@@ -210,12 +210,16 @@ def _trading_stream(name: str, cls: type) -> Stream:
     )
 
 
+def _row_stream(name: str, cls: type, time_ns: Callable[[dict[str, Any]], int]) -> Stream:
+    """A JSON row's table (the job's stats, quality minutes, drift windows): topic field =
+    table name, every field of ``cls`` without a default required."""
+    fields = tuple(_dataclass_fields(cls))
+    return Stream(name, name, fields, _json_decoder(fields, _required(cls)), time_ns)
+
+
 def streams(depth_levels: int) -> tuple[Stream, ...]:
     """Every history table, for a job computing ``depth_levels`` of imbalance."""
     feature_fields = _feature_fields(depth_levels)
-    stats_fields = tuple(_dataclass_fields(StatsRow))
-    quality_fields = tuple(_dataclass_fields(QualityRow))
-    drift_fields = tuple(_dataclass_fields(DriftRow))
     return (
         Stream(
             "events",
@@ -246,12 +250,8 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
             _record_decoder(DeadLetter, decode_dead_letter),
             lambda r: r["ts_event"] or r["ts_dead"],
         ),
-        Stream(
-            "stats",
-            "stats",
-            stats_fields,
-            _json_decoder(stats_fields, _required(StatsRow)),
-            lambda r: (r["watermark_ms"] or 0) * 1_000_000 or (r["ts_proc"] or 0),
+        _row_stream(
+            "stats", StatsRow, lambda r: (r["watermark_ms"] or 0) * 1_000_000 or (r["ts_proc"] or 0)
         ),
         *(
             _trading_stream(name, cls)
@@ -264,21 +264,9 @@ def streams(depth_levels: int) -> tuple[Stream, ...]:
                 ("config", ConfigRecord),
             )
         ),
-        Stream(
-            "quality",
-            "quality",
-            quality_fields,
-            _json_decoder(quality_fields, _required(QualityRow)),
-            lambda r: r["minute_start"],
-        ),
+        _row_stream("quality", QualityRow, lambda r: r["minute_start"]),
         # the stream job's drift rows; `bookstream model drift` writes its own model_drift
-        Stream(
-            "drift",
-            "drift",
-            drift_fields,
-            _json_decoder(drift_fields, _required(DriftRow)),
-            lambda r: r["window_to_ns"],
-        ),
+        _row_stream("drift", DriftRow, lambda r: r["window_to_ns"]),
     )
 
 

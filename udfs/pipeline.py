@@ -122,7 +122,9 @@ class ProcessResult:
 
     def reset(self) -> None:
         """Empty again, for the next record (the batch loop reuses one result per batch). A
-        list that holds something is replaced, not cleared: the caller may still hold it."""
+        list that holds something is replaced, not cleared: the caller may still hold it.
+        Spelled out per list: a loop over the names (getattr/setattr) took 5x as long, ~0.45 µs
+        more per record on this machine."""
         if self.features:
             self.features = []
         if self.dead_letters:
