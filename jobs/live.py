@@ -50,7 +50,7 @@ from udfs.config import Config, topics_env
 from udfs.market.adapters.sources import Source
 from udfs.schema import ExecKind, ExecReport, decode_record
 
-__all__ = ["finish_session", "live_processes", "run_live"]
+__all__ = ["live_processes", "record_session", "run_live"]
 
 SAMPLE_S = 2.0
 """How often the supervisor reads its processes' CPU time while the session runs (s)."""
@@ -192,55 +192,42 @@ def record_session(
     meter: EnergyMeter,
     supervisor: _Supervisor,
     wall_s: float,
-) -> dict[str, object]:
-    """Record a stopped session as a run (offsets, topics, summary with its energy)."""
-    end = cpu_seconds(cfg)
-    used = supervisor.cpu_by_process()
-    at_stop = supervisor.cpu_at_stop or used
-    for service in end.keys() - {"bookstream", "flink"}:
-        used[service] = max(0.0, end[service] - meter.start_cpu_s.get(service, 0.0))
-    with as_role("history-sink"):  # reads every topic (kafka.security=sasl)
-        after = {t: end_offsets(cfg, t) for t in before}
-        # a partition the start did not see yet (the topic was just created) starts at 0
-        before = {t: {p: before[t].get(p, 0) for p in after[t]} for t in after}
-        fills = _fills(cfg, before[cfg.topics.executions])
-    record_run(cfg, run, before, after, topics=cfg.topics.names())
-    events = sum(
-        after[cfg.topics.events].get(p, o) - o for p, o in before[cfg.topics.events].items()
-    )
-    summary: dict[str, object] = {
-        "run_id": run,
-        "kind": "live",
-        "events_in": events,
-        "fills": fills,
-        "wall_s": round(wall_s, 3),
-        "energy": meter.stop(used).summary(events=events, trades=fills),
-        # of which after the stop began (the sinks' last commits, every process's exit)
-        "cpu_s_after_stop": round(sum(used.values()) - sum(at_stop.values()), 3),
-    }
-    (cfg.lake_dir / "runs" / f"{run}.summary.json").write_text(
-        json.dumps(summary, sort_keys=True, default=str)
-    )
-    return summary
-
-
-def finish_session(
-    cfg: Config,
-    run: str,
-    before: dict[str, dict[int, int]],
-    meter: EnergyMeter,
-    supervisor: _Supervisor,
-    wall_s: float,
 ) -> dict[str, object] | None:
-    """Record the stopped session (:func:`record_session`) and print its summary as the last
-    line. When it cannot be recorded (its broker gone, the lake not writable): None, and a line
-    on stderr naming the session and why; the session still ends, with its own status."""
+    """Record a stopped session as a run (offsets, topics, summary with its energy) and print
+    the summary as the last line. When it cannot be recorded (its broker gone, the lake not
+    writable): None, and a line on stderr naming the session and why; the session still ends,
+    with its own status."""
     try:
-        summary = record_session(cfg, run, before, meter, supervisor, wall_s)
+        end = cpu_seconds(cfg)
+        used = supervisor.cpu_by_process()
+        at_stop = supervisor.cpu_at_stop or used
+        for service in end.keys() - {"bookstream", "flink"}:
+            used[service] = max(0.0, end[service] - meter.start_cpu_s.get(service, 0.0))
+        with as_role("history-sink"):  # reads every topic (kafka.security=sasl)
+            after = {t: end_offsets(cfg, t) for t in before}
+            # a partition the start did not see yet (the topic was just created) starts at 0
+            before = {t: {p: before[t].get(p, 0) for p in after[t]} for t in after}
+            fills = _fills(cfg, before[cfg.topics.executions])
+        record_run(cfg, run, before, after, topics=cfg.topics.names())
+        events = sum(
+            after[cfg.topics.events].get(p, o) - o for p, o in before[cfg.topics.events].items()
+        )
+        summary: dict[str, object] = {
+            "run_id": run,
+            "kind": "live",
+            "events_in": events,
+            "fills": fills,
+            "wall_s": round(wall_s, 3),
+            "energy": meter.stop(used).summary(events=events, trades=fills),
+            # of which after the stop began (the sinks' last commits, every process's exit)
+            "cpu_s_after_stop": round(sum(used.values()) - sum(at_stop.values()), 3),
+        }
+        line = json.dumps(summary, sort_keys=True, default=str)
+        (cfg.lake_dir / "runs" / f"{run}.summary.json").write_text(line)
     except (KafkaException, OSError) as exc:
         print(f"live session {run}: not recorded as a run: {exc}", file=sys.stderr, flush=True)
         return None
-    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+    print(line, flush=True)
     return summary
 
 
@@ -276,7 +263,7 @@ def run_live(
     )
     try:
         supervisor.loop()
-        finish_session(live_cfg, run, before, meter, supervisor, time.perf_counter() - t0)
+        record_session(live_cfg, run, before, meter, supervisor, time.perf_counter() - t0)
     finally:
         pid_file.unlink(missing_ok=True)
     # a stop we were asked for (SIGINT/SIGTERM) is a normal end

@@ -23,7 +23,7 @@ from test_demo_cli import check_energy
 
 from jobs.energy import EnergyMeter
 from jobs.kafka_io import as_role, delete_topics, make_producer
-from jobs.live import _Supervisor, finish_session
+from jobs.live import _Supervisor, record_session
 from jobs.report import _energy, run_config, run_filters
 from jobs.runs import load_run
 from udfs.config import topics_env
@@ -225,7 +225,7 @@ def test_a_session_that_cannot_be_recorded_still_ends_and_says_why(tmp_path: Pat
     run = "live.it-unrecorded"
     cfg = config_for(env).for_run(run)
     before = {topic: {0: 0} for topic in cfg.topics.names().values()}
-    summary = finish_session(cfg, run, before, EnergyMeter(cfg), _Supervisor(), 1.0)
+    summary = record_session(cfg, run, before, EnergyMeter(cfg), _Supervisor(), 1.0)
     assert summary is None
     err = capsys.readouterr().err
     line = rf"live session {re.escape(run)}: not recorded as a run: .*transport failure"
