@@ -30,7 +30,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from it_helpers import config_for, kill_job, read_json, read_topic, run_cli, start_job, wait_for
+from it_helpers import (
+    config_for,
+    kill_job,
+    produce_events,
+    read_json,
+    read_topic,
+    run_cli,
+    start_job,
+    wait_for,
+)
 
 from jobs.kafka_io import end_offsets, make_producer
 from jobs.sql import query_rows
@@ -45,7 +54,6 @@ from udfs.schema import (
     Signal,
     decode_dead_letter,
     decode_record,
-    encode_event,
 )
 from udfs.strategy.registry import canary_routed
 from udfs.strategy.trading import Trader
@@ -59,18 +67,14 @@ MALFORMED = b'{"v":1,"kind":'
 CANARY_SHARE = 0.2
 
 
-def _produce(cfg: Config, events: list[L2Event], malformed_after: int | None = None) -> None:
+def _produce_with_a_malformed_record(cfg: Config, events: list[L2Event]) -> None:
+    """``events`` with one malformed record in their middle (on the next event's key)."""
+    half = len(events) // 2
+    produce_events(cfg, events[:half])
     producer = make_producer(cfg)
-    for i, ev in enumerate(events):
-        if i == malformed_after:
-            producer.produce(cfg.topics.events, key=ev.instrument, value=MALFORMED)
-        producer.produce(
-            cfg.topics.events,
-            key=ev.instrument,
-            value=encode_event(ev),
-            timestamp=ev.ts_event // 1_000_000,
-        )
+    producer.produce(cfg.topics.events, key=events[half].instrument, value=MALFORMED)
     assert producer.flush(30) == 0
+    produce_events(cfg, events[half:])
 
 
 def _pure_run(
@@ -173,7 +177,7 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
 
     proc = start_job(["stream-job", "--group-id", group], env, log1)
     try:
-        _produce(cfg, first)
+        produce_events(cfg, first)
         wait_for(lambda: first_seqs <= feature_seqs(), WAIT_S, "first-part features", proc, log1)
         arrived = time.time()
         wait_for(
@@ -184,7 +188,7 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
             log1,
         )
         checkpointed = {p.parent for p in _checkpoints(ckpt_dir)}
-        _produce(cfg, extra, malformed_after=len(extra) // 2)
+        _produce_with_a_malformed_record(cfg, extra)
         wait_for(
             lambda: extra_seqs <= feature_seqs() and read_topic(cfg, cfg.topics.dead_letter),
             WAIT_S,
@@ -217,7 +221,7 @@ def test_restore_from_checkpoint_after_sigkill_between_checkpoints(
     promoted, _, _ = run_cli(["model", "promote", "book_lr_v2"], env)
     assert (promoted["live"], promoted["canary"]) == ("book_lr_v2", "book_lr_v1")
 
-    _produce(cfg, rest)
+    produce_events(cfg, rest)
     proc = start_job(["stream-job", "--group-id", group, "--restore-latest"], env, log2)
     all_seqs = {r["seq"] for r in expected}
 
