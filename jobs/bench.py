@@ -50,6 +50,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.bench_capture import print_capture, stage_capture
+from jobs.bench_exec import (
+    CADENCES,
+    choose_cadence,
+    print_exec_bench,
+    stage_exec_publish,
+    stage_exec_sink,
+)
 from udfs.config import PROJECT_ROOT, Config, java_properties, load_config, topics_env
 from udfs.kafka_acl import ADMIN
 
@@ -902,6 +909,36 @@ def soak(cfg: Config, run: str, copies_list: tuple[int, ...] = (1, 2)) -> dict:
     return results
 
 
+def exec_bench(cfg: Config, run: str, cadences: tuple[int, ...] = CADENCES) -> dict:
+    """The execution sink over the full LOBSTER day's backlog once per transaction cadence
+    (``jobs.bench_exec``), on topics of its own; printed, then the topics and the sinks' state
+    files removed."""
+    from jobs.kafka_io import delete_topics
+    from udfs.config import load_config as load
+
+    env = topics_env(cfg.topics.for_run(f"{run}.exec"))
+    load_before = os.getloadavg()
+    day = json.dumps([[str(m), str(o)] for m, o in LOBSTER_DAY])
+    try:
+        pub = _run_stage(["exec-publish", day], env=env)
+        runs = {n: _run_stage(["exec-sink", f"{run}.exec.{n}", str(n)], env=env) for n in cadences}
+    finally:
+        ecfg = load(env={**os.environ, **env})
+        delete_topics(ecfg, [spec.name for spec in ecfg.topics.specs()])
+        for leftover in (cfg.state_dir / "exec-sink").glob(f"{run}.exec.*"):
+            leftover.unlink()
+    r = {
+        "publish": pub,
+        "runs": runs,
+        "chosen": choose_cadence(runs),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }
+    print_exec_bench(r)
+    print(json.dumps({"exec_sink": r}, default=float), flush=True)
+    return r
+
+
 # --- Feast (issue 12 §7) ---------------------------------------------------------------------
 
 FEAST_REFS = [
@@ -1267,6 +1304,8 @@ def _run_stage_here(argv: list[str]) -> int:
         "soak-job": stage_soak_job,
         "soak-exec": stage_soak_exec,
         "soak-history": stage_soak_history,
+        "exec-publish": stage_exec_publish,
+        "exec-sink": stage_exec_sink,
     }
     fn = stages[name]
     if name == "soak-history":
@@ -1385,6 +1424,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="with --soak: the numbers of copies of the day to measure (default: 1 2)",
     )
+    parser.add_argument(
+        "--exec-sink",
+        action="store_true",
+        help="only the execution sink: the full LOBSTER day's events and orders, orders -> "
+        "execution reports per second and CPU at each transaction cadence (--exec-cadences)",
+    )
+    parser.add_argument(
+        "--exec-cadences",
+        default=",".join(str(n) for n in CADENCES),
+        help="with --exec-sink: the execution.commit_every values to run (inputs per "
+        "transaction at most)",
+    )
     args = parser.parse_args(argv)
 
     from jobs.kafka_io import create_topics, delete_topics
@@ -1398,6 +1449,11 @@ def main(argv: list[str] | None = None) -> int:
         if not have_day:
             raise SystemExit(f"the full LOBSTER day is not there: {LOBSTER_DAY}")
         soak(cfg, run, tuple(args.soak_copies))
+        return 0
+    if args.exec_sink:
+        if not have_day:
+            raise SystemExit(f"the full LOBSTER day is not there: {LOBSTER_DAY}")
+        exec_bench(cfg, run, tuple(int(n) for n in args.exec_cadences.split(",")))
         return 0
     if args.feast:
         if not have_day:

@@ -96,6 +96,17 @@ class SinkResult:
     stats: dict = field(default_factory=dict)
     positions: dict = field(default_factory=dict)
     pnl: dict = field(default_factory=dict)
+    reports: int = 0
+    """execution reports published (acks, fills, rejects, cancels): part of ``outputs``"""
+    commits: int = 0
+    """Kafka transactions committed"""
+    commit_s: float = 0.0
+    """wall seconds inside the commits (produce, offsets, commit_transaction)"""
+    visible_wait_s: float = 0.0
+    visible_wait_max_s: float = 0.0
+    """sum and max over the commits of the time from the batch's first input read to its
+    commit: how long the batch's first input waited before its outputs became readable
+    (read_committed); the sum over ``commits`` is the mean"""
 
 
 def _state_file(cfg: Config, group: str) -> Path:
@@ -500,16 +511,19 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     group: str = "bookstream-exec-sink",
     bounded: bool = False,
     start_offsets: dict[str, dict[int, int]] | None = None,
-    commit_every: int = 20_000,
+    commit_every: int | None = None,
     snapshot_every: int = 200_000,
     idle_exit_s: float | None = None,
 ) -> SinkResult:
     """Run the sink. ``bounded``: process up to the inputs' end offsets as of the start, then
     resolve what is in flight and stop (demo, tests, replay). ``start_offsets`` (topic ->
     partition -> offset): where the sink's history begins on its first start.
+    ``commit_every``: inputs per transaction at most (None: ``execution.commit_every``).
     ``snapshot_every``: inputs between two snapshots of the state (and one at the end of a
     bounded run), so a cold start replays at most that many."""
     publish_config(cfg, METRICS_PROCESS)  # the risk limits and venue this run decides under
+    if commit_every is None:
+        commit_every = cfg.execution.commit_every
     topics = [cfg.topics.events, cfg.topics.orders, cfg.topics.control]
     history = _history_start(cfg, group, topics, start_offsets)
     consumer = make_consumer(cfg, group)
@@ -615,6 +629,7 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     pending_inputs = 0
     since_snapshot = 0
     last_input = time.monotonic()
+    batch_start = last_input  # when the first input of the batch not yet committed was read
     dead: list[DeadLetter] = []
 
     metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.exec_sink_port)
@@ -632,8 +647,10 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
                 timestamp=max(out.ts_event // 1_000_000, 0),
             )
         result.outputs += len(outputs)
+        result.reports += sum(1 for out in outputs if isinstance(out, ExecReport))
 
     def commit(outputs: list[Output], *, snapshot: bool = False) -> None:
+        started = time.monotonic()
         result.skipped += _take_refused(sequencer, dead)
         producer.begin_transaction()
         publish(outputs)
@@ -651,6 +668,13 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
             lambda: producer.send_offsets_to_transaction(positions, group_metadata, 30),
         )
         _within("commit_transaction", lambda: producer.commit_transaction(60))
+        done = time.monotonic()
+        result.commits += 1
+        result.commit_s += done - started
+        if pending_inputs:
+            wait = done - batch_start
+            result.visible_wait_s += wait
+            result.visible_wait_max_s = max(result.visible_wait_max_s, wait)
         _observe_commit(cfg, engine, reader, outputs, letters, latency)
         if snapshot:
             log_end = {
@@ -668,6 +692,8 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     for poll in reader.polls():
         for topic, n in Counter(rec.topic for rec in poll.records).items():
             metrics.count_in(METRICS_PROCESS, topic, n)
+        if poll.records and not pending_inputs:
+            batch_start = time.monotonic()
         for rec in poll.records:
             if not _decode(sequencer, cfg, rec, dead, latency.on_order):
                 result.skipped += 1
