@@ -4,6 +4,11 @@ events, with the ratios that say where the time goes. Not a test: it prints figu
     (a) core     the pure-Python book + features over decoded events, one process
     (a') record  the same plus decoding and validation of each serialised record
                  (udfs.pipeline.process_record: exactly what the Flink function runs per record)
+    capture      (``jobs.bench_capture``) one Binance USD-M capture from its raw gzip lines to
+                 the exact book + features (the adapter, the book, the features: no Kafka) in
+                 level rows/s, and hftbacktest's own raw-capture converter on the same file in
+                 the same process (warmed up: its numba compile is not counted); the CPU-time
+                 ratio is ``core_over_hftbacktest``, the core's rate ``core_rows_per_s``
     (b) broker   Kafka -> Kafka copy of the same records with librdkafka (consume + produce):
                  the ceiling for any Kafka -> Kafka job on this machine
     (c) job      the Flink stream job, Kafka -> Flink -> Kafka, end to end (bounded run;
@@ -20,6 +25,11 @@ events, with the ratios that say where the time goes. Not a test: it prints figu
                  readable through ``get_online_features``) p50/p99; a bounded push of the
                  whole topic (capacity); online read of one instrument's vector p50/p99
                  with a profile of where the time goes
+    exec-sink    (``--exec-sink``, on its own; ``jobs.bench_exec``) the execution sink over the
+                 full LOBSTER day's events and the orders the trading logic makes from them,
+                 once per transaction cadence (``--exec-cadences``, ``execution.commit_every``):
+                 orders and execution reports per second, CPU, how long a batch waits for its
+                 commit; the smallest cadence within 90% of the best throughput is printed
     soak         (``--soak``, on its own) the full LOBSTER day once, then twice over (the
                  second copy a day later), through the stream job, the execution sink and the
                  history sink: peak RSS of each process at 1x and 2x (bounded state: flat)

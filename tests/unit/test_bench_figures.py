@@ -1,0 +1,118 @@
+"""The definitions behind ``make bench``'s capture and exec-sink figures (issue 11): what a
+level row is, how the core-over-hftbacktest ratio and the chosen transaction cadence are
+computed, and that the exec-sink stage's orders are the trading job's. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from jobs.bench_capture import (
+    Pass,
+    _head,
+    best_pass,
+    book_and_features,
+    core_pass,
+    per_second,
+    speedup,
+)
+from jobs.bench_exec import choose_cadence, orders_of
+from udfs.config import load_config
+from udfs.market.adapters.binance import BinanceAdapter
+from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
+from udfs.pipeline import RecordSource, process_record
+from udfs.schema import OrderAction, encode_event
+
+
+def test_ratio_is_their_cpu_time_over_ours() -> None:
+    ours, theirs = Pass(rows=600, wall_s=9.0, cpu_s=2.0), Pass(rows=650, wall_s=1.0, cpu_s=8.0)
+    assert speedup(ours, theirs) == 4.0  # CPU time on the same file; wall and rows do not count
+    assert speedup(theirs, ours) == 0.25
+    assert speedup(Pass(1, 0.0, 0.0), theirs) == 0.0  # nothing measured: no ratio, no error
+    assert per_second(1_000, 0.5) == 2_000.0
+    assert per_second(1_000, 0.0) == 0.0
+
+
+def test_best_pass_is_the_least_cpu_time() -> None:
+    passes = [Pass(10, 1.0, 3.0), Pass(10, 5.0, 2.0), Pass(10, 0.5, 2.5)]
+    assert best_pass(passes) == Pass(10, 5.0, 2.0)
+
+
+def test_level_rows_are_every_record_the_adapter_emits(tmp_path: Path) -> None:
+    """A level row: one per price level of a diff or snapshot (refreshes included), per trade,
+    per ticker side; the core pass counts exactly the adapter's records from the raw file."""
+    head = _head(SAMPLE_BINANCE[0], 400, tmp_path / "head.gz")
+    adapter = BinanceAdapter([head])
+    kinds = Counter(ev.kind.value for ev in adapter)
+    st = adapter.stats
+    assert kinds["trade"] == st.trades > 0
+    assert kinds["bbo"] == 2 * st.tickers > 0
+    assert kinds["level"] > 0 and kinds["snapshot"] > 0
+    cfg = load_config().features
+    timed = core_pass(head, cfg)
+    assert timed.rows == sum(kinds.values()) == st.events
+    assert timed.features > 0 and timed.cpu_s > 0
+
+
+def test_core_counts_the_feature_rows_the_job_function_writes() -> None:
+    """The bench's book + features loop does the work the Flink function does per record: as
+    many feature rows as :func:`udfs.pipeline.process_record` on the serialised events."""
+    cfg = load_config()
+    events = list(Source(lobster=[SAMPLE_LOBSTER]).events())
+    n, rows = book_and_features(events, cfg.features)
+    states: dict = {}
+    job_rows = 0
+    src = RecordSource("bench", 0, 0)
+    for ev in events:
+        states[ev.instrument], result = process_record(
+            states.get(ev.instrument),
+            ev.instrument,
+            encode_event(ev),
+            src,
+            cfg.features,
+            cfg.flink.out_of_orderness_ms,
+        )
+        job_rows += len(result.features)
+    assert n == len(events)
+    assert rows == job_rows > 0
+
+
+def test_cadence_is_the_smallest_within_90_percent_of_the_best() -> None:
+    runs = {
+        100: {"inputs_per_s": 5_000.0},
+        1_000: {"inputs_per_s": 18_500.0},
+        5_000: {"inputs_per_s": 19_900.0},
+        20_000: {"inputs_per_s": 20_000.0},
+    }
+    assert choose_cadence(runs) == 1_000
+    assert choose_cadence(runs, share=1.0) == 20_000
+    runs[1_000]["inputs_per_s"] = 17_000.0  # 85 %: no longer close enough
+    assert choose_cadence(runs) == 5_000
+
+
+@pytest.mark.slow  # loads the ONNX models: ~2 s
+def test_exec_stage_orders_end_with_the_jobs_heartbeat_per_instrument(tmp_path: Path) -> None:
+    """The exec-sink stage's orders topic: the trading logic's orders and heartbeats for two
+    instruments, then one heartbeat per instrument at its newest exchange time plus the feed
+    latency bound, as the job's end-of-input timer writes (so the sink can release all)."""
+    from udfs.strategy.trading import Trader
+
+    cfg = load_config()
+    events = list(Source(lobster=[SAMPLE_LOBSTER]).events())
+    events += list(BinanceAdapter([_head(SAMPLE_BINANCE[0], 400, tmp_path / "head.gz")]))
+    orders = list(orders_of(events, cfg))
+    assert any(o.action is not OrderAction.HEARTBEAT for o in orders), "the sample makes orders"
+    latency = Trader.load(cfg).min_feed_latency_ns
+    newest: dict[str, int] = {}
+    for ev in events:
+        newest[ev.instrument] = max(newest.get(ev.instrument, 0), ev.ts_event)
+    assert len(newest) == 2
+    ends = {o.instrument: o.ts_event for o in orders[-2:] if o.action is OrderAction.HEARTBEAT}
+    assert ends == {inst: ts + latency for inst, ts in newest.items()}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, "-q"])
