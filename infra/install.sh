@@ -10,7 +10,8 @@
 # usage: infra/install.sh [--dev] [--bench] [--audit] [--python-only]
 #   (none)         the runtime (what `make demo` runs): no test tools, no training packages
 #   --dev          also the dev group (pytest, ruff, pandas) and the train extra (tests retrain)
-#   --bench        also the bench group (kafka-python, for `make bench`), added to what is there
+#   --bench        also the bench group (kafka-python, hftbacktest: for `make bench`), added to
+#                  what is there
 #   --audit        also the audit group (cyclonedx-bom, for `make audit`), added to what is there
 #   --python-only  the Python environment alone: no jars, no PostgreSQL, never needs root
 set -euo pipefail

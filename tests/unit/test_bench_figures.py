@@ -19,7 +19,7 @@ from jobs.bench_capture import (
     per_second,
     speedup,
 )
-from jobs.bench_exec import choose_cadence, orders_of
+from jobs.bench_exec import choose_cadence, cpu_per_1k_inputs, orders_of
 from udfs.config import load_config
 from udfs.market.adapters.binance import BinanceAdapter
 from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
@@ -80,17 +80,25 @@ def test_core_counts_the_feature_rows_the_job_function_writes() -> None:
     assert rows == job_rows > 0
 
 
-def test_cadence_is_the_smallest_within_90_percent_of_the_best() -> None:
+def test_cadence_is_the_smallest_within_10_percent_of_the_cheapest_cpu() -> None:
+    def run(sink: float, broker: float, wall_rate: float) -> dict[str, float]:
+        return {
+            "sink_cpu_s_per_1k_inputs": sink,
+            "broker_cpu_s_per_1k_inputs": broker,
+            "inputs_per_s": wall_rate,
+        }
+
+    # the wall rates move with the machine's other load: they decide nothing
     runs = {
-        100: {"inputs_per_s": 5_000.0},
-        1_000: {"inputs_per_s": 18_500.0},
-        5_000: {"inputs_per_s": 19_900.0},
-        20_000: {"inputs_per_s": 20_000.0},
+        200: run(0.089, 0.044, 9_000.0),
+        1_000: run(0.071, 0.009, 4_900.0),
+        5_000: run(0.064, 0.004, 2_000.0),
+        20_000: run(0.064, 0.003, 5_600.0),
     }
-    assert choose_cadence(runs) == 1_000
-    assert choose_cadence(runs, share=1.0) == 20_000
-    runs[1_000]["inputs_per_s"] = 17_000.0  # 85 %: no longer close enough
+    assert cpu_per_1k_inputs(runs[200]) == pytest.approx(0.133)
     assert choose_cadence(runs) == 5_000
+    assert choose_cadence(runs, slack=0.0) == 20_000
+    assert choose_cadence(runs, slack=0.2) == 1_000  # 0.080 <= 1.2 x 0.067
 
 
 @pytest.mark.slow  # loads the ONNX models: ~2 s
