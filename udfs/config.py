@@ -881,7 +881,7 @@ class ExecutionConfig:
     a backlog (catch-up, a burst): larger batches amortise the transaction round trip, smaller
     ones make each batch's outputs visible sooner. 5,000 by ``make bench ARGS=--exec-sink`` (the
     full LOBSTER day): sink + broker CPU per input within 2% of 20,000's (1,000: +19%, 200:
-    +99%), a batch's outputs visible ~3.6x sooner (README, Benchmark)."""
+    +100%), a batch's outputs visible ~3.6x sooner (README, Benchmark)."""
 
 
 @dataclass(frozen=True, kw_only=True)
