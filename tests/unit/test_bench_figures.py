@@ -5,6 +5,7 @@ computed, and that the exec-sink stage's orders are the trading job's. No timing
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -99,6 +100,49 @@ def test_cadence_is_the_smallest_within_10_percent_of_the_cheapest_cpu() -> None
     assert choose_cadence(runs) == 5_000
     assert choose_cadence(runs, slack=0.0) == 20_000
     assert choose_cadence(runs, slack=0.2) == 1_000  # 0.080 <= 1.2 x 0.067
+
+
+def test_closing_json_line_carries_the_capture_figures(capsys: pytest.CaptureFixture) -> None:
+    """``core_rows_per_s`` is the raw-capture level-rows figure, not stage (a)'s events/s;
+    ``core_over_hftbacktest`` beside it; both targets judged on them."""
+    from jobs.bench import _report
+
+    stage = {"events": 1_000, "events_per_s": 800_000.0}
+    results = {
+        "core": stage,
+        "record": stage,
+        "publish": stage,
+        "broker": stage,
+        "broker_tools": {
+            **stage,
+            "producer_events_per_s": 9e5,
+            "consumer_events_per_s": 8e5,
+        },
+        "ladder": {"events": 1_000, "rungs": {}},
+        "load_after_ladder": 1.0,
+        "capture": {
+            "capture": "btcusdt_20240808.gz",
+            "repeats": 3,
+            "hftbacktest_version": "2.4.4",
+            "core": {"rows": 634_033, "wall_s": 3.9, "cpu_s": 3.39, "features": 27_861},
+            "hftbacktest": {"rows": 661_379, "wall_s": 1.6, "cpu_s": 1.41, "features": 0},
+            "hftbacktest_warmup": {"lines": 5_000, "rows": 1, "wall_s": 3.0, "cpu_s": 2.8},
+            "core_rows_per_s": 187_037.0,
+            "hftbacktest_rows_per_s": 469_742.0,
+            "core_over_hftbacktest": 0.42,
+            "core_over_hftbacktest_wall": 0.41,
+        },
+    }
+    summary = _report(results)
+    assert summary["core_rows_per_s"] == 187_037.0
+    assert summary["core_events_per_s"] == 800_000.0
+    assert summary["core_over_hftbacktest"] == 0.42
+    assert summary["targets_met"]["core >= 1M level rows/s from raw capture"] is False
+    assert summary["targets_met"]["core >= 4x hftbacktest's converter"] is False
+    out = capsys.readouterr().out
+    assert "0.42x on CPU time" in out
+    closing = json.loads(out.strip().splitlines()[-1])
+    assert closing["core_rows_per_s"] == 187_037.0
 
 
 @pytest.mark.slow  # loads the ONNX models: ~2 s
