@@ -32,8 +32,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from pyflink.datastream import StreamExecutionEnvironment
 from tqdm import tqdm
@@ -41,11 +43,10 @@ from tqdm import tqdm
 from jobs import metrics
 from jobs.audit import publish_config
 from jobs.energy import EnergyMeter
-from jobs.execution_sink import run_sink
-from jobs.history_sink import run_history_sink
 from jobs.kafka_io import as_role, create_topics, drain_topic, end_offsets, record_value
 from jobs.publish import publish
 from jobs.runs import load_run, record_run
+from jobs.sidecar import Sidecar
 from jobs.status import JobCounts
 from jobs.stream_job import CONFIG_PROCESS, build_stream_job, execute_with_status
 from udfs.config import Config
@@ -70,7 +71,74 @@ def run_demo(
     ``flink run``, at ``parallelism``, else the cluster's default) instead of a local
     MiniCluster; everything else is the same."""
     t0 = time.perf_counter()
+    wall0 = time.time()
+    marks: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        marks[name] = time.perf_counter() - t0
+
     meter = EnergyMeter(cfg, cluster=cluster)
+    # the sinks in processes of their own, beside the job (jobs/sidecar.py): they import while
+    # this one publishes, follow their topics while the job writes them, and stop exactly at
+    # the end offsets handed to them once the writers are done
+    exec_sink = Sidecar("exec-sink", cfg, "exec-sink").spawn()
+    history_sink = Sidecar("history-sink", cfg, "history-sink").spawn()
+    try:
+        summary = _pipeline(
+            cfg, source, exec_sink, history_sink, speed, progress, cluster, parallelism, mark
+        )
+    finally:
+        exec_sink.stop()
+        history_sink.stop()
+    pub, sink, history, timeline = (
+        summary.pop("_pub"),
+        summary.pop("_sink"),
+        summary.pop("_history"),
+        summary.pop("_job"),
+    )
+    fills = sink.stats.get("fills", 0)
+    energy = meter.stop().summary(events=pub.events_in, trades=fills)
+    mark("energy")
+    summary.update(
+        {
+            "orders_rejected": sink.stats.get("rejected", 0),
+            "sink_refused": sink.skipped,
+            "fills": fills,
+            "pnl": round(sink.pnl.get("equity", 0.0), 6),
+            "history_rows": history.total_rows,
+            "audit_rows": history.audit_rows,
+            "wall_s": round(time.perf_counter() - t0, 3),
+            "positions": sink.positions,
+            "pnl_detail": {k: round(v, 6) for k, v in sink.pnl.items()},
+            "energy": energy,
+            "phases_s": _phases(marks, {k: v - wall0 for k, v in timeline.items()}),
+            "sidecar_cpu_s": {
+                "exec_sink": round(exec_sink.cpu_s, 2),
+                "history_sink": round(history_sink.cpu_s, 2),
+            },
+        }
+    )
+    # beside the run's offsets, for `bookstream report` (its energy figures)
+    (cfg.lake_dir / "runs" / f"{summary['run_id']}.summary.json").write_text(
+        json.dumps(summary, sort_keys=True, default=str)
+    )
+    return summary
+
+
+def _pipeline(
+    cfg: Config,
+    source: Source,
+    exec_sink: Sidecar,
+    history_sink: Sidecar,
+    speed: float | None,
+    progress: bool | None,
+    cluster: bool,
+    parallelism: int | None,
+    mark: Callable[[str], None],
+) -> dict:
+    """Publish, then the job with both sinks beside it; the counts. Returns the summary's
+    counts, with the publisher's, the sinks' results and the job's timeline under ``_pub``,
+    ``_sink``, ``_history``, ``_job``."""
     # one process runs every stage: its CPU (its JVM's too) under process="demo"
     metrics.serve(cfg, "demo", cfg.metrics.publisher_port)
     source.check_files()
@@ -79,6 +147,19 @@ def run_demo(
     run_id = f"demo-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     all_topics = [spec.name for spec in topics.specs()]
     before = {t: end_offsets(cfg, t) for t in all_topics}
+    # the history sink follows every topic from what its tables hold (its start does not
+    # depend on this run's offsets)
+    history_sink.start()
+    mark("setup")
+
+    # the JVM gateway starts while the events are published (the job itself needs their end
+    # offsets: its bounded source stops there)
+    gateway = None
+    if not cluster:
+        from pyflink.java_gateway import get_gateway
+
+        gateway = threading.Thread(target=get_gateway, name="gateway", daemon=True)
+        gateway.start()
 
     # ingest
     logger.info("publishing %s to %s", source.describe(), topics.events)
@@ -91,31 +172,41 @@ def run_demo(
         pub.wall_s,
         pub.rate,
     )
+    mark("publish")
+    published = end_offsets(cfg, topics.events)
+    # the execution sink over this run's market data (complete now) and orders (to come)
+    exec_sink.start(
+        group=f"bookstream-demo-sink-{uuid.uuid4().hex[:8]}",
+        start_offsets={t: before[t] for t in (topics.events, topics.orders, topics.control)},
+        open_topics=[topics.orders],
+    )
 
     # stream job over exactly this run's events
     t_job = time.perf_counter()
     group = f"bookstream-demo-{uuid.uuid4().hex[:8]}"
+    timeline: dict[str, float] = {}
     if cluster:
         _run_on_cluster(cfg, group, before[topics.events], parallelism)
     else:
+        if gateway is not None:
+            gateway.join()
+        mark("gateway")
         env = build_stream_job(
-            cfg, bounded=True, group_id=group, start_offsets=before[topics.events]
+            cfg,
+            bounded=True,
+            group_id=group,
+            start_offsets=before[topics.events],
+            stop_offsets=published,
         )
         with as_role("job"):
             publish_config(cfg, CONFIG_PROCESS)
-        _run_with_progress(env, pub.published, progress)
+        mark("job_built")
+        timeline = _run_with_progress(env, pub.published, progress)
     job_s = time.perf_counter() - t_job
+    mark("job")
+    exec_sink.finish({topics.orders: end_offsets(cfg, topics.orders)})
 
-    # execution sink over this run's orders and market data
-    t_sink = time.perf_counter()
-    with as_role("exec-sink"):
-        sink = run_sink(
-            cfg,
-            group=f"bookstream-demo-sink-{uuid.uuid4().hex[:8]}",
-            bounded=True,
-            start_offsets={t: before[t] for t in (topics.events, topics.orders, topics.control)},
-        )
-    sink_s = time.perf_counter() - t_sink
+    # what came out (the job's topics are complete; the sink still works beside this)
     signals_out = sum(
         1 for _ in drain_topic(cfg, topics.signals, from_offsets=before[topics.signals])
     )
@@ -124,8 +215,6 @@ def run_demo(
         for r in drain_topic(cfg, topics.orders, from_offsets=before[topics.orders])
         if r.value is not None and b'"action":"new"' in r.value  # a tombstone is no order
     )
-
-    # what came out
     features_out = sum(
         1 for _ in drain_topic(cfg, topics.features, from_offsets=before[topics.features])
     )
@@ -152,60 +241,82 @@ def run_demo(
     reasons: dict[str, int] = {}
     for d in dead:
         reasons[d.reason_code.value] = reasons.get(d.reason_code.value, 0) + 1
+    mark("drains")
 
+    sink = exec_sink.result()
+    sink_s = exec_sink.run_s
+    mark("exec_sink")
     after = {t: end_offsets(cfg, t) for t in all_topics}
     record_run(cfg, run_id, before, after)
-    t_hist = time.perf_counter()
-    with as_role("history-sink"):
-        history = run_history_sink(cfg, bounded=True)
-    history_s = time.perf_counter() - t_hist
-    fills = sink.stats.get("fills", 0)
-    energy = meter.stop().summary(events=pub.events_in, trades=fills)
-
-    summary = {
+    history_sink.finish(after)
+    history = history_sink.result()
+    history_s = history_sink.run_s
+    mark("history_sink")
+    return {
         "events_in": pub.events_in,
         "events_processed": processed,
         "dead_lettered": len(dead),
         "features_out": features_out,
         "signals_out": signals_out,
         "orders_sent": orders_sent,
-        "orders_rejected": sink.stats.get("rejected", 0),
-        "sink_refused": sink.skipped,
         "input_problems": pub.problems,
-        "fills": fills,
-        "pnl": round(sink.pnl.get("equity", 0.0), 6),
-        "history_rows": history.total_rows,
-        "audit_rows": history.audit_rows,
-        "wall_s": round(time.perf_counter() - t0, 3),
         "run_id": run_id,
         "published": pub.published,
         "job_events_in": job_in,
         "job_s": round(job_s, 3),
         "sink_s": round(sink_s, 3),
         "history_s": round(history_s, 3),
-        "positions": sink.positions,
-        "pnl_detail": {k: round(v, 6) for k, v in sink.pnl.items()},
         "job_events_per_s": round(pub.published / job_s, 1) if job_s else None,
         "dead_letter_reasons": reasons,
         "instruments": sorted(last_stats),
         "reconciled": pub.events_in == processed + len(dead) and job_in == pub.published,
-        "energy": energy,
+        "_pub": pub,
+        "_sink": sink,
+        "_history": history,
+        "_job": timeline,
     }
-    # beside the run's offsets, for `bookstream report` (its energy figures)
-    (cfg.lake_dir / "runs" / f"{run_id}.summary.json").write_text(
-        json.dumps(summary, sort_keys=True, default=str)
-    )
-    return summary
 
 
-def _run_with_progress(env: StreamExecutionEnvironment, events: int, progress: bool | None) -> None:
+def _phases(marks: dict[str, float], job: dict[str, float]) -> dict[str, float]:
+    """Each phase's wall seconds, in the order they end (``marks``: seconds since the demo's
+    start at the end of each step; ``job``: the job's own timeline in the same clock). The
+    sinks run beside the job: theirs is what they took past the step before them (the wait)."""
+    out: dict[str, float] = {}
+    prev = 0.0
+    for name in ("setup", "publish", "gateway", "job_built"):
+        if name in marks:
+            out[name] = marks[name] - prev
+            prev = marks[name]
+    # the job from the client's submit to its end: start-up until the tasks run (operators
+    # open, Python included), reading and processing until the source's last record, the
+    # rest of the processing and the MiniCluster's shutdown
+    points = [
+        ("job_startup", job.get("tasks_deployed")),
+        ("job_read", job.get("source_done")),
+        ("job_finish", job.get("finished")),
+        ("job_teardown", marks.get("job")),
+    ]
+    for name, at in points:
+        if at is not None:
+            out[name] = at - prev
+            prev = at
+    for name in ("drains", "exec_sink", "history_sink", "energy"):
+        if name in marks:
+            out[f"{name}_wait" if "sink" in name else name] = marks[name] - prev
+            prev = marks[name]
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def _run_with_progress(
+    env: StreamExecutionEnvironment, events: int, progress: bool | None
+) -> dict[str, float]:
     """The demo's longest phase, the local stream job, with a progress bar on a terminal (or
     when ``progress``): events its source has read of this run's ``events``, records sent,
-    lag; otherwise its status lines (jobs/status.py)."""
+    lag; otherwise its status lines (jobs/status.py). Returns the job's timeline."""
     show = sys.stderr.isatty() if progress is None else progress
     if not show:
-        execute_with_status(env, "bookstream-demo")
-        return
+        # polled every second (the callback), so the job's timeline is fresh at its end
+        return execute_with_status(env, "bookstream-demo", lambda _counts: None)
     bar = tqdm(desc="stream job", total=events, unit=" ev", unit_scale=True, file=sys.stderr)
 
     def on_counts(counts: JobCounts) -> None:
@@ -214,11 +325,12 @@ def _run_with_progress(env: StreamExecutionEnvironment, events: int, progress: b
         bar.refresh()
 
     try:
-        execute_with_status(env, "bookstream-demo", on_counts, lines=False)
+        timeline = execute_with_status(env, "bookstream-demo", on_counts, lines=False)
         bar.n = events  # a bounded job that finished read every event
         bar.refresh()
     finally:
         bar.close()
+    return timeline
 
 
 def _run_on_cluster(

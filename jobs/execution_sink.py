@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -514,13 +514,27 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     commit_every: int | None = None,
     snapshot_every: int = 200_000,
     idle_exit_s: float | None = None,
+    open_topics: Sequence[str] = (),
+    final_ends: Callable[[], dict[str, dict[int, int]] | None] | None = None,
 ) -> SinkResult:
     """Run the sink. ``bounded``: process up to the inputs' end offsets as of the start, then
     resolve what is in flight and stop (demo, tests, replay). ``start_offsets`` (topic ->
     partition -> offset): where the sink's history begins on its first start.
     ``commit_every``: inputs per transaction at most (None: ``execution.commit_every``).
     ``snapshot_every``: inputs between two snapshots of the state (and one at the end of a
-    bounded run), so a cold start replays at most that many."""
+    bounded run), so a cold start replays at most that many.
+
+    ``open_topics`` (bounded; the orders, or the control topic): inputs whose end is not known
+    at the start because the stream job is still writing them (the demo runs the sink beside
+    the job). They are followed until ``final_ends()`` (called on every poll) returns the end
+    offsets (topic -> partition -> offset); then the run ends there as if it had known them
+    from the start: the sequencer's order depends on the records only, and the partitions it
+    must wait for are set from those ends. The events topic's end must be known at the start
+    (which partitions hold back the rest depends on it from the first record)."""
+    if open_topics and not (bounded and final_ends is not None):
+        raise ValueError("open_topics needs a bounded run and final_ends")
+    if cfg.topics.events in open_topics:
+        raise ValueError("the events topic's end must be known at the sink's start")
     publish_config(cfg, METRICS_PROCESS)  # the risk limits and venue this run decides under
     if commit_every is None:
         commit_every = cfg.execution.commit_every
@@ -628,8 +642,9 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     reader = PartitionReader(
         consumer,
         resume_at,
-        {(t, p): ends[t][p] for t, p in resume_at} if bounded else None,
+        {(t, p): ends[t][p] for t, p in resume_at if t not in open_topics} if bounded else None,
         batch_size=min(10_000, commit_every),
+        open_ends={k for k in resume_at if k[0] in open_topics},
     )
     pending_inputs = 0
     since_snapshot = 0
@@ -695,6 +710,14 @@ def run_sink(  # noqa: C901 - the sink's read / sequence / transact / commit loo
     restore_signals = stop.install()
     status = StatusLine(METRICS_PROCESS)
     for poll in reader.polls():
+        if reader.open_ends and final_ends is not None and (got := final_ends()) is not None:
+            reader.close({(t, p): got[t][p] for t, p in reader.open_ends})
+            # what the sequencer waits for, as a run that knew these ends at its start
+            sequencer.expected_order_partitions = {
+                p
+                for p, end in got.get(cfg.topics.orders, ends[cfg.topics.orders]).items()
+                if end > history[cfg.topics.orders].get(p, 0)
+            }
         for topic, n in Counter(rec.topic for rec in poll.records).items():
             metrics.count_in(METRICS_PROCESS, topic, n)
         if poll.records and not pending_inputs:

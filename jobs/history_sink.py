@@ -30,6 +30,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
@@ -100,11 +101,21 @@ METRICS_PROCESS = "history-sink"
 
 
 def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offsets
-    cfg: Config, *, bounded: bool = False, only: list[str] | None = None
+    cfg: Config,
+    *,
+    bounded: bool = False,
+    only: list[str] | None = None,
+    final_ends: Callable[[], dict[str, dict[int, int]] | None] | None = None,
 ) -> HistoryResult:
     """Run the sink over every stream (or the tables named in ``only``) until stopped by
     SIGTERM/SIGINT, or, ``bounded``, once every topic is stored up to its end as of the
-    start."""
+    start. ``final_ends`` (bounded): the ends are not known at the start (the demo runs the
+    sink beside the job and the execution sink): every topic is followed until
+    ``final_ends()`` (called on every poll) returns them (topic -> partition -> offset), then
+    stored up to there. Meanwhile a table is committed only when ``lake.commit_rows`` are
+    waiting, so the commits are those of a run that knew the ends (not one per idle poll)."""
+    if final_ends is not None and not bounded:
+        raise ValueError("final_ends needs a bounded run")
     t0 = time.perf_counter()
     create_topics(cfg)
     publish_config(cfg, METRICS_PROCESS)
@@ -249,10 +260,20 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
         result.rows[stream.name] += len(rows)
         result.commits += 1
 
-    reader = PartitionReader(consumer, starts, ends if bounded else None, batch_size=batch)
+    following = final_ends is not None
+    reader = PartitionReader(
+        consumer,
+        starts,
+        None if following or not bounded else ends,
+        batch_size=batch,
+        open_ends=set(starts) if following else None,
+    )
     metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.history_sink_port)
     try:
         for poll in reader.polls():
+            if reader.open_ends and final_ends is not None and (got := final_ends()) is not None:
+                reader.close({(t, p): got[t][p] for t, p in reader.open_ends})
+                following = False
             now = time.monotonic()
             for topic, n in Counter(rec.topic for rec in poll.records).items():
                 metrics.count_in(METRICS_PROCESS, topic, n)
@@ -280,8 +301,7 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
                 if buf.next_offsets and (
                     poll.done
                     or len(buf.values) >= cfg.lake.commit_rows
-                    or now - buf.since >= interval_s
-                    or not poll.records
+                    or (not following and (now - buf.since >= interval_s or not poll.records))
                 ):
                     flush(topic)
             if status.due():

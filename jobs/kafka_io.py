@@ -495,13 +495,19 @@ class PartitionReader:
         poll_timeout_s: float = 0.5,
         idle_timeout_s: float | None = None,
         strict: bool = False,
+        open_ends: set[PartitionKey] | None = None,
     ) -> None:
         """``ends`` (bounded): partition -> end offset; a partition of ``starts`` absent from
-        it has nothing to read. ``idle_timeout_s`` (bounded): raise ``TimeoutError`` after so
-        long without progress. ``strict``: a consume error raises (otherwise it is logged;
-        librdkafka retries transient ones itself)."""
+        it has nothing to read. ``open_ends`` (bounded): partitions of ``starts`` whose end is
+        not known yet: followed as they grow until :meth:`close` gives it (a sink running
+        beside the job that writes them). ``idle_timeout_s`` (bounded): raise
+        ``TimeoutError`` after so long without progress (not while an end is open).
+        ``strict``: a consume error raises (otherwise it is logged; librdkafka retries
+        transient ones itself)."""
         self.consumer = consumer
-        self.bounded = ends is not None
+        self.bounded = ends is not None or bool(open_ends)
+        ends = {} if ends is None and open_ends else ends
+        self.open_ends: set[PartitionKey] = set(open_ends or ()) & set(starts)
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.idle_timeout_s = idle_timeout_s
@@ -512,7 +518,11 @@ class PartitionReader:
             if ends is not None
             else {}
         )
-        self._untouched = [k for k in starts if self.bounded and k not in self.remaining]
+        self._untouched = [
+            k
+            for k in starts
+            if self.bounded and k not in self.remaining and k not in self.open_ends
+        ]
         self.paused: set[PartitionKey] = set()
         self.pauses = 0
         """how many times a partition was paused (:meth:`hold`)"""
@@ -530,6 +540,31 @@ class PartitionReader:
         if go := self.paused - partitions:
             self.consumer.resume([TopicPartition(t, p) for t, p in go])
         self.paused = set(partitions)
+
+    def close(self, ends: dict[PartitionKey, int]) -> None:
+        """The ends of the :attr:`open_ends` partitions (one for each), now known: read up to
+        them, then stop like any bounded read. A partition already read past its end was fed
+        records that are not this run's (another writer on the topic): an error, never a
+        silent difference from a reader that knew the end from the start."""
+        missing = self.open_ends - set(ends)
+        if missing:
+            raise ValueError(f"no end offset given for open partitions {sorted(missing)}")
+        over = {
+            k: (self.next_offsets[k], ends[k])
+            for k in self.open_ends
+            if self.next_offsets[k] > ends[k]
+        }
+        if over:
+            raise RuntimeError(
+                f"partitions read past the end offsets given later (next, end): {over}; "
+                "another process wrote to this run's topics"
+            )
+        for k in self.open_ends:
+            if self.next_offsets[k] < ends[k]:
+                self.remaining[k] = ends[k]
+            else:
+                self._untouched.append(k)  # completed on the next poll
+        self.open_ends = set()
 
     def positions(self) -> list[TopicPartition]:
         """Next offset per partition after what this reader has yielded."""
@@ -550,15 +585,17 @@ class PartitionReader:
             lag[topic] = lag.get(topic, 0) + (max(0, high - offset) if high >= 0 else 0)
         return lag
 
-    def polls(self) -> Iterator[Poll]:
+    def polls(self) -> Iterator[Poll]:  # noqa: C901 - bounded, followed and open reads
         """One :class:`Poll` per consume (empty ones included, so the owner can flush on time
         and check its stop flag); bounded, it ends after the poll with ``done``."""
-        if self.bounded and not self.remaining:
+        if self.bounded and not self.remaining and not self.open_ends:
             yield Poll([], self._untouched, True)
             return
         first, self._untouched = self._untouched, []
         last_progress = time.monotonic()
         while True:
+            if self._untouched:  # closed with nothing left to read (:meth:`close`)
+                first, self._untouched = first + self._untouched, []
             msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
             read_ns = time.time_ns()
             records: list[KafkaRecord] = []
@@ -575,7 +612,11 @@ class PartitionReader:
                     continue
                 k = (m.topic(), m.partition())
                 offset = m.offset()
-                if self.bounded and (k not in self.remaining or offset >= self.remaining[k]):
+                if (
+                    self.bounded
+                    and k not in self.open_ends
+                    and (k not in self.remaining or offset >= self.remaining[k])
+                ):
                     continue
                 if offset < self.next_offsets[k]:
                     continue  # yielded already (a fetch from before a pause), never twice
@@ -593,7 +634,7 @@ class PartitionReader:
                     )
                 )
                 self.next_offsets[k] = offset + 1
-                if self.bounded and offset + 1 >= self.remaining[k]:
+                if self.bounded and k in self.remaining and offset + 1 >= self.remaining[k]:
                     del self.remaining[k]
                     completed.append(k)
             if self.bounded and not msgs:
@@ -606,12 +647,13 @@ class PartitionReader:
                     completed.append(k)
             if records or completed:
                 last_progress = time.monotonic()
-            done = self.bounded and not self.remaining
+            done = self.bounded and not self.remaining and not self.open_ends
             yield Poll(records, completed, done)
             if done:
                 return
             if (
                 self.bounded
+                and not self.open_ends
                 and self.idle_timeout_s is not None
                 and time.monotonic() - last_progress > self.idle_timeout_s
             ):

@@ -71,13 +71,17 @@ def _get(url: str) -> Any:
         return json.load(resp)
 
 
-def poll_job_counts(rest_url: str) -> JobCounts | None:
-    """The newest job of the (local) cluster at ``rest_url``; None when it has none yet."""
+def poll_job_counts(rest_url: str, details: list[dict] | None = None) -> JobCounts | None:
+    """The newest job of the (local) cluster at ``rest_url``; None when it has none yet.
+    ``details``: where to append the job's detail answer (its state timestamps and each
+    vertex's start and end, exact times from the JobManager: :func:`job_timeline`)."""
     jobs = _get(f"{rest_url}/jobs/overview")["jobs"]
     if not jobs:
         return None
     job = max(jobs, key=lambda j: j["start-time"])
     detail = _get(f"{rest_url}/jobs/{job['jid']}")
+    if details is not None:
+        details.append(detail)
     values: list[dict] = []
     for vertex in detail["vertices"]:
         base = f"{rest_url}/jobs/{job['jid']}/vertices/{vertex['id']}/metrics"
@@ -87,6 +91,28 @@ def poll_job_counts(rest_url: str) -> JobCounts | None:
         if ids:
             values += _get(f"{base}?get={','.join(ids)}")
     return job_counts(job["state"], values)
+
+
+def job_timeline(detail: dict) -> dict[str, float]:
+    """Wall-clock times (epoch s) of a job from its REST detail: ``submitted`` (created),
+    ``running`` (scheduled), ``tasks_running`` (the last vertex deployed and running: every
+    operator opened, Python included), ``source_done`` (the source read its last record),
+    ``finished`` (when the detail was taken after the job's end). A time not reached yet is
+    absent."""
+    stamps = detail.get("timestamps", {})
+    out: dict[str, float] = {}
+    for name, state in (("submitted", "CREATED"), ("running", "RUNNING"), ("finished", "FINISHED")):
+        if stamps.get(state, 0) > 0:
+            out[name] = stamps[state] / 1000
+    vertices = detail.get("vertices", [])
+    if vertices and all(v.get("status") in ("RUNNING", "FINISHED") for v in vertices):
+        started = [v.get("start-time", -1) for v in vertices]
+        if min(started) > 0:
+            out["tasks_deployed"] = max(started) / 1000
+    for v in vertices:
+        if v.get("name", "").startswith("Source: events") and v.get("end-time", -1) > 0:
+            out["source_done"] = v["end-time"] / 1000
+    return out
 
 
 def owns(rest_url: str, marker: tuple[str, str]) -> bool:
@@ -122,6 +148,8 @@ class JobStatus:
         self.line = StatusLine(stage, every_s)
         self.on_counts = on_counts
         self.every_s = every_s
+        self.details: list[dict] = []
+        """the job's REST detail answers so far (:func:`job_timeline`), the newest last"""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"status-{stage}", daemon=True)
 
@@ -147,7 +175,8 @@ class JobStatus:
                     self.rest_url = self._find()
                     if self.rest_url is None:
                         continue
-                counts = poll_job_counts(self.rest_url)
+                counts = poll_job_counts(self.rest_url, self.details)
+                del self.details[:-1]  # the newest is enough
             except (OSError, ValueError, KeyError):
                 continue  # not up yet, or going away
             if counts is None:

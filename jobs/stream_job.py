@@ -60,7 +60,7 @@ from pyflink.java_gateway import get_gateway
 
 from jobs.audit import publish_config
 from jobs.kafka_io import committed_offsets, make_consumer, topic_end_offsets
-from jobs.status import JobCounts, JobStatus
+from jobs.status import JobCounts, JobStatus, job_timeline
 from udfs.config import PROJECT_ROOT, Config, java_properties
 from udfs.latency import AvailabilityModel, hops_trace
 from udfs.market.quality import QualityState, flush
@@ -633,16 +633,18 @@ def execute_with_status(
     on_counts: Callable[[JobCounts], None] | None = None,
     *,
     lines: bool = True,
-) -> None:
+) -> dict[str, float]:
     """``env.execute(name)`` with a status line every few seconds from the job's own metrics
     (jobs/status.py: inputs, outputs, lag; not with ``lines`` off), and ``on_counts`` on each
-    poll (a progress bar)."""
+    poll (a progress bar). Returns the job's timeline as last polled (epoch s:
+    :func:`jobs.status.job_timeline`), empty when there was none."""
     urls = local_rest_urls(env)
     if not urls:
         env.execute(name)
-        return
-    with JobStatus(urls, (PROCESS_KEY, str(os.getpid())), on_counts=on_counts, lines=lines):
+        return {}
+    with JobStatus(urls, (PROCESS_KEY, str(os.getpid())), on_counts=on_counts, lines=lines) as st:
         env.execute(name)
+    return job_timeline(st.details[-1]) if st.details else {}
 
 
 LOOPBACK_BIND_OPTIONS = (
