@@ -68,6 +68,16 @@ fi
 if [ "$AUDIT" = 1 ]; then
   "$UV" sync --frozen --python 3.11 --inexact --group audit
 fi
+# bytecode of every installed module, once per sync: uv installs without it, and where
+# PYTHONDONTWRITEBYTECODE is set (CI images, this machine) Python never writes it either, so
+# every process compiled apache_beam, pandas, pyflink... from source at each start (~7 s of CPU
+# in the demo's job set-up alone, again in each sink and in the JVM's embedded Python)
+if [ ! .venv/.bookstream-bytecode -nt .venv/pyvenv.cfg ] \
+   || [ -n "$(find .venv/.bookstream-synced-* -newer .venv/.bookstream-bytecode 2>/dev/null)" ]; then
+  echo "[install] bytecode of .venv's modules (compileall)" >&2
+  .venv/bin/python -m compileall -q -j 0 .venv/lib/python3.11/site-packages >/dev/null || true
+  touch .venv/.bookstream-bytecode
+fi
 if [ "$PYTHON_ONLY" = 1 ]; then exit 0; fi
 
 source "$ROOT/infra/lib.sh"

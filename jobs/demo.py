@@ -48,7 +48,12 @@ from jobs.publish import publish
 from jobs.runs import load_run, record_run
 from jobs.sidecar import Sidecar
 from jobs.status import JobCounts
-from jobs.stream_job import CONFIG_PROCESS, build_stream_job, execute_with_status
+from jobs.stream_job import (
+    CONFIG_PROCESS,
+    build_stream_job,
+    execute_with_status,
+    launch_local_gateway,
+)
 from udfs.config import Config
 from udfs.market.adapters.sources import Source
 from udfs.schema import StatsRow, decode_dead_letter, decode_row
@@ -156,9 +161,9 @@ def _pipeline(
     # offsets: its bounded source stops there)
     gateway = None
     if not cluster:
-        from pyflink.java_gateway import get_gateway
-
-        gateway = threading.Thread(target=get_gateway, name="gateway", daemon=True)
+        gateway = threading.Thread(
+            target=launch_local_gateway, args=(cfg,), name="gateway", daemon=True
+        )
         gateway.start()
 
     # ingest

@@ -644,6 +644,7 @@ def execute_with_status(
         return {}
     with JobStatus(urls, (PROCESS_KEY, str(os.getpid())), on_counts=on_counts, lines=lines) as st:
         env.execute(name)
+    import sys as _s; print("DEBUGDETAIL", json.dumps(st.details[-1] if st.details else None), file=_s.stderr)
     return job_timeline(st.details[-1]) if st.details else {}
 
 
@@ -799,6 +800,18 @@ def _local_deployment(
 def _as_uri(location: Path | str) -> str:
     text = str(location)
     return text if "://" in text else Path(text).resolve().as_uri()
+
+
+def launch_local_gateway(cfg: Config) -> None:
+    """Launch the local JVM gateway now (what :func:`job_environment` would do first), with the
+    environment it must inherit: the demo starts it while it publishes, as it needs nothing
+    of the job."""
+    from pyflink.java_gateway import get_gateway
+
+    _export_python_path()
+    _export_flink_log_dir(cfg)
+    _export_reporter_classpath(cfg)
+    get_gateway()
 
 
 def job_environment(
