@@ -292,13 +292,13 @@ def _phases(marks: dict[str, float], job: dict[str, float]) -> dict[str, float]:
         if name in marks:
             out[name] = marks[name] - prev
             prev = marks[name]
-    # the job from the client's submit to its end: start-up until the tasks run (operators
-    # open, Python included), reading and processing until the source's last record, the
-    # rest of the processing and the MiniCluster's shutdown
+    # the job from the client's execute: the MiniCluster's start until the job is submitted,
+    # start-up until its tasks run (operators open, Python included), reading and processing
+    # to the end of input, then the MiniCluster's shutdown until execute returns
     points = [
-        ("job_startup", job.get("tasks_deployed")),
-        ("job_read", job.get("source_done")),
-        ("job_finish", job.get("finished")),
+        ("job_submit", job.get("submitted")),
+        ("job_startup", job.get("tasks_running")),
+        ("job_process", job.get("finished")),
         ("job_teardown", marks.get("job")),
     ]
     for name, at in points:

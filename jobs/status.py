@@ -81,6 +81,16 @@ def poll_job_counts(rest_url: str, details: list[dict] | None = None) -> JobCoun
     job = max(jobs, key=lambda j: j["start-time"])
     detail = _get(f"{rest_url}/jobs/{job['jid']}")
     if details is not None:
+        vertices = detail.get("vertices", [])
+        if vertices and all(v.get("status") in ("RUNNING", "FINISHED") for v in vertices):
+            # when each task switched to RUNNING: its operators opened (Python included)
+            detail["subtask_running"] = [
+                st.get("timestamps", {}).get("RUNNING", -1)
+                for v in vertices
+                for st in _get(f"{rest_url}/jobs/{job['jid']}/vertices/{v['id']}/subtasktimes")[
+                    "subtasks"
+                ]
+            ]
         details.append(detail)
     values: list[dict] = []
     for vertex in detail["vertices"]:
@@ -95,23 +105,17 @@ def poll_job_counts(rest_url: str, details: list[dict] | None = None) -> JobCoun
 
 def job_timeline(detail: dict) -> dict[str, float]:
     """Wall-clock times (epoch s) of a job from its REST detail: ``submitted`` (created),
-    ``running`` (scheduled), ``tasks_running`` (the last vertex deployed and running: every
-    operator opened, Python included), ``source_done`` (the source read its last record),
-    ``finished`` (when the detail was taken after the job's end). A time not reached yet is
-    absent."""
+    ``running`` (scheduled), ``tasks_running`` (the last task switched to RUNNING: every
+    operator opened, Python included; reading starts), ``finished`` (when the detail was taken
+    after the job's end). A time not reached yet is absent."""
     stamps = detail.get("timestamps", {})
     out: dict[str, float] = {}
     for name, state in (("submitted", "CREATED"), ("running", "RUNNING"), ("finished", "FINISHED")):
         if stamps.get(state, 0) > 0:
             out[name] = stamps[state] / 1000
-    vertices = detail.get("vertices", [])
-    if vertices and all(v.get("status") in ("RUNNING", "FINISHED") for v in vertices):
-        started = [v.get("start-time", -1) for v in vertices]
-        if min(started) > 0:
-            out["tasks_deployed"] = max(started) / 1000
-    for v in vertices:
-        if v.get("name", "").startswith("Source: events") and v.get("end-time", -1) > 0:
-            out["source_done"] = v["end-time"] / 1000
+    running = detail.get("subtask_running", [])
+    if running and min(running) > 0:
+        out["tasks_running"] = max(running) / 1000
     return out
 
 

@@ -643,9 +643,12 @@ def execute_with_status(
         env.execute(name)
         return {}
     with JobStatus(urls, (PROCESS_KEY, str(os.getpid())), on_counts=on_counts, lines=lines) as st:
-        env.execute(name)
-    import sys as _s; print("DEBUGDETAIL", json.dumps(st.details[-1] if st.details else None), file=_s.stderr)
-    return job_timeline(st.details[-1]) if st.details else {}
+        result = env.execute(name)
+    timeline = job_timeline(st.details[-1]) if st.details else {}
+    if "submitted" in timeline and "finished" not in timeline:
+        # the cluster shut down before a poll saw the end: the job's own net runtime
+        timeline["finished"] = timeline["submitted"] + result.get_net_runtime() / 1000
+    return timeline
 
 
 LOOPBACK_BIND_OPTIONS = (
