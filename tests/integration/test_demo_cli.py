@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import gzip
 import math
+import uuid
 from pathlib import Path
 
 import pytest
-from it_helpers import read_topic, run_cli
+from it_helpers import config_for, read_topic, run_cli
 
-from udfs.config import EnergyConfig
+from jobs.execution_sink import run_sink
+from jobs.kafka_io import as_role, drain_topic, end_offsets
+from jobs.runs import load_run
+from udfs.config import Config, EnergyConfig
 from udfs.market.adapters.lobster import iter_lobster_events
 from udfs.market.adapters.sources import SAMPLE_BINANCE, SAMPLE_LOBSTER, Source
 from udfs.schema import Reason, decode_dead_letter
@@ -41,6 +45,49 @@ def test_demo_processes_only_its_own_events(kafka_topics, demo_history) -> None:
     assert {k: summary[k] for k in COUNTS} == {k: first[k] for k in COUNTS}
     assert summary["instruments"] == first["instruments"]
     assert len(first["instruments"]) == 2  # AAPL.XNAS and BTCUSDT.BINANCE_USDM
+    check_sinks_beside_the_job(config_for(env), summary)
+
+
+def check_sinks_beside_the_job(cfg: Config, summary: dict) -> None:
+    """The demo runs its execution sink beside the job (following the orders, stopped at their
+    end once the job is done): it decided exactly what a sink started after the job decides.
+    The same sink, run the old way over the same run's offsets (bounded, ends known at its
+    start, a group of its own), writes the same execution reports, control and risk records,
+    byte for byte, partition by partition. And the summary's phases are in order."""
+    run = load_run(cfg, summary["run_id"])
+    topics = cfg.topics
+    outputs = (topics.executions, topics.control, topics.risk)
+    beside = {t: _by_partition(cfg, t, run["from"][t], run["to"][t]) for t in outputs}
+    assert sum(len(v) for v in beside[topics.executions].values()) > 0
+    with as_role("exec-sink"):
+        after = run_sink(
+            cfg,
+            group=f"it-sequential-sink-{uuid.uuid4().hex[:8]}",
+            bounded=True,
+            start_offsets={
+                t: run["from"][t] for t in (topics.events, topics.orders, topics.control)
+            },
+        )
+    assert after.stats.get("fills", 0) == summary["fills"]
+    assert after.stats.get("rejected", 0) == summary["orders_rejected"]
+    for t in outputs:
+        assert _by_partition(cfg, t, run["to"][t], end_offsets(cfg, t)) == beside[t], t
+    phases = summary["phases_s"]
+    assert list(phases)[:2] == ["setup", "publish"] and "history_sink_wait" in phases
+    assert (
+        summary["sidecar_cpu_s"]["exec_sink"] > 0 and summary["sidecar_cpu_s"]["history_sink"] > 0
+    )
+
+
+def _by_partition(
+    cfg: Config, topic: str, start: dict[int, int], end: dict[int, int]
+) -> dict[int, list[bytes]]:
+    """The committed record values of ``topic`` in ``[start, end)``, per partition in order."""
+    out: dict[int, list[bytes]] = {}
+    for rec in drain_topic(cfg, topic, from_offsets=start, read_committed=True, idle_timeout_s=15):
+        if rec.offset < end.get(rec.partition, 0):
+            out.setdefault(rec.partition, []).append(rec.value or b"")
+    return out
 
 
 def check_energy(
