@@ -50,11 +50,12 @@ from jobs.sidecar import Sidecar
 from jobs.status import JobCounts
 from jobs.stream_job import (
     CONFIG_PROCESS,
+    ROUTES,
     build_stream_job,
     execute_with_status,
     launch_local_gateway,
 )
-from udfs.config import Config
+from udfs.config import Config, TopicsConfig
 from udfs.market.adapters.sources import Source
 from udfs.schema import StatsRow, decode_dead_letter, decode_row
 
@@ -179,6 +180,8 @@ def _pipeline(
     )
     mark("publish")
     published = end_offsets(cfg, topics.events)
+    # the biggest table's rows are complete: stored while the job runs
+    history_sink.finish({topics.events: published})
     # the execution sink over this run's market data (complete now) and orders (to come)
     exec_sink.start(
         group=f"bookstream-demo-sink-{uuid.uuid4().hex[:8]}",
@@ -209,7 +212,9 @@ def _pipeline(
         timeline = _run_with_progress(env, pub.published, progress)
     job_s = time.perf_counter() - t_job
     mark("job")
-    exec_sink.finish({topics.orders: end_offsets(cfg, topics.orders)})
+    job_ends = {t: end_offsets(cfg, t) for t in _job_only_topics(topics)}
+    exec_sink.finish({topics.orders: job_ends[topics.orders]})
+    history_sink.finish(job_ends)
 
     # what came out (the job's topics are complete; the sink still works beside this)
     signals_out = sum(
@@ -253,7 +258,9 @@ def _pipeline(
     mark("exec_sink")
     after = {t: end_offsets(cfg, t) for t in all_topics}
     record_run(cfg, run_id, before, after)
-    history_sink.finish(after)
+    history_sink.finish(
+        {t: ends for t, ends in after.items() if t not in job_ends and t != topics.events}
+    )
     history = history_sink.result()
     history_s = history_sink.run_s
     mark("history_sink")
@@ -280,6 +287,12 @@ def _pipeline(
         "_history": history,
         "_job": timeline,
     }
+
+
+def _job_only_topics(topics: TopicsConfig) -> list[str]:
+    """The topics only the stream job writes (its routes but the dead letters, which the
+    publisher and the sinks write too): complete once it has finished."""
+    return [getattr(topics, route) for route in ROUTES if route != "dead_letter"]
 
 
 def _phases(marks: dict[str, float], job: dict[str, float]) -> dict[str, float]:

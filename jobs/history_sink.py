@@ -112,8 +112,9 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
     start. ``final_ends`` (bounded): the ends are not known at the start (the demo runs the
     sink beside the job and the execution sink): every topic is followed until
     ``final_ends()`` (called on every poll) returns them (topic -> partition -> offset), then
-    stored up to there. Meanwhile a table is committed only when ``lake.commit_rows`` are
-    waiting, so the commits are those of a run that knew the ends (not one per idle poll)."""
+    stored up to there; it may hand the ends of some topics first (those whose writers are
+    done), and a topic read to its end is committed at once. Meanwhile a table is committed
+    only when ``lake.commit_rows`` are waiting (not one commit per idle poll)."""
     if final_ends is not None and not bounded:
         raise ValueError("final_ends needs a bounded run")
     t0 = time.perf_counter()
@@ -271,9 +272,13 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
     metrics.serve(cfg, METRICS_PROCESS, cfg.metrics.history_sink_port)
     try:
         for poll in reader.polls():
-            if reader.open_ends and final_ends is not None and (got := final_ends()) is not None:
-                reader.close({(t, p): got[t][p] for t, p in reader.open_ends})
-                following = False
+            while reader.open_ends and final_ends is not None and (got := final_ends()):
+                # the ends of the topics whose writers are done (the events after publishing,
+                # the job's topics after the job, the rest at the run's end)
+                reader.close(
+                    {(t, p): got[t][p] for t, p in reader.open_ends if t in got and p in got[t]}
+                )
+                following = bool(reader.open_ends)
             now = time.monotonic()
             for topic, n in Counter(rec.topic for rec in poll.records).items():
                 metrics.count_in(METRICS_PROCESS, topic, n)
@@ -297,10 +302,12 @@ def run_history_sink(  # noqa: C901 - read / buffer / commit loop with its offse
                     if not buf.next_offsets:
                         buf.since = now
                     buf.next_offsets[p] = max(end, buf.next_offsets.get(p, -1))
+            open_topics = {t for t, _p in reader.open_ends} | {t for t, _p in reader.remaining}
             for topic, buf in pending.items():
                 if buf.next_offsets and (
                     poll.done
                     or len(buf.values) >= cfg.lake.commit_rows
+                    or (following and topic not in open_topics)  # read to its final end
                     or (not following and (now - buf.since >= interval_s or not poll.records))
                 ):
                     flush(topic)

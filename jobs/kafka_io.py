@@ -542,29 +542,27 @@ class PartitionReader:
         self.paused = set(partitions)
 
     def close(self, ends: dict[PartitionKey, int]) -> None:
-        """The ends of the :attr:`open_ends` partitions (one for each), now known: read up to
-        them, then stop like any bounded read. A partition already read past its end was fed
-        records that are not this run's (another writer on the topic): an error, never a
-        silent difference from a reader that knew the end from the start."""
-        missing = self.open_ends - set(ends)
-        if missing:
-            raise ValueError(f"no end offset given for open partitions {sorted(missing)}")
+        """The ends of some :attr:`open_ends` partitions, now known: read up to them, then
+        stop like any bounded read (once no end is open). A partition already read past its end
+        was fed records that are not this run's (another writer on the topic): an error, never
+        a silent difference from a reader that knew the end from the start."""
+        stray = set(ends) - self.open_ends
+        if stray:
+            raise ValueError(f"end offsets given for partitions not open: {sorted(stray)}")
         over = {
-            k: (self.next_offsets[k], ends[k])
-            for k in self.open_ends
-            if self.next_offsets[k] > ends[k]
+            k: (self.next_offsets[k], end) for k, end in ends.items() if self.next_offsets[k] > end
         }
         if over:
             raise RuntimeError(
                 f"partitions read past the end offsets given later (next, end): {over}; "
                 "another process wrote to this run's topics"
             )
-        for k in self.open_ends:
-            if self.next_offsets[k] < ends[k]:
-                self.remaining[k] = ends[k]
+        for k, end in ends.items():
+            if self.next_offsets[k] < end:
+                self.remaining[k] = end
             else:
                 self._untouched.append(k)  # completed on the next poll
-        self.open_ends = set()
+        self.open_ends -= set(ends)
 
     def positions(self) -> list[TopicPartition]:
         """Next offset per partition after what this reader has yielded."""
