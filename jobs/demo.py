@@ -11,7 +11,8 @@ were before this run published, so a second demo in a row processes exactly its 
 * ``signals_out``      signals (rule, traded model, shadow model) on the signals topic
 * ``orders_sent``      new orders on the orders topic (cancels and heartbeats not counted)
 * ``orders_rejected``, ``fills``, ``pnl`` (equity: realised + unrealised - fees, quote
-  currency) from the execution sink, which runs after the job over the same run's records
+  currency) from the execution sink, which runs beside the job over the same run's records
+  (below)
 * ``history_rows``     rows the history sink stored in Iceberg (every topic, up to its end)
 * ``audit_rows``       rows it chained into the audit table (orders, risk decisions, kill
                        switches, configurations: ``udfs/audit.py``)
@@ -20,6 +21,14 @@ were before this run published, so a second demo in a row processes exactly its 
   their Python workers instead of a local JVM) over the run, and the energy and emissions
   they stand for, in total, per 1,000 events and per trade (fill): jobs/energy.py,
   udfs/energy.py, ``[energy]`` factors
+
+Both sinks run beside the job, each in a process of its own (jobs/sidecar.py): the execution
+sink from the end of publishing, following the orders until the job has finished; the history
+sink from the start, handed each topic's end as its writers finish. Each stops exactly at those
+end offsets, so it decides and stores what a sink started after the job would (the execution
+sink's order depends on the records only). ``phases_s`` is the run's timeline (wall seconds of
+each step, the job's from the JobManager's own times) and ``sidecar_cpu_s`` each sink process's
+CPU seconds (in ``energy``'s ``bookstream`` too).
 
 The run's offset ranges of every topic are written to ``<lake root>/runs/<run_id>.json`` (and the
 newest to ``latest.json``): ``bookstream replay --run latest`` replays exactly this run. The
