@@ -981,6 +981,155 @@ def _pct_ms(values_ns: list[int] | list[float]) -> dict[str, float | None]:
     }
 
 
+FRESHNESS_STAMPS = ("received", "processed", "on_topic", "read_by_pusher", "pushed", "readable")
+"""The stamps of one freshness sample, in order, all on this machine's wall clock (ns): the
+event's ``ts_recv`` (the bench's publish), the feature row's ``ts_proc`` (the job computed
+it), the features topic's log-append time (the broker stored it; ms, so this stamp can read
+up to 1 ms early), the pusher's read, the return of its Feast push, the poller's first
+``get_online_features`` that returned the value."""
+
+FRESHNESS_HOPS = ("job", "sink", "pusher_wait", "push", "read")
+"""The hops between consecutive :data:`FRESHNESS_STAMPS`: job = source read, queueing behind
+the task thread, micro-batch and features; sink = the trading stage after the features, the
+routed output and the Kafka producer to the broker's append; pusher_wait = on the topic until
+the pusher's read (its poll timeout, or it was busy pushing); push = decode + Feast's push to
+Redis; read = push returned to the poller's first sight (its poll interval; can be slightly
+negative: the value is readable before the push call returns)."""
+
+
+def freshness_samples(
+    seen: dict[tuple[str, int], int], pushes: list[dict[str, Any]], since_ns: int
+) -> list[tuple[int, ...]]:
+    """Join the poller's first sight of each ``(instrument, ts_event)`` value (``seen``) with
+    the pusher's trace (``jobs.feast_store.trace_line`` records, in push order): one tuple of
+    :data:`FRESHNESS_STAMPS` per value seen whose event was received at or after ``since_ns``
+    (the paced input; the warm-up's ``ts_recv`` are the file's). A value pushed more than once
+    (a replay) counts from its first push. Sorted by receipt."""
+    first: dict[tuple[str, int], tuple[int, ...]] = {}
+    for push in pushes:
+        for inst, ts_event, ts_recv, ts_proc, topic_ms in push["newest"]:
+            first.setdefault(
+                (inst, ts_event),
+                (ts_recv, ts_proc, topic_ms * 1_000_000, push["read_ns"], push["pushed_ns"]),
+            )
+    samples = [
+        (*stamps, readable)
+        for key, readable in seen.items()
+        if (stamps := first.get(key)) is not None and stamps[0] >= since_ns
+    ]
+    return sorted(samples)
+
+
+def freshness_hops(samples: list[tuple[int, ...]]) -> dict[str, Any]:
+    """p50/p99/max (ms) of each hop of :data:`FRESHNESS_HOPS` and end to end (received ->
+    readable) over ``samples`` (:func:`freshness_samples`), and ``n``."""
+    out: dict[str, Any] = {"n": len(samples)}
+    for i, hop in enumerate(FRESHNESS_HOPS):
+        out[hop] = _pct_ms([s[i + 1] - s[i] for s in samples])
+    out["end_to_end"] = _pct_ms([s[-1] - s[0] for s in samples])
+    return out
+
+
+def push_rate(pushes: list[dict[str, Any]], since_ns: int) -> dict[str, Any]:
+    """The pusher while the job ran: the pushes whose read came at or after ``since_ns`` (the
+    paced input's start: the warm-up and the sleep before it are out), rows read per second of
+    their span (first read -> last push returned), Redis writes (one per instrument per push),
+    and the share of that span the pusher was busy reading + pushing (the rest it waited for
+    rows: 1.0 would mean the pusher itself is the bound)."""
+    window = [p for p in pushes if p["read_ns"] >= since_ns]
+    if not window:
+        return {"pushes": 0, "rows": 0, "span_s": 0.0, "rows_per_s": None, "busy_share": None}
+    span_ns = max(1, window[-1]["pushed_ns"] - window[0]["read_ns"])
+    rows = sum(p["rows"] for p in window)
+    return {
+        "pushes": len(window),
+        "rows": rows,
+        "redis_writes": sum(len(p["newest"]) for p in window),
+        "span_s": span_ns / 1e9,
+        "rows_per_s": rows / (span_ns / 1e9),
+        "rows_per_push": rows / len(window),
+        "push_ms": _pct_ms([p["pushed_ns"] - p["read_ns"] for p in window]),
+        "busy_share": sum(p["pushed_ns"] - p["read_ns"] for p in window) / span_ns,
+    }
+
+
+FEAST_POLL_S = 0.01
+"""The freshness poller's interval between two ``get_online_features`` calls."""
+FEAST_DRAIN_CAP_S = 300.0
+"""After the paced input, the longest the stage waits for its last values to be readable
+(reported when reached: the figures then miss the values never seen)."""
+
+
+def _log_append_time(cfg: Config, topic: str) -> None:
+    """The bench's own ``topic`` stamps each record with the broker's append time (not the
+    exchange time the job sets): the on-topic stamp of the freshness hops."""
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+    )
+
+    from jobs.kafka_io import client_config
+
+    admin = AdminClient(client_config(cfg, {}, ADMIN))
+    entry = ConfigEntry(
+        "message.timestamp.type",
+        "LogAppendTime",
+        incremental_operation=AlterConfigOpType.SET,
+    )
+    resource = ConfigResource("topic", topic, incremental_configs=[entry])
+    for fut in admin.incremental_alter_configs([resource]).values():
+        fut.result()
+
+
+def _job_caught_up(cfg: Config, job_offsets: Any) -> bool:
+    """Whether the job's group has committed the end of the events topic (on a checkpoint,
+    after its sink flushed): every input record is processed and its rows are on the topic."""
+    from confluent_kafka import TopicPartition
+
+    from jobs.kafka_io import committed_offsets, topic_end_offsets
+
+    ends = topic_end_offsets(cfg, cfg.topics.events)
+    got = committed_offsets(job_offsets, [TopicPartition(cfg.topics.events, p) for p in ends])
+    return all(tp.offset >= ends[tp.partition][1] for tp in got)
+
+
+def _last_rows(cfg: Config, topic: str) -> dict[str, int]:
+    """instrument -> ``ts_event`` of its last row on the features ``topic``."""
+    from jobs.kafka_io import drain_topic
+
+    last: dict[str, int] = {}
+    for rec in drain_topic(cfg, topic):
+        if rec.value is None:
+            continue
+        row = json.loads(rec.value)
+        last[row["instrument"]] = row["ts_event"]
+    return last
+
+
+def _wait_readable(
+    cfg: Config, job_offsets: Any, newest_seen: dict[str, int], end_ns: int
+) -> dict[str, Any]:
+    """Wait until the value of the last feature row of each instrument is readable: the job
+    has committed the offsets of the whole input (its sink flushed before), then its last row
+    per instrument on the topic is what the poller (``newest_seen``) must reach. At most
+    :data:`FEAST_DRAIN_CAP_S`; the seconds after the input's end (``end_ns``) each took."""
+    drain: dict[str, Any] = {"cap_s": FEAST_DRAIN_CAP_S, "cap_hit": False}
+    cap = time.monotonic() + FEAST_DRAIN_CAP_S
+    targets: dict[str, int] | None = None
+    while time.monotonic() < cap:
+        if targets is None and _job_caught_up(cfg, job_offsets):
+            drain["job_caught_up_s"] = (time.time_ns() - end_ns) / 1e9
+            targets = _last_rows(cfg, cfg.topics.features)
+        if targets is not None and all(newest_seen.get(i, 0) >= ts for i, ts in targets.items()):
+            drain["all_readable_s"] = (time.time_ns() - end_ns) / 1e9
+            return drain
+        time.sleep(0.2)
+    drain["cap_hit"] = True
+    return drain
+
+
 def _lobster_head(out_dir: Path, lines: int) -> list[tuple[Path, Path]]:
     """The first ``lines`` messages of each instrument of the LOBSTER day (message and
     orderbook files are line-aligned); 0: the whole day, the files themselves."""
@@ -1113,12 +1262,14 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
     1. training set: the LOBSTER day (or its first ``day_lines`` messages per instrument)
        through the live path into the lake (``run_demo``), then the wall time of
        ``build_training_set`` over the whole span, as known at, 1 s grid (incl. the export);
-    2. push and freshness: the trading job live, ``bookstream feast-push`` following its
-       features topic, the day's events published at ``rate``/s for ``seconds`` with
-       ``ts_recv`` = wall clock; a poller calls ``get_online_features`` for the day's
-       instruments in a loop: freshness = first poll that returns a row's ``ts_event`` - the
-       ``ts_recv`` of that row's event; then a bounded ``feast-push`` of the whole topic:
-       push capacity in rows/s;
+    2. push and freshness: the trading job live, ``bookstream feast-push --trace`` following
+       its features topic (log-append timestamps), the day's events published at ``rate``/s
+       for ``seconds`` with ``ts_recv`` = wall clock; a poller calls ``get_online_features``
+       for the day's instruments every :data:`FEAST_POLL_S` until the last row of each
+       instrument is readable (at most :data:`FEAST_DRAIN_CAP_S`, reported if reached): each
+       value seen is a sample, split into :data:`FRESHNESS_HOPS` by the pusher's trace; the
+       pusher's rows/s while the job runs (:func:`push_rate`); then a bounded ``feast-push``
+       of the whole topic: push capacity in rows/s;
     3. online read: ``get_online_features`` of one instrument's 20 features, 500 warm-up
        then 5,000 timed reads (wall and on-CPU), and a cProfile of 500 reads.
     """
@@ -1127,7 +1278,13 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
     from dataclasses import replace
 
     from jobs.feast_store import feast_env, open_store
-    from jobs.kafka_io import count_records, create_topics, delete_topics, make_producer
+    from jobs.kafka_io import (
+        count_records,
+        create_topics,
+        delete_topics,
+        make_consumer,
+        make_producer,
+    )
     from udfs.market.adapters.sources import Source
     from udfs.schema import encode_event
 
@@ -1145,12 +1302,14 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
     # 2. push while the job runs, freshness
     cfg = base.for_run(f"{run}.live")
     create_topics(cfg)
+    _log_append_time(cfg, cfg.topics.features)
     events = list(Source(lobster=day).events())
     warmup, events = events[:500], events[500 : 500 + int(rate * seconds)]
     instruments = sorted({ev.instrument for ev in events})
     child_env = {**os.environ, **topics_env(cfg.topics), **feast_env(cfg)}
+    group = f"bench-feast-{run}"
     job = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "stream-job", "--group-id", f"bench-feast-{run}"],
+        [sys.executable, "-m", "jobs.cli", "stream-job", "--group-id", group],
         cwd=PROJECT_ROOT,
         env=child_env,
         stdout=subprocess.DEVNULL,
@@ -1158,8 +1317,10 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
         start_new_session=True,
     )
     pusher = None
+    trace_path = work / "feast-push.trace"
     producer = make_producer(cfg, **{"linger.ms": 0})
     seen: dict[tuple[str, int], int] = {}
+    newest_seen: dict[str, int] = {}
     polls: list[int] = []
     stop = threading.Event()
 
@@ -1176,9 +1337,13 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
             for inst, ts_event in zip(got["instrument"], got["ts_event"], strict=True):
                 if ts_event is not None:
                     seen.setdefault((inst, int(ts_event)), now)
+                    newest_seen[inst] = max(newest_seen.get(inst, 0), int(ts_event))
+            # a poll every ~POLL_S: the sight's granularity, without a spinning thread taking
+            # a core from the job on a small machine
+            stop.wait(FEAST_POLL_S)
 
     poller = threading.Thread(target=poll_online, daemon=True)
-    recv: dict[tuple[str, int], int] = {}
+    job_offsets = make_consumer(cfg, group)  # reads the job's committed offsets, joins nothing
     try:
         for ev in warmup:
             producer.produce(cfg.topics.events, key=ev.instrument, value=encode_event(ev),
@@ -1190,7 +1355,7 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
                 raise RuntimeError("the trading job did not start")
             time.sleep(0.5)
         pusher = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "feast-push"],
+            [sys.executable, "-m", "jobs.cli", "feast-push", "--trace", str(trace_path)],
             cwd=PROJECT_ROOT,
             env=child_env,
             stdout=subprocess.PIPE,
@@ -1200,18 +1365,22 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
         time.sleep(10)  # the pusher's start (Feast import, registry) and its catch-up
         poller.start()
         t0 = time.perf_counter()
+        start_ns = time.time_ns()
         for i, ev in enumerate(events):
             ahead = t0 + i / rate - time.perf_counter()
             if ahead > 0:
                 time.sleep(ahead)
             ev = replace(ev, ts_recv=time.time_ns())
-            recv[(ev.instrument, ev.ts_event)] = ev.ts_recv  # the last event of that time
             producer.produce(cfg.topics.events, key=ev.instrument, value=encode_event(ev),
                              timestamp=ev.ts_event // 1_000_000)  # fmt: skip
             producer.poll(0)
         producer.flush(30)
+        end_ns = time.time_ns()
         achieved = len(events) / (time.perf_counter() - t0)
-        time.sleep(5)
+        # until the value of the last feature row of each instrument is readable: the job has
+        # committed the offsets of the whole input (its sink flushed before), then its last
+        # row per instrument on the topic is what the poller must see
+        drain = _wait_readable(cfg, job_offsets, newest_seen, end_ns)
         stop.set()
         poller.join(30)
         pusher.send_signal(signals.SIGTERM)
@@ -1225,7 +1394,7 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
         follow = json.loads(said.strip().splitlines()[-1])
         features = count_records(cfg, cfg.topics.features)
         t = time.perf_counter()
-        drain = subprocess.run(
+        drained = subprocess.run(
             [sys.executable, "-m", "jobs.cli", "feast-push", "--bounded"],
             cwd=PROJECT_ROOT,
             env=child_env,
@@ -1233,27 +1402,38 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
             text=True,
         )
         drain_wall = time.perf_counter() - t
-        bounded = json.loads(drain.stdout.strip().splitlines()[-1])
+        bounded = json.loads(drained.stdout.strip().splitlines()[-1])
     finally:
         stop.set()
+        job_offsets.close()
         if pusher is not None and pusher.poll() is None:
             pusher.kill()
         os.killpg(job.pid, signals.SIGKILL)
         job.wait(30)
         delete_topics(cfg, [spec.name for spec in cfg.topics.specs()])
-    fresh = [at - recv[key] for key, at in seen.items() if key in recv]
+    pushes = [json.loads(line) for line in trace_path.read_text().splitlines() if line]
+    samples = freshness_samples(seen, pushes, start_ns)
+    last_proc = max((s[1] for s in samples), default=0)
     out["push"] = {
         "events": len(events),
         "events_per_s": achieved,
+        "input_s": (end_ns - start_ns) / 1e9,
         "feature_rows": features,
+        "drain": drain,
         "follow": follow,
-        "follow_rows_per_s": follow["read"]
-        / max(1e-9, (follow.get("last_push_ns", 0) - follow.get("first_read_ns", 0)) / 1e9),
+        "push_poll_ms": cfg.feast.push_poll_ms,
+        "while_job_runs": push_rate(pushes, start_ns),
+        # the job's own pace: its last row of the input (ts_proc of the newest value seen)
+        # against the input's span; below the input rate: the job is behind
+        "job_events_per_s": len(events) / max(1e-9, (last_proc - start_ns) / 1e9)
+        if last_proc
+        else None,
         "bounded": bounded,
         "bounded_rows_per_s": bounded["read"] / bounded["seconds"],
         "bounded_wall_s": drain_wall,
-        "freshness_ms": _pct_ms(fresh),
+        "freshness": freshness_hops(samples),
         "poll_ms": _pct_ms(polls),
+        "poll_interval_ms": FEAST_POLL_S * 1000,
     }
 
     # 3. online read of one instrument's feature vector
@@ -1791,22 +1971,38 @@ def _feast_bench(cfg: Config, run: str, day_lines: int, rate: float, seconds: fl
         f"{ts['export_s']:.1f} s; {ts['wall_s']:.1f} s with the process start), peak RSS "
         f"{ts['peak_rss_mb']:,.0f} MB, {ts['chunk_s']} s chunks"
     )
-    fresh, follow = push["freshness_ms"], push["follow"]
+    fresh, live, drain = push["freshness"], push["while_job_runs"], push["drain"]
+    job_rate = push["job_events_per_s"]
     print(
-        f"  push while the job runs: {push['events']:,} events at {push['events_per_s']:,.0f}/s "
-        f"-> {push['feature_rows']:,} feature rows; pusher read {follow['read']:,.0f} rows in "
-        f"{follow['pushes']:,.0f} pushes, {push['follow_rows_per_s']:,.0f} rows/s over the span "
-        "from its first read to its last push (bounded by the paced input)"
+        f"  input               {push['events']:>10,} events at {push['events_per_s']:,.0f}/s "
+        f"for {push['input_s']:.1f} s -> {push['feature_rows']:,} feature rows; the job's pace "
+        f"{_fmt(job_rate)} ev/s (input span / its last row's ts_proc); caught up "
+        f"{_fmt(drain.get('job_caught_up_s'), '.1f')} s after the input, all last values "
+        f"readable {_fmt(drain.get('all_readable_s'), '.1f')} s after"
+        + (f"  (CAP {drain['cap_s']:.0f} s REACHED: values missing)" if drain["cap_hit"] else "")
+    )
+    print(
+        f"  push while the job runs {live['rows']:>6,} rows in {live['pushes']:,} pushes over "
+        f"{live['span_s']:.1f} s: {_fmt(live['rows_per_s'])} rows/s, pusher busy "
+        f"{_fmt((live['busy_share'] or 0) * 100, '.0f')} % of the span (push p50 "
+        f"{_fmt((live.get('push_ms') or {}).get('p50'), '.0f')} ms; poll timeout "
+        f"{push['push_poll_ms']} ms)"
     )
     print(
         f"  push capacity       {push['bounded']['read']:>10,.0f} rows  "
         f"{push['bounded_rows_per_s']:>10,.0f} rows/s (bounded feast-push of the topic)"
     )
     print(
-        f"  freshness ts_recv -> readable online: p50 {_fmt(fresh['p50'], '.1f')} ms  "
-        f"p99 {_fmt(fresh['p99'], '.1f')} ms  (n={fresh['n']}, poll p50 "
-        f"{_fmt(push['poll_ms']['p50'], '.2f')} ms)"
+        f"  freshness, received -> readable online, n={fresh['n']} values seen (poll every "
+        f"{push['poll_interval_ms']:.0f} ms, poll p50 {_fmt(push['poll_ms']['p50'], '.2f')} ms):"
     )
+    print(f"    {'hop (ms)':<14}{'p50':>10}{'p99':>10}{'max':>10}")
+    for hop in (*FRESHNESS_HOPS, "end_to_end"):
+        h = fresh[hop]
+        print(
+            f"    {hop:<14}{_fmt(h['p50'], ',.1f'):>10}{_fmt(h['p99'], ',.1f'):>10}"
+            f"{_fmt(h['max'], ',.1f'):>10}"
+        )
     print(
         f"  online read ({rd['features']} features, 1 instrument): p50 {rd['p50']:.2f} ms  "
         f"p99 {rd['p99']:.2f} ms  max {rd['max']:.2f} ms  (n={rd['n']}; goal p99 <= 2 ms); "

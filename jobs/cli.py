@@ -175,7 +175,7 @@ def cmd_feast_export(_args: argparse.Namespace) -> int:
 def cmd_feast_push(args: argparse.Namespace) -> int:
     from jobs.feast_store import run_pusher
 
-    _emit(run_pusher(load_config(), bounded=args.bounded))
+    _emit(run_pusher(load_config(), bounded=args.bounded, trace=args.trace))
     return 0
 
 
@@ -757,6 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bounded",
         action="store_true",
         help="read up to the topic's end offsets as of the start, then stop",
+    )
+    p.add_argument(
+        "--trace",
+        type=Path,
+        metavar="FILE",
+        help="following: one JSON line per push into FILE (its stamps, for `make bench`)",
     )
 
     features_sub = _group(

@@ -234,11 +234,14 @@ def push_rows(store: FeatureStore, rows: list[dict[str, Any]]) -> int:
     return len(frame)
 
 
-def _decode(records: Iterable[Any], cfg: Config, counts: dict[str, float]) -> Iterator[dict]:
+def _decode(
+    records: Iterable[Any], cfg: Config, counts: dict[str, float]
+) -> Iterator[tuple[Any, dict]]:
+    """(record, feature row) per record that decodes; a refused one is counted and logged."""
     decode = _features_stream(cfg).decode
     for rec in records:
         try:
-            yield decode(rec.value)
+            yield rec, decode(rec.value)
         except SchemaError as exc:
             counts["refused"] += 1
             log.warning(
@@ -250,13 +253,39 @@ def _decode(records: Iterable[Any], cfg: Config, counts: dict[str, float]) -> It
             )
 
 
-def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[str, Any]:
+def trace_line(read_ns: int, pushed_ns: int, pairs: list[tuple[Any, dict]]) -> str:
+    """One push of the follow mode as a JSON line (``feast-push --trace``, read by the bench):
+    when its records were read and when the push returned (wall clock, ns), how many rows it
+    read, and per instrument the row it wrote (the newest): ``[instrument, ts_event, ts_recv,
+    ts_proc, kafka timestamp ms]``, the stamps of the freshness hops (``jobs/bench.py``)."""
+    newest = {row["instrument"]: (rec, row) for rec, row in pairs}
+    return json.dumps(
+        {
+            "read_ns": read_ns,
+            "pushed_ns": pushed_ns,
+            "rows": len(pairs),
+            "newest": [
+                [inst, row["ts_event"], row["ts_recv"], row.get("ts_proc", 0), rec.timestamp_ms]
+                for inst, (rec, row) in newest.items()
+            ],
+        }
+    )
+
+
+def run_pusher(
+    cfg: Config,
+    *,
+    bounded: bool,
+    batch_rows: int = 5000,
+    trace: Path | None = None,
+) -> dict[str, Any]:
     """Read the features topic and push it to the online store. ``bounded``: from the start
     up to the end offsets as of the call, then return; else follow the topic with the project's
-    reader (:class:`jobs.kafka_io.PartitionReader`) from consumer group :data:`PUSHER_GROUP`'s
-    committed offsets, committing after each push, until SIGTERM/SIGINT (then it returns its
-    summary). Following, the summary adds the wall clock (ns) of the first record read and of
-    the last push's commit: the span the pushes took while rows came in."""
+    reader (:class:`jobs.kafka_io.PartitionReader`, waiting at most ``feast.push_poll_ms`` for
+    records) from consumer group :data:`PUSHER_GROUP`'s committed offsets, committing after
+    each push, until SIGTERM/SIGINT (then it returns its summary). Following, the summary adds
+    the wall clock (ns) of the first record read and of the last push's commit, and ``trace``
+    (a file) gets one :func:`trace_line` per push."""
     from jobs.kafka_io import drain_topic
 
     store = open_store(cfg)
@@ -272,7 +301,7 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
 
     batch: list[dict[str, Any]] = []
     if bounded:
-        for row in _decode(_counted(drain_topic(cfg, topic), counts), cfg, counts):
+        for _rec, row in _decode(_counted(drain_topic(cfg, topic), counts), cfg, counts):
             batch.append(row)
             if len(batch) >= batch_rows:
                 flush(batch)
@@ -290,6 +319,7 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
         consumer = make_consumer(cfg, PUSHER_GROUP)
         stop = StopFlag("feast-push")
         restore = stop.install()
+        trace_file = trace.open("w", buffering=1) if trace is not None else None
         try:
             marks = topic_end_offsets(cfg, topic)
             stored = committed_offsets(consumer, [TopicPartition(topic, p) for p in marks])
@@ -298,21 +328,33 @@ def run_pusher(cfg: Config, *, bounded: bool, batch_rows: int = 5000) -> dict[st
             starts = {
                 (topic, tp.partition): max(tp.offset, marks[tp.partition][0]) for tp in stored
             }
-            reader = PartitionReader(consumer, starts, batch_size=batch_rows)
+            reader = PartitionReader(
+                consumer,
+                starts,
+                batch_size=batch_rows,
+                poll_timeout_s=cfg.feast.push_poll_ms / 1000,
+            )
             for poll in reader.polls():
                 if stop.stop:  # SIGTERM/SIGINT: between pushes, everything pushed committed
                     break
                 if not poll.records:
                     continue
+                read_ns = poll.records[0].read_ns
                 if counts["read"] == 0:
-                    counts["first_read_ns"] = poll.records[0].read_ns
-                batch.extend(_decode(_counted(poll.records, counts), cfg, counts))
+                    counts["first_read_ns"] = read_ns
+                pairs = list(_decode(_counted(poll.records, counts), cfg, counts))
+                batch.extend(row for _rec, row in pairs)
                 flush(batch)
+                pushed_ns = time.time_ns()
                 consumer.commit(offsets=reader.positions(), asynchronous=False)
                 counts["last_push_ns"] = time.time_ns()
+                if trace_file is not None and pairs:
+                    trace_file.write(trace_line(read_ns, pushed_ns, pairs) + "\n")
         finally:
             restore()
             consumer.close()
+            if trace_file is not None:
+                trace_file.close()
     counts["seconds"] = round(time.monotonic() - started, 3)
     return {"topic": topic, **counts}
 

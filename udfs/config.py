@@ -688,6 +688,9 @@ class FeastConfig:
     process: the CLI, the pusher, notebooks)."""
     repo: str = ""
     """The feature repository; empty: ``<project>/feature_repo``."""
+    push_poll_ms: int = field(default=500, metadata=_range(1, 60_000))
+    """``feast-push`` following the topic: the longest one read waits for records before it
+    pushes what it has (a read also ends at 5,000 records)."""
 
 
 @dataclass(frozen=True, kw_only=True)
