@@ -1083,51 +1083,42 @@ def _log_append_time(cfg: Config, topic: str) -> None:
         fut.result()
 
 
-def _job_caught_up(cfg: Config, job_offsets: Any) -> bool:
-    """Whether the job's group has committed the end of the events topic (on a checkpoint,
-    after its sink flushed): every input record is processed and its rows are on the topic."""
-    from confluent_kafka import TopicPartition
-
-    from jobs.kafka_io import committed_offsets, topic_end_offsets
-
-    ends = topic_end_offsets(cfg, cfg.topics.events)
-    got = committed_offsets(job_offsets, [TopicPartition(cfg.topics.events, p) for p in ends])
-    return all(tp.offset >= ends[tp.partition][1] for tp in got)
-
-
-def _last_rows(cfg: Config, topic: str) -> dict[str, int]:
-    """instrument -> ``ts_event`` of its last row on the features ``topic``."""
-    from jobs.kafka_io import drain_topic
-
-    last: dict[str, int] = {}
-    for rec in drain_topic(cfg, topic):
-        if rec.value is None:
-            continue
-        row = json.loads(rec.value)
-        last[row["instrument"]] = row["ts_event"]
-    return last
-
-
 def _wait_readable(
-    cfg: Config, job_offsets: Any, newest_seen: dict[str, int], end_ns: int
+    cfg: Config, job_offsets: Any, pusher_offsets: Any, end_ns: int
 ) -> dict[str, Any]:
-    """Wait until the value of the last feature row of each instrument is readable: the job
-    has committed the offsets of the whole input (its sink flushed before), then its last row
-    per instrument on the topic is what the poller (``newest_seen``) must reach. At most
-    :data:`FEAST_DRAIN_CAP_S`; the seconds after the input's end (``end_ns``) each took."""
+    """Wait until every feature row of the input had its chance to be seen: the job has
+    committed the offsets of the whole input (its sink flushed before: all its rows are on the
+    topic), then the pusher has committed the features topic's end (it commits after its push
+    returned: Redis holds its last write), then a few more polls. Not "the last row's value is
+    readable": Feast's Redis store drops a write whose event time (``ts_avail``) is not newer
+    than the stored one, so the last row of an instrument may never be. At most
+    :data:`FEAST_DRAIN_CAP_S`; the seconds after the input's end (``end_ns``) each step took."""
     drain: dict[str, Any] = {"cap_s": FEAST_DRAIN_CAP_S, "cap_hit": False}
     cap = time.monotonic() + FEAST_DRAIN_CAP_S
-    targets: dict[str, int] | None = None
+    job_done = False
     while time.monotonic() < cap:
-        if targets is None and _job_caught_up(cfg, job_offsets):
+        if not job_done and _caught_up(cfg, job_offsets, cfg.topics.events):
+            job_done = True
             drain["job_caught_up_s"] = (time.time_ns() - end_ns) / 1e9
-            targets = _last_rows(cfg, cfg.topics.features)
-        if targets is not None and all(newest_seen.get(i, 0) >= ts for i, ts in targets.items()):
-            drain["all_readable_s"] = (time.time_ns() - end_ns) / 1e9
+        if job_done and _caught_up(cfg, pusher_offsets, cfg.topics.features):
+            drain["all_pushed_s"] = (time.time_ns() - end_ns) / 1e9
+            time.sleep(50 * FEAST_POLL_S)  # the poller's sight of the last writes
             return drain
         time.sleep(0.2)
     drain["cap_hit"] = True
     return drain
+
+
+def _caught_up(cfg: Config, group_offsets: Any, topic: str) -> bool:
+    """Whether the group of consumer ``group_offsets`` has committed the end of ``topic``
+    (the job: on a checkpoint, after its sink flushed; the pusher: after each push)."""
+    from confluent_kafka import TopicPartition
+
+    from jobs.kafka_io import committed_offsets, topic_end_offsets
+
+    ends = topic_end_offsets(cfg, topic)
+    got = committed_offsets(group_offsets, [TopicPartition(topic, p) for p in ends])
+    return all(tp.offset >= ends[tp.partition][1] for tp in got)
 
 
 def _lobster_head(out_dir: Path, lines: int) -> list[tuple[Path, Path]]:
@@ -1265,8 +1256,8 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
     2. push and freshness: the trading job live, ``bookstream feast-push --trace`` following
        its features topic (log-append timestamps), the day's events published at ``rate``/s
        for ``seconds`` with ``ts_recv`` = wall clock; a poller calls ``get_online_features``
-       for the day's instruments every :data:`FEAST_POLL_S` until the last row of each
-       instrument is readable (at most :data:`FEAST_DRAIN_CAP_S`, reported if reached): each
+       for the day's instruments every :data:`FEAST_POLL_S` until every row has been pushed
+       (at most :data:`FEAST_DRAIN_CAP_S`, reported if reached; :func:`_wait_readable`): each
        value seen is a sample, split into :data:`FRESHNESS_HOPS` by the pusher's trace; the
        pusher's rows/s while the job runs (:func:`push_rate`); then a bounded ``feast-push``
        of the whole topic: push capacity in rows/s;
@@ -1277,7 +1268,7 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
     import threading
     from dataclasses import replace
 
-    from jobs.feast_store import feast_env, open_store
+    from jobs.feast_store import PUSHER_GROUP, feast_env, open_store
     from jobs.kafka_io import (
         count_records,
         create_topics,
@@ -1320,7 +1311,6 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
     trace_path = work / "feast-push.trace"
     producer = make_producer(cfg, **{"linger.ms": 0})
     seen: dict[tuple[str, int], int] = {}
-    newest_seen: dict[str, int] = {}
     polls: list[int] = []
     stop = threading.Event()
 
@@ -1337,13 +1327,13 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
             for inst, ts_event in zip(got["instrument"], got["ts_event"], strict=True):
                 if ts_event is not None:
                     seen.setdefault((inst, int(ts_event)), now)
-                    newest_seen[inst] = max(newest_seen.get(inst, 0), int(ts_event))
             # a poll every ~POLL_S: the sight's granularity, without a spinning thread taking
             # a core from the job on a small machine
             stop.wait(FEAST_POLL_S)
 
     poller = threading.Thread(target=poll_online, daemon=True)
-    job_offsets = make_consumer(cfg, group)  # reads the job's committed offsets, joins nothing
+    # they read the job's and the pusher's committed offsets, join no group
+    job_offsets, pusher_offsets = make_consumer(cfg, group), make_consumer(cfg, PUSHER_GROUP)
     try:
         for ev in warmup:
             producer.produce(cfg.topics.events, key=ev.instrument, value=encode_event(ev),
@@ -1380,7 +1370,7 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
         # until the value of the last feature row of each instrument is readable: the job has
         # committed the offsets of the whole input (its sink flushed before), then its last
         # row per instrument on the topic is what the poller must see
-        drain = _wait_readable(cfg, job_offsets, newest_seen, end_ns)
+        drain = _wait_readable(cfg, job_offsets, pusher_offsets, end_ns)
         stop.set()
         poller.join(30)
         pusher.send_signal(signals.SIGTERM)
@@ -1406,6 +1396,7 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
     finally:
         stop.set()
         job_offsets.close()
+        pusher_offsets.close()
         if pusher is not None and pusher.poll() is None:
             pusher.kill()
         os.killpg(job.pid, signals.SIGKILL)
@@ -1977,8 +1968,8 @@ def _feast_bench(cfg: Config, run: str, day_lines: int, rate: float, seconds: fl
         f"  input               {push['events']:>10,} events at {push['events_per_s']:,.0f}/s "
         f"for {push['input_s']:.1f} s -> {push['feature_rows']:,} feature rows; the job's pace "
         f"{_fmt(job_rate)} ev/s (input span / its last row's ts_proc); caught up "
-        f"{_fmt(drain.get('job_caught_up_s'), '.1f')} s after the input, all last values "
-        f"readable {_fmt(drain.get('all_readable_s'), '.1f')} s after"
+        f"{_fmt(drain.get('job_caught_up_s'), '.1f')} s after the input, all rows "
+        f"pushed {_fmt(drain.get('all_pushed_s'), '.1f')} s after"
         + (f"  (CAP {drain['cap_s']:.0f} s REACHED: values missing)" if drain["cap_hit"] else "")
     )
     print(
