@@ -1118,7 +1118,8 @@ def _caught_up(cfg: Config, group_offsets: Any, topic: str) -> bool:
 
     ends = topic_end_offsets(cfg, topic)
     got = committed_offsets(group_offsets, [TopicPartition(topic, p) for p in ends])
-    return all(tp.offset >= ends[tp.partition][1] for tp in got)
+    # a partition with nothing to read may have no commit at all (offset < 0)
+    return all(max(tp.offset, ends[tp.partition][0]) >= ends[tp.partition][1] for tp in got)
 
 
 def _lobster_head(out_dir: Path, lines: int) -> list[tuple[Path, Path]]:
