@@ -1353,7 +1353,15 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(10)  # the pusher's start (Feast import, registry) and its catch-up
+        # the pusher's start (Feast import, registry) and its catch-up on the warm-up rows:
+        # the paced input starts once it has committed them (a fixed sleep was too short on
+        # a loaded machine: the input's first rows then waited for the pusher to start)
+        warm = time.monotonic()
+        while not _caught_up(cfg, pusher_offsets, cfg.topics.features):
+            if time.monotonic() - warm > 180 or pusher.poll() is not None:
+                raise RuntimeError("feast-push did not catch up with the warm-up rows")
+            time.sleep(0.5)
+        pusher_ready_s = time.monotonic() - warm
         poller.start()
         t0 = time.perf_counter()
         start_ns = time.time_ns()
@@ -1414,6 +1422,7 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
         "drain": drain,
         "follow": follow,
         "push_poll_ms": cfg.feast.push_poll_ms,
+        "pusher_ready_s": pusher_ready_s,
         "while_job_runs": push_rate(pushes, start_ns),
         # the job's own pace: its last row of the input (ts_proc of the newest value seen)
         # against the input's span; below the input rate: the job is behind
@@ -1974,7 +1983,8 @@ def _feast_bench(cfg: Config, run: str, day_lines: int, rate: float, seconds: fl
         + (f"  (CAP {drain['cap_s']:.0f} s REACHED: values missing)" if drain["cap_hit"] else "")
     )
     print(
-        f"  push while the job runs {live['rows']:>6,} rows in {live['pushes']:,} pushes over "
+        f"  push while the job runs (pusher ready {push['pusher_ready_s']:.1f} s after its start) "
+        f"{live['rows']:,} rows in {live['pushes']:,} pushes over "
         f"{live['span_s']:.1f} s: {_fmt(live['rows_per_s'])} rows/s, pusher busy "
         f"{_fmt((live['busy_share'] or 0) * 100, '.0f')} % of the span (push p50 "
         f"{_fmt((live.get('push_ms') or {}).get('p50'), '.0f')} ms; poll timeout "
