@@ -1109,6 +1109,17 @@ def _wait_readable(
     return drain
 
 
+def _wait_caught_up(cfg: Config, pusher: subprocess.Popen, pusher_offsets: Any) -> float:
+    """Seconds until the pusher has committed every row of the features topic so far (at
+    most 180 s, or it exited: an error)."""
+    warm = time.monotonic()
+    while not _caught_up(cfg, pusher_offsets, cfg.topics.features):
+        if time.monotonic() - warm > 180 or pusher.poll() is not None:
+            raise RuntimeError("feast-push did not catch up with the warm-up rows")
+        time.sleep(0.5)
+    return time.monotonic() - warm
+
+
 def _caught_up(cfg: Config, group_offsets: Any, topic: str) -> bool:
     """Whether the group of consumer ``group_offsets`` has committed the end of ``topic``
     (the job: on a checkpoint, after its sink flushed; the pusher: after each push)."""
@@ -1313,7 +1324,7 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
     producer = make_producer(cfg, **{"linger.ms": 0})
     seen: dict[tuple[str, int], int] = {}
     polls: list[int] = []
-    stop = threading.Event()
+    stop, polling = threading.Event(), threading.Event()
 
     def poll_online() -> None:
         poll_store = open_store(cfg)
@@ -1328,6 +1339,7 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
             for inst, ts_event in zip(got["instrument"], got["ts_event"], strict=True):
                 if ts_event is not None:
                     seen.setdefault((inst, int(ts_event)), now)
+            polling.set()
             # a poll every ~POLL_S: the sight's granularity, without a spinning thread taking
             # a core from the job on a small machine
             stop.wait(FEAST_POLL_S)
@@ -1356,13 +1368,12 @@ def stage_feast(run: str, day_lines_s: str, rate_s: str, seconds_s: str) -> dict
         # the pusher's start (Feast import, registry) and its catch-up on the warm-up rows:
         # the paced input starts once it has committed them (a fixed sleep was too short on
         # a loaded machine: the input's first rows then waited for the pusher to start)
-        warm = time.monotonic()
-        while not _caught_up(cfg, pusher_offsets, cfg.topics.features):
-            if time.monotonic() - warm > 180 or pusher.poll() is not None:
-                raise RuntimeError("feast-push did not catch up with the warm-up rows")
-            time.sleep(0.5)
-        pusher_ready_s = time.monotonic() - warm
+        pusher_ready_s = _wait_caught_up(cfg, pusher, pusher_offsets)
+        # the poller's store opened and polling before the input (its start, the Feast
+        # registry's load, took seconds at load 10: the first values went unseen)
         poller.start()
+        if not polling.wait(180):
+            raise RuntimeError("the freshness poller did not start")
         t0 = time.perf_counter()
         start_ns = time.time_ns()
         for i, ev in enumerate(events):
