@@ -688,9 +688,11 @@ class FeastConfig:
     process: the CLI, the pusher, notebooks)."""
     repo: str = ""
     """The feature repository; empty: ``<project>/feature_repo``."""
-    push_poll_ms: int = field(default=500, metadata=_range(1, 60_000))
+    push_poll_ms: int = field(default=50, metadata=_range(1, 60_000))
     """``feast-push`` following the topic: the longest one read waits for records before it
-    pushes what it has (a read also ends at 5,000 records)."""
+    pushes what it has (a read also ends at 5,000 records). Measured (README, "Freshness, hop
+    by hop"): 50 ms against 500 ms, topic -> readable p50 63 vs 106 ms, p99 209 vs 410 ms, at
+    the cost of ~5x the pushes (the pusher busy 52 % vs 18 % of the time at 500 rows/s)."""
 
 
 @dataclass(frozen=True, kw_only=True)
