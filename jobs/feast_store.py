@@ -41,6 +41,7 @@ __all__ = [
     "push_rows",
     "redis_password",
     "run_pusher",
+    "trace_line",
 ]
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,8 @@ def trace_line(read_ns: int, pushed_ns: int, pairs: list[tuple[Any, dict]]) -> s
     """One push of the follow mode as a JSON line (``feast-push --trace``, read by the bench):
     when its records were read and when the push returned (wall clock, ns), how many rows it
     read, and per instrument the row it wrote (the newest): ``[instrument, ts_event, ts_recv,
-    ts_proc, kafka timestamp ms]``, the stamps of the freshness hops (``jobs/bench.py``)."""
+    ts_proc, Kafka timestamp ms]`` (the job stamps exchange time; the bench's own topic has the
+    broker's append time instead), the stamps of the freshness hops (``jobs/bench.py``)."""
     newest = {row["instrument"]: (rec, row) for rec, row in pairs}
     return json.dumps(
         {
