@@ -21,10 +21,12 @@ events, with the ratios that say where the time goes. Not a test: it prints figu
                  time of every ``sql/`` file on that history (``--no-lake`` skips it)
     feast        (``--feast``, on its own) the LOBSTER day into a lake of its own, then the
                  training-set build time over it; the trading job live with ``feast-push``
-                 following its features: push rows/s and freshness (tick received ->
-                 readable through ``get_online_features``) p50/p99; a bounded push of the
-                 whole topic (capacity); online read of one instrument's vector p50/p99
-                 with a profile of where the time goes
+                 following its features: push rows/s while the job runs and freshness (tick
+                 received -> readable through ``get_online_features``) p50/p99/max per hop
+                 (job, sink, pusher wait, push, read) and end to end, and whether the job
+                 kept up with the input; a bounded push of the whole topic (capacity);
+                 online read of one instrument's vector p50/p99 with a profile of where the
+                 time goes
     exec-sink    (``--exec-sink``, on its own; ``jobs.bench_exec``) the execution sink over the
                  full LOBSTER day's events and the orders the trading logic makes from them,
                  once per transaction cadence (``--exec-cadences``, ``execution.commit_every``):
