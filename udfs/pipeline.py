@@ -42,6 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from udfs.config import Config, FeatureConfig, FlinkConfig, QualityConfig
 from udfs.latency import AvailabilityModel
@@ -140,8 +141,11 @@ class ProcessResult:
         self.feature_ns = 0
 
 
-@dataclass(frozen=True, slots=True)
-class RecordSource:
+class RecordSource(NamedTuple):
+    """Where a record was read (named in its dead letter). A named tuple, not a frozen
+    dataclass: the batch loop makes one per record, and a frozen dataclass's ``__init__``
+    (``object.__setattr__`` per field) costs twice as much."""
+
     topic: str
     partition: int
     offset: int

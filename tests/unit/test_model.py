@@ -86,6 +86,22 @@ def test_stream_equals_batch_equals_graph_numpy(model, rows):
     assert batch.min() < 0.3 and batch.max() > 0.7
 
 
+def test_stream_scores_are_the_single_row_runs_bits(model, rows):
+    """:meth:`OnnxModel.score_one` fills one preallocated ``[1, F]`` input and calls the
+    session's binding: every score is bit for bit the public API's single-row run on a fresh
+    array (what the stream did before), and each input exactly :func:`feature_vector`'s."""
+    sess = ort.InferenceSession(
+        str(MODELS / f"{model.name}.onnx"), providers=["CPUExecutionProvider"]
+    )
+    for r in rows:
+        x = np.asarray([feature_vector(r, model.features, model.name)], dtype=np.float32)
+        assert model.vector(r).tobytes() == x[0].tobytes()
+        (proba,) = sess.run(["probabilities"], {"features": x})
+        assert model.score_one(r) == float(np.asarray(proba, dtype=np.float64)[0, 1])
+    assert model._row_input is not None  # prepared once, dropped when pickled
+    assert pickle.loads(pickle.dumps(model))._row_input is None
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="onnxruntime's batch kernel (N >= 2 rows) and its single-row kernel differ in the last "

@@ -28,13 +28,14 @@ starts a new window: the open one counted another model's features.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from udfs.research.drift import DriftReference, bin_of, psi_of_counts
+from udfs.research.drift import DriftReference, psi_of_counts
 from udfs.schema import DriftRow
-from udfs.strategy.model import feature_vector
+from udfs.strategy.model import FeatureVector
 
 __all__ = ["DriftMonitor", "DriftWindow"]
 
@@ -83,6 +84,9 @@ class DriftMonitor:
         self.references = tuple(references)
         self.every_rows = every_rows
         self.threshold = threshold
+        self._vector = FeatureVector(self.features, model)
+        self._edges = tuple(r.edges for r in self.references)
+        """each feature's bin edges (read per feature row: no attribute look-up per value)"""
 
     @classmethod
     def of_model(
@@ -115,7 +119,7 @@ class DriftMonitor:
             self._restart(window, 0)
             window.model = self.model
         ts = int(row["ts_event"])
-        values = tuple(feature_vector(row, self.features, self.model))
+        values = tuple(self._vector(row))
         self._add(window, ts, values)
         out: list[DriftRow] = []
         while window.window_to and watermark >= window.window_to:
@@ -142,9 +146,9 @@ class DriftMonitor:
             # the first window starts at its oldest row, out-of-order ones included (a later
             # one starts where the one before ended: a row before that is late, never here)
             window.window_from = ts if window.rows == 0 else min(window.window_from, ts)
-        for counts, ref, v in zip(window.counts, self.references, values, strict=True):
+        for counts, edges, v in zip(window.counts, self._edges, values, strict=True):
             if v == v:  # NaN: in no bin (the lake command drops it too)
-                counts[bin_of(ref.edges, v)] += 1
+                counts[bisect_right(edges, v)] += 1  # bin_of, inlined
         window.rows += 1
         window.newest = max(window.newest, ts)
         if not window.window_to and window.rows >= self.every_rows:

@@ -55,6 +55,7 @@ from udfs.strategy.registry import model_digest
 
 __all__ = [
     "DERIVED",
+    "FeatureVector",
     "MissingFeatureError",
     "ModelState",
     "OnnxModel",
@@ -127,6 +128,28 @@ def feature_vector(row: dict[str, Any], names: Sequence[str], model: str = "") -
     return out
 
 
+class FeatureVector:
+    """:func:`feature_vector` for one list of names, prepared once (the stream scores every
+    feature row with two models and bins it for drift: ~3.5 -> ~1 µs per call). The values are
+    the same floats in the same order; a missing key goes through :func:`feature_vector`, which
+    raises the same :class:`MissingFeatureError`."""
+
+    __slots__ = ("_spec", "model", "names")
+
+    def __init__(self, names: Sequence[str], model: str = "") -> None:
+        self.names = tuple(names)
+        self.model = model
+        self._spec: tuple[tuple[str, Callable[[dict[str, Any]], float] | None], ...] = tuple(
+            (name, DERIVED[name][1] if name in DERIVED else None) for name in self.names
+        )
+
+    def __call__(self, row: dict[str, Any]) -> list[float]:
+        try:
+            return [float(row[name]) if fn is None else fn(row) for name, fn in self._spec]
+        except KeyError:
+            return feature_vector(row, self.names, self.model)  # raises the precise error
+
+
 _T = TypeVar("_T")
 
 
@@ -169,6 +192,13 @@ class OnnxModel:
         """what exactly is scored: a model's files reloaded are checked against it"""
         self._session: Any = None
         self._output: str = ""
+        self._vector = FeatureVector(self.features, self.name)
+        self._row_run: Callable[..., list[Any]] | None = None
+        """the session's run for :meth:`score_one` (see :meth:`_prepare_row_scoring`)"""
+        self._row_input: np.ndarray | None = None
+        """:meth:`score_one`'s ``[1, F]`` input, filled in place per row"""
+        self._row_feed: dict[str, np.ndarray] = {}
+        self._row_outputs: list[str] = []
 
     @classmethod
     def load(cls, path: str | Path) -> OnnxModel:
@@ -222,6 +252,8 @@ class OnnxModel:
         state = self.__dict__.copy()
         state["_session"] = None
         state["_output"] = ""
+        state["_row_run"] = state["_row_input"] = None
+        state["_row_feed"], state["_row_outputs"] = {}, []
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -231,15 +263,14 @@ class OnnxModel:
 
     def vector(self, row: dict[str, Any]) -> np.ndarray:
         """float32 input vector (shape ``[F]``) for one feature dict, in the metadata's order."""
-        return np.asarray(feature_vector(row, self.features, self.name), dtype=np.float32)
+        return np.asarray(self._vector(row), dtype=np.float32)
 
     def matrix(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
         """float32 input matrix (shape ``[N, F]``)."""
         if not rows:
             return np.zeros((0, len(self.features)), dtype=np.float32)
-        return np.asarray(
-            [feature_vector(r, self.features, self.name) for r in rows], dtype=np.float32
-        )
+        vector = self._vector
+        return np.asarray([vector(r) for r in rows], dtype=np.float32)
 
     def score_matrix(self, x: np.ndarray) -> np.ndarray:
         """P(up) (float64, shape ``[N]``) for a prepared ``[N, F]`` input."""
@@ -256,8 +287,31 @@ class OnnxModel:
         return self.score_matrix(self.matrix(rows))
 
     def score_one(self, row: dict[str, Any]) -> float:
-        """P(up) for one row (the stream path)."""
-        return float(self.score_matrix(self.vector(row)[None, :])[0])
+        """P(up) for one row (the stream path): the same single-row ``[1, F]`` run as
+        ``score_matrix(vector(row)[None, :])``, so the same bits (``tests/unit/test_model.py``),
+        with the input array, the feed and the output list made once per session instead of
+        per row. One caller at a time (each Flink subtask unpickles its own model)."""
+        x = self._row_input
+        if x is None:
+            x = self._prepare_row_scoring()
+        x[0] = self._vector(row)  # float -> float32 as np.asarray(..., dtype=np.float32) rounds
+        assert self._row_run is not None
+        (proba,) = self._row_run(self._row_outputs, self._row_feed, None)
+        return float(proba[0, 1])
+
+    def _prepare_row_scoring(self) -> np.ndarray:
+        """The ``[1, F]`` input, its feed and the run :meth:`score_one` calls. ``run`` of the
+        session's binding (``InferenceSession._sess``) where onnxruntime has one: its public
+        ``run`` checks the same fixed feed on every call (input names, OrtValue ownership, graph
+        capture), ~2 µs of Python per row; the binding runs the same kernels."""
+        sess = self.session
+        x = np.zeros((1, len(self.features)), dtype=np.float32)
+        self._row_feed = {self.input_name: x}
+        self._row_outputs = [self._output]
+        binding = getattr(sess, "_sess", None)
+        self._row_run = binding.run if binding is not None else sess.run
+        self._row_input = x
+        return x
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.name!r}, version={self.version!r}, features={self.features})"
