@@ -113,9 +113,12 @@ def parse_batch(batch: str) -> Iterator[tuple[int, int, int | None, int, str]]:
     record, in arrival order. Values are sliced by their code-point lengths from the header, so a
     value may hold any character, separators included."""
     head, _, body = batch.partition("\n")
+    # the header's fields in one split, taken five at a time (one split per record costs more)
+    fields = iter(head.replace(" ", ":").split(":"))
     pos = 0
-    for entry in head.split(" "):
-        partition, offset, ts, read_ns, length = entry.split(":")
+    for partition, offset, ts, read_ns, length in zip(
+        fields, fields, fields, fields, fields, strict=True
+    ):
         end = pos + int(length)
         yield int(partition), int(offset), (int(ts) if ts else None), int(read_ns), body[pos:end]
         pos = end
@@ -281,6 +284,7 @@ class StreamJobFunction(KeyedProcessFunction):
         max_ahead_ms, future_confirm = self.max_ahead_ms, self.future_confirm
         availability = self.availability
         stats_at = self.stats_timer.get(key, -1)  # on_timer, which moves it, is not called here
+        end_timer_set = key in self.end_timer
         result = ProcessResult()  # one per batch, emptied per record (routed before the next)
         for partition, offset, ts, read_ns, raw in parse_batch(value):
             state, result = process_record(
@@ -307,18 +311,24 @@ class StreamJobFunction(KeyedProcessFunction):
             else:
                 to_log.append(raw)
             if state is not None:
-                if ts is not None and not (result.dead_letters and _refused_as_future(result)):
+                if (
+                    ts is not None
+                    # stats_at is a minute's end: a record before it has its timer already
+                    and (stats_at < 0 or ts >= stats_at)
+                    and not (result.dead_letters and _refused_as_future(result))
+                ):
                     # counters to the stats topic at the next event-time minute (not after a
                     # record whose exchange time is not trusted: its minute may be years ahead)
                     fire_at = (ts // STATS_INTERVAL_MS + 1) * STATS_INTERVAL_MS
                     if stats_at < fire_at:
                         timers.register_event_time_timer(fire_at)
                         self.stats_timer[key] = stats_at = fire_at
-                if key not in self.end_timer:
+                if not end_timer_set:
                     # the quality minutes still open at the end of input are flushed by this
                     # timer (registering it again after a restore is a no-op for Flink)
                     timers.register_event_time_timer(END_OF_INPUT_MS)
                     self.end_timer.add(key)
+                    end_timer_set = True
             if not (
                 result.features
                 or result.signals

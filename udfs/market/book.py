@@ -36,6 +36,7 @@ __all__ = ["BookError", "OrderBook", "SideBook"]
 # module constants: a global load is cheaper than an enum attribute on the per-record path
 _BOOK_KINDS = BOOK_KINDS
 _CLEAR, _SNAPSHOT, _LEVEL, _ADD, _HALT = Kind.CLEAR, Kind.SNAPSHOT, Kind.LEVEL, Kind.ADD, Kind.HALT
+_BID = Side.BID
 
 
 class BookError(ValueError):
@@ -159,8 +160,9 @@ class OrderBook:
             else:
                 if kind is _SNAPSHOT and not self.in_snapshot:
                     self._snapshot_starts(ev)
-                book_side = self.side(ev.side)
-                old = book_side.get(ev.price)
+                # side() and get(), inlined: this runs per record
+                book_side = self.bids if ev.side is _BID else self.asks
+                old = book_side.sizes.get(ev.price, 0)
                 if kind is _LEVEL or kind is _SNAPSHOT:
                     new = ev.size
                 elif kind is _ADD:

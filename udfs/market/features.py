@@ -248,16 +248,24 @@ class FeatureRow:
         ``imbalance`` flattened to ``imbalance_1..imbalance_N``, then real units:
         ``<f>_px = f * 10**price_exp`` for ``f`` in :data:`PRICE_FIELDS` and
         ``<f>_qty = f * 10**size_exp`` for ``f`` in :data:`SIZE_FIELDS`."""
-        pe, se = self.price_exp, self.size_exp
+        # value * 10**exp as a float; a negative exponent divides by the exact integer
+        # 10**-exp, so e.g. 5853300 ticks of 1e-4 give the float nearest 585.33. Per feature
+        # row: the keys are made once (_imbalance_keys, _PX_KEYS, _QTY_KEYS) and each power
+        # of ten once per row
         d: dict[str, Any] = {name: getattr(self, name) for name in _BEFORE_IMBALANCE}
-        for k, value in enumerate(self.imbalance, 1):
-            d[f"imbalance_{k}"] = value
+        imbalance = self.imbalance
+        d.update(zip(_imbalance_keys(len(imbalance)), imbalance, strict=True))
         for name in _AFTER_IMBALANCE:
             d[name] = getattr(self, name)
-        for name in PRICE_FIELDS:
-            d[f"{name}_px"] = _scale(getattr(self, name), pe)
-        for name in SIZE_FIELDS:
-            d[f"{name}_qty"] = _scale(getattr(self, name), se)
+        for keys, exp in ((_PX_KEYS, self.price_exp), (_QTY_KEYS, self.size_exp)):
+            if exp >= 0:
+                scale = 10**exp
+                for name, key in keys:
+                    d[key] = float(getattr(self, name) * scale)
+            else:
+                divisor = 10**-exp
+                for name, key in keys:
+                    d[key] = getattr(self, name) / divisor
         return d
 
 
@@ -274,6 +282,19 @@ SIZE_FIELDS = (
 """Fields in size lots, also serialised in real units as ``<field>_qty``."""
 
 _FIELD_NAMES = tuple(f.name for f in fields(FeatureRow))
+_PX_KEYS = tuple((name, f"{name}_px") for name in PRICE_FIELDS)
+_QTY_KEYS = tuple((name, f"{name}_qty") for name in SIZE_FIELDS)
+_IMBALANCE_KEYS: dict[int, tuple[str, ...]] = {}
+
+
+def _imbalance_keys(n: int) -> tuple[str, ...]:
+    """``imbalance_1..imbalance_n``, made once per depth."""
+    keys = _IMBALANCE_KEYS.get(n)
+    if keys is None:
+        keys = _IMBALANCE_KEYS[n] = tuple(f"imbalance_{k}" for k in range(1, n + 1))
+    return keys
+
+
 _BEFORE_IMBALANCE = _FIELD_NAMES[: _FIELD_NAMES.index("imbalance")]
 _AFTER_IMBALANCE = _FIELD_NAMES[_FIELD_NAMES.index("imbalance") + 1 :]
 
@@ -296,12 +317,6 @@ def feature_columns(depth_levels: int) -> tuple[tuple[str, type], ...]:
 def feature_keys(depth_levels: int) -> tuple[str, ...]:
     """The keys of :meth:`FeatureRow.to_dict`, in order, for ``N = depth_levels``."""
     return tuple(name for name, _ in feature_columns(depth_levels))
-
-
-def _scale(value: float, exp: int) -> float:
-    """``value * 10**exp`` as a float; a negative exponent divides by the exact integer
-    ``10**-exp`` so e.g. 5853300 ticks of 1e-4 give the float nearest 585.33."""
-    return float(value * 10**exp) if exp >= 0 else value / 10**-exp
 
 
 def on_event(  # noqa: C901 - the per-event hot path, one pass over the book and windows

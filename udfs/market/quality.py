@@ -214,9 +214,12 @@ def observe(  # noqa: C901 - per-record hot path, one function for speed (make b
         b.late += 1
         return
     ts = ev.ts_event
-    m = ts - ts % MINUTE_NS
-    cur = q.cur  # set together with cur_minute, so never None when the minute matches
-    b = cur if cur is not None and m == q.cur_minute else _bucket(q, m)
+    cur = q.cur  # set together with cur_minute (a minute's start), never None when it matches
+    cur_minute = q.cur_minute
+    if cur is not None and cur_minute <= ts < cur_minute + MINUTE_NS:
+        b = cur  # ts's minute is cur_minute (a range check: no modulo of a 19-digit int)
+    else:
+        b = _bucket(q, ts - ts % MINUTE_NS)
     b.events += 1
 
     # duplicates: a chained replay (the book refused it and its seq is not ahead of the chain
