@@ -237,10 +237,48 @@ _SIDES = {s.value: s for s in Side}
 
 _json_str = json.JSONEncoder(ensure_ascii=True).encode
 
-compact_json = json.JSONEncoder(separators=(",", ":")).encode
-"""``json.dumps(value, separators=(",", ":"))``, the same text, without building an encoder per
-call (``json.dumps`` with any option does): every JSON row the stream job writes goes through
-it."""
+_stdlib_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+_msgspec_json = msgspec.json.Encoder().encode
+_STDLIB_REPR_FROM, _STDLIB_REPR_BELOW = 1e-4, 1e16
+"""Floats whose magnitude is in this range (or zero) are written in positional notation by
+both ``float.__repr__`` and msgspec, the same shortest round-trip digits; outside it the
+exponent's spelling differs (``1e-05`` vs ``0.00001``, ``1e+16`` vs ``1e16``)."""
+
+
+def compact_json(value: Any) -> str:
+    """``json.dumps(value, separators=(",", ":"))``: the same text, cheaper (every JSON row the
+    stream job writes goes through it). A flat dict whose keys and strings (StrEnum members
+    too) are printable ASCII (nothing for ``ensure_ascii`` to escape but ``"`` and ``\\``),
+    whose floats are zero or in [1e-4, 1e16) (``float.__repr__``'s positional range) and whose
+    other values are exact ints, bools or None is encoded by msgspec (~1.8x faster on a feature
+    row, the same bytes: ``tests/unit/test_schema_pipeline.py`` pins it against the stdlib on
+    edge cases and random values); anything else by the stdlib encoder, built once
+    (``json.dumps`` with any option builds one per call)."""
+    if type(value) is dict and _msgspec_writes_the_same(value):
+        return _msgspec_json(value).decode()
+    return _stdlib_compact_json(value)
+
+
+def _msgspec_writes_the_same(d: dict[Any, Any]) -> bool:
+    try:
+        keys = "".join(d)  # a key that is not a str: the stdlib's rules
+    except TypeError:
+        return False
+    if not (keys.isascii() and keys.isprintable()):
+        return False
+    lo, hi = _STDLIB_REPR_FROM, _STDLIB_REPR_BELOW
+    for v in d.values():
+        t = type(v)
+        if t is float:
+            if not (lo <= abs(v) < hi or v == 0.0):  # NaN and infinities fail both
+                return False
+        elif t is str or isinstance(v, StrEnum):
+            # a StrEnum member: its str is its value, which is what msgspec writes for it
+            if not (v.isascii() and v.isprintable()):
+                return False
+        elif not (t is int or t is bool or v is None):
+            return False  # other enums, nested values, subclasses: the stdlib's rules
+    return True
 
 
 def encode_event(e: L2Event) -> bytes:

@@ -326,3 +326,34 @@ def test_a_reused_result_starts_every_record_empty() -> None:
     assert all(getattr(result, name) == [] for name in lists)
     assert all(held[name] == [name] for name in lists)  # what a caller held is untouched
     assert result.feature_ns == 0
+
+
+def test_compact_json_is_the_stdlibs_text() -> None:
+    """``compact_json`` takes msgspec for flat dicts it writes identically and the stdlib for
+    the rest: the text is ``json.dumps(..., separators=(",", ":"))``'s on each side of every
+    edge (float notation, escaping, enums, nesting, keys) and on random values."""
+    import random
+    import struct
+
+    from udfs.schema import Reason, Side, compact_json
+
+    def stdlib(value: object) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
+    below = struct.unpack("d", struct.pack("Q", struct.unpack("Q", struct.pack("d", 1e-4))[0] - 1))
+    floats = [0.0, -0.0, 1e-4, -1e-4, below[0], 1e-5, 5e-324, 1e15, 9999999999999998.0, 1e16]
+    floats += [-1e16, 1.7976931348623157e308, float("nan"), float("inf"), -float("inf"), 0.1]
+    strings = [chr(c) for c in range(128)] + ["é", "\u2028", "\ud800", 'a"b\\c', ""]
+    values: list[object] = [*floats, *strings, 2**64, -(2**63) - 1, True, False, None]
+    values += [Reason.CROSSED_BOOK, Side.BID, [1, 2.5], {"k": 1e-7}, (1,)]
+    for value in values:
+        assert compact_json({"v": value, "n": 1}) == stdlib({"v": value, "n": 1}), repr(value)
+    for key in ["é", "\x7f", "a b", 1, 2.5, None, True]:
+        assert compact_json({key: 1}) == stdlib({key: 1}), repr(key)
+    rnd = random.Random(11)
+    for _ in range(20_000):
+        x = struct.unpack("d", struct.pack("Q", rnd.getrandbits(64)))[0]
+        y = rnd.choice((1, -1)) * 10 ** rnd.uniform(-5, 17)
+        text = "".join(chr(rnd.randint(0, 130)) for _ in range(rnd.randint(0, 12)))
+        row = {"x": x, "y": y, "s": text, "i": rnd.getrandbits(70) - 2**69}
+        assert compact_json(row) == stdlib(row), row
