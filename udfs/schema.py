@@ -386,32 +386,27 @@ class _WireEvent(msgspec.Struct, forbid_unknown_fields=True):
     """The schema's per-field bounds as a typed decoder (the fields of :data:`_FIELDS`, every
     one required, nothing else allowed): msgspec checks them while it parses. Bounds only; the
     messages are :func:`validate_fields`'s (see :func:`decode_event`). Current version only: a
-    record of another supported version takes the dict path. Fields in :class:`L2Event`'s
-    order (checked below), so ``L2Event(*astuple(wire))`` makes the event: one C call instead
-    of seventeen attribute reads (JSON field order does not depend on it)."""
+    record of another supported version takes the dict path."""
 
+    v: Annotated[int, msgspec.Meta(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]
     instrument: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
     venue: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)]
     kind: Kind
     side: Side
     price: _Int64
     size: _NonNegative
-    ts_event: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
-    ts_recv: _NonNegative
     price_exp: _Exp
     size_exp: _Exp
     order_id: _Int64
     seq: _NonNegative
     seq_first: _NonNegative
     seq_prev: _NonNegative
+    ts_event: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+    ts_recv: _NonNegative
     ts_proc: _NonNegative
     flags: Annotated[int, msgspec.Meta(ge=0, le=_KNOWN_FLAGS)]
-    v: Annotated[int, msgspec.Meta(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]
 
 
-if _WireEvent.__struct_fields__ != tuple(f.name for f in fields(L2Event)):
-    raise RuntimeError("udfs.schema: _WireEvent's fields must be L2Event's, in its order")
-_wire_values = msgspec.structs.astuple
 _decode_wire_event = msgspec.json.Decoder(_WireEvent).decode
 
 
@@ -433,7 +428,25 @@ def decode_event(raw: bytes | str) -> L2Event:
             ((kind in BOOK_KINDS or kind in TRADE_KINDS) and (side is Side.NONE or price <= 0))
             or (kind is Kind.HALT and price not in (-1, 0, 1))
         ):
-            return L2Event(*_wire_values(w))
+            return L2Event(
+                w.instrument,
+                w.venue,
+                kind,
+                side,
+                price,
+                w.size,
+                w.ts_event,
+                w.ts_recv,
+                w.price_exp,
+                w.size_exp,
+                w.order_id,
+                w.seq,
+                w.seq_first,
+                w.seq_prev,
+                w.ts_proc,
+                w.flags,
+                w.v,
+            )
     try:
         d = _loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:  # orjson and json errors are ValueErrors
