@@ -85,14 +85,14 @@ class _Runtime:
 
     def __init__(self) -> None:
         self.keys = {"key": ""}
-        self.value, self.list = _State(self.keys), _State(self.keys)
+        self.states: dict[str, _State] = {}  # by descriptor name: the job keeps several
         self.timers: set[tuple[int, str]] = set()
 
-    def get_state(self, _desc: Any) -> _State:
-        return self.value
+    def get_state(self, desc: Any) -> _State:
+        return self.states.setdefault(desc.get_name(), _State(self.keys))
 
-    def get_list_state(self, _desc: Any) -> _State:
-        return self.list
+    def get_list_state(self, desc: Any) -> _State:
+        return self.get_state(desc)
 
     def get_current_key(self) -> str:
         return self.keys["key"]
