@@ -69,7 +69,7 @@ from jobs.bench_exec import (
     stage_exec_publish,
     stage_exec_sink,
 )
-from udfs.config import PROJECT_ROOT, Config, java_properties, load_config, topics_env
+from udfs.config import PROJECT_ROOT, Config, TopicSpec, java_properties, load_config, topics_env
 from udfs.kafka_acl import ADMIN
 
 if TYPE_CHECKING:
@@ -327,7 +327,6 @@ def brokers3(payload: Path, records: int) -> dict:
     import tempfile
 
     from jobs.kafka_io import create_topics
-    from udfs.config import TopicSpec
 
     state = Path(tempfile.mkdtemp(prefix="bench-kafka3-"))
     (state / "jars").symlink_to(load_config().jars_dir)
@@ -1529,6 +1528,23 @@ def _run_stage_here(argv: list[str]) -> int:
     return 0
 
 
+def _create_bench_topics(
+    run_cfg: Config, extra: list[TopicSpec], rung_cfgs: list[Config]
+) -> list[TopicSpec]:
+    """The run's topics, then each rung's outputs (returned), one call per rung:
+    ``create_topics`` grants the roles' ACLs over the topic set of the config it is given,
+    and a rung's job writes its outputs as the job role."""
+    from jobs.kafka_io import create_topics
+
+    create_topics(run_cfg, [*run_cfg.topics.specs(), *extra])
+    rung_specs: list[TopicSpec] = []
+    for rung_cfg in rung_cfgs:
+        specs = [s for s in rung_cfg.topics.specs() if s.name != rung_cfg.topics.events]
+        create_topics(rung_cfg, specs)
+        rung_specs += specs
+    return rung_specs
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--stage"]:  # a child run of one stage; its arguments are not options
@@ -1646,9 +1662,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from jobs.kafka_io import create_topics, delete_topics
+    from jobs.kafka_io import delete_topics
     from jobs.publish import publish
-    from udfs.config import TopicSpec
 
     cfg = load_config()
     run = f"bench.{uuid.uuid4().hex[:6]}"
@@ -1687,8 +1702,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in (broker_copy_topic(run_cfg), f"{run}.perf")
     ]
     rung_cfgs = [run_cfg.for_run(f"{run}.{rung}") for rung in rungs]
-    rung_specs = [s for c in rung_cfgs for s in c.topics.specs() if s.name != c.topics.events]
-    create_topics(run_cfg, [*run_cfg.topics.specs(), *extra, *rung_specs])
+    rung_specs = _create_bench_topics(run_cfg, extra, rung_cfgs)
     perf_topic = f"{run}.perf"
     results: dict = {}
     try:
