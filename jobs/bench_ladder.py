@@ -56,7 +56,7 @@ from udfs.config import Config
 from udfs.kafka_acl import ADMIN
 from udfs.market.quality import flush
 from udfs.pipeline import RecordSource, process_record
-from udfs.schema import encode_record
+from udfs.schema import encode_record, encode_row
 from udfs.strategy.trading import Trader, heartbeat
 
 __all__ = ["RUNGS", "run_rung"]
@@ -211,7 +211,7 @@ class _Legacy(StreamJobFunction):
         for dead in result.dead_letters:
             yield tags["dead_letter"], key + sep + dead.to_json()
         for quality_row in result.quality:
-            yield tags["quality"], key + sep + json.dumps(quality_row, separators=(",", ":"))
+            yield tags["quality"], key + sep + encode_row(quality_row)
 
     def on_timer(  # type: ignore[override]  # side outputs, as process_element above
         self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext
@@ -231,7 +231,7 @@ class _Legacy(StreamJobFunction):
         yield _LEGACY_TAGS["stats"], key + _LEGACY_SEP + json.dumps(stats)
         if timestamp >= 2**63 - 1:
             for row in flush(state.quality):
-                yield _LEGACY_TAGS["quality"], key + _LEGACY_SEP + json.dumps(row)
+                yield _LEGACY_TAGS["quality"], key + _LEGACY_SEP + encode_row(row)
 
 
 def _legacy_sink(cfg: Config, topic: str) -> KafkaSink:
